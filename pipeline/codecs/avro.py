@@ -1,0 +1,76 @@
+"""Avro codecs for every tailsift topic (schemaless: each topic has one schema, see schemas/).
+
+Lazy decode is built into the wire format rather than bolted on: a ``Span`` in
+``span_batch.v1`` carries the fields decisions and SLIs need (ids, name, kind, times, status,
+tracestate) plus ``detail``, the span's attributes/events/links/status message encoded as a
+``SpanDetail``. ``decode_batch`` reads ``detail`` as opaque bytes (a memcpy), so a trace that is
+dropped never pays for its attributes; ``decode_detail`` runs only for kept traces.
+Measured on this machine kind (20 spans, 6 attributes each): 168K spans/s for the batch decode
+vs 40K/s when attributes are inline (a fastavro reader-schema projection that skips them is no
+faster, 41K/s, because schema resolution takes fastavro's slow path).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+SPAN_BATCH = "span_batch.v1"
+SPAN_DETAIL = "span_detail.v1"
+KEPT_TRACE = "kept_trace.v1"
+SLI_WINDOW = "sli_window.v1"
+DEAD_LETTER = "dead_letter.v1"
+
+EMPTY_DETAIL = {"status_message": "", "attributes": {}, "events": [], "links": []}
+
+
+@lru_cache(maxsize=None)
+def raw_schema(name: str) -> dict:
+    """The JSON of ``schemas/<name>.avsc``."""
+    with open(SCHEMA_DIR / f"{name}.avsc", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@lru_cache(maxsize=None)
+def parsed_schema(name: str) -> Any:
+    return fastavro.parse_schema(raw_schema(name))
+
+
+def encode(schema_name: str, record: dict) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, parsed_schema(schema_name), record)
+    return buf.getvalue()
+
+
+def decode(schema_name: str, value: bytes) -> dict:
+    """Decode one record; raises on truncated or malformed input (callers dead-letter it)."""
+    buf = io.BytesIO(value)
+    record = fastavro.schemaless_reader(buf, parsed_schema(schema_name), None)
+    if buf.tell() != len(value):
+        # Avro has no framing: trailing bytes mean the writer used another schema.
+        raise ValueError(f"{len(value) - buf.tell()} trailing bytes after {schema_name} record")
+    return record
+
+
+def decode_batch(value: bytes) -> dict:
+    """The hot-path decode: a SpanBatch with each span's ``detail`` left encoded."""
+    return decode(SPAN_BATCH, value)
+
+
+def decode_detail(detail: bytes) -> dict:
+    return decode(SPAN_DETAIL, detail) if detail else dict(EMPTY_DETAIL)
+
+
+def encode_detail(detail: dict) -> bytes:
+    return encode(SPAN_DETAIL, detail)
+
+
+def encode_span_batch(batch: dict) -> bytes:
+    return encode(SPAN_BATCH, batch)
