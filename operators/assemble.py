@@ -1,0 +1,113 @@
+"""Group spans by trace ID until a decision point, and remember recent decisions.
+
+Decision points (this slice): ``decision_wait`` after the trace's first span; a forced early
+decision when the trace exceeds ``max_spans_per_trace`` or when the buffer as a whole exceeds
+``max_buffered_spans`` (oldest trace first), so memory stays bounded. Spans that arrive after
+their trace was decided follow the remembered decision (an LRU of ``decision_cache_size``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+from operators.decide import Decision
+from operators.trace import SpanHeader
+
+
+@dataclass(slots=True)
+class TraceBuffer:
+    trace_id: bytes
+    partition: int
+    first_seen_ns: int
+    deadline_ns: int
+    spans: list[SpanHeader] = field(default_factory=list)
+    fragments: list[Any] = field(default_factory=list)  # per message: opaque ref (raw bytes, hold)
+    forced_reason: str = ""
+
+
+class TraceAssembler:
+    def __init__(
+        self,
+        decision_wait_ns: int,
+        max_buffered_spans: int = 1_000_000,
+        max_spans_per_trace: int = 10_000,
+        decision_cache_size: int = 100_000,
+    ):
+        self.decision_wait_ns = decision_wait_ns
+        self.max_buffered_spans = max_buffered_spans
+        self.max_spans_per_trace = max_spans_per_trace
+        self.decision_cache_size = decision_cache_size
+        # Insertion order = first-seen order = deadline order (the wait is the same for all).
+        self._traces: OrderedDict[bytes, TraceBuffer] = OrderedDict()
+        self._forced: list[TraceBuffer] = []
+        self._decisions: OrderedDict[bytes, Decision] = OrderedDict()
+        self.buffered_spans = 0
+
+    def __len__(self) -> int:
+        return len(self._traces)
+
+    def decided(self, trace_id: bytes) -> Decision | None:
+        """The remembered decision for a trace, if it was decided recently."""
+        decision = self._decisions.get(trace_id)
+        if decision is not None:
+            self._decisions.move_to_end(trace_id)
+        return decision
+
+    def add(self, trace_id: bytes, partition: int, spans: list[SpanHeader], fragment: Any, now_ns: int) -> None:
+        """Buffer one message's spans. Callers check ``decided`` first for late spans."""
+        buf = self._traces.get(trace_id)
+        if buf is None:
+            buf = TraceBuffer(trace_id, partition, now_ns, now_ns + self.decision_wait_ns)
+            self._traces[trace_id] = buf
+        buf.spans.extend(spans)
+        buf.fragments.append(fragment)
+        self.buffered_spans += len(spans)
+        if len(buf.spans) >= self.max_spans_per_trace and not buf.forced_reason:
+            self._force(buf, "span_limit")
+
+    def _force(self, buf: TraceBuffer, reason: str) -> None:
+        del self._traces[buf.trace_id]
+        buf.forced_reason = reason
+        self._forced.append(buf)
+
+    def due(self, now_ns: int) -> list[TraceBuffer]:
+        """Traces whose decision point has come, oldest first; they leave the buffer."""
+        out, self._forced = self._forced, []
+        remaining = self.buffered_spans - sum(len(b.spans) for b in out)
+        traces = self._traces
+        while traces:
+            buf = next(iter(traces.values()))
+            expired = buf.deadline_ns <= now_ns
+            if not expired and remaining <= self.max_buffered_spans:
+                break
+            traces.popitem(last=False)
+            remaining -= len(buf.spans)
+            if not expired:
+                buf.forced_reason = "memory_bound"
+            out.append(buf)
+        self.buffered_spans = remaining
+        return out
+
+    def remember(self, trace_id: bytes, decision: Decision) -> None:
+        self._decisions[trace_id] = decision
+        self._decisions.move_to_end(trace_id)
+        if len(self._decisions) > self.decision_cache_size:
+            self._decisions.popitem(last=False)
+
+    def revoke(self, partitions: Iterable[int]) -> int:
+        """Drop buffered traces of partitions this worker lost (their offsets are uncommitted, so
+        the new owner reads them again). Returns how many traces were dropped."""
+        lost = set(partitions)
+        gone = [tid for tid, b in self._traces.items() if b.partition in lost]
+        for tid in gone:
+            self.buffered_spans -= len(self._traces.pop(tid).spans)
+        kept_forced = [b for b in self._forced if b.partition not in lost]
+        dropped = len(gone) + len(self._forced) - len(kept_forced)
+        self.buffered_spans -= sum(len(b.spans) for b in self._forced if b.partition in lost)
+        self._forced = kept_forced
+        return dropped
+
+    def __iter__(self) -> Iterator[TraceBuffer]:
+        return iter(list(self._traces.values()))

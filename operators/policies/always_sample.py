@@ -1,0 +1,16 @@
+"""Keep every trace (useful in tests, debugging, and as the last rule of a composite)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from operators.policies.base import Action, Verdict
+from operators.trace import TraceView
+
+
+@dataclass
+class AlwaysSamplePolicy:
+    name: str
+
+    def evaluate(self, trace: TraceView) -> Verdict | None:
+        return Verdict(Action.KEEP, "always_sample")

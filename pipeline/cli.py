@@ -1,0 +1,154 @@
+"""The ``tailsift`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from pipeline import config as config_mod
+
+DESCRIPTION = """\
+tailsift: Kafka-native tail sampling for distributed traces.
+
+Consumes span batches from Kafka, groups them by trace ID, keeps the traces worth debugging
+(errors, slow traces, a consistent probabilistic share) and writes them to traces.kept, with exact
+pre-sampling per-service SLI windows to sli.windows. See README.md for the configuration reference.
+"""
+
+
+def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("-c", "--config", required=required, metavar="FILE",
+                   help="YAML config file (see README 'Configuration'); KAFKA_BOOTSTRAP_SERVERS overrides kafka.bootstrap_servers")
+
+
+def _load(path: str | None) -> config_mod.Config:
+    return config_mod.load(path) if path else config_mod.parse({}, "<defaults>")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import app
+
+    cfg = _load(args.config)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return app.run(cfg, loglevel=args.log_level)
+    except app.TopicsMissing as exc:
+        print(f"tailsift run: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from pipeline.topics import create_topics
+
+    cfg = _load(args.config)
+    results = create_topics(cfg)
+    failed = False
+    for r in results:
+        print(f"{r.status:8} topics.{r.key:12} {r.name}" + (f"  ({r.detail})" if r.detail else ""))
+        failed |= r.status == "error"
+    return 1 if failed else 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    import yaml
+
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipeline.generator import cli as gen_cli
+
+    if args.config:
+        cfg = _load(args.config)
+        args.bootstrap = args.bootstrap or cfg.kafka.bootstrap_servers
+        args.topic = args.topic or cfg.topics.spans_raw.name
+    return gen_cli.run(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline import report
+
+    return report.main(_load(args.config), args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline import demo
+
+    return demo.main(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline import bench
+
+    return bench.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tailsift", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the stream job (a Faust worker; scale out by starting more)",
+                       description="Run the tail-sampling worker. Stops gracefully on SIGTERM/SIGINT; "
+                                   "buffered spans are uncommitted and are reread after a restart.")
+    _add_config(p)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("topics", help="manage the topics the config names")
+    tsub = p.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    tp = tsub.add_parser("create", help="create every topic in the config's topics section (idempotent)")
+    _add_config(tp)
+    tp.set_defaults(func=cmd_topics_create)
+
+    p = sub.add_parser("config", help="validate a config file")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    cp = csub.add_parser("check", help="validate and print the effective config (defaults filled in)")
+    _add_config(cp)
+    cp.set_defaults(func=cmd_config_check)
+
+    from pipeline.generator import cli as gen_cli
+
+    p = sub.add_parser("generate", help="produce realistic multi-service traces to the input topic",
+                       description="Generate realistic traces (8 services, fan-out, queue hops, errors, slow tail, "
+                                   "PII-looking attributes) and produce them keyed by trace ID.")
+    _add_config(p, required=False)
+    gen_cli.add_arguments(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("report", help="summarise the output topics (kept traces by reason, SLI table, dead letters)")
+    _add_config(p, required=False)
+    p.add_argument("--metrics-url", default=None, help="a running job's /metrics URL, for decided/ingested counts")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the end of each topic")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="end to end on the local broker: topics, job, ~30 s of traffic, summary")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of generated traffic (default 30)")
+    p.add_argument("--rate", type=float, default=200.0, help="traces per second (default 200)")
+    p.add_argument("--bootstrap", default=None, help="use this Kafka instead of starting deploy/local/kafka")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="end-to-end throughput vs the bare consume+decode floor, in one run")
+    p.add_argument("--traces", type=int, default=20_000, help="traces pre-filled into the bench topic")
+    p.add_argument("--bootstrap", default=None, help="use this Kafka instead of starting deploy/local/kafka")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except config_mod.ConfigError as exc:
+        print(f"tailsift {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

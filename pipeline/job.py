@@ -1,0 +1,270 @@
+"""The job's synchronous core: ingest → assemble → decide → emit records, SLIs beside.
+
+No Kafka here: ``ingest`` takes received messages, ``collect`` returns an ``Outbox`` of records to
+produce, each with the input ``Hold``s it discharges. ``pipeline.app`` produces the outbox, waits
+for the broker's acks, then calls ``delivered`` and acks ``ready`` messages in offset order — so
+an input offset is committed only after everything derived from it is durably written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from operators.assemble import TraceAssembler, TraceBuffer
+from operators.commit import CommitTracker, Hold
+from operators.decide import Decision, DecisionEngine
+from operators.sli import SliWindows, WindowAggregate, sketch_to_record
+from operators.trace import TraceView
+from pipeline import metrics
+from pipeline.codecs import avro
+from pipeline.config import Config
+from pipeline.policies import build_policies
+
+_ZERO_TRACE_ID = bytes(16)
+
+
+@dataclass(slots=True)
+class Received:
+    """One Kafka message as the job sees it; ``ref`` is whatever the caller acks later."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    ref: Any = None
+
+
+@dataclass(slots=True)
+class Record:
+    topic: str
+    key: bytes | None
+    value: bytes
+    holds: list[Hold] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Outbox:
+    records: list[Record] = field(default_factory=list)
+    kept_traces: int = 0
+    dropped_traces: int = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+class Job:
+    def __init__(self, config: Config, worker_id: str | None = None):
+        self.config = config
+        self.worker_id = worker_id or config.job.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        a = config.assemble
+        self.assembler = TraceAssembler(
+            decision_wait_ns=a.decision_wait_ms * 1_000_000,
+            max_buffered_spans=a.max_buffered_spans,
+            max_spans_per_trace=a.max_spans_per_trace,
+            decision_cache_size=a.decision_cache_size,
+        )
+        self.engine = DecisionEngine(build_policies(config.sampling.policies))
+        s = config.sli
+        self.sli = SliWindows(
+            window_ns=int(s.window_seconds * 1e9),
+            grace_ns=int(s.grace_seconds * 1e9),
+            relative_accuracy=s.relative_accuracy,
+            max_services=s.max_services,
+        )
+        self.tracker = CommitTracker()
+        t = config.topics
+        self.input_topic = t.spans_raw.name
+        self.kept_topic = t.traces_kept.name
+        self.sli_topic = t.sli_windows.name
+        self.deadletter_topic = t.deadletter.name
+        self._pending: list[Record] = []  # produced on the next collect: dead letters, late spans, re-keys
+
+    # ---------------------------------------------------------------- ingest (hot path)
+    def ingest(self, messages: Iterable[Received], now_ns: int) -> None:
+        assembler, sli, tracker = self.assembler, self.sli, self.tracker
+        n_spans = 0
+        for msg in messages:
+            value = msg.value
+            try:
+                if value is None:
+                    raise _Malformed("empty_value", "the message has no value (tombstone)")
+                try:
+                    batch = avro.decode_batch(value)
+                except Exception as exc:  # fastavro raises many types for bad bytes
+                    raise _Malformed("decode_error", f"not a {avro.SPAN_BATCH} record: {type(exc).__name__}: {_safe(exc)}") from None
+                trace_id = batch["trace_id"]
+                spans = batch["spans"]
+                if not spans:
+                    raise _Malformed("empty_batch", "the batch has no spans")
+                if trace_id == _ZERO_TRACE_ID:
+                    raise _Malformed("invalid_trace_id", "the trace ID is all zeros")
+            except _Malformed as bad:
+                hold = tracker.track(msg.partition, msg.offset, msg.ref, 1)
+                self._pending.append(self._dead_letter(msg, bad.reason, bad.detail, now_ns, hold))
+                continue
+            if msg.key != trace_id:
+                # Spans of one trace must meet on one partition: re-publish keyed by trace ID.
+                hold = tracker.track(msg.partition, msg.offset, msg.ref, 1)
+                self._pending.append(Record(self.input_topic, trace_id, value, [hold]))
+                metrics.MESSAGES.labels("rekeyed").inc()
+                continue
+            service = batch["service"]
+            for span in spans:
+                span["service"] = service
+            n_spans += len(spans)
+            hold = tracker.track(msg.partition, msg.offset, msg.ref, 1)
+            hold.count += sli.add(msg.partition, service, spans, hold)
+            decision = assembler.decided(trace_id)
+            if decision is None:
+                assembler.add(trace_id, msg.partition, spans, (hold, value), now_ns)
+                metrics.MESSAGES.labels("buffered").inc()
+            elif decision.keep:
+                self._pending.append(Record(self.kept_topic, trace_id, self._kept_trace(trace_id, decision, [value], late=True), [hold]))
+                metrics.MESSAGES.labels("late_kept").inc()
+            else:
+                tracker.release(hold)
+                metrics.MESSAGES.labels("late_dropped").inc()
+        metrics.SPANS.inc(n_spans)
+
+    # ---------------------------------------------------------------- decide + emit
+    def collect(self, now_ns: int, flush_all_windows: bool = False) -> Outbox:
+        """Decide every trace whose decision point has come and close due SLI windows."""
+        out = Outbox(self._pending)
+        self._pending = []
+        for buf in self.assembler.due(now_ns):
+            decision = self.engine.decide(TraceView(buf.trace_id, buf.spans))
+            self.assembler.remember(buf.trace_id, decision)
+            metrics.TRACES_DECIDED.labels("keep" if decision.keep else "drop", decision.policy or "-", buf.forced_reason or "-").inc()
+            holds = [hold for hold, _ in buf.fragments]
+            if decision.keep:
+                out.kept_traces += 1
+                metrics.KEPT_SPANS.inc(len(buf.spans))
+                value = self._kept_trace(buf.trace_id, decision, [v for _, v in buf.fragments], late=False, forced=buf.forced_reason)
+                out.records.append(Record(self.kept_topic, buf.trace_id, value, holds))
+            else:
+                out.dropped_traces += 1
+                for hold in holds:
+                    self.tracker.release(hold)
+        for window in self.sli.due(now_ns, flush_all=flush_all_windows):
+            out.records.append(Record(self.sli_topic, window.service.encode(), self._sli_record(window, now_ns), window.holds))
+        return out
+
+    def delivered(self, records: Iterable[Record]) -> None:
+        """The broker acknowledged these records: their inputs' obligations are met."""
+        release = self.tracker.release
+        for record in records:
+            for hold in record.holds:
+                release(hold)
+
+    def ready(self) -> list[Hold]:
+        """Input messages now safe to commit, in offset order per partition."""
+        return self.tracker.ready()
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """This worker lost partitions: forget their uncommitted state (the new owner rereads it)."""
+        partitions = set(partitions)
+        self.assembler.revoke(partitions)
+        self.sli.revoke(partitions)
+        self.tracker.revoke(partitions)
+        self._pending = [r for r in self._pending if not any(h.partition in partitions for h in r.holds)]
+
+    def update_gauges(self) -> None:
+        metrics.TRACES_IN_MEMORY.set(len(self.assembler))
+        metrics.SPANS_BUFFERED.set(self.assembler.buffered_spans)
+        metrics.UNCOMMITTED.set(len(self.tracker))
+        metrics.OPEN_WINDOWS.set(len(self.sli))
+        for name, n in self.engine.policy_errors.items():
+            metrics.POLICY_ERRORS.labels(name).set(n)
+
+    # ---------------------------------------------------------------- records
+    def _kept_trace(self, trace_id: bytes, decision: Decision, values: list[bytes], late: bool, forced: str = "") -> bytes:
+        """Full decode (kept traces only) and the KeptTrace record, sampling facts on every span."""
+        adjusted = decision.adjusted_count
+        reason = decision.reason + (f";forced={forced}" if forced else "")
+        sampling_attrs = {"sampling.policy": decision.policy, "sampling.reason": reason, "sampling.adjusted_count": adjusted}
+        if late:
+            sampling_attrs["sampling.late"] = True
+        batches = []
+        span_count = 0
+        for value in values:
+            batch = avro.decode_batch(value)
+            spans = []
+            for span in batch["spans"]:
+                detail = avro.decode_detail(span.pop("detail"))
+                span.update(detail)
+                span["attributes"].update(sampling_attrs)
+                spans.append(span)
+            span_count += len(spans)
+            batch["spans"] = spans
+            batches.append(batch)
+        return avro.encode(avro.KEPT_TRACE, {
+            "trace_id": trace_id,
+            "policy": decision.policy,
+            "reason": reason,
+            "adjusted_count": adjusted,
+            "decided_at_unix_nano": time.time_ns(),
+            "late": late,
+            "span_count": span_count,
+            "batches": batches,
+        })
+
+    def _sli_record(self, w: WindowAggregate, now_ns: int) -> bytes:
+        return avro.encode(avro.SLI_WINDOW, {
+            "service": w.service,
+            "operation": "*",
+            "span_kind": "*",
+            "window_start_unix_nano": w.window_start_ns,
+            "window_end_unix_nano": w.window_end_ns,
+            "span_count": w.span_count,
+            "error_count": w.error_count,
+            "root_count": w.root_count,
+            "latency_ms": {
+                "min": w.min_ms if w.span_count else 0.0,
+                "max": w.max_ms,
+                "sum": w.sum_ms,
+                "p50": w.quantile(0.50),
+                "p90": w.quantile(0.90),
+                "p95": w.quantile(0.95),
+                "p99": w.quantile(0.99),
+            },
+            "sketch": sketch_to_record(w.sketch),
+            "partitions": sorted(w.partitions),
+            "worker": self.worker_id,
+            "emitted_at_unix_nano": now_ns,
+        })
+
+    def _dead_letter(self, msg: Received, reason: str, detail: str, now_ns: int, hold: Hold) -> Record:
+        metrics.DEADLETTERS.labels(reason).inc()
+        value = msg.value or b""
+        record = avro.encode(avro.DEAD_LETTER, {
+            "source_topic": self.input_topic,
+            "partition": msg.partition,
+            "offset": msg.offset,
+            "reason": reason,
+            "detail": detail,
+            "value_size": len(value),
+            "value_sha256": hashlib.sha256(value).hexdigest(),
+            "key_size": len(msg.key or b""),
+            "received_at_unix_nano": now_ns,
+        })
+        return Record(self.deadletter_topic, f"{self.input_topic}/{msg.partition}/{msg.offset}".encode(), record, [hold])
+
+
+class _Malformed(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _safe(exc: BaseException) -> str:
+    """A decoder's message, cut short and stripped of anything that may echo payload bytes."""
+    text = str(exc)
+    if len(text) > 120 or any(ord(c) < 32 or ord(c) > 126 for c in text):
+        return "(message withheld: may contain payload bytes)"
+    return text

@@ -1,0 +1,27 @@
+"""The job's Prometheus self-metrics. Labels carry only bounded, non-sensitive values
+(outcomes, reasons, policy names from the config) — never span content."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+SPANS = Counter("tailsift_spans_ingested", "Spans decoded from the input topic")
+MESSAGES = Counter("tailsift_messages", "Input messages by outcome", ["outcome"])
+TRACES_DECIDED = Counter("tailsift_traces_decided", "Traces decided", ["decision", "policy", "forced"])
+KEPT_SPANS = Counter("tailsift_kept_spans", "Spans of kept traces at decision time (late spans excluded)")
+DEADLETTERS = Counter("tailsift_deadletters", "Messages sent to the dead-letter topic", ["reason"])
+RECORDS_PRODUCED = Counter("tailsift_records_produced", "Records written to output topics", ["topic"])
+POLICY_ERRORS = Gauge("tailsift_policy_errors", "Policy evaluations that raised (treated as no opinion)", ["policy"])
+TRACES_IN_MEMORY = Gauge("tailsift_traces_in_memory", "Traces buffered awaiting a decision")
+SPANS_BUFFERED = Gauge("tailsift_spans_buffered", "Spans buffered awaiting a decision")
+UNCOMMITTED = Gauge("tailsift_uncommitted_messages", "Input messages received but not yet safe to commit")
+OPEN_WINDOWS = Gauge("tailsift_sli_open_windows", "SLI window partials not yet emitted")
+FLUSH_SECONDS = Histogram(
+    "tailsift_flush_seconds", "Time from decision point to outputs acknowledged by the broker",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def serve(port: int, host: str) -> None:
+    if port:
+        start_http_server(port, addr=host)

@@ -1,0 +1,64 @@
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import config
+
+
+def error_of(data):
+    with pytest.raises(config.ConfigError) as exc:
+        config.parse(data, "bad.yaml")
+    return str(exc.value)
+
+
+def test_defaults_are_valid_and_complete():
+    c = config.parse({})
+    assert c.topics.spans_raw.name == "spans.raw"
+    assert [p.type for p in c.sampling.policies] == ["status_code", "latency", "probabilistic"]
+
+
+@pytest.mark.parametrize("data, key, words", [
+    ({"assemble": {"decision_wait_ms": -1}}, "assemble.decision_wait_ms", "greater than or equal"),
+    ({"assembel": {}}, "assembel", "unknown key"),
+    ({"sampling": {"policies": [{"name": "x", "type": "latency"}]}}, "sampling.policies.0.threshold_ms", "required"),
+    ({"sampling": {"policies": [{"name": "x", "type": "nope"}]}}, "sampling.policies.0", "does not match"),
+    ({"sampling": {"policies": [{"name": "x", "type": "probabilistic", "sampling_percentage": 200}]}},
+     "sampling.policies.0.sampling_percentage", "less than or equal to 100"),
+    ({"sampling": {"policies": [{"name": "x", "type": "always_sample"}, {"name": "x", "type": "always_sample"}]}},
+     "sampling.policies", "used twice"),
+    ({"topics": {"traces_kept": {"name": "spans.raw"}}}, "topics.traces_kept", "both name"),
+    ({"kafka": {"heartbeat_interval_ms": 20000}}, "kafka", "heartbeat_interval_ms must be smaller"),
+    ({"topics": {"sli_windows": {"name": "bad name!"}}}, "topics.sli_windows.name", "pattern"),
+])
+def test_bad_config_names_the_key_and_the_problem(data, key, words):
+    msg = error_of(data)
+    assert f"  {key}:" in msg or key in msg
+    assert words in msg
+
+
+def test_top_level_must_be_a_mapping():
+    assert "mapping" in error_of([1, 2])
+
+
+def test_environment_overrides_bootstrap(monkeypatch):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "10.0.0.1:9999")
+    assert config.parse({}).kafka.bootstrap_servers == "10.0.0.1:9999"
+
+
+def test_tailsift_run_with_bad_config_exits_non_zero_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("assemble:\n  decision_wait_ms: soon\nsli:\n  windw_seconds: 10\n")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "-c", str(bad)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "assemble.decision_wait_ms" in proc.stderr and "sli.windw_seconds: unknown key" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_unreadable_and_non_yaml_files_are_clear_errors(tmp_path):
+    with pytest.raises(config.ConfigError, match="cannot read"):
+        config.load(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("kafka: [unclosed\n")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load(broken)
