@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -124,7 +123,7 @@ class Job:
                 assembler.add(trace_id, msg.partition, spans, (hold, value), now_ns)
                 metrics.MESSAGES.labels("buffered").inc()
             elif decision.keep:
-                self._pending.append(Record(self.kept_topic, trace_id, self._kept_trace(trace_id, decision, [value], late=True), [hold]))
+                self._pending.append(self._kept_record(trace_id, decision, [(hold, value)], now_ns, late=True))
                 metrics.MESSAGES.labels("late_kept").inc()
             else:
                 tracker.release(hold)
@@ -144,14 +143,15 @@ class Job:
             if decision.keep:
                 out.kept_traces += 1
                 metrics.KEPT_SPANS.inc(len(buf.spans))
-                value = self._kept_trace(buf.trace_id, decision, [v for _, v in buf.fragments], late=False, forced=buf.forced_reason)
-                out.records.append(Record(self.kept_topic, buf.trace_id, value, holds))
+                out.records.append(self._kept_record(buf.trace_id, decision, buf.fragments, now_ns, forced=buf.forced_reason))
             else:
                 out.dropped_traces += 1
                 for hold in holds:
                     self.tracker.release(hold)
         for window in self.sli.due(now_ns, flush_all=flush_all_windows):
             out.records.append(Record(self.sli_topic, window.service.encode(), self._sli_record(window, now_ns), window.holds))
+        out.records.extend(self._pending)  # dead letters for corrupt details found while building kept traces
+        self._pending = []
         return out
 
     def delivered(self, records: Iterable[Record]) -> None:
@@ -182,8 +182,13 @@ class Job:
             metrics.POLICY_ERRORS.labels(name).set(n)
 
     # ---------------------------------------------------------------- records
-    def _kept_trace(self, trace_id: bytes, decision: Decision, values: list[bytes], late: bool, forced: str = "") -> bytes:
-        """Full decode (kept traces only) and the KeptTrace record, sampling facts on every span."""
+    def _kept_record(self, trace_id: bytes, decision: Decision, fragments: list[tuple[Hold, bytes]], now_ns: int,
+                     late: bool = False, forced: str = "") -> Record:
+        """Full decode (kept traces only) into a KeptTrace, sampling facts on every span.
+
+        A span whose header decoded but whose ``detail`` does not is still kept — its trace was
+        judged on sound headers — with ``tailsift.detail_error`` set, and its message is reported
+        to the dead-letter topic so the producer can be found."""
         adjusted = decision.adjusted_count
         reason = decision.reason + (f";forced={forced}" if forced else "")
         sampling_attrs = {"sampling.policy": decision.policy, "sampling.reason": reason, "sampling.adjusted_count": adjusted}
@@ -191,27 +196,33 @@ class Job:
             sampling_attrs["sampling.late"] = True
         batches = []
         span_count = 0
-        for value in values:
+        for hold, value in fragments:
             batch = avro.decode_batch(value)
-            spans = []
+            bad_detail = ""
             for span in batch["spans"]:
-                detail = avro.decode_detail(span.pop("detail"))
+                try:
+                    detail = avro.decode_detail(span.pop("detail"))
+                except Exception as exc:  # noqa: BLE001 - corrupt detail must not stop the stream
+                    bad_detail = f"{type(exc).__name__}: {_safe(exc)}"
+                    detail = {**avro.EMPTY_DETAIL, "attributes": {"tailsift.detail_error": "undecodable span detail"}}
                 span.update(detail)
                 span["attributes"].update(sampling_attrs)
-                spans.append(span)
-            span_count += len(spans)
-            batch["spans"] = spans
+            if bad_detail:
+                msg = Received(hold.partition, hold.offset, trace_id, value)
+                self._pending.append(self._dead_letter(msg, "detail_decode_error", bad_detail, now_ns, None))
+            span_count += len(batch["spans"])
             batches.append(batch)
-        return avro.encode(avro.KEPT_TRACE, {
+        value = avro.encode(avro.KEPT_TRACE, {
             "trace_id": trace_id,
             "policy": decision.policy,
             "reason": reason,
             "adjusted_count": adjusted,
-            "decided_at_unix_nano": time.time_ns(),
+            "decided_at_unix_nano": now_ns,
             "late": late,
             "span_count": span_count,
             "batches": batches,
         })
+        return Record(self.kept_topic, trace_id, value, [hold for hold, _ in fragments])
 
     def _sli_record(self, w: WindowAggregate, now_ns: int) -> bytes:
         return avro.encode(avro.SLI_WINDOW, {
@@ -238,7 +249,7 @@ class Job:
             "emitted_at_unix_nano": now_ns,
         })
 
-    def _dead_letter(self, msg: Received, reason: str, detail: str, now_ns: int, hold: Hold) -> Record:
+    def _dead_letter(self, msg: Received, reason: str, detail: str, now_ns: int, hold: Hold | None) -> Record:
         metrics.DEADLETTERS.labels(reason).inc()
         value = msg.value or b""
         record = avro.encode(avro.DEAD_LETTER, {
@@ -252,7 +263,8 @@ class Job:
             "key_size": len(msg.key or b""),
             "received_at_unix_nano": now_ns,
         })
-        return Record(self.deadletter_topic, f"{self.input_topic}/{msg.partition}/{msg.offset}".encode(), record, [hold])
+        return Record(self.deadletter_topic, f"{self.input_topic}/{msg.partition}/{msg.offset}".encode(), record,
+                      [hold] if hold is not None else [])
 
 
 class _Malformed(Exception):

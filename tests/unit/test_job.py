@@ -124,3 +124,18 @@ def test_revoke_forgets_everything_of_the_lost_partition():
     assert avro.decode(avro.SLI_WINDOW, window.value)["partitions"] == [4]
     job.delivered(out.records)
     assert [(h.partition, h.offset) for h in job.ready()] == [(4, 0)]
+
+
+def test_corrupt_span_detail_in_a_kept_trace_keeps_the_span_and_reports_it():
+    job = make_job()
+    tid = os.urandom(16)
+    good = avro.decode_batch(batch_bytes(tid, "a", [span(0, 1 * MS, "ERROR", parent=None), span(0, 1 * MS)]))
+    good["spans"][1]["detail"] = b"\x00\x07garbage"  # header sound, detail not
+    job.ingest([Received(0, 0, tid, avro.encode_span_batch(good), 0)], now_ns=0)
+    out = job.collect(2 * S)
+    (kept,) = by_topic(out, "traces.kept")
+    spans = avro.decode(avro.KEPT_TRACE, kept.value)["batches"][0]["spans"]
+    assert len(spans) == 2
+    assert spans[1]["attributes"]["tailsift.detail_error"] == "undecodable span detail"
+    (dead,) = by_topic(out, "spans.deadletter")
+    assert avro.decode(avro.DEAD_LETTER, dead.value)["reason"] == "detail_decode_error"

@@ -1,0 +1,106 @@
+"""Run ``tailsift run`` as a child process and watch it: demo, bench and integration tests use it,
+so they exercise the job exactly as it is deployed (its own process, its own consumer group
+member), and can kill -9 it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from confluent_kafka import ConsumerGroupState
+from confluent_kafka.admin import AdminClient
+
+from pipeline.report import scrape
+
+
+class JobError(Exception):
+    pass
+
+
+class JobProcess:
+    def __init__(self, config_path: str | os.PathLike, metrics_port: int, log_path: str | os.PathLike):
+        self.config_path = str(config_path)
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "JobProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "run", "-c", self.config_path],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        log.close()
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _check_alive(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            code = None if self.proc is None else self.proc.returncode
+            raise JobError(f"tailsift run exited (code {code}); log tail:\n{self.log_tail()}")
+
+    def wait_ready(self, bootstrap: str, group: str, timeout: float = 90.0) -> None:
+        """Until the job's consumer group is Stable with this process in it and /metrics answers."""
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                desc = admin.describe_consumer_groups([group])[group].result(10)
+                if desc.state == ConsumerGroupState.STABLE and any(m.assignment.topic_partitions for m in desc.members):
+                    self.metrics()
+                    return
+            except Exception:  # noqa: BLE001 - group not there yet, metrics not up yet
+                pass
+            time.sleep(0.5)
+        raise JobError(f"job not ready after {timeout}s; log tail:\n{self.log_tail()}")
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.metrics_url)
+
+    def metric(self, name: str) -> float:
+        return sum(v for k, v in self.metrics().items() if k.split("{")[0] == name)
+
+    def wait_drained(self, expected_spans: int, timeout: float = 120.0) -> dict[str, float]:
+        """Until every expected span was ingested, decided, windowed and its offset released."""
+        deadline = time.monotonic() + timeout
+        m: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            self._check_alive()
+            m = self.metrics()
+            if (m.get("tailsift_spans_ingested_total", 0) >= expected_spans
+                    and m.get("tailsift_traces_in_memory", 1) == 0
+                    and m.get("tailsift_sli_open_windows", 1) == 0
+                    and m.get("tailsift_uncommitted_messages", 1) == 0):
+                return m
+            time.sleep(0.25)
+        raise JobError(f"job did not drain {expected_spans} spans in {timeout}s (last metrics: "
+                       f"{ {k: v for k, v in m.items() if 'ingested' in k or 'memory' in k or 'uncommitted' in k} }); "
+                       f"log tail:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """Graceful stop (SIGTERM), then SIGKILL if it does not exit in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown hooks, no final commit."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

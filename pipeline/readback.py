@@ -1,0 +1,49 @@
+"""Read a topic from the beginning to its current end with a plain consumer (no group, no commits).
+
+Used by ``tailsift report``, the demo, the benchmark floor and the integration tests."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+
+def read_all(bootstrap: str, topic: str, timeout: float = 10.0, batch: int = 500) -> Iterator[tuple[int, int, bytes | None, bytes | None]]:
+    """Yield (partition, offset, key, value) of every record now in ``topic``."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": "tailsift-readback",  # required by librdkafka; never committed
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "isolation.level": "read_committed",
+    })
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise KafkaException(f"topic {topic!r} not found")
+        ends: dict[int, int] = {}
+        assign = []
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if high > low:
+                ends[p] = high
+                assign.append(TopicPartition(topic, p, low))
+        if not assign:
+            return
+        consumer.assign(assign)
+        deadline = time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(batch, timeout=0.5):
+                if msg.error():
+                    continue
+                p, off = msg.partition(), msg.offset()
+                if p in ends:
+                    yield p, off, msg.key(), msg.value()
+                    if off + 1 >= ends[p]:
+                        del ends[p]
+        if ends:
+            raise TimeoutError(f"{topic}: did not reach the end of partitions {sorted(ends)} in {timeout}s")
+    finally:
+        consumer.close()
