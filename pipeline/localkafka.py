@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +18,8 @@ class BrokerError(Exception):
 
 
 def _launcher(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LAUNCHER), *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    # This interpreter, so the launcher's readiness check can use confluent_kafka.
+    return subprocess.run([sys.executable, str(LAUNCHER), *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 @contextmanager

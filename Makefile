@@ -1,0 +1,68 @@
+# tailsift: developer and CI entry points (.ci/run runs `make test`).
+#
+#   make venv          .venv with Python >= 3.11 and `pip install -e '.[test]'` (again only when
+#                      pyproject.toml changes; stamp: .venv/.installed)
+#   make test          unit + integration tests; the pytest session starts its own Kafka broker
+#   make test-unit     unit tests only (no Java, no Kafka)
+#   make kafka-fetch / kafka-start / kafka-stop / kafka-status    the local broker (deploy/local/kafka)
+#   make demo / bench  the tailsift demo and benchmark
+#   make clean         stop the local broker, delete .kafka, caches and build files (keeps .venv)
+#   make distclean     clean, and delete .venv too
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+KAFKA  := $(PYTHON) deploy/local/kafka
+PYTEST_ARGS ?= -q
+
+.PHONY: venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit demo bench clean distclean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@if [ ! -x $(VPY) ]; then \
+	  $(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "$(PYTHON) is Python %d.%d; tailsift needs >= 3.11 (make PYTHON=python3.11 ...)" % sys.version_info[:2])' && \
+	  echo "creating $(VENV) with $$($(PYTHON) --version)" && \
+	  $(PYTHON) -m venv $(VENV); \
+	fi
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+kafka-fetch:
+	$(KAFKA) fetch
+
+kafka-start:
+	$(KAFKA) start
+
+kafka-stop:
+	$(KAFKA) stop
+
+kafka-status:
+	$(KAFKA) status
+
+# pytest exits 5 when it collected no tests: that is a failure here, not a green run.
+test: venv kafka-fetch
+	@rc=0; $(VPY) -m pytest tests $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
+
+test-unit: venv
+	@rc=0; $(VPY) -m pytest tests/unit $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-unit: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
+
+# ---- placeholders: the lead fills these in (the `tailsift demo` / `tailsift bench` commands) ----
+demo: venv
+	$(VENV)/bin/tailsift demo
+
+bench: venv
+	$(VENV)/bin/tailsift bench
+# -------------------------------------------------------------------------------------------------
+
+clean:
+	-$(KAFKA) stop
+	rm -rf .kafka .pytest_cache .hypothesis build *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,131 @@
+"""Shared pytest fixtures for tailsift's tests."""
+
+from __future__ import annotations
+
+# =============================================================================================
+# Local Kafka broker (owned by deploy/local/kafka)
+#
+#   kafka_bootstrap  (session)  "host:port" of a broker that answers. KAFKA_BOOTSTRAP_SERVERS if
+#                               set (checked: the test FAILS if it does not answer); otherwise a
+#                               dedicated broker started lazily, on the first request, with
+#                               `deploy/local/kafka start --port 0 --dir <state>/test-<pid>`, and
+#                               stopped and deleted at session end. Unit tests that do not request
+#                               it never need Java.
+#   local_kafka      (session)  the same broker as a LocalKafka (bootstrap, instance_dir, cli()).
+#   unique_name      (function) a short random suffix for topic / group / transactional ids.
+#
+# A broker that cannot be started is a test failure (pytest.fail with the log tail), never a skip.
+# Set TAILSIFT_KEEP_KAFKA=1 to keep the test broker's directory (logs, data) after the session.
+# =============================================================================================
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SCRIPT = _REPO_ROOT / "deploy" / "local" / "kafka"
+
+
+def _kafka_state_dir() -> Path:
+    return Path(os.environ.get("TAILSIFT_KAFKA_DIR") or _REPO_ROOT / ".kafka").resolve()
+
+
+def _run_kafka_script(*args: str, timeout: float = 600, env: dict | None = None
+                      ) -> subprocess.CompletedProcess:
+    # Run with this interpreter so the script's readiness check can use confluent_kafka.
+    return subprocess.run([sys.executable, str(KAFKA_SCRIPT), *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          env=env if env is not None else os.environ.copy())
+
+
+@dataclass(frozen=True)
+class LocalKafka:
+    bootstrap: str
+    # None when KAFKA_BOOTSTRAP_SERVERS points at an external cluster (nothing was started).
+    instance_dir: Path | None
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run `deploy/local/kafka <args>` against this broker (adds --dir for our own broker)."""
+        extra = ("--dir", str(self.instance_dir)) if self.instance_dir else ()
+        return _run_kafka_script(*args, *extra, timeout=timeout)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_test_brokers(state: Path) -> None:
+    """Stop and delete test-<pid> instances left by pytest sessions that died without teardown."""
+    for old in state.glob("test-*"):
+        try:
+            owner = int(old.name.split("-", 1)[1])
+        except ValueError:
+            continue
+        if owner == os.getpid() or _pid_alive(owner):
+            continue
+        _run_kafka_script("stop", "--dir", str(old), "--grace", "10", timeout=60)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_kafka() -> Iterator[LocalKafka]:
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if external:
+        # `start` with KAFKA_BOOTSTRAP_SERVERS set only checks that the cluster answers.
+        proc = _run_kafka_script("start", "--timeout", "30", timeout=120)
+        if proc.returncode != 0:
+            pytest.fail(f"KAFKA_BOOTSTRAP_SERVERS={external} does not answer:\n"
+                        f"{proc.stdout}\n{proc.stderr}", pytrace=False)
+        yield LocalKafka(bootstrap=external, instance_dir=None)
+        return
+
+    state = _kafka_state_dir()
+    _remove_stale_test_brokers(state)
+    inst = state / f"test-{os.getpid()}"
+    env = os.environ.copy()
+    env.pop("KAFKA_PORT", None)
+    try:
+        proc = _run_kafka_script("start", "--port", "0", "--dir", str(inst), env=env)
+    except subprocess.TimeoutExpired as exc:
+        _run_kafka_script("stop", "--dir", str(inst), timeout=60)
+        pytest.fail(f"deploy/local/kafka start timed out after {exc.timeout}s "
+                    f"(logs kept in {inst})", pytrace=False)
+    if proc.returncode != 0:
+        pytest.fail(f"could not start the local Kafka broker (deploy/local/kafka start, exit "
+                    f"{proc.returncode}); logs kept in {inst}:\n{proc.stderr}\n{proc.stdout}",
+                    pytrace=False)
+    lines = proc.stdout.strip().splitlines()
+    broker = LocalKafka(bootstrap=lines[-1].strip() if lines else "", instance_dir=inst)
+    try:
+        yield broker
+    finally:
+        stopped = broker.cli("stop", timeout=90)
+        if stopped.returncode != 0:
+            sys.stderr.write(f"deploy/local/kafka stop failed:\n{stopped.stderr}\n")
+        if not os.environ.get("TAILSIFT_KEEP_KAFKA"):
+            shutil.rmtree(inst, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_kafka: LocalKafka) -> str:
+    return local_kafka.bootstrap
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return uuid.uuid4().hex[:8]
+
+# ============================ end of local Kafka broker section ===============================
