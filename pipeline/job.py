@@ -90,8 +90,8 @@ class Job:
         for msg in messages:
             value = msg.value
             try:
-                if value is None:
-                    raise _Malformed("empty_value", "the message has no value (tombstone)")
+                if not value:
+                    raise _Malformed("empty_value", "the message value is empty or null (tombstone)")
                 try:
                     batch = avro.decode_batch(value)
                 except Exception as exc:  # fastavro raises many types for bad bytes

@@ -77,7 +77,11 @@ class JobProcess:
         m: dict[str, float] = {}
         while time.monotonic() < deadline:
             self._check_alive()
-            m = self.metrics()
+            try:
+                m = self.metrics()
+            except OSError:  # the process may be exiting: the next _check_alive says why
+                time.sleep(0.25)
+                continue
             if (m.get("tailsift_spans_ingested_total", 0) >= expected_spans
                     and m.get("tailsift_traces_in_memory", 1) == 0
                     and m.get("tailsift_sli_open_windows", 1) == 0
