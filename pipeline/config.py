@@ -13,6 +13,8 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.config_privacy import PrivacyConfig
+
 
 class ConfigError(Exception):
     """A config file that cannot be used; the message names the file, the key and the problem."""
@@ -49,6 +51,7 @@ class TopicsConfig(_Strict):
     traces_kept: TopicConfig = TopicConfig(name="traces.kept", partitions=6)
     sli_windows: TopicConfig = TopicConfig(name="sli.windows", partitions=3)
     deadletter: TopicConfig = TopicConfig(name="spans.deadletter", partitions=1, retention_ms=604_800_000)
+    pii_audit: TopicConfig = TopicConfig(name="pii.audit", partitions=1)
 
     def all(self) -> dict[str, TopicConfig]:
         return {name: getattr(self, name) for name in type(self).model_fields}
@@ -148,6 +151,7 @@ class Config(_Strict):
     sli: SliConfig = SliConfig()
     job: JobConfig = JobConfig()
     metrics: MetricsConfig = MetricsConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> "Config":

@@ -41,6 +41,7 @@ def run_config(bootstrap: str, run_id: str, workdir: Path, **overrides: dict) ->
             "traces_kept": {"name": prefix + "traces.kept", "partitions": 3},
             "sli_windows": {"name": prefix + "sli.windows", "partitions": 1},
             "deadletter": {"name": prefix + "spans.deadletter", "partitions": 1},
+            "pii_audit": {"name": prefix + "pii.audit", "partitions": 1},
         },
         "assemble": {"decision_wait_ms": 3000},
         "sli": {"window_seconds": 5, "grace_seconds": 2},

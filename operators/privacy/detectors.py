@@ -1,0 +1,250 @@
+"""PII detectors for free text: precompiled patterns, a cheap pre-check before each, a validator
+where a pattern alone over-matches (Luhn for cards, ``ipaddress`` for IPs).
+
+``Scanner.scan`` finds every detector's matches in one text, resolves overlaps by detector
+priority (the order of ``DETECTORS``: a JWT inside "Bearer …" is one JWT, not a bearer token plus
+an e-mail), and rewrites the text once. Existing tokens (``tok:…``) are left alone, so protecting
+protected text changes nothing. Detectors never raise on any input (property-tested).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from operators.privacy.luhn import luhn_valid
+from operators.privacy.tokenizer import HASH_RE, TOKEN_RE, Tokenizer
+
+ACTIONS = ("tokenize", "redact", "hash", "drop")
+
+
+def _span0(m: re.Match) -> tuple[int, int]:
+    return m.span()
+
+
+def _span_v(m: re.Match) -> tuple[int, int]:
+    return m.span("v")
+
+
+def _span_v_or_w(m: re.Match) -> tuple[int, int]:
+    return m.span("v") if m.group("v") is not None else m.span("w")
+
+
+def _card_ok(s: str) -> bool:
+    digits = s.replace(" ", "").replace("-", "")
+    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+
+
+def _ipv4_ok(s: str) -> bool:
+    try:
+        ipaddress.IPv4Address(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _ipv6_ok(s: str) -> bool:
+    if s.count(":") < 2 or sum(c.isalnum() for c in s) < 2:
+        return False
+    try:
+        ipaddress.IPv6Address(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _has_digit(s: str) -> bool:
+    return any(c in s for c in "0123456789")
+
+
+_HEX = "0-9A-Fa-f"
+
+
+@dataclass(frozen=True)
+class Detector:
+    name: str
+    pattern: re.Pattern
+    precheck: Callable[[str], bool]
+    validate: Callable[[str], bool] | None = None
+    span: Callable[[re.Match], tuple[int, int]] = _span0
+    description: str = ""
+
+
+DETECTORS: tuple[Detector, ...] = (
+    Detector(
+        "jwt",
+        re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),
+        lambda s: "eyJ" in s,
+        description="JSON Web Tokens (header.payload.signature, base64url, 'eyJ' = '{\"')",
+    ),
+    Detector(
+        "bearer",
+        re.compile(r"(?i)\b(?:bearer|basic)\s+(?P<v>[A-Za-z0-9._~+/=-]{8,})"),
+        lambda s: "earer" in s or "asic" in s or "EARER" in s or "ASIC" in s,
+        span=_span_v,
+        description="credentials after 'Bearer ' / 'Basic ' (the scheme word is kept)",
+    ),
+    Detector(
+        "api_key",
+        re.compile(
+            r"(?P<w>\b(?:sk|pk|rk|ak)_(?:live|test)_[A-Za-z0-9]{10,}"
+            r"|\bAKIA[0-9A-Z]{16}\b"
+            r"|\bgh[pousr]_[A-Za-z0-9]{30,}"
+            r"|\bxox[abposr]-[A-Za-z0-9-]{10,}"
+            r"|\bAIza[0-9A-Za-z_-]{35})"
+            r"|(?i:\b(?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|refresh[_-]?token|client[_-]?secret"
+            r"|secret|password|passwd|pwd)[\"']?\s*[=:]\s*[\"']?)(?P<v>[^\s&\"',;}]{3,})"),
+        lambda s: True,
+        span=_span_v_or_w,
+        description="API-key shapes (sk_live_…, AKIA…, ghp_…, xox…-, AIza…) and values of key=/secret=/password= pairs",
+    ),
+    Detector(
+        "email",
+        re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b"),
+        lambda s: "@" in s,
+        description="e-mail addresses",
+    ),
+    Detector(
+        "card",
+        re.compile(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d])"),
+        _has_digit,
+        validate=_card_ok,
+        description="payment card numbers: 13-19 digits (spaces/dashes allowed) passing the Luhn check",
+    ),
+    Detector(
+        "ssn",
+        re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])"),
+        lambda s: "-" in s,
+        description="US social security numbers (NNN-NN-NNNN, invalid ranges excluded)",
+    ),
+    Detector(
+        "ipv4",
+        re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)(?![\w])"),
+        lambda s: "." in s,
+        validate=_ipv4_ok,
+        description="IPv4 addresses (validated by ipaddress)",
+    ),
+    Detector(
+        "ipv6",
+        re.compile(rf"(?<![\w:.])(?:[{_HEX}]{{0,4}}:){{2,7}}(?:[{_HEX}]{{1,4}}|(?:\d{{1,3}}\.){{3}}\d{{1,3}})?(?![\w:])"),
+        lambda s: "::" in s or s.count(":") >= 7,
+        validate=_ipv6_ok,
+        description="IPv6 addresses (validated by ipaddress)",
+    ),
+    Detector(
+        "phone",
+        re.compile(
+            r"(?<![\w+.-])(?:\+[1-9]\d{7,14}"
+            r"|\+\d{1,3}[ .-]\(?\d{1,4}\)?(?:[ .-]\d{2,4}){2,3}"
+            r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"
+            r"|\d{3}[.-]\d{3}[.-]\d{4})(?![\w-])"),
+        _has_digit,
+        description="phone numbers: +E.164, international with separators, NANP (555) 123-4567 / 555-123-4567",
+    ),
+)
+
+DETECTOR_NAMES: tuple[str, ...] = tuple(d.name for d in DETECTORS)
+_BY_NAME = {d.name: d for d in DETECTORS}
+
+# protected spans: tokens and keyed hashes already in the text are never rewritten
+_PROTECTED = (TOKEN_RE, HASH_RE)
+
+
+class DropValue(Exception):
+    """A detector whose action is ``drop`` fired: the caller drops the whole value."""
+
+    def __init__(self, detector: str):
+        super().__init__(detector)
+        self.detector = detector
+
+
+def redaction(what: str) -> str:
+    return f"[REDACTED:{what}]"
+
+
+class Scanner:
+    """Runs the enabled detectors over text and replaces what they find by their action."""
+
+    def __init__(self, tokenizer: Tokenizer, actions: dict[str, str], email_format: bool = True,
+                 memo_size: int = 65_536):
+        unknown = set(actions) - set(_BY_NAME)
+        if unknown:
+            raise ValueError(f"unknown detectors: {sorted(unknown)}")
+        bad = {a for a in actions.values() if a not in ACTIONS}
+        if bad:
+            raise ValueError(f"unknown detector actions: {sorted(bad)}")
+        self.tokenizer = tokenizer
+        # priority order = DETECTORS order
+        self._dets = [(d, actions[d.name]) for d in DETECTORS if d.name in actions]
+        self.email_format = email_format
+        self._memo: dict[str, tuple[str | None, tuple[str, ...]]] = {}
+        self._memo_size = memo_size
+
+    @property
+    def enabled(self) -> list[str]:
+        return [d.name for d, _ in self._dets]
+
+    def find(self, text: str) -> list[tuple[int, int, Detector, str]]:
+        """Non-overlapping (start, end, detector, action) in text order."""
+        taken: list[tuple[int, int]] = []
+        if "tok:" in text or "hash:" in text:
+            for rx in _PROTECTED:
+                taken.extend(m.span() for m in rx.finditer(text))
+        found: list[tuple[int, int, Detector, str]] = []
+        for det, action in self._dets:
+            if not det.precheck(text):
+                continue
+            for m in det.pattern.finditer(text):
+                s, e = det.span(m)
+                if s >= e:
+                    continue
+                if det.validate is not None and not det.validate(text[s:e]):
+                    continue
+                if any(s < te and ts < e for ts, te in taken):
+                    continue
+                taken.append((s, e))
+                found.append((s, e, det, action))
+        found.sort(key=lambda f: f[0])
+        return found
+
+    def _replace(self, det: Detector, action: str, value: str) -> str:
+        if action == "tokenize":
+            if det.name == "email" and self.email_format:
+                return self.tokenizer.email_token(value)
+            return self.tokenizer.token(value)
+        if action == "hash":
+            return self.tokenizer.hash(value)
+        return redaction(det.name)
+
+    def scan(self, text: str, counts: dict[str, int] | None = None) -> str | None:
+        """``text`` with detections replaced; None when a ``drop`` detector fired. Adds
+        ``detector:<name>`` counts (never values) to ``counts``."""
+        memo = self._memo.get(text)
+        if memo is None:
+            memo = self._scan(text)
+            if len(self._memo) >= self._memo_size:
+                self._memo.clear()
+            self._memo[text] = memo
+        out, hits = memo
+        if counts is not None:
+            for h in hits:
+                counts[h] = counts.get(h, 0) + 1
+        return out
+
+    def _scan(self, text: str) -> tuple[str | None, tuple[str, ...]]:
+        found = self.find(text)
+        if not found:
+            return text, ()
+        hits = tuple("detector:" + det.name for _, _, det, _ in found)
+        if any(action == "drop" for _, _, _, action in found):
+            return None, hits
+        parts = []
+        pos = 0
+        for s, e, det, action in found:
+            parts.append(text[pos:s])
+            parts.append(self._replace(det, action, text[s:e]))
+            pos = e
+        parts.append(text[pos:])
+        return "".join(parts), hits

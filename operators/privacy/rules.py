@@ -1,0 +1,301 @@
+"""The protector: rules per attribute key, free-text detectors, sanitizers, audit counts.
+
+Per attribute (span, event, link and resource attributes alike) the first rule whose key pattern
+matches decides:
+
+- ``keep``      value unchanged (detectors still scan strings unless the rule says ``scan: false``)
+- ``tokenize``  value → keyed token (``tok:k1:…``; e-mail-shaped values keep their domain)
+- ``hash``      value → full-width keyed digest (``hash:k1:<64 hex>``)
+- ``redact``    value → ``[REDACTED]``
+- ``drop``      attribute removed
+- ``url``       URL sanitizer (path ids → {id}, query values per config), then detectors
+- ``sql``       statement sanitizer (SQL literals → ?, other stores' arguments → ?), then detectors
+
+No rule matched: in ``denylist`` mode the detectors scan the value; in ``allowlist`` mode (fail
+closed) a key that no ``allowed_keys`` pattern matches is dropped (or its value redacted) before
+any rule is looked at. Span names are path-sanitized and scanned, status messages, event names,
+trace states scanned. Every firing adds to an audit count keyed ``rule:<name>`` or
+``detector:<name>``; values never leave this module except transformed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from operators.privacy.detectors import DropValue, Scanner  # noqa: F401 - DropValue re-exported
+from operators.privacy.sanitize import sanitize_query, sanitize_span_name, sanitize_statement, sanitize_url
+from operators.privacy.tokenizer import Tokenizer
+
+RULE_ACTIONS = ("keep", "tokenize", "hash", "redact", "drop", "url", "sql")
+REDACTED = "[REDACTED]"
+ALLOWLIST_RULE = "allowlist"
+# Attributes tailsift itself writes: never dropped by an allowlist, never scanned.
+INTERNAL_KEYS = ("sampling.*", "tailsift.*")
+_DROP = object()
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    action: str
+    keys: tuple[str, ...] = ()  # glob patterns (fnmatch, case-sensitive)
+    key_regex: str | None = None
+    scan: bool = True  # run the detectors over what the rule leaves (keep/url/sql)
+
+    def __post_init__(self) -> None:
+        if self.action not in RULE_ACTIONS:
+            raise ValueError(f"rule {self.name!r}: unknown action {self.action!r}")
+        if not self.keys and not self.key_regex:
+            raise ValueError(f"rule {self.name!r}: give keys (globs) or key_regex")
+
+    def regex(self) -> str:
+        parts = [fnmatch.translate(g) for g in self.keys]
+        if self.key_regex:
+            parts.append(f"(?:{self.key_regex})\\Z")
+        return "|".join(f"(?:{p})" for p in parts)
+
+
+def _rule(name: str, action: str, *keys: str, scan: bool = True) -> Rule:
+    return Rule(name, action, tuple(keys), scan=scan)
+
+
+# Semantic-convention keys with sensible defaults (applied after the config's own rules).
+DEFAULT_RULES: tuple[Rule, ...] = (
+    _rule("internal", "keep", *INTERNAL_KEYS, scan=False),
+    _rule("credentials-header", "redact",
+          "http.request.header.authorization", "http.request.header.proxy-authorization",
+          "http.request.header.cookie", "http.response.header.set-cookie",
+          "http.request.header.x-api-key", "http.request.header.x-auth-token",
+          "http.request.header.x-csrf-token", "rpc.grpc.request.metadata.authorization"),
+    _rule("secrets", "redact", "*password*", "*passwd*", "*secret*", "*api_key*", "*apikey*",
+          "*.token", "*_token", "*access_token*", "*refresh_token*", "*.credentials"),
+    _rule("card-number", "redact", "payment.card.number", "*.card.number", "card.number", "*.pan",
+          "*card_number*"),
+    _rule("national-id", "redact", "*.ssn", "ssn", "*national_id*", "*.tax_id", "*passport*"),
+    _rule("user-email", "tokenize", "user.email", "enduser.email", "email", "*.email",
+          "*.email_address", "messaging.*.recipient"),
+    _rule("user-id", "tokenize", "user.id", "enduser.id", "user.name", "user.full_name",
+          "enduser.pseudo.id", "user.hash", "customer.id", "*.user_id", "*.customer_id",
+          "usr.id", "user_id", "session.id", "session.previous_id", "user.phone", "*.phone"),
+    _rule("client-ip", "tokenize", "client.address", "client.ip", "net.peer.ip", "net.sock.peer.addr",
+          "network.peer.address", "source.address", "http.client_ip", "net.host.ip",
+          "http.request.header.x-forwarded-for", "http.request.header.x-real-ip",
+          "http.request.header.forwarded"),
+    _rule("db-statement", "sql", "db.statement", "db.query.text", "db.query.summary"),
+    _rule("url", "url", "url.full", "url.original", "http.url", "http.target", "url.path",
+          "http.request.header.referer", "url.query", "http.request.header.location"),
+    # Infrastructure identity (pod IPs, host names) is not about people: kept unscanned.
+    _rule("infrastructure", "keep", "k8s.*", "host.*", "service.*", "telemetry.*", "cloud.*",
+          "deployment.*", "container.*", "os.*", "process.runtime.*", "server.address",
+          "server.port", scan=False),
+)
+
+
+@dataclass
+class UrlPolicy:
+    query_values: str = "tokenize"  # tokenize | strip | redact | drop
+    keep_params: frozenset[str] = field(default_factory=frozenset)
+
+
+class Protector:
+    """Applies rules, sanitizers and detectors to decoded spans, in place."""
+
+    def __init__(self, tokenizer: Tokenizer, scanner: Scanner, rules: Iterable[Rule] = (),
+                 default_rules: bool = True, mode: str = "denylist",
+                 allowed_keys: Iterable[str] = (), unknown_keys: str = "drop",
+                 url: UrlPolicy | None = None, sanitize_span_names: bool = True,
+                 key_memo_size: int = 16_384):
+        if mode not in ("denylist", "allowlist"):
+            raise ValueError(f"unknown mode {mode!r}")
+        if unknown_keys not in ("drop", "redact"):
+            raise ValueError(f"unknown_keys must be drop or redact, not {unknown_keys!r}")
+        self.tokenizer = tokenizer
+        self.scanner = scanner
+        self.rules: list[Rule] = list(rules) + (list(DEFAULT_RULES) if default_rules else [])
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise ValueError("rule names must be unique")
+        self._rule_rx = [(re.compile(r.regex()), r) for r in self.rules]
+        self.mode = mode
+        allowed = list(allowed_keys) + list(INTERNAL_KEYS)
+        self._allowed_rx = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in allowed))
+        self.unknown_keys = unknown_keys
+        self.url = url or UrlPolicy()
+        self.sanitize_span_names = sanitize_span_names
+        self._key_memo: dict[str, tuple[Rule | None, bool]] = {}
+        self._key_memo_size = key_memo_size
+        self._value_memo: dict[tuple[str, str, str], tuple[Any, tuple]] = {}
+        self._value_memo_size = 65_536
+
+    # ------------------------------------------------------------------ lookups
+    def rule_for(self, key: str) -> tuple[Rule | None, bool]:
+        """(first matching rule or None, whether the key is allowed)."""
+        hit = self._key_memo.get(key)
+        if hit is None:
+            allowed = self.mode == "denylist" or self._allowed_rx.match(key) is not None
+            rule = next((r for rx, r in self._rule_rx if rx.match(key)), None)
+            hit = (rule, allowed)
+            if len(self._key_memo) >= self._key_memo_size:
+                self._key_memo.clear()
+            self._key_memo[key] = hit
+        return hit
+
+    # ------------------------------------------------------------------ values
+    def scan_text(self, text: str, counts: dict[str, int]) -> str:
+        """Detectors over free text (status messages, log lines). A ``drop`` detector → marker."""
+        out = self.scanner.scan(text, counts)
+        return out if out is not None else REDACTED
+
+    def protect_name(self, name: str, counts: dict[str, int]) -> str:
+        if self.sanitize_span_names:
+            clean = sanitize_span_name(name)
+            if clean != name:
+                _count(counts, "rule:span-name")
+                name = clean
+        return self.scan_text(name, counts)
+
+    def _scan_value(self, value: Any, counts: dict[str, int]) -> Any:
+        """Detectors over a typed attribute value; raises DropValue for a ``drop`` detector."""
+        if isinstance(value, str):
+            out = self.scanner.scan(value, counts)
+            if out is None:
+                raise DropValue("detector")
+            return out
+        if isinstance(value, bool) or value is None or isinstance(value, float):
+            return value
+        if isinstance(value, int):
+            if abs(value) >= 10**12:  # a card number stored as a long
+                out = self.scanner.scan(str(value), counts)
+                if out is None:
+                    raise DropValue("detector")
+                return value if out == str(value) else out
+            return value
+        if isinstance(value, (bytes, bytearray)):
+            text = bytes(value).decode("utf-8", "replace")
+            out = self.scanner.scan(text, counts)
+            if out is None:
+                raise DropValue("detector")
+            return value if out == text else out.encode()
+        if isinstance(value, list):
+            return [self._scan_value(v, counts) for v in value]
+        return value
+
+    def _apply(self, rule: Rule, value: Any, attrs: dict, counts: dict[str, int]) -> Any:
+        action = rule.action
+        if action == "keep":
+            return self._scan_value(value, counts) if rule.scan else value
+        if isinstance(value, list):
+            return [self._apply(rule, v, attrs, counts) for v in value]
+        if value is None or isinstance(value, bool):
+            return value
+        if action == "tokenize":
+            if isinstance(value, str):
+                if self.scanner.email_format and "@" in value and " " not in value:
+                    return self.tokenizer.email_token(value)
+                return self.tokenizer.token(value)
+            return self.tokenizer.token(bytes(value) if isinstance(value, (bytes, bytearray)) else str(value))
+        if action == "hash":
+            return self.tokenizer.hash(bytes(value) if isinstance(value, (bytes, bytearray)) else str(value))
+        if action == "redact":
+            return REDACTED
+        text = value if isinstance(value, str) else str(value)
+        system = ""
+        if action == "sql":
+            system = attrs.get("db.system") or attrs.get("db.system.name") or ""
+            system = system if isinstance(system, str) else ""
+        # URLs and statements repeat (static routes, prepared statements): memoize the whole
+        # sanitize+scan step, replaying its audit counts.
+        mk = (rule.name, system, text)
+        hit = self._value_memo.get(mk)
+        if hit is None:
+            local: dict[str, int] = {}
+            if action == "url":
+                u = self.url
+                if "/" not in text and "=" in text:  # a bare query string (url.query)
+                    out = sanitize_query(text, u.query_values, u.keep_params, self.tokenizer.token)
+                else:
+                    out = sanitize_url(text, u.query_values, u.keep_params, self.tokenizer.token)
+            else:
+                out = sanitize_statement(text, system)
+            try:
+                out = self._scan_value(out, local) if rule.scan else out
+            except DropValue:
+                out = _DROP
+            hit = (out, tuple(local.items()))
+            if len(self._value_memo) >= self._value_memo_size:
+                self._value_memo.clear()
+            self._value_memo[mk] = hit
+        out, hits = hit
+        for k, n in hits:
+            counts[k] = counts.get(k, 0) + n
+        if out is _DROP:
+            raise DropValue("detector")
+        return out
+
+    def protect_attributes(self, attrs: dict, counts: dict[str, int]) -> dict:
+        """A new map with every rule, allowlist and detector applied."""
+        out = {}
+        for key, value in attrs.items():
+            rule, allowed = self.rule_for(key)
+            if not allowed:
+                _count(counts, "rule:" + ALLOWLIST_RULE)
+                if self.unknown_keys == "redact":
+                    out[key] = REDACTED
+                continue
+            if rule is not None and rule.action == "drop":
+                _count(counts, "rule:" + rule.name)
+                continue
+            try:
+                if rule is None:
+                    new = self._scan_value(value, counts)
+                else:
+                    new = self._apply(rule, value, attrs, counts)
+                    if rule.action != "keep" and new != value:
+                        _count(counts, "rule:" + rule.name)
+            except DropValue:
+                continue
+            out[key] = new
+        return out
+
+    # ------------------------------------------------------------------ records
+    def protect_span(self, span: dict, counts: dict[str, int]) -> None:
+        """In place: name, status message, trace state, attributes, events, links."""
+        span["name"] = self.protect_name(span.get("name", ""), counts)
+        msg = span.get("status_message")
+        if msg:
+            span["status_message"] = self.scan_text(msg, counts)
+        ts = span.get("trace_state")
+        if ts:
+            span["trace_state"] = self.scan_text(ts, counts)
+        attrs = span.get("attributes")
+        if attrs:
+            span["attributes"] = self.protect_attributes(attrs, counts)
+        for ev in span.get("events") or ():
+            ev["name"] = self.scan_text(ev.get("name", ""), counts)
+            if ev.get("attributes"):
+                ev["attributes"] = self.protect_attributes(ev["attributes"], counts)
+        for link in span.get("links") or ():
+            if link.get("trace_state"):
+                link["trace_state"] = self.scan_text(link["trace_state"], counts)
+            if link.get("attributes"):
+                link["attributes"] = self.protect_attributes(link["attributes"], counts)
+
+    def protect_batch(self, batch: dict, counts: dict[str, int]) -> None:
+        """Resource attributes and scope name of a decoded batch (its spans separately)."""
+        res = batch.get("resource")
+        if res:
+            batch["resource"] = self.protect_attributes(res, counts)
+        if batch.get("scope_name"):
+            batch["scope_name"] = self.scan_text(batch["scope_name"], counts)
+
+    def dimension(self, value: str) -> str:
+        """A value safe and bounded enough to be an SLI dimension or a metric label (e.g. an
+        operation name): path ids → {id}, detections replaced. Not counted in audits."""
+        return self.protect_name(value, {})
+
+
+def _count(counts: dict[str, int], key: str, n: int = 1) -> None:
+    counts[key] = counts.get(key, 0) + n
