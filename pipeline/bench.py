@@ -10,6 +10,8 @@ Prints both figures and their ratio. Not part of ``make test``: figures depend o
 
 from __future__ import annotations
 
+import sys
+
 import argparse
 import os
 import tempfile
@@ -61,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.generator.callgraph import GeneratorConfig
     from pipeline.generator.produce import produce
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     with broker(args.bootstrap) as bootstrap, tempfile.TemporaryDirectory(prefix="tailsift-bench-") as tmp:
         run_id = f"bench-{uuid.uuid4().hex[:6]}"
         path, cfg = run_config(bootstrap, run_id, Path(tmp), assemble={"decision_wait_ms": 1000},

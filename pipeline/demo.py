@@ -6,6 +6,8 @@ windowed, prints the summary, and stops everything it started."""
 
 from __future__ import annotations
 
+import sys
+
 import argparse
 import socket
 import tempfile
@@ -32,17 +34,13 @@ def free_port() -> int:
 
 def run_config(bootstrap: str, run_id: str, workdir: Path, **overrides: dict) -> tuple[Path, config_mod.Config]:
     """A config for one throw-away run: its own topics and consumer group."""
-    prefix = f"{run_id}."
+    defaults = config_mod.TopicsConfig()
     data = {
         "kafka": {"bootstrap_servers": bootstrap, "group_id": f"{run_id}-tailsift",
                   "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000},
-        "topics": {
-            "spans_raw": {"name": prefix + "spans.raw", "partitions": 6},
-            "traces_kept": {"name": prefix + "traces.kept", "partitions": 3},
-            "sli_windows": {"name": prefix + "sli.windows", "partitions": 1},
-            "deadletter": {"name": prefix + "spans.deadletter", "partitions": 1},
-            "pii_audit": {"name": prefix + "pii.audit", "partitions": 1},
-        },
+        # every topic the config knows, renamed for this run; fewer partitions than production
+        "topics": {key: {"name": f"{run_id}.{topic.name}", "partitions": 6 if key == "spans_raw" else min(topic.partitions, 3)}
+                   for key, topic in defaults.all().items()},
         "assemble": {"decision_wait_ms": 3000},
         "sli": {"window_seconds": 5, "grace_seconds": 2},
         "job": {"data_dir": str(workdir / "faust"), "commit_interval_ms": 500},
@@ -68,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.generator.callgraph import GeneratorConfig
     from pipeline.generator.produce import produce
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     started = time.monotonic()
     with broker(args.bootstrap) as bootstrap, tempfile.TemporaryDirectory(prefix="tailsift-demo-") as tmp:
         console.print(f"[bold]Kafka[/] at {bootstrap}")

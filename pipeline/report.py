@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import argparse
 import urllib.request
 from collections import Counter, defaultdict
@@ -96,7 +98,7 @@ def render(report: Report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     m = report.metrics
     summary = Table(title="tailsift summary", show_header=False)
     if m:
