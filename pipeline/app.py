@@ -121,8 +121,18 @@ def run(config: Config, loglevel: str = "info") -> int:
     """Run the worker until SIGTERM/SIGINT. Returns the process exit code."""
     from faust.worker import Worker
 
+    protector = None
+    if config.privacy.enabled:
+        from pipeline.privacy import build_protector, install_log_protection
+
+        # Keys first: a missing key stops the worker before it connects or consumes anything
+        # (PrivacyKeyError → `tailsift run` exits 2 naming the variable or file).
+        protector = build_protector(config.privacy)
+        install_log_protection(protector)
+    else:
+        log.warning("privacy.enabled is false: kept traces leave without PII protection (see README 'Privacy')")
     check_topics(config)
-    job = Job(config)
+    job = Job(config, protector=protector)
     app = build_app(config, job)
     metrics.serve(config.metrics.port, config.metrics.host)
     log.info("tailsift worker %s: %s → %s, %s (metrics on :%s)", job.worker_id, job.input_topic,

@@ -23,6 +23,7 @@ from pipeline import metrics
 from pipeline.codecs import avro
 from pipeline.config import Config
 from pipeline.policies import build_policies
+from pipeline.privacy import audit_record, build_protector
 
 _ZERO_TRACE_ID = bytes(16)
 
@@ -57,7 +58,7 @@ class Outbox:
 
 
 class Job:
-    def __init__(self, config: Config, worker_id: str | None = None):
+    def __init__(self, config: Config, worker_id: str | None = None, protector=None):
         self.config = config
         self.worker_id = worker_id or config.job.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         a = config.assemble
@@ -81,6 +82,10 @@ class Job:
         self.kept_topic = t.traces_kept.name
         self.sli_topic = t.sli_windows.name
         self.deadletter_topic = t.deadletter.name
+        self.pii_audit_topic = t.pii_audit.name
+        # PII protection of kept traces (privacy.enabled): keys from env/key file, or injected.
+        self.protector = protector if protector is not None else (
+            build_protector(config.privacy) if config.privacy.enabled else None)
         self._pending: list[Record] = []  # produced on the next collect: dead letters, late spans, re-keys
 
     # ---------------------------------------------------------------- ingest (hot path)
@@ -196,6 +201,8 @@ class Job:
             sampling_attrs["sampling.late"] = True
         batches = []
         span_count = 0
+        protector = self.protector
+        pii_counts: dict[str, int] = {}
         for hold, value in fragments:
             batch = avro.decode_batch(value)
             bad_detail = ""
@@ -206,7 +213,11 @@ class Job:
                     bad_detail = f"{type(exc).__name__}: {_safe(exc)}"
                     detail = {**avro.EMPTY_DETAIL, "attributes": {"tailsift.detail_error": "undecodable span detail"}}
                 span.update(detail)
+                if protector is not None:
+                    protector.protect_span(span, pii_counts)
                 span["attributes"].update(sampling_attrs)
+            if protector is not None:
+                protector.protect_batch(batch, pii_counts)
             if bad_detail:
                 msg = Received(hold.partition, hold.offset, trace_id, value)
                 self._pending.append(self._dead_letter(msg, "detail_decode_error", bad_detail, now_ns, None))
@@ -222,7 +233,24 @@ class Job:
             "span_count": span_count,
             "batches": batches,
         })
-        return Record(self.kept_topic, trace_id, value, [hold for hold, _ in fragments])
+        holds = [hold for hold, _ in fragments]
+        if protector is not None:
+            self._pii_audit(trace_id, pii_counts, holds, now_ns, late, span_count)
+        return Record(self.kept_topic, trace_id, value, holds)
+
+    def _pii_audit(self, trace_id: bytes, counts: dict[str, int], holds: list[Hold], now_ns: int,
+                   late: bool, span_count: int) -> None:
+        """Counts (never values) of what protection changed → metrics and, per kept record, a
+        PiiAudit record that holds its inputs like the kept record does."""
+        for name, n in counts.items():
+            kind, _, label = name.partition(":")
+            (metrics.PII_DETECTIONS if kind == "detector" else metrics.PII_RULE_ACTIONS).labels(label).inc(n)
+        if not self.config.privacy.audit:
+            return
+        for hold in holds:
+            hold.count += 1
+        value = audit_record(trace_id, counts, self.protector.tokenizer.key_id, now_ns, late, span_count)
+        self._pending.append(Record(self.pii_audit_topic, trace_id, value, list(holds)))
 
     def _sli_record(self, w: WindowAggregate, now_ns: int) -> bytes:
         return avro.encode(avro.SLI_WINDOW, {

@@ -16,7 +16,9 @@ import copy
 import logging
 import os
 import stat
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Mapping
 
@@ -84,7 +86,8 @@ def load_key_ring(privacy: PrivacyConfig, environ: Mapping[str, str] | None = No
     try:
         return KeyRing(keys, k.active)
     except KeyRingError as exc:
-        raise PrivacyKeyError(f"{source}: {exc} (privacy.keys.active)") from None
+        hint = " (privacy.keys.active)" if "active" in str(exc) else ""
+        raise PrivacyKeyError(f"{source}: {exc}{hint}") from None
 
 
 def build_protector(privacy: PrivacyConfig, environ: Mapping[str, str] | None = None,
@@ -112,21 +115,21 @@ def audit_record(trace_id: bytes, counts: Mapping[str, int], key_id: str, now_ns
 
 # ---------------------------------------------------------------------------- logs
 
-_installed: list = []
+_originals: dict = {}
 
 
 def install_log_protection(protector: Protector) -> None:
     """Every log record created from now on (any logger, any handler, Faust's too) has its message
     — arguments merged — and its exception text run through the detectors. A record factory and
-    not a handler filter, because Faust replaces handlers when the worker starts."""
-    previous = logging.getLogRecordFactory()
-    if _installed:
-        previous = _installed[0]
-    else:
-        _installed.append(previous)
+    not a handler filter, because Faust replaces handlers when the worker starts. Uncaught
+    exceptions (printed by ``sys.excepthook``, not logging) are protected the same way."""
+    if not _originals:
+        _originals["factory"] = logging.getLogRecordFactory()
+        _originals["hook"] = sys.excepthook
+    make_record = _originals["factory"]
 
     def factory(*args, **kwargs) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
+        record = make_record(*args, **kwargs)
         try:
             message = record.getMessage()
             clean = protector.scan_text(message, {})
@@ -135,17 +138,23 @@ def install_log_protection(protector: Protector) -> None:
             if record.exc_info and record.exc_info[0] is not None:
                 text = logging.Formatter().formatException(record.exc_info)
                 record.exc_text = protector.scan_text(text, {})
-                record.exc_info = None  # the formatted, protected text is what is printed
+                record.exc_info = None  # the protected text is what handlers print
         except Exception:  # noqa: BLE001 - never lose a log line to the protector
             record.msg, record.args = "(log message withheld: PII protection failed on it)", ()
         return record
 
+    def excepthook(etype, value, tb) -> None:
+        text = "".join(traceback.format_exception(etype, value, tb))
+        sys.stderr.write(protector.scan_text(text, {}))
+
     logging.setLogRecordFactory(factory)
+    sys.excepthook = excepthook
 
 
 def uninstall_log_protection() -> None:
-    if _installed:
-        logging.setLogRecordFactory(_installed.pop())
+    if _originals:
+        logging.setLogRecordFactory(_originals.pop("factory"))
+        sys.excepthook = _originals.pop("hook")
 
 
 # ---------------------------------------------------------------------------- benchmark

@@ -46,7 +46,8 @@ def _ipv4_ok(s: str) -> bool:
 
 
 def _ipv6_ok(s: str) -> bool:
-    if s.count(":") < 2 or sum(c.isalnum() for c in s) < 2:
+    # "a::b" and "std::x" are valid IPv6 text too: want a digit and 4+ hex digits
+    if s.count(":") < 2 or not _has_digit(s) or sum(c.isalnum() for c in s) < 4:
         return False
     try:
         ipaddress.IPv6Address(s)
