@@ -151,3 +151,18 @@ def test_keys_never_in_config_dump():
     cfg = config.parse({"privacy": {"enabled": True}})
     dumped = repr(cfg.model_dump())
     assert "TAILSIFT_TOKEN_KEYS" in dumped and KEY.hex() not in dumped
+
+
+def test_allowlist_mode_in_the_job_an_unlisted_attribute_never_reaches_the_output():
+    job = make_job(mode="allowlist", allowed_keys=["http.*", "user.id"])
+    tid = os.urandom(16)
+    s = span(0, 10 * MS, "ERROR", parent=None, name="GET /x")
+    attrs = {"http.request.method": "GET", "user.id": UID, "zz.unlisted.key": "zz-unlisted-value"}
+    job.ingest([Received(0, 0, tid, batch_bytes(tid, "front", [s], attrs), ref=0)], now_ns=0)
+    out = job.collect(2000 * MS)
+    (kept,) = by_topic(out, "traces.kept")
+    assert b"zz-unlisted" not in kept.value and b"zz.unlisted.key" not in kept.value
+    a = avro.decode(avro.KEPT_TRACE, kept.value)["batches"][0]["spans"][0]["attributes"]
+    assert a["http.request.method"] == "GET" and a["user.id"] == TOK.token(UID) and a["sampling.policy"] == "errors"
+    (audit,) = by_topic(out, "pii.audit")
+    assert avro.decode(PII_AUDIT, audit.value)["counts"]["rule:allowlist"] == 1

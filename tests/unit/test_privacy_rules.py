@@ -161,3 +161,23 @@ def test_build_protector_from_config_and_dimension():
     assert p.protect_attributes({"note": "ip 198.51.100.1"}, {}) == {"note": "ip 198.51.100.1"}
     assert p.protect_attributes({"url.full": "/a/123?x=1"}, {}) == {"url.full": "/a/{id}?x="}
     assert p.dimension("GET /users/42 jane@example.com") == "GET /users/{id} " + TOK.email_token("jane@example.com")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=80),
+                     st.binary(max_size=40))
+_values = st.one_of(_scalars, st.lists(_scalars, max_size=4))
+_keys = st.one_of(st.text(max_size=30), st.sampled_from(["user.id", "url.full", "db.statement", "user.email",
+                                                          "client.address", "http.request.header.authorization"]))
+
+
+@given(st.dictionaries(_keys, _values, max_size=8), st.text(max_size=80), st.text(max_size=80))
+@settings(max_examples=200, deadline=None)
+def test_protector_never_raises_on_arbitrary_spans(attrs, name, message):
+    for p in (protector(), protector(mode="allowlist", allowed_keys=["user.*", "url.*"], unknown_keys="redact")):
+        span = {"name": name, "status_message": message, "trace_state": "", "attributes": dict(attrs),
+                "events": [{"name": name, "time_unix_nano": 0, "attributes": dict(attrs)}], "links": []}
+        p.protect_span(span, {})
+        assert isinstance(span["name"], str)
