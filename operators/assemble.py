@@ -23,7 +23,7 @@ class TraceBuffer:
     first_seen_ns: int
     deadline_ns: int
     spans: list[SpanHeader] = field(default_factory=list)
-    fragments: list[Any] = field(default_factory=list)  # per message: opaque ref (raw bytes, hold)
+    fragments: list[Any] = field(default_factory=list)  # per message: an opaque ref the caller chose
     forced_reason: str = ""
 
 

@@ -26,6 +26,10 @@ from pipeline.policies import build_policies
 from pipeline.privacy import audit_record, build_protector
 
 _ZERO_TRACE_ID = bytes(16)
+# label children bound once: .labels() per message would cost a dict lookup and a lock each time
+_BUFFERED = metrics.MESSAGES.labels("buffered")
+_LATE_KEPT = metrics.MESSAGES.labels("late_kept")
+_LATE_DROPPED = metrics.MESSAGES.labels("late_dropped")
 
 
 @dataclass(slots=True)
@@ -125,14 +129,15 @@ class Job:
             hold.count += sli.add(msg.partition, service, spans, hold)
             decision = assembler.decided(trace_id)
             if decision is None:
-                assembler.add(trace_id, msg.partition, spans, (hold, value), now_ns)
-                metrics.MESSAGES.labels("buffered").inc()
+                # the decoded batch rides along so a kept trace is not decoded twice
+                assembler.add(trace_id, msg.partition, spans, (hold, value, batch), now_ns)
+                _BUFFERED.inc()
             elif decision.keep:
-                self._pending.append(self._kept_record(trace_id, decision, [(hold, value)], now_ns, late=True))
-                metrics.MESSAGES.labels("late_kept").inc()
+                self._pending.append(self._kept_record(trace_id, decision, [(hold, value, batch)], now_ns, late=True))
+                _LATE_KEPT.inc()
             else:
                 tracker.release(hold)
-                metrics.MESSAGES.labels("late_dropped").inc()
+                _LATE_DROPPED.inc()
         metrics.SPANS.inc(n_spans)
 
     # ---------------------------------------------------------------- decide + emit
@@ -144,7 +149,7 @@ class Job:
             decision = self.engine.decide(TraceView(buf.trace_id, buf.spans))
             self.assembler.remember(buf.trace_id, decision)
             metrics.TRACES_DECIDED.labels("keep" if decision.keep else "drop", decision.policy or "-", buf.forced_reason or "-").inc()
-            holds = [hold for hold, _ in buf.fragments]
+            holds = [fragment[0] for fragment in buf.fragments]
             if decision.keep:
                 out.kept_traces += 1
                 metrics.KEPT_SPANS.inc(len(buf.spans))
@@ -187,7 +192,7 @@ class Job:
             metrics.POLICY_ERRORS.labels(name).set(n)
 
     # ---------------------------------------------------------------- records
-    def _kept_record(self, trace_id: bytes, decision: Decision, fragments: list[tuple[Hold, bytes]], now_ns: int,
+    def _kept_record(self, trace_id: bytes, decision: Decision, fragments: list[tuple[Hold, bytes, dict]], now_ns: int,
                      late: bool = False, forced: str = "") -> Record:
         """Full decode (kept traces only) into a KeptTrace, sampling facts on every span.
 
@@ -203,8 +208,7 @@ class Job:
         span_count = 0
         protector = self.protector
         pii_counts: dict[str, int] = {}
-        for hold, value in fragments:
-            batch = avro.decode_batch(value)
+        for hold, value, batch in fragments:  # batch: decoded at ingest; value: its raw bytes
             bad_detail = ""
             for span in batch["spans"]:
                 try:
@@ -233,7 +237,7 @@ class Job:
             "span_count": span_count,
             "batches": batches,
         })
-        holds = [hold for hold, _ in fragments]
+        holds = [fragment[0] for fragment in fragments]
         if protector is not None:
             self._pii_audit(trace_id, pii_counts, holds, now_ns, late, span_count)
         return Record(self.kept_topic, trace_id, value, holds)
