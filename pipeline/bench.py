@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.codecs import avro
-from pipeline.demo import delete_topics, run_config
+from pipeline.demo import delete_topics, ensure_token_key, run_config
 from pipeline.jobproc import JobProcess
 from pipeline.localkafka import broker
 from pipeline.topics import create_topics
@@ -65,6 +65,7 @@ def main(args: argparse.Namespace) -> int:
 
     console = Console(width=None if sys.stdout.isatty() else 120)
     with broker(args.bootstrap) as bootstrap, tempfile.TemporaryDirectory(prefix="tailsift-bench-") as tmp:
+        ensure_token_key(console)
         run_id = f"bench-{uuid.uuid4().hex[:6]}"
         path, cfg = run_config(bootstrap, run_id, Path(tmp), assemble={"decision_wait_ms": 1000},
                                sli={"window_seconds": 10, "grace_seconds": 1})

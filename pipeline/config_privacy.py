@@ -96,7 +96,8 @@ class TokenConfig(_Strict):
 
 
 class PrivacyConfig(_Strict):
-    enabled: bool = Field(False, description="protect kept traces (and logs) before they leave the job")
+    # On by default: PII must not leave untokenized unless an operator turns protection off.
+    enabled: bool = Field(True, description="protect kept traces (and logs) before they leave the job")
     mode: Literal["denylist", "allowlist"] = Field(
         "denylist", description="allowlist: attributes whose key matches no allowed_keys pattern are removed (fail closed)")
     allowed_keys: list[str] = Field(default_factory=list, description="allowlist mode: glob patterns of keys that may leave")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 
 import argparse
+import os
+import secrets
 import socket
 import tempfile
 import time
@@ -53,6 +55,14 @@ def run_config(bootstrap: str, run_id: str, workdir: Path, **overrides: dict) ->
     return path, config_mod.load(path)
 
 
+def ensure_token_key(console: Console) -> None:
+    """Privacy is on by default; a demo or bench run without a configured key gets a random
+    one that lives only in this process and the job it starts (its tokens match nothing else)."""
+    if not os.environ.get("TAILSIFT_TOKEN_KEYS"):
+        os.environ["TAILSIFT_TOKEN_KEYS"] = "run1:" + secrets.token_hex(32)
+        console.print("  token key: a random one for this run (set TAILSIFT_TOKEN_KEYS to choose)")
+
+
 def delete_topics(cfg: config_mod.Config) -> None:
     admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers})
     for fut in admin.delete_topics([t.name for t in cfg.topics.all().values()]).values():
@@ -70,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with broker(args.bootstrap) as bootstrap, tempfile.TemporaryDirectory(prefix="tailsift-demo-") as tmp:
         console.print(f"[bold]Kafka[/] at {bootstrap}")
+        ensure_token_key(console)
         run_id = f"demo-{uuid.uuid4().hex[:6]}"
         path, cfg = run_config(bootstrap, run_id, Path(tmp))
         for r in create_topics(cfg):

@@ -129,3 +129,20 @@ def unique_name() -> str:
     return uuid.uuid4().hex[:8]
 
 # ============================ end of local Kafka broker section ===============================
+
+
+# =============================================================================================
+# Token keys: privacy is on by default, so every job a test starts needs a key. A fixed test key
+# (never a real one) unless the environment already names one.
+# =============================================================================================
+
+TEST_TOKEN_KEYS = "test1:" + "5a" * 32
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_token_keys():
+    had = "TAILSIFT_TOKEN_KEYS" in os.environ
+    os.environ.setdefault("TAILSIFT_TOKEN_KEYS", TEST_TOKEN_KEYS)
+    yield
+    if not had:
+        os.environ.pop("TAILSIFT_TOKEN_KEYS", None)

@@ -91,8 +91,15 @@ def test_audit_off_and_privacy_off():
     job.ingest([poisoned_message(0, os.urandom(16))], now_ns=0)
     out = job.collect(2000 * MS)
     assert by_topic(out, "pii.audit") == [] and len(by_topic(out, "traces.kept")) == 1
-    plain = Job(config.parse({"sampling": {"policies": [{"name": "errors", "type": "status_code"}]}}), worker_id="t")
+    plain = Job(config.parse({"privacy": {"enabled": False},
+                              "sampling": {"policies": [{"name": "errors", "type": "status_code"}]}}), worker_id="t")
     assert plain.protector is None
+
+
+def test_privacy_is_on_by_default(monkeypatch):
+    assert config.parse({}).privacy.enabled
+    monkeypatch.setenv("TAILSIFT_TOKEN_KEYS", "d1:" + "ab" * 32)
+    assert Job(config.parse({}), worker_id="t").protector is not None
 
 
 def test_dead_letters_carry_no_payload():
