@@ -12,7 +12,6 @@ from pipeline.generator.callgraph import (
     GeneratedTrace,
     GeneratorConfig,
     TraceGenerator,
-    encode_span_batch,
     luhn_valid,
 )
 
@@ -21,6 +20,5 @@ __all__ = [
     "GeneratedTrace",
     "GeneratorConfig",
     "TraceGenerator",
-    "encode_span_batch",
     "luhn_valid",
 ]

@@ -34,13 +34,13 @@ some checkouts a Luhn-valid card number (``payment.card.number``). ``GeneratorCo
 plants exact strings in every trace (on the root span, and in the places the model uses the same
 kind of value: ``user.email``, ``user.id``/``enduser.id``, card, ``client.address``).
 
-Speed: spans' ``detail`` and the batches' bytes are encoded here by a small hand-written Avro
-encoder that is byte-identical to fastavro's (tests check it by decode/re-encode); per operation
-and per replica the constant parts (names, static attributes, resources) are encoded once.
-``GeneratedTrace.encoded`` holds the Kafka values, so producers need not re-encode. Measured
-on one core of the 2-core dev machine: ~3,800-4,600 traces/s (~70-88K spans/s, ~9 KB of Avro
-per trace), model and encoding included; fastavro alone would need more than that time just to
-encode the batches (~2,300 traces/s).
+Encoding: the model builds plain dicts; every span's ``detail`` (status message, attributes,
+events, links) and every batch are encoded by ``pipeline.codecs.avro`` (fastavro, schemas parsed
+once). Resources and per-operation static attributes are dicts built once and copied/extended
+per span. ``GeneratedTrace.encoded`` holds the Kafka values, so producers need not re-encode.
+Measured on one core of the 2-core dev machine: ~1,000 traces/s (~19K spans/s, ~9 KB of Avro
+per trace); ~85% of that time is fastavro (attribute maps are unions: ~2 us per value), the
+model alone runs at ~7,000 traces/s.
 """
 
 from __future__ import annotations
@@ -49,150 +49,28 @@ import base64
 import json
 import math
 import random
-import struct
 from dataclasses import dataclass, field
 from statistics import NormalDist
+
+from pipeline.codecs import avro
 
 __all__ = [
     "GeneratorConfig",
     "GeneratedTrace",
     "TraceGenerator",
     "SERVICES",
-    "encode_attributes",
-    "encode_span_batch",
     "luhn_valid",
 ]
 
-# --------------------------------------------------------------------------------------------
-# Avro primitives, byte-identical to fastavro.schemaless_writer for the tailsift schemas.
-
-
-def _varint_slow(z: int) -> bytes:
-    out = bytearray()
-    while z > 127:
-        out.append((z & 127) | 128)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
-_VARINT = tuple(_varint_slow(z) for z in range(16384))
-
-
-# two 7-bit groups, both with the continuation bit: the low 28 bits of a long varint
-_LOW14 = tuple(bytes(((x & 127) | 128, ((x >> 7) & 127) | 128)) for x in range(16384))
-_HIGH: dict[int, bytes] = {}  # varint of z >> 28: timestamps close in time share it
-
-
-def _long(n: int) -> bytes:
-    """Avro long: zig-zag then base-128 varint."""
-    z = (n << 1) if n >= 0 else ((-n << 1) - 1)
-    if z < 16384:
-        return _VARINT[z]
-    if z < 268435456:
-        return _varint_slow(z)
-    hi = z >> 28
-    h = _HIGH.get(hi)
-    if h is None:
-        if len(_HIGH) >= 4096:
-            _HIGH.clear()
-        h = _HIGH[hi] = _varint_slow(hi)
-    return _LOW14[z & 16383] + _LOW14[(z >> 14) & 16383] + h
-
-
-def _str(s: str) -> bytes:
-    b = s.encode()
-    n = len(b)
-    return (_VARINT[n << 1] if n < 8192 else _long(n)) + b
-
-
-def _bytes(b: bytes) -> bytes:
-    return _long(len(b)) + b
-
-
-_pack_double = struct.Struct("<d").pack
 # Standard normal draws come from a quantile table: one random() per draw instead of
 # Random.gauss's Python-level Box-Muller. It spans +-4 sigma; the slow tail is injected anyway.
 _NORMAL_SIZE = 32768
 _NORMAL_TABLE = tuple(NormalDist().inv_cdf((i + 0.5) / _NORMAL_SIZE) for i in range(_NORMAL_SIZE))
 
-# union branches of the attribute value type: null, boolean, long, double, string, bytes, array
-_U_NULL, _U_BOOL, _U_LONG, _U_DOUBLE, _U_STR, _U_BYTES, _U_ARRAY = (
-    b"\x00", b"\x02", b"\x04", b"\x06", b"\x08", b"\x0a", b"\x0c")
-
-
-def _scalar(v) -> bytes:
-    t = type(v)
-    if t is str:
-        b = v.encode()
-        return _U_STR + _long(len(b)) + b
-    if t is int:
-        return _U_LONG + _long(v)
-    if t is bool:
-        return b"\x02\x01" if v else b"\x02\x00"
-    if t is float:
-        return _U_DOUBLE + _pack_double(v)
-    if v is None:
-        return _U_NULL
-    if t is bytes or t is bytearray:
-        return _U_BYTES + _bytes(bytes(v))
-    raise TypeError(f"unsupported attribute value {v!r}")
-
-
-def _value(v) -> bytes:
-    if type(v) is list or type(v) is tuple:
-        if not v:
-            return _U_ARRAY + b"\x00"
-        return b"".join((_U_ARRAY, _long(len(v)), *map(_scalar, v), b"\x00"))
-    return _scalar(v)
-
-
-def encode_attributes(attrs: dict) -> bytes:
-    """An attribute map (``resource``, span/event/link ``attributes``) as Avro."""
-    if not attrs:
-        return b"\x00"
-    parts = [_long(len(attrs))]
-    for k, v in attrs.items():
-        parts.append(_str(k))
-        parts.append(_value(v))
-    parts.append(b"\x00")
-    return b"".join(parts)
-
-
-def _kv(key: str, value) -> bytes:
-    return _str(key) + _value(value)
-
-
-_KIND_NAMES = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
-_KIND = {name: _long(i) for i, name in enumerate(_KIND_NAMES)}
 _STATUS_NAMES = ("UNSET", "OK", "ERROR")
-_STATUS_ENC = tuple(_long(i) for i in range(3))
 UNSET, OK, ERROR = 0, 1, 2
-
-
-def encode_span_batch(batch: dict) -> bytes:
-    """Generic fast SpanBatch encoder for dicts (same bytes as ``pipeline.codecs.avro``)."""
-    spans = batch["spans"]
-    parts = [batch["trace_id"], _str(batch["service"])]
-    if spans:
-        parts.append(_long(len(spans)))
-        for s in spans:
-            parent = s.get("parent_span_id")
-            parts += (
-                s["span_id"],
-                b"\x02" + parent if parent is not None else b"\x00",
-                _str(s["name"]),
-                _KIND[s.get("kind", "UNSPECIFIED")],
-                _long(s["start_time_unix_nano"]),
-                _long(s["end_time_unix_nano"]),
-                _STATUS_ENC[_STATUS_NAMES.index(s.get("status_code", "UNSET"))],
-                _str(s.get("trace_state", "")),
-                _bytes(s.get("detail", b"")),
-            )
-    parts.append(b"\x00")
-    parts.append(encode_attributes(batch.get("resource") or {}))
-    parts.append(_str(batch.get("scope_name", "")))
-    return b"".join(parts)
+_encode_detail = avro.encode_detail
+_encode_batch = avro.encode_span_batch
 
 
 def luhn_valid(number: str) -> bool:
@@ -278,28 +156,23 @@ _SDK_VERSION = {"nodejs": "1.26.0", "go": "1.28.0", "dotnet": "1.9.0", "java": "
 
 
 class _Replica:
-    __slots__ = ("index", "resource", "ip", "peer_frag", "client_frag", "phase_ns", "tail")
+    __slots__ = ("index", "resource", "ip", "phase_ns")
 
-    def __init__(self, index, resource, ip, phase_ns, scope):
+    def __init__(self, index, resource, ip, phase_ns):
         self.index = index
-        self.resource = resource
-        # end of a batch's spans array + resource map + scope name, encoded once
-        self.tail = b"\x00" + encode_attributes(resource) + _str(scope)
-        self.ip = ip
-        self.peer_frag = _kv("net.peer.ip", ip)  # on client spans calling this replica
-        self.client_frag = _kv("client.address", ip)  # on server spans called by this replica
+        self.resource = resource  # shared by all the replica's batches (never mutated)
+        self.ip = ip  # net.peer.ip of client spans calling it, client.address of its callees
         self.phase_ns = phase_ns
 
 
 class _Service:
-    __slots__ = ("index", "name", "name_enc", "port", "host", "base_url", "scope",
+    __slots__ = ("index", "name", "port", "host", "base_url", "scope",
                  "flush_ns", "replicas", "n")
 
     def __init__(self, index: int, name: str, topo: random.Random):
         lang, version, n, port, scope, flush_ms = _SERVICE_INFO[name]
         self.index = index
         self.name = name
-        self.name_enc = _str(name)
         self.port = port
         self.host = name
         self.base_url = f"http://{name}:{port}"
@@ -330,15 +203,15 @@ class _Service:
                 "cloud.provider": "aws",
                 "cloud.region": "eu-west-1",
             }
-            self.replicas.append(_Replica(i, resource, ip, topo.randrange(self.flush_ns), scope))
+            self.replicas.append(_Replica(i, resource, ip, topo.randrange(self.flush_ns)))
         self.n = n
 
 
 class _Op:
     """One operation: a span name/kind on a service, its latency law and constant attributes."""
 
-    __slots__ = ("key", "svc", "name", "kind", "mu", "sigma", "head", "static", "n_static",
-                 "static_attrs", "exc", "timeout_ns")
+    __slots__ = ("key", "svc", "name", "kind", "mu", "sigma", "static_attrs", "exc",
+                 "timeout_ns")
 
     def __init__(self, key, svc: _Service, name, kind, median_ms, sigma, attrs=None, exc=None,
                  timeout_ms=None):
@@ -348,11 +221,7 @@ class _Op:
         self.kind = kind
         self.mu = math.log(median_ms * 1e6)
         self.sigma = sigma
-        self.head = _str(name) + _KIND[kind]
-        attrs = attrs or {}
-        self.static_attrs = attrs
-        self.static = b"".join(_kv(k, v) for k, v in attrs.items())
-        self.n_static = len(attrs)
+        self.static_attrs = attrs or {}  # copied, never mutated
         self.exc = exc  # (exception.type, exception.message, stacktrace) when it can fail
         self.timeout_ns = int(timeout_ms * 1e6) if timeout_ms else 0
 
@@ -396,45 +265,20 @@ def _b64(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
-# dynamic attribute key prefixes (key string + union branch), values appended per span
-def _k(key: str, branch: bytes) -> bytes:
-    return _str(key) + branch
+_EXC_ATTRS: dict[tuple, dict] = {}  # (exception triple, escaped) -> event attributes
 
 
-_K_URL_FULL = _k("url.full", _U_STR)
-_K_URL_PATH = _k("url.path", _U_STR)
-_K_URL_QUERY = _k("url.query", _U_STR)
-_K_DB_STMT = _k("db.statement", _U_STR)
-_K_ERROR_TYPE = _k("error.type", _U_STR)
-_K_ENDUSER = _k("enduser.id", _U_STR)
-_K_USER_ID = _k("user.id", _U_STR)
-_K_EMAIL = _k("user.email", _U_STR)
-_K_LAST4 = _k("payment.card.last4", _U_STR)
-_K_CLIENT = _k("client.address", _U_STR)
-_K_SERVER_ADDR = _k("server.address", _U_STR)
-_K_SESSION = _k("session.id", _U_STR)
-_K_AUTH = _k("http.request.header.authorization", _U_ARRAY) + b"\x02" + _U_STR  # 1 string
-_UA_FRAGS = {ua: _kv("user_agent.original", ua) for ua in _UAS}
-_ROOT_DYNAMIC_KEYS = frozenset((
-    "url.path", "url.query", "url.full", "client.address", "user_agent.original", "enduser.id",
-    "session.id", "http.request.header.authorization", "http.response.status_code",
-    "error.type"))
-_K_CARD = _k("payment.card.number", _U_STR)
-_K_MSG_ID = _k("messaging.message.id", _U_STR)
-_K_PARTITION = _k("messaging.destination.partition.id", _U_STR)
-_K_RETRY = _k("messaging.retry.count", _U_LONG)
-_K_ROWS = _k("db.response.returned_rows", _U_LONG)
-_CODE_FRAG = {c: _kv("http.response.status_code", c) for c in
-              (200, 201, 204, 400, 402, 404, 500, 502, 503, 504)}
-_ERRTYPE_FRAG = {c: _K_ERROR_TYPE + _str(str(c)) for c in _CODE_FRAG}
-
-
-def _exception_event(t: int, etype: str, message: str, stack: str, escaped: bool) -> bytes:
-    attrs = {"exception.type": etype, "exception.message": message,
-             "exception.stacktrace": stack}
-    if escaped:
-        attrs["exception.escaped"] = True
-    return b"".join((b"\x02", _long(t), _str("exception"), encode_attributes(attrs), b"\x00"))
+def _exception_event(t: int, exc: tuple, escaped: bool) -> dict:
+    """An ``exception`` SpanEvent; its attributes are built once per exception and shared."""
+    attrs = _EXC_ATTRS.get((exc, escaped))
+    if attrs is None:
+        etype, message, stack = exc
+        attrs = {"exception.type": etype, "exception.message": message,
+                 "exception.stacktrace": stack}
+        if escaped:
+            attrs["exception.escaped"] = True
+        _EXC_ATTRS[(exc, escaped)] = attrs
+    return {"time_unix_nano": t, "name": "exception", "attributes": attrs}
 
 
 class _Flow:
@@ -467,8 +311,6 @@ class TraceGenerator:
         self._slow_rate = config.slow_rate
         self._queue_mean_ns = config.queue_delay_ms * 1e6
         self._canaries = {str(k): v for k, v in (config.canaries or {}).items()}
-        self._canary_frags = b"".join(_kv(k, v) for k, v in self._canaries.items())
-        self._n_canaries = len(self._canaries)
         # The topology is the same for every seed (stable resources across runs and seeds).
         topo = random.Random(20240611)
         self.services = {name: _Service(i, name, topo) for i, name in enumerate(SERVICES)}
@@ -494,10 +336,6 @@ class TraceGenerator:
             _Flow("rate-sync", 0.05, self._flow_rate_sync,
                   (self.op_ship_carrier,), (self.op_ship_carrier, self.op_ship_replace)),
         )
-        root_keys = set(_ROOT_DYNAMIC_KEYS)
-        for op in (self.op_fe_product, self.op_fe_cart_add, self.op_fe_checkout):
-            root_keys.update(op.static_attrs)
-        self._canary_collides = any(k in root_keys for k in self._canaries)
         acc, self._flow_cdf = 0.0, []
         for f in self._flows:
             acc += f.weight
@@ -505,7 +343,7 @@ class TraceGenerator:
         # per-trace state
         self._spans: list = []
         self._tid = b""
-        self._ts_enc = b"\x00"
+        self._trace_state = ""
         self._err_op = None
         self._slow_op = None
         self._slow_mult = 1.0
@@ -716,21 +554,11 @@ class TraceGenerator:
             return True
         return False
 
-    def _emit(self, op, rep, sid, parent, start, end, status, dyn, ndyn, msg=b"\x00",
-              events=b"\x00", links=b"\x00"):
-        n = op.n_static + ndyn
-        if n:
-            detail = b"".join((msg, _VARINT[n << 1], op.static, *dyn, b"\x00", events, links))
-        else:
-            detail = b"".join((msg, b"\x00", events, links))
-        self._add(op, rep, sid, parent, start, end, status, detail)
-
-    def _emit_dict(self, op, rep, sid, parent, start, end, status, attrs, msg=b"\x00",
-                   events=b"\x00"):
-        detail = b"".join((msg, encode_attributes(attrs), events, b"\x00"))
-        self._add(op, rep, sid, parent, start, end, status, detail)
-
-    def _add(self, op, rep, sid, parent, start, end, status, detail):
+    def _emit(self, op, rep, sid, parent, start, end, status, attrs, msg="", events=None,
+              links=None):
+        """Record a span; ``attrs`` is its complete attribute map."""
+        detail = _encode_detail({"status_message": msg, "attributes": attrs,
+                                 "events": events or [], "links": links or []})
         # The exporter of the span's replica flushes at the next tick of its timer after the
         # span ends; sorting these tuples groups spans into batches, in end order.
         svc = op.svc
@@ -740,8 +568,9 @@ class TraceGenerator:
                       end, start, len(spans), op, rep, sid, parent, status, detail))
 
     def _error_span_parts(self, op, t, escaped=False, exc=None):
-        etype, message, stack = exc or op.exc
-        return _str(message), _exception_event(t, etype, message, stack, escaped)
+        """(status message, events) of a failed span."""
+        exc = exc or op.exc
+        return exc[1], [_exception_event(t, exc, escaped)]
 
     # leaf spans -----------------------------------------------------------------------------
 
@@ -752,14 +581,17 @@ class TraceGenerator:
             end = t + (op.timeout_ns or self._lat(op))
             msg, ev = self._error_span_parts(op, end)
             self._emit(op, rep, sid, parent, t, end, ERROR,
-                       (_K_DB_STMT, _str(statement), _K_ERROR_TYPE, _str(op.exc[0])), 2, msg, ev)
+                       {**op.static_attrs, "db.statement": statement, "error.type": op.exc[0]},
+                       msg, ev)
             return end, True
         end = t + self._lat(op)
         if rows >= 0:
             self._emit(op, rep, sid, parent, t, end, UNSET,
-                       (_K_DB_STMT, _str(statement), _K_ROWS, _long(rows)), 2)
+                       {**op.static_attrs, "db.statement": statement,
+                        "db.response.returned_rows": rows})
         else:
-            self._emit(op, rep, sid, parent, t, end, UNSET, (_K_DB_STMT, _str(statement)), 1)
+            self._emit(op, rep, sid, parent, t, end, UNSET,
+                       {**op.static_attrs, "db.statement": statement})
         return end, False
 
     def _internal(self, op, rep, parent, t):
@@ -767,40 +599,40 @@ class TraceGenerator:
         if op.exc is not None and self._fail(op):
             end = t + self._lat(op) // 3
             msg, ev = self._error_span_parts(op, end)
-            self._emit(op, rep, sid, parent, t, end, ERROR, (), 0, msg, ev)
+            self._emit(op, rep, sid, parent, t, end, ERROR, op.static_attrs, msg, ev)
             return end, True
         end = t + self._lat(op)
-        self._emit(op, rep, sid, parent, t, end, UNSET, (), 0)
+        self._emit(op, rep, sid, parent, t, end, UNSET, op.static_attrs)
         return end, False
 
     def _external(self, op, rep, parent, t, url: str, host: str = ""):
         """An HTTP client span to a host outside the mesh (no server span); (end, code).
         ``host``: server.address when the operation's static attributes do not name it."""
         sid = self._id()
-        dyn = [_K_URL_FULL, _str(url)]
+        attrs = {**op.static_attrs, "url.full": url}
         if host:
-            dyn += (_K_SERVER_ADDR, _str(host))
+            attrs["server.address"] = host
         if self._fail(op):
             if op.timeout_ns:
                 end = t + op.timeout_ns
                 msg, ev = self._error_span_parts(op, end)
-                dyn += (_K_ERROR_TYPE, _str(op.exc[0]))
-                self._emit(op, rep, sid, parent, t, end, ERROR, dyn, len(dyn) // 2, msg, ev)
+                attrs["error.type"] = op.exc[0]
+                self._emit(op, rep, sid, parent, t, end, ERROR, attrs, msg, ev)
                 return end, 504
             end = t + self._lat(op) // 4
-            dyn += (_CODE_FRAG[503], _ERRTYPE_FRAG[503])
-            self._emit(op, rep, sid, parent, t, end, ERROR, dyn, len(dyn) // 2 + 1)
+            attrs["http.response.status_code"] = 503
+            attrs["error.type"] = "503"
+            self._emit(op, rep, sid, parent, t, end, ERROR, attrs)
             return end, 503
         end = t + self._lat(op)
-        dyn.append(_CODE_FRAG[200])
-        self._emit(op, rep, sid, parent, t, end, UNSET, dyn, len(dyn) // 2 + 1)
+        attrs["http.response.status_code"] = 200
+        self._emit(op, rep, sid, parent, t, end, UNSET, attrs)
         return end, 200
 
-    def _rpc(self, cop, crep, parent, t, sop, path, query, body, arg, extra=()):
+    def _rpc(self, cop, crep, parent, t, sop, path, query, body, arg, extra=None):
         """A client span on the caller and the server span on a callee replica; the callee's
         work is ``body(server_span_id, server_start, replica, arg) -> (end, code, exc)``.
-        ``extra``: more server span attributes, as encoded (key, value) fragment pairs.
-        Returns (client end, code)."""
+        ``extra``: more server span attributes (a dict). Returns (client end, code)."""
         svc = sop.svc
         srep = svc.replicas[int(self._random() * svc.n)]
         cid = self._id()
@@ -809,35 +641,28 @@ class TraceGenerator:
         ts = t + self._lat(net)
         end_srv, code, exc = body(sid, ts, srep, arg)
         url = svc.base_url + path + ("?" + query if query else "")
-        url_frag = _K_URL_FULL + _str(url)
-        code_frag = _CODE_FRAG[code]
-        if code >= 500:
-            msg, ev = (self._error_span_parts(sop, end_srv, True, exc) if exc
-                       else (b"\x00", b"\x00"))
-            if query:
-                self._emit(sop, srep, sid, cid, ts, end_srv, ERROR,
-                           (_K_URL_PATH, _str(path), _K_URL_QUERY, _str(query), url_frag,
-                            crep.client_frag, code_frag, _ERRTYPE_FRAG[code], *extra),
-                           6 + len(extra) // 2, msg, ev)
-            else:
-                self._emit(sop, srep, sid, cid, ts, end_srv, ERROR,
-                           (_K_URL_PATH, _str(path), url_frag, crep.client_frag, code_frag,
-                            _ERRTYPE_FRAG[code], *extra), 5 + len(extra) // 2, msg, ev)
-            end = end_srv + self._lat(net)
-            self._emit(cop, crep, cid, parent, t, end, ERROR,
-                       (url_frag, srep.peer_frag, code_frag, _ERRTYPE_FRAG[code]), 4)
-            return end, code
+        sattrs = {**sop.static_attrs, "url.path": path}
         if query:
-            self._emit(sop, srep, sid, cid, ts, end_srv, UNSET,
-                       (_K_URL_PATH, _str(path), _K_URL_QUERY, _str(query), url_frag,
-                        crep.client_frag, code_frag, *extra), 5 + len(extra) // 2)
-        else:
-            self._emit(sop, srep, sid, cid, ts, end_srv, UNSET,
-                       (_K_URL_PATH, _str(path), url_frag, crep.client_frag, code_frag, *extra),
-                       4 + len(extra) // 2)
+            sattrs["url.query"] = query
+        sattrs["url.full"] = url
+        sattrs["client.address"] = crep.ip
+        sattrs["http.response.status_code"] = code
+        cattrs = {**cop.static_attrs, "url.full": url, "net.peer.ip": srep.ip,
+                  "http.response.status_code": code}
+        if code >= 500:
+            sattrs["error.type"] = cattrs["error.type"] = str(code)
+            if extra:
+                sattrs.update(extra)
+            msg, ev = self._error_span_parts(sop, end_srv, True, exc) if exc else ("", None)
+            self._emit(sop, srep, sid, cid, ts, end_srv, ERROR, sattrs, msg, ev)
+            end = end_srv + self._lat(net)
+            self._emit(cop, crep, cid, parent, t, end, ERROR, cattrs)
+            return end, code
+        if extra:
+            sattrs.update(extra)
+        self._emit(sop, srep, sid, cid, ts, end_srv, UNSET, sattrs)
         end = end_srv + self._lat(net)
-        self._emit(cop, crep, cid, parent, t, end, UNSET, (url_frag, srep.peer_frag, code_frag),
-                   3)
+        self._emit(cop, crep, cid, parent, t, end, UNSET, cattrs)
         return end, code
 
     # ---- per-trace request data ----------------------------------------------------------------
@@ -885,8 +710,8 @@ class TraceGenerator:
         return c
 
     def _root_attrs(self, op, ctx, path, query, code) -> dict:
-        """The root span's attributes as a dict (the path taken when a canary replaces one)."""
-        attrs = dict(op.static_attrs)
+        """The root span's attributes; canaries go last and replace a same-named attribute."""
+        attrs = {**op.static_attrs}
         attrs["url.path"] = path
         attrs["url.full"] = "https://shop.example.com" + path + ("?" + query if query else "")
         attrs["client.address"] = ctx.ip
@@ -895,9 +720,11 @@ class TraceGenerator:
         attrs["session.id"] = ctx.session
         attrs["http.request.header.authorization"] = ["Bearer " + ctx.jwt]
         attrs["http.response.status_code"] = code
-        for key in self._canaries:  # canaries go last, as on the fast path
-            attrs.pop(key, None)
-        attrs.update(self._canaries)
+        canaries = self._canaries
+        if canaries:
+            for key in canaries:
+                attrs.pop(key, None)
+            attrs.update(canaries)
         if query and "url.query" not in attrs:
             attrs["url.query"] = query
         if code >= 500 and "error.type" not in attrs:
@@ -911,23 +738,8 @@ class TraceGenerator:
         end, code = body(rid, t0 + self._lat(self.op_mw), rep, ctx)
         end += self._lat(self.op_mw_small)
         status = ERROR if code >= 500 else UNSET
-        if self._canary_collides:
-            self._emit_dict(op, rep, rid, None, t0, end, status,
-                            self._root_attrs(op, ctx, path, query, code))
-            return
-        url = "https://shop.example.com" + path + ("?" + query if query else "")
-        dyn = [_K_URL_PATH, _str(path), _K_URL_FULL, _str(url), _K_CLIENT, _str(ctx.ip),
-               _UA_FRAGS[ctx.ua], _K_ENDUSER, _str(ctx.user_id), _K_SESSION, _str(ctx.session),
-               _K_AUTH, _str("Bearer " + ctx.jwt), b"\x00", _CODE_FRAG[code],
-               self._canary_frags]
-        n = 8 + self._n_canaries
-        if query:
-            dyn += (_K_URL_QUERY, _str(query))
-            n += 1
-        if status == ERROR:
-            dyn.append(_ERRTYPE_FRAG[code])
-            n += 1
-        self._emit(op, rep, rid, None, t0, end, status, dyn, n)
+        self._emit(op, rep, rid, None, t0, end, status,
+                   self._root_attrs(op, ctx, path, query, code))
 
     # ---- flows -------------------------------------------------------------------------------
 
@@ -943,7 +755,7 @@ class TraceGenerator:
                            "fields=price,stock,images", self._inv_product, sku)
         t += self._lat(stag)
         e2, _ = self._rpc(self.op_fe_cart_c, rep, rid, t, self.op_cart_get, "/cart/" + uid, "",
-                          self._cart_get, uid, (_K_ENDUSER, _str(uid)))
+                          self._cart_get, uid, {"enduser.id": uid})
         t += self._lat(stag)
         e3, _ = self._rpc(self.op_fe_rec_c, rep, rid, t, self.op_rec_get, "/recommendations",
                           f"product_id={sku}&user_id={uid}&limit=4", self._rec_get, sku)
@@ -975,7 +787,7 @@ class TraceGenerator:
     def _fe_checkout(self, rid, t, rep, ctx):
         end, code = self._rpc(self.op_fe_co_c, rep, rid, t, self.op_co_checkout, "/checkout",
                               f"user_id={ctx.user_id}&currency=USD", self._co_checkout, ctx,
-                              (_K_USER_ID, _str(ctx.user_id), _K_EMAIL, _str(ctx.email)))
+                              {"user.id": ctx.user_id, "user.email": ctx.email})
         return end, (502 if code >= 500 else 200)
 
     def _flow_rate_sync(self, t0, ctx):
@@ -1004,15 +816,15 @@ class TraceGenerator:
                             f"('{carrier}', {zone}, {500 * (1 + int(rnd() * 10))}, "
                             f"{300 + int(rnd() * 2500)})")
         end = t + self._lat(self.op_mw_small)
-        attrs = dict(op.static_attrs)
+        attrs = {**op.static_attrs}
         attrs["app.job.run_id"] = f"{self._bits(32):08x}"
         attrs["app.carriers.count"] = n
         attrs.update(self._canaries)
         if failed:
-            self._emit_dict(op, rep, rid, None, t0, end, ERROR, attrs,
-                            _str(f"{failed} of {n} carriers failed"))
+            self._emit(op, rep, rid, None, t0, end, ERROR, attrs,
+                       f"{failed} of {n} carriers failed")
         else:
-            self._emit_dict(op, rep, rid, None, t0, end, UNSET, attrs)
+            self._emit(op, rep, rid, None, t0, end, UNSET, attrs)
 
     # ---- service handlers (bodies) ----------------------------------------------------------
 
@@ -1131,9 +943,9 @@ class TraceGenerator:
         if c1 >= 500:
             return e + lat(small), 500, None
         pay_q = f"order_id={ctx.order_id}&amount_cents={ctx.total_cents}&currency=USD"
-        pay_attrs = (_K_ENDUSER, _str(uid), _K_LAST4, _str(ctx.card[-4:]))
+        pay_attrs = {"enduser.id": uid, "payment.card.last4": ctx.card[-4:]}
         if ctx.leak_card:  # a debug attribute someone forgot to remove
-            pay_attrs += (_K_CARD, _str(ctx.card_fmt))
+            pay_attrs["payment.card.number"] = ctx.card_fmt
         e, code = self._rpc(self.op_co_pay_c, rep, sid, e + lat(small), self.op_pay_charge,
                             "/payments/charge", pay_q, self._pay_charge, ctx, pay_attrs)
         if code >= 500 and self._random() < 0.5:  # one retry after a backoff
@@ -1154,7 +966,8 @@ class TraceGenerator:
         pe = e + lat(op)
         partition = str(int(self._random() * 12))
         self._emit(op, rep, pid, sid, e, pe, UNSET,
-                   (_K_MSG_ID, _str(ctx.order_id), _K_PARTITION, _str(partition)), 2)
+                   {**op.static_attrs, "messaging.message.id": ctx.order_id,
+                    "messaging.destination.partition.id": partition})
         self._consume(pid, pe, ctx, partition)
         e, _ = self._rpc(self.op_co_cart_del_c, rep, sid, pe, self.op_cart_del, "/cart/" + uid,
                          "", self._cart_del, uid)
@@ -1171,8 +984,9 @@ class TraceGenerator:
         if rnd() < 0.03:  # the first attempt died in a rebalance before exporting its span
             retry = 1
             t += int(3e9 + rnd() * 7e9)
-        link = b"".join((b"\x02", self._tid, producer_id, self._ts_enc,
-                         b"\x02", _K_MSG_ID, _str(ctx.order_id), b"\x00", b"\x00"))
+        links = [{"trace_id": self._tid, "span_id": producer_id,
+                  "trace_state": self._trace_state,
+                  "attributes": {"messaging.message.id": ctx.order_id}}]
         while True:
             rep = svc.replicas[int(rnd() * svc.n)]
             cid = self._id()
@@ -1183,30 +997,29 @@ class TraceGenerator:
             e, _ = self._internal(self.op_email_render, rep, cid, e)
             smtp = self.op_email_smtp
             s_id = self._id()
-            dyn = [_K_EMAIL, _str(ctx.email)]
+            attrs = {**smtp.static_attrs, "user.email": ctx.email}
             if self._fail(smtp):
                 se = e + self._lat(smtp) // 5
                 msg, ev = self._error_span_parts(smtp, se)
-                dyn += (_K_ERROR_TYPE, _str(smtp.exc[0]))
-                self._emit(smtp, rep, s_id, cid, e, se, ERROR, dyn, 2, msg, ev)
+                attrs["error.type"] = smtp.exc[0]
+                self._emit(smtp, rep, s_id, cid, e, se, ERROR, attrs, msg, ev)
                 failed = True
             else:
                 se = e + self._lat(smtp)
-                self._emit(smtp, rep, s_id, cid, e, se, UNSET, dyn, 1)
+                self._emit(smtp, rep, s_id, cid, e, se, UNSET, attrs)
                 failed = False
             end = se + self._lat(self.op_mw_small)
-            dyn = [_K_MSG_ID, _str(ctx.order_id), _K_PARTITION, _str(partition)]
+            attrs = {**op.static_attrs, "messaging.message.id": ctx.order_id,
+                     "messaging.destination.partition.id": partition}
             if retry:
-                dyn += (_K_RETRY, _long(retry))
+                attrs["messaging.retry.count"] = retry
             if failed:
                 msg, ev = self._error_span_parts(smtp, end, True)
-                self._emit(op, rep, cid, producer_id, t, end, ERROR, dyn, len(dyn) // 2, msg,
-                           ev, link)
+                self._emit(op, rep, cid, producer_id, t, end, ERROR, attrs, msg, ev, links)
                 retry += 1
                 t = end + int(1e9 * (1 + 4 * rnd()))  # redelivered after the retry backoff
                 continue
-            self._emit(op, rep, cid, producer_id, t, end, UNSET, dyn, len(dyn) // 2,
-                       links=link)
+            self._emit(op, rep, cid, producer_id, t, end, UNSET, attrs, links=links)
             return
 
     # ---- the trace ---------------------------------------------------------------------------
@@ -1230,42 +1043,31 @@ class TraceGenerator:
         else:
             self._slow_op = None
         trace_state = f"shop=s:{self._bits(24):06x}" if rnd() < 0.1 else ""
-        self._ts_enc = ts_enc = _str(trace_state)
+        self._trace_state = trace_state
         ctx = self._ctx(start_ns)
         flow.run(start_ns, ctx)
         if self._err_op is not None:  # pragma: no cover
             raise AssertionError(f"flow {flow.name} did not run its injected error")
         # a slow target after an injected error may not have run: then the trace is not slow
         slow = slow and self._slow_op is None
-        return self._assemble(tid, spans, flow, trace_state, ts_enc, slow)
+        return self._assemble(tid, spans, flow, trace_state, slow)
 
-    def _assemble(self, tid, spans, flow, trace_state, ts_enc, slow) -> GeneratedTrace:
+    def _assemble(self, tid, spans, flow, trace_state, slow) -> GeneratedTrace:
         spans.sort()  # by (flush time, service, replica, end, start, emit order)
         by_svc: dict[str, int] = {}
         err_by_svc: dict[str, int] = {}
         min_start = spans[0][4]
         max_end = 0
         root_service = ""
-        batches, encoded, export = [], [], []
-        long_ = _long
-        low, high, varint = _LOW14, _HIGH, _VARINT
+        batches, export = [], []
         status_names = _STATUS_NAMES
-        status_enc = _STATUS_ENC
         cur = None
         span_dicts: list = []
-        parts: list = []
-        svc = rep = None
-        for flush, si, ri, end, start, _, op, rep_, sid, parent, status, detail in spans:
+        for flush, si, ri, end, start, _, op, rep, sid, parent, status, detail in spans:
+            svc = op.svc
             if (flush, si, ri) != cur:
-                if cur is not None:
-                    parts[2] = long_(len(span_dicts))
-                    parts.append(rep.tail)
-                    encoded.append(b"".join(parts))
-                    by_svc[svc.name] = by_svc.get(svc.name, 0) + len(span_dicts)
                 cur = (flush, si, ri)
-                svc, rep = op.svc, rep_
                 span_dicts = []
-                parts = [tid, svc.name_enc, None]
                 batches.append({"trace_id": tid, "service": svc.name, "spans": span_dicts,
                                 "resource": rep.resource, "scope_name": svc.scope})
                 export.append(flush)
@@ -1274,37 +1076,17 @@ class TraceGenerator:
                 "start_time_unix_nano": start, "end_time_unix_nano": end,
                 "status_code": status_names[status], "trace_state": trace_state,
                 "detail": detail})
-            # inlined _long() for the timestamps (unix nanos: always >= 2**27)
-            z = start << 1
-            h = high.get(z >> 28)
-            start_enc = (low[z & 16383] + low[(z >> 14) & 16383] + h if h is not None
-                         else long_(start))
-            z = end << 1
-            h = high.get(z >> 28)
-            end_enc = (low[z & 16383] + low[(z >> 14) & 16383] + h if h is not None
-                       else long_(end))
-            n = len(detail)
+            by_svc[svc.name] = by_svc.get(svc.name, 0) + 1
             if parent is None:
                 root_service = svc.name
-                parts += (sid, b"\x00", op.head, start_enc, end_enc, status_enc[status],
-                          ts_enc, varint[n << 1] if n < 8192 else long_(n), detail)
-            else:
-                parts += (sid, b"\x02", parent, op.head, start_enc, end_enc,
-                          status_enc[status], ts_enc, varint[n << 1] if n < 8192 else long_(n),
-                          detail)
             if status == ERROR:
                 err_by_svc[svc.name] = err_by_svc.get(svc.name, 0) + 1
             if start < min_start:
                 min_start = start
             if end > max_end:
                 max_end = end
-        parts[2] = long_(len(span_dicts))
-        parts.append(rep.tail)
-        encoded.append(b"".join(parts))
-        by_svc[svc.name] = by_svc.get(svc.name, 0) + len(span_dicts)
         return GeneratedTrace(
             trace_id=tid, batches=batches, span_count=len(spans), has_error=bool(err_by_svc),
             is_slow=slow, duration_ns=max_end - min_start, spans_by_service=by_svc,
-            errors_by_service=err_by_svc, root_service=root_service, encoded=encoded,
-            export_ns=export, flow=flow.name)
-
+            errors_by_service=err_by_svc, root_service=root_service,
+            encoded=[_encode_batch(b) for b in batches], export_ns=export, flow=flow.name)

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how_much.add_argument(
         "--rate", type=_positive_float, metavar="R",
         help="traces per second, paced by sleeping (default: as fast as possible; one core "
-             "does a few thousand traces/s, ~19 spans and ~6 messages each)")
+             "does about a thousand traces/s, ~19 spans and ~6 messages each)")
 
     model = parser.add_argument_group("trace model")
     model.add_argument(

@@ -25,7 +25,7 @@ from pipeline.generator.callgraph import GeneratedTrace, GeneratorConfig, TraceG
 # Compression measured on the 2-core dev machine, local broker, 20K traces as fast as possible
 # (118K messages, 184 MB of keys+values): none 185 MB of log segments, lz4 44 MB (4.2x smaller,
 # 2% slower wall clock, ~10% more producer CPU: the generator is the bottleneck, ~3K traces/s
-# either way), zstd 35 MB but ~20% slower. lz4 it is.
+# either way, with the generator's former hand-written Avro encoder), zstd 35 MB but ~20% slower. lz4 it is.
 DEFAULT_PRODUCER_CONFIG: dict = {
     "linger.ms": 20,
     "batch.size": 1_000_000,  # bytes per partition batch (librdkafka's default, explicit)

@@ -17,7 +17,6 @@ from pipeline.generator.callgraph import (
     GeneratedTrace,
     GeneratorConfig,
     TraceGenerator,
-    encode_span_batch,
     luhn_valid,
 )
 
@@ -96,9 +95,7 @@ def test_batches_encode_and_decode_through_the_codec(traces):
         assert len(tr.batches) == len(tr.encoded) == len(tr.export_ns)
         assert tr.messages() == [(tr.trace_id, v) for v in tr.encoded]
         for batch, value in zip(tr.batches, tr.encoded):
-            # our fast encoder is byte-identical to the fastavro one
-            assert avro.encode_span_batch(batch) == value
-            assert encode_span_batch(batch) == value
+            assert avro.encode_span_batch(batch) == value  # the values encode the dicts
             back = avro.decode_batch(value)
             assert back["trace_id"] == tr.trace_id == batch["trace_id"]
             assert back["service"] == batch["service"] == batch["resource"]["service.name"]
@@ -111,42 +108,54 @@ def test_batches_encode_and_decode_through_the_codec(traces):
                 assert avro.encode_detail(detail) == span["detail"]
 
 
-def test_generic_encoder_matches_fastavro_on_odd_values():
-    detail = avro.encode_detail({"status_message": "boom", "attributes": {"a": 1}, "events": [],
-                                 "links": []})
-    batch = {
-        "trace_id": bytes(range(16)), "service": "svc-é",
-        "spans": [
-            {"span_id": b"\x00" * 7 + b"\x01", "parent_span_id": None, "name": "root ✓",
-             "kind": "SERVER", "start_time_unix_nano": 0, "end_time_unix_nano": 2**63 - 1,
-             "status_code": "ERROR", "trace_state": "a=b", "detail": detail},
-            {"span_id": b"\xff" * 8, "parent_span_id": b"\x01" * 8, "name": "x" * 9000,
-             "kind": "CONSUMER", "start_time_unix_nano": -5, "end_time_unix_nano": 1 << 40,
-             "status_code": "OK", "trace_state": "", "detail": b""},
-        ],
-        "resource": {"n": None, "b": True, "f": False, "i": -(2**63), "d": 1.5, "s": "",
-                     "y": b"\x00\x01", "arr": ["x", 1, 2.5, None, True, b"z"], "e": []},
-        "scope_name": "scope",
-    }
-    assert encode_span_batch(batch) == avro.encode_span_batch(batch)
-    assert encode_span_batch({**batch, "spans": [], "resource": {}}) == avro.encode_span_batch(
-        {**batch, "spans": [], "resource": {}})
-    attrs = batch["resource"]
-    assert callgraph.encode_attributes(attrs) + b"" == avro.encode_detail(
-        {"status_message": "", "attributes": attrs, "events": [], "links": []})[1:-2]
+def test_encoding_is_left_to_the_codec():
+    # the generator builds dicts; pipeline.codecs.avro (fastavro) does all Avro encoding
+    assert not hasattr(callgraph, "encode_span_batch")
+    assert not hasattr(callgraph, "encode_attributes")
+    import pipeline.generator as pkg
+
+    assert "encode_span_batch" not in pkg.__all__
 
 
-def test_long_encoding_matches_reference():
-    import random
+def test_error_span_detail_round_trips(traces, decoded):
+    """An injected failure's detail decodes to status message, attributes and an exception
+    event; a consumer span's link points at its producer."""
+    seen_error = seen_link = False
+    for tr, spans in zip(traces, decoded):
+        for s in spans:
+            d = s["d"]
+            assert set(d) == {"status_message", "attributes", "events", "links"}
+            if d["events"]:
+                (ev,) = d["events"]
+                assert ev["name"] == "exception" and d["status_message"]
+                assert d["status_message"] == ev["attributes"]["exception.message"]
+                assert set(ev["attributes"]) <= {"exception.type", "exception.message",
+                                                 "exception.stacktrace", "exception.escaped"}
+                seen_error = True
+            for link in d["links"]:
+                assert link["trace_id"] == tr.trace_id and len(link["span_id"]) == 8
+                assert link["trace_state"] == s["trace_state"]
+                assert link["attributes"]["messaging.message.id"].startswith("ord-")
+                seen_link = True
+    assert seen_error and seen_link
 
-    rng = random.Random(0)
-    values = [0, 1, -1, 63, -64, 64, 8191, 8192, -8193, 2**27, 2**28 - 1, 2**28, 2**62,
-              2**63 - 1, -(2**63), T0, T0 + 123]
-    values += [rng.randrange(-(2**63), 2**63) for _ in range(3000)]
-    values += [rng.randrange(-(2**30), 2**30) for _ in range(3000)]
-    for n in values:
-        z = (n << 1) ^ (n >> 63)
-        assert callgraph._long(n) == callgraph._varint_slow(z), n
+
+def test_shared_static_dicts_are_not_mutated():
+    """Resources and per-operation attribute dicts are built once and shared by every span."""
+    import copy
+
+    gen = TraceGenerator(GeneratorConfig(seed=6, error_rate=0.5, slow_rate=0.2,
+                                         canaries=CANARIES))
+    ops = {k: v for k, v in vars(gen).items() if isinstance(v, callgraph._Op)}
+    before = copy.deepcopy(({k: op.static_attrs for k, op in ops.items()},
+                            [r.resource for svc in gen.services.values() for r in svc.replicas]))
+    traces = [gen.trace(T0 + i * 1_000_000) for i in range(300)]
+    after = ({k: op.static_attrs for k, op in ops.items()},
+             [r.resource for svc in gen.services.values() for r in svc.replicas])
+    assert after == before
+    # and the dicts handed out in GeneratedTrace.batches still match their bytes
+    for tr in traces[:50]:
+        assert [avro.encode_span_batch(b) for b in tr.batches] == tr.encoded
 
 
 # ---- structure --------------------------------------------------------------------------------
@@ -467,8 +476,9 @@ def test_generation_is_fast_enough():
     n, t = 600, time.perf_counter()
     spans = sum(gen.trace(T0 + i * 300_000).span_count for i in range(n))
     rate = n / (time.perf_counter() - t)
-    # ~4K traces/s (75K spans/s) measured on one core; shared CI machines are slower
-    assert rate > 600, f"{rate:.0f} traces/s, {spans / n:.1f} spans/trace"
+    # ~1K traces/s (~19K spans/s, fastavro encoding included) measured on one core;
+    # shared CI machines are slower
+    assert rate > 200, f"{rate:.0f} traces/s, {spans / n:.1f} spans/trace"
 
 
 # ---- produce() without a broker -----------------------------------------------------------------
