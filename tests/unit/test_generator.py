@@ -467,20 +467,6 @@ def test_any_seed_gives_well_formed_traces(seed, error_rate, slow_rate, queue_de
             assert avro.encode_span_batch(b) == v
 
 
-# ---- performance (a loose floor; the real figure is in the docs) ------------------------------
-
-
-def test_generation_is_fast_enough():
-    gen = TraceGenerator(GeneratorConfig(seed=1))
-    gen.trace(T0)
-    n, t = 600, time.perf_counter()
-    spans = sum(gen.trace(T0 + i * 300_000).span_count for i in range(n))
-    rate = n / (time.perf_counter() - t)
-    # ~1K traces/s (~19K spans/s, fastavro encoding included) measured on one core;
-    # shared CI machines are slower
-    assert rate > 200, f"{rate:.0f} traces/s, {spans / n:.1f} spans/trace"
-
-
 # ---- produce() without a broker -----------------------------------------------------------------
 
 
