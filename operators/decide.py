@@ -1,23 +1,39 @@
 """Combine policy verdicts into one decision per trace.
 
-Semantics (documented in the README):
-- Every policy is evaluated, in config order. A DROP verdict from any policy wins.
-- Otherwise the trace is kept if any policy says KEEP. The deciding policy is the matching one
-  with the highest keep probability (a deterministic rule, p = 1, beats a probabilistic one);
-  ties go to the earlier policy. That keeps counts honest: a trace that an error rule would keep
-  anyway is not counted as 1/p traces just because a probabilistic rule listed first matched too.
-- Otherwise the trace is dropped as ``not_sampled``.
-- A policy that raises is recorded as an error and treated as having no opinion, so one buggy
-  rule cannot stop the stream; the error count is exported as a metric by the pipeline.
+Semantics (documented in the README, "Sampling semantics"):
+
+- A DROP verdict from any evaluated policy wins, in both modes (the first in config order names it).
+- ``any_match`` (default): every policy is evaluated, in config order. The trace is kept when any
+  applying policy's draw keeps it. Its keep probability π is the probability that at least one of
+  the applying policies keeps a trace like it: draws on the trace's own randomness nest, so per
+  randomness source the largest probability counts, and sources are independent:
+  π = 1 − Π_source (1 − max p). A deterministic rule (p = 1) makes π = 1. The deciding policy is the
+  picking policy with the highest probability (ties: the earlier one) — so a trace an error rule
+  keeps anyway is never counted as 1/p traces just because a 5 % rule picked it too.
+- ``first_match``: policies are evaluated in order and the first one that *applies* decides alone
+  (Refinery rules semantics): kept iff its draw keeps, π = its probability. Later policies are
+  evaluated only if they can drop. A probabilistic policy applies to every trace, so in this mode
+  it belongs last.
+- Not kept: dropped as ``not_sampled``.
+- A policy that raises is counted in ``policy_errors`` and treated as having no opinion, so one
+  buggy rule cannot stop the stream (the pipeline exports the count as a metric).
+
+``adjusted_count`` = 1 / π: summed over kept traces it estimates the number of traces without
+bias (Horvitz–Thompson). ``threshold`` is the OTEP 235 rejection threshold of π when π < 1 and
+every applying draw used the trace's own randomness — the value written as ``ot=th:``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
-from operators.policies.base import Action, Policy, Verdict
+from operators import randomness as rnd
+from operators.policies.base import Action, Policy, Verdict, can_drop
 from operators.trace import TraceView
+
+ANY_MATCH = "any_match"
+FIRST_MATCH = "first_match"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,36 +42,94 @@ class Decision:
     policy: str
     reason: str
     probability: float = 1.0
+    threshold: int | None = None  # OTEP 235 th of a consistent keep with probability < 1
+    dry_run_kept: bool | None = None  # set in dry-run mode: what would have happened
 
     @property
     def adjusted_count(self) -> float:
-        """How many traces a kept trace stands for (1 / keep probability)."""
+        """How many traces a kept trace stands for (1 / keep probability). In dry-run mode a trace
+        that would have been dropped stands for 0, so sums over the output match a real run."""
+        if self.dry_run_kept is False or self.probability <= 0.0:
+            return 0.0
         return 1.0 / self.probability
+
+    @property
+    def would_keep(self) -> bool:
+        return self.keep if self.dry_run_kept is None else self.dry_run_kept
+
+    def dry_run(self) -> "Decision":
+        """The decision as dry-run mode emits it: kept, annotated with what would have happened."""
+        return replace(self, keep=True, threshold=None, dry_run_kept=self.keep)
 
 
 NOT_SAMPLED = Decision(False, "", "not_sampled", 1.0)
 
 
 class DecisionEngine:
-    def __init__(self, policies: Sequence[Policy]):
+    def __init__(self, policies: Sequence[Policy], mode: str = ANY_MATCH):
+        if mode not in (ANY_MATCH, FIRST_MATCH):
+            raise ValueError(f"unknown decision mode {mode!r}")
         self.policies = list(policies)
+        self.mode = mode
+        self._can_drop = [can_drop(p) for p in self.policies]
         self.policy_errors: dict[str, int] = {}
 
+    def _evaluate(self, policy: Policy, trace: TraceView) -> Verdict | None:
+        try:
+            return policy.evaluate(trace)
+        except Exception:  # noqa: BLE001 - a bad rule must not stop the stream
+            self.policy_errors[policy.name] = self.policy_errors.get(policy.name, 0) + 1
+            return None
+
     def decide(self, trace: TraceView) -> Decision:
+        if self.mode == FIRST_MATCH:
+            return self._first_match(trace)
+        return self._any_match(trace)
+
+    def _any_match(self, trace: TraceView) -> Decision:
         best: tuple[Policy, Verdict] | None = None
+        by_source: dict[str, float] = {}
         for policy in self.policies:
-            try:
-                verdict = policy.evaluate(trace)
-            except Exception:  # noqa: BLE001 - a bad rule must not stop the stream
-                self.policy_errors[policy.name] = self.policy_errors.get(policy.name, 0) + 1
-                continue
+            verdict = self._evaluate(policy, trace)
             if verdict is None:
                 continue
             if verdict.action is Action.DROP:
-                return Decision(False, policy.name, verdict.reason, verdict.probability)
-            if best is None or verdict.probability > best[1].probability:
+                return Decision(False, policy.name, verdict.reason, 1.0)
+            p = verdict.probability
+            if p > by_source.get(verdict.source, 0.0):
+                by_source[verdict.source] = p
+            if verdict.sampled and (best is None or p > best[1].probability):
                 best = (policy, verdict)
         if best is None:
             return NOT_SAMPLED
         policy, verdict = best
-        return Decision(True, policy.name, verdict.reason, verdict.probability)
+        if len(by_source) == 1:
+            ((source, prob),) = by_source.items()
+        else:
+            miss = 1.0
+            for p in by_source.values():
+                miss *= 1.0 - p
+            prob, source = 1.0 - miss, "mixed"
+        th = rnd.threshold(prob) if prob < 1.0 and source == "" else None
+        return Decision(True, policy.name, verdict.reason, prob, th)
+
+    def _first_match(self, trace: TraceView) -> Decision:
+        first: tuple[Policy, Verdict] | None = None
+        for policy, droppable in zip(self.policies, self._can_drop):
+            if first is not None and not droppable:
+                continue
+            verdict = self._evaluate(policy, trace)
+            if verdict is None:
+                continue
+            if verdict.action is Action.DROP:
+                return Decision(False, policy.name, verdict.reason, 1.0)
+            if first is None:
+                first = (policy, verdict)
+        if first is None:
+            return NOT_SAMPLED
+        policy, verdict = first
+        if not verdict.sampled:
+            return Decision(False, policy.name, "not_sampled", verdict.probability)
+        p = verdict.probability
+        th = rnd.threshold(p) if p < 1.0 and verdict.source == "" else None
+        return Decision(True, policy.name, verdict.reason, p, th)

@@ -1,9 +1,18 @@
-"""The view of one buffered trace that policies evaluate."""
+"""The view of one buffered trace that policies evaluate.
+
+Everything a policy reads comes from here. Header facts (status, times, names, services) cost
+nothing extra; span attributes live in each span's encoded ``detail`` and are decoded lazily, on
+the first request for that span, by a decoder the pipeline injects (operators import no codecs),
+then cached — so a policy set without attribute rules never decodes anything.
+"""
 
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Iterable, TypedDict
+from typing import Any, Callable, Iterable, Iterator, TypedDict
+
+from operators import randomness as rnd
+from operators.tracestate import explicit_randomness
 
 
 class SpanHeader(TypedDict, total=False):
@@ -18,18 +27,49 @@ class SpanHeader(TypedDict, total=False):
     end_time_unix_nano: int
     status_code: str  # UNSET OK ERROR
     trace_state: str
+    detail: bytes  # encoded SpanDetail (status message, attributes, events, links)
+
+
+DetailDecoder = Callable[[bytes], dict]
+
+# Header fields that attribute-style lookups resolve without decoding anything.
+HEADER_FIELDS = {
+    "service.name": "service", "service": "service", "name": "name", "span.name": "name",
+    "kind": "kind", "span.kind": "kind", "status_code": "status_code", "status.code": "status_code",
+}
 
 
 class TraceView:
-    """Read-only facts about a trace's spans, computed once on first use."""
+    """Read-only facts about a trace's spans, computed once on first use.
 
-    def __init__(self, trace_id: bytes, spans: Iterable[SpanHeader]):
+    ``now_ns`` is the decision time (policies with time-dependent state — rate limiters, adaptive
+    samplers, sliding windows — read it instead of a clock, so they are deterministic in tests);
+    it defaults to the trace's latest span end. ``size_bytes`` is the trace's encoded size (the
+    job passes the Kafka value sizes; else the details' sizes plus a header estimate)."""
+
+    def __init__(self, trace_id: bytes, spans: Iterable[SpanHeader], now_ns: int | None = None,
+                 size_bytes: int | None = None, decode_detail: DetailDecoder | None = None):
         self.trace_id = trace_id
         self.spans = list(spans)
+        self._now_ns = now_ns
+        self._size_bytes = size_bytes
+        self._decode_detail = decode_detail
+        self._attrs: dict[int, dict] = {}
+        self.decoded_details = 0  # how many span details were decoded for this view (tests, metrics)
 
     @property
     def span_count(self) -> int:
         return len(self.spans)
+
+    @property
+    def now_ns(self) -> int:
+        return self._now_ns if self._now_ns is not None else self.end_ns
+
+    @cached_property
+    def size_bytes(self) -> int:
+        if self._size_bytes is not None:
+            return self._size_bytes
+        return sum(len(s.get("detail") or b"") + 48 + len(s.get("name", "")) for s in self.spans)
 
     @cached_property
     def has_error(self) -> bool:
@@ -51,3 +91,55 @@ class TraceView:
     @cached_property
     def root(self) -> SpanHeader | None:
         return next((s for s in self.spans if s.get("parent_span_id") is None), None)
+
+    @cached_property
+    def trace_state(self) -> str:
+        """The root's tracestate, else the first non-empty one (members of a trace share it)."""
+        root = self.root
+        if root is not None and root.get("trace_state"):
+            return root["trace_state"]
+        return next((s["trace_state"] for s in self.spans if s.get("trace_state")), "")
+
+    @cached_property
+    def randomness(self) -> int:
+        """OTEP 235 R: explicit ``ot=rv:`` if the tracestate carries one, else the trace ID's low 56 bits."""
+        ts = self.trace_state
+        if ts:
+            rv = explicit_randomness(ts)
+            if rv is not None:
+                return rv
+        return rnd.randomness(self.trace_id)
+
+    def attributes(self, span: SpanHeader) -> dict[str, Any]:
+        """The span's attributes, decoded from ``detail`` on first use and cached. A span whose
+        detail cannot be decoded has no attributes (the trace is judged on its headers)."""
+        key = id(span)
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            attrs = span.get("attributes")  # already decoded (tests, or a decoded record)
+            if attrs is None:
+                detail = span.get("detail")
+                attrs = {}
+                if detail and self._decode_detail is not None:
+                    self.decoded_details += 1
+                    try:
+                        attrs = self._decode_detail(detail).get("attributes") or {}
+                    except Exception:  # noqa: BLE001 - corrupt detail: no attributes, job dead-letters it later
+                        attrs = {}
+            self._attrs[key] = attrs
+        return attrs
+
+    def value(self, span: SpanHeader, key: str) -> Any:
+        """A span field by name: header fields (``service.name``, ``name``, ``kind``,
+        ``status_code``) without decoding, anything else from the span's attributes (None if absent)."""
+        header = HEADER_FIELDS.get(key)
+        if header is not None:
+            return span.get(header)
+        return self.attributes(span).get(key)
+
+    def values(self, key: str) -> Iterator[Any]:
+        """The non-missing values of ``key`` over all spans, in span order."""
+        for span in self.spans:
+            v = self.value(span, key)
+            if v is not None:
+                yield v

@@ -7,11 +7,13 @@ Secrets never live here: tokenization keys come from the environment or a key fi
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from pipeline.config_privacy import PrivacyConfig
 
@@ -88,16 +90,267 @@ class LatencyPolicyConfig(_PolicyBase):
 class ProbabilisticPolicyConfig(_PolicyBase):
     type: Literal["probabilistic"]
     sampling_percentage: float = Field(gt=0, le=100)
+    hash_salt: str = Field("", max_length=64, description="randomness from a salted hash of the trace ID instead of OTEP 235 R")
 
 
 class AlwaysSamplePolicyConfig(_PolicyBase):
     type: Literal["always_sample"]
 
 
+def _check_regex(pattern: str, where: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{where}: invalid regular expression {pattern!r}: {exc}") from None
+
+
+class StringAttributePolicyConfig(_PolicyBase):
+    type: Literal["string_attribute"]
+    key: str = Field(min_length=1)
+    values: list[str] = Field(min_length=1)
+    enabled_regex_matching: bool = False
+    invert_match: bool = False
+
+    @model_validator(mode="after")
+    def _regexes_compile(self) -> "StringAttributePolicyConfig":
+        if self.enabled_regex_matching:
+            for i, v in enumerate(self.values):
+                _check_regex(v, f"values.{i}")
+        return self
+
+
+class NumericAttributePolicyConfig(_PolicyBase):
+    type: Literal["numeric_attribute"]
+    key: str = Field(min_length=1)
+    min_value: float | None = None
+    max_value: float | None = None
+    invert_match: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "NumericAttributePolicyConfig":
+        if self.min_value is None and self.max_value is None:
+            raise ValueError("set min_value, max_value or both")
+        if self.min_value is not None and self.max_value is not None and self.max_value < self.min_value:
+            raise ValueError("max_value must not be below min_value")
+        return self
+
+
+class BooleanAttributePolicyConfig(_PolicyBase):
+    type: Literal["boolean_attribute"]
+    key: str = Field(min_length=1)
+    value: bool
+    invert_match: bool = False
+
+
+class SpanCountPolicyConfig(_PolicyBase):
+    type: Literal["span_count"]
+    min_spans: int = Field(ge=0)
+    max_spans: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SpanCountPolicyConfig":
+        if self.max_spans is not None and self.max_spans < self.min_spans:
+            raise ValueError("max_spans must not be below min_spans")
+        return self
+
+
+class TraceStatePolicyConfig(_PolicyBase):
+    type: Literal["trace_state"]
+    key: str = Field(min_length=1, max_length=256)
+    values: list[str] = Field(min_length=1)
+
+
+class RateLimitingPolicyConfig(_PolicyBase):
+    type: Literal["rate_limiting"]
+    spans_per_second: float | None = Field(None, gt=0)
+    traces_per_second: float | None = Field(None, gt=0)
+    burst_capacity: float | None = Field(None, gt=0, description="hard cap's bucket size; default 2 s of the rate")
+    adjust_interval_ms: int = Field(1000, ge=10, le=3_600_000)
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> "RateLimitingPolicyConfig":
+        if (self.spans_per_second is None) == (self.traces_per_second is None):
+            raise ValueError("set exactly one of spans_per_second, traces_per_second")
+        return self
+
+
+class BytesLimitingPolicyConfig(_PolicyBase):
+    type: Literal["bytes_limiting"]
+    bytes_per_second: float = Field(gt=0)
+    burst_capacity: float | None = Field(None, gt=0, description="bucket size in bytes; default 2 s of the rate")
+    adjust_interval_ms: int = Field(1000, ge=10, le=3_600_000)
+
+
+class AndPolicyConfig(_PolicyBase):
+    type: Literal["and"]
+    policies: list[PolicyConfig] = Field(min_length=1)
+
+
+class NotPolicyConfig(_PolicyBase):
+    type: Literal["not"]
+    policy: PolicyConfig
+
+
+class DropPolicyConfig(_PolicyBase):
+    type: Literal["drop"]
+    policies: list[PolicyConfig] = Field(min_length=1)
+
+
+class RateAllocationConfig(_Strict):
+    policy: str
+    percent: float = Field(gt=0, le=100)
+
+
+class CompositePolicyConfig(_PolicyBase):
+    type: Literal["composite"]
+    max_total_spans_per_second: float = Field(gt=0)
+    policies: list[PolicyConfig] = Field(min_length=1)
+    policy_order: list[str] | None = None
+    rate_allocation: list[RateAllocationConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> "CompositePolicyConfig":
+        names = [p.name for p in self.policies]
+        if len(set(names)) != len(names):
+            raise ValueError("sub-policy names must be unique")
+        for ref in (self.policy_order or []) + [a.policy for a in self.rate_allocation]:
+            if ref not in names:
+                raise ValueError(f"{ref!r} is not one of the sub-policies {names}")
+        if self.policy_order is not None and sorted(self.policy_order) != sorted(names):
+            raise ValueError("policy_order must list every sub-policy once")
+        if sum(a.percent for a in self.rate_allocation) > 100 + 1e-9:
+            raise ValueError("rate_allocation percentages add up to more than 100")
+        return self
+
+
+RuleOperator = Literal["=", "!=", ">", "<", ">=", "<=", "starts-with", "contains", "does-not-contain", "exists",
+                       "not-exists", "matches", "in", "not-in", "has-root-span"]
+
+
+class RuleConditionConfig(_Strict):
+    field: str | None = Field(None, min_length=1)
+    operator: RuleOperator
+    value: Union[bool, int, float, str, list[Union[bool, int, float, str]], None] = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> "RuleConditionConfig":
+        op = self.operator
+        if op != "has-root-span" and self.field is None:
+            raise ValueError(f"operator {op!r} needs a field")
+        if op in ("exists", "not-exists"):
+            return self
+        if op == "has-root-span":
+            if self.value is not None and not isinstance(self.value, bool):
+                raise ValueError("has-root-span takes value true or false")
+            return self
+        if self.value is None:
+            raise ValueError(f"operator {op!r} needs a value")
+        if op in ("in", "not-in") and not isinstance(self.value, list):
+            raise ValueError(f"operator {op!r} needs a list value")
+        if op not in ("in", "not-in") and isinstance(self.value, list):
+            raise ValueError(f"operator {op!r} needs a single value")
+        if op in (">", "<", ">=", "<=") and (isinstance(self.value, bool) or not isinstance(self.value, (int, float))):
+            raise ValueError(f"operator {op!r} needs a number")
+        if op == "matches":
+            _check_regex(str(self.value), "value")
+        return self
+
+
+class RuleConfig(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    conditions: list[RuleConditionConfig] = Field(default_factory=list)
+    scope: Literal["trace", "span"] = "trace"
+    sample_rate: float | None = Field(None, ge=1, description="keep 1 in N (default 1 = keep)")
+    drop: bool = False
+    sampler: str | None = Field(None, description="name of a sampler under the policy's samplers")
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> "RuleConfig":
+        if sum((self.sample_rate is not None, self.drop, self.sampler is not None)) > 1:
+            raise ValueError("a rule has one outcome: sample_rate, drop or sampler")
+        return self
+
+
+class RulesBasedPolicyConfig(_PolicyBase):
+    type: Literal["rules_based"]
+    rules: list[RuleConfig] = Field(min_length=1)
+    samplers: list[PolicyConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> "RulesBasedPolicyConfig":
+        names = {s.name for s in self.samplers}
+        if len(names) != len(self.samplers):
+            raise ValueError("sampler names must be unique")
+        for i, r in enumerate(self.rules):
+            if r.sampler is not None and r.sampler not in names:
+                raise ValueError(f"rules.{i}.sampler: no sampler named {r.sampler!r} (have {sorted(names)})")
+        return self
+
+
+class _KeyedPolicyBase(_PolicyBase):
+    field_list: list[str] = Field(min_length=1, description="key fields: header fields, attributes, root.<x>, error")
+    max_keys: int = Field(500, ge=1, le=1_000_000)
+
+
+class DynamicPolicyConfig(_KeyedPolicyBase):
+    type: Literal["dynamic"]
+    sample_rate: float = Field(ge=1, description="goal: keep about 1 in sample_rate traces")
+    clear_frequency_s: float = Field(30, gt=0, le=86_400)
+
+
+class _EmaPolicyBase(_KeyedPolicyBase):
+    adjustment_interval_s: float = Field(15, gt=0, le=86_400)
+    weight: float = Field(0.5, gt=0, le=1)
+    age_out_value: float = Field(0.5, ge=0)
+    burst_multiple: float = Field(2.0, gt=1)
+    burst_detection_delay: int = Field(3, ge=0)
+
+
+class EmaDynamicPolicyConfig(_EmaPolicyBase):
+    type: Literal["ema_dynamic"]
+    goal_sample_rate: float = Field(ge=1)
+
+
+class EmaThroughputPolicyConfig(_EmaPolicyBase):
+    type: Literal["ema_throughput"]
+    goal_throughput_per_sec: float = Field(gt=0)
+
+
+class WindowedThroughputPolicyConfig(_KeyedPolicyBase):
+    type: Literal["windowed_throughput"]
+    goal_throughput_per_sec: float = Field(gt=0)
+    update_frequency_s: float = Field(1, gt=0, le=3_600)
+    lookback_frequency_s: float = Field(30, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "WindowedThroughputPolicyConfig":
+        if self.lookback_frequency_s < self.update_frequency_s:
+            raise ValueError("lookback_frequency_s must be at least update_frequency_s")
+        return self
+
+
+class RarePathPolicyConfig(_PolicyBase):
+    type: Literal["rare_path"]
+    keep_per_window: float = Field(5, gt=0, description="about this many traces of each shape kept per window")
+    window_s: float = Field(60, gt=0, le=86_400)
+    min_probability: float = Field(0, ge=0, le=1)
+    sketch_width: int = Field(2048, ge=16, le=1 << 22)
+    sketch_depth: int = Field(4, ge=1, le=16)
+    multiplicity: bool = False
+
+
 PolicyConfig = Annotated[
-    Union[StatusCodePolicyConfig, LatencyPolicyConfig, ProbabilisticPolicyConfig, AlwaysSamplePolicyConfig],
+    Union[StatusCodePolicyConfig, LatencyPolicyConfig, ProbabilisticPolicyConfig, AlwaysSamplePolicyConfig,
+          StringAttributePolicyConfig, NumericAttributePolicyConfig, BooleanAttributePolicyConfig,
+          SpanCountPolicyConfig, TraceStatePolicyConfig, RateLimitingPolicyConfig, BytesLimitingPolicyConfig,
+          AndPolicyConfig, NotPolicyConfig, DropPolicyConfig, CompositePolicyConfig, RulesBasedPolicyConfig,
+          DynamicPolicyConfig, EmaDynamicPolicyConfig, EmaThroughputPolicyConfig, WindowedThroughputPolicyConfig,
+          RarePathPolicyConfig],
     Field(discriminator="type"),
 ]
+
+for _combinator in (AndPolicyConfig, NotPolicyConfig, DropPolicyConfig, CompositePolicyConfig, RulesBasedPolicyConfig):
+    _combinator.model_rebuild()
 
 
 def _default_policies() -> list:
@@ -110,6 +363,33 @@ def _default_policies() -> list:
 
 class SamplingConfig(_Strict):
     policies: list[PolicyConfig] = Field(default_factory=_default_policies, min_length=1)
+    mode: Literal["any_match", "first_match"] = Field(
+        "any_match", description="any_match: kept if any policy keeps; first_match: the first applying policy decides")
+    dry_run: bool = Field(False, description="decide and annotate (sampling.dry_run_kept) but keep every trace")
+
+    @field_validator("policies", mode="wrap")
+    @classmethod
+    def _name_the_policy(cls, value, handler):
+        """Errors inside a policy name it: ``sampling.policies.1(slow).threshold_ms``."""
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            errors = []
+            for err in exc.errors():
+                loc, node = [], value
+                for part in err["loc"]:
+                    if isinstance(part, int) and isinstance(node, list) and part < len(node):
+                        node = node[part]
+                        name = node.get("name") if isinstance(node, dict) else None
+                        loc.append(f"{part}({name})" if isinstance(name, str) and name else part)
+                        continue
+                    if isinstance(node, dict) and part in node:
+                        node = node[part]
+                    elif not (isinstance(part, str) and part in _UNION_TAGS):
+                        node = None
+                    loc.append(part)
+                errors.append(InitErrorDetails(type=err["type"], loc=tuple(loc), input=err["input"], ctx=err.get("ctx", {})))
+            raise ValidationError.from_exception_data(exc.title, errors) from None
 
     @field_validator("policies")
     @classmethod
@@ -174,7 +454,10 @@ def _format_errors(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-_UNION_TAGS = {"status_code", "latency", "probabilistic", "always_sample"}
+_UNION_TAGS = {"status_code", "latency", "probabilistic", "always_sample", "string_attribute", "numeric_attribute",
+               "boolean_attribute", "span_count", "trace_state", "rate_limiting", "bytes_limiting", "and", "not",
+               "drop", "composite", "rules_based", "dynamic", "ema_dynamic", "ema_throughput",
+               "windowed_throughput", "rare_path"}
 
 
 def parse(data: object, source: str = "<config>") -> Config:

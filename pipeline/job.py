@@ -19,10 +19,11 @@ from operators.commit import CommitTracker, Hold
 from operators.decide import Decision, DecisionEngine
 from operators.sli import SliWindows, WindowAggregate, sketch_to_record
 from operators.trace import TraceView
+from operators.tracestate import with_threshold
 from pipeline import metrics
 from pipeline.codecs import avro
 from pipeline.config import Config
-from pipeline.policies import build_policies
+from pipeline.policies import build_engine
 from pipeline.privacy import audit_record, build_protector
 
 _ZERO_TRACE_ID = bytes(16)
@@ -72,7 +73,8 @@ class Job:
             max_spans_per_trace=a.max_spans_per_trace,
             decision_cache_size=a.decision_cache_size,
         )
-        self.engine = DecisionEngine(build_policies(config.sampling.policies))
+        self.engine: DecisionEngine = build_engine(config.sampling)
+        self.dry_run = config.sampling.dry_run
         s = config.sli
         self.sli = SliWindows(
             window_ns=int(s.window_seconds * 1e9),
@@ -146,9 +148,13 @@ class Job:
         out = Outbox(self._pending)
         self._pending = []
         for buf in self.assembler.due(now_ns):
-            decision = self.engine.decide(TraceView(buf.trace_id, buf.spans))
+            view = TraceView(buf.trace_id, buf.spans, now_ns=now_ns, size_bytes=sum(len(f[1]) for f in buf.fragments),
+                             decode_detail=avro.decode_detail)  # attributes decoded only if a policy asks
+            decision = self.engine.decide(view)
+            if self.dry_run:
+                decision = decision.dry_run()  # kept, annotated with what would have happened
             self.assembler.remember(buf.trace_id, decision)
-            metrics.TRACES_DECIDED.labels("keep" if decision.keep else "drop", decision.policy or "-", buf.forced_reason or "-").inc()
+            metrics.TRACES_DECIDED.labels("keep" if decision.would_keep else "drop", decision.policy or "-", buf.forced_reason or "-").inc()
             holds = [fragment[0] for fragment in buf.fragments]
             if decision.keep:
                 out.kept_traces += 1
@@ -204,6 +210,9 @@ class Job:
         sampling_attrs = {"sampling.policy": decision.policy, "sampling.reason": reason, "sampling.adjusted_count": adjusted}
         if late:
             sampling_attrs["sampling.late"] = True
+        if decision.dry_run_kept is not None:
+            sampling_attrs["sampling.dry_run_kept"] = decision.dry_run_kept
+        th = decision.threshold  # OTEP 235: record the consistent sampling threshold in tracestate
         batches = []
         span_count = 0
         protector = self.protector
@@ -220,6 +229,8 @@ class Job:
                 if protector is not None:
                     protector.protect_span(span, pii_counts)
                 span["attributes"].update(sampling_attrs)
+                if th is not None:
+                    span["trace_state"] = with_threshold(span["trace_state"], th)
             if protector is not None:
                 protector.protect_batch(batch, pii_counts)
             if bad_detail:

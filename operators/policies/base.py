@@ -1,4 +1,21 @@
-"""The one interface every sampling policy implements."""
+"""The one interface every sampling policy implements, and the consistent draw they share.
+
+A policy answers ``evaluate(trace)`` with ``None`` (it does not apply to this trace: no opinion)
+or a ``Verdict``:
+
+- ``Verdict(DROP, reason)``: drop the trace (drop wins over every keep, see ``decide``).
+- ``Verdict(KEEP, reason, probability, sampled, source)``: the policy applies and keeps a trace
+  like this one with ``probability``; ``sampled`` says whether *this* trace's draw came out keep.
+  A probabilistic policy that applies but did not pick the trace still answers (``sampled=False``)
+  so the engine can compute the trace's true keep probability when several policies apply.
+  ``source`` names the randomness the draw used: ``""`` is the trace's own OTEP 235 randomness R
+  (draws on R nest: the union of "R ≥ T_i" is "R ≥ min T_i"); any other value is an independent
+  source (a hash salt), combined as independent events.
+
+Time-dependent policies read the decision time from ``trace.now_ns`` — never a clock.
+``can_drop`` (default False) tells the engine in first-match mode that a policy must still be
+evaluated after a keep was found, because drop wins.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +23,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
+from operators import randomness as rnd
 from operators.trace import TraceView
 
 
@@ -16,17 +34,44 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A policy's answer when it matches. ``probability`` is the chance that a trace like this one
+    """A policy's answer when it applies. ``probability`` is the chance that a trace like this one
     is kept by this policy (1 for deterministic rules); the adjusted count is its inverse."""
 
     action: Action
     reason: str
     probability: float = 1.0
+    sampled: bool = True
+    source: str = ""
 
 
 class Policy(Protocol):
     name: str
 
     def evaluate(self, trace: TraceView) -> Verdict | None:
-        """A verdict when the policy matches the trace, else None (no opinion)."""
+        """A verdict when the policy applies to the trace, else None (no opinion)."""
         ...
+
+
+def keep(reason: str) -> Verdict:
+    return Verdict(Action.KEEP, reason)
+
+
+def drop(reason: str) -> Verdict:
+    return Verdict(Action.DROP, reason)
+
+
+def draw(trace: TraceView, probability: float, reason: str, salt: str | None = None) -> Verdict:
+    """A consistent keep-with-probability verdict: kept iff the trace's randomness (R, or the
+    salted hash) is at or above the OTEP 235 threshold of ``probability``."""
+    if probability >= 1.0:
+        return Verdict(Action.KEEP, reason, 1.0, True, "")
+    if probability <= 0.0:
+        return Verdict(Action.KEEP, reason, 0.0, False, "")
+    t = rnd.threshold(probability)
+    if salt:
+        return Verdict(Action.KEEP, reason, probability, rnd.salted_randomness(trace.trace_id, salt) >= t, "salt:" + salt)
+    return Verdict(Action.KEEP, reason, probability, trace.randomness >= t, "")
+
+
+def can_drop(policy: object) -> bool:
+    return bool(getattr(policy, "can_drop", False))

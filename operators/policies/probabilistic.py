@@ -1,5 +1,8 @@
-"""Keep a fixed share of traces, consistently: the choice comes from the trace ID's randomness
-(OTEP 235), so every worker and every replay agrees, and lower rates keep subsets of higher ones."""
+"""Keep a fixed share of traces, consistently: the choice comes from the trace's randomness
+(OTEP 235: ``ot=rv:`` or the trace ID's low 56 bits), so every worker and every replay agrees, and
+lower rates keep subsets of higher ones. With ``hash_salt`` the randomness is a salted hash of
+the trace ID instead: still deterministic per trace, but independent of (not nested with)
+unsalted samplers."""
 
 from __future__ import annotations
 
@@ -14,16 +17,20 @@ from operators.trace import TraceView
 class ProbabilisticPolicy:
     name: str
     sampling_percentage: float
+    hash_salt: str = ""
     _threshold: int = field(init=False, repr=False)
+    _reason: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._threshold = randomness.threshold(self.sampling_percentage / 100.0)
+        self._reason = f"probabilistic:{self.sampling_percentage:g}%"
 
     @property
     def probability(self) -> float:
         return self.sampling_percentage / 100.0
 
     def evaluate(self, trace: TraceView) -> Verdict | None:
-        if randomness.is_kept(trace.trace_id, self._threshold):
-            return Verdict(Action.KEEP, f"probabilistic:{self.sampling_percentage:g}%", self.probability)
-        return None
+        if self.hash_salt:
+            r = randomness.salted_randomness(trace.trace_id, self.hash_salt)
+            return Verdict(Action.KEEP, self._reason, self.probability, r >= self._threshold, "salt:" + self.hash_salt)
+        return Verdict(Action.KEEP, self._reason, self.probability, trace.randomness >= self._threshold)

@@ -21,10 +21,10 @@ def test_defaults_are_valid_and_complete():
 @pytest.mark.parametrize("data, key, words", [
     ({"assemble": {"decision_wait_ms": -1}}, "assemble.decision_wait_ms", "greater than or equal"),
     ({"assembel": {}}, "assembel", "unknown key"),
-    ({"sampling": {"policies": [{"name": "x", "type": "latency"}]}}, "sampling.policies.0.threshold_ms", "required"),
+    ({"sampling": {"policies": [{"name": "x", "type": "latency"}]}}, "sampling.policies.0(x).threshold_ms", "required"),
     ({"sampling": {"policies": [{"name": "x", "type": "nope"}]}}, "sampling.policies.0", "does not match"),
     ({"sampling": {"policies": [{"name": "x", "type": "probabilistic", "sampling_percentage": 200}]}},
-     "sampling.policies.0.sampling_percentage", "less than or equal to 100"),
+     "sampling.policies.0(x).sampling_percentage", "less than or equal to 100"),
     ({"sampling": {"policies": [{"name": "x", "type": "always_sample"}, {"name": "x", "type": "always_sample"}]}},
      "sampling.policies", "used twice"),
     ({"topics": {"traces_kept": {"name": "spans.raw"}}}, "topics.traces_kept", "both name"),

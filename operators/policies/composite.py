@@ -1,0 +1,62 @@
+"""``composite``: ordered sub-policies sharing ``max_total_spans_per_second`` by allocation
+percentages (as the OTel Collector's composite policy), with honest counts.
+
+The first sub-policy (in ``policy_order``) that applies handles the trace. Its share of the span
+budget is enforced the way ``rate_limiting`` does it: the spans of the traces that sub-policy
+applies to are measured, and its pick is kept only if a budget draw with probability
+b = min(1, allocation / offered spans/s) on the same trace randomness also keeps it — so the trace is kept iff R ≥ max(T_sub, T_b) and
+its probability is min(p_sub, b). A sub-policy with a salted draw is combined independently
+(p_sub · b). A token bucket per sub-policy still caps output (``guard_drops``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+from operators.policies.base import Action, Policy, Verdict, draw
+from operators.rate import RateEstimator, TokenBucket
+from operators.trace import TraceView
+
+
+@dataclass
+class CompositePolicy:
+    name: str
+    policies: Sequence[Policy]  # in policy order
+    spans_per_second: Sequence[float]  # allocation of each, same order
+    adjust_interval_ms: int = 1000
+    guard_drops: int = 0
+    _estimators: list[RateEstimator] = field(init=False, repr=False)
+    _buckets: list[TokenBucket] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.policies) != len(self.spans_per_second):
+            raise ValueError("one allocation per sub-policy")
+        self._estimators = [RateEstimator(self.adjust_interval_ms * 1_000_000) for _ in self.policies]
+        self._buckets = [TokenBucket(r, max(2.0 * r, 1.0)) for r in self.spans_per_second]
+
+    def evaluate(self, trace: TraceView) -> Verdict | None:
+        now = trace.now_ns
+        for i, sub in enumerate(self.policies):
+            v = sub.evaluate(trace)
+            if v is None:
+                continue
+            if v.action is not Action.KEEP:
+                return None  # a drop sub-policy only excludes (drop belongs at the top level)
+            n = trace.span_count
+            est = self._estimators[i]
+            est.add(n, now)
+            offered = est.rate(now)  # spans/s of the traces this sub-policy applies to
+            if offered and v.source:  # independent draws multiply: budget the sub-policy's picks
+                offered *= v.probability
+            b = 1.0 if not offered else min(1.0, self.spans_per_second[i] / offered)
+            budget = draw(trace, b, "")
+            reason = f"composite:{sub.name}:{v.reason}"
+            if v.source:
+                verdict = Verdict(Action.KEEP, reason, v.probability * b, v.sampled and budget.sampled, f"composite:{self.name}")
+            else:
+                verdict = Verdict(Action.KEEP, reason, min(v.probability, b), v.sampled and budget.sampled)
+            if verdict.sampled and not self._buckets[i].take(n, now):
+                self.guard_drops += 1
+                verdict = replace(verdict, sampled=False)
+            return verdict
+        return None

@@ -1,0 +1,29 @@
+"""``drop``: drop the traces every sub-policy applies to (as the OTel Collector's drop policy).
+A drop wins over every keep (see ``operators.decide``), so this is how health checks and
+synthetic probes are kept out even when they error.
+
+"Applies" is about conditions, not draws: sub-policies are used as predicates (a probabilistic
+sub-policy applies to every trace). A dropped trace stands for nothing, so drop rules should
+select traffic nobody wants counted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from operators.policies.base import Action, Policy, Verdict, drop
+from operators.trace import TraceView
+
+
+@dataclass
+class DropPolicy:
+    name: str
+    policies: Sequence[Policy]
+    can_drop: bool = True
+
+    def evaluate(self, trace: TraceView) -> Verdict | None:
+        for sub in self.policies:
+            v = sub.evaluate(trace)
+            if v is None or v.action is not Action.KEEP:
+                return None
+        return drop("drop(" + ",".join(s.name for s in self.policies) + ")")

@@ -1,0 +1,56 @@
+"""Keep about ``spans_per_second`` spans (or ``traces_per_second`` traces) per second — with an
+honest adjusted count.
+
+The Collector's rate_limiting keeps whatever arrives while the budget lasts; the traces it then
+drops are represented by nobody, so counts downstream are biased. Here the offered load is
+measured (an EMA over ``adjust_interval`` intervals of what reached this policy) and every trace
+is kept with probability p = min(1, limit / offered rate), consistently on the trace's randomness;
+its adjusted count is 1/p. A token bucket (``burst_capacity``, default two seconds' worth) still
+caps the output hard: a trace the draw picked but the bucket refuses is dropped and counted in
+``guard_drops`` (only a burst faster than the EMA can follow gets there; those are the only
+unrepresented traces). Until the first interval closes, p = 1 and the bucket alone limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from operators.policies.base import Verdict, draw
+from operators.rate import RateEstimator, TokenBucket
+from operators.trace import TraceView
+
+
+@dataclass
+class RateLimitingPolicy:
+    name: str
+    spans_per_second: float | None = None
+    traces_per_second: float | None = None
+    burst_capacity: float | None = None
+    adjust_interval_ms: int = 1000
+    weight: float = 0.5
+    guard_drops: int = 0
+    _per_trace: bool = field(init=False, repr=False)
+    _limit: float = field(init=False, repr=False)
+    _estimator: RateEstimator = field(init=False, repr=False)
+    _bucket: TokenBucket = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.spans_per_second is None) == (self.traces_per_second is None):
+            raise ValueError("set exactly one of spans_per_second, traces_per_second")
+        self._per_trace = self.traces_per_second is not None
+        self._limit = float(self.traces_per_second if self._per_trace else self.spans_per_second)
+        self._estimator = RateEstimator(self.adjust_interval_ms * 1_000_000, self.weight)
+        self._bucket = TokenBucket(self._limit, self.burst_capacity or max(2.0 * self._limit, 1.0))
+        unit = "traces" if self._per_trace else "spans"
+        self._reason = f"rate_limiting:{self._limit:g}{unit}/s"
+
+    def evaluate(self, trace: TraceView) -> Verdict | None:
+        now = trace.now_ns
+        units = 1 if self._per_trace else trace.span_count
+        self._estimator.add(units, now)
+        offered = self._estimator.rate(now)
+        p = 1.0 if not offered else min(1.0, self._limit / offered)
+        verdict = draw(trace, p, self._reason)
+        if verdict.sampled and not self._bucket.take(units, now):
+            self.guard_drops += 1
+            return replace(verdict, sampled=False)
+        return verdict

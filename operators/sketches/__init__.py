@@ -1,0 +1,1 @@
+"""Small, bounded-memory summaries used by operators."""
