@@ -231,6 +231,11 @@ class Job:
                 span["attributes"].update(sampling_attrs)
                 if th is not None:
                     span["trace_state"] = with_threshold(span["trace_state"], th)
+            try:
+                batch["resource"] = avro.decode_resource(batch["resource"])
+            except Exception as exc:  # noqa: BLE001 - as for a corrupt detail: keep the spans, report it
+                bad_detail = f"resource: {type(exc).__name__}: {_safe(exc)}"
+                batch["resource"] = {"tailsift.detail_error": "undecodable resource"}
             if protector is not None:
                 protector.protect_batch(batch, pii_counts)
             if bad_detail:

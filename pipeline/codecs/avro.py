@@ -3,8 +3,11 @@
 Lazy decode is built into the wire format rather than bolted on: a ``Span`` in
 ``span_batch.v1`` carries the fields decisions and SLIs need (ids, name, kind, times, status,
 tracestate) plus ``detail``, the span's attributes/events/links/status message encoded as a
-``SpanDetail``. ``decode_batch`` reads ``detail`` as opaque bytes (a memcpy), so a trace that is
-dropped never pays for its attributes; ``decode_detail`` runs only for kept traces.
+``SpanDetail``; the batch's resource attributes travel the same way (``Resource``).
+``decode_batch`` reads both as opaque bytes (a memcpy), so a trace that is dropped never pays for
+its attributes; ``decode_detail``/``decode_resource`` run only for kept traces. On generated
+traffic (6 spans and a 15-attribute resource per message) an eager resource map alone cost 57 of
+76 µs per message.
 Measured on this machine kind (20 spans, 6 attributes each): 168K spans/s for the batch decode
 vs 40K/s when attributes are inline (a fastavro reader-schema projection that skips them is no
 faster, 41K/s, because schema resolution takes fastavro's slow path).
@@ -24,6 +27,7 @@ SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
 SPAN_BATCH = "span_batch.v1"
 SPAN_DETAIL = "span_detail.v1"
+RESOURCE = "resource.v1"
 KEPT_TRACE = "kept_trace.v1"
 SLI_WINDOW = "sli_window.v1"
 DEAD_LETTER = "dead_letter.v1"
@@ -72,5 +76,22 @@ def encode_detail(detail: dict) -> bytes:
     return encode(SPAN_DETAIL, detail)
 
 
+def decode_resource(resource: bytes) -> dict:
+    """Resource attributes of a batch (``SpanBatch.resource``), for kept traces only."""
+    return decode(RESOURCE, resource)["attributes"] if resource else {}
+
+
+def encode_resource(attributes: dict) -> bytes:
+    return encode(RESOURCE, {"attributes": attributes})
+
+
 def encode_span_batch(batch: dict) -> bytes:
+    """Encode a SpanBatch; a ``resource`` given as an attribute dict is encoded for the caller."""
+    # Absent bytes fields must be filled here: fastavro writes a bytes field's JSON default ("")
+    # as a str and fails.
+    resource = batch.get("resource")
+    if not isinstance(resource, (bytes, bytearray)):  # absent, or attributes as a dict
+        batch = {**batch, "resource": encode_resource(resource) if resource else b""}
+    if any("detail" not in span for span in batch["spans"]):
+        batch = {**batch, "spans": [span if "detail" in span else {**span, "detail": b""} for span in batch["spans"]]}
     return encode(SPAN_BATCH, batch)

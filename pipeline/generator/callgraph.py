@@ -156,11 +156,12 @@ _SDK_VERSION = {"nodejs": "1.26.0", "go": "1.28.0", "dotnet": "1.9.0", "java": "
 
 
 class _Replica:
-    __slots__ = ("index", "resource", "ip", "phase_ns")
+    __slots__ = ("index", "resource", "resource_bytes", "ip", "phase_ns")
 
     def __init__(self, index, resource, ip, phase_ns):
         self.index = index
         self.resource = resource  # shared by all the replica's batches (never mutated)
+        self.resource_bytes = avro.encode_resource(resource)  # encoded once: every batch carries it
         self.ip = ip  # net.peer.ip of client spans calling it, client.address of its callees
         self.phase_ns = phase_ns
 
@@ -1069,7 +1070,7 @@ class TraceGenerator:
                 cur = (flush, si, ri)
                 span_dicts = []
                 batches.append({"trace_id": tid, "service": svc.name, "spans": span_dicts,
-                                "resource": rep.resource, "scope_name": svc.scope})
+                                "resource": rep.resource_bytes, "scope_name": svc.scope})
                 export.append(flush)
             span_dicts.append({
                 "span_id": sid, "parent_span_id": parent, "name": op.name, "kind": op.kind,

@@ -98,7 +98,7 @@ def test_batches_encode_and_decode_through_the_codec(traces):
             assert avro.encode_span_batch(batch) == value  # the values encode the dicts
             back = avro.decode_batch(value)
             assert back["trace_id"] == tr.trace_id == batch["trace_id"]
-            assert back["service"] == batch["service"] == batch["resource"]["service.name"]
+            assert back["service"] == batch["service"] == avro.decode_resource(batch["resource"])["service.name"]
             assert back["resource"] == batch["resource"]
             assert back["spans"] == batch["spans"]
             for span in back["spans"]:
@@ -213,7 +213,7 @@ def test_batches_are_per_service_instance_flush(traces):
             ends = [s["end_time_unix_nano"] for s in batch["spans"]]
             assert ends == sorted(ends), "spans are exported in the order they end"
             assert at >= max(ends)
-        keys = [(b["service"], b["resource"]["service.instance.id"], at)
+        keys = [(b["service"], avro.decode_resource(b["resource"])["service.instance.id"], at)
                 for b, at in zip(tr.batches, tr.export_ns)]
         assert len(set(keys)) == len(keys)
 

@@ -12,7 +12,7 @@ SCHEMAS = sorted(Path(avro.SCHEMA_DIR).glob("*.avsc"))
 
 def test_the_expected_schemas_exist_with_versioned_names():
     names = {p.name for p in SCHEMAS}
-    assert {"span_batch.v1.avsc", "span_detail.v1.avsc", "kept_trace.v1.avsc", "sli_window.v1.avsc", "dead_letter.v1.avsc"} <= names
+    assert {"span_batch.v1.avsc", "span_detail.v1.avsc", "resource.v1.avsc", "kept_trace.v1.avsc", "sli_window.v1.avsc", "dead_letter.v1.avsc"} <= names
     assert all(re.fullmatch(r"[a-z_]+\.v\d+\.avsc", n) for n in names)
 
 
@@ -43,6 +43,7 @@ def test_batch_round_trip_and_lazy_detail():
                         "start_time_unix_nano": 1, "end_time_unix_nano": 2, "status_code": "ERROR",
                         "trace_state": "ot=th:8", "detail": avro.encode_detail(detail)}]}
     back = avro.decode_batch(avro.encode_span_batch(batch))
+    assert avro.decode_resource(back.pop("resource")) == batch.pop("resource")  # left encoded at ingest
     assert back == batch
     assert avro.decode_detail(back["spans"][0]["detail"]) == detail
     assert avro.decode_detail(b"") == avro.EMPTY_DETAIL
@@ -59,3 +60,14 @@ def test_batch_round_trip_and_lazy_detail():
 def test_output_records_round_trip_with_defaults(name, record):
     back = avro.decode(name, avro.encode(name, record))
     assert {k: back[k] for k in record} == record
+
+
+def test_producers_may_omit_bytes_fields_and_give_the_resource_as_a_dict():
+    minimal = {"trace_id": b"\x05" * 16, "service": "s", "spans": [
+        {"span_id": b"\x06" * 8, "name": "n", "kind": "SERVER", "start_time_unix_nano": 1,
+         "end_time_unix_nano": 2, "status_code": "OK"}]}
+    back = avro.decode_batch(avro.encode_span_batch(minimal))
+    assert back["resource"] == b"" and back["spans"][0]["detail"] == b""
+    assert avro.decode_detail(b"") == avro.EMPTY_DETAIL and avro.decode_resource(b"") == {}
+    with_resource = avro.decode_batch(avro.encode_span_batch({**minimal, "resource": {"service.name": "s"}}))
+    assert avro.decode_resource(with_resource["resource"]) == {"service.name": "s"}
