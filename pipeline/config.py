@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails
 
+from pipeline.config_base import Strict, require_unique_names
 from pipeline.config_privacy import PrivacyConfig
 
 
@@ -22,12 +23,9 @@ class ConfigError(Exception):
     """A config file that cannot be used; the message names the file, the key and the problem."""
 
 
-class _Strict(BaseModel):
-    # Unknown keys are errors: a typo must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class KafkaConfig(_Strict):
+class KafkaConfig(Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = Field("tailsift", description="consumer group of the job; also the Faust app id")
     session_timeout_ms: int = Field(10_000, ge=1_000, le=600_000)
@@ -40,7 +38,7 @@ class KafkaConfig(_Strict):
         return self
 
 
-class TopicConfig(_Strict):
+class TopicConfig(Strict):
     name: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(6, ge=1, le=10_000)
     replication_factor: int = Field(1, ge=1, le=32)
@@ -48,7 +46,7 @@ class TopicConfig(_Strict):
     compacted: bool = False
 
 
-class TopicsConfig(_Strict):
+class TopicsConfig(Strict):
     spans_raw: TopicConfig = TopicConfig(name="spans.raw", partitions=6, retention_ms=86_400_000)
     traces_kept: TopicConfig = TopicConfig(name="traces.kept", partitions=6)
     sli_windows: TopicConfig = TopicConfig(name="sli.windows", partitions=3)
@@ -59,14 +57,14 @@ class TopicsConfig(_Strict):
         return {name: getattr(self, name) for name in type(self).model_fields}
 
 
-class AssembleConfig(_Strict):
+class AssembleConfig(Strict):
     decision_wait_ms: int = Field(5_000, ge=0, le=3_600_000, description="wait after a trace's first span")
     max_buffered_spans: int = Field(1_000_000, ge=1, description="global bound; oldest traces decided early past it")
     max_spans_per_trace: int = Field(10_000, ge=1, description="a trace reaching it is decided at once")
     decision_cache_size: int = Field(100_000, ge=0, description="recent decisions remembered for late spans")
 
 
-class _PolicyBase(_Strict):
+class _PolicyBase(Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
 
 
@@ -196,7 +194,7 @@ class DropPolicyConfig(_PolicyBase):
     policies: list[PolicyConfig] = Field(min_length=1)
 
 
-class RateAllocationConfig(_Strict):
+class RateAllocationConfig(Strict):
     policy: str
     percent: float = Field(gt=0, le=100)
 
@@ -227,7 +225,7 @@ RuleOperator = Literal["=", "!=", ">", "<", ">=", "<=", "starts-with", "contains
                        "not-exists", "matches", "in", "not-in", "has-root-span"]
 
 
-class RuleConditionConfig(_Strict):
+class RuleConditionConfig(Strict):
     field: str | None = Field(None, min_length=1)
     operator: RuleOperator
     value: Union[bool, int, float, str, list[Union[bool, int, float, str]], None] = None
@@ -256,7 +254,7 @@ class RuleConditionConfig(_Strict):
         return self
 
 
-class RuleConfig(_Strict):
+class RuleConfig(Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     conditions: list[RuleConditionConfig] = Field(default_factory=list)
     scope: Literal["trace", "span"] = "trace"
@@ -361,7 +359,7 @@ def _default_policies() -> list:
     ]
 
 
-class SamplingConfig(_Strict):
+class SamplingConfig(Strict):
     policies: list[PolicyConfig] = Field(default_factory=_default_policies, min_length=1)
     mode: Literal["any_match", "first_match"] = Field(
         "any_match", description="any_match: kept if any policy keeps; first_match: the first applying policy decides")
@@ -394,22 +392,17 @@ class SamplingConfig(_Strict):
     @field_validator("policies")
     @classmethod
     def _unique_names(cls, policies: list) -> list:
-        seen: set[str] = set()
-        for p in policies:
-            if p.name in seen:
-                raise ValueError(f"policy name {p.name!r} is used twice")
-            seen.add(p.name)
-        return policies
+        return require_unique_names(policies, "policy")
 
 
-class SliConfig(_Strict):
+class SliConfig(Strict):
     window_seconds: float = Field(10, gt=0, le=86_400)
     grace_seconds: float = Field(5, ge=0, le=3_600, description="wait past a window's end for stragglers")
     relative_accuracy: float = Field(0.01, gt=0, lt=1)
     max_services: int = Field(1_000, ge=1)
 
 
-class JobConfig(_Strict):
+class JobConfig(Strict):
     data_dir: str = Field("/tmp/tailsift", description="Faust state directory")
     tick_ms: int = Field(200, ge=10, le=60_000, description="how often decision points and windows are checked")
     batch_max_messages: int = Field(500, ge=1, le=100_000, description="messages handled per agent step")
@@ -418,12 +411,12 @@ class JobConfig(_Strict):
     worker_id: str = Field("", description="name in SLI records; default host:pid")
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(Strict):
     port: int = Field(9108, ge=0, le=65_535, description="0 disables the /metrics endpoint")
     host: str = "127.0.0.1"
 
 
-class Config(_Strict):
+class Config(Strict):
     kafka: KafkaConfig = KafkaConfig()
     topics: TopicsConfig = TopicsConfig()
     assemble: AssembleConfig = AssembleConfig()

@@ -9,20 +9,19 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from operators.privacy import DEFAULT_DETECTOR_ACTIONS
+from pipeline.config_base import Strict, require_unique_names
 from operators.privacy.tokenizer import KEY_ID_PATTERN
 
 DetectorAction = Literal["tokenize", "redact", "hash", "drop"]
 RuleAction = Literal["keep", "tokenize", "hash", "redact", "drop", "url", "sql"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class KeysConfig(_Strict):
+class KeysConfig(Strict):
     env: str = Field("TAILSIFT_TOKEN_KEYS", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                      description='environment variable holding "id:secret,id:secret" (secret: hex or base64, >= 16 bytes)')
     file: str | None = Field(None, min_length=1, description="key file (one id:secret a line); when set, used instead of env")
@@ -30,7 +29,7 @@ class KeysConfig(_Strict):
                                description="id of the key new tokens are made with; may be omitted when there is one key")
 
 
-class DetectorConfig(_Strict):
+class DetectorConfig(Strict):
     enabled: bool = True
     action: DetectorAction
 
@@ -39,7 +38,7 @@ def _det(name: str) -> DetectorConfig:
     return DetectorConfig(action=DEFAULT_DETECTOR_ACTIONS[name])
 
 
-class DetectorsConfig(_Strict):
+class DetectorsConfig(Strict):
     email: DetectorConfig = _det("email")
     card: DetectorConfig = _det("card")
     ssn: DetectorConfig = _det("ssn")
@@ -55,7 +54,7 @@ class DetectorsConfig(_Strict):
         return {name: getattr(self, name).action for name in type(self).model_fields if getattr(self, name).enabled}
 
 
-class RuleConfig(_Strict):
+class RuleConfig(Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     keys: list[str] = Field(default_factory=list, description="glob patterns of attribute keys (fnmatch)")
     key_regex: str | None = Field(None, min_length=1, description="a regular expression the whole key must match")
@@ -83,19 +82,19 @@ _DEFAULT_KEEP_PARAMS = ["limit", "offset", "page", "per_page", "sort", "order", 
                         "lang", "locale", "format", "ref", "context", "zone", "origin", "v", "version"]
 
 
-class UrlConfig(_Strict):
+class UrlConfig(Strict):
     query_values: Literal["tokenize", "strip", "redact", "drop"] = Field(
         "tokenize", description="what happens to query parameter values (drop removes the whole query)")
     keep_params: list[str] = Field(default_factory=lambda: list(_DEFAULT_KEEP_PARAMS),
                                    description="parameters whose values are kept (detectors still run)")
 
 
-class TokenConfig(_Strict):
+class TokenConfig(Strict):
     digest_bytes: int = Field(16, ge=8, le=32, description="HMAC-SHA256 bytes kept in a token (16 → 32 hex chars)")
     email_format: bool = Field(True, description="e-mail tokens keep the domain: tok:k1:<digest>@example.com")
 
 
-class PrivacyConfig(_Strict):
+class PrivacyConfig(Strict):
     # On by default: PII must not leave untokenized unless an operator turns protection off.
     enabled: bool = Field(True, description="protect kept traces (and logs) before they leave the job")
     mode: Literal["denylist", "allowlist"] = Field(
@@ -114,12 +113,7 @@ class PrivacyConfig(_Strict):
     @field_validator("rules")
     @classmethod
     def _unique_rule_names(cls, rules: list[RuleConfig]) -> list[RuleConfig]:
-        seen: set[str] = set()
-        for r in rules:
-            if r.name in seen:
-                raise ValueError(f"rule name {r.name!r} is used twice")
-            seen.add(r.name)
-        return rules
+        return require_unique_names(rules, "rule")
 
     @model_validator(mode="after")
     def _allowlist_has_keys(self) -> "PrivacyConfig":
