@@ -1,8 +1,10 @@
 """Group spans by trace ID until a decision point, and remember recent decisions.
 
-Decision points (this slice): ``decision_wait`` after the trace's first span; a forced early
-decision when the trace exceeds ``max_spans_per_trace`` or when the buffer as a whole exceeds
-``max_buffered_spans`` (oldest trace first), so memory stays bounded. Spans that arrive after
+Decision points: ``decision_wait`` after the trace's first span; earlier, once the root span has
+arrived and the trace has been quiet for ``root_quiet_gap`` (a finished request rarely grows after
+its root ends — Refinery's SendDelay; 0 turns it off); a forced early decision when the trace
+exceeds ``max_spans_per_trace`` or when the buffer as a whole exceeds ``max_buffered_spans``
+(oldest trace first), so memory stays bounded. Spans that arrive after
 their trace was decided follow the remembered decision (an LRU of ``decision_cache_size``).
 """
 
@@ -25,6 +27,9 @@ class TraceBuffer:
     spans: list[SpanHeader] = field(default_factory=list)
     fragments: list[Any] = field(default_factory=list)  # per message: an opaque ref the caller chose
     forced_reason: str = ""
+    has_root: bool = False
+    last_seen_ns: int = 0
+    trigger: str = "decision_wait"  # which decision point released it
 
 
 class TraceAssembler:
@@ -34,13 +39,17 @@ class TraceAssembler:
         max_buffered_spans: int = 1_000_000,
         max_spans_per_trace: int = 10_000,
         decision_cache_size: int = 100_000,
+        root_quiet_gap_ns: int = 0,
     ):
         self.decision_wait_ns = decision_wait_ns
+        self.root_quiet_gap_ns = root_quiet_gap_ns
         self.max_buffered_spans = max_buffered_spans
         self.max_spans_per_trace = max_spans_per_trace
         self.decision_cache_size = decision_cache_size
         # Insertion order = first-seen order = deadline order (the wait is the same for all).
         self._traces: OrderedDict[bytes, TraceBuffer] = OrderedDict()
+        # Traces whose root arrived, in order of last activity (= order of their quiet deadlines).
+        self._rooted: OrderedDict[bytes, TraceBuffer] = OrderedDict()
         self._forced: list[TraceBuffer] = []
         self._decisions: OrderedDict[bytes, Decision] = OrderedDict()
         self.buffered_spans = 0
@@ -63,29 +72,48 @@ class TraceAssembler:
             self._traces[trace_id] = buf
         buf.spans.extend(spans)
         buf.fragments.append(fragment)
+        buf.last_seen_ns = now_ns
         self.buffered_spans += len(spans)
+        if self.root_quiet_gap_ns:
+            if not buf.has_root:
+                buf.has_root = any(s.get("parent_span_id") is None for s in spans)
+            if buf.has_root:
+                self._rooted[trace_id] = buf
+                self._rooted.move_to_end(trace_id)
         if len(buf.spans) >= self.max_spans_per_trace and not buf.forced_reason:
             self._force(buf, "span_limit")
 
     def _force(self, buf: TraceBuffer, reason: str) -> None:
         del self._traces[buf.trace_id]
-        buf.forced_reason = reason
+        self._rooted.pop(buf.trace_id, None)
+        buf.forced_reason = buf.trigger = reason
         self._forced.append(buf)
 
     def due(self, now_ns: int) -> list[TraceBuffer]:
         """Traces whose decision point has come, oldest first; they leave the buffer."""
         out, self._forced = self._forced, []
         remaining = self.buffered_spans - sum(len(b.spans) for b in out)
-        traces = self._traces
+        traces, rooted = self._traces, self._rooted
+        quiet_before = now_ns - self.root_quiet_gap_ns
+        while rooted:
+            buf = next(iter(rooted.values()))
+            if buf.last_seen_ns > quiet_before:
+                break
+            rooted.popitem(last=False)
+            del traces[buf.trace_id]
+            remaining -= len(buf.spans)
+            buf.trigger = "root_quiet"
+            out.append(buf)
         while traces:
             buf = next(iter(traces.values()))
             expired = buf.deadline_ns <= now_ns
             if not expired and remaining <= self.max_buffered_spans:
                 break
             traces.popitem(last=False)
+            rooted.pop(buf.trace_id, None)
             remaining -= len(buf.spans)
             if not expired:
-                buf.forced_reason = "memory_bound"
+                buf.forced_reason = buf.trigger = "memory_bound"
             out.append(buf)
         self.buffered_spans = remaining
         return out
@@ -103,6 +131,7 @@ class TraceAssembler:
         gone = [tid for tid, b in self._traces.items() if b.partition in lost]
         for tid in gone:
             self.buffered_spans -= len(self._traces.pop(tid).spans)
+            self._rooted.pop(tid, None)
         kept_forced = [b for b in self._forced if b.partition not in lost]
         dropped = len(gone) + len(self._forced) - len(kept_forced)
         self.buffered_spans -= sum(len(b.spans) for b in self._forced if b.partition in lost)

@@ -59,6 +59,8 @@ class TopicsConfig(Strict):
 
 class AssembleConfig(Strict):
     decision_wait_ms: int = Field(5_000, ge=0, le=3_600_000, description="wait after a trace's first span")
+    root_quiet_gap_ms: int = Field(2_000, ge=0, le=3_600_000,
+                                   description="decide earlier once the root span arrived and the trace was quiet this long; 0 = off")
     max_buffered_spans: int = Field(1_000_000, ge=1, description="global bound; oldest traces decided early past it")
     max_spans_per_trace: int = Field(10_000, ge=1, description="a trace reaching it is decided at once")
     decision_cache_size: int = Field(100_000, ge=0, description="recent decisions remembered for late spans")

@@ -72,6 +72,7 @@ class Job:
             max_buffered_spans=a.max_buffered_spans,
             max_spans_per_trace=a.max_spans_per_trace,
             decision_cache_size=a.decision_cache_size,
+            root_quiet_gap_ns=a.root_quiet_gap_ms * 1_000_000,
         )
         self.engine: DecisionEngine = build_engine(config.sampling)
         self.dry_run = config.sampling.dry_run
@@ -154,6 +155,7 @@ class Job:
             if self.dry_run:
                 decision = decision.dry_run()  # kept, annotated with what would have happened
             self.assembler.remember(buf.trace_id, decision)
+            metrics.DECISION_POINTS.labels(buf.trigger).inc()
             metrics.TRACES_DECIDED.labels("keep" if decision.would_keep else "drop", decision.policy or "-", buf.forced_reason or "-").inc()
             holds = [fragment[0] for fragment in buf.fragments]
             if decision.keep:

@@ -8,6 +8,8 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 SPANS = Counter("tailsift_spans_ingested", "Spans decoded from the input topic")
 MESSAGES = Counter("tailsift_messages", "Input messages by outcome", ["outcome"])
 TRACES_DECIDED = Counter("tailsift_traces_decided", "Traces decided", ["decision", "policy", "forced"])
+DECISION_POINTS = Counter("tailsift_decision_points", "Traces released for a decision, by trigger",
+                          ["trigger"])  # decision_wait | root_quiet | span_limit | memory_bound
 KEPT_SPANS = Counter("tailsift_kept_spans", "Spans of kept traces at decision time (late spans excluded)")
 DEADLETTERS = Counter("tailsift_deadletters", "Messages sent to the dead-letter topic", ["reason"])
 RECORDS_PRODUCED = Counter("tailsift_records_produced", "Records written to output topics", ["topic"])
