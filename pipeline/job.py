@@ -198,6 +198,10 @@ class Job:
         metrics.OPEN_WINDOWS.set(len(self.sli))
         for name, n in self.engine.policy_errors.items():
             metrics.POLICY_ERRORS.labels(name).set(n)
+        for policy in self.engine.policies:
+            drops = getattr(policy, "guard_drops", None)  # rate_limiting, bytes_limiting, composite
+            if drops is not None:
+                metrics.POLICY_GUARD_DROPS.labels(policy.name).set(drops)
 
     # ---------------------------------------------------------------- records
     def _kept_record(self, trace_id: bytes, decision: Decision, fragments: list[tuple[Hold, bytes, dict]], now_ns: int,

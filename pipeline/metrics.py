@@ -15,6 +15,8 @@ DEADLETTERS = Counter("tailsift_deadletters", "Messages sent to the dead-letter 
 RECORDS_PRODUCED = Counter("tailsift_records_produced", "Records written to output topics", ["topic"])
 PII_DETECTIONS = Counter("tailsift_pii_detections", "Values in kept traces replaced by a PII detector", ["detector"])
 PII_RULE_ACTIONS = Counter("tailsift_pii_rule_actions", "Attribute values in kept traces changed or removed by a privacy rule", ["rule"])
+POLICY_GUARD_DROPS = Gauge("tailsift_policy_guard_drops",
+                           "Traces a rate policy's token bucket refused (a burst faster than its rate estimate)", ["policy"])
 POLICY_ERRORS = Gauge("tailsift_policy_errors", "Policy evaluations that raised (treated as no opinion)", ["policy"])
 TRACES_IN_MEMORY = Gauge("tailsift_traces_in_memory", "Traces buffered awaiting a decision")
 SPANS_BUFFERED = Gauge("tailsift_spans_buffered", "Spans buffered awaiting a decision")

@@ -140,3 +140,16 @@ def test_corrupt_span_detail_in_a_kept_trace_keeps_the_span_and_reports_it():
     assert spans[1]["attributes"]["tailsift.detail_error"] == "undecodable span detail"
     (dead,) = by_topic(out, "spans.deadletter")
     assert avro.decode(avro.DEAD_LETTER, dead.value)["reason"] == "detail_decode_error"
+
+
+def test_rate_policy_guard_drops_are_exported():
+    from pipeline import metrics
+
+    job = make_job(policies=[{"name": "cap", "type": "rate_limiting", "spans_per_second": 1}])
+    for i in range(30):
+        job.ingest([msg(i, os.urandom(16), "a", [span(0, 1 * MS, parent=None)] * 5)], now_ns=i)
+    job.collect(10 * S)
+    job.update_gauges()
+    policy = job.engine.policies[0]
+    assert policy.guard_drops > 0  # 30 traces of 5 spans in one instant against 1 span/s
+    assert metrics.POLICY_GUARD_DROPS.labels("cap")._value.get() == policy.guard_drops
