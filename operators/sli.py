@@ -1,6 +1,9 @@
 """Exact, pre-sampling SLI windows: every span counts, before any trace is dropped.
 
-Tumbling event-time windows (by span end time) per service. Each window keeps exact span, error
+Tumbling event-time windows (by span end time) per (service, operation, span kind, status). The
+operation is the span name sanitized (``operators.privacy.sanitize.sanitize_span_name`` by default,
+or the job's ``Protector.dimension``: "GET /users/123" → "GET /users/{id}") and capped per service
+(``max_operations`` distinct names, then ``__other__``). Each window keeps exact span, error
 and root counts and a DDSketch of latency (relative error ≤ ``relative_accuracy`` at every
 quantile, mergeable). A window closes when processing time passes its end plus ``grace``; a span
 for a window that already closed opens a fresh partial of it, emitted at the next flush — partials
@@ -10,14 +13,18 @@ to another worker takes its uncommitted contributions with it (they are recounte
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ddsketch import DDSketch
 
+from operators.privacy.sanitize import sanitize_span_name
 from operators.trace import SpanHeader
 
 OVERFLOW_SERVICE = "__overflow__"
+OVERFLOW_OPERATION = "__other__"
+_MEMO_LIMIT = 4096  # raw span names remembered per service (names with ids are unbounded: reset when full)
 _NS_PER_MS = 1_000_000.0
 
 
@@ -27,6 +34,9 @@ class WindowAggregate:
     window_start_ns: int
     window_end_ns: int
     sketch: DDSketch
+    operation: str = "*"
+    span_kind: str = "*"
+    status: str = "*"
     span_count: int = 0
     error_count: int = 0
     root_count: int = 0
@@ -35,9 +45,27 @@ class WindowAggregate:
     sum_ms: float = 0.0
     partitions: set[int] = field(default_factory=set)
     holds: list[Any] = field(default_factory=list)
+    # DDSketch bins counted inline on the hot path (the sketch's own add costs ~0.8 µs); ``fold``
+    # moves them into ``sketch`` with the very same key mapping before anything reads it.
+    bins: dict[int, int] = field(default_factory=dict)
+    zeros: int = 0
+
+    def fold(self) -> DDSketch:
+        bins, sketch = self.bins, self.sketch
+        if bins or self.zeros:
+            store = sketch._store  # ddsketch pinned <4 (see sketch_to_record)
+            n = 0
+            for key, count in bins.items():
+                store.add(key, count)
+                n += count
+            sketch._zero_count += self.zeros
+            sketch._count += n + self.zeros
+            self.bins = {}
+            self.zeros = 0
+        return sketch
 
     def merge(self, other: "WindowAggregate") -> None:
-        self.sketch.merge(other.sketch)
+        self.fold().merge(other.fold())
         self.span_count += other.span_count
         self.error_count += other.error_count
         self.root_count += other.root_count
@@ -48,7 +76,7 @@ class WindowAggregate:
         self.holds.extend(other.holds)
 
     def quantile(self, q: float) -> float:
-        value = self.sketch.get_quantile_value(q)
+        value = self.fold().get_quantile_value(q)
         # The sketch's answer is within the relative error; clamp to the exact extremes.
         return min(max(value, self.min_ms), self.max_ms) if value is not None else 0.0
 
@@ -60,16 +88,29 @@ class SliWindows:
         grace_ns: int,
         relative_accuracy: float = 0.01,
         max_services: int = 1000,
+        max_operations: int = 200,
+        sanitize: Callable[[str], str] | None = None,
     ):
         self.window_ns = window_ns
         self.grace_ns = grace_ns
         self.relative_accuracy = relative_accuracy
         self.max_services = max_services
-        self._open: dict[tuple[int, int, str], WindowAggregate] = {}
+        self.max_operations = max_operations
+        self.sanitize = sanitize or sanitize_span_name
+        mapping = DDSketch(relative_accuracy)._mapping
+        if type(mapping).__name__ != "LogarithmicMapping" or mapping._offset != 0:
+            raise RuntimeError("ddsketch's default mapping changed: the inline bin count would disagree")
+        self._multiplier = mapping._multiplier
+        self._min_possible = mapping.min_possible
+        # (partition, service) → {(window start, operation, kind, status) → aggregate}: one lookup
+        # per message for the outer key, one per span (or per run of equal keys) for the inner.
+        self._open: dict[tuple[int, str], dict[tuple[int, str, str, str], WindowAggregate]] = {}
         self._services: set[str] = set()
+        self._op_memo: dict[str, dict[str, str]] = {}  # service → raw span name → operation label
+        self._ops: dict[str, set[str]] = {}  # service → operation labels admitted (≤ max_operations)
 
     def __len__(self) -> int:
-        return len(self._open)
+        return sum(len(cell) for cell in self._open.values())
 
     def _service_label(self, service: str) -> str:
         # Bounded cardinality: past max_services distinct names, new ones share one bucket.
@@ -80,40 +121,75 @@ class SliWindows:
             return service
         return OVERFLOW_SERVICE
 
+    def operation_label(self, service: str, name: str) -> str:
+        """The bounded operation dimension of a span name (slow path of ``add``; memoized)."""
+        memo = self._op_memo.setdefault(service, {})
+        label = memo.get(name)
+        if label is not None:
+            return label
+        label = self.sanitize(name)
+        ops = self._ops.setdefault(service, set())
+        if label not in ops:
+            if len(ops) < self.max_operations:
+                ops.add(label)
+            else:
+                label = OVERFLOW_OPERATION
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[name] = label
+        return label
+
     def add(self, partition: int, service: str, spans: Iterable[SpanHeader], hold: Any = None) -> int:
         """Count one message's spans. Returns how many windows now hold ``hold`` (each window
         releases it when emitted); the caller adds that many obligations to the hold."""
         service = self._service_label(service)
         window_ns = self.window_ns
+        cell = self._open.get((partition, service))
+        if cell is None:
+            cell = self._open[(partition, service)] = {}
+        memo = self._op_memo.get(service) or {}
+        log, ceil = math.log, math.ceil
+        multiplier, min_possible = self._multiplier, self._min_possible
         touched = 0
         last_key = None
         agg = None
         for span in spans:
             end = span["end_time_unix_nano"]
-            start_of_window = end - end % window_ns
-            key = (start_of_window, partition, service)
+            name = span["name"]
+            op = memo.get(name)
+            if op is None:
+                op = self.operation_label(service, name)
+                memo = self._op_memo[service]
+            status = span["status_code"]
+            key = (end - end % window_ns, op, span["kind"], status)
             if key != last_key:
-                agg = self._open.get(key)
+                agg = cell.get(key)
                 if agg is None:
-                    agg = self._open[key] = WindowAggregate(
+                    start_of_window = key[0]
+                    agg = cell[key] = WindowAggregate(
                         service, start_of_window, start_of_window + window_ns,
-                        DDSketch(self.relative_accuracy), partitions={partition},
+                        DDSketch(self.relative_accuracy), op, key[2], status, partitions={partition},
                     )
                 if hold is not None and (not agg.holds or agg.holds[-1] is not hold):
                     agg.holds.append(hold)
                     touched += 1
                 last_key = key
             latency_ms = (end - span["start_time_unix_nano"]) / _NS_PER_MS
-            if latency_ms < 0:
+            if latency_ms <= 0:
                 latency_ms = 0.0  # clock skew between hosts: count the span, not a negative latency
-            agg.sketch.add(latency_ms)
+            if latency_ms > min_possible:
+                bins = agg.bins
+                k = int(ceil(log(latency_ms, 2) * multiplier))  # = LogarithmicMapping.key (offset 0)
+                bins[k] = bins.get(k, 0) + 1
+            else:
+                agg.zeros += 1
             agg.span_count += 1
             if latency_ms < agg.min_ms:
                 agg.min_ms = latency_ms
             if latency_ms > agg.max_ms:
                 agg.max_ms = latency_ms
             agg.sum_ms += latency_ms
-            if span["status_code"] == "ERROR":
+            if status == "ERROR":
                 agg.error_count += 1
             if span.get("parent_span_id") is None:
                 agg.root_count += 1
@@ -121,24 +197,30 @@ class SliWindows:
 
     def due(self, now_ns: int, flush_all: bool = False) -> list[WindowAggregate]:
         """Windows closed by ``now`` (end + grace ≤ now), merged across partitions per
-        (service, window); they leave the state."""
-        closed = [k for k, a in self._open.items() if flush_all or a.window_end_ns + self.grace_ns <= now_ns]
-        merged: dict[tuple[int, str], WindowAggregate] = {}
-        for key in sorted(closed):
-            agg = self._open.pop(key)
-            into = merged.get((key[0], key[2]))
-            if into is None:
-                merged[(key[0], key[2])] = agg
-            else:
-                into.merge(agg)
-        return list(merged.values())
+        (window, service, operation, kind, status); they leave the state."""
+        horizon = now_ns - self.grace_ns
+        merged: dict[tuple, WindowAggregate] = {}
+        for (partition, service), cell in sorted(self._open.items()):
+            closed = [k for k, a in cell.items() if flush_all or a.window_end_ns <= horizon]
+            for key in closed:
+                agg = cell.pop(key)
+                agg.fold()
+                mkey = (key[0], service, key[1], key[2], key[3])
+                into = merged.get(mkey)
+                if into is None:
+                    merged[mkey] = agg
+                else:
+                    into.merge(agg)
+        self._open = {k: c for k, c in self._open.items() if c}
+        return [merged[k] for k in sorted(merged)]
 
     def revoke(self, partitions: Iterable[int]) -> int:
         lost = set(partitions)
-        gone = [k for k in self._open if k[1] in lost]
+        gone = [k for k in self._open if k[0] in lost]
+        n = 0
         for k in gone:
-            del self._open[k]
-        return len(gone)
+            n += len(self._open.pop(k))
+        return n
 
 
 def sketch_to_record(sketch: DDSketch) -> dict:

@@ -402,6 +402,7 @@ class SliConfig(Strict):
     grace_seconds: float = Field(5, ge=0, le=3_600, description="wait past a window's end for stragglers")
     relative_accuracy: float = Field(0.01, gt=0, lt=1)
     max_services: int = Field(1_000, ge=1)
+    max_operations_per_service: int = Field(200, ge=1, description="distinct sanitized span names per service; then __other__")
 
 
 class JobConfig(Strict):

@@ -17,11 +17,13 @@ def test_exact_counts_per_service_and_window_merged_across_partitions():
     w.add(1, "a", [span(10 * S, 10 * S + 1 * MS)])  # next window
     w.add(0, "b", [span(0, 3 * MS)])
     assert w.due(11 * S) == []
-    closed = {x.service: x for x in w.due(12 * S)}
-    assert set(closed) == {"a", "b"}
-    a = closed["a"]
-    assert (a.span_count, a.error_count, a.root_count, a.partitions) == (3, 1, 1, {0, 1})
-    assert a.min_ms == pytest.approx(1.0) and a.max_ms == pytest.approx(5.0) and a.sum_ms == pytest.approx(8.0)
+    closed = {(x.service, x.status): x for x in w.due(12 * S)}
+    assert set(closed) == {("a", "ERROR"), ("a", "UNSET"), ("b", "UNSET")}
+    a = closed["a", "UNSET"]
+    assert (a.span_count, a.error_count, a.root_count, a.partitions) == (2, 0, 0, {0, 1})
+    assert a.min_ms == pytest.approx(1.0) and a.max_ms == pytest.approx(2.0) and a.sum_ms == pytest.approx(3.0)
+    e = closed["a", "ERROR"]
+    assert (e.span_count, e.error_count, e.root_count, e.partitions, e.operation, e.span_kind) == (1, 1, 1, {0}, "op", "SERVER")
     assert len(w) == 1  # the second window of "a" is still open
 
 
