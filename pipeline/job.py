@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from operators.assemble import TraceAssembler, TraceBuffer
 from operators.commit import CommitTracker, Hold
 from operators.decide import Decision, DecisionEngine
+from operators.privacy.sanitize import sanitize_span_name
 from operators.sli import SliWindows, WindowAggregate, sketch_to_record
 from operators.trace import TraceView
 from operators.tracestate import with_threshold
@@ -82,6 +83,10 @@ class Job:
             grace_ns=int(s.grace_seconds * 1e9),
             relative_accuracy=s.relative_accuracy,
             max_services=s.max_services,
+            max_operations=s.max_operations_per_service,
+            # operation = span name through the protector (ids → {id}, PII detectors) when privacy
+            # is on, else the plain span-name sanitizer; memoized per raw name inside SliWindows
+            sanitize=lambda name: self.protector.dimension(name) if self.protector is not None else sanitize_span_name(name),
         )
         self.tracker = CommitTracker()
         t = config.topics
@@ -281,8 +286,9 @@ class Job:
     def _sli_record(self, w: WindowAggregate, now_ns: int) -> bytes:
         return avro.encode(avro.SLI_WINDOW, {
             "service": w.service,
-            "operation": "*",
-            "span_kind": "*",
+            "operation": w.operation,
+            "span_kind": w.span_kind,
+            "status": w.status,
             "window_start_unix_nano": w.window_start_ns,
             "window_end_unix_nano": w.window_end_ns,
             "span_count": w.span_count,
