@@ -244,3 +244,31 @@ def sketch_from_record(record: dict) -> DDSketch:
     if record["zero_count"]:
         sketch.add(0.0, record["zero_count"])
     return sketch
+
+
+def window_record(w: WindowAggregate, worker: str, now_ns: int) -> dict:
+    """The ``SliWindow`` Avro record (``schemas/sli_window.v1.avsc``) of one emitted window."""
+    return {
+        "service": w.service,
+        "operation": w.operation,
+        "span_kind": w.span_kind,
+        "status": w.status,
+        "window_start_unix_nano": w.window_start_ns,
+        "window_end_unix_nano": w.window_end_ns,
+        "span_count": w.span_count,
+        "error_count": w.error_count,
+        "root_count": w.root_count,
+        "latency_ms": {
+            "min": w.min_ms if w.span_count else 0.0,
+            "max": w.max_ms,
+            "sum": w.sum_ms,
+            "p50": w.quantile(0.50),
+            "p90": w.quantile(0.90),
+            "p95": w.quantile(0.95),
+            "p99": w.quantile(0.99),
+        },
+        "sketch": sketch_to_record(w.fold()),
+        "partitions": sorted(w.partitions),
+        "worker": worker,
+        "emitted_at_unix_nano": now_ns,
+    }

@@ -76,6 +76,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report.main(_load(args.config), args)
 
 
+def cmd_sli(args: argparse.Namespace) -> int:
+    from pipeline import sli_reader
+
+    return sli_reader.main(_load(args.config), args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline import demo
 
@@ -125,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-url", default=None, help="a running job's /metrics URL, for decided/ingested counts")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the end of each topic")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("sli", help="merge the SLI window partials on sli.windows into exact totals and print them")
+    _add_config(p, required=False)
+    from pipeline.sli_reader import add_arguments as _sli_arguments
+    _sli_arguments(p)
+    p.set_defaults(func=cmd_sli)
 
     p = sub.add_parser("demo", help="end to end on the local broker: topics, job, ~30 s of traffic, summary")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of generated traffic (default 30)")

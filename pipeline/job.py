@@ -18,7 +18,7 @@ from operators.assemble import TraceAssembler, TraceBuffer
 from operators.commit import CommitTracker, Hold
 from operators.decide import Decision, DecisionEngine
 from operators.privacy.sanitize import sanitize_span_name
-from operators.sli import SliWindows, WindowAggregate, sketch_to_record
+from operators.sli import SliWindows, WindowAggregate, window_record
 from operators.trace import TraceView
 from operators.tracestate import with_threshold
 from pipeline import metrics
@@ -284,30 +284,7 @@ class Job:
         self._pending.append(Record(self.pii_audit_topic, trace_id, value, list(holds)))
 
     def _sli_record(self, w: WindowAggregate, now_ns: int) -> bytes:
-        return avro.encode(avro.SLI_WINDOW, {
-            "service": w.service,
-            "operation": w.operation,
-            "span_kind": w.span_kind,
-            "status": w.status,
-            "window_start_unix_nano": w.window_start_ns,
-            "window_end_unix_nano": w.window_end_ns,
-            "span_count": w.span_count,
-            "error_count": w.error_count,
-            "root_count": w.root_count,
-            "latency_ms": {
-                "min": w.min_ms if w.span_count else 0.0,
-                "max": w.max_ms,
-                "sum": w.sum_ms,
-                "p50": w.quantile(0.50),
-                "p90": w.quantile(0.90),
-                "p95": w.quantile(0.95),
-                "p99": w.quantile(0.99),
-            },
-            "sketch": sketch_to_record(w.sketch),
-            "partitions": sorted(w.partitions),
-            "worker": self.worker_id,
-            "emitted_at_unix_nano": now_ns,
-        })
+        return avro.encode(avro.SLI_WINDOW, window_record(w, self.worker_id, now_ns))
 
     def _dead_letter(self, msg: Received, reason: str, detail: str, now_ns: int, hold: Hold | None) -> Record:
         metrics.DEADLETTERS.labels(reason).inc()

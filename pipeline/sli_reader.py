@@ -1,0 +1,96 @@
+"""``tailsift sli``: read ``sli.windows``, merge the partials into exact totals, print a table.
+
+Every ``SliWindow`` record is a partial of one (service, operation, kind, status, window): from one
+worker, possibly several input partitions, possibly a straggler emitted after the window closed.
+Merging = sum the counts, combine min/max/sum, merge the DDSketches (``operators.sli_merge``).
+``--by`` chooses the rows: per service, per (service, operation), per (service, operation, kind,
+status), optionally per window (``--per-window``). ``--json`` prints the rows as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Iterable
+
+from typing import TYPE_CHECKING
+
+from operators.sli_merge import MergedWindow, WindowKey, merge_records, roll_up
+
+if TYPE_CHECKING:  # the CLI imports this module to build its parser: keep Kafka/Avro lazy
+    from pipeline.config import Config
+
+_BY = {
+    "service": (("service",), lambda k: k[:1]),
+    "operation": (("service", "operation"), lambda k: k[:2]),
+    "full": (("service", "operation", "kind", "status"), lambda k: k[:4]),
+}
+
+
+def read_windows(config: "Config", timeout: float = 10.0) -> dict[WindowKey, MergedWindow]:
+    from pipeline.codecs import avro
+    from pipeline.readback import read_all
+
+    values = (v for _, _, _, v in read_all(config.kafka.bootstrap_servers, config.topics.sli_windows.name, timeout) if v)
+    return merge_records(avro.decode(avro.SLI_WINDOW, v) for v in values)
+
+
+def rows(windows: dict[WindowKey, MergedWindow], by: str = "operation", per_window: bool = False) -> tuple[list[str], list[tuple[tuple, MergedWindow]]]:
+    cols, key = _BY[by]
+    if per_window:
+        cols = cols + ("window_start",)
+        base = key
+        key = lambda k: base(k) + (k[4],)  # noqa: E731
+    merged = roll_up(windows, key)
+    return list(cols), sorted(merged.items())
+
+
+def as_dicts(cols: list[str], table: Iterable[tuple[tuple, MergedWindow]]) -> list[dict]:
+    out = []
+    for key, m in table:
+        d = dict(zip(cols, key))
+        d.update(spans=m.span_count, errors=m.error_count, roots=m.root_count,
+                 error_ratio=round(m.error_ratio, 6), min_ms=m.min_ms if m.span_count else 0.0,
+                 p50_ms=m.quantile(0.5), p90_ms=m.quantile(0.9), p95_ms=m.quantile(0.95),
+                 p99_ms=m.quantile(0.99), max_ms=m.max_ms, partials=m.partials)
+        out.append(d)
+    return out
+
+
+def render(cols: list[str], table: list[tuple[tuple, MergedWindow]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    t = Table(title="SLIs (every span, before sampling; partials merged)")
+    for c in cols:
+        t.add_column(c)
+    for c in ("spans", "errors", "error %", "p50 ms", "p90 ms", "p99 ms", "max ms", "partials"):
+        t.add_column(c, justify="right")
+    for key, m in table:
+        t.add_row(*(str(k) for k in key), f"{m.span_count:,}", f"{m.error_count:,}", f"{100 * m.error_ratio:.2f}",
+                  f"{m.quantile(0.5):.2f}", f"{m.quantile(0.9):.2f}", f"{m.quantile(0.99):.2f}", f"{m.max_ms:.2f}",
+                  str(m.partials))
+    console.print(t)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--by", choices=sorted(_BY), default="operation", help="row granularity (default: operation)")
+    p.add_argument("--per-window", action="store_true", help="one row per window as well")
+    p.add_argument("--service", default=None, help="only this service")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the end of the topic")
+
+
+def main(config: "Config", args: argparse.Namespace) -> int:
+    windows = read_windows(config, args.timeout)
+    if args.service:
+        windows = {k: v for k, v in windows.items() if k[0] == args.service}
+    cols, table = rows(windows, args.by, args.per_window)
+    if args.json:
+        for d in as_dicts(cols, table):
+            print(json.dumps(d))
+    else:
+        render(cols, table)
+    return 0
