@@ -82,6 +82,12 @@ def cmd_sli(args: argparse.Namespace) -> int:
     return sli_reader.main(_load(args.config), args)
 
 
+def cmd_slo(args: argparse.Namespace) -> int:
+    from pipeline import slo_rules
+
+    return slo_rules.main(_load(args.config), args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline import demo
 
@@ -137,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.sli_reader import add_arguments as _sli_arguments
     _sli_arguments(p)
     p.set_defaults(func=cmd_sli)
+
+    p = sub.add_parser("slo", help="SLO tooling")
+    ssub = p.add_subparsers(dest="slo_command", required=True, metavar="ACTION")
+    sp = ssub.add_parser("rules", help="Prometheus alerting rules (multi-window burn rates) for the config's SLOs")
+    _add_config(sp, required=True)
+    sp.add_argument("-o", "--output", default="-", help="write the rule file here (default: stdout)")
+    sp.set_defaults(func=cmd_slo)
 
     p = sub.add_parser("demo", help="end to end on the local broker: topics, job, ~30 s of traffic, summary")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of generated traffic (default 30)")

@@ -405,6 +405,40 @@ class SliConfig(Strict):
     max_operations_per_service: int = Field(200, ge=1, description="distinct sanitized span names per service; then __other__")
 
 
+class SloBurnAlertConfig(Strict):
+    long_window: str = Field(pattern=r"^\d+[smhd]$", description="e.g. 1h")
+    short_window: str = Field(pattern=r"^\d+[smhd]$", description="e.g. 5m")
+    factor: float = Field(gt=0, description="burn-rate threshold, e.g. 14.4")
+    severity: str = Field("page", pattern=r"^[a-z][a-z0-9_-]*$")
+
+
+class SloObjectiveConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$")
+    service: str = Field(min_length=1)
+    operation: str = Field("*", description="sanitized operation name; * = all")
+    span_kind: str = Field("*", description="SERVER, CONSUMER, …; * = all")
+    type: Literal["availability", "latency"] = "availability"
+    objective_percent: float = Field(gt=0, lt=100, description="e.g. 99.9")
+    threshold_ms: float = Field(0, ge=0, description="latency SLOs: a span slower than this is bad")
+    period_days: float = Field(30, gt=0, le=366)
+    alerts: list[SloBurnAlertConfig] | None = Field(None, description="default: 1h/5m 14.4x, 6h/30m 6x (page); 1d/2h 3x, 3d/6h 1x (ticket)")
+
+    @model_validator(mode="after")
+    def _latency_needs_threshold(self):
+        if self.type == "latency" and self.threshold_ms <= 0:
+            raise ValueError("a latency SLO needs threshold_ms > 0")
+        return self
+
+
+class SloConfig(Strict):
+    objectives: list[SloObjectiveConfig] = []
+
+    @field_validator("objectives")
+    @classmethod
+    def _unique_names(cls, objectives: list) -> list:
+        return require_unique_names(objectives, "SLO")
+
+
 class JobConfig(Strict):
     data_dir: str = Field("/tmp/tailsift", description="Faust state directory")
     tick_ms: int = Field(200, ge=10, le=60_000, description="how often decision points and windows are checked")
@@ -425,6 +459,7 @@ class Config(Strict):
     assemble: AssembleConfig = AssembleConfig()
     sampling: SamplingConfig = SamplingConfig()
     sli: SliConfig = SliConfig()
+    slo: SloConfig = SloConfig()
     job: JobConfig = JobConfig()
     metrics: MetricsConfig = MetricsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
