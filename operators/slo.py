@@ -83,8 +83,10 @@ class SloTracker:
         self._state = {o.name: _State() for o in self.objectives}
 
     def observe(self, service: str, operation: str, span_kind: str, window_end_ns: int,
-                span_count: int, error_count: int, sketch: DDSketch | None) -> None:
-        """One emitted SLI window (or partial) — every partial counts once."""
+                span_count: int, error_count: int, sketch: DDSketch | None) -> list[tuple[str, int, float]]:
+        """One emitted SLI window (or partial) — every partial counts once. Returns
+        (objective name, events, bad events) for each objective it fed."""
+        fed = []
         for o in self.objectives:
             if not o.matches(service, operation, span_kind):
                 continue
@@ -92,6 +94,7 @@ class SloTracker:
                 bad = count_above(sketch, o.threshold_ms) if sketch is not None else 0.0
             else:
                 bad = float(error_count)
+            fed.append((o.name, span_count, bad))
             st = self._state[o.name]
             b = st.buckets.setdefault(window_end_ns - window_end_ns % BUCKET_NS, [0.0, 0.0])
             b[0] += span_count
@@ -101,6 +104,7 @@ class SloTracker:
                 horizon = window_end_ns - max(o.period_s, max(o.windows_s, default=0)) * 1_000_000_000
                 for k in [k for k in st.buckets if k < horizon]:
                     del st.buckets[k]
+        return fed
 
     def _sum(self, o: Objective, seconds: int, now_ns: int | None) -> tuple[float, float]:
         st = self._state[o.name]

@@ -19,6 +19,7 @@ from operators.commit import CommitTracker, Hold
 from operators.decide import Decision, DecisionEngine
 from operators.privacy.sanitize import sanitize_span_name
 from operators.sli import SliWindows, WindowAggregate, window_record
+from operators.slo import SloTracker
 from operators.trace import TraceView
 from operators.tracestate import with_threshold
 from pipeline import metrics
@@ -26,6 +27,7 @@ from pipeline.codecs import avro
 from pipeline.config import Config
 from pipeline.policies import build_engine
 from pipeline.privacy import audit_record, build_protector
+from pipeline.slo_rules import objectives as slo_objectives
 
 _ZERO_TRACE_ID = bytes(16)
 # label children bound once: .labels() per message would cost a dict lookup and a lock each time
@@ -88,6 +90,7 @@ class Job:
             # is on, else the plain span-name sanitizer; memoized per raw name inside SliWindows
             sanitize=lambda name: self.protector.dimension(name) if self.protector is not None else sanitize_span_name(name),
         )
+        self.slo = SloTracker(slo_objectives(config))  # exact SLO event counts → metrics
         self.tracker = CommitTracker()
         t = config.topics
         self.input_topic = t.spans_raw.name
@@ -173,6 +176,11 @@ class Job:
                     self.tracker.release(hold)
         for window in self.sli.due(now_ns, flush_all=flush_all_windows):
             out.records.append(Record(self.sli_topic, window.service.encode(), self._sli_record(window, now_ns), window.holds))
+            if self.slo.objectives:
+                for name, events, bad in self.slo.observe(window.service, window.operation, window.span_kind, window.window_end_ns,
+                                                          window.span_count, window.error_count, window.sketch):
+                    metrics.SLO_EVENTS.labels(name).inc(events)
+                    metrics.SLO_BAD_EVENTS.labels(name).inc(bad)
         out.records.extend(self._pending)  # dead letters for corrupt details found while building kept traces
         self._pending = []
         return out

@@ -22,6 +22,10 @@ TRACES_IN_MEMORY = Gauge("tailsift_traces_in_memory", "Traces buffered awaiting 
 SPANS_BUFFERED = Gauge("tailsift_spans_buffered", "Spans buffered awaiting a decision")
 UNCOMMITTED = Gauge("tailsift_uncommitted_messages", "Input messages received but not yet safe to commit")
 OPEN_WINDOWS = Gauge("tailsift_sli_open_windows", "SLI window partials not yet emitted")
+# SLOs (label: SLO names from the config): exact pre-sampling event counts, added when a window is
+# emitted; burn rates are ratios of their rates summed over workers (see `tailsift slo rules`)
+SLO_EVENTS = Counter("tailsift_slo_events", "Spans counted by an SLO (every span, before sampling)", ["slo"])
+SLO_BAD_EVENTS = Counter("tailsift_slo_bad_events", "Spans an SLO counts as bad (error, or slower than its threshold)", ["slo"])
 FLUSH_SECONDS = Histogram(
     "tailsift_flush_seconds", "Time from decision point to outputs acknowledged by the broker",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),

@@ -1,9 +1,10 @@
 """``tailsift slo rules``: Prometheus alerting rules for the SLOs in the config.
 
-The job computes burn rates itself from the exact pre-sampling SLI windows (``operators.slo``) and
-exposes them as ``tailsift_slo_burn_rate{slo, window}`` and
-``tailsift_slo_error_budget_remaining{slo}``, so every rule is a plain comparison — no rate() over
-sampled data, no recording rules. Multi-window, multi-burn-rate: an alert fires when both the long
+The job counts, for every SLO, the spans it selects and the bad ones — exactly, before any
+sampling — as ``tailsift_slo_events_total{slo}`` and ``tailsift_slo_bad_events_total{slo}``
+(added when an SLI window is emitted). Burn rate over a window W is
+``sum(rate(bad[W])) / sum(rate(events[W])) / (1 − objective)``: summed over every worker, and
+``rate()`` absorbs worker restarts. Multi-window, multi-burn-rate: an alert fires when both the long
 and the short window burn faster than the factor (fast to fire, fast to reset).
 """
 
@@ -52,14 +53,19 @@ def rules(objs: list[Objective]) -> dict:
         what = (f"{o.objective * 100:g}% of {o.service}"
                 + (f" {o.operation}" if o.operation != "*" else "")
                 + (f" spans under {o.threshold_ms:g} ms" if o.kind == "latency" else " spans without error"))
-        rs = []
+        rs: list[dict] = []
+        sel = f"slo={_q(o.name)}"
+        budget = 1.0 - o.objective
+
+        def burn(w: str) -> str:
+            return (f"(sum(rate(tailsift_slo_bad_events_total{{{sel}}}[{w}])) / "
+                    f"sum(rate(tailsift_slo_events_total{{{sel}}}[{w}]))) / {budget:.6g}")
+
         for a in o.alerts:
             lw, sw = window_label(a.long_s), window_label(a.short_s)
-            sel = f'slo={_q(o.name)}'
             rs.append({
                 "alert": f"SLOBurnRate{a.severity.capitalize()}",
-                "expr": (f"tailsift_slo_burn_rate{{{sel},window={_q(lw)}}} > {a.factor:g}\n"
-                         f"and\ntailsift_slo_burn_rate{{{sel},window={_q(sw)}}} > {a.factor:g}"),
+                "expr": f"{burn(lw)} > {a.factor:g}\nand\n{burn(sw)} > {a.factor:g}",
                 "for": "1m" if a.severity == "page" else "15m",
                 "labels": {"severity": a.severity, "slo": o.name, "service": o.service,
                            "long_window": lw, "short_window": sw},
@@ -69,12 +75,14 @@ def rules(objs: list[Objective]) -> dict:
                                     f"lasts {o.period_s / a.factor / 86_400:.1f} days. Exact pre-sampling counts from tailsift."),
                 },
             })
+        period = window_label(o.period_s)
         rs.append({
             "alert": "SLOErrorBudgetExhausted",
-            "expr": f"tailsift_slo_error_budget_remaining{{slo={_q(o.name)}}} <= 0",
+            "expr": (f"(sum(increase(tailsift_slo_bad_events_total{{{sel}}}[{period}])) / "
+                     f"sum(increase(tailsift_slo_events_total{{{sel}}}[{period}]))) / {budget:.6g} >= 1"),
             "for": "5m",
             "labels": {"severity": "ticket", "slo": o.name, "service": o.service},
-            "annotations": {"summary": f"{o.name}: error budget for {window_label(o.period_s)} exhausted",
+            "annotations": {"summary": f"{o.name}: error budget for {period} exhausted",
                             "description": f"SLO {what}."},
         })
         out.append({"name": f"tailsift-slo-{o.name}", "rules": rs})

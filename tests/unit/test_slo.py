@@ -115,8 +115,10 @@ def test_slo_rules_follow_the_prometheus_rule_file_format(tmp_path, capsys):
             assert all(_PROM_NAME.match(k) and isinstance(v, str) for k, v in rule["labels"].items())
             assert all(isinstance(v, str) for v in rule["annotations"].values())
     page = doc["groups"][0]["rules"][0]
-    assert page["expr"] == ('tailsift_slo_burn_rate{slo="checkout-availability",window="1h"} > 14.4\nand\n'
-                            'tailsift_slo_burn_rate{slo="checkout-availability",window="5m"} > 14.4')
+    sel = 'slo="checkout-availability"'
+    burn = ("(sum(rate(tailsift_slo_bad_events_total{%s}[%s])) / sum(rate(tailsift_slo_events_total{%s}[%s]))) / 0.001"
+            % (sel, "W", sel, "W"))
+    assert page["expr"] == burn.replace("[W]", "[1h]") + " > 14.4\nand\n" + burn.replace("[W]", "[5m]") + " > 14.4"
     assert [r["alert"] for r in doc["groups"][1]["rules"]] == ["SLOBurnRatePage", "SLOErrorBudgetExhausted"]
     promtool = shutil.which("promtool")
     if promtool:  # installed on this machine (apt: prometheus): the real checker as well
@@ -128,3 +130,34 @@ def test_slo_rules_follow_the_prometheus_rule_file_format(tmp_path, capsys):
 
 def test_window_labels():
     assert [window_label(s) for s in (300, 3_600, 86_400, 90, 21_600)] == ["5m", "1h", "1d", "90s", "6h"]
+
+
+def test_the_job_counts_slo_events_exactly_into_its_metrics():
+    import os
+
+    from prometheus_client import REGISTRY
+
+    from pipeline.job import Job, Received
+    from tests.spans import batch_bytes
+
+    cfg = config_mod.parse({"privacy": {"enabled": False}, "sli": {"window_seconds": 10, "grace_seconds": 0},
+                            "slo": {"objectives": [{"name": "t-avail", "service": "a", "objective_percent": 99},
+                                                   {"name": "t-lat", "service": "a", "type": "latency",
+                                                    "objective_percent": 99, "threshold_ms": 100}]}}, "<test>")
+    job = Job(cfg, worker_id="w")
+
+    def value(name, slo):
+        return REGISTRY.get_sample_value(name, {"slo": slo}) or 0.0
+
+    before = {(k, s): value(k, s) for k in ("tailsift_slo_events_total", "tailsift_slo_bad_events_total") for s in ("t-avail", "t-lat")}
+    spans = [span(0, 5 * MS, "ERROR"), span(0, 500 * MS), span(0, 1 * MS), span(0, 2 * MS)]
+    tid = os.urandom(16)
+    job.ingest([Received(0, 0, tid, batch_bytes(tid, "a", spans), 0),
+                Received(0, 1, tid, batch_bytes(tid, "b", [span(0, 900 * MS, "ERROR")]), 1)], now_ns=0)
+    job.collect(20 * S)
+
+    def delta(k, s):
+        return value(k, s) - before[(k, s)]
+
+    assert delta("tailsift_slo_events_total", "t-avail") == 4 and delta("tailsift_slo_bad_events_total", "t-avail") == 1
+    assert delta("tailsift_slo_events_total", "t-lat") == 4 and delta("tailsift_slo_bad_events_total", "t-lat") == 1
