@@ -1,0 +1,325 @@
+"""OTLP codecs: ``otlp_proto`` and ``otlp_json`` ExportTraceServiceRequest messages, as the OTel
+Collector's kafka exporter writes and its kafka receiver reads them (one request per message).
+
+Lazy like the Avro path: ``decode_traces`` parses with protobuf (upb backend) and builds, per span,
+only the header dict decisions and SLIs need (``operators.trace.SpanHeader``). The span's
+``detail`` is the protobuf ``Span`` itself (no copy); ``decode_detail`` turns its attributes into
+Python values only when a policy asks. A request may hold many traces: the result is split per
+trace ID, each ``OtlpTrace`` keeping its (resource, scope, spans) groups so a kept trace is fully
+converted (``kept_batches``) into the same dict shape as an Avro ``KeptTrace`` batch — the privacy
+protector works on that — and encoded back to OTLP by ``encode_request``.
+
+Value mapping (OTLP AnyValue ↔ Python): string/bool/int/double/bytes as themselves, arrays of
+scalars as lists; ``kvlist`` values and nested arrays become a JSON string (the Avro attribute
+union has no maps, and the protector scans strings — a map would pass it unscanned).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Iterable
+
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
+STATUS = ("UNSET", "OK", "ERROR")
+_KIND_NUM = {k: i for i, k in enumerate(KINDS)}
+_STATUS_NUM = {k: i for i, k in enumerate(STATUS)}
+_ZERO_TRACE_ID = bytes(16)
+FORMATS = ("otlp_proto", "otlp_json")
+
+
+class InvalidTraceId(ValueError):
+    pass
+
+
+class OtlpTrace:
+    """The spans of one trace ID from one request: headers for decisions, protobuf groups for output."""
+
+    __slots__ = ("trace_id", "spans", "groups")
+
+    def __init__(self, trace_id: bytes):
+        self.trace_id = trace_id
+        self.spans: list[dict] = []  # SpanHeader dicts, detail = the protobuf Span
+        self.groups: list[list] = []  # [ResourceSpans, ScopeSpans, service, [SpanHeader]]
+
+
+# ------------------------------------------------------------------ parse / serialize requests
+def parse_request(value: bytes, fmt: str = "otlp_proto") -> ExportTraceServiceRequest:
+    req = ExportTraceServiceRequest()
+    if fmt == "otlp_proto":
+        req.ParseFromString(value)
+    elif fmt == "otlp_json":
+        data = json.loads(value)
+        _ids_hex_to_b64(data)
+        json_format.ParseDict(data, req, ignore_unknown_fields=True)
+    else:
+        raise ValueError(f"unknown OTLP format {fmt!r}")
+    return req
+
+
+def serialize_request(req: ExportTraceServiceRequest, fmt: str = "otlp_proto") -> bytes:
+    if fmt == "otlp_proto":
+        return req.SerializeToString()
+    if fmt == "otlp_json":
+        # OTLP/JSON: lowerCamelCase keys, enums as integers, trace/span ids as hex (not base64).
+        data = json_format.MessageToDict(req, use_integers_for_enums=True)
+        _ids_b64_to_hex(data)
+        return json.dumps(data, separators=(",", ":")).encode()
+    raise ValueError(f"unknown OTLP format {fmt!r}")
+
+
+_ID_KEYS = ("traceId", "spanId", "parentSpanId")
+
+
+def _walk_spans(data: dict) -> Iterable[dict]:
+    for rs in data.get("resourceSpans") or ():
+        for ss in rs.get("scopeSpans") or ():
+            for sp in ss.get("spans") or ():
+                yield sp
+                yield from sp.get("links") or ()
+
+
+def _ids_hex_to_b64(data: dict) -> None:
+    for obj in _walk_spans(data):
+        for k in _ID_KEYS:
+            v = obj.get(k)
+            if isinstance(v, str) and v:
+                obj[k] = base64.b64encode(bytes.fromhex(v)).decode()
+
+
+def _ids_b64_to_hex(data: dict) -> None:
+    for obj in _walk_spans(data):
+        for k in _ID_KEYS:
+            v = obj.get(k)
+            if isinstance(v, str) and v:
+                obj[k] = base64.b64decode(v).hex()
+
+
+# ------------------------------------------------------------------ hot path: headers per trace
+def _service(resource) -> str:
+    for kv in resource.attributes:
+        if kv.key == "service.name":
+            return kv.value.string_value
+    return ""
+
+
+def decode_traces(value: bytes, fmt: str = "otlp_proto") -> dict[bytes, OtlpTrace]:
+    """Parse a request and split it per trace ID into header dicts (raises on malformed input;
+    ``InvalidTraceId`` for a trace ID that is not 16 non-zero bytes or a span ID not 8 bytes)."""
+    req = parse_request(value, fmt)
+    traces: dict[bytes, OtlpTrace] = {}
+    kinds, statuses = KINDS, STATUS
+    for rs in req.resource_spans:
+        service = _service(rs.resource)
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                tid = sp.trace_id
+                trace = traces.get(tid)
+                if trace is None:
+                    if len(tid) != 16 or tid == _ZERO_TRACE_ID:
+                        raise InvalidTraceId("a trace ID is not 16 non-zero bytes")
+                    trace = traces[tid] = OtlpTrace(tid)
+                span_id = sp.span_id
+                if len(span_id) != 8:
+                    raise InvalidTraceId("a span ID is not 8 bytes")
+                kind = sp.kind
+                code = sp.status.code
+                header = {
+                    "service": service,
+                    "span_id": span_id,
+                    "parent_span_id": sp.parent_span_id or None,
+                    "name": sp.name,
+                    "kind": kinds[kind] if 0 <= kind < 6 else "UNSPECIFIED",
+                    "start_time_unix_nano": sp.start_time_unix_nano,
+                    "end_time_unix_nano": sp.end_time_unix_nano,
+                    "status_code": statuses[code] if 0 <= code < 3 else "UNSET",
+                    "trace_state": sp.trace_state,
+                    "detail": sp,
+                }
+                trace.spans.append(header)
+                groups = trace.groups
+                if groups and groups[-1][1] is ss:
+                    groups[-1][3].append(header)
+                else:
+                    groups.append([rs, ss, service, [header]])
+    return traces
+
+
+def key_matches(key: bytes | None, trace_id: bytes) -> bool:
+    """Keyed by this trace ID: its 16 bytes (tailsift) or its 32 hex characters (Collector)."""
+    return key is not None and (key == trace_id or key == trace_id.hex().encode())
+
+
+def split_request(trace: OtlpTrace, fmt: str = "otlp_proto") -> bytes:
+    """A request holding only this trace's spans, resource and scope kept (for re-keying)."""
+    req = ExportTraceServiceRequest()
+    for rs, ss, _service_name, headers in trace.groups:
+        rs2 = req.resource_spans.add()
+        rs2.resource.CopyFrom(rs.resource)
+        rs2.schema_url = rs.schema_url
+        ss2 = rs2.scope_spans.add()
+        ss2.scope.CopyFrom(ss.scope)
+        ss2.schema_url = ss.schema_url
+        ss2.spans.extend(h["detail"] for h in headers)
+    return serialize_request(req, fmt)
+
+
+# ------------------------------------------------------------------ values
+def value_to_py(v: AnyValue) -> Any:
+    which = v.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "string_value":
+        return v.string_value
+    if which == "bool_value":
+        return v.bool_value
+    if which == "int_value":
+        return v.int_value
+    if which == "double_value":
+        return v.double_value
+    if which == "bytes_value":
+        return v.bytes_value
+    if which == "array_value":
+        out = []
+        for x in v.array_value.values:
+            w = x.WhichOneof("value")
+            out.append(json.dumps(_jsonable(x)) if w in ("array_value", "kvlist_value") else value_to_py(x))
+        return out
+    return json.dumps(_jsonable(v))  # kvlist_value
+
+
+def _jsonable(v: AnyValue) -> Any:
+    which = v.WhichOneof("value")
+    if which == "array_value":
+        return [_jsonable(x) for x in v.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _jsonable(kv.value) for kv in v.kvlist_value.values}
+    if which == "bytes_value":
+        return base64.b64encode(v.bytes_value).decode()
+    return value_to_py(v)
+
+
+def attrs_to_py(kvs) -> dict[str, Any]:
+    return {kv.key: value_to_py(kv.value) for kv in kvs}
+
+
+def py_to_value(value: Any, out: AnyValue) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        out.int_value = value
+    elif isinstance(value, float):
+        out.double_value = value
+    elif isinstance(value, str):
+        out.string_value = value
+    elif isinstance(value, (bytes, bytearray)):
+        out.bytes_value = bytes(value)
+    elif isinstance(value, (list, tuple)):
+        arr = out.array_value
+        arr.SetInParent()
+        for x in value:
+            py_to_value(x, arr.values.add())
+    elif isinstance(value, dict):
+        kvl = out.kvlist_value
+        kvl.SetInParent()
+        for k, x in value.items():
+            kv = kvl.values.add(key=str(k))
+            py_to_value(x, kv.value)
+    else:
+        out.string_value = str(value)
+
+
+def _fill_attrs(target, attrs: dict) -> None:
+    for k, v in attrs.items():
+        kv = target.add(key=k)
+        py_to_value(v, kv.value)
+
+
+# ------------------------------------------------------------------ lazy attributes, kept traces
+def decode_detail(span: Span) -> dict:
+    """The injected TraceView decoder: a span's attributes, from its protobuf ``Span``."""
+    return {"attributes": attrs_to_py(span.attributes)}
+
+
+def span_to_dict(header: dict, sp: Span) -> dict:
+    """A full span in the KeptTrace dict shape (header fields + status message, attributes,
+    events, links); OTLP-only fields ride along under ``otlp.*`` keys Avro ignores."""
+    span = {k: v for k, v in header.items() if k != "detail"}
+    span["status_message"] = sp.status.message
+    span["attributes"] = attrs_to_py(sp.attributes)
+    span["events"] = [{"time_unix_nano": e.time_unix_nano, "name": e.name, "attributes": attrs_to_py(e.attributes)}
+                      for e in sp.events]
+    span["links"] = [{"trace_id": ln.trace_id, "span_id": ln.span_id, "trace_state": ln.trace_state,
+                      "attributes": attrs_to_py(ln.attributes)} for ln in sp.links]
+    span["otlp.flags"] = sp.flags
+    return span
+
+
+def kept_batches(trace: OtlpTrace) -> list[dict]:
+    """One KeptTrace-shaped batch per (resource, scope) group, fully decoded."""
+    out = []
+    for rs, ss, service, headers in trace.groups:
+        out.append({
+            "trace_id": trace.trace_id,
+            "service": service,
+            "spans": [span_to_dict(h, h["detail"]) for h in headers],
+            "resource": attrs_to_py(rs.resource.attributes),
+            "scope_name": ss.scope.name,
+            "otlp.scope_version": ss.scope.version,
+            "otlp.scope_attributes": attrs_to_py(ss.scope.attributes),
+            "otlp.resource_schema_url": rs.schema_url,
+            "otlp.scope_schema_url": ss.schema_url,
+        })
+    return out
+
+
+def encode_request(batches: list[dict], fmt: str = "otlp_proto") -> bytes:
+    """KeptTrace-shaped batches (from OTLP or Avro input, after protection) → an OTLP request."""
+    req = ExportTraceServiceRequest()
+    for b in batches:
+        rs = req.resource_spans.add()
+        rs.schema_url = b.get("otlp.resource_schema_url", "")
+        resource = b.get("resource") or {}
+        if not isinstance(resource, dict):
+            resource = {}
+        if b.get("service") and "service.name" not in resource:
+            resource = {"service.name": b["service"], **resource}
+        _fill_attrs(rs.resource.attributes, resource)
+        ss = rs.scope_spans.add()
+        ss.schema_url = b.get("otlp.scope_schema_url", "")
+        ss.scope.name = b.get("scope_name", "")
+        ss.scope.version = b.get("otlp.scope_version", "")
+        _fill_attrs(ss.scope.attributes, b.get("otlp.scope_attributes") or {})
+        for s in b["spans"]:
+            sp = ss.spans.add()
+            sp.trace_id = b["trace_id"]
+            sp.span_id = s["span_id"]
+            if s.get("parent_span_id"):
+                sp.parent_span_id = s["parent_span_id"]
+            sp.name = s.get("name", "")
+            sp.kind = _KIND_NUM.get(s.get("kind", "UNSPECIFIED"), 0)
+            sp.start_time_unix_nano = s["start_time_unix_nano"]
+            sp.end_time_unix_nano = s["end_time_unix_nano"]
+            sp.trace_state = s.get("trace_state", "")
+            sp.flags = s.get("otlp.flags", 0)
+            sp.status.code = _STATUS_NUM.get(s.get("status_code", "UNSET"), 0)
+            sp.status.message = s.get("status_message", "")
+            _fill_attrs(sp.attributes, s.get("attributes") or {})
+            for e in s.get("events") or ():
+                ev = sp.events.add(time_unix_nano=e["time_unix_nano"], name=e["name"])
+                _fill_attrs(ev.attributes, e.get("attributes") or {})
+            for ln in s.get("links") or ():
+                lk = sp.links.add(trace_id=ln["trace_id"], span_id=ln["span_id"], trace_state=ln.get("trace_state", ""))
+                _fill_attrs(lk.attributes, ln.get("attributes") or {})
+    return serialize_request(req, fmt)
+
+
+__all__ = ["FORMATS", "InvalidTraceId", "OtlpTrace", "decode_traces", "decode_detail", "kept_batches",
+           "encode_request", "split_request", "key_matches", "parse_request", "serialize_request", "Status", "KeyValue"]
