@@ -132,4 +132,9 @@ def main(args: argparse.Namespace) -> int:
 
     console.print("[bold]PII protection[/] (kept traces only; one core, no Kafka):")
     bench_protect(out=lambda line: console.print("  " + line))
+
+    from pipeline.sli_reader import bench_sli
+
+    console.print("[bold]SLI operator[/] (every span, before sampling; one core, no Kafka):")
+    bench_sli(out=lambda line: console.print("  " + line))
     return 0

@@ -92,3 +92,10 @@ def test_reader_rows_and_json_shape(messages, capsys, monkeypatch):
     args = argparse.Namespace(by="full", per_window=True, service="frontend", json=False, timeout=1.0)
     assert sli_reader.main(None, args) == 0
     assert "frontend" in capsys.readouterr().out
+
+
+def test_bench_sli_reports_cost_per_span():
+    lines = []
+    figures = sli_reader.bench_sli(traces=40, rounds=1, out=lines.append)
+    assert figures["spans"] > 100 and figures["add_us_per_span"] > 0 and figures["windows"] > 0
+    assert "µs per span" in lines[0]
