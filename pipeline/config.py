@@ -453,7 +453,22 @@ class MetricsConfig(Strict):
     host: str = "127.0.0.1"
 
 
+WireFormat = Literal["avro", "otlp_proto", "otlp_json"]
+
+
+class IngestConfig(Strict):
+    format: WireFormat = Field("avro", description="spans_raw values: Avro SpanBatch or an OTLP ExportTraceServiceRequest")
+    rekey: bool = Field(True, description="re-publish messages not keyed by their (single) trace ID, split per trace, "
+                                          "keyed by trace ID; false: buffer every trace of a message locally")
+
+
+class EmitConfig(Strict):
+    format: WireFormat = Field("avro", description="traces_kept values: Avro KeptTrace or an OTLP ExportTraceServiceRequest")
+
+
 class Config(Strict):
+    ingest: IngestConfig = IngestConfig()
+    emit: EmitConfig = EmitConfig()
     kafka: KafkaConfig = KafkaConfig()
     topics: TopicsConfig = TopicsConfig()
     assemble: AssembleConfig = AssembleConfig()

@@ -23,7 +23,7 @@ from operators.slo import SloTracker
 from operators.trace import TraceView
 from operators.tracestate import with_threshold
 from pipeline import metrics
-from pipeline.codecs import avro
+from pipeline.codecs import avro, otlp
 from pipeline.config import Config
 from pipeline.policies import build_engine
 from pipeline.privacy import audit_record, build_protector
@@ -102,9 +102,15 @@ class Job:
         self.protector = protector if protector is not None else (
             build_protector(config.privacy) if config.privacy.enabled else None)
         self._pending: list[Record] = []  # produced on the next collect: dead letters, late spans, re-keys
+        self.ingest_format = config.ingest.format
+        self.emit_format = config.emit.format
+        self.rekey = config.ingest.rekey
+        self._decode_detail = avro.decode_detail if self.ingest_format == "avro" else otlp.decode_detail
 
     # ---------------------------------------------------------------- ingest (hot path)
     def ingest(self, messages: Iterable[Received], now_ns: int) -> None:
+        if self.ingest_format != "avro":
+            return self._ingest_otlp(messages, now_ns)
         assembler, sli, tracker = self.assembler, self.sli, self.tracker
         n_spans = 0
         for msg in messages:
@@ -158,7 +164,7 @@ class Job:
         self._pending = []
         for buf in self.assembler.due(now_ns):
             view = TraceView(buf.trace_id, buf.spans, now_ns=now_ns, size_bytes=sum(len(f[1]) for f in buf.fragments),
-                             decode_detail=avro.decode_detail)  # attributes decoded only if a policy asks
+                             decode_detail=self._decode_detail)  # attributes decoded only if a policy asks
             decision = self.engine.decide(view)
             if self.dry_run:
                 decision = decision.dry_run()  # kept, annotated with what would have happened
@@ -237,6 +243,20 @@ class Job:
         protector = self.protector
         pii_counts: dict[str, int] = {}
         for hold, value, batch in fragments:  # batch: decoded at ingest; value: its raw bytes
+            if type(batch) is otlp.OtlpTrace:  # OTLP input: convert this trace's protobuf spans to dicts
+                for b in otlp.kept_batches(batch):
+                    for span in b["spans"]:
+                        if protector is not None:
+                            protector.protect_span(span, pii_counts)
+                        span["attributes"].update(sampling_attrs)
+                        if th is not None:
+                            span["trace_state"] = with_threshold(span["trace_state"], th)
+                    if protector is not None:
+                        protector.protect_batch(b, pii_counts)
+                        b["otlp.scope_attributes"] = protector.protect_attributes(b["otlp.scope_attributes"], pii_counts)
+                    span_count += len(b["spans"])
+                    batches.append(b)
+                continue
             bad_detail = ""
             for span in batch["spans"]:
                 try:
@@ -262,7 +282,7 @@ class Job:
                 self._pending.append(self._dead_letter(msg, "detail_decode_error", bad_detail, now_ns, None))
             span_count += len(batch["spans"])
             batches.append(batch)
-        value = avro.encode(avro.KEPT_TRACE, {
+        value = otlp.encode_request(batches, self.emit_format) if self.emit_format != "avro" else avro.encode(avro.KEPT_TRACE, {
             "trace_id": trace_id,
             "policy": decision.policy,
             "reason": reason,
@@ -276,6 +296,53 @@ class Job:
         if protector is not None:
             self._pii_audit(trace_id, pii_counts, holds, now_ns, late, span_count)
         return Record(self.kept_topic, trace_id, value, holds)
+
+    def _ingest_otlp(self, messages: Iterable[Received], now_ns: int) -> None:
+        """OTLP input: header-only decode split per trace ID. A message feeding N traces holds N
+        trace obligations; one not keyed by its single trace ID is re-published per trace (rekey)."""
+        assembler, sli, tracker, fmt = self.assembler, self.sli, self.tracker, self.ingest_format
+        n_spans = 0
+        for msg in messages:
+            value = msg.value
+            try:
+                if not value:
+                    raise _Malformed("empty_value", "the message value is empty or null (tombstone)")
+                try:
+                    traces = otlp.decode_traces(value, fmt)
+                except otlp.InvalidTraceId as exc:
+                    raise _Malformed("invalid_trace_id", str(exc)) from None
+                except Exception as exc:  # noqa: BLE001 - protobuf/json raise many types for bad bytes
+                    raise _Malformed("decode_error", f"not an OTLP ExportTraceServiceRequest ({fmt}): {type(exc).__name__}: {_safe(exc)}") from None
+                if not traces:
+                    raise _Malformed("empty_batch", "the request has no spans")
+            except _Malformed as bad:
+                hold = tracker.track(msg.partition, msg.offset, msg.ref, 1)
+                self._pending.append(self._dead_letter(msg, bad.reason, bad.detail, now_ns, hold))
+                continue
+            if self.rekey and (len(traces) > 1 or not otlp.key_matches(msg.key, next(iter(traces)))):
+                # Spans of one trace must meet on one partition: re-publish per trace, keyed by trace ID.
+                hold = tracker.track(msg.partition, msg.offset, msg.ref, len(traces))
+                for trace_id, trace in traces.items():
+                    part = value if len(traces) == 1 else otlp.split_request(trace, fmt)
+                    self._pending.append(Record(self.input_topic, trace_id, part, [hold]))
+                metrics.MESSAGES.labels("rekeyed").inc()
+                continue
+            hold = tracker.track(msg.partition, msg.offset, msg.ref, len(traces))
+            for trace_id, trace in traces.items():
+                n_spans += len(trace.spans)
+                for group in trace.groups:  # [resource_spans, scope_spans, service, headers]
+                    hold.count += sli.add(msg.partition, group[2], group[3], hold)
+                decision = assembler.decided(trace_id)
+                if decision is None:
+                    assembler.add(trace_id, msg.partition, trace.spans, (hold, value, trace), now_ns)
+                    _BUFFERED.inc()
+                elif decision.keep:
+                    self._pending.append(self._kept_record(trace_id, decision, [(hold, value, trace)], now_ns, late=True))
+                    _LATE_KEPT.inc()
+                else:
+                    tracker.release(hold)
+                    _LATE_DROPPED.inc()
+        metrics.SPANS.inc(n_spans)
 
     def _pii_audit(self, trace_id: bytes, counts: dict[str, int], holds: list[Hold], now_ns: int,
                    late: bool, span_count: int) -> None:

@@ -1,0 +1,108 @@
+"""The job with OTLP input/output: per-trace split, obligations, re-keying, kept OTLP, privacy."""
+
+from __future__ import annotations
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+from pipeline import config
+from pipeline.codecs import avro, otlp
+from pipeline.job import Job, Received
+from tests.unit.test_otlp_codec import canonical, sdk_spans
+
+MS = 1_000_000
+SAMPLING = ("sampling.policy", "sampling.reason", "sampling.adjusted_count")
+
+
+def make_job(ingest="otlp_proto", emit="otlp_proto", rekey=True, privacy=False, policies=None):
+    cfg = config.parse({
+        "ingest": {"format": ingest, "rekey": rekey}, "emit": {"format": emit},
+        "privacy": {"enabled": privacy},
+        "assemble": {"decision_wait_ms": 1000, "root_quiet_gap_ms": 0},
+        "sli": {"window_seconds": 10, "grace_seconds": 0},
+        "sampling": {"policies": policies or [{"name": "all", "type": "always_sample"}]},
+    })
+    return Job(cfg, worker_id="test")
+
+
+def kept(out, job):
+    return [r for r in out.records if r.topic == job.kept_topic]
+
+
+def strip_sampling(canon):
+    for s in canon.values():
+        for k in SAMPLING:
+            s["attrs"].pop(k, None)
+    return canon
+
+
+def test_multi_trace_message_without_rekey_feeds_each_trace_and_round_trips():
+    job = make_job(rekey=False)
+    original = encode_spans(sdk_spans(3))
+    job.ingest([Received(0, 0, None, original.SerializeToString(), ref=0)], now_ns=0)
+    assert len(job.assembler) == 3
+    out = job.collect(2000 * MS, flush_all_windows=True)
+    records = kept(out, job)
+    assert len(records) == 3 and out.kept_traces == 3
+    got = {}
+    for r in records:
+        canon = canonical(otlp.parse_request(r.value))
+        assert all(s["trace_id"] == r.key for s in canon.values())
+        assert all(s["attrs"]["sampling.policy"] == "all" for s in canon.values())
+        got.update(canon)
+    assert strip_sampling(got) == canonical(original)
+    job.delivered(out.records)
+    assert [h.offset for h in job.ready()] == [0]  # 3 trace obligations + SLI windows, all met
+
+
+def test_unkeyed_multi_trace_message_is_split_and_rekeyed_then_processed():
+    job = make_job(ingest="otlp_json", emit="otlp_json")
+    value = otlp.serialize_request(encode_spans(sdk_spans(2)), "otlp_json")
+    job.ingest([Received(0, 0, b"not-a-trace-id", value, ref=0)], now_ns=0)
+    assert len(job.assembler) == 0
+    out = job.collect(0)
+    rekeyed = [r for r in out.records if r.topic == job.input_topic]
+    assert len(rekeyed) == 2 and len({r.key for r in rekeyed}) == 2
+    assert job.ready() == []
+    job.delivered(rekeyed)
+    assert [h.offset for h in job.ready()] == [0]
+    job.ingest([Received(3, i, r.key, r.value, ref=i) for i, r in enumerate(rekeyed)], now_ns=0)
+    assert len(job.assembler) == 2
+    out = job.collect(2000 * MS, flush_all_windows=True)
+    records = kept(out, job)
+    assert len(records) == 2
+    for r in records:
+        canon = canonical(otlp.parse_request(r.value, "otlp_json"))
+        assert len(canon) == 2 and all(s["trace_id"] == r.key for s in canon.values())
+
+
+def test_attribute_policy_reads_otlp_attributes_lazily_and_avro_output_decodes():
+    job = make_job(emit="avro", policies=[{"name": "neg", "type": "numeric_attribute", "key": "i", "min_value": -50, "max_value": -40}])
+    req = encode_spans(sdk_spans(1))
+    tid = req.resource_spans[0].scope_spans[0].spans[0].trace_id
+    job.ingest([Received(0, 0, tid, req.SerializeToString(), ref=0)], now_ns=0)
+    (rec,) = kept(job.collect(2000 * MS), job)
+    trace = avro.decode(avro.KEPT_TRACE, rec.value)
+    assert trace["policy"] == "neg" and trace["span_count"] == 2
+    (batch,) = trace["batches"]
+    assert batch["resource"]["service.name"] == "checkout" and batch["scope_name"] == "tailsift.tests"
+    root = next(s for s in batch["spans"] if s["parent_span_id"] is None)
+    assert root["attributes"]["ia"] == [1, 2, 3] and root["events"][0]["name"] == "cache.miss"
+
+
+def test_privacy_protects_otlp_output():
+    job = make_job(privacy=True)
+    req = encode_spans(sdk_spans(1))
+    sp = req.resource_spans[0].scope_spans[0].spans[0]
+    sp.attributes.add(key="user.email").value.string_value = "alice@example.com"
+    job.ingest([Received(0, 0, sp.trace_id, req.SerializeToString(), ref=0)], now_ns=0)
+    out = job.collect(2000 * MS)
+    (rec,) = kept(out, job)
+    assert b"alice@example.com" not in rec.value
+    assert any(r.topic == job.pii_audit_topic for r in out.records)
+
+
+def test_malformed_otlp_is_dead_lettered():
+    job = make_job()
+    job.ingest([Received(0, 0, None, b"\xff\xff\xff garbage", ref=0), Received(0, 1, None, b"", ref=1)], now_ns=0)
+    dl = [avro.decode(avro.DEAD_LETTER, r.value)["reason"] for r in job.collect(0).records if r.topic == job.deadletter_topic]
+    assert dl == ["decode_error", "empty_value"]
