@@ -1,0 +1,52 @@
+from collections import Counter
+
+import pytest
+
+from operators.service_graph import OVERFLOW, ServiceGraph
+from pipeline.codecs import avro
+from pipeline.generator.callgraph import GeneratorConfig, TraceGenerator
+from tests.spans import span
+
+MS = 1_000_000
+
+
+def test_edges_from_parent_child_spans_across_services():
+    g = ServiceGraph()
+    root = span(0, 100 * MS, parent=None, kind="SERVER", service="frontend", span_id=b"r" * 8)
+    client = span(1 * MS, 50 * MS, parent=b"r" * 8, kind="CLIENT", service="frontend", span_id=b"c" * 8)
+    server = span(2 * MS, 40 * MS, "ERROR", parent=b"c" * 8, kind="SERVER", service="cart", span_id=b"s" * 8)
+    inner = span(3 * MS, 4 * MS, parent=b"s" * 8, kind="INTERNAL", service="cart")
+    producer = span(5 * MS, 6 * MS, parent=b"r" * 8, kind="PRODUCER", service="frontend", span_id=b"p" * 8)
+    consumer = span(90 * MS, 99 * MS, parent=b"p" * 8, kind="CONSUMER", service="email", span_id=b"e" * 8)
+    found = g.add_trace([root, client, server, inner, producer, consumer])
+    assert [(c, s, f) for c, s, f, _ in found] == [("frontend", "cart", True), ("frontend", "email", False)]
+    edges = {(e.client, e.server): e for e in g.drain()}
+    assert edges["frontend", "cart"].requests == 1 and edges["frontend", "cart"].failed == 1
+    assert edges["frontend", "cart"].sketch.get_quantile_value(0.5) == pytest.approx(38.0, rel=0.01)
+    assert g.drain() == []
+
+
+def test_edges_match_the_generator_call_graph_and_are_capped():
+    gen = TraceGenerator(GeneratorConfig(seed=8))
+    g = ServiceGraph()
+    truth = Counter()
+    for i in range(200):
+        t = gen.trace(10**18 + i * 10**9)
+        spans = []
+        for value in t.encoded:
+            b = avro.decode_batch(value)
+            for s in b["spans"]:
+                s["service"] = b["service"]
+                spans.append(s)
+        ids = {s["span_id"]: s for s in spans}
+        for s in spans:
+            p = ids.get(s["parent_span_id"])
+            if p is not None and p["service"] != s["service"]:
+                truth[(p["service"], s["service"])] += 1
+        g.add_trace(spans)
+    edges = {(e.client, e.server): e.requests for e in g.drain()}
+    assert edges == dict(truth) and ("checkout", "payment") in edges
+    capped = ServiceGraph(max_edges=2)
+    for server in ("a", "b", "c", "d"):
+        capped.add_trace([span(parent=None, service="x", span_id=b"1" * 8), span(parent=b"1" * 8, service=server)])
+    assert {(e.client, e.server): e.requests for e in capped.drain()} == {("x", "a"): 1, ("x", "b"): 1, (OVERFLOW, OVERFLOW): 2}
