@@ -19,6 +19,7 @@ from operators.commit import CommitTracker, Hold
 from operators.decide import Decision, DecisionEngine
 from operators.privacy.sanitize import sanitize_span_name
 from operators.sli import SliWindows, WindowAggregate, window_record
+from operators.service_graph import ServiceGraph
 from operators.slo import SloTracker
 from operators.trace import TraceView
 from operators.tracestate import with_threshold
@@ -91,6 +92,7 @@ class Job:
             sanitize=lambda name: self.protector.dimension(name) if self.protector is not None else sanitize_span_name(name),
         )
         self.slo = SloTracker(slo_objectives(config))  # exact SLO event counts → metrics
+        self.graph = ServiceGraph(max_edges=s.max_services)  # client→server edges of every decided trace
         self.tracker = CommitTracker()
         t = config.topics
         self.input_topic = t.spans_raw.name
@@ -163,6 +165,7 @@ class Job:
         out = Outbox(self._pending)
         self._pending = []
         for buf in self.assembler.due(now_ns):
+            self.graph.add_trace(buf.spans)
             view = TraceView(buf.trace_id, buf.spans, now_ns=now_ns, size_bytes=sum(len(f[1]) for f in buf.fragments),
                              decode_detail=self._decode_detail)  # attributes decoded only if a policy asks
             decision = self.engine.decide(view)
@@ -215,6 +218,10 @@ class Job:
         metrics.SPANS_BUFFERED.set(self.assembler.buffered_spans)
         metrics.UNCOMMITTED.set(len(self.tracker))
         metrics.OPEN_WINDOWS.set(len(self.sli))
+        for edge in self.graph.drain():  # once per tick: .labels() per request would cost a lock each
+            metrics.GRAPH_REQUESTS.labels(edge.client, edge.server).inc(edge.requests)
+            if edge.failed:
+                metrics.GRAPH_FAILED.labels(edge.client, edge.server).inc(edge.failed)
         for name, n in self.engine.policy_errors.items():
             metrics.POLICY_ERRORS.labels(name).set(n)
         for policy in self.engine.policies:
