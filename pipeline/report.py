@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ddsketch import DDSketch
 
 from operators.sli import sketch_from_record
-from pipeline.codecs import avro
+from pipeline.codecs import avro, otlp
 from pipeline.config import Config
 from pipeline.readback import read_all
 
@@ -47,7 +47,8 @@ def collect(config: Config, timeout: float = 10.0, metrics_url: str | None = Non
     bootstrap, topics = config.kafka.bootstrap_servers, config.topics
     report = Report()
     for _, _, key, value in read_all(bootstrap, topics.traces_kept.name, timeout):
-        trace = avro.decode(avro.KEPT_TRACE, value)
+        fmt = config.emit.format
+        trace = avro.decode(avro.KEPT_TRACE, value) if fmt == "avro" else otlp.kept_summary(key, value, fmt)
         report.kept_spans += trace["span_count"]
         if trace["late"]:
             report.late_records += 1

@@ -323,3 +323,14 @@ def encode_request(batches: list[dict], fmt: str = "otlp_proto") -> bytes:
 
 __all__ = ["FORMATS", "InvalidTraceId", "OtlpTrace", "decode_traces", "decode_detail", "kept_batches",
            "encode_request", "split_request", "key_matches", "parse_request", "serialize_request", "Status", "KeyValue"]
+
+
+def kept_summary(trace_id: bytes, value: bytes, fmt: str = "otlp_proto") -> dict:
+    """The KeptTrace header fields (trace_id, policy, adjusted_count, late, span_count) of a kept
+    trace emitted as OTLP, read back from its spans' ``sampling.*`` attributes (reports, tests)."""
+    req = parse_request(value, fmt)
+    spans = [sp for rs in req.resource_spans for ss in rs.scope_spans for sp in ss.spans]
+    attrs = attrs_to_py(spans[0].attributes) if spans else {}
+    return {"trace_id": trace_id, "policy": attrs.get("sampling.policy", ""),
+            "adjusted_count": float(attrs.get("sampling.adjusted_count", 1.0)),
+            "late": bool(attrs.get("sampling.late", False)), "span_count": len(spans)}

@@ -106,3 +106,13 @@ def test_malformed_otlp_is_dead_lettered():
     job.ingest([Received(0, 0, None, b"\xff\xff\xff garbage", ref=0), Received(0, 1, None, b"", ref=1)], now_ns=0)
     dl = [avro.decode(avro.DEAD_LETTER, r.value)["reason"] for r in job.collect(0).records if r.topic == job.deadletter_topic]
     assert dl == ["decode_error", "empty_value"]
+
+
+def test_kept_summary_reads_the_sampling_facts_back():
+    job = make_job(emit="otlp_json")
+    req = encode_spans(sdk_spans(1))
+    tid = req.resource_spans[0].scope_spans[0].spans[0].trace_id
+    job.ingest([Received(0, 0, tid, req.SerializeToString(), ref=0)], now_ns=0)
+    (rec,) = kept(job.collect(2000 * MS), job)
+    summary = otlp.kept_summary(rec.key, rec.value, "otlp_json")
+    assert summary == {"trace_id": tid, "policy": "all", "adjusted_count": 1.0, "late": False, "span_count": 2}
