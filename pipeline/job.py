@@ -185,6 +185,8 @@ class Job:
                     self.tracker.release(hold)
         for window in self.sli.due(now_ns, flush_all=flush_all_windows):
             out.records.append(Record(self.sli_topic, window.service.encode(), self._sli_record(window, now_ns), window.holds))
+            metrics.SLI_SPANS.labels(window.service, window.span_kind, window.status).inc(window.span_count)
+            metrics.SLI_LATENCY_SUM.labels(window.service, window.span_kind, window.status).inc(window.sum_ms / 1_000.0)
             if self.slo.objectives:
                 for name, events, bad in self.slo.observe(window.service, window.operation, window.span_kind, window.window_end_ns,
                                                           window.span_count, window.error_count, window.sketch):

@@ -25,6 +25,10 @@ OPEN_WINDOWS = Gauge("tailsift_sli_open_windows", "SLI window partials not yet e
 # SLOs (label: SLO names from the config): exact pre-sampling event counts, added when a window is
 # emitted; burn rates are ratios of their rates summed over workers (see `tailsift slo rules`)
 SLO_EVENTS = Counter("tailsift_slo_events", "Spans counted by an SLO (every span, before sampling)", ["slo"])
+# SLI aggregates (every span, before sampling), added per emitted window; labels bounded by
+# sli.max_services × span kinds × statuses (operations stay on sli.windows: too many for labels)
+SLI_SPANS = Counter("tailsift_sli_spans", "Spans counted into SLI windows", ["service", "span_kind", "status"])
+SLI_LATENCY_SUM = Counter("tailsift_sli_latency_seconds", "Sum of span latencies counted into SLI windows (÷ tailsift_sli_spans_total = mean)", ["service", "span_kind", "status"])
 GRAPH_REQUESTS = Counter("tailsift_service_graph_requests", "Calls between services (client → server span pairs, every trace before sampling)", ["client", "server"])
 GRAPH_FAILED = Counter("tailsift_service_graph_request_failed", "Calls between services where either side has ERROR status", ["client", "server"])
 SLO_BAD_EVENTS = Counter("tailsift_slo_bad_events", "Spans an SLO counts as bad (error, or slower than its threshold)", ["slo"])

@@ -99,3 +99,25 @@ def test_bench_sli_reports_cost_per_span():
     figures = sli_reader.bench_sli(traces=40, rounds=1, out=lines.append)
     assert figures["spans"] > 100 and figures["add_us_per_span"] > 0 and figures["windows"] > 0
     assert "µs per span" in lines[0]
+
+
+def test_the_job_exposes_sli_span_counters_per_service_kind_status():
+    import os
+
+    from prometheus_client import REGISTRY
+
+    from pipeline import config as config_mod
+    from pipeline.job import Job, Received
+    from tests.spans import batch_bytes, span
+
+    job = Job(config_mod.parse({"privacy": {"enabled": False}, "sli": {"window_seconds": 10, "grace_seconds": 0}}, "<t>"), worker_id="w")
+
+    def value(status):
+        return REGISTRY.get_sample_value("tailsift_sli_spans_total", {"service": "m-svc", "span_kind": "SERVER", "status": status}) or 0.0
+
+    before = value("ERROR"), value("UNSET")
+    tid = os.urandom(16)
+    job.ingest([Received(0, 0, tid, batch_bytes(tid, "m-svc", [span(0, MS, "ERROR"), span(0, MS), span(0, MS)]), 0)], now_ns=0)
+    job.collect(20 * S)
+    assert (value("ERROR") - before[0], value("UNSET") - before[1]) == (1, 2)
+    assert REGISTRY.get_sample_value("tailsift_sli_latency_seconds_total", {"service": "m-svc", "span_kind": "SERVER", "status": "UNSET"}) >= 0.002 - 1e-9
