@@ -113,7 +113,7 @@ class Job:
     def ingest(self, messages: Iterable[Received], now_ns: int) -> None:
         if self.ingest_format != "avro":
             return self._ingest_otlp(messages, now_ns)
-        assembler, sli, tracker = self.assembler, self.sli, self.tracker
+        sli, tracker = self.sli, self.tracker
         n_spans = 0
         for msg in messages:
             value = msg.value
@@ -146,18 +146,23 @@ class Job:
             n_spans += len(spans)
             hold = tracker.track(msg.partition, msg.offset, msg.ref, 1)
             hold.count += sli.add(msg.partition, service, spans, hold)
-            decision = assembler.decided(trace_id)
-            if decision is None:
-                # the decoded batch rides along so a kept trace is not decoded twice
-                assembler.add(trace_id, msg.partition, spans, (hold, value, batch), now_ns)
-                _BUFFERED.inc()
-            elif decision.keep:
-                self._pending.append(self._kept_record(trace_id, decision, [(hold, value, batch)], now_ns, late=True))
-                _LATE_KEPT.inc()
-            else:
-                tracker.release(hold)
-                _LATE_DROPPED.inc()
+            # the decoded batch rides along so a kept trace is not decoded twice
+            self._route(trace_id, msg.partition, spans, (hold, value, batch), now_ns)
         metrics.SPANS.inc(n_spans)
+
+    def _route(self, trace_id: bytes, partition: int, spans: list, fragment: tuple, now_ns: int) -> None:
+        """Buffer one message's spans of a trace, or — when the trace was decided already — make
+        them follow that decision (kept: a late KeptTrace; dropped: released at once)."""
+        decision = self.assembler.decided(trace_id)
+        if decision is None:
+            self.assembler.add(trace_id, partition, spans, fragment, now_ns)
+            _BUFFERED.inc()
+        elif decision.keep:
+            self._pending.append(self._kept_record(trace_id, decision, [fragment], now_ns, late=True))
+            _LATE_KEPT.inc()
+        else:
+            self.tracker.release(fragment[0])
+            _LATE_DROPPED.inc()
 
     # ---------------------------------------------------------------- decide + emit
     def collect(self, now_ns: int, flush_all_windows: bool = False) -> Outbox:
@@ -309,7 +314,7 @@ class Job:
     def _ingest_otlp(self, messages: Iterable[Received], now_ns: int) -> None:
         """OTLP input: header-only decode split per trace ID. A message feeding N traces holds N
         trace obligations; one not keyed by its single trace ID is re-published per trace (rekey)."""
-        assembler, sli, tracker, fmt = self.assembler, self.sli, self.tracker, self.ingest_format
+        sli, tracker, fmt = self.sli, self.tracker, self.ingest_format
         n_spans = 0
         for msg in messages:
             value = msg.value
@@ -341,16 +346,7 @@ class Job:
                 n_spans += len(trace.spans)
                 for group in trace.groups:  # [resource_spans, scope_spans, service, headers]
                     hold.count += sli.add(msg.partition, group[2], group[3], hold)
-                decision = assembler.decided(trace_id)
-                if decision is None:
-                    assembler.add(trace_id, msg.partition, trace.spans, (hold, value, trace), now_ns)
-                    _BUFFERED.inc()
-                elif decision.keep:
-                    self._pending.append(self._kept_record(trace_id, decision, [(hold, value, trace)], now_ns, late=True))
-                    _LATE_KEPT.inc()
-                else:
-                    tracker.release(hold)
-                    _LATE_DROPPED.inc()
+                self._route(trace_id, msg.partition, trace.spans, (hold, value, trace), now_ns)
         metrics.SPANS.inc(n_spans)
 
     def _pii_audit(self, trace_id: bytes, counts: dict[str, int], holds: list[Hold], now_ns: int,
