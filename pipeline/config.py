@@ -52,6 +52,9 @@ class TopicsConfig(Strict):
     sli_windows: TopicConfig = TopicConfig(name="sli.windows", partitions=3)
     deadletter: TopicConfig = TopicConfig(name="spans.deadletter", partitions=1, retention_ms=604_800_000)
     pii_audit: TopicConfig = TopicConfig(name="pii.audit", partitions=1)
+    # one partition per spans_raw partition: decisions of input partition p are written to, and
+    # restored from, partition p (compacted: latest decision per trace ID; retention bounds its size)
+    decisions: TopicConfig = TopicConfig(name="traces.decisions", partitions=6, compacted=True, retention_ms=86_400_000)
 
     def all(self) -> dict[str, TopicConfig]:
         return {name: getattr(self, name) for name in type(self).model_fields}
@@ -61,9 +64,25 @@ class AssembleConfig(Strict):
     decision_wait_ms: int = Field(5_000, ge=0, le=3_600_000, description="wait after a trace's first span")
     root_quiet_gap_ms: int = Field(2_000, ge=0, le=3_600_000,
                                    description="decide earlier once the root span arrived and the trace was quiet this long; 0 = off")
-    max_buffered_spans: int = Field(1_000_000, ge=1, description="global bound; oldest traces decided early past it")
+    time: Literal["processing", "event"] = Field(
+        "processing", description="processing: decision points on the worker's clock (live traffic); event: on span end "
+                                  "times with per-partition watermarks, so a replay of recorded data decides the same way")
+    allowed_lateness_ms: int = Field(1_000, ge=0, le=3_600_000,
+                                     description="event time: the watermark trails the newest span end time seen on a partition by this much")
+    idle_partition_ms: int = Field(10_000, ge=100, le=3_600_000,
+                                   description="event time: a partition that received nothing for this long (worker clock) decides all its traces")
+    max_buffered_spans: int = Field(1_000_000, ge=1, description="global bound on spans awaiting a decision")
+    max_buffered_bytes: int = Field(512 * 1024 * 1024, ge=1, description="global bound on raw bytes awaiting a decision")
+    overflow: Literal["backpressure", "force_decision"] = Field(
+        "backpressure", description="at a bound: pause the input partitions until decisions drain (Kafka holds the data), "
+                                    "or decide the oldest traces early")
     max_spans_per_trace: int = Field(10_000, ge=1, description="a trace reaching it is decided at once")
-    decision_cache_size: int = Field(100_000, ge=0, description="recent decisions remembered for late spans")
+    max_trace_bytes: int = Field(16 * 1024 * 1024, ge=1, description="a trace whose raw bytes reach it is decided at once")
+    decision_cache_size: int = Field(100_000, ge=0, description="recent kept decisions remembered in memory for late spans")
+    dropped_cache_size: int = Field(1_000_000, ge=0, description="recent dropped decisions remembered (compact filter, ~70 B each)")
+    decision_restore_ms: int = Field(600_000, ge=0, le=7 * 86_400_000,
+                                     description="on partition assignment, restore decisions made this long before the "
+                                                 "partition's committed input offset from topics.decisions; 0 = no restore")
 
 
 class _PolicyBase(Strict):
@@ -445,7 +464,12 @@ class JobConfig(Strict):
     batch_max_messages: int = Field(500, ge=1, le=100_000, description="messages handled per agent step")
     batch_within_ms: int = Field(50, ge=1, le=10_000)
     commit_interval_ms: int = Field(1_000, ge=100, le=600_000)
-    worker_id: str = Field("", description="name in SLI records; default host:pid")
+    worker_id: str = Field("", description="name in SLI records and part of the transactional id; default host:pid")
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
+        "exactly_once", description="exactly_once: outputs, decisions and the partition checkpoint are written in one Kafka "
+                                    "transaction per commit interval; at_least_once: no transactions, outputs may repeat after a crash")
+    transaction_timeout_ms: int = Field(10_000, ge=1_000, le=900_000,
+                                        description="how long the broker waits before aborting a dead worker's open transaction")
 
 
 class MetricsConfig(Strict):
@@ -486,6 +510,10 @@ class Config(Strict):
             if topic.name in names:
                 raise ValueError(f"topics.{key} and topics.{names[topic.name]} both name {topic.name!r}")
             names[topic.name] = key
+        if self.topics.decisions.partitions != self.topics.spans_raw.partitions:
+            raise ValueError(f"topics.decisions.partitions ({self.topics.decisions.partitions}) must equal "
+                             f"topics.spans_raw.partitions ({self.topics.spans_raw.partitions}): decisions of input "
+                             "partition p live in decision-log partition p")
         return self
 
 

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from operators.assemble import TraceAssembler, TraceBuffer
 from operators.commit import CommitTracker, Hold
 from operators.decide import Decision, DecisionEngine
+from operators.decision_cache import DROPPED, DecisionCache, KeptEntry
 from operators.privacy.sanitize import sanitize_span_name
 from operators.sli import SliWindows, WindowAggregate, window_record
 from operators.service_graph import ServiceGraph
@@ -35,6 +36,7 @@ _ZERO_TRACE_ID = bytes(16)
 _BUFFERED = metrics.MESSAGES.labels("buffered")
 _LATE_KEPT = metrics.MESSAGES.labels("late_kept")
 _LATE_DROPPED = metrics.MESSAGES.labels("late_dropped")
+_REPLAYED = metrics.MESSAGES.labels("replayed_already_emitted")
 
 
 @dataclass(slots=True)
@@ -54,6 +56,7 @@ class Record:
     key: bytes | None
     value: bytes
     holds: list[Hold] = field(default_factory=list)
+    partition: int | None = None  # None: by key (murmur2, as every Kafka client); set for the decision log
 
 
 @dataclass(slots=True)
@@ -73,11 +76,19 @@ class Job:
         a = config.assemble
         self.assembler = TraceAssembler(
             decision_wait_ns=a.decision_wait_ms * 1_000_000,
-            max_buffered_spans=a.max_buffered_spans,
+            # backpressure: the app pauses input at the bound (assembler.over_bound); the assembler forces
+            # early decisions at it only in overflow: force_decision
+            max_buffered_spans=a.max_buffered_spans if a.overflow == "force_decision" else 1 << 62,
+            max_buffered_bytes=a.max_buffered_bytes if a.overflow == "force_decision" else 1 << 62,
             max_spans_per_trace=a.max_spans_per_trace,
-            decision_cache_size=a.decision_cache_size,
+            max_trace_bytes=a.max_trace_bytes,
             root_quiet_gap_ns=a.root_quiet_gap_ms * 1_000_000,
         )
+        # recent decisions for late and replayed spans; the durable copy is topics.decisions
+        self.decisions = DecisionCache(a.decision_cache_size, a.dropped_cache_size)
+        self.exactly_once = config.job.processing_guarantee == "exactly_once"
+        self._processed: dict[int, int] = {}  # partition → highest offset ingested (→ checkpoint records)
+        self._replayed_through: dict[int, int] = {}  # partition → restored checkpoint: side outputs written up to here
         self.engine: DecisionEngine = build_engine(config.sampling)
         self.dry_run = config.sampling.dry_run
         s = config.sli
@@ -100,6 +111,7 @@ class Job:
         self.sli_topic = t.sli_windows.name
         self.deadletter_topic = t.deadletter.name
         self.pii_audit_topic = t.pii_audit.name
+        self.decisions_topic = t.decisions.name
         # PII protection of kept traces (privacy.enabled): keys from env/key file, or injected.
         self.protector = protector if protector is not None else (
             build_protector(config.privacy) if config.privacy.enabled else None)
@@ -113,10 +125,14 @@ class Job:
     def ingest(self, messages: Iterable[Received], now_ns: int) -> None:
         if self.ingest_format != "avro":
             return self._ingest_otlp(messages, now_ns)
-        sli, tracker = self.sli, self.tracker
+        sli, tracker, processed, replayed_through = self.sli, self.tracker, self._processed, self._replayed_through
         n_spans = 0
         for msg in messages:
             value = msg.value
+            processed[msg.partition] = msg.offset
+            # a message the previous owner already counted into SLIs / dead-lettered / re-keyed
+            # (exactly_once checkpoint): only its trace routing runs again, and that dedups itself
+            replay = bool(replayed_through) and msg.offset <= replayed_through.get(msg.partition, -1)
             try:
                 if not value:
                     raise _Malformed("empty_value", "the message value is empty or null (tombstone)")
@@ -131,11 +147,17 @@ class Job:
                 if trace_id == _ZERO_TRACE_ID:
                     raise _Malformed("invalid_trace_id", "the trace ID is all zeros")
             except _Malformed as bad:
+                if replay:
+                    tracker.track(msg.partition, msg.offset, msg.ref, 0)
+                    continue
                 hold = tracker.track(msg.partition, msg.offset, msg.ref, 1)
                 self._pending.append(self._dead_letter(msg, bad.reason, bad.detail, now_ns, hold))
                 continue
             if msg.key != trace_id:
                 # Spans of one trace must meet on one partition: re-publish keyed by trace ID.
+                if replay:
+                    tracker.track(msg.partition, msg.offset, msg.ref, 0)
+                    continue
                 hold = tracker.track(msg.partition, msg.offset, msg.ref, 1)
                 self._pending.append(Record(self.input_topic, trace_id, value, [hold]))
                 metrics.MESSAGES.labels("rekeyed").inc()
@@ -145,24 +167,33 @@ class Job:
                 span["service"] = service
             n_spans += len(spans)
             hold = tracker.track(msg.partition, msg.offset, msg.ref, 1)
-            hold.count += sli.add(msg.partition, service, spans, hold)
+            if not replay:
+                hold.count += sli.add(msg.partition, service, spans, hold)
             # the decoded batch rides along so a kept trace is not decoded twice
             self._route(trace_id, msg.partition, spans, (hold, value, batch), now_ns)
         metrics.SPANS.inc(n_spans)
 
     def _route(self, trace_id: bytes, partition: int, spans: list, fragment: tuple, now_ns: int) -> None:
         """Buffer one message's spans of a trace, or — when the trace was decided already — make
-        them follow that decision (kept: a late KeptTrace; dropped: released at once)."""
-        decision = self.assembler.decided(trace_id)
-        if decision is None:
-            self.assembler.add(trace_id, partition, spans, fragment, now_ns)
+        them follow that decision: dropped → released at once; kept → a late KeptTrace, unless
+        this very message is already in traces.kept (a replay after a crash: skipped)."""
+        known = self.decisions.get(trace_id)
+        if known is None:
+            self.assembler.add(trace_id, partition, spans, fragment, now_ns, len(fragment[1]))
             _BUFFERED.inc()
-        elif decision.keep:
-            self._pending.append(self._kept_record(trace_id, decision, [fragment], now_ns, late=True))
-            _LATE_KEPT.inc()
-        else:
+        elif known is DROPPED:
             self.tracker.release(fragment[0])
             _LATE_DROPPED.inc()
+        else:
+            hold = fragment[0]
+            if hold.offset in known.offsets:
+                self.tracker.release(hold)
+                _REPLAYED.inc()
+                return
+            known.offsets.add(hold.offset)
+            self._pending.append(self._kept_record(trace_id, known.decision, [fragment], now_ns, late=True))
+            self._pending.append(self._decision_record(trace_id, known.decision, known.partition, known.offsets, known.decided_at_ns))
+            _LATE_KEPT.inc()
 
     # ---------------------------------------------------------------- decide + emit
     def collect(self, now_ns: int, flush_all_windows: bool = False) -> Outbox:
@@ -176,7 +207,9 @@ class Job:
             decision = self.engine.decide(view)
             if self.dry_run:
                 decision = decision.dry_run()  # kept, annotated with what would have happened
-            self.assembler.remember(buf.trace_id, decision)
+            offsets = [fragment[0].offset for fragment in buf.fragments] if decision.keep else ()
+            self.decisions.remember(buf.trace_id, decision, buf.partition, offsets, now_ns)
+            out.records.append(self._decision_record(buf.trace_id, decision, buf.partition, offsets, now_ns))
             metrics.DECISION_POINTS.labels(buf.trigger).inc()
             metrics.TRACES_DECIDED.labels("keep" if decision.would_keep else "drop", decision.policy or "-", buf.forced_reason or "-").inc()
             holds = [fragment[0] for fragment in buf.fragments]
@@ -188,7 +221,9 @@ class Job:
                 out.dropped_traces += 1
                 for hold in holds:
                     self.tracker.release(hold)
-        for window in self.sli.due(now_ns, flush_all=flush_all_windows):
+        # exactly_once: every open window goes out as a partial with this transaction, so the
+        # checkpoint below can say "counted and written" for every offset ingested so far
+        for window in self.sli.due(now_ns, flush_all=flush_all_windows or self.exactly_once):
             out.records.append(Record(self.sli_topic, window.service.encode(), self._sli_record(window, now_ns), window.holds))
             metrics.SLI_SPANS.labels(window.service, window.span_kind, window.status).inc(window.span_count)
             metrics.SLI_LATENCY_SUM.labels(window.service, window.span_kind, window.status).inc(window.sum_ms / 1_000.0)
@@ -199,7 +234,24 @@ class Job:
                     metrics.SLO_BAD_EVENTS.labels(name).inc(bad)
         out.records.extend(self._pending)  # dead letters for corrupt details found while building kept traces
         self._pending = []
+        if self.exactly_once:
+            for partition, offset in self._processed.items():
+                out.records.append(self._checkpoint_record(partition, offset, now_ns))
+            self._processed = {}
         return out
+
+    def restore(self, partition: int, records: Iterable[dict]) -> int:
+        """Load decision-log records of a newly assigned partition (oldest first). Returns how many
+        decisions were restored."""
+        n = 0
+        for r in records:
+            if r["trace_id"] == _ZERO_TRACE_ID:
+                self._replayed_through[partition] = max(self._replayed_through.get(partition, -1), r["processed_through"])
+                continue
+            decision = Decision(r["keep"], r["policy"], r["reason"], r["probability"], r["threshold"], r["dry_run_kept"])
+            self.decisions.remember(r["trace_id"], decision, partition, r["emitted_offsets"], r["decided_at_unix_nano"])
+            n += 1
+        return n
 
     def delivered(self, records: Iterable[Record]) -> None:
         """The broker acknowledged these records: their inputs' obligations are met."""
@@ -218,7 +270,21 @@ class Job:
         self.assembler.revoke(partitions)
         self.sli.revoke(partitions)
         self.tracker.revoke(partitions)
+        for partition in partitions:
+            self._processed.pop(partition, None)
+            self._replayed_through.pop(partition, None)
         self._pending = [r for r in self._pending if not any(h.partition in partitions for h in r.holds)]
+
+    def over_bound(self) -> bool:
+        """Buffered spans or bytes at ``assemble.max_buffered_*``: time to pause the input."""
+        a = self.config.assemble
+        return self.assembler.buffered_spans >= a.max_buffered_spans or self.assembler.buffered_bytes >= a.max_buffered_bytes
+
+    def below_resume_mark(self) -> bool:
+        """Back under 80 % of both bounds: resume the input (hysteresis, so it does not flap)."""
+        a = self.config.assemble
+        return (self.assembler.buffered_spans < 0.8 * a.max_buffered_spans
+                and self.assembler.buffered_bytes < 0.8 * a.max_buffered_bytes)
 
     def update_gauges(self) -> None:
         metrics.TRACES_IN_MEMORY.set(len(self.assembler))
@@ -315,9 +381,12 @@ class Job:
         """OTLP input: header-only decode split per trace ID. A message feeding N traces holds N
         trace obligations; one not keyed by its single trace ID is re-published per trace (rekey)."""
         sli, tracker, fmt = self.sli, self.tracker, self.ingest_format
+        processed, replayed_through = self._processed, self._replayed_through
         n_spans = 0
         for msg in messages:
             value = msg.value
+            processed[msg.partition] = msg.offset
+            replay = bool(replayed_through) and msg.offset <= replayed_through.get(msg.partition, -1)
             try:
                 if not value:
                     raise _Malformed("empty_value", "the message value is empty or null (tombstone)")
@@ -330,11 +399,17 @@ class Job:
                 if not traces:
                     raise _Malformed("empty_batch", "the request has no spans")
             except _Malformed as bad:
+                if replay:
+                    tracker.track(msg.partition, msg.offset, msg.ref, 0)
+                    continue
                 hold = tracker.track(msg.partition, msg.offset, msg.ref, 1)
                 self._pending.append(self._dead_letter(msg, bad.reason, bad.detail, now_ns, hold))
                 continue
             if self.rekey and (len(traces) > 1 or not otlp.key_matches(msg.key, next(iter(traces)))):
                 # Spans of one trace must meet on one partition: re-publish per trace, keyed by trace ID.
+                if replay:
+                    tracker.track(msg.partition, msg.offset, msg.ref, 0)
+                    continue
                 hold = tracker.track(msg.partition, msg.offset, msg.ref, len(traces))
                 for trace_id, trace in traces.items():
                     part = value if len(traces) == 1 else otlp.split_request(trace, fmt)
@@ -344,8 +419,9 @@ class Job:
             hold = tracker.track(msg.partition, msg.offset, msg.ref, len(traces))
             for trace_id, trace in traces.items():
                 n_spans += len(trace.spans)
-                for group in trace.groups:  # [resource_spans, scope_spans, service, headers]
-                    hold.count += sli.add(msg.partition, group[2], group[3], hold)
+                if not replay:
+                    for group in trace.groups:  # [resource_spans, scope_spans, service, headers]
+                        hold.count += sli.add(msg.partition, group[2], group[3], hold)
                 self._route(trace_id, msg.partition, trace.spans, (hold, value, trace), now_ns)
         metrics.SPANS.inc(n_spans)
 
@@ -362,6 +438,25 @@ class Job:
             hold.count += 1
         value = audit_record(trace_id, counts, self.protector.tokenizer.key_id, now_ns, late, span_count)
         self._pending.append(Record(self.pii_audit_topic, trace_id, value, list(holds)))
+
+    def _decision_record(self, trace_id: bytes, decision: Decision, partition: int, offsets: Iterable[int],
+                         decided_at_ns: int) -> Record:
+        """The decision-log entry, written to the trace's input partition number."""
+        value = avro.encode(avro.TRACE_DECISION, {
+            "trace_id": trace_id, "keep": decision.keep, "policy": decision.policy, "reason": decision.reason,
+            "probability": decision.probability, "threshold": decision.threshold, "dry_run_kept": decision.dry_run_kept,
+            "decided_at_unix_nano": decided_at_ns, "input_partition": partition,
+            "emitted_offsets": sorted(offsets), "processed_through": -1,
+        })
+        return Record(self.decisions_topic, trace_id, value, [], partition)
+
+    def _checkpoint_record(self, partition: int, offset: int, now_ns: int) -> Record:
+        value = avro.encode(avro.TRACE_DECISION, {
+            "trace_id": _ZERO_TRACE_ID, "keep": False, "decided_at_unix_nano": now_ns, "input_partition": partition,
+            "emitted_offsets": [], "processed_through": offset, "policy": "", "reason": "checkpoint",
+            "probability": 1.0, "threshold": None, "dry_run_kept": None,
+        })
+        return Record(self.decisions_topic, _ZERO_TRACE_ID, value, [], partition)
 
     def _sli_record(self, w: WindowAggregate, now_ns: int) -> bytes:
         return avro.encode(avro.SLI_WINDOW, window_record(w, self.worker_id, now_ns))

@@ -19,7 +19,9 @@ class TopicResult:
 
 
 def topic_settings(topic: TopicConfig) -> dict[str, str]:
-    settings = {"cleanup.policy": "compact" if topic.compacted else "delete"}
+    # compacted with a retention: the latest record per key, and old keys expire (decision log)
+    policy = ("compact,delete" if topic.retention_ms is not None else "compact") if topic.compacted else "delete"
+    settings = {"cleanup.policy": policy}
     if topic.retention_ms is not None:
         settings["retention.ms"] = str(topic.retention_ms)
     return settings

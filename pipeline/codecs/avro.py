@@ -31,6 +31,7 @@ RESOURCE = "resource.v1"
 KEPT_TRACE = "kept_trace.v1"
 SLI_WINDOW = "sli_window.v1"
 DEAD_LETTER = "dead_letter.v1"
+TRACE_DECISION = "trace_decision.v1"
 
 EMPTY_DETAIL = {"status_message": "", "attributes": {}, "events": [], "links": []}
 

@@ -36,16 +36,6 @@ def test_span_limit_forces_a_decision_for_that_trace_only():
     assert a.buffered_spans == 1
 
 
-def test_decision_cache_is_bounded_lru():
-    a = TraceAssembler(decision_wait_ns=1, decision_cache_size=2)
-    keep = Decision(True, "p", "r")
-    a.remember(b"1" * 16, keep)
-    a.remember(b"2" * 16, keep)
-    assert a.decided(b"1" * 16) is keep  # touch: 2 is now the oldest
-    a.remember(b"3" * 16, keep)
-    assert a.decided(b"2" * 16) is None and a.decided(b"1" * 16) is keep
-
-
 def test_revoke_drops_only_lost_partitions():
     a = TraceAssembler(decision_wait_ns=10)
     a.add(b"A" * 16, 0, [span()], 1, now_ns=0)

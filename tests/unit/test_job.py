@@ -15,6 +15,7 @@ MS = 1_000_000
 
 def make_job(**sampling):
     cfg = config.parse({
+        "job": {"processing_guarantee": "at_least_once"},  # window-close semantics; exactly_once: test_exactly_once_job
         "privacy": {"enabled": False},  # the job core alone; protection has its own tests
         "assemble": {"decision_wait_ms": 1000},
         "sli": {"window_seconds": 10, "grace_seconds": 0},

@@ -25,6 +25,7 @@ EMAIL, CARD, IP, UID = "canary.x@canary.test", "4111 1111 1111 1111", "203.0.113
 
 def make_job(**privacy):
     cfg = config.parse({
+        "job": {"processing_guarantee": "at_least_once"},  # window-close semantics; exactly_once: test_exactly_once_job
         "assemble": {"decision_wait_ms": 1000}, "sli": {"window_seconds": 10, "grace_seconds": 0},
         "sampling": {"policies": [{"name": "errors", "type": "status_code"}]},
         "privacy": {"enabled": True, **privacy},
