@@ -4,6 +4,9 @@ Faust gives the consumer group, partition assignment, agents, timers and gracefu
 job never lets Faust ack a message on its own (``noack_take``): a message is acked — and so its
 offset becomes committable — only when ``Job.ready`` says everything derived from it was
 acknowledged by the broker. Acks are handed to Faust strictly in offset order per partition.
+Outputs go through ``pipeline.emitter`` (confluent-kafka; transactions in exactly_once mode);
+on assignment the partitions' recent decisions are restored from the decision log before any of
+their spans is processed; at the memory bound the input partitions are paused (backpressure).
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import faust
 from confluent_kafka.admin import AdminClient
 
-from pipeline import metrics
+from pipeline import decision_log, metrics
 from pipeline.config import Config
+from pipeline.emitter import Emitter
 from pipeline.job import Job, Received
 
 log = logging.getLogger("tailsift")
@@ -56,29 +61,60 @@ def build_app(config: Config, job: Job) -> faust.App:
         broker_commit_interval=j.commit_interval_ms / 1000,
         broker_commit_every=10_000,
         consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        producer_linger_ms=5,
     )
     spans_topic = app.topic(
         config.topics.spans_raw.name, key_serializer="raw", value_serializer="raw", internal=False
     )
+    # exactly_once: one transaction per commit interval holds the kept traces, their decisions, SLI
+    # partials, dead letters and each partition's checkpoint; the input offsets follow (see README)
+    emitter = Emitter(k.bootstrap_servers, f"tailsift.{k.group_id}.{job.worker_id}" if job.exactly_once else None,
+                      j.transaction_timeout_ms)
+    writer = ThreadPoolExecutor(1, thread_name_prefix="tailsift-emit")  # librdkafka blocks; keep the loop free
     lock = asyncio.Lock()
     streams: list = []
+    restored = asyncio.Event()  # set once the assigned partitions' decisions are restored
+    interval = j.commit_interval_ms / 1000
+    state = {"last_write": 0.0, "paused": set(), "paused_since": 0.0}
 
-    async def flush(flush_all_windows: bool = False) -> None:
-        """Decide due traces, close due windows, produce, wait for acks, ack inputs in order."""
+    def input_tps() -> set:
+        return {tp for tp in app.consumer.assignment() if tp.topic == job.input_topic}
+
+    def backpressure() -> None:
+        """Pause fetching at the memory bound (Kafka keeps the data), resume under 80 % of it."""
+        if state["paused"]:
+            if job.below_resume_mark():
+                app.consumer.resume_partitions(state["paused"])
+                metrics.BACKPRESSURE_SECONDS.inc(time.monotonic() - state["paused_since"])
+                state["paused"] = set()
+                metrics.PAUSED.set(0)
+        elif config.assemble.overflow == "backpressure" and job.over_bound():
+            tps = input_tps()
+            if tps:
+                app.consumer.pause_partitions(tps)
+                state["paused"], state["paused_since"] = tps, time.monotonic()
+                metrics.PAUSED.set(1)
+                log.info("backpressure: %d spans / %d bytes buffered, input paused", job.assembler.buffered_spans,
+                         job.assembler.buffered_bytes)
+
+    async def flush(flush_all_windows: bool = False, force: bool = False) -> None:
+        """Decide due traces, close due windows, write the outputs, ack inputs in offset order."""
         async with lock:
+            if job.exactly_once and not (force or flush_all_windows) and time.monotonic() - state["last_write"] < interval:
+                backpressure()
+                return  # transactions are per commit interval, not per batch
+            state["last_write"] = time.monotonic()
             started = time.perf_counter()
             outbox = job.collect(time.time_ns(), flush_all_windows)
             if outbox.records:
-                producer = app.producer
-                futures = [await producer.send(r.topic, r.key, r.value, None, None, None) for r in outbox.records]
-                # A failed send raises here: the worker crashes before anything is acked, and the
-                # inputs are consumed again after restart (at-least-once).
-                await asyncio.gather(*futures)
+                # A failed write raises here: the worker stops before anything is acked, and the
+                # inputs are read again after restart.
+                await asyncio.get_running_loop().run_in_executor(writer, emitter.write, outbox.records)
                 for r in outbox.records:
                     metrics.RECORDS_PRODUCED.labels(r.topic).inc()
                 job.delivered(outbox.records)
+                done_ns = time.time_ns()
+                for point in outbox.decision_points:
+                    metrics.DECISION_LATENCY.observe(max(0, done_ns - point) / 1e9)
                 metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
             ready = job.ready()
             if ready and streams:
@@ -86,11 +122,14 @@ def build_app(config: Config, job: Job) -> faust.App:
                 for hold in ready:
                     await stream.ack(hold.ref)
             job.update_gauges()
+            backpressure()
 
     @app.agent(spans_topic, name="tailsift-ingest")
     async def ingest(stream):
         streams[:] = [stream]
         async for events in stream.noack_take(j.batch_max_messages, within=j.batch_within_ms / 1000):
+            if not restored.is_set():
+                await restored.wait()
             generation = app.consumer_generation_id
             messages = [
                 Received(e.message.partition, e.message.offset, e.key, e.value, e)
@@ -108,11 +147,29 @@ def build_app(config: Config, job: Job) -> faust.App:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_, revoked, **kwargs) -> None:  # noqa: ANN001 - Faust signal signature
+        restored.clear()
         lost = {tp.partition for tp in revoked if tp.topic == job.input_topic}
         if lost:
-            async with lock:
+            async with lock:  # after any transaction in flight: the next owner restores what it wrote
                 job.revoke(lost)
+                state["paused"] = {tp for tp in state["paused"] if tp.partition not in lost}
             log.info("partitions revoked: %s (their uncommitted spans will be reread)", sorted(lost))
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app_, assigned, **kwargs) -> None:  # noqa: ANN001 - Faust signal signature
+        restored.clear()
+        try:
+            parts = sorted(tp.partition for tp in assigned if tp.topic == job.input_topic)
+            if parts:
+                started = time.perf_counter()
+                records = await asyncio.get_running_loop().run_in_executor(None, decision_log.read, config, parts)
+                async with lock:
+                    n = sum(job.restore(p, records[p]) for p in parts)
+                metrics.RESTORE_SECONDS.observe(time.perf_counter() - started)
+                log.info("partitions assigned: %s; %d decisions restored from %s in %.2f s", parts, n,
+                         config.topics.decisions.name, time.perf_counter() - started)
+        finally:
+            restored.set()
 
     return app
 

@@ -41,7 +41,8 @@ def run_config(bootstrap: str, run_id: str, workdir: Path, **overrides: dict) ->
         "kafka": {"bootstrap_servers": bootstrap, "group_id": f"{run_id}-tailsift",
                   "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000},
         # every topic the config knows, renamed for this run; fewer partitions than production
-        "topics": {key: {"name": f"{run_id}.{topic.name}", "partitions": 6 if key == "spans_raw" else min(topic.partitions, 3)}
+        "topics": {key: {**topic.model_dump(exclude_defaults=True), "name": f"{run_id}.{topic.name}",
+                         "partitions": 6 if key in ("spans_raw", "decisions") else min(topic.partitions, 3)}
                    for key, topic in defaults.all().items()},
         "assemble": {"decision_wait_ms": 3000},
         "sli": {"window_seconds": 5, "grace_seconds": 2},

@@ -64,6 +64,7 @@ class Outbox:
     records: list[Record] = field(default_factory=list)
     kept_traces: int = 0
     dropped_traces: int = 0
+    decision_points: list[int] = field(default_factory=list)  # when each decided trace became due (ns)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -211,6 +212,8 @@ class Job:
             self.decisions.remember(buf.trace_id, decision, buf.partition, offsets, now_ns)
             out.records.append(self._decision_record(buf.trace_id, decision, buf.partition, offsets, now_ns))
             metrics.DECISION_POINTS.labels(buf.trigger).inc()
+            out.decision_points.append(buf.deadline_ns if buf.trigger == "decision_wait" else
+                                       buf.last_seen_ns + self.assembler.root_quiet_gap_ns if buf.trigger == "root_quiet" else now_ns)
             metrics.TRACES_DECIDED.labels("keep" if decision.would_keep else "drop", decision.policy or "-", buf.forced_reason or "-").inc()
             holds = [fragment[0] for fragment in buf.fragments]
             if decision.keep:
@@ -289,6 +292,7 @@ class Job:
     def update_gauges(self) -> None:
         metrics.TRACES_IN_MEMORY.set(len(self.assembler))
         metrics.SPANS_BUFFERED.set(self.assembler.buffered_spans)
+        metrics.BUFFERED_BYTES.set(self.assembler.buffered_bytes)
         metrics.UNCOMMITTED.set(len(self.tracker))
         metrics.OPEN_WINDOWS.set(len(self.sli))
         for edge in self.graph.drain():  # once per tick: .labels() per request would cost a lock each

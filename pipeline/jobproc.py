@@ -68,8 +68,14 @@ class JobProcess:
     def metrics(self) -> dict[str, float]:
         return scrape(self.metrics_url)
 
-    def metric(self, name: str) -> float:
-        return sum(v for k, v in self.metrics().items() if k.split("{")[0] == name)
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples, optionally only those carrying ``labels``."""
+        want = [f"{k}={v}" for k, v in labels.items()]
+        return sum(v for k, v in self.metrics().items() if k.split("{")[0] == name and all(w in k for w in want))
+
+    def wait_idle(self, timeout: float = 120.0) -> dict[str, float]:
+        """Until nothing is buffered, no window is open and every received offset is released."""
+        return self.wait_drained(0, timeout)
 
     def wait_drained(self, expected_spans: int, timeout: float = 120.0) -> dict[str, float]:
         """Until every expected span was ingested, decided, windowed and its offset released."""

@@ -36,6 +36,15 @@ FLUSH_SECONDS = Histogram(
     "tailsift_flush_seconds", "Time from decision point to outputs acknowledged by the broker",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+DECISION_LATENCY = Histogram(
+    "tailsift_decision_latency_seconds", "From a trace's decision point to its outputs written (committed)",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+BACKPRESSURE_SECONDS = Counter("tailsift_backpressure_seconds", "Time the input partitions were paused at the memory bound")
+PAUSED = Gauge("tailsift_input_paused", "1 while the input is paused at the memory bound")
+BUFFERED_BYTES = Gauge("tailsift_bytes_buffered", "Raw bytes of spans buffered awaiting a decision")
+RESTORE_SECONDS = Histogram("tailsift_decision_restore_seconds", "Time to restore decisions on partition assignment",
+                            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60))
 
 
 def serve(port: int, host: str) -> None:

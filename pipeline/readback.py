@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 
 def read_all(bootstrap: str, topic: str, timeout: float = 10.0, batch: int = 500) -> Iterator[tuple[int, int, bytes | None, bytes | None]]:
@@ -16,7 +16,9 @@ def read_all(bootstrap: str, topic: str, timeout: float = 10.0, batch: int = 500
         "bootstrap.servers": bootstrap,
         "group.id": "tailsift-readback",  # required by librdkafka; never committed
         "enable.auto.commit": False,
-        "enable.partition.eof": False,
+        # EOF, not "offset + 1 == high watermark": in a transactional topic the last offsets are
+        # commit markers no consumer ever sees, and read_committed stops at the last stable offset
+        "enable.partition.eof": True,
         "isolation.level": "read_committed",
     })
     try:
@@ -36,9 +38,12 @@ def read_all(bootstrap: str, topic: str, timeout: float = 10.0, batch: int = 500
         deadline = time.monotonic() + timeout
         while ends and time.monotonic() < deadline:
             for msg in consumer.consume(batch, timeout=0.5):
-                if msg.error():
-                    continue
                 p, off = msg.partition(), msg.offset()
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF and p in ends and off >= ends[p] - 1:
+                        del ends[p]
+                    continue
                 if p in ends:
                     yield p, off, msg.key(), msg.value()
                     if off + 1 >= ends[p]:
