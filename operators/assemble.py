@@ -1,20 +1,44 @@
 """Group spans by trace ID until a decision point.
 
-Decision points: ``decision_wait`` after the trace's first span; earlier, once the root span has
-arrived and the trace has been quiet for ``root_quiet_gap`` (a finished request rarely grows after
-its root ends — Refinery's SendDelay; 0 turns it off); a forced early decision when the trace
-exceeds ``max_spans_per_trace`` or when the buffer as a whole exceeds ``max_buffered_spans``
-(oldest trace first), so memory stays bounded. Spans that arrive after their trace was decided
-follow the remembered decision (``operators.decision_cache``) — the caller checks that first.
+Two time modes (``assemble.time``):
+
+**Processing time** (default; live traffic). Decision points are on the worker's clock:
+``decision_wait`` after the trace's first span arrived; earlier, once the root span has arrived and
+the trace has been quiet for ``root_quiet_gap`` (a finished request rarely grows after its root
+ends — Refinery's SendDelay; 0 turns it off); a forced early decision when the trace exceeds
+``max_spans_per_trace`` / ``max_trace_bytes`` or when the buffer as a whole exceeds
+``max_buffered_spans`` / ``max_buffered_bytes`` (oldest trace first), so memory stays bounded.
+``add`` buffers (and returns ``[]``); ``due(now)`` releases what is due.
+
+**Event time** (``event_time=True``; replays decide the same way every run). Time is read from
+the spans: a message's event time is the newest ``end_time_unix_nano`` among its spans. A trace's
+deadline is its first message's event time + ``decision_wait``; once its root arrived (and
+``root_quiet_gap`` > 0) also its newest span end + ``root_quiet_gap``, whichever is earlier. Each
+partition has a watermark (``operators.watermark``): the newest event time seen on it minus
+``allowed_lateness``. ``add`` appends the message, advances its partition's watermark, and
+*returns* every trace of that partition whose deadline is at or below the watermark, in
+(deadline, trace ID) order, plus a trace forced by its span/byte limit — so what is sealed, and
+with which spans, depends only on each partition's record order, not on when ``due`` runs.
+``buf.decided_at_ns`` is the watermark at sealing. ``due(now)`` releases only what the worker
+clock has to decide: every trace of a partition that received nothing for ``idle_partition``
+(trigger ``idle_partition``; its watermark would never move again), and the oldest-deadline traces
+when over the global bounds (``memory_bound``) — both depend on timing, like processing time.
+
+Spans that arrive after their trace was decided follow the remembered decision
+(``operators.decision_cache``) — the caller checks that first; the assembler never sees them.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
+from sortedcontainers import SortedList
+
 from operators.trace import SpanHeader
+from operators.watermark import PartitionWatermarks
 
 
 @dataclass(slots=True)
@@ -30,6 +54,7 @@ class TraceBuffer:
     last_seen_ns: int = 0
     trigger: str = "decision_wait"  # which decision point released it
     size_bytes: int = 0  # raw bytes of its messages
+    decided_at_ns: int = 0  # event time: the partition watermark when it was sealed (processing time: 0)
 
 
 class TraceAssembler:
@@ -41,6 +66,9 @@ class TraceAssembler:
         root_quiet_gap_ns: int = 0,
         max_trace_bytes: int = 1 << 62,
         max_buffered_bytes: int = 1 << 62,
+        event_time: bool = False,
+        allowed_lateness_ns: int = 0,
+        idle_partition_ns: int = 10**10,
     ):
         self.decision_wait_ns = decision_wait_ns
         self.root_quiet_gap_ns = root_quiet_gap_ns
@@ -55,13 +83,25 @@ class TraceAssembler:
         self._rooted: OrderedDict[bytes, TraceBuffer] = OrderedDict()
         self._forced: list[TraceBuffer] = []
         self.buffered_spans = 0
+        self.event_time = event_time
+        self.allowed_lateness_ns = allowed_lateness_ns
+        self.idle_partition_ns = idle_partition_ns
+        if event_time:
+            # event time: each partition's traces ordered by (deadline, trace ID); deadlines move
+            # (root arrival, later span ends), so an entry is removed and re-added when they do
+            self.watermarks = PartitionWatermarks(allowed_lateness_ns)
+            self._by_deadline: dict[int, SortedList] = {}
+            # plain instance attributes: the processing-time methods stay as they were (no branch)
+            self.add = self._add_event  # type: ignore[method-assign]
+            self.due = self._due_event  # type: ignore[method-assign]
 
     def __len__(self) -> int:
         return len(self._traces)
 
     def add(self, trace_id: bytes, partition: int, spans: list[SpanHeader], fragment: Any, now_ns: int,
-            size_bytes: int = 0) -> None:
-        """Buffer one message's spans. Callers check the decision cache first for late spans."""
+            size_bytes: int = 0) -> list[TraceBuffer]:
+        """Buffer one message's spans. Callers check the decision cache first for late spans.
+        Returns the traces this message sealed: always [] in processing time (see ``due``)."""
         buf = self._traces.get(trace_id)
         if buf is None:
             buf = TraceBuffer(trace_id, partition, now_ns, now_ns + self.decision_wait_ns)
@@ -83,6 +123,7 @@ class TraceAssembler:
                 self._force(buf, "span_limit")
             elif buf.size_bytes >= self.max_trace_bytes:
                 self._force(buf, "trace_bytes")
+        return []
 
     def _force(self, buf: TraceBuffer, reason: str) -> None:
         del self._traces[buf.trace_id]
@@ -123,6 +164,115 @@ class TraceAssembler:
         self.buffered_bytes = remaining_bytes
         return out
 
+    # ---------------------------------------------------------------- event time
+    def _deadline(self, buf: TraceBuffer) -> int:
+        """Event-time deadline of a trace (sets its trigger): first event + wait, or — root seen and
+        the gap on — newest span end + gap if that is earlier (ties: root_quiet)."""
+        deadline = buf.first_seen_ns + self.decision_wait_ns
+        if buf.has_root:
+            quiet = buf.last_seen_ns + self.root_quiet_gap_ns
+            if quiet <= deadline:
+                buf.trigger = "root_quiet"
+                return quiet
+        buf.trigger = "decision_wait"
+        return deadline
+
+    def _add_event(self, trace_id: bytes, partition: int, spans: list[SpanHeader], fragment: Any, now_ns: int,
+                   size_bytes: int = 0) -> list[TraceBuffer]:
+        """Event time: buffer one message, advance its partition's watermark, return what it sealed."""
+        marks = self.watermarks
+        if spans:
+            event_ns = max([s["end_time_unix_nano"] for s in spans])
+        else:  # nothing to read a time from: it does not move time
+            event_ns = marks.max_event(partition)
+            if event_ns is None:
+                event_ns = 0
+        queue = self._by_deadline.get(partition)
+        if queue is None:
+            queue = self._by_deadline[partition] = SortedList()
+        # (a) append to the trace
+        buf = self._traces.get(trace_id)
+        if buf is None:
+            buf = TraceBuffer(trace_id, partition, event_ns, 0, last_seen_ns=event_ns)
+            self._traces[trace_id] = buf
+            old_key = None
+        else:
+            old_key = (buf.deadline_ns, trace_id)
+        buf.spans.extend(spans)
+        buf.fragments.append(fragment)
+        buf.size_bytes += size_bytes
+        self.buffered_spans += len(spans)
+        self.buffered_bytes += size_bytes
+        if event_ns > buf.last_seen_ns:
+            buf.last_seen_ns = event_ns  # newest span end of the trace
+        if self.root_quiet_gap_ns and not buf.has_root:
+            buf.has_root = any(s.get("parent_span_id") is None for s in spans)
+        deadline = self._deadline(buf)
+        home = queue if buf.partition == partition else self._by_deadline[buf.partition]
+        if old_key is None:
+            buf.deadline_ns = deadline
+            home.add((deadline, trace_id))
+        elif deadline != old_key[0]:
+            home.remove(old_key)
+            buf.deadline_ns = deadline
+            home.add((deadline, trace_id))
+        # (b) advance the partition's watermark
+        mark = marks.observe(partition, event_ns)
+        marks.touch(partition, now_ns)
+        out: list[TraceBuffer] = []
+        if len(buf.spans) >= self.max_spans_per_trace:
+            reason = "span_limit"
+        elif buf.size_bytes >= self.max_trace_bytes:
+            reason = "trace_bytes"
+        else:
+            reason = ""
+        if reason:  # forced: out at once, ahead of the ones the watermark seals
+            home.remove((buf.deadline_ns, trace_id))
+            self._seal(buf, self.watermarks.get(buf.partition) if home is not queue else mark, out)
+            buf.forced_reason = buf.trigger = reason
+        # (c) seal every trace of this partition whose deadline the watermark passed
+        while queue and queue[0][0] <= mark:
+            self._seal(self._traces[queue.pop(0)[1]], mark, out)
+        return out
+
+    def _seal(self, buf: TraceBuffer, mark: int | None, out: list[TraceBuffer]) -> None:
+        del self._traces[buf.trace_id]
+        self.buffered_spans -= len(buf.spans)
+        self.buffered_bytes -= buf.size_bytes
+        buf.decided_at_ns = buf.last_seen_ns if mark is None else mark
+        out.append(buf)
+
+    def _due_event(self, now_ns: int) -> list[TraceBuffer]:
+        """Event time: traces the worker clock decides — all traces of partitions idle for
+        ``idle_partition_ns`` (trigger idle_partition), then the oldest deadlines while over a
+        global bound (memory_bound). Watermark-passed traces come out of ``add`` instead."""
+        out: list[TraceBuffer] = []
+        queues = self._by_deadline
+        for p in self.watermarks.idle(now_ns, self.idle_partition_ns):
+            queue = queues.get(p)
+            if not queue:
+                continue
+            mark = self.watermarks.get(p)
+            for _, trace_id in queue:
+                buf = self._traces[trace_id]
+                buf.trigger = "idle_partition"
+                self._seal(buf, mark, out)
+            queue.clear()
+        if self.buffered_spans > self.max_buffered_spans or self.buffered_bytes > self.max_buffered_bytes:
+            heads = [(q[0], p) for p, q in queues.items() if q]
+            heapq.heapify(heads)
+            while heads and (self.buffered_spans > self.max_buffered_spans
+                             or self.buffered_bytes > self.max_buffered_bytes):
+                (_, trace_id), p = heapq.heappop(heads)
+                queue = queues[p]
+                queue.pop(0)
+                if queue:
+                    heapq.heappush(heads, (queue[0], p))
+                buf = self._traces[trace_id]
+                buf.forced_reason = buf.trigger = "memory_bound"
+                self._seal(buf, self.watermarks.get(p), out)
+        return out
+
     def over_bound(self) -> bool:
         """At the global bound (backpressure mode: the caller pauses input instead of forcing)."""
         return self.buffered_spans >= self.max_buffered_spans or self.buffered_bytes >= self.max_buffered_bytes
@@ -142,6 +292,10 @@ class TraceAssembler:
         self.buffered_spans -= sum(len(b.spans) for b in self._forced if b.partition in lost)
         self.buffered_bytes -= sum(b.size_bytes for b in self._forced if b.partition in lost)
         self._forced = kept_forced
+        if self.event_time:
+            for p in lost:
+                self._by_deadline.pop(p, None)
+            self.watermarks.forget(lost)
         return dropped
 
     def __iter__(self) -> Iterator[TraceBuffer]:
