@@ -43,6 +43,12 @@ def check_topics(config: Config) -> None:
         raise TopicsMissing(
             "missing topics: " + ", ".join(missing) + " — create them with `tailsift topics create -c CONFIG`"
         )
+    spans, decisions = config.topics.spans_raw.name, config.topics.decisions.name
+    have_in, have_dec = len(existing[spans].partitions), len(existing[decisions].partitions)
+    if have_dec < have_in:
+        # decisions of input partition p are written to decision-log partition p
+        raise TopicsMissing(f"topics.decisions ({decisions}) has {have_dec} partitions but topics.spans_raw ({spans}) has "
+                            f"{have_in}: add partitions to the decision log (kafka-topics --alter --partitions {have_in})")
 
 
 def build_app(config: Config, job: Job) -> faust.App:

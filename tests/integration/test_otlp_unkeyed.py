@@ -30,7 +30,9 @@ def test_unkeyed_multi_trace_requests_on_8_partitions_are_kept_whole(kafka_boots
                            sli={"window_seconds": 2, "grace_seconds": 1},
                            sampling={"policies": [{"name": "all", "type": "always_sample"}]})
     # the topic gets 8 partitions on the broker (the job subscribes to whatever the broker has)
-    topics = cfg.topics.model_copy(update={"spans_raw": cfg.topics.spans_raw.model_copy(update={"partitions": 8})})
+    # (and the decision log as many: decisions of input partition p live in its partition p)
+    topics = cfg.topics.model_copy(update={"spans_raw": cfg.topics.spans_raw.model_copy(update={"partitions": 8}),
+                                           "decisions": cfg.topics.decisions.model_copy(update={"partitions": 8})})
     cfg = cfg.model_copy(update={"topics": topics})
     assert all(r.status == "created" for r in create_topics(cfg))
     job = JobProcess(path, cfg.metrics.port, tmp_path / "job.log").start()
