@@ -31,11 +31,10 @@ Spans that arrive after their trace was decided follow the remembered decision
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
-
-from sortedcontainers import SortedList
 
 from operators.trace import SpanHeader
 from operators.watermark import PartitionWatermarks
@@ -87,10 +86,10 @@ class TraceAssembler:
         self.allowed_lateness_ns = allowed_lateness_ns
         self.idle_partition_ns = idle_partition_ns
         if event_time:
-            # event time: each partition's traces ordered by (deadline, trace ID); deadlines move
-            # (root arrival, later span ends), so an entry is removed and re-added when they do
+            # event time: per partition a heap of deadlines (see _add_event)
             self.watermarks = PartitionWatermarks(allowed_lateness_ns)
-            self._by_deadline: dict[int, SortedList] = {}
+            self._by_deadline: dict[int, list[tuple[int, bytes, int, TraceBuffer]]] = {}
+            self._seq = itertools.count()
             # plain instance attributes: the processing-time methods stay as they were (no branch)
             self.add = self._add_event  # type: ignore[method-assign]
             self.due = self._due_event  # type: ignore[method-assign]
@@ -165,18 +164,10 @@ class TraceAssembler:
         return out
 
     # ---------------------------------------------------------------- event time
-    def _deadline(self, buf: TraceBuffer) -> int:
-        """Event-time deadline of a trace (sets its trigger): first event + wait, or — root seen and
-        the gap on — newest span end + gap if that is earlier (ties: root_quiet)."""
-        deadline = buf.first_seen_ns + self.decision_wait_ns
-        if buf.has_root:
-            quiet = buf.last_seen_ns + self.root_quiet_gap_ns
-            if quiet <= deadline:
-                buf.trigger = "root_quiet"
-                return quiet
-        buf.trigger = "decision_wait"
-        return deadline
-
+    # Each partition has a heap of (deadline, trace ID, seq, buffer). A deadline that moves (root
+    # arrival, a later span end) pushes a new entry; the old one goes stale and is skipped when it
+    # surfaces (an entry is live iff its trace is still buffered as that buffer with that deadline).
+    # (deadline, trace ID) decides the order; seq only separates entries of the same trace.
     def _add_event(self, trace_id: bytes, partition: int, spans: list[SpanHeader], fragment: Any, now_ns: int,
                    size_bytes: int = 0) -> list[TraceBuffer]:
         """Event time: buffer one message, advance its partition's watermark, return what it sealed."""
@@ -187,53 +178,67 @@ class TraceAssembler:
             event_ns = marks.max_event(partition)
             if event_ns is None:
                 event_ns = 0
-        queue = self._by_deadline.get(partition)
-        if queue is None:
-            queue = self._by_deadline[partition] = SortedList()
-        # (a) append to the trace
-        buf = self._traces.get(trace_id)
+        # (a) append to the trace, (re)key its deadline
+        traces = self._traces
+        buf = traces.get(trace_id)
         if buf is None:
-            buf = TraceBuffer(trace_id, partition, event_ns, 0, last_seen_ns=event_ns)
-            self._traces[trace_id] = buf
-            old_key = None
+            buf = traces[trace_id] = TraceBuffer(trace_id, partition, event_ns, event_ns + self.decision_wait_ns,
+                                                 last_seen_ns=event_ns)
+            old = None
         else:
-            old_key = (buf.deadline_ns, trace_id)
+            old = buf.deadline_ns
+            if event_ns > buf.last_seen_ns:
+                buf.last_seen_ns = event_ns  # newest span end of the trace
         buf.spans.extend(spans)
         buf.fragments.append(fragment)
         buf.size_bytes += size_bytes
         self.buffered_spans += len(spans)
         self.buffered_bytes += size_bytes
-        if event_ns > buf.last_seen_ns:
-            buf.last_seen_ns = event_ns  # newest span end of the trace
-        if self.root_quiet_gap_ns and not buf.has_root:
-            buf.has_root = any(s.get("parent_span_id") is None for s in spans)
-        deadline = self._deadline(buf)
-        home = queue if buf.partition == partition else self._by_deadline[buf.partition]
-        if old_key is None:
+        deadline = buf.first_seen_ns + self.decision_wait_ns
+        if self.root_quiet_gap_ns:
+            if not buf.has_root:
+                buf.has_root = any(s.get("parent_span_id") is None for s in spans)
+            if buf.has_root:
+                quiet = buf.last_seen_ns + self.root_quiet_gap_ns
+                if quiet <= deadline:  # the earlier decision point; ties: root_quiet
+                    deadline = quiet
+                    buf.trigger = "root_quiet"
+                else:
+                    buf.trigger = "decision_wait"
+        heaps = self._by_deadline
+        heap = heaps.get(buf.partition)
+        if heap is None:
+            heap = heaps[buf.partition] = []
+        if old is None:
             buf.deadline_ns = deadline
-            home.add((deadline, trace_id))
-        elif deadline != old_key[0]:
-            home.remove(old_key)
+            heapq.heappush(heap, (deadline, trace_id, next(self._seq), buf))
+        elif deadline != old:
             buf.deadline_ns = deadline
-            home.add((deadline, trace_id))
+            heapq.heappush(heap, (deadline, trace_id, next(self._seq), buf))
+            if len(heap) > 2 * len(traces) + 1024:
+                self._compact(buf.partition)
         # (b) advance the partition's watermark
         mark = marks.observe(partition, event_ns)
         marks.touch(partition, now_ns)
         out: list[TraceBuffer] = []
         if len(buf.spans) >= self.max_spans_per_trace:
-            reason = "span_limit"
+            self._force_event(buf, "span_limit", out)
         elif buf.size_bytes >= self.max_trace_bytes:
-            reason = "trace_bytes"
-        else:
-            reason = ""
-        if reason:  # forced: out at once, ahead of the ones the watermark seals
-            home.remove((buf.deadline_ns, trace_id))
-            self._seal(buf, self.watermarks.get(buf.partition) if home is not queue else mark, out)
-            buf.forced_reason = buf.trigger = reason
+            self._force_event(buf, "trace_bytes", out)
         # (c) seal every trace of this partition whose deadline the watermark passed
-        while queue and queue[0][0] <= mark:
-            self._seal(self._traces[queue.pop(0)[1]], mark, out)
+        heap = heaps.get(partition)
+        if heap is None:
+            heap = heaps[partition] = []
+        while heap and heap[0][0] <= mark:
+            d, tid, _, b = heapq.heappop(heap)
+            if b.deadline_ns == d and traces.get(tid) is b:
+                self._seal(b, mark, out)
         return out
+
+    def _force_event(self, buf: TraceBuffer, reason: str, out: list[TraceBuffer]) -> None:
+        # out at once, ahead of what the watermark seals; its heap entry goes stale
+        self._seal(buf, self.watermarks.get(buf.partition), out)
+        buf.forced_reason = buf.trigger = reason
 
     def _seal(self, buf: TraceBuffer, mark: int | None, out: list[TraceBuffer]) -> None:
         del self._traces[buf.trace_id]
@@ -242,35 +247,48 @@ class TraceAssembler:
         buf.decided_at_ns = buf.last_seen_ns if mark is None else mark
         out.append(buf)
 
+    def _live(self, partition: int) -> list[tuple]:
+        """The partition's live heap entries, one per buffered trace, in (deadline, trace ID) order."""
+        traces, seen, live = self._traces, set(), []
+        for e in sorted(self._by_deadline.get(partition, ())):
+            b = e[3]
+            if b.deadline_ns == e[0] and traces.get(e[1]) is b and e[1] not in seen:
+                seen.add(e[1])
+                live.append(e)
+        return live
+
+    def _compact(self, partition: int) -> None:
+        self._by_deadline[partition] = self._live(partition)  # sorted = a valid heap
+
     def _due_event(self, now_ns: int) -> list[TraceBuffer]:
         """Event time: traces the worker clock decides — all traces of partitions idle for
         ``idle_partition_ns`` (trigger idle_partition), then the oldest deadlines while over a
         global bound (memory_bound). Watermark-passed traces come out of ``add`` instead."""
         out: list[TraceBuffer] = []
-        queues = self._by_deadline
+        heaps = self._by_deadline
         for p in self.watermarks.idle(now_ns, self.idle_partition_ns):
-            queue = queues.get(p)
-            if not queue:
+            if not heaps.get(p):
                 continue
             mark = self.watermarks.get(p)
-            for _, trace_id in queue:
-                buf = self._traces[trace_id]
+            for e in self._live(p):
+                buf = e[3]
                 buf.trigger = "idle_partition"
                 self._seal(buf, mark, out)
-            queue.clear()
+            heaps[p] = []
         if self.buffered_spans > self.max_buffered_spans or self.buffered_bytes > self.max_buffered_bytes:
-            heads = [(q[0], p) for p, q in queues.items() if q]
+            traces = self._traces
+            heads = [(h[0], p) for p, h in heaps.items() if h]
             heapq.heapify(heads)
             while heads and (self.buffered_spans > self.max_buffered_spans
                              or self.buffered_bytes > self.max_buffered_bytes):
-                (_, trace_id), p = heapq.heappop(heads)
-                queue = queues[p]
-                queue.pop(0)
-                if queue:
-                    heapq.heappush(heads, (queue[0], p))
-                buf = self._traces[trace_id]
-                buf.forced_reason = buf.trigger = "memory_bound"
-                self._seal(buf, self.watermarks.get(p), out)
+                (d, tid, _, buf), p = heapq.heappop(heads)
+                heap = heaps[p]
+                heapq.heappop(heap)
+                if heap:
+                    heapq.heappush(heads, (heap[0], p))
+                if buf.deadline_ns == d and traces.get(tid) is buf:
+                    buf.forced_reason = buf.trigger = "memory_bound"
+                    self._seal(buf, self.watermarks.get(p), out)
         return out
 
     def over_bound(self) -> bool:

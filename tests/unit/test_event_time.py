@@ -270,3 +270,16 @@ def test_replay_twice_with_a_fixed_recording_gives_identical_decisions():
                            span_id=i.to_bytes(8, "big"))], 100))
     first, second = replay(msgs, "never"), replay(msgs, "random", random.Random(1))
     assert first == second and len(first[0]) > 100
+
+
+def test_moving_deadlines_keep_the_heap_bounded_and_the_order_right():
+    a = et(decision_wait_ns=100 * SEC, root_quiet_gap_ns=1 * SEC)
+    a.add(A, 0, [span(end=0, parent=None)], 0, now_ns=0)
+    a.add(B, 0, [span(end=0, parent=None)], 0, now_ns=0)
+    sealed = []
+    for i in range(1, 5_000):  # every message moves A's quiet deadline
+        sealed += [(i, b.trace_id) for b in a.add(A, 0, [span(end=i * MS)], i, now_ns=0)]
+    assert len(a._by_deadline[0]) <= 2 * len(a) + 1025
+    assert sealed == [(1_000, B)] and len(a) == 1  # B's quiet deadline (1 s) passed; A's kept moving
+    (sealed,) = a.add(C, 0, [span(end=4_999 * MS + 1 * SEC)], 9, now_ns=0)
+    assert sealed.trace_id == A and len(sealed.spans) == 5_000 and sealed.trigger == "root_quiet"
