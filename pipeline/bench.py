@@ -4,9 +4,12 @@
 2. Floor: a bare confluent-kafka consumer (consume(500)) plus the same batch decode the job does,
    over the same topic — what any Python consumer of this data must pay.
 3. Pipeline: ``tailsift run`` as its own process drains the topic (decide, emit kept traces,
-   SLI windows, commit). Throughput is spans / (last span ingested − first span ingested), from
-   the job's own /metrics; the drain time also counts the decision wait and the commit tail.
-Prints both figures and their ratio. Not part of ``make test``: figures depend on the machine."""
+   SLI windows, commit), once per delivery guarantee (exactly_once, at_least_once), each as its
+   own consumer group. Throughput is spans / (last span ingested − first span ingested), from
+   the job's own /metrics; the drain time also counts the decision wait and the commit tail;
+   decision latency p50/p99 from the job's histogram.
+4. Memory per buffered span (job core, tracemalloc), PII protection and SLI operator costs.
+Prints the figures and their ratios. Not part of ``make test``: figures depend on the machine."""
 
 from __future__ import annotations
 
@@ -19,10 +22,12 @@ import time
 import uuid
 from pathlib import Path
 
+import yaml
 from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from pipeline import config as config_mod
 from pipeline.codecs import avro
 from pipeline.demo import delete_topics, ensure_token_key, run_config
 from pipeline.jobproc import JobProcess
@@ -64,11 +69,95 @@ def floor(bootstrap: str, topic: str, partitions: int, messages: int) -> tuple[f
     return elapsed, n, spans
 
 
+def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
+    """A quantile from a scraped Prometheus histogram, interpolated within its bucket (as PromQL)."""
+    buckets = sorted((float(k.split("le=")[1].rstrip("}")), v) for k, v in metrics.items()
+                     if k.startswith(name + "_bucket{"))
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan")
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = upper, count
+    return lower
+
+
+def memory_per_buffered_span(traces: int = 3000) -> tuple[float, float, int]:
+    """(bytes per buffered span beyond its raw message bytes, raw bytes per span, spans): generated
+    traces ingested by the job core with a decision wait that never ends, measured with tracemalloc."""
+    import gc
+    import tracemalloc
+
+    from pipeline import config as config_mod
+    from pipeline.generator.callgraph import GeneratorConfig, TraceGenerator
+    from pipeline.job import Job, Received
+
+    gen = TraceGenerator(GeneratorConfig(seed=3))
+    messages = []
+    for i in range(traces):
+        for key, value in gen.trace(1_700_000_000_000_000_000 + i * 1_000_000).messages():
+            messages.append(Received(0, len(messages), key, value))
+    raw = sum(len(m.value) for m in messages)
+    job = Job(config_mod.parse({"privacy": {"enabled": False}, "assemble": {"decision_wait_ms": 3_600_000,
+                                "root_quiet_gap_ms": 0}}), worker_id="bench")
+    job.ingest(messages[:50], 0)  # warm caches (operation labels, sketches) outside the measurement
+    rest = messages[50:]
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    job.ingest(rest, 0)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    spans = job.assembler.buffered_spans
+    spans_measured = spans - sum(len(avro.decode_batch(m.value)["spans"]) for m in messages[:50])
+    raw_measured = sum(len(m.value) for m in rest)
+    # the raw values are allocated before the measurement (they stand for Kafka's fetch buffers),
+    # so ``after - before`` is what buffering adds on top of them
+    return (after - before) / spans_measured, raw_measured / spans_measured, spans
+
+
+def run_pipeline(path: Path, cfg, bootstrap: str, log: Path, spans: int) -> dict:
+    """Drain the pre-filled topic with ``tailsift run``; throughput from the job's /metrics."""
+    job = JobProcess(path, cfg.metrics.port, log)
+    job.start()
+    try:
+        job.wait_ready(bootstrap, cfg.kafka.group_id)
+        cpu0 = cpu_seconds(job.proc.pid)
+        first = last = None
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            ingested = job.metric("tailsift_spans_ingested_total")
+            now = time.perf_counter()
+            if ingested > 0 and first is None:
+                first = (now, ingested)
+            if ingested >= spans:
+                last = now
+                break
+            time.sleep(0.25)  # each scrape costs the job CPU (~7% at 10 Hz, profiled)
+        if first is None or last is None:
+            raise RuntimeError(f"pipeline did not ingest all spans; log:\n{job.log_tail()}")
+        cpu_ingest = cpu_seconds(job.proc.pid) - cpu0
+        metrics = job.wait_drained(spans, timeout=300)
+        drained = time.perf_counter()
+    finally:
+        job.stop()
+    p_spans = spans - first[1]  # spans ingested after the first sample
+    p_secs = last - first[0]
+    return {"rate": p_spans / p_secs if p_secs > 0 else float("inf"), "cpu_per_span": cpu_ingest / max(p_spans, 1),
+            "drain": drained - first[0], "metrics": metrics}
+
+
 def main(args: argparse.Namespace) -> int:
     from pipeline.generator.callgraph import GeneratorConfig
     from pipeline.generator.produce import produce
 
     console = Console(width=None if sys.stdout.isatty() else 120)
+    runs: dict[str, dict] = {}
     with broker(args.bootstrap) as bootstrap, tempfile.TemporaryDirectory(prefix="tailsift-bench-") as tmp:
         ensure_token_key(console)
         run_id = f"bench-{uuid.uuid4().hex[:6]}"
@@ -82,37 +171,22 @@ def main(args: argparse.Namespace) -> int:
                             config=GeneratorConfig(seed=7), progress=True)
             f_secs, f_msgs, f_spans = floor(bootstrap, topic, partitions, stats.messages)
             assert f_spans == stats.spans, (f_spans, stats.spans)
-
-            job = JobProcess(path, cfg.metrics.port, Path(tmp) / "job.log")
-            job.start()
-            try:
-                job.wait_ready(bootstrap, cfg.kafka.group_id)
-                cpu0 = cpu_seconds(job.proc.pid)
-                first = last = None
-                deadline = time.monotonic() + 900
-                while time.monotonic() < deadline:
-                    ingested = job.metric("tailsift_spans_ingested_total")
-                    now = time.perf_counter()
-                    if ingested > 0 and first is None:
-                        first = (now, ingested)
-                    if ingested >= stats.spans:
-                        last = now
-                        break
-                    time.sleep(0.25)  # each scrape costs the job CPU (~7% at 10 Hz, profiled)
-                if first is None or last is None:
-                    raise RuntimeError(f"pipeline did not ingest all spans; log:\n{job.log_tail()}")
-                cpu_ingest = cpu_seconds(job.proc.pid) - cpu0
-                metrics = job.wait_drained(stats.spans, timeout=300)
-                drained = time.perf_counter()
-            finally:
-                job.stop()
+            # the same topic drained by each delivery guarantee, each its own consumer group
+            for guarantee in ("exactly_once", "at_least_once"):
+                data = yaml.safe_load(path.read_text())
+                data["kafka"]["group_id"] = f"{run_id}-{guarantee}"
+                data["job"]["processing_guarantee"] = guarantee
+                g_path = Path(tmp) / f"{guarantee}.yaml"
+                g_path.write_text(yaml.safe_dump(data, sort_keys=False))
+                console.print(f"pipeline run: {guarantee} …")
+                runs[guarantee] = run_pipeline(g_path, config_mod.load(g_path), bootstrap,
+                                               Path(tmp) / f"{guarantee}.log", stats.spans)
         finally:
             delete_topics(cfg)
 
-    p_spans = stats.spans - first[1]  # spans ingested after the first sample
-    p_secs = last - first[0]
-    p_rate = p_spans / p_secs if p_secs > 0 else float("inf")
     f_rate = f_spans / f_secs
+    eos, alo = runs["exactly_once"], runs["at_least_once"]
+    metrics = eos["metrics"]
     kept = sum(v for k, v in metrics.items() if k.startswith("tailsift_traces_decided_total") and "decision=keep" in k)
     decided = sum(v for k, v in metrics.items() if k.startswith("tailsift_traces_decided_total"))
 
@@ -120,13 +194,24 @@ def main(args: argparse.Namespace) -> int:
     t.add_column("measure")
     t.add_column("value", justify="right")
     t.add_row("floor: confluent-kafka consume(500) + batch decode", f"{f_rate:,.0f} spans/s ({f_msgs / f_secs:,.0f} msgs/s)")
-    t.add_row("pipeline: tailsift run (decode, assemble, decide, SLIs, emit, commit)", f"{p_rate:,.0f} spans/s ({p_rate * stats.messages / stats.spans:,.0f} msgs/s)")
-    t.add_row("ratio pipeline / floor", f"{p_rate / f_rate:.2f}")
-    t.add_row("job CPU per span while ingesting", f"{1e6 * cpu_ingest / max(p_spans, 1):.1f} µs")
-    t.add_row("drain: first span in → all offsets committable", f"{drained - first[0]:.1f} s (incl. 1 s decision wait)")
+    for name, r in (("exactly_once", eos), ("at_least_once", alo)):
+        t.add_row(f"pipeline, {name}: tailsift run (decode, assemble, decide, SLIs, emit, commit)",
+                  f"{r['rate']:,.0f} spans/s ({r['rate'] * stats.messages / stats.spans:,.0f} msgs/s)")
+        t.add_row(f"  ratio pipeline / floor ({name})", f"{r['rate'] / f_rate:.3f}")
+        t.add_row(f"  job CPU per span while ingesting ({name})", f"{1e6 * r['cpu_per_span']:.1f} µs")
+        lat = r["metrics"]
+        t.add_row(f"  decision latency p50 / p99 ({name}): decision point → outputs written",
+                  f"{histogram_quantile(lat, 'tailsift_decision_latency_seconds', 0.5):.3f} / "
+                  f"{histogram_quantile(lat, 'tailsift_decision_latency_seconds', 0.99):.3f} s")
+        t.add_row(f"  drain: first span in → all offsets committable ({name})", f"{r['drain']:.1f} s (incl. 1 s decision wait)")
+    t.add_row("cost of exactly_once (throughput at_least_once / exactly_once)", f"{alo['rate'] / eos['rate']:.2f}×")
     t.add_row("kept traces", f"{kept:,.0f} of {decided:,.0f} ({100 * kept / decided if decided else 0:.1f}%)")
+    per_span, raw_per_span, n = memory_per_buffered_span()
+    t.add_row(f"memory per buffered span beyond its raw bytes ({n:,} spans buffered, tracemalloc)",
+              f"{per_span:,.0f} B (raw: {raw_per_span:,.0f} B/span)")
     console.print(t)
-    print(f"BENCH floor_spans_per_s={f_rate:.0f} pipeline_spans_per_s={p_rate:.0f} ratio={p_rate / f_rate:.3f}")
+    print(f"BENCH floor_spans_per_s={f_rate:.0f} pipeline_spans_per_s={eos['rate']:.0f} ratio={eos['rate'] / f_rate:.3f} "
+          f"at_least_once_spans_per_s={alo['rate']:.0f} buffered_span_bytes={per_span:.0f}")
 
     from pipeline.privacy import bench_protect
 
