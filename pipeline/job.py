@@ -83,6 +83,9 @@ class Job:
             max_buffered_bytes=a.max_buffered_bytes if a.overflow == "force_decision" else 1 << 62,
             max_spans_per_trace=a.max_spans_per_trace,
             max_trace_bytes=a.max_trace_bytes,
+            event_time=a.time == "event",
+            allowed_lateness_ns=a.allowed_lateness_ms * 1_000_000,
+            idle_partition_ns=a.idle_partition_ms * 1_000_000,
             root_quiet_gap_ns=a.root_quiet_gap_ms * 1_000_000,
         )
         # recent decisions for late and replayed spans; the durable copy is topics.decisions
@@ -117,6 +120,10 @@ class Job:
         self.protector = protector if protector is not None else (
             build_protector(config.privacy) if config.privacy.enabled else None)
         self._pending: list[Record] = []  # produced on the next collect: dead letters, late spans, re-keys
+        # event time: traces decided during ingest; their records share _pending, so decisions, late
+        # spans and dead letters keep the order of the input messages that caused them
+        self._sealed = Outbox(self._pending)
+        self.event_time = a.time == "event"
         self.ingest_format = config.ingest.format
         self.emit_format = config.emit.format
         self.rekey = config.ingest.rekey
@@ -180,8 +187,11 @@ class Job:
         this very message is already in traces.kept (a replay after a crash: skipped)."""
         known = self.decisions.get(trace_id)
         if known is None:
-            self.assembler.add(trace_id, partition, spans, fragment, now_ns, len(fragment[1]))
+            sealed = self.assembler.add(trace_id, partition, spans, fragment, now_ns, len(fragment[1]))
             _BUFFERED.inc()
+            if sealed:  # event time: this message moved its partition's watermark past these traces
+                for buf in sealed:
+                    self._decide(buf, buf.decided_at_ns, self._sealed, now_ns)
         elif known is DROPPED:
             self.tracker.release(fragment[0])
             _LATE_DROPPED.inc()
@@ -199,31 +209,13 @@ class Job:
     # ---------------------------------------------------------------- decide + emit
     def collect(self, now_ns: int, flush_all_windows: bool = False) -> Outbox:
         """Decide every trace whose decision point has come and close due SLI windows."""
-        out = Outbox(self._pending)
+        out = self._sealed  # its records are _pending
         self._pending = []
+        self._sealed = Outbox(self._pending)
         for buf in self.assembler.due(now_ns):
-            self.graph.add_trace(buf.spans)
-            view = TraceView(buf.trace_id, buf.spans, now_ns=now_ns, size_bytes=sum(len(f[1]) for f in buf.fragments),
-                             decode_detail=self._decode_detail)  # attributes decoded only if a policy asks
-            decision = self.engine.decide(view)
-            if self.dry_run:
-                decision = decision.dry_run()  # kept, annotated with what would have happened
-            offsets = [fragment[0].offset for fragment in buf.fragments] if decision.keep else ()
-            self.decisions.remember(buf.trace_id, decision, buf.partition, offsets, now_ns)
-            out.records.append(self._decision_record(buf.trace_id, decision, buf.partition, offsets, now_ns))
-            metrics.DECISION_POINTS.labels(buf.trigger).inc()
-            out.decision_points.append(buf.deadline_ns if buf.trigger == "decision_wait" else
-                                       buf.last_seen_ns + self.assembler.root_quiet_gap_ns if buf.trigger == "root_quiet" else now_ns)
-            metrics.TRACES_DECIDED.labels("keep" if decision.would_keep else "drop", decision.policy or "-", buf.forced_reason or "-").inc()
-            holds = [fragment[0] for fragment in buf.fragments]
-            if decision.keep:
-                out.kept_traces += 1
-                metrics.KEPT_SPANS.inc(len(buf.spans))
-                out.records.append(self._kept_record(buf.trace_id, decision, buf.fragments, now_ns, forced=buf.forced_reason))
-            else:
-                out.dropped_traces += 1
-                for hold in holds:
-                    self.tracker.release(hold)
+            # event time: due() releases only idle partitions and memory-bound traces; their
+            # decision time is the watermark the assembler recorded (0 in processing time)
+            self._decide(buf, buf.decided_at_ns or now_ns, out, now_ns)
         # exactly_once: every open window goes out as a partial with this transaction, so the
         # checkpoint below can say "counted and written" for every offset ingested so far
         for window in self.sli.due(now_ns, flush_all=flush_all_windows or self.exactly_once):
@@ -236,12 +228,40 @@ class Job:
                     metrics.SLO_EVENTS.labels(name).inc(events)
                     metrics.SLO_BAD_EVENTS.labels(name).inc(bad)
         out.records.extend(self._pending)  # dead letters for corrupt details found while building kept traces
-        self._pending = []
+        self._pending.clear()  # (the list stays shared with self._sealed)
         if self.exactly_once:
             for partition, offset in self._processed.items():
                 out.records.append(self._checkpoint_record(partition, offset, now_ns))
             self._processed = {}
         return out
+
+    def _decide(self, buf: TraceBuffer, decided_ns: int, out: Outbox, now_ns: int) -> None:
+        """Decide one released trace: decision record, kept trace (or released holds), metrics.
+        ``decided_ns`` is the decision's time (the watermark in event time, else the worker clock)."""
+        self.graph.add_trace(buf.spans)
+        view = TraceView(buf.trace_id, buf.spans, now_ns=decided_ns, size_bytes=buf.size_bytes or sum(len(f[1]) for f in buf.fragments),
+                         decode_detail=self._decode_detail)  # attributes decoded only if a policy asks
+        decision = self.engine.decide(view)
+        if self.dry_run:
+            decision = decision.dry_run()  # kept, annotated with what would have happened
+        offsets = [fragment[0].offset for fragment in buf.fragments] if decision.keep else ()
+        self.decisions.remember(buf.trace_id, decision, buf.partition, offsets, decided_ns)
+        out.records.append(self._decision_record(buf.trace_id, decision, buf.partition, offsets, decided_ns))
+        metrics.DECISION_POINTS.labels(buf.trigger).inc()
+        if self.event_time:
+            out.decision_points.append(now_ns)
+        else:
+            out.decision_points.append(buf.deadline_ns if buf.trigger == "decision_wait" else
+                                       buf.last_seen_ns + self.assembler.root_quiet_gap_ns if buf.trigger == "root_quiet" else now_ns)
+        metrics.TRACES_DECIDED.labels("keep" if decision.would_keep else "drop", decision.policy or "-", buf.forced_reason or "-").inc()
+        if decision.keep:
+            out.kept_traces += 1
+            metrics.KEPT_SPANS.inc(len(buf.spans))
+            out.records.append(self._kept_record(buf.trace_id, decision, buf.fragments, decided_ns, forced=buf.forced_reason))
+        else:
+            out.dropped_traces += 1
+            for fragment in buf.fragments:
+                self.tracker.release(fragment[0])
 
     def restore(self, partition: int, records: Iterable[dict]) -> int:
         """Load decision-log records of a newly assigned partition (oldest first). Returns how many
@@ -276,7 +296,8 @@ class Job:
         for partition in partitions:
             self._processed.pop(partition, None)
             self._replayed_through.pop(partition, None)
-        self._pending = [r for r in self._pending if not any(h.partition in partitions for h in r.holds)]
+        self._pending[:] = [r for r in self._pending if not any(h.partition in partitions for h in r.holds)
+                            and r.partition not in partitions]
 
     def over_bound(self) -> bool:
         """Buffered spans or bytes at ``assemble.max_buffered_*``: time to pause the input."""
