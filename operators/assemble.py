@@ -46,7 +46,8 @@ class TraceBuffer:
     partition: int
     first_seen_ns: int
     deadline_ns: int
-    spans: list[SpanHeader] = field(default_factory=list)
+    spans: list[SpanHeader] = field(default_factory=list)  # empty when the assembler does not keep spans
+    span_count: int = 0
     fragments: list[Any] = field(default_factory=list)  # per message: an opaque ref the caller chose
     forced_reason: str = ""
     has_root: bool = False
@@ -68,11 +69,15 @@ class TraceAssembler:
         event_time: bool = False,
         allowed_lateness_ns: int = 0,
         idle_partition_ns: int = 10**10,
+        keep_spans: bool = True,
     ):
         self.decision_wait_ns = decision_wait_ns
         self.root_quiet_gap_ns = root_quiet_gap_ns
         self.max_buffered_spans = max_buffered_spans
         self.max_spans_per_trace = max_spans_per_trace
+        # False: buffers hold only the caller's fragments (raw bytes) and counts; the caller decodes
+        # the spans again at the decision (a decoded span costs ~1 KB, its raw bytes ~0.5 KB)
+        self.keep_spans = keep_spans
         self.max_trace_bytes = max_trace_bytes
         self.max_buffered_bytes = max_buffered_bytes
         self.buffered_bytes = 0
@@ -105,7 +110,9 @@ class TraceAssembler:
         if buf is None:
             buf = TraceBuffer(trace_id, partition, now_ns, now_ns + self.decision_wait_ns)
             self._traces[trace_id] = buf
-        buf.spans.extend(spans)
+        buf.span_count += len(spans)
+        if self.keep_spans:
+            buf.spans.extend(spans)
         buf.fragments.append(fragment)
         buf.last_seen_ns = now_ns
         buf.size_bytes += size_bytes
@@ -118,7 +125,7 @@ class TraceAssembler:
                 self._rooted[trace_id] = buf
                 self._rooted.move_to_end(trace_id)
         if not buf.forced_reason:
-            if len(buf.spans) >= self.max_spans_per_trace:
+            if buf.span_count >= self.max_spans_per_trace:
                 self._force(buf, "span_limit")
             elif buf.size_bytes >= self.max_trace_bytes:
                 self._force(buf, "trace_bytes")
@@ -133,7 +140,7 @@ class TraceAssembler:
     def due(self, now_ns: int) -> list[TraceBuffer]:
         """Traces whose decision point has come, oldest first; they leave the buffer."""
         out, self._forced = self._forced, []
-        remaining = self.buffered_spans - sum(len(b.spans) for b in out)
+        remaining = self.buffered_spans - sum(b.span_count for b in out)
         remaining_bytes = self.buffered_bytes - sum(b.size_bytes for b in out)
         traces, rooted = self._traces, self._rooted
         quiet_before = now_ns - self.root_quiet_gap_ns
@@ -143,7 +150,7 @@ class TraceAssembler:
                 break
             rooted.popitem(last=False)
             del traces[buf.trace_id]
-            remaining -= len(buf.spans)
+            remaining -= buf.span_count
             remaining_bytes -= buf.size_bytes
             buf.trigger = "root_quiet"
             out.append(buf)
@@ -154,7 +161,7 @@ class TraceAssembler:
                 break
             traces.popitem(last=False)
             rooted.pop(buf.trace_id, None)
-            remaining -= len(buf.spans)
+            remaining -= buf.span_count
             remaining_bytes -= buf.size_bytes
             if not expired:
                 buf.forced_reason = buf.trigger = "memory_bound"
@@ -189,7 +196,9 @@ class TraceAssembler:
             old = buf.deadline_ns
             if event_ns > buf.last_seen_ns:
                 buf.last_seen_ns = event_ns  # newest span end of the trace
-        buf.spans.extend(spans)
+        buf.span_count += len(spans)
+        if self.keep_spans:
+            buf.spans.extend(spans)
         buf.fragments.append(fragment)
         buf.size_bytes += size_bytes
         self.buffered_spans += len(spans)
@@ -221,7 +230,7 @@ class TraceAssembler:
         mark = marks.observe(partition, event_ns)
         marks.touch(partition, now_ns)
         out: list[TraceBuffer] = []
-        if len(buf.spans) >= self.max_spans_per_trace:
+        if buf.span_count >= self.max_spans_per_trace:
             self._force_event(buf, "span_limit", out)
         elif buf.size_bytes >= self.max_trace_bytes:
             self._force_event(buf, "trace_bytes", out)
@@ -242,7 +251,7 @@ class TraceAssembler:
 
     def _seal(self, buf: TraceBuffer, mark: int | None, out: list[TraceBuffer]) -> None:
         del self._traces[buf.trace_id]
-        self.buffered_spans -= len(buf.spans)
+        self.buffered_spans -= buf.span_count
         self.buffered_bytes -= buf.size_bytes
         buf.decided_at_ns = buf.last_seen_ns if mark is None else mark
         out.append(buf)
@@ -302,12 +311,12 @@ class TraceAssembler:
         gone = [tid for tid, b in self._traces.items() if b.partition in lost]
         for tid in gone:
             buf = self._traces.pop(tid)
-            self.buffered_spans -= len(buf.spans)
+            self.buffered_spans -= buf.span_count
             self.buffered_bytes -= buf.size_bytes
             self._rooted.pop(tid, None)
         kept_forced = [b for b in self._forced if b.partition not in lost]
         dropped = len(gone) + len(self._forced) - len(kept_forced)
-        self.buffered_spans -= sum(len(b.spans) for b in self._forced if b.partition in lost)
+        self.buffered_spans -= sum(b.span_count for b in self._forced if b.partition in lost)
         self.buffered_bytes -= sum(b.size_bytes for b in self._forced if b.partition in lost)
         self._forced = kept_forced
         if self.event_time:
