@@ -385,6 +385,8 @@ class SamplingConfig(Strict):
     mode: Literal["any_match", "first_match"] = Field(
         "any_match", description="any_match: kept if any policy keeps; first_match: the first applying policy decides")
     dry_run: bool = Field(False, description="decide and annotate (sampling.dry_run_kept) but keep every trace")
+    follow_links: bool = Field(False, description="keep a trace that a kept trace's span links to, if this worker still "
+                                                  "buffers it (adjusted count 0: context, not a sample)")
 
     @field_validator("policies", mode="wrap")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -32,6 +33,9 @@ from pipeline.privacy import audit_record, build_protector
 from pipeline.slo_rules import objectives as slo_objectives
 
 _ZERO_TRACE_ID = bytes(16)
+# kept because a kept trace links to it (sampling.follow_links): probability 0 → adjusted count 0,
+# so estimates summed over kept traces are unchanged by traces kept only as context
+FOLLOWED_LINK = Decision(True, "follow_links", "linked_from_kept_trace", probability=0.0)
 # label children bound once: .labels() per message would cost a dict lookup and a lock each time
 _BUFFERED = metrics.MESSAGES.labels("buffered")
 _LATE_KEPT = metrics.MESSAGES.labels("late_kept")
@@ -98,6 +102,8 @@ class Job:
         self._replayed_through: dict[int, int] = {}  # partition → restored checkpoint: side outputs written up to here
         self.engine: DecisionEngine = build_engine(config.sampling)
         self.dry_run = config.sampling.dry_run
+        self.follow_links = config.sampling.follow_links
+        self._link_hints: OrderedDict[bytes, None] = OrderedDict()  # traces linked from kept traces, bounded
         s = config.sli
         self.sli = SliWindows(
             window_ns=int(s.window_seconds * 1e9),
@@ -257,6 +263,11 @@ class Job:
         view = TraceView(buf.trace_id, buf.spans, now_ns=decided_ns, size_bytes=buf.size_bytes or sum(len(f[1]) for f in buf.fragments),
                          decode_detail=self._decode_detail)  # attributes decoded only if a policy asks
         decision = self.engine.decide(view)
+        if self._link_hints and buf.trace_id in self._link_hints:
+            del self._link_hints[buf.trace_id]
+            if not decision.keep:  # context for a kept trace that links here; stands for no traces
+                decision = FOLLOWED_LINK
+                metrics.FOLLOW_LINKS.labels("kept").inc()
         if self.dry_run:
             decision = decision.dry_run()  # kept, annotated with what would have happened
         offsets = [fragment[0].offset for fragment in buf.fragments] if decision.keep else ()
@@ -413,9 +424,30 @@ class Job:
             "batches": batches,
         })
         holds = [fragment[0] for fragment in fragments]
+        if self.follow_links:
+            self._follow_links(trace_id, batches)
         if protector is not None:
             self._pii_audit(trace_id, pii_counts, holds, now_ns, late, span_count)
         return Record(self.kept_topic, trace_id, value, holds)
+
+    def _follow_links(self, trace_id: bytes, batches: list[dict]) -> None:
+        """Note the traces this kept trace's spans link to, so they are kept when decided here."""
+        for batch in batches:
+            for span in batch["spans"]:
+                for link in span.get("links") or ():
+                    linked = link["trace_id"]
+                    if linked == trace_id or linked in self._link_hints:
+                        continue
+                    known = self.decisions.get(linked)
+                    if known is DROPPED:
+                        metrics.FOLLOW_LINKS.labels("too_late").inc()
+                    elif known is not None:
+                        metrics.FOLLOW_LINKS.labels("already_kept").inc()
+                    else:
+                        self._link_hints[linked] = None
+                        if len(self._link_hints) > self.decisions.kept_size:
+                            self._link_hints.popitem(last=False)
+                            metrics.FOLLOW_LINKS.labels("not_here").inc()
 
     def _ingest_otlp(self, messages: Iterable[Received], now_ns: int) -> None:
         """OTLP input: header-only decode split per trace ID. A message feeding N traces holds N

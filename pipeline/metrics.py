@@ -45,6 +45,9 @@ PAUSED = Gauge("tailsift_input_paused", "1 while the input is paused at the memo
 BUFFERED_BYTES = Gauge("tailsift_bytes_buffered", "Raw bytes of spans buffered awaiting a decision")
 RESTORE_SECONDS = Histogram("tailsift_decision_restore_seconds", "Time to restore decisions on partition assignment",
                             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60))
+FOLLOW_LINKS = Counter("tailsift_follow_links", "Span links from kept traces to other traces, by outcome "
+                       "(kept: the linked trace was still buffered here and is kept; already_kept; too_late: already "
+                       "dropped; not_here: unknown to this worker when it was decided)", ["outcome"])
 
 
 def serve(port: int, host: str) -> None:
