@@ -296,7 +296,7 @@ def _burst(kafka_bootstrap, unique_name, tmp_path, jobs, overflow: str):
         stats = produce(cfg.kafka.bootstrap_servers, cfg.topics.spans_raw.name, count=200, duration_s=None, rate=None,
                         config=GeneratorConfig(seed=41, error_rate=0.15), progress=False, on_trace=traces.append)
         assert stats.spans >= 3000
-        metrics = job.wait_drained(stats.spans, timeout=600)
+        metrics = job.wait_drained(stats.spans, timeout=240)
     finally:
         sampler.finish()
     wait_committed(cfg)
