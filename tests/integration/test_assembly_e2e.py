@@ -23,7 +23,7 @@ from pipeline.codecs import avro
 from pipeline.demo import run_config
 from pipeline.generator.callgraph import GeneratorConfig
 from pipeline.generator.produce import produce
-from pipeline.jobproc import JobProcess
+from pipeline.jobproc import JobError, JobProcess
 from pipeline.readback import read_all
 from pipeline.topics import create_topics
 from tests.spans import batch_bytes, span
@@ -296,7 +296,16 @@ def _burst(kafka_bootstrap, unique_name, tmp_path, jobs, overflow: str):
         stats = produce(cfg.kafka.bootstrap_servers, cfg.topics.spans_raw.name, count=200, duration_s=None, rate=None,
                         config=GeneratorConfig(seed=41, error_rate=0.15), progress=False, on_trace=traces.append)
         assert stats.spans >= 3000
-        metrics = job.wait_drained(stats.spans, timeout=240)
+        try:
+            metrics = job.wait_drained(stats.spans, timeout=240)
+        except JobError as exc:
+            ingested = job.metric("tailsift_spans_ingested_total")
+            pytest.fail(f"{overflow}: the burst never drained: {ingested:.0f} of {stats.spans} spans ingested. Known "
+                        "suspect (seen intermittently in overflow=backpressure): pipeline/app.py backpressure() pauses via "
+                        "Faust's Consumer.pause_partitions, which mutates the live active-partition set that Consumer.getmany "
+                        "is iterating; records of a just-paused partition that aiokafka already returned are skipped (not "
+                        "yielded), never re-fetched, and Faust's read-offset gap logic (_add_gap) later commits past them. "
+                        f"{exc}", pytrace=False)
     finally:
         sampler.finish()
     wait_committed(cfg)
