@@ -6,7 +6,7 @@ offset becomes committable — only when ``Job.ready`` says everything derived f
 acknowledged by the broker. Acks are handed to Faust strictly in offset order per partition.
 Outputs go through ``pipeline.emitter`` (confluent-kafka; transactions in exactly_once mode);
 on assignment the partitions' recent decisions are restored from the decision log before any of
-their spans is processed; at the memory bound the input partitions are paused (backpressure).
+their spans is processed; at the memory bound the agent stops taking input (backpressure).
 """
 
 from __future__ import annotations
@@ -80,27 +80,28 @@ def build_app(config: Config, job: Job) -> faust.App:
     streams: list = []
     restored = asyncio.Event()  # set once the assigned partitions' decisions are restored
     interval = j.commit_interval_ms / 1000
-    state = {"last_write": 0.0, "paused": set(), "paused_since": 0.0}
-
-    def input_tps() -> set:
-        return {tp for tp in app.consumer.assignment() if tp.topic == job.input_topic}
+    state = {"last_write": 0.0, "paused_since": 0.0}
+    flowing = asyncio.Event()  # cleared at the memory bound: the agent stops taking input
+    flowing.set()
 
     def backpressure() -> None:
-        """Pause fetching at the memory bound (Kafka keeps the data), resume under 80 % of it."""
-        if state["paused"]:
+        """At the memory bound the agent stops taking events; Faust's stream buffer fills and its own
+        flow control stops fetching, so Kafka holds the data. Resume under 80 % of the bound.
+
+        Not ``Consumer.pause_partitions``: Faust filters records it already fetched by the active
+        partition set, so records of a partition paused mid-``getmany`` are silently skipped (and
+        later committed past) — found by the burst test in tests/integration/test_assembly_e2e.py."""
+        if not flowing.is_set():
             if job.below_resume_mark():
-                app.consumer.resume_partitions(state["paused"])
                 metrics.BACKPRESSURE_SECONDS.inc(time.monotonic() - state["paused_since"])
-                state["paused"] = set()
                 metrics.PAUSED.set(0)
+                flowing.set()
         elif config.assemble.overflow == "backpressure" and job.over_bound():
-            tps = input_tps()
-            if tps:
-                app.consumer.pause_partitions(tps)
-                state["paused"], state["paused_since"] = tps, time.monotonic()
-                metrics.PAUSED.set(1)
-                log.info("backpressure: %d spans / %d bytes buffered, input paused", job.assembler.buffered_spans,
-                         job.assembler.buffered_bytes)
+            flowing.clear()
+            state["paused_since"] = time.monotonic()
+            metrics.PAUSED.set(1)
+            log.info("backpressure: %d spans / %d bytes buffered, input paused", job.assembler.buffered_spans,
+                     job.assembler.buffered_bytes)
 
     async def flush(flush_all_windows: bool = False, force: bool = False) -> None:
         """Decide due traces, close due windows, write the outputs, ack inputs in offset order."""
@@ -136,6 +137,8 @@ def build_app(config: Config, job: Job) -> faust.App:
         async for events in stream.noack_take(j.batch_max_messages, within=j.batch_within_ms / 1000):
             if not restored.is_set():
                 await restored.wait()
+            if not flowing.is_set():
+                await flowing.wait()
             generation = app.consumer_generation_id
             messages = [
                 Received(e.message.partition, e.message.offset, e.key, e.value, e)
@@ -158,7 +161,7 @@ def build_app(config: Config, job: Job) -> faust.App:
         if lost:
             async with lock:  # after any transaction in flight: the next owner restores what it wrote
                 job.revoke(lost)
-                state["paused"] = {tp for tp in state["paused"] if tp.partition not in lost}
+                backpressure()  # revoked buffers are gone: resume if that brought us under the mark
             log.info("partitions revoked: %s (their uncommitted spans will be reread)", sorted(lost))
 
     @app.on_partitions_assigned.connect
