@@ -30,6 +30,8 @@ SLO_EVENTS = Counter("tailsift_slo_events", "Spans counted by an SLO (every span
 SLI_SPANS = Counter("tailsift_sli_spans", "Spans counted into SLI windows", ["service", "span_kind", "status"])
 SLI_LATENCY_SUM = Counter("tailsift_sli_latency_seconds", "Sum of span latencies counted into SLI windows (÷ tailsift_sli_spans_total = mean)", ["service", "span_kind", "status"])
 GRAPH_REQUESTS = Counter("tailsift_service_graph_requests", "Calls between services (client → server span pairs, every trace before sampling)", ["client", "server"])
+GRAPH_SERVER_SECONDS = Counter("tailsift_service_graph_request_server_seconds", "Sum of callee (server/consumer span) "
+                               "latencies per edge (÷ tailsift_service_graph_requests_total = mean)", ["client", "server"])
 GRAPH_FAILED = Counter("tailsift_service_graph_request_failed", "Calls between services where either side has ERROR status", ["client", "server"])
 SLO_BAD_EVENTS = Counter("tailsift_slo_bad_events", "Spans an SLO counts as bad (error, or slower than its threshold)", ["slo"])
 FLUSH_SECONDS = Histogram(

@@ -66,7 +66,8 @@ def test_the_job_exposes_service_graph_counters():
     def value(name):
         return REGISTRY.get_sample_value(name, {"client": "gx", "server": "gy"}) or 0.0
 
-    before = value("tailsift_service_graph_requests_total"), value("tailsift_service_graph_request_failed_total")
+    before = (value("tailsift_service_graph_requests_total"), value("tailsift_service_graph_request_failed_total"),
+              value("tailsift_service_graph_request_server_seconds_total"))
     tid = os.urandom(16)
     job.ingest([Received(0, 0, tid, batch_bytes(tid, "gx", [span(0, 9 * MS, parent=None, kind="CLIENT", span_id=b"gx" * 4)]), 0),
                 Received(0, 1, tid, batch_bytes(tid, "gy", [span(1 * MS, 5 * MS, "ERROR", parent=b"gx" * 4)]), 1)], now_ns=0)
@@ -74,3 +75,5 @@ def test_the_job_exposes_service_graph_counters():
     job.update_gauges()
     assert value("tailsift_service_graph_requests_total") - before[0] == 1
     assert value("tailsift_service_graph_request_failed_total") - before[1] == 1
+    # the callee span took 4 ms (the sum is exact: DDSketch keeps an exact sum)
+    assert abs(value("tailsift_service_graph_request_server_seconds_total") - before[2] - 0.004) < 1e-9
