@@ -41,6 +41,9 @@ _BUFFERED = metrics.MESSAGES.labels("buffered")
 _LATE_KEPT = metrics.MESSAGES.labels("late_kept")
 _LATE_DROPPED = metrics.MESSAGES.labels("late_dropped")
 _REPLAYED = metrics.MESSAGES.labels("replayed_already_emitted")
+_LATE_SPANS_KEPT = metrics.LATE_SPANS.labels("kept")
+_LATE_SPANS_DROPPED = metrics.LATE_SPANS.labels("dropped")
+_LATE_SPANS_REPLAYED = metrics.LATE_SPANS.labels("replayed")
 
 
 @dataclass(slots=True)
@@ -206,16 +209,19 @@ class Job:
         elif known is DROPPED:
             self.tracker.release(fragment[0])
             _LATE_DROPPED.inc()
+            _LATE_SPANS_DROPPED.inc(len(spans))
         else:
             hold = fragment[0]
             if hold.offset in known.offsets:
                 self.tracker.release(hold)
                 _REPLAYED.inc()
+                _LATE_SPANS_REPLAYED.inc(len(spans))
                 return
             known.offsets.add(hold.offset)
             self._pending.append(self._kept_record(trace_id, known.decision, [fragment], now_ns, late=True))
             self._pending.append(self._decision_record(trace_id, known.decision, known.partition, known.offsets, known.decided_at_ns))
             _LATE_KEPT.inc()
+            _LATE_SPANS_KEPT.inc(len(spans))
 
     # ---------------------------------------------------------------- decide + emit
     def collect(self, now_ns: int, flush_all_windows: bool = False) -> Outbox:

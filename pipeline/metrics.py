@@ -10,6 +10,8 @@ MESSAGES = Counter("tailsift_messages", "Input messages by outcome", ["outcome"]
 TRACES_DECIDED = Counter("tailsift_traces_decided", "Traces decided", ["decision", "policy", "forced"])
 DECISION_POINTS = Counter("tailsift_decision_points", "Traces released for a decision, by trigger",
                           ["trigger"])  # decision_wait | root_quiet | span_limit | memory_bound
+LATE_SPANS = Counter("tailsift_late_spans", "Spans that arrived after their trace was decided, by outcome "
+                     "(kept: emitted marked late; dropped; replayed: already in traces.kept, skipped after a restart)", ["outcome"])
 KEPT_SPANS = Counter("tailsift_kept_spans", "Spans of kept traces at decision time (late spans excluded)")
 DEADLETTERS = Counter("tailsift_deadletters", "Messages sent to the dead-letter topic", ["reason"])
 RECORDS_PRODUCED = Counter("tailsift_records_produced", "Records written to output topics", ["topic"])
