@@ -3,7 +3,7 @@ checkpoints, restore, and a replay after a crash that emits nothing twice and lo
 
 import os
 
-from pipeline import config
+from pipeline import config, metrics
 from pipeline.codecs import avro
 from pipeline.job import Job, Received
 from tests.spans import batch_bytes, span
@@ -93,6 +93,7 @@ def test_late_spans_after_a_restart_follow_the_restored_decision():
     msgs, log = crash_after_first_transaction()
     job = make_job()
     job.restore(2, log)
+    before = {o: metrics.LATE_SPANS.labels(o)._value.get() for o in ("kept", "dropped", "replayed")}
     job.ingest(msgs + [
         msg(4, ERR, "cache", [span(3 * MS, 4 * MS)], partition=2),  # late span of the kept trace
         msg(5, OK, "cache", [span(3 * MS, 4 * MS)], partition=2),  # late span of the dropped trace
@@ -101,6 +102,8 @@ def test_late_spans_after_a_restart_follow_the_restored_decision():
     (late,) = records(out, "traces.kept")
     trace = avro.decode(avro.KEPT_TRACE, late.value)
     assert late.key == ERR and trace["late"] and trace["span_count"] == 1 and trace["policy"] == "errors"
+    # replayed: offsets 0 and 2 (kept trace, already emitted); 1 (dropped trace) counts as dropped
+    assert {o: metrics.LATE_SPANS.labels(o)._value.get() - v for o, v in before.items()} == {"kept": 1, "dropped": 2, "replayed": 2}
     upd = {d["trace_id"]: d for _, d in decisions(out)}
     assert upd[ERR]["emitted_offsets"] == [0, 2, 4]  # so a second replay skips offset 4 too
     assert upd[ZERO]["processed_through"] == 5
