@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupState, Producer, TopicPartition
+from confluent_kafka import ConsumerGroupState, Producer
 from confluent_kafka.admin import AdminClient
 
 from pipeline.codecs import avro
@@ -26,6 +26,8 @@ from pipeline.generator.produce import produce
 from pipeline.jobproc import JobError, JobProcess
 from pipeline.readback import read_all
 from pipeline.topics import create_topics
+from tests.integration.outputs import (assert_kept_exactly_once_and_whole, assert_sli_exact, kept_records,
+                                       record_span_ids, wait_committed)
 from tests.spans import batch_bytes, span
 
 pytestmark = pytest.mark.integration
@@ -81,63 +83,9 @@ def produce_raw(cfg, messages: list[tuple[bytes, bytes]]) -> None:
     assert p.flush(30) == 0
 
 
-def kept_records(cfg, timeout: float = 60) -> list[dict]:
-    out = []
-    for _, _, key, value in read_all(cfg.kafka.bootstrap_servers, cfg.topics.traces_kept.name, timeout=timeout):
-        trace = avro.decode(avro.KEPT_TRACE, value)
-        assert key == trace["trace_id"]
-        out.append(trace)
-    return out
-
-
-def record_span_ids(trace: dict) -> list[bytes]:
-    return [s["span_id"] for b in trace["batches"] for s in b["spans"]]
-
-
 def decision_records(cfg, timeout: float = 60) -> list[dict]:
     return [avro.decode(avro.TRACE_DECISION, v)
             for _, _, _, v in read_all(cfg.kafka.bootstrap_servers, cfg.topics.decisions.name, timeout=timeout)]
-
-
-def kept_span_occurrences(cfg) -> Counter:
-    """(trace ID, span ID) → how many times the span appears in traces.kept (read_committed)."""
-    seen: Counter = Counter()
-    for trace in kept_records(cfg):
-        for span_id in record_span_ids(trace):
-            seen[(trace["trace_id"], span_id)] += 1
-    return seen
-
-
-def generated_span_ids(trace) -> set[bytes]:
-    return {s["span_id"] for b in trace.batches for s in b["spans"]}
-
-
-def sli_totals(cfg) -> tuple[Counter, Counter]:
-    spans, errors = Counter(), Counter()
-    for _, _, _, value in read_all(cfg.kafka.bootstrap_servers, cfg.topics.sli_windows.name, timeout=60):
-        w = avro.decode(avro.SLI_WINDOW, value)
-        spans[w["service"]] += w["span_count"]
-        errors[w["service"]] += w["error_count"]
-    return spans, errors
-
-
-def committed_to_end(cfg) -> bool:
-    c = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": cfg.kafka.group_id,
-                  "enable.auto.commit": False})
-    try:
-        topic = cfg.topics.spans_raw.name
-        tps = c.committed([TopicPartition(topic, p) for p in range(cfg.topics.spans_raw.partitions)], timeout=10)
-        for tp in tps:
-            high = c.get_watermark_offsets(tp, timeout=10)[1]
-            if not (tp.offset == high or (tp.offset < 0 and high == 0)):
-                return False
-        return True
-    finally:
-        c.close()
-
-
-def wait_committed(cfg, timeout: float = 180.0) -> None:
-    wait_for(lambda: committed_to_end(cfg), "every input offset to be committed", timeout, every=0.5)
 
 
 def decided_total(job: JobProcess) -> float:
@@ -313,18 +261,7 @@ def _burst(kafka_bootstrap, unique_name, tmp_path, jobs, overflow: str):
 
 def _decided_and_kept_whole(cfg, job, traces) -> None:
     assert decided_total(job) == len(traces), "a trace was decided more or less than once"
-    seen = kept_span_occurrences(cfg)
-    assert seen and max(seen.values()) == 1
-    kept: dict[bytes, set[bytes]] = defaultdict(set)
-    for trace_id, span_id in seen:
-        kept[trace_id].add(span_id)
-    errors = [t for t in traces if t.has_error]
-    assert len(errors) >= 10
-    for t in errors:
-        assert kept.get(t.trace_id) == generated_span_ids(t), "an error trace is missing or incomplete"
-    for t in traces:
-        if t.trace_id in kept:
-            assert kept[t.trace_id] == generated_span_ids(t), "a kept trace is incomplete"
+    assert_kept_exactly_once_and_whole(cfg, traces, min_errors=10)
 
 
 def test_backpressure_pauses_input_instead_of_deciding_early(kafka_bootstrap, unique_name, tmp_path, jobs):
@@ -419,22 +356,6 @@ def test_a_worker_leaves_a_two_worker_group_mid_stream(kafka_bootstrap, unique_n
 
     wait_committed(cfg, timeout=300)
     survivor.wait_idle(timeout=300)
-    seen = kept_span_occurrences(cfg)
-    assert seen and max(seen.values()) == 1, f"{sum(n > 1 for n in seen.values())} spans emitted twice"
-    kept: dict[bytes, set[bytes]] = defaultdict(set)
-    for trace_id, span_id in seen:
-        kept[trace_id].add(span_id)
-    errors = [t for t in traces if t.has_error]
-    assert len(errors) >= 60
-    for t in errors:
-        assert kept.get(t.trace_id) == generated_span_ids(t), "an error trace is missing or incomplete"
-    for t in traces:
-        if t.trace_id in kept:
-            assert kept[t.trace_id] == generated_span_ids(t), "a kept trace is incomplete"
-    spans, errs = sli_totals(cfg)
-    want_spans, want_errors = Counter(), Counter()
-    for t in traces:
-        want_spans.update(t.spans_by_service)
-        want_errors.update(t.errors_by_service)
-    assert sum(want_spans.values()) == stats.spans
-    assert spans == want_spans and errs == +want_errors
+    assert_kept_exactly_once_and_whole(cfg, traces, min_errors=60)
+    assert sum(t.span_count for t in traces) == stats.spans
+    assert_sli_exact(cfg, traces)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from pipeline.codecs import avro
 from pipeline.demo import run_config
@@ -16,6 +14,8 @@ from pipeline.generator.produce import produce
 from pipeline.jobproc import JobProcess
 from pipeline.readback import read_all
 from pipeline.topics import create_topics
+from tests.integration.outputs import (assert_kept_exactly_once_and_whole, assert_sli_exact, committed_to_end,
+                                       generated_span_ids, wait_committed)
 
 pytestmark = pytest.mark.integration
 
@@ -52,50 +52,6 @@ def kept_spans_by_trace(cfg) -> tuple[dict[bytes, set[bytes]], Counter]:
     return spans, policies
 
 
-def kept_span_occurrences(cfg) -> Counter:
-    """(trace ID, span ID) → how many times the span appears in traces.kept (read_committed)."""
-    seen: Counter = Counter()
-    for _, _, _, value in read_all(cfg.kafka.bootstrap_servers, cfg.topics.traces_kept.name, timeout=60):
-        trace = avro.decode(avro.KEPT_TRACE, value)
-        for batch in trace["batches"]:
-            for span in batch["spans"]:
-                seen[(trace["trace_id"], span["span_id"])] += 1
-    return seen
-
-
-def generated_span_ids(trace) -> set[bytes]:
-    return {s["span_id"] for b in trace.batches for s in b["spans"]}
-
-
-def sli_totals(cfg) -> tuple[Counter, Counter]:
-    spans, errors = Counter(), Counter()
-    for _, _, _, value in read_all(cfg.kafka.bootstrap_servers, cfg.topics.sli_windows.name, timeout=60):
-        w = avro.decode(avro.SLI_WINDOW, value)
-        spans[w["service"]] += w["span_count"]
-        errors[w["service"]] += w["error_count"]
-    return spans, errors
-
-
-def committed_to_end(cfg) -> bool:
-    c = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": cfg.kafka.group_id, "enable.auto.commit": False})
-    try:
-        topic = cfg.topics.spans_raw.name
-        tps = c.committed([TopicPartition(topic, p) for p in range(cfg.topics.spans_raw.partitions)], timeout=10)
-        return all(tp.offset == c.get_watermark_offsets(tp, timeout=10)[1] or
-                   (tp.offset < 0 and c.get_watermark_offsets(tp, timeout=10)[1] == 0) for tp in tps)
-    finally:
-        c.close()
-
-
-def wait_committed(cfg, timeout=90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if committed_to_end(cfg):
-            return
-        time.sleep(0.5)
-    raise AssertionError("input offsets were not all committed")
-
-
 def test_error_traces_kept_whole_and_sli_counts_equal_what_was_produced(job_env):
     cfg, start_job = job_env
     job = start_job()
@@ -123,12 +79,7 @@ def test_error_traces_kept_whole_and_sli_counts_equal_what_was_produced(job_env)
     assert policies["errors"] == len(errors)
     assert len(kept) < len(traces)  # not everything is kept
 
-    spans, errs = sli_totals(cfg)
-    want_spans, want_errors = Counter(), Counter()
-    for t in traces:
-        want_spans.update(t.spans_by_service)
-        want_errors.update(t.errors_by_service)
-    assert spans == want_spans and errs == +want_errors
+    assert_sli_exact(cfg, traces)
 
     dead = [avro.decode(avro.DEAD_LETTER, v)["reason"] for _, _, _, v in
             read_all(cfg.kafka.bootstrap_servers, cfg.topics.deadletter.name)]
@@ -145,8 +96,8 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(job_env):
     job = start_job()
     traces = []
     # ~8 s of traffic; kill -9 while traces are buffered and outputs are in flight
-    stats = produce(cfg.kafka.bootstrap_servers, cfg.topics.spans_raw.name, count=800, duration_s=None, rate=200,
-                    config=GeneratorConfig(seed=12, error_rate=0.1), progress=False, on_trace=traces.append)
+    produce(cfg.kafka.bootstrap_servers, cfg.topics.spans_raw.name, count=800, duration_s=None, rate=200,
+            config=GeneratorConfig(seed=12, error_rate=0.1), progress=False, on_trace=traces.append)
     ingested = job.metric("tailsift_spans_ingested_total")
     assert 0 < ingested  # the job was mid-stream
     assert job.metric("tailsift_records_produced_total", topic=cfg.topics.traces_kept.name) > 0  # and had written output
@@ -156,22 +107,6 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(job_env):
     job2 = start_job()
     wait_committed(cfg)
     job2.wait_idle()
-    seen = kept_span_occurrences(cfg)
-    assert seen and max(seen.values()) == 1, f"{sum(n > 1 for n in seen.values())} spans emitted twice"
-    kept: dict[bytes, set[bytes]] = defaultdict(set)
-    for trace_id, span_id in seen:
-        kept[trace_id].add(span_id)
-    errors = [t for t in traces if t.has_error]
-    assert len(errors) >= 40
-    for t in errors:
-        assert kept.get(t.trace_id) == generated_span_ids(t)
-    for t in traces:
-        if t.trace_id in kept:
-            assert kept[t.trace_id] == generated_span_ids(t)
+    assert_kept_exactly_once_and_whole(cfg, traces, min_errors=40)
     assert job2.metric("tailsift_messages_total", outcome="replayed_already_emitted") > 0  # the replay was real
-    spans, errs = sli_totals(cfg)
-    want_spans, want_errors = Counter(), Counter()
-    for t in traces:
-        want_spans.update(t.spans_by_service)
-        want_errors.update(t.errors_by_service)
-    assert spans == want_spans and errs == +want_errors
+    assert_sli_exact(cfg, traces)
