@@ -107,6 +107,7 @@ def build_app(config: Config, job: Job) -> faust.App:
         """Decide due traces, close due windows, write the outputs, ack inputs in offset order."""
         async with lock:
             if job.exactly_once and not (force or flush_all_windows) and time.monotonic() - state["last_write"] < interval:
+                job.update_gauges()  # what was just ingested shows as buffered/uncommitted at once
                 backpressure()
                 return  # transactions are per commit interval, not per batch
             state["last_write"] = time.monotonic()
