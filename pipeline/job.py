@@ -191,6 +191,9 @@ class Job:
                 hold.count += sli.add(msg.partition, service, spans, hold)
             # the decoded batch rides along so a kept trace is not decoded twice
             self._route(trace_id, msg.partition, spans, (hold, value, batch), now_ns)
+        # gauges first: a scrape (another thread) that sees these spans counted must also see them
+        # buffered and uncommitted — else "ingested everything, nothing pending" reads as drained
+        self._buffer_gauges()
         metrics.SPANS.inc(n_spans)
 
     def _route(self, trace_id: bytes, partition: int, spans: list, fragment: tuple, now_ns: int) -> None:
@@ -342,12 +345,15 @@ class Job:
         return (self.assembler.buffered_spans < 0.8 * a.max_buffered_spans
                 and self.assembler.buffered_bytes < 0.8 * a.max_buffered_bytes)
 
-    def update_gauges(self) -> None:
+    def _buffer_gauges(self) -> None:
         metrics.TRACES_IN_MEMORY.set(len(self.assembler))
         metrics.SPANS_BUFFERED.set(self.assembler.buffered_spans)
         metrics.BUFFERED_BYTES.set(self.assembler.buffered_bytes)
         metrics.UNCOMMITTED.set(len(self.tracker))
         metrics.OPEN_WINDOWS.set(len(self.sli))
+
+    def update_gauges(self) -> None:
+        self._buffer_gauges()
         for edge in self.graph.drain():  # once per tick: .labels() per request would cost a lock each
             metrics.GRAPH_REQUESTS.labels(edge.client, edge.server).inc(edge.requests)
             if edge.failed:
@@ -502,6 +508,9 @@ class Job:
                     for group in trace.groups:  # [resource_spans, scope_spans, service, headers]
                         hold.count += sli.add(msg.partition, group[2], group[3], hold)
                 self._route(trace_id, msg.partition, trace.spans, (hold, value, trace), now_ns)
+        # gauges first: a scrape (another thread) that sees these spans counted must also see them
+        # buffered and uncommitted — else "ingested everything, nothing pending" reads as drained
+        self._buffer_gauges()
         metrics.SPANS.inc(n_spans)
 
     def _pii_audit(self, trace_id: bytes, counts: dict[str, int], holds: list[Hold], now_ns: int,
