@@ -103,10 +103,10 @@ def build_app(config: Config, job: Job) -> faust.App:
             log.info("backpressure: %d spans / %d bytes buffered, input paused", job.assembler.buffered_spans,
                      job.assembler.buffered_bytes)
 
-    async def flush(flush_all_windows: bool = False, force: bool = False) -> None:
+    async def flush(flush_all_windows: bool = False) -> None:
         """Decide due traces, close due windows, write the outputs, ack inputs in offset order."""
         async with lock:
-            if job.exactly_once and not (force or flush_all_windows) and time.monotonic() - state["last_write"] < interval:
+            if job.exactly_once and not flush_all_windows and time.monotonic() - state["last_write"] < interval:
                 job.update_gauges()  # what was just ingested shows as buffered/uncommitted at once
                 backpressure()
                 return  # transactions are per commit interval, not per batch
