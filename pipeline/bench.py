@@ -158,6 +158,7 @@ def main(args: argparse.Namespace) -> int:
 
     console = Console(width=None if sys.stdout.isatty() else 120)
     runs: dict[str, dict] = {}
+    g_cfgs: list = []
     with broker(args.bootstrap) as bootstrap, tempfile.TemporaryDirectory(prefix="tailsift-bench-") as tmp:
         ensure_token_key(console)
         run_id = f"bench-{uuid.uuid4().hex[:6]}"
@@ -172,17 +173,30 @@ def main(args: argparse.Namespace) -> int:
             f_secs, f_msgs, f_spans = floor(bootstrap, topic, partitions, stats.messages)
             assert f_spans == stats.spans, (f_spans, stats.spans)
             # the same topic drained by each delivery guarantee, each its own consumer group
+            # the same input drained by each delivery guarantee, each with its own consumer group and
+            # its own output topics (a shared decision log would make the second run follow the
+            # first run's decisions instead of deciding)
             for guarantee in ("exactly_once", "at_least_once"):
                 data = yaml.safe_load(path.read_text())
                 data["kafka"]["group_id"] = f"{run_id}-{guarantee}"
                 data["job"]["processing_guarantee"] = guarantee
+                for key, topic in data["topics"].items():
+                    if key != "spans_raw":
+                        topic["name"] = f"{topic['name']}.{guarantee}"
                 g_path = Path(tmp) / f"{guarantee}.yaml"
                 g_path.write_text(yaml.safe_dump(data, sort_keys=False))
+                g_cfg = config_mod.load(g_path)
+                create_topics(g_cfg)
+                g_cfgs.append(g_cfg)
                 console.print(f"pipeline run: {guarantee} …")
-                runs[guarantee] = run_pipeline(g_path, config_mod.load(g_path), bootstrap,
-                                               Path(tmp) / f"{guarantee}.log", stats.spans)
+                runs[guarantee] = run_pipeline(g_path, g_cfg, bootstrap, Path(tmp) / f"{guarantee}.log", stats.spans)
+                decided = sum(v for k, v in runs[guarantee]["metrics"].items() if k.startswith("tailsift_traces_decided_total"))
+                if decided != stats.traces:  # a figure for a run that skipped work would be meaningless
+                    raise RuntimeError(f"{guarantee}: {decided:.0f} of {stats.traces} traces decided")
         finally:
             delete_topics(cfg)
+            for g_cfg in g_cfgs:
+                delete_topics(g_cfg)
 
     f_rate = f_spans / f_secs
     eos, alo = runs["exactly_once"], runs["at_least_once"]
