@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from operators.assemble import TraceAssembler, TraceBuffer
 from operators.commit import CommitTracker, Hold
 from operators.decide import Decision, DecisionEngine
-from operators.decision_cache import DROPPED, DecisionCache, KeptEntry
+from operators.decision_cache import DROPPED, DecisionCache
 from operators.privacy.sanitize import sanitize_span_name
 from operators.sli import SliWindows, WindowAggregate, window_record
 from operators.service_graph import ServiceGraph
@@ -145,14 +145,11 @@ class Job:
     def ingest(self, messages: Iterable[Received], now_ns: int) -> None:
         if self.ingest_format != "avro":
             return self._ingest_otlp(messages, now_ns)
-        sli, tracker, processed, replayed_through = self.sli, self.tracker, self._processed, self._replayed_through
+        sli, tracker = self.sli, self.tracker
         n_spans = 0
         for msg in messages:
             value = msg.value
-            processed[msg.partition] = msg.offset
-            # a message the previous owner already counted into SLIs / dead-lettered / re-keyed
-            # (exactly_once checkpoint): only its trace routing runs again, and that dedups itself
-            replay = bool(replayed_through) and msg.offset <= replayed_through.get(msg.partition, -1)
+            replay = self._replayed(msg)
             try:
                 if not value:
                     raise _Malformed("empty_value", "the message value is empty or null (tombstone)")
@@ -167,11 +164,7 @@ class Job:
                 if trace_id == _ZERO_TRACE_ID:
                     raise _Malformed("invalid_trace_id", "the trace ID is all zeros")
             except _Malformed as bad:
-                if replay:
-                    tracker.track(msg.partition, msg.offset, msg.ref, 0)
-                    continue
-                hold = tracker.track(msg.partition, msg.offset, msg.ref, 1)
-                self._pending.append(self._dead_letter(msg, bad.reason, bad.detail, now_ns, hold))
+                self._reject(msg, bad, now_ns, replay)
                 continue
             if msg.key != trace_id:
                 # Spans of one trace must meet on one partition: re-publish keyed by trace ID.
@@ -195,6 +188,23 @@ class Job:
         # buffered and uncommitted — else "ingested everything, nothing pending" reads as drained
         self._buffer_gauges()
         metrics.SPANS.inc(n_spans)
+
+    def _replayed(self, msg: Received) -> bool:
+        """Note ``msg`` as ingested (for the next checkpoint). True when the restored checkpoint says
+        its side outputs (SLI counts, dead letter, re-keyed copy) are written already: only its trace
+        routing runs again, and that dedups itself (exactly_once)."""
+        self._processed[msg.partition] = msg.offset
+        through = self._replayed_through
+        return bool(through) and msg.offset <= through.get(msg.partition, -1)
+
+    def _reject(self, msg: Received, bad: "_Malformed", now_ns: int, replay: bool) -> None:
+        """A malformed message: to the dead-letter topic (holding its offset until written), unless
+        a replay finds it dead-lettered already."""
+        if replay:
+            self.tracker.track(msg.partition, msg.offset, msg.ref, 0)
+            return
+        hold = self.tracker.track(msg.partition, msg.offset, msg.ref, 1)
+        self._pending.append(self._dead_letter(msg, bad.reason, bad.detail, now_ns, hold))
 
     def _route(self, trace_id: bytes, partition: int, spans: list, fragment: tuple, now_ns: int) -> None:
         """Buffer one message's spans of a trace, or — when the trace was decided already — make
@@ -466,12 +476,10 @@ class Job:
         """OTLP input: header-only decode split per trace ID. A message feeding N traces holds N
         trace obligations; one not keyed by its single trace ID is re-published per trace (rekey)."""
         sli, tracker, fmt = self.sli, self.tracker, self.ingest_format
-        processed, replayed_through = self._processed, self._replayed_through
         n_spans = 0
         for msg in messages:
             value = msg.value
-            processed[msg.partition] = msg.offset
-            replay = bool(replayed_through) and msg.offset <= replayed_through.get(msg.partition, -1)
+            replay = self._replayed(msg)
             try:
                 if not value:
                     raise _Malformed("empty_value", "the message value is empty or null (tombstone)")
@@ -484,11 +492,7 @@ class Job:
                 if not traces:
                     raise _Malformed("empty_batch", "the request has no spans")
             except _Malformed as bad:
-                if replay:
-                    tracker.track(msg.partition, msg.offset, msg.ref, 0)
-                    continue
-                hold = tracker.track(msg.partition, msg.offset, msg.ref, 1)
-                self._pending.append(self._dead_letter(msg, bad.reason, bad.detail, now_ns, hold))
+                self._reject(msg, bad, now_ns, replay)
                 continue
             if self.rekey and (len(traces) > 1 or not otlp.key_matches(msg.key, next(iter(traces)))):
                 # Spans of one trace must meet on one partition: re-publish per trace, keyed by trace ID.
