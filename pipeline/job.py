@@ -279,7 +279,7 @@ class Job:
                 fragments.append((hold, value, batch))
             buf.spans, buf.fragments = spans, fragments
         self.graph.add_trace(buf.spans)
-        view = TraceView(buf.trace_id, buf.spans, now_ns=decided_ns, size_bytes=buf.size_bytes or sum(len(f[1]) for f in buf.fragments),
+        view = TraceView(buf.trace_id, buf.spans, now_ns=decided_ns, size_bytes=buf.size_bytes,
                          decode_detail=self._decode_detail)  # attributes decoded only if a policy asks
         decision = self.engine.decide(view)
         if self._link_hints and buf.trace_id in self._link_hints:
