@@ -167,9 +167,17 @@ class EmaKeyedSampler(KeyedSampler):
     and burst detection: when the current interval's count passes ``burst_multiple`` × the EMA
     total (after ``burst_detection_delay`` intervals of history), the rates are recomputed at once."""
 
-    def __init__(self, name: str, field_list: Sequence[str], interval_ns: int, max_keys: int,
-                 weight: float = 0.5, age_out_value: float = 0.5, burst_multiple: float = 2.0,
-                 burst_detection_delay: int = 3):
+    def __init__(
+        self,
+        name: str,
+        field_list: Sequence[str],
+        interval_ns: int,
+        max_keys: int,
+        weight: float = 0.5,
+        age_out_value: float = 0.5,
+        burst_multiple: float = 2.0,
+        burst_detection_delay: int = 3,
+    ):
         super().__init__(name, field_list, interval_ns, max_keys)
         self.weight = weight
         self.age_out_value = age_out_value

@@ -102,8 +102,9 @@ class TraceAssembler:
     def __len__(self) -> int:
         return len(self._traces)
 
-    def add(self, trace_id: bytes, partition: int, spans: list[SpanHeader], fragment: Any, now_ns: int,
-            size_bytes: int = 0) -> list[TraceBuffer]:
+    def add(
+        self, trace_id: bytes, partition: int, spans: list[SpanHeader], fragment: Any, now_ns: int, size_bytes: int = 0
+    ) -> list[TraceBuffer]:
         """Buffer one message's spans. Callers check the decision cache first for late spans.
         Returns the traces this message sealed: always [] in processing time (see ``due``)."""
         buf = self._traces.get(trace_id)
@@ -175,8 +176,9 @@ class TraceAssembler:
     # arrival, a later span end) pushes a new entry; the old one goes stale and is skipped when it
     # surfaces (an entry is live iff its trace is still buffered as that buffer with that deadline).
     # (deadline, trace ID) decides the order; seq only separates entries of the same trace.
-    def _add_event(self, trace_id: bytes, partition: int, spans: list[SpanHeader], fragment: Any, now_ns: int,
-                   size_bytes: int = 0) -> list[TraceBuffer]:
+    def _add_event(
+        self, trace_id: bytes, partition: int, spans: list[SpanHeader], fragment: Any, now_ns: int, size_bytes: int = 0
+    ) -> list[TraceBuffer]:
         """Event time: buffer one message, advance its partition's watermark, return what it sealed."""
         marks = self.watermarks
         if spans:
@@ -189,8 +191,9 @@ class TraceAssembler:
         traces = self._traces
         buf = traces.get(trace_id)
         if buf is None:
-            buf = traces[trace_id] = TraceBuffer(trace_id, partition, event_ns, event_ns + self.decision_wait_ns,
-                                                 last_seen_ns=event_ns)
+            buf = traces[trace_id] = TraceBuffer(
+                trace_id, partition, event_ns, event_ns + self.decision_wait_ns, last_seen_ns=event_ns
+            )
             old = None
         else:
             old = buf.deadline_ns
@@ -288,8 +291,9 @@ class TraceAssembler:
             traces = self._traces
             heads = [(h[0], p) for p, h in heaps.items() if h]
             heapq.heapify(heads)
-            while heads and (self.buffered_spans > self.max_buffered_spans
-                             or self.buffered_bytes > self.max_buffered_bytes):
+            while heads and (
+                self.buffered_spans > self.max_buffered_spans or self.buffered_bytes > self.max_buffered_bytes
+            ):
                 (d, tid, _, buf), p = heapq.heappop(heads)
                 heap = heaps[p]
                 heapq.heappop(heap)

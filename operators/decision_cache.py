@@ -54,7 +54,9 @@ class DecisionCache:
                 return DROPPED
         return None
 
-    def remember(self, trace_id: bytes, decision: Decision, partition: int, offsets=(), decided_at_ns: int = 0) -> KeptEntry | None:
+    def remember(
+        self, trace_id: bytes, decision: Decision, partition: int, offsets=(), decided_at_ns: int = 0
+    ) -> KeptEntry | None:
         """Record a decision (kept: with the input offsets emitted for it). Returns the kept entry."""
         if not decision.keep:
             self._kept.pop(trace_id, None)

@@ -167,8 +167,14 @@ class SliWindows:
                 if agg is None:
                     start_of_window = key[0]
                     agg = cell[key] = WindowAggregate(
-                        service, start_of_window, start_of_window + window_ns,
-                        DDSketch(self.relative_accuracy), op, key[2], status, partitions={partition},
+                        service,
+                        start_of_window,
+                        start_of_window + window_ns,
+                        DDSketch(self.relative_accuracy),
+                        op,
+                        key[2],
+                        status,
+                        partitions={partition},
                     )
                 if hold is not None and (not agg.holds or agg.holds[-1] is not hold):
                     agg.holds.append(hold)

@@ -21,8 +21,14 @@ WindowKey = tuple[str, str, str, str, int, int]  # service, operation, kind, sta
 
 
 def window_key(record: dict) -> WindowKey:
-    return (record["service"], record["operation"], record["span_kind"], record.get("status", "*"),
-            record["window_start_unix_nano"], record["window_end_unix_nano"])
+    return (
+        record["service"],
+        record["operation"],
+        record["span_kind"],
+        record.get("status", "*"),
+        record["window_start_unix_nano"],
+        record["window_end_unix_nano"],
+    )
 
 
 @dataclass
@@ -39,15 +45,30 @@ class MergedWindow:
     sketch: DDSketch | None = None
 
     def add_record(self, r: dict) -> None:
-        self._add(r["span_count"], r["error_count"], r.get("root_count", 0), r["latency_ms"]["min"],
-                  r["latency_ms"]["max"], r["latency_ms"]["sum"], sketch_from_record(r["sketch"]))
+        self._add(
+            r["span_count"],
+            r["error_count"],
+            r.get("root_count", 0),
+            r["latency_ms"]["min"],
+            r["latency_ms"]["max"],
+            r["latency_ms"]["sum"],
+            sketch_from_record(r["sketch"]),
+        )
         self.partitions.update(r.get("partitions", ()))
         if r.get("worker"):
             self.workers.add(r["worker"])
 
     def merge(self, other: "MergedWindow") -> None:
-        self._add(other.span_count, other.error_count, other.root_count, other.min_ms, other.max_ms,
-                  other.sum_ms, other.sketch, other.partials)
+        self._add(
+            other.span_count,
+            other.error_count,
+            other.root_count,
+            other.min_ms,
+            other.max_ms,
+            other.sum_ms,
+            other.sketch,
+            other.partials,
+        )
         self.partitions |= other.partitions
         self.workers |= other.workers
 

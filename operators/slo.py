@@ -49,8 +49,7 @@ class Objective:
     alerts: tuple[BurnAlert, ...] = DEFAULT_ALERTS
 
     def matches(self, service: str, operation: str, span_kind: str) -> bool:
-        return (service == self.service and self.operation in ("*", operation)
-                and self.span_kind in ("*", span_kind))
+        return service == self.service and self.operation in ("*", operation) and self.span_kind in ("*", span_kind)
 
     @property
     def windows_s(self) -> list[int]:
@@ -82,8 +81,16 @@ class SloTracker:
         self.objectives = list(objectives)
         self._state = {o.name: _State() for o in self.objectives}
 
-    def observe(self, service: str, operation: str, span_kind: str, window_end_ns: int,
-                span_count: int, error_count: int, sketch: DDSketch | None) -> list[tuple[str, int, float]]:
+    def observe(
+        self,
+        service: str,
+        operation: str,
+        span_kind: str,
+        window_end_ns: int,
+        span_count: int,
+        error_count: int,
+        sketch: DDSketch | None,
+    ) -> list[tuple[str, int, float]]:
         """One emitted SLI window (or partial) — every partial counts once. Returns
         (objective name, events, bad events) for each objective it fed."""
         fed = []
@@ -133,8 +140,15 @@ class SloTracker:
         for o in self.objectives:
             rates = {w: self.burn_rate(o.name, w, now_ns) for w in o.windows_s}
             firing = [a.severity for a in o.alerts if rates[a.long_s] > a.factor and rates[a.short_s] > a.factor]
-            out.append({"slo": o.name, "service": o.service, "budget_remaining": self.budget_remaining(o.name, now_ns),
-                        "burn_rates": rates, "firing": firing})
+            out.append(
+                {
+                    "slo": o.name,
+                    "service": o.service,
+                    "budget_remaining": self.budget_remaining(o.name, now_ns),
+                    "burn_rates": rates,
+                    "firing": firing,
+                }
+            )
         return out
 
     def _objective(self, name: str) -> Objective:
@@ -150,5 +164,3 @@ def window_label(seconds: int) -> str:
         if seconds % n == 0:
             return f"{seconds // n}{unit}"
     return f"{seconds}s"
-
-

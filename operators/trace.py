@@ -34,8 +34,14 @@ DetailDecoder = Callable[[bytes], dict]
 
 # Header fields that attribute-style lookups resolve without decoding anything.
 HEADER_FIELDS = {
-    "service.name": "service", "service": "service", "name": "name", "span.name": "name",
-    "kind": "kind", "span.kind": "kind", "status_code": "status_code", "status.code": "status_code",
+    "service.name": "service",
+    "service": "service",
+    "name": "name",
+    "span.name": "name",
+    "kind": "kind",
+    "span.kind": "kind",
+    "status_code": "status_code",
+    "status.code": "status_code",
 }
 
 
@@ -47,8 +53,14 @@ class TraceView:
     it defaults to the trace's latest span end. ``size_bytes`` is the trace's encoded size (the
     job passes the Kafka value sizes; else the details' sizes plus a header estimate)."""
 
-    def __init__(self, trace_id: bytes, spans: Iterable[SpanHeader], now_ns: int | None = None,
-                 size_bytes: int | None = None, decode_detail: DetailDecoder | None = None):
+    def __init__(
+        self,
+        trace_id: bytes,
+        spans: Iterable[SpanHeader],
+        now_ns: int | None = None,
+        size_bytes: int | None = None,
+        decode_detail: DetailDecoder | None = None,
+    ):
         self.trace_id = trace_id
         self.spans = list(spans)
         self._now_ns = now_ns

@@ -47,8 +47,10 @@ def check_topics(config: Config) -> None:
     have_in, have_dec = len(existing[spans].partitions), len(existing[decisions].partitions)
     if have_dec < have_in:
         # decisions of input partition p are written to decision-log partition p
-        raise TopicsMissing(f"topics.decisions ({decisions}) has {have_dec} partitions but topics.spans_raw ({spans}) has "
-                            f"{have_in}: add partitions to the decision log (kafka-topics --alter --partitions {have_in})")
+        raise TopicsMissing(
+            f"topics.decisions ({decisions}) has {have_dec} partitions but topics.spans_raw ({spans}) has "
+            f"{have_in}: add partitions to the decision log (kafka-topics --alter --partitions {have_in})"
+        )
 
 
 def build_app(config: Config, job: Job) -> faust.App:
@@ -68,13 +70,14 @@ def build_app(config: Config, job: Job) -> faust.App:
         broker_commit_every=10_000,
         consumer_auto_offset_reset="earliest",
     )
-    spans_topic = app.topic(
-        config.topics.spans_raw.name, key_serializer="raw", value_serializer="raw", internal=False
-    )
+    spans_topic = app.topic(config.topics.spans_raw.name, key_serializer="raw", value_serializer="raw", internal=False)
     # exactly_once: one transaction per commit interval holds the kept traces, their decisions, SLI
     # partials, dead letters and each partition's checkpoint; the input offsets follow (see README)
-    emitter = Emitter(k.bootstrap_servers, f"tailsift.{k.group_id}.{job.worker_id}" if job.exactly_once else None,
-                      j.transaction_timeout_ms)
+    emitter = Emitter(
+        k.bootstrap_servers,
+        f"tailsift.{k.group_id}.{job.worker_id}" if job.exactly_once else None,
+        j.transaction_timeout_ms,
+    )
     writer = ThreadPoolExecutor(1, thread_name_prefix="tailsift-emit")  # librdkafka blocks; keep the loop free
     lock = asyncio.Lock()
     streams: list = []
@@ -100,8 +103,11 @@ def build_app(config: Config, job: Job) -> faust.App:
             flowing.clear()
             state["paused_since"] = time.monotonic()
             metrics.PAUSED.set(1)
-            log.info("backpressure: %d spans / %d bytes buffered, input paused", job.assembler.buffered_spans,
-                     job.assembler.buffered_bytes)
+            log.info(
+                "backpressure: %d spans / %d bytes buffered, input paused",
+                job.assembler.buffered_spans,
+                job.assembler.buffered_bytes,
+            )
 
     async def flush(flush_all_windows: bool = False) -> None:
         """Decide due traces, close due windows, write the outputs, ack inputs in offset order."""
@@ -176,8 +182,13 @@ def build_app(config: Config, job: Job) -> faust.App:
                 async with lock:
                     n = sum(job.restore(p, records[p]) for p in parts)
                 metrics.RESTORE_SECONDS.observe(time.perf_counter() - started)
-                log.info("partitions assigned: %s; %d decisions restored from %s in %.2f s", parts, n,
-                         config.topics.decisions.name, time.perf_counter() - started)
+                log.info(
+                    "partitions assigned: %s; %d decisions restored from %s in %.2f s",
+                    parts,
+                    n,
+                    config.topics.decisions.name,
+                    time.perf_counter() - started,
+                )
         finally:
             restored.set()
 
@@ -202,8 +213,14 @@ def run(config: Config, loglevel: str = "info") -> int:
     job = Job(config, protector=protector)
     app = build_app(config, job)
     metrics.serve(config.metrics.port, config.metrics.host)
-    log.info("tailsift worker %s: %s → %s, %s (metrics on :%s)", job.worker_id, job.input_topic,
-             job.kept_topic, job.sli_topic, config.metrics.port or "off")
+    log.info(
+        "tailsift worker %s: %s → %s, %s (metrics on :%s)",
+        job.worker_id,
+        job.input_topic,
+        job.kept_topic,
+        job.sli_topic,
+        config.metrics.port or "off",
+    )
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()  # returns via SystemExit
     return 0

@@ -43,8 +43,14 @@ def cpu_seconds(pid: int) -> float:
 
 def floor(bootstrap: str, topic: str, partitions: int, messages: int) -> tuple[float, int, int]:
     """Consume every message and decode its batch; returns (seconds, messages, spans)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"floor-{uuid.uuid4().hex[:6]}",
-                  "enable.auto.commit": False, "fetch.max.bytes": 52_428_800})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"floor-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 52_428_800,
+        }
+    )
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     n = spans = 0
     t0 = None
@@ -71,8 +77,9 @@ def floor(bootstrap: str, topic: str, partitions: int, messages: int) -> tuple[f
 
 def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
     """A quantile from a scraped Prometheus histogram, interpolated within its bucket (as PromQL)."""
-    buckets = sorted((float(k.split("le=")[1].rstrip("}")), v) for k, v in metrics.items()
-                     if k.startswith(name + "_bucket{"))
+    buckets = sorted(
+        (float(k.split("le=")[1].rstrip("}")), v) for k, v in metrics.items() if k.startswith(name + "_bucket{")
+    )
     if not buckets or buckets[-1][1] == 0:
         return float("nan")
     rank = q * buckets[-1][1]
@@ -102,8 +109,12 @@ def memory_per_buffered_span(traces: int = 3000) -> tuple[float, float, int]:
         for key, value in gen.trace(1_700_000_000_000_000_000 + i * 1_000_000).messages():
             messages.append(Received(0, len(messages), key, value))
     raw = sum(len(m.value) for m in messages)
-    job = Job(config_mod.parse({"privacy": {"enabled": False}, "assemble": {"decision_wait_ms": 3_600_000,
-                                "root_quiet_gap_ms": 0}}), worker_id="bench")
+    job = Job(
+        config_mod.parse(
+            {"privacy": {"enabled": False}, "assemble": {"decision_wait_ms": 3_600_000, "root_quiet_gap_ms": 0}}
+        ),
+        worker_id="bench",
+    )
     job.ingest(messages[:50], 0)  # warm caches (operation labels, sketches) outside the measurement
     rest = messages[50:]
     gc.collect()
@@ -148,8 +159,12 @@ def run_pipeline(path: Path, cfg, bootstrap: str, log: Path, spans: int) -> dict
         job.stop()
     p_spans = spans - first[1]  # spans ingested after the first sample
     p_secs = last - first[0]
-    return {"rate": p_spans / p_secs if p_secs > 0 else float("inf"), "cpu_per_span": cpu_ingest / max(p_spans, 1),
-            "drain": drained - first[0], "metrics": metrics}
+    return {
+        "rate": p_spans / p_secs if p_secs > 0 else float("inf"),
+        "cpu_per_span": cpu_ingest / max(p_spans, 1),
+        "drain": drained - first[0],
+        "metrics": metrics,
+    }
 
 
 def main(args: argparse.Namespace) -> int:
@@ -162,14 +177,26 @@ def main(args: argparse.Namespace) -> int:
     with broker(args.bootstrap) as bootstrap, tempfile.TemporaryDirectory(prefix="tailsift-bench-") as tmp:
         ensure_token_key(console)
         run_id = f"bench-{uuid.uuid4().hex[:6]}"
-        path, cfg = run_config(bootstrap, run_id, Path(tmp), assemble={"decision_wait_ms": 1000},
-                               sli={"window_seconds": 10, "grace_seconds": 1})
+        path, cfg = run_config(
+            bootstrap,
+            run_id,
+            Path(tmp),
+            assemble={"decision_wait_ms": 1000},
+            sli={"window_seconds": 10, "grace_seconds": 1},
+        )
         create_topics(cfg)
         topic, partitions = cfg.topics.spans_raw.name, cfg.topics.spans_raw.partitions
         try:
             console.print(f"pre-filling {topic} with {args.traces:,} traces …")
-            stats = produce(bootstrap, topic, count=args.traces, duration_s=None, rate=None,
-                            config=GeneratorConfig(seed=7), progress=True)
+            stats = produce(
+                bootstrap,
+                topic,
+                count=args.traces,
+                duration_s=None,
+                rate=None,
+                config=GeneratorConfig(seed=7),
+                progress=True,
+            )
             f_secs, f_msgs, f_spans = floor(bootstrap, topic, partitions, stats.messages)
             assert f_spans == stats.spans, (f_spans, stats.spans)
             # the same topic drained by each delivery guarantee, each its own consumer group
@@ -190,7 +217,9 @@ def main(args: argparse.Namespace) -> int:
                 g_cfgs.append(g_cfg)
                 console.print(f"pipeline run: {guarantee} …")
                 runs[guarantee] = run_pipeline(g_path, g_cfg, bootstrap, Path(tmp) / f"{guarantee}.log", stats.spans)
-                decided = sum(v for k, v in runs[guarantee]["metrics"].items() if k.startswith("tailsift_traces_decided_total"))
+                decided = sum(
+                    v for k, v in runs[guarantee]["metrics"].items() if k.startswith("tailsift_traces_decided_total")
+                )
                 if decided != stats.traces:  # a figure for a run that skipped work would be meaningless
                     raise RuntimeError(f"{guarantee}: {decided:.0f} of {stats.traces} traces decided")
         finally:
@@ -204,28 +233,43 @@ def main(args: argparse.Namespace) -> int:
     kept = sum(v for k, v in metrics.items() if k.startswith("tailsift_traces_decided_total") and "decision=keep" in k)
     decided = sum(v for k, v in metrics.items() if k.startswith("tailsift_traces_decided_total"))
 
-    t = Table(title=f"tailsift bench: {stats.traces:,} traces, {stats.spans:,} spans in {stats.messages:,} messages, {partitions} partitions")
+    t = Table(
+        title=f"tailsift bench: {stats.traces:,} traces, {stats.spans:,} spans in {stats.messages:,} messages, {partitions} partitions"
+    )
     t.add_column("measure")
     t.add_column("value", justify="right")
-    t.add_row("floor: confluent-kafka consume(500) + batch decode", f"{f_rate:,.0f} spans/s ({f_msgs / f_secs:,.0f} msgs/s)")
+    t.add_row(
+        "floor: confluent-kafka consume(500) + batch decode", f"{f_rate:,.0f} spans/s ({f_msgs / f_secs:,.0f} msgs/s)"
+    )
     for name, r in (("exactly_once", eos), ("at_least_once", alo)):
-        t.add_row(f"pipeline, {name}: tailsift run (decode, assemble, decide, SLIs, emit, commit)",
-                  f"{r['rate']:,.0f} spans/s ({r['rate'] * stats.messages / stats.spans:,.0f} msgs/s)")
+        t.add_row(
+            f"pipeline, {name}: tailsift run (decode, assemble, decide, SLIs, emit, commit)",
+            f"{r['rate']:,.0f} spans/s ({r['rate'] * stats.messages / stats.spans:,.0f} msgs/s)",
+        )
         t.add_row(f"  ratio pipeline / floor ({name})", f"{r['rate'] / f_rate:.3f}")
         t.add_row(f"  job CPU per span while ingesting ({name})", f"{1e6 * r['cpu_per_span']:.1f} µs")
         lat = r["metrics"]
-        t.add_row(f"  decision latency p50 / p99 ({name}): decision point → outputs written",
-                  f"{histogram_quantile(lat, 'tailsift_decision_latency_seconds', 0.5):.3f} / "
-                  f"{histogram_quantile(lat, 'tailsift_decision_latency_seconds', 0.99):.3f} s")
-        t.add_row(f"  drain: first span in → all offsets committable ({name})", f"{r['drain']:.1f} s (incl. 1 s decision wait)")
+        t.add_row(
+            f"  decision latency p50 / p99 ({name}): decision point → outputs written",
+            f"{histogram_quantile(lat, 'tailsift_decision_latency_seconds', 0.5):.3f} / "
+            f"{histogram_quantile(lat, 'tailsift_decision_latency_seconds', 0.99):.3f} s",
+        )
+        t.add_row(
+            f"  drain: first span in → all offsets committable ({name})",
+            f"{r['drain']:.1f} s (incl. 1 s decision wait)",
+        )
     t.add_row("cost of exactly_once (throughput at_least_once / exactly_once)", f"{alo['rate'] / eos['rate']:.2f}×")
     t.add_row("kept traces", f"{kept:,.0f} of {decided:,.0f} ({100 * kept / decided if decided else 0:.1f}%)")
     per_span, raw_per_span, n = memory_per_buffered_span()
-    t.add_row(f"memory per buffered span beyond its raw bytes ({n:,} spans buffered, tracemalloc)",
-              f"{per_span:,.0f} B (raw: {raw_per_span:,.0f} B/span)")
+    t.add_row(
+        f"memory per buffered span beyond its raw bytes ({n:,} spans buffered, tracemalloc)",
+        f"{per_span:,.0f} B (raw: {raw_per_span:,.0f} B/span)",
+    )
     console.print(t)
-    print(f"BENCH floor_spans_per_s={f_rate:.0f} pipeline_spans_per_s={eos['rate']:.0f} ratio={eos['rate'] / f_rate:.3f} "
-          f"at_least_once_spans_per_s={alo['rate']:.0f} buffered_span_bytes={per_span:.0f}")
+    print(
+        f"BENCH floor_spans_per_s={f_rate:.0f} pipeline_spans_per_s={eos['rate']:.0f} ratio={eos['rate'] / f_rate:.3f} "
+        f"at_least_once_spans_per_s={alo['rate']:.0f} buffered_span_bytes={per_span:.0f}"
+    )
 
     from pipeline.privacy import bench_protect
 

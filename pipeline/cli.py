@@ -19,8 +19,13 @@ pre-sampling per-service SLI windows to sli.windows. See README.md for the confi
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("-c", "--config", required=required, metavar="FILE",
-                   help="YAML config file (see README 'Configuration'); KAFKA_BOOTSTRAP_SERVERS overrides kafka.bootstrap_servers")
+    p.add_argument(
+        "-c",
+        "--config",
+        required=required,
+        metavar="FILE",
+        help="YAML config file (see README 'Configuration'); KAFKA_BOOTSTRAP_SERVERS overrides kafka.bootstrap_servers",
+    )
 
 
 def _load(path: str | None) -> config_mod.Config:
@@ -101,12 +106,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tailsift", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="tailsift", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run the stream job (a Faust worker; scale out by starting more)",
-                       description="Run the tail-sampling worker. Stops gracefully on SIGTERM/SIGINT; "
-                                   "buffered spans are uncommitted and are reread after a restart.")
+    p = sub.add_parser(
+        "run",
+        help="run the stream job (a Faust worker; scale out by starting more)",
+        description="Run the tail-sampling worker. Stops gracefully on SIGTERM/SIGINT; "
+        "buffered spans are uncommitted and are reread after a restart.",
+    )
     _add_config(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_run)
@@ -125,9 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pipeline.generator import cli as gen_cli
 
-    p = sub.add_parser("generate", help="produce realistic multi-service traces to the input topic",
-                       description="Generate realistic traces (8 services, fan-out, queue hops, errors, slow tail, "
-                                   "PII-looking attributes) and produce them keyed by trace ID.")
+    p = sub.add_parser(
+        "generate",
+        help="produce realistic multi-service traces to the input topic",
+        description="Generate realistic traces (8 services, fan-out, queue hops, errors, slow tail, "
+        "PII-looking attributes) and produce them keyed by trace ID.",
+    )
     _add_config(p, required=False)
     gen_cli.add_arguments(p)
     p.set_defaults(func=cmd_generate)
@@ -141,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sli", help="merge the SLI window partials on sli.windows into exact totals and print them")
     _add_config(p, required=False)
     from pipeline.sli_reader import add_arguments as _sli_arguments
+
     _sli_arguments(p)
     p.set_defaults(func=cmd_sli)
 

@@ -23,8 +23,6 @@ class ConfigError(Exception):
     """A config file that cannot be used; the message names the file, the key and the problem."""
 
 
-
-
 class KafkaConfig(Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = Field("tailsift", description="consumer group of the job; also the Faust app id")
@@ -62,27 +60,55 @@ class TopicsConfig(Strict):
 
 class AssembleConfig(Strict):
     decision_wait_ms: int = Field(5_000, ge=0, le=3_600_000, description="wait after a trace's first span")
-    root_quiet_gap_ms: int = Field(2_000, ge=0, le=3_600_000,
-                                   description="decide earlier once the root span arrived and the trace was quiet this long; 0 = off")
+    root_quiet_gap_ms: int = Field(
+        2_000,
+        ge=0,
+        le=3_600_000,
+        description="decide earlier once the root span arrived and the trace was quiet this long; 0 = off",
+    )
     time: Literal["processing", "event"] = Field(
-        "processing", description="processing: decision points on the worker's clock (live traffic); event: on span end "
-                                  "times with per-partition watermarks, so a replay of recorded data decides the same way")
-    allowed_lateness_ms: int = Field(1_000, ge=0, le=3_600_000,
-                                     description="event time: the watermark trails the newest span end time seen on a partition by this much")
-    idle_partition_ms: int = Field(10_000, ge=100, le=3_600_000,
-                                   description="event time: a partition that received nothing for this long (worker clock) decides all its traces")
+        "processing",
+        description="processing: decision points on the worker's clock (live traffic); event: on span end "
+        "times with per-partition watermarks, so a replay of recorded data decides the same way",
+    )
+    allowed_lateness_ms: int = Field(
+        1_000,
+        ge=0,
+        le=3_600_000,
+        description="event time: the watermark trails the newest span end time seen on a partition by this much",
+    )
+    idle_partition_ms: int = Field(
+        10_000,
+        ge=100,
+        le=3_600_000,
+        description="event time: a partition that received nothing for this long (worker clock) decides all its traces",
+    )
     max_buffered_spans: int = Field(1_000_000, ge=1, description="global bound on spans awaiting a decision")
-    max_buffered_bytes: int = Field(512 * 1024 * 1024, ge=1, description="global bound on raw bytes awaiting a decision")
+    max_buffered_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="global bound on raw bytes awaiting a decision"
+    )
     overflow: Literal["backpressure", "force_decision"] = Field(
-        "backpressure", description="at a bound: pause the input partitions until decisions drain (Kafka holds the data), "
-                                    "or decide the oldest traces early")
+        "backpressure",
+        description="at a bound: pause the input partitions until decisions drain (Kafka holds the data), "
+        "or decide the oldest traces early",
+    )
     max_spans_per_trace: int = Field(10_000, ge=1, description="a trace reaching it is decided at once")
-    max_trace_bytes: int = Field(16 * 1024 * 1024, ge=1, description="a trace whose raw bytes reach it is decided at once")
-    decision_cache_size: int = Field(100_000, ge=0, description="recent kept decisions remembered in memory for late spans")
-    dropped_cache_size: int = Field(1_000_000, ge=0, description="recent dropped decisions remembered (compact filter, ~70 B each)")
-    decision_restore_ms: int = Field(600_000, ge=0, le=7 * 86_400_000,
-                                     description="on partition assignment, restore decisions made this long before the "
-                                                 "partition's committed input offset from topics.decisions; 0 = no restore")
+    max_trace_bytes: int = Field(
+        16 * 1024 * 1024, ge=1, description="a trace whose raw bytes reach it is decided at once"
+    )
+    decision_cache_size: int = Field(
+        100_000, ge=0, description="recent kept decisions remembered in memory for late spans"
+    )
+    dropped_cache_size: int = Field(
+        1_000_000, ge=0, description="recent dropped decisions remembered (compact filter, ~70 B each)"
+    )
+    decision_restore_ms: int = Field(
+        600_000,
+        ge=0,
+        le=7 * 86_400_000,
+        description="on partition assignment, restore decisions made this long before the "
+        "partition's committed input offset from topics.decisions; 0 = no restore",
+    )
 
 
 class _PolicyBase(Strict):
@@ -109,7 +135,9 @@ class LatencyPolicyConfig(_PolicyBase):
 class ProbabilisticPolicyConfig(_PolicyBase):
     type: Literal["probabilistic"]
     sampling_percentage: float = Field(gt=0, le=100)
-    hash_salt: str = Field("", max_length=64, description="randomness from a salted hash of the trace ID instead of OTEP 235 R")
+    hash_salt: str = Field(
+        "", max_length=64, description="randomness from a salted hash of the trace ID instead of OTEP 235 R"
+    )
 
 
 class AlwaysSamplePolicyConfig(_PolicyBase):
@@ -242,8 +270,23 @@ class CompositePolicyConfig(_PolicyBase):
         return self
 
 
-RuleOperator = Literal["=", "!=", ">", "<", ">=", "<=", "starts-with", "contains", "does-not-contain", "exists",
-                       "not-exists", "matches", "in", "not-in", "has-root-span"]
+RuleOperator = Literal[
+    "=",
+    "!=",
+    ">",
+    "<",
+    ">=",
+    "<=",
+    "starts-with",
+    "contains",
+    "does-not-contain",
+    "exists",
+    "not-exists",
+    "matches",
+    "in",
+    "not-in",
+    "has-root-span",
+]
 
 
 class RuleConditionConfig(Strict):
@@ -359,12 +402,29 @@ class RarePathPolicyConfig(_PolicyBase):
 
 
 PolicyConfig = Annotated[
-    Union[StatusCodePolicyConfig, LatencyPolicyConfig, ProbabilisticPolicyConfig, AlwaysSamplePolicyConfig,
-          StringAttributePolicyConfig, NumericAttributePolicyConfig, BooleanAttributePolicyConfig,
-          SpanCountPolicyConfig, TraceStatePolicyConfig, RateLimitingPolicyConfig, BytesLimitingPolicyConfig,
-          AndPolicyConfig, NotPolicyConfig, DropPolicyConfig, CompositePolicyConfig, RulesBasedPolicyConfig,
-          DynamicPolicyConfig, EmaDynamicPolicyConfig, EmaThroughputPolicyConfig, WindowedThroughputPolicyConfig,
-          RarePathPolicyConfig],
+    Union[
+        StatusCodePolicyConfig,
+        LatencyPolicyConfig,
+        ProbabilisticPolicyConfig,
+        AlwaysSamplePolicyConfig,
+        StringAttributePolicyConfig,
+        NumericAttributePolicyConfig,
+        BooleanAttributePolicyConfig,
+        SpanCountPolicyConfig,
+        TraceStatePolicyConfig,
+        RateLimitingPolicyConfig,
+        BytesLimitingPolicyConfig,
+        AndPolicyConfig,
+        NotPolicyConfig,
+        DropPolicyConfig,
+        CompositePolicyConfig,
+        RulesBasedPolicyConfig,
+        DynamicPolicyConfig,
+        EmaDynamicPolicyConfig,
+        EmaThroughputPolicyConfig,
+        WindowedThroughputPolicyConfig,
+        RarePathPolicyConfig,
+    ],
     Field(discriminator="type"),
 ]
 
@@ -383,10 +443,14 @@ def _default_policies() -> list:
 class SamplingConfig(Strict):
     policies: list[PolicyConfig] = Field(default_factory=_default_policies, min_length=1)
     mode: Literal["any_match", "first_match"] = Field(
-        "any_match", description="any_match: kept if any policy keeps; first_match: the first applying policy decides")
+        "any_match", description="any_match: kept if any policy keeps; first_match: the first applying policy decides"
+    )
     dry_run: bool = Field(False, description="decide and annotate (sampling.dry_run_kept) but keep every trace")
-    follow_links: bool = Field(False, description="keep a trace that a kept trace's span links to, if this worker still "
-                                                  "buffers it (adjusted count 0: context, not a sample)")
+    follow_links: bool = Field(
+        False,
+        description="keep a trace that a kept trace's span links to, if this worker still "
+        "buffers it (adjusted count 0: context, not a sample)",
+    )
 
     @field_validator("policies", mode="wrap")
     @classmethod
@@ -409,7 +473,9 @@ class SamplingConfig(Strict):
                     elif not (isinstance(part, str) and part in _UNION_TAGS):
                         node = None
                     loc.append(part)
-                errors.append(InitErrorDetails(type=err["type"], loc=tuple(loc), input=err["input"], ctx=err.get("ctx", {})))
+                errors.append(
+                    InitErrorDetails(type=err["type"], loc=tuple(loc), input=err["input"], ctx=err.get("ctx", {}))
+                )
             raise ValidationError.from_exception_data(exc.title, errors) from None
 
     @field_validator("policies")
@@ -423,7 +489,9 @@ class SliConfig(Strict):
     grace_seconds: float = Field(5, ge=0, le=3_600, description="wait past a window's end for stragglers")
     relative_accuracy: float = Field(0.01, gt=0, lt=1)
     max_services: int = Field(1_000, ge=1)
-    max_operations_per_service: int = Field(200, ge=1, description="distinct sanitized span names per service; then __other__")
+    max_operations_per_service: int = Field(
+        200, ge=1, description="distinct sanitized span names per service; then __other__"
+    )
 
 
 class SloBurnAlertConfig(Strict):
@@ -442,7 +510,9 @@ class SloObjectiveConfig(Strict):
     objective_percent: float = Field(gt=0, lt=100, description="e.g. 99.9")
     threshold_ms: float = Field(0, ge=0, description="latency SLOs: a span slower than this is bad")
     period_days: float = Field(30, gt=0, le=366)
-    alerts: list[SloBurnAlertConfig] | None = Field(None, description="default: 1h/5m 14.4x, 6h/30m 6x (page); 1d/2h 3x, 3d/6h 1x (ticket)")
+    alerts: list[SloBurnAlertConfig] | None = Field(
+        None, description="default: 1h/5m 14.4x, 6h/30m 6x (page); 1d/2h 3x, 3d/6h 1x (ticket)"
+    )
 
     @model_validator(mode="after")
     def _latency_needs_threshold(self):
@@ -468,10 +538,16 @@ class JobConfig(Strict):
     commit_interval_ms: int = Field(1_000, ge=100, le=600_000)
     worker_id: str = Field("", description="name in SLI records and part of the transactional id; default host:pid")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
-        "exactly_once", description="exactly_once: outputs, decisions and the partition checkpoint are written in one Kafka "
-                                    "transaction per commit interval; at_least_once: no transactions, outputs may repeat after a crash")
-    transaction_timeout_ms: int = Field(10_000, ge=1_000, le=900_000,
-                                        description="how long the broker waits before aborting a dead worker's open transaction")
+        "exactly_once",
+        description="exactly_once: outputs, decisions and the partition checkpoint are written in one Kafka "
+        "transaction per commit interval; at_least_once: no transactions, outputs may repeat after a crash",
+    )
+    transaction_timeout_ms: int = Field(
+        10_000,
+        ge=1_000,
+        le=900_000,
+        description="how long the broker waits before aborting a dead worker's open transaction",
+    )
 
 
 class MetricsConfig(Strict):
@@ -483,13 +559,20 @@ WireFormat = Literal["avro", "otlp_proto", "otlp_json"]
 
 
 class IngestConfig(Strict):
-    format: WireFormat = Field("avro", description="spans_raw values: Avro SpanBatch or an OTLP ExportTraceServiceRequest")
-    rekey: bool = Field(True, description="re-publish messages not keyed by their (single) trace ID, split per trace, "
-                                          "keyed by trace ID; false: buffer every trace of a message locally")
+    format: WireFormat = Field(
+        "avro", description="spans_raw values: Avro SpanBatch or an OTLP ExportTraceServiceRequest"
+    )
+    rekey: bool = Field(
+        True,
+        description="re-publish messages not keyed by their (single) trace ID, split per trace, "
+        "keyed by trace ID; false: buffer every trace of a message locally",
+    )
 
 
 class EmitConfig(Strict):
-    format: WireFormat = Field("avro", description="traces_kept values: Avro KeptTrace or an OTLP ExportTraceServiceRequest")
+    format: WireFormat = Field(
+        "avro", description="traces_kept values: Avro KeptTrace or an OTLP ExportTraceServiceRequest"
+    )
 
 
 class Config(Strict):
@@ -513,9 +596,11 @@ class Config(Strict):
                 raise ValueError(f"topics.{key} and topics.{names[topic.name]} both name {topic.name!r}")
             names[topic.name] = key
         if self.topics.decisions.partitions != self.topics.spans_raw.partitions:
-            raise ValueError(f"topics.decisions.partitions ({self.topics.decisions.partitions}) must equal "
-                             f"topics.spans_raw.partitions ({self.topics.spans_raw.partitions}): decisions of input "
-                             "partition p live in decision-log partition p")
+            raise ValueError(
+                f"topics.decisions.partitions ({self.topics.decisions.partitions}) must equal "
+                f"topics.spans_raw.partitions ({self.topics.spans_raw.partitions}): decisions of input "
+                "partition p live in decision-log partition p"
+            )
         return self
 
 
@@ -530,10 +615,29 @@ def _format_errors(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-_UNION_TAGS = {"status_code", "latency", "probabilistic", "always_sample", "string_attribute", "numeric_attribute",
-               "boolean_attribute", "span_count", "trace_state", "rate_limiting", "bytes_limiting", "and", "not",
-               "drop", "composite", "rules_based", "dynamic", "ema_dynamic", "ema_throughput",
-               "windowed_throughput", "rare_path"}
+_UNION_TAGS = {
+    "status_code",
+    "latency",
+    "probabilistic",
+    "always_sample",
+    "string_attribute",
+    "numeric_attribute",
+    "boolean_attribute",
+    "span_count",
+    "trace_state",
+    "rate_limiting",
+    "bytes_limiting",
+    "and",
+    "not",
+    "drop",
+    "composite",
+    "rules_based",
+    "dynamic",
+    "ema_dynamic",
+    "ema_throughput",
+    "windowed_throughput",
+    "rare_path",
+}
 
 
 def parse(data: object, source: str = "<config>") -> Config:
@@ -547,7 +651,9 @@ def parse(data: object, source: str = "<config>") -> Config:
         raise ConfigError(_format_errors(source, exc)) from None
     env_bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if env_bootstrap:
-        config = config.model_copy(update={"kafka": config.kafka.model_copy(update={"bootstrap_servers": env_bootstrap})})
+        config = config.model_copy(
+            update={"kafka": config.kafka.model_copy(update={"bootstrap_servers": env_bootstrap})}
+        )
     return config
 
 

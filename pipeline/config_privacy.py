@@ -19,14 +19,20 @@ DetectorAction = Literal["tokenize", "redact", "hash", "drop"]
 RuleAction = Literal["keep", "tokenize", "hash", "redact", "drop", "url", "sql"]
 
 
-
-
 class KeysConfig(Strict):
-    env: str = Field("TAILSIFT_TOKEN_KEYS", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                     description='environment variable holding "id:secret,id:secret" (secret: hex or base64, >= 16 bytes)')
-    file: str | None = Field(None, min_length=1, description="key file (one id:secret a line); when set, used instead of env")
-    active: str | None = Field(None, pattern=rf"^{KEY_ID_PATTERN}$",
-                               description="id of the key new tokens are made with; may be omitted when there is one key")
+    env: str = Field(
+        "TAILSIFT_TOKEN_KEYS",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description='environment variable holding "id:secret,id:secret" (secret: hex or base64, >= 16 bytes)',
+    )
+    file: str | None = Field(
+        None, min_length=1, description="key file (one id:secret a line); when set, used instead of env"
+    )
+    active: str | None = Field(
+        None,
+        pattern=rf"^{KEY_ID_PATTERN}$",
+        description="id of the key new tokens are made with; may be omitted when there is one key",
+    )
 
 
 class DetectorConfig(Strict):
@@ -78,15 +84,35 @@ class RuleConfig(Strict):
         return self
 
 
-_DEFAULT_KEEP_PARAMS = ["limit", "offset", "page", "per_page", "sort", "order", "fields", "currency",
-                        "lang", "locale", "format", "ref", "context", "zone", "origin", "v", "version"]
+_DEFAULT_KEEP_PARAMS = [
+    "limit",
+    "offset",
+    "page",
+    "per_page",
+    "sort",
+    "order",
+    "fields",
+    "currency",
+    "lang",
+    "locale",
+    "format",
+    "ref",
+    "context",
+    "zone",
+    "origin",
+    "v",
+    "version",
+]
 
 
 class UrlConfig(Strict):
     query_values: Literal["tokenize", "strip", "redact", "drop"] = Field(
-        "tokenize", description="what happens to query parameter values (drop removes the whole query)")
-    keep_params: list[str] = Field(default_factory=lambda: list(_DEFAULT_KEEP_PARAMS),
-                                   description="parameters whose values are kept (detectors still run)")
+        "tokenize", description="what happens to query parameter values (drop removes the whole query)"
+    )
+    keep_params: list[str] = Field(
+        default_factory=lambda: list(_DEFAULT_KEEP_PARAMS),
+        description="parameters whose values are kept (detectors still run)",
+    )
 
 
 class TokenConfig(Strict):
@@ -98,8 +124,12 @@ class PrivacyConfig(Strict):
     # On by default: PII must not leave untokenized unless an operator turns protection off.
     enabled: bool = Field(True, description="protect kept traces (and logs) before they leave the job")
     mode: Literal["denylist", "allowlist"] = Field(
-        "denylist", description="allowlist: attributes whose key matches no allowed_keys pattern are removed (fail closed)")
-    allowed_keys: list[str] = Field(default_factory=list, description="allowlist mode: glob patterns of keys that may leave")
+        "denylist",
+        description="allowlist: attributes whose key matches no allowed_keys pattern are removed (fail closed)",
+    )
+    allowed_keys: list[str] = Field(
+        default_factory=list, description="allowlist mode: glob patterns of keys that may leave"
+    )
     unknown_keys: Literal["drop", "redact"] = Field("drop", description="allowlist mode: what happens to other keys")
     default_rules: bool = Field(True, description="append the built-in semantic-convention rules after `rules`")
     rules: list[RuleConfig] = Field(default_factory=list, description="first matching rule wins")

@@ -27,12 +27,14 @@ def _committed_input_time_ms(config: Config, partitions: list[int], timeout: flo
     and the restore reaches back from the first message)."""
     now_ms = int(time.time() * 1000)
     topic = config.topics.spans_raw.name
-    probe = Consumer({
-        "bootstrap.servers": config.kafka.bootstrap_servers,
-        "group.id": config.kafka.group_id,  # read (never commit) the job group's offsets
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-    })
+    probe = Consumer(
+        {
+            "bootstrap.servers": config.kafka.bootstrap_servers,
+            "group.id": config.kafka.group_id,  # read (never commit) the job group's offsets
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     try:
         committed = probe.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout)
         out: dict[int, int] = {}
@@ -73,13 +75,15 @@ def read(config: Config, partitions: list[int], timeout: float = 60.0) -> dict[i
         return {p: [] for p in partitions}
     topic = config.topics.decisions.name
     since = _committed_input_time_ms(config, partitions, timeout)
-    consumer = Consumer({
-        "bootstrap.servers": config.kafka.bootstrap_servers,
-        "group.id": f"tailsift-restore-{uuid.uuid4().hex}",  # assign() only: never joins or commits
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": config.kafka.bootstrap_servers,
+            "group.id": f"tailsift-restore-{uuid.uuid4().hex}",  # assign() only: never joins or commits
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
     out: dict[int, list[dict]] = {p: [] for p in partitions}
     try:
         wanted = [TopicPartition(topic, p, max(0, since[p] - config.assemble.decision_restore_ms)) for p in partitions]
@@ -105,8 +109,13 @@ def read(config: Config, partitions: list[int], timeout: float = 60.0) -> dict[i
                 try:
                     out[msg.partition()].append(avro.decode(avro.TRACE_DECISION, msg.value()))
                 except Exception as exc:  # noqa: BLE001 - one bad record must not block a restore
-                    log.warning("%s[%d]@%d: undecodable decision record skipped (%s)", topic, msg.partition(),
-                                msg.offset(), type(exc).__name__)
+                    log.warning(
+                        "%s[%d]@%d: undecodable decision record skipped (%s)",
+                        topic,
+                        msg.partition(),
+                        msg.offset(),
+                        type(exc).__name__,
+                    )
         return out
     finally:
         consumer.close()

@@ -38,12 +38,21 @@ def run_config(bootstrap: str, run_id: str, workdir: Path, **overrides: dict) ->
     """A config for one throw-away run: its own topics and consumer group."""
     defaults = config_mod.TopicsConfig()
     data = {
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"{run_id}-tailsift",
-                  "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000},
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "group_id": f"{run_id}-tailsift",
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+        },
         # every topic the config knows, renamed for this run; fewer partitions than production
-        "topics": {key: {**topic.model_dump(exclude_defaults=True), "name": f"{run_id}.{topic.name}",
-                         "partitions": 6 if key in ("spans_raw", "decisions") else min(topic.partitions, 3)}
-                   for key, topic in defaults.all().items()},
+        "topics": {
+            key: {
+                **topic.model_dump(exclude_defaults=True),
+                "name": f"{run_id}.{topic.name}",
+                "partitions": 6 if key in ("spans_raw", "decisions") else min(topic.partitions, 3),
+            }
+            for key, topic in defaults.all().items()
+        },
         "assemble": {"decision_wait_ms": 3000},
         "sli": {"window_seconds": 5, "grace_seconds": 2},
         "job": {"data_dir": str(workdir / "faust"), "commit_interval_ms": 500},
@@ -91,8 +100,15 @@ def main(args: argparse.Namespace) -> int:
             console.print("[bold]Starting the job[/] (tailsift run) …")
             job.wait_ready(bootstrap, cfg.kafka.group_id)
             console.print(f"[bold]Generating[/] {args.duration:g} s of traffic at {args.rate:g} traces/s …")
-            stats = produce(bootstrap, cfg.topics.spans_raw.name, count=None, duration_s=args.duration,
-                            rate=args.rate, config=GeneratorConfig(seed=42), progress=True)
+            stats = produce(
+                bootstrap,
+                cfg.topics.spans_raw.name,
+                count=None,
+                duration_s=args.duration,
+                rate=args.rate,
+                config=GeneratorConfig(seed=42),
+                progress=True,
+            )
             console.print(f"  produced {stats.traces:,} traces, {stats.spans:,} spans, {stats.messages:,} messages")
             console.print("[bold]Waiting[/] for the last decisions and SLI windows …")
             metrics = job.wait_drained(stats.spans)
@@ -104,7 +120,9 @@ def main(args: argparse.Namespace) -> int:
         render(report)
         delete_topics(cfg)
     ok = len(report.kept_traces) > 0 and len(report.sli) > 0 and report.sli_spans == stats.spans
-    console.print(f"[bold]{'OK' if ok else 'FAILED'}[/] in {time.monotonic() - started:.0f} s: "
-                  f"{len(report.kept_traces):,} kept traces, SLI rows for {len(report.sli)} services, "
-                  f"SLI spans {report.sli_spans:,} / produced {stats.spans:,}")
+    console.print(
+        f"[bold]{'OK' if ok else 'FAILED'}[/] in {time.monotonic() - started:.0f} s: "
+        f"{len(report.kept_traces):,} kept traces, SLI rows for {len(report.sli)} services, "
+        f"SLI spans {report.sli_spans:,} / produced {stats.spans:,}"
+    )
     return 0 if ok else 1

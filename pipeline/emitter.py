@@ -21,8 +21,13 @@ class EmitError(RuntimeError):
 
 
 class Emitter:
-    def __init__(self, bootstrap_servers: str, transactional_id: str | None, transaction_timeout_ms: int = 10_000,
-                 linger_ms: int = 5):
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        transactional_id: str | None,
+        transaction_timeout_ms: int = 10_000,
+        linger_ms: int = 5,
+    ):
         conf = {
             "bootstrap.servers": bootstrap_servers,
             "enable.idempotence": True,  # no duplicates from the producer's own retries

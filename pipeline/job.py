@@ -116,7 +116,9 @@ class Job:
             max_operations=s.max_operations_per_service,
             # operation = span name through the protector (ids → {id}, PII detectors) when privacy
             # is on, else the plain span-name sanitizer; memoized per raw name inside SliWindows
-            sanitize=lambda name: self.protector.dimension(name) if self.protector is not None else sanitize_span_name(name),
+            sanitize=lambda name: (
+                self.protector.dimension(name) if self.protector is not None else sanitize_span_name(name)
+            ),
         )
         self.slo = SloTracker(slo_objectives(config))  # exact SLO event counts → metrics
         self.graph = ServiceGraph(max_edges=s.max_services)  # client→server edges of every decided trace
@@ -129,8 +131,11 @@ class Job:
         self.pii_audit_topic = t.pii_audit.name
         self.decisions_topic = t.decisions.name
         # PII protection of kept traces (privacy.enabled): keys from env/key file, or injected.
-        self.protector = protector if protector is not None else (
-            build_protector(config.privacy) if config.privacy.enabled else None)
+        self.protector = (
+            protector
+            if protector is not None
+            else (build_protector(config.privacy) if config.privacy.enabled else None)
+        )
         self._pending: list[Record] = []  # produced on the next collect: dead letters, late spans, re-keys
         # event time: traces decided during ingest; their records share _pending, so decisions, late
         # spans and dead letters keep the order of the input messages that caused them
@@ -156,7 +161,9 @@ class Job:
                 try:
                     batch = avro.decode_batch(value)
                 except Exception as exc:  # fastavro raises many types for bad bytes
-                    raise _Malformed("decode_error", f"not a {avro.SPAN_BATCH} record: {type(exc).__name__}: {_safe(exc)}") from None
+                    raise _Malformed(
+                        "decode_error", f"not a {avro.SPAN_BATCH} record: {type(exc).__name__}: {_safe(exc)}"
+                    ) from None
                 trace_id = batch["trace_id"]
                 spans = batch["spans"]
                 if not spans:
@@ -232,7 +239,9 @@ class Job:
                 return
             known.offsets.add(hold.offset)
             self._pending.append(self._kept_record(trace_id, known.decision, [fragment], now_ns, late=True))
-            self._pending.append(self._decision_record(trace_id, known.decision, known.partition, known.offsets, known.decided_at_ns))
+            self._pending.append(
+                self._decision_record(trace_id, known.decision, known.partition, known.offsets, known.decided_at_ns)
+            )
             _LATE_KEPT.inc()
             _LATE_SPANS_KEPT.inc(len(spans))
 
@@ -249,12 +258,21 @@ class Job:
         # exactly_once: every open window goes out as a partial with this transaction, so the
         # checkpoint below can say "counted and written" for every offset ingested so far
         for window in self.sli.due(now_ns, flush_all=flush_all_windows or self.exactly_once):
-            out.records.append(Record(self.sli_topic, window.service.encode(), self._sli_record(window, now_ns), window.holds))
+            out.records.append(
+                Record(self.sli_topic, window.service.encode(), self._sli_record(window, now_ns), window.holds)
+            )
             metrics.SLI_SPANS.labels(window.service, window.span_kind, window.status).inc(window.span_count)
             metrics.SLI_LATENCY_SUM.labels(window.service, window.span_kind, window.status).inc(window.sum_ms / 1_000.0)
             if self.slo.objectives:
-                for name, events, bad in self.slo.observe(window.service, window.operation, window.span_kind, window.window_end_ns,
-                                                          window.span_count, window.error_count, window.sketch):
+                for name, events, bad in self.slo.observe(
+                    window.service,
+                    window.operation,
+                    window.span_kind,
+                    window.window_end_ns,
+                    window.span_count,
+                    window.error_count,
+                    window.sketch,
+                ):
                     metrics.SLO_EVENTS.labels(name).inc(events)
                     metrics.SLO_BAD_EVENTS.labels(name).inc(bad)
         out.records.extend(self._pending)  # dead letters for corrupt details found while building kept traces
@@ -279,8 +297,9 @@ class Job:
                 fragments.append((hold, value, batch))
             buf.spans, buf.fragments = spans, fragments
         self.graph.add_trace(buf.spans)
-        view = TraceView(buf.trace_id, buf.spans, now_ns=decided_ns, size_bytes=buf.size_bytes,
-                         decode_detail=self._decode_detail)  # attributes decoded only if a policy asks
+        view = TraceView(
+            buf.trace_id, buf.spans, now_ns=decided_ns, size_bytes=buf.size_bytes, decode_detail=self._decode_detail
+        )  # attributes decoded only if a policy asks
         decision = self.engine.decide(view)
         if self._link_hints and buf.trace_id in self._link_hints:
             del self._link_hints[buf.trace_id]
@@ -296,13 +315,22 @@ class Job:
         if self.event_time:
             out.decision_points.append(now_ns)
         else:
-            out.decision_points.append(buf.deadline_ns if buf.trigger == "decision_wait" else
-                                       buf.last_seen_ns + self.assembler.root_quiet_gap_ns if buf.trigger == "root_quiet" else now_ns)
-        metrics.TRACES_DECIDED.labels("keep" if decision.would_keep else "drop", decision.policy or "-", buf.forced_reason or "-").inc()
+            out.decision_points.append(
+                buf.deadline_ns
+                if buf.trigger == "decision_wait"
+                else buf.last_seen_ns + self.assembler.root_quiet_gap_ns
+                if buf.trigger == "root_quiet"
+                else now_ns
+            )
+        metrics.TRACES_DECIDED.labels(
+            "keep" if decision.would_keep else "drop", decision.policy or "-", buf.forced_reason or "-"
+        ).inc()
         if decision.keep:
             out.kept_traces += 1
             metrics.KEPT_SPANS.inc(buf.span_count)
-            out.records.append(self._kept_record(buf.trace_id, decision, buf.fragments, decided_ns, forced=buf.forced_reason))
+            out.records.append(
+                self._kept_record(buf.trace_id, decision, buf.fragments, decided_ns, forced=buf.forced_reason)
+            )
         else:
             out.dropped_traces += 1
             for fragment in buf.fragments:
@@ -314,9 +342,13 @@ class Job:
         n = 0
         for r in records:
             if r["trace_id"] == _ZERO_TRACE_ID:
-                self._replayed_through[partition] = max(self._replayed_through.get(partition, -1), r["processed_through"])
+                self._replayed_through[partition] = max(
+                    self._replayed_through.get(partition, -1), r["processed_through"]
+                )
                 continue
-            decision = Decision(r["keep"], r["policy"], r["reason"], r["probability"], r["threshold"], r["dry_run_kept"])
+            decision = Decision(
+                r["keep"], r["policy"], r["reason"], r["probability"], r["threshold"], r["dry_run_kept"]
+            )
             self.decisions.remember(r["trace_id"], decision, partition, r["emitted_offsets"], r["decided_at_unix_nano"])
             n += 1
         return n
@@ -341,19 +373,27 @@ class Job:
         for partition in partitions:
             self._processed.pop(partition, None)
             self._replayed_through.pop(partition, None)
-        self._pending[:] = [r for r in self._pending if not any(h.partition in partitions for h in r.holds)
-                            and r.partition not in partitions]
+        self._pending[:] = [
+            r
+            for r in self._pending
+            if not any(h.partition in partitions for h in r.holds) and r.partition not in partitions
+        ]
 
     def over_bound(self) -> bool:
         """Buffered spans or bytes at ``assemble.max_buffered_*``: time to pause the input."""
         a = self.config.assemble
-        return self.assembler.buffered_spans >= a.max_buffered_spans or self.assembler.buffered_bytes >= a.max_buffered_bytes
+        return (
+            self.assembler.buffered_spans >= a.max_buffered_spans
+            or self.assembler.buffered_bytes >= a.max_buffered_bytes
+        )
 
     def below_resume_mark(self) -> bool:
         """Back under 80 % of both bounds: resume the input (hysteresis, so it does not flap)."""
         a = self.config.assemble
-        return (self.assembler.buffered_spans < 0.8 * a.max_buffered_spans
-                and self.assembler.buffered_bytes < 0.8 * a.max_buffered_bytes)
+        return (
+            self.assembler.buffered_spans < 0.8 * a.max_buffered_spans
+            and self.assembler.buffered_bytes < 0.8 * a.max_buffered_bytes
+        )
 
     def _buffer_gauges(self) -> None:
         metrics.TRACES_IN_MEMORY.set(len(self.assembler))
@@ -377,8 +417,15 @@ class Job:
                 metrics.POLICY_GUARD_DROPS.labels(policy.name).set(drops)
 
     # ---------------------------------------------------------------- records
-    def _kept_record(self, trace_id: bytes, decision: Decision, fragments: list[tuple[Hold, bytes, dict]], now_ns: int,
-                     late: bool = False, forced: str = "") -> Record:
+    def _kept_record(
+        self,
+        trace_id: bytes,
+        decision: Decision,
+        fragments: list[tuple[Hold, bytes, dict]],
+        now_ns: int,
+        late: bool = False,
+        forced: str = "",
+    ) -> Record:
         """Full decode (kept traces only) into a KeptTrace, sampling facts on every span.
 
         A span whose header decoded but whose ``detail`` does not is still kept — its trace was
@@ -386,7 +433,11 @@ class Job:
         to the dead-letter topic so the producer can be found."""
         adjusted = decision.adjusted_count
         reason = decision.reason + (f";forced={forced}" if forced else "")
-        sampling_attrs = {"sampling.policy": decision.policy, "sampling.reason": reason, "sampling.adjusted_count": adjusted}
+        sampling_attrs = {
+            "sampling.policy": decision.policy,
+            "sampling.reason": reason,
+            "sampling.adjusted_count": adjusted,
+        }
         if late:
             sampling_attrs["sampling.late"] = True
         if decision.dry_run_kept is not None:
@@ -407,7 +458,9 @@ class Job:
                             span["trace_state"] = with_threshold(span["trace_state"], th)
                     if protector is not None:
                         protector.protect_batch(b, pii_counts)
-                        b["otlp.scope_attributes"] = protector.protect_attributes(b["otlp.scope_attributes"], pii_counts)
+                        b["otlp.scope_attributes"] = protector.protect_attributes(
+                            b["otlp.scope_attributes"], pii_counts
+                        )
                     span_count += len(b["spans"])
                     batches.append(b)
                 continue
@@ -436,16 +489,23 @@ class Job:
                 self._pending.append(self._dead_letter(msg, "detail_decode_error", bad_detail, now_ns, None))
             span_count += len(batch["spans"])
             batches.append(batch)
-        value = otlp.encode_request(batches, self.emit_format) if self.emit_format != "avro" else avro.encode(avro.KEPT_TRACE, {
-            "trace_id": trace_id,
-            "policy": decision.policy,
-            "reason": reason,
-            "adjusted_count": adjusted,
-            "decided_at_unix_nano": now_ns,
-            "late": late,
-            "span_count": span_count,
-            "batches": batches,
-        })
+        value = (
+            otlp.encode_request(batches, self.emit_format)
+            if self.emit_format != "avro"
+            else avro.encode(
+                avro.KEPT_TRACE,
+                {
+                    "trace_id": trace_id,
+                    "policy": decision.policy,
+                    "reason": reason,
+                    "adjusted_count": adjusted,
+                    "decided_at_unix_nano": now_ns,
+                    "late": late,
+                    "span_count": span_count,
+                    "batches": batches,
+                },
+            )
+        )
         holds = [fragment[0] for fragment in fragments]
         if self.follow_links:
             self._follow_links(trace_id, batches)
@@ -488,7 +548,10 @@ class Job:
                 except otlp.InvalidTraceId as exc:
                     raise _Malformed("invalid_trace_id", str(exc)) from None
                 except Exception as exc:  # noqa: BLE001 - protobuf/json raise many types for bad bytes
-                    raise _Malformed("decode_error", f"not an OTLP ExportTraceServiceRequest ({fmt}): {type(exc).__name__}: {_safe(exc)}") from None
+                    raise _Malformed(
+                        "decode_error",
+                        f"not an OTLP ExportTraceServiceRequest ({fmt}): {type(exc).__name__}: {_safe(exc)}",
+                    ) from None
                 if not traces:
                     raise _Malformed("empty_batch", "the request has no spans")
             except _Malformed as bad:
@@ -517,8 +580,9 @@ class Job:
         self._buffer_gauges()
         metrics.SPANS.inc(n_spans)
 
-    def _pii_audit(self, trace_id: bytes, counts: dict[str, int], holds: list[Hold], now_ns: int,
-                   late: bool, span_count: int) -> None:
+    def _pii_audit(
+        self, trace_id: bytes, counts: dict[str, int], holds: list[Hold], now_ns: int, late: bool, span_count: int
+    ) -> None:
         """Counts (never values) of what protection changed → metrics and, per kept record, a
         PiiAudit record that holds its inputs like the kept record does."""
         for name, n in counts.items():
@@ -531,23 +595,45 @@ class Job:
         value = audit_record(trace_id, counts, self.protector.tokenizer.key_id, now_ns, late, span_count)
         self._pending.append(Record(self.pii_audit_topic, trace_id, value, list(holds)))
 
-    def _decision_record(self, trace_id: bytes, decision: Decision, partition: int, offsets: Iterable[int],
-                         decided_at_ns: int) -> Record:
+    def _decision_record(
+        self, trace_id: bytes, decision: Decision, partition: int, offsets: Iterable[int], decided_at_ns: int
+    ) -> Record:
         """The decision-log entry, written to the trace's input partition number."""
-        value = avro.encode(avro.TRACE_DECISION, {
-            "trace_id": trace_id, "keep": decision.keep, "policy": decision.policy, "reason": decision.reason,
-            "probability": decision.probability, "threshold": decision.threshold, "dry_run_kept": decision.dry_run_kept,
-            "decided_at_unix_nano": decided_at_ns, "input_partition": partition,
-            "emitted_offsets": sorted(offsets), "processed_through": -1,
-        })
+        value = avro.encode(
+            avro.TRACE_DECISION,
+            {
+                "trace_id": trace_id,
+                "keep": decision.keep,
+                "policy": decision.policy,
+                "reason": decision.reason,
+                "probability": decision.probability,
+                "threshold": decision.threshold,
+                "dry_run_kept": decision.dry_run_kept,
+                "decided_at_unix_nano": decided_at_ns,
+                "input_partition": partition,
+                "emitted_offsets": sorted(offsets),
+                "processed_through": -1,
+            },
+        )
         return Record(self.decisions_topic, trace_id, value, [], partition)
 
     def _checkpoint_record(self, partition: int, offset: int, now_ns: int) -> Record:
-        value = avro.encode(avro.TRACE_DECISION, {
-            "trace_id": _ZERO_TRACE_ID, "keep": False, "decided_at_unix_nano": now_ns, "input_partition": partition,
-            "emitted_offsets": [], "processed_through": offset, "policy": "", "reason": "checkpoint",
-            "probability": 1.0, "threshold": None, "dry_run_kept": None,
-        })
+        value = avro.encode(
+            avro.TRACE_DECISION,
+            {
+                "trace_id": _ZERO_TRACE_ID,
+                "keep": False,
+                "decided_at_unix_nano": now_ns,
+                "input_partition": partition,
+                "emitted_offsets": [],
+                "processed_through": offset,
+                "policy": "",
+                "reason": "checkpoint",
+                "probability": 1.0,
+                "threshold": None,
+                "dry_run_kept": None,
+            },
+        )
         return Record(self.decisions_topic, _ZERO_TRACE_ID, value, [], partition)
 
     def _sli_record(self, w: WindowAggregate, now_ns: int) -> bytes:
@@ -556,19 +642,26 @@ class Job:
     def _dead_letter(self, msg: Received, reason: str, detail: str, now_ns: int, hold: Hold | None) -> Record:
         metrics.DEADLETTERS.labels(reason).inc()
         value = msg.value or b""
-        record = avro.encode(avro.DEAD_LETTER, {
-            "source_topic": self.input_topic,
-            "partition": msg.partition,
-            "offset": msg.offset,
-            "reason": reason,
-            "detail": detail,
-            "value_size": len(value),
-            "value_sha256": hashlib.sha256(value).hexdigest(),
-            "key_size": len(msg.key or b""),
-            "received_at_unix_nano": now_ns,
-        })
-        return Record(self.deadletter_topic, f"{self.input_topic}/{msg.partition}/{msg.offset}".encode(), record,
-                      [hold] if hold is not None else [])
+        record = avro.encode(
+            avro.DEAD_LETTER,
+            {
+                "source_topic": self.input_topic,
+                "partition": msg.partition,
+                "offset": msg.offset,
+                "reason": reason,
+                "detail": detail,
+                "value_size": len(value),
+                "value_sha256": hashlib.sha256(value).hexdigest(),
+                "key_size": len(msg.key or b""),
+                "received_at_unix_nano": now_ns,
+            },
+        )
+        return Record(
+            self.deadletter_topic,
+            f"{self.input_topic}/{msg.partition}/{msg.offset}".encode(),
+            record,
+            [hold] if hold is not None else [],
+        )
 
 
 class _Malformed(Exception):

@@ -32,7 +32,9 @@ class JobProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "run", "-c", self.config_path],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             cwd=Path(__file__).resolve().parents[1],
         )
         log.close()
@@ -88,15 +90,19 @@ class JobProcess:
             except OSError:  # the process may be exiting: the next _check_alive says why
                 time.sleep(0.25)
                 continue
-            if (m.get("tailsift_spans_ingested_total", 0) >= expected_spans
-                    and m.get("tailsift_traces_in_memory", 1) == 0
-                    and m.get("tailsift_sli_open_windows", 1) == 0
-                    and m.get("tailsift_uncommitted_messages", 1) == 0):
+            if (
+                m.get("tailsift_spans_ingested_total", 0) >= expected_spans
+                and m.get("tailsift_traces_in_memory", 1) == 0
+                and m.get("tailsift_sli_open_windows", 1) == 0
+                and m.get("tailsift_uncommitted_messages", 1) == 0
+            ):
                 return m
             time.sleep(0.25)
-        raise JobError(f"job did not drain {expected_spans} spans in {timeout}s (last metrics: "
-                       f"{ {k: v for k, v in m.items() if 'ingested' in k or 'memory' in k or 'uncommitted' in k} }); "
-                       f"log tail:\n{self.log_tail()}")
+        raise JobError(
+            f"job did not drain {expected_spans} spans in {timeout}s (last metrics: "
+            f"{ {k: v for k, v in m.items() if 'ingested' in k or 'memory' in k or 'uncommitted' in k} }); "
+            f"log tail:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """Graceful stop (SIGTERM), then SIGKILL if it does not exit in time."""

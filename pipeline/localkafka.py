@@ -19,7 +19,13 @@ class BrokerError(Exception):
 
 def _launcher(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     # This interpreter, so the launcher's readiness check can use confluent_kafka.
-    return subprocess.run([sys.executable, str(LAUNCHER), *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, str(LAUNCHER), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @contextmanager

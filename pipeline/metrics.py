@@ -8,17 +8,27 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 SPANS = Counter("tailsift_spans_ingested", "Spans decoded from the input topic")
 MESSAGES = Counter("tailsift_messages", "Input messages by outcome", ["outcome"])
 TRACES_DECIDED = Counter("tailsift_traces_decided", "Traces decided", ["decision", "policy", "forced"])
-DECISION_POINTS = Counter("tailsift_decision_points", "Traces released for a decision, by trigger",
-                          ["trigger"])  # decision_wait | root_quiet | span_limit | memory_bound
-LATE_SPANS = Counter("tailsift_late_spans", "Spans that arrived after their trace was decided, by outcome "
-                     "(kept: emitted marked late; dropped; replayed: already in traces.kept, skipped after a restart)", ["outcome"])
+DECISION_POINTS = Counter(
+    "tailsift_decision_points", "Traces released for a decision, by trigger", ["trigger"]
+)  # decision_wait | root_quiet | span_limit | memory_bound
+LATE_SPANS = Counter(
+    "tailsift_late_spans",
+    "Spans that arrived after their trace was decided, by outcome "
+    "(kept: emitted marked late; dropped; replayed: already in traces.kept, skipped after a restart)",
+    ["outcome"],
+)
 KEPT_SPANS = Counter("tailsift_kept_spans", "Spans of kept traces at decision time (late spans excluded)")
 DEADLETTERS = Counter("tailsift_deadletters", "Messages sent to the dead-letter topic", ["reason"])
 RECORDS_PRODUCED = Counter("tailsift_records_produced", "Records written to output topics", ["topic"])
 PII_DETECTIONS = Counter("tailsift_pii_detections", "Values in kept traces replaced by a PII detector", ["detector"])
-PII_RULE_ACTIONS = Counter("tailsift_pii_rule_actions", "Attribute values in kept traces changed or removed by a privacy rule", ["rule"])
-POLICY_GUARD_DROPS = Gauge("tailsift_policy_guard_drops",
-                           "Traces a rate policy's token bucket refused (a burst faster than its rate estimate)", ["policy"])
+PII_RULE_ACTIONS = Counter(
+    "tailsift_pii_rule_actions", "Attribute values in kept traces changed or removed by a privacy rule", ["rule"]
+)
+POLICY_GUARD_DROPS = Gauge(
+    "tailsift_policy_guard_drops",
+    "Traces a rate policy's token bucket refused (a burst faster than its rate estimate)",
+    ["policy"],
+)
 POLICY_ERRORS = Gauge("tailsift_policy_errors", "Policy evaluations that raised (treated as no opinion)", ["policy"])
 TRACES_IN_MEMORY = Gauge("tailsift_traces_in_memory", "Traces buffered awaiting a decision")
 SPANS_BUFFERED = Gauge("tailsift_spans_buffered", "Spans buffered awaiting a decision")
@@ -30,28 +40,56 @@ SLO_EVENTS = Counter("tailsift_slo_events", "Spans counted by an SLO (every span
 # SLI aggregates (every span, before sampling), added per emitted window; labels bounded by
 # sli.max_services × span kinds × statuses (operations stay on sli.windows: too many for labels)
 SLI_SPANS = Counter("tailsift_sli_spans", "Spans counted into SLI windows", ["service", "span_kind", "status"])
-SLI_LATENCY_SUM = Counter("tailsift_sli_latency_seconds", "Sum of span latencies counted into SLI windows (÷ tailsift_sli_spans_total = mean)", ["service", "span_kind", "status"])
-GRAPH_REQUESTS = Counter("tailsift_service_graph_requests", "Calls between services (client → server span pairs, every trace before sampling)", ["client", "server"])
-GRAPH_SERVER_SECONDS = Counter("tailsift_service_graph_request_server_seconds", "Sum of callee (server/consumer span) "
-                               "latencies per edge (÷ tailsift_service_graph_requests_total = mean)", ["client", "server"])
-GRAPH_FAILED = Counter("tailsift_service_graph_request_failed", "Calls between services where either side has ERROR status", ["client", "server"])
-SLO_BAD_EVENTS = Counter("tailsift_slo_bad_events", "Spans an SLO counts as bad (error, or slower than its threshold)", ["slo"])
+SLI_LATENCY_SUM = Counter(
+    "tailsift_sli_latency_seconds",
+    "Sum of span latencies counted into SLI windows (÷ tailsift_sli_spans_total = mean)",
+    ["service", "span_kind", "status"],
+)
+GRAPH_REQUESTS = Counter(
+    "tailsift_service_graph_requests",
+    "Calls between services (client → server span pairs, every trace before sampling)",
+    ["client", "server"],
+)
+GRAPH_SERVER_SECONDS = Counter(
+    "tailsift_service_graph_request_server_seconds",
+    "Sum of callee (server/consumer span) latencies per edge (÷ tailsift_service_graph_requests_total = mean)",
+    ["client", "server"],
+)
+GRAPH_FAILED = Counter(
+    "tailsift_service_graph_request_failed",
+    "Calls between services where either side has ERROR status",
+    ["client", "server"],
+)
+SLO_BAD_EVENTS = Counter(
+    "tailsift_slo_bad_events", "Spans an SLO counts as bad (error, or slower than its threshold)", ["slo"]
+)
 FLUSH_SECONDS = Histogram(
-    "tailsift_flush_seconds", "Time from decision point to outputs acknowledged by the broker",
+    "tailsift_flush_seconds",
+    "Time from decision point to outputs acknowledged by the broker",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 DECISION_LATENCY = Histogram(
-    "tailsift_decision_latency_seconds", "From a trace's decision point to its outputs written (committed)",
+    "tailsift_decision_latency_seconds",
+    "From a trace's decision point to its outputs written (committed)",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
-BACKPRESSURE_SECONDS = Counter("tailsift_backpressure_seconds", "Time the input partitions were paused at the memory bound")
+BACKPRESSURE_SECONDS = Counter(
+    "tailsift_backpressure_seconds", "Time the input partitions were paused at the memory bound"
+)
 PAUSED = Gauge("tailsift_input_paused", "1 while the input is paused at the memory bound")
 BUFFERED_BYTES = Gauge("tailsift_bytes_buffered", "Raw bytes of spans buffered awaiting a decision")
-RESTORE_SECONDS = Histogram("tailsift_decision_restore_seconds", "Time to restore decisions on partition assignment",
-                            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60))
-FOLLOW_LINKS = Counter("tailsift_follow_links", "Span links from kept traces to other traces, by outcome "
-                       "(kept: the linked trace was still buffered here and is kept; already_kept; too_late: already "
-                       "dropped; not_here: unknown to this worker when it was decided)", ["outcome"])
+RESTORE_SECONDS = Histogram(
+    "tailsift_decision_restore_seconds",
+    "Time to restore decisions on partition assignment",
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60),
+)
+FOLLOW_LINKS = Counter(
+    "tailsift_follow_links",
+    "Span links from kept traces to other traces, by outcome "
+    "(kept: the linked trace was still buffered here and is kept; already_kept; too_late: already "
+    "dropped; not_here: unknown to this worker when it was decided)",
+    ["outcome"],
+)
 
 
 def serve(port: int, host: str) -> None:

@@ -50,8 +50,9 @@ def build_policy(cfg: c.PolicyConfig) -> Policy:
     if isinstance(cfg, c.TraceStatePolicyConfig):
         return TraceStatePolicy(cfg.name, cfg.key, frozenset(cfg.values))
     if isinstance(cfg, c.RateLimitingPolicyConfig):
-        return RateLimitingPolicy(cfg.name, cfg.spans_per_second, cfg.traces_per_second, cfg.burst_capacity,
-                                  cfg.adjust_interval_ms)
+        return RateLimitingPolicy(
+            cfg.name, cfg.spans_per_second, cfg.traces_per_second, cfg.burst_capacity, cfg.adjust_interval_ms
+        )
     if isinstance(cfg, c.BytesLimitingPolicyConfig):
         return BytesLimitingPolicy(cfg.name, cfg.bytes_per_second, cfg.burst_capacity, cfg.adjust_interval_ms)
     if isinstance(cfg, c.AndPolicyConfig):
@@ -64,25 +65,63 @@ def build_policy(cfg: c.PolicyConfig) -> Policy:
         return _composite(cfg)
     if isinstance(cfg, c.RulesBasedPolicyConfig):
         samplers = {s.name: build_policy(s) for s in cfg.samplers}
-        rules = [Rule(r.name, [Condition(k.field or "", k.operator, k.value) for k in r.conditions],
-                      r.sample_rate, r.drop, samplers.get(r.sampler) if r.sampler else None, r.scope)
-                 for r in cfg.rules]
+        rules = [
+            Rule(
+                r.name,
+                [Condition(k.field or "", k.operator, k.value) for k in r.conditions],
+                r.sample_rate,
+                r.drop,
+                samplers.get(r.sampler) if r.sampler else None,
+                r.scope,
+            )
+            for r in cfg.rules
+        ]
         return RulesPolicy(cfg.name, rules)
     if isinstance(cfg, c.DynamicPolicyConfig):
         return DynamicPolicy(cfg.name, cfg.sample_rate, cfg.field_list, cfg.clear_frequency_s, cfg.max_keys)
     if isinstance(cfg, c.EmaDynamicPolicyConfig):
-        return EmaDynamicPolicy(cfg.name, cfg.goal_sample_rate, cfg.field_list, cfg.adjustment_interval_s, cfg.weight,
-                                cfg.age_out_value, cfg.burst_multiple, cfg.burst_detection_delay, cfg.max_keys)
+        return EmaDynamicPolicy(
+            cfg.name,
+            cfg.goal_sample_rate,
+            cfg.field_list,
+            cfg.adjustment_interval_s,
+            cfg.weight,
+            cfg.age_out_value,
+            cfg.burst_multiple,
+            cfg.burst_detection_delay,
+            cfg.max_keys,
+        )
     if isinstance(cfg, c.EmaThroughputPolicyConfig):
-        return EmaThroughputPolicy(cfg.name, cfg.goal_throughput_per_sec, cfg.field_list, cfg.adjustment_interval_s,
-                                   cfg.weight, cfg.age_out_value, cfg.burst_multiple, cfg.burst_detection_delay,
-                                   cfg.max_keys)
+        return EmaThroughputPolicy(
+            cfg.name,
+            cfg.goal_throughput_per_sec,
+            cfg.field_list,
+            cfg.adjustment_interval_s,
+            cfg.weight,
+            cfg.age_out_value,
+            cfg.burst_multiple,
+            cfg.burst_detection_delay,
+            cfg.max_keys,
+        )
     if isinstance(cfg, c.WindowedThroughputPolicyConfig):
-        return WindowedThroughputPolicy(cfg.name, cfg.goal_throughput_per_sec, cfg.field_list, cfg.update_frequency_s,
-                                        cfg.lookback_frequency_s, cfg.max_keys)
+        return WindowedThroughputPolicy(
+            cfg.name,
+            cfg.goal_throughput_per_sec,
+            cfg.field_list,
+            cfg.update_frequency_s,
+            cfg.lookback_frequency_s,
+            cfg.max_keys,
+        )
     if isinstance(cfg, c.RarePathPolicyConfig):
-        return RarePathPolicy(cfg.name, cfg.keep_per_window, cfg.window_s, cfg.min_probability, cfg.sketch_width,
-                              cfg.sketch_depth, cfg.multiplicity)
+        return RarePathPolicy(
+            cfg.name,
+            cfg.keep_per_window,
+            cfg.window_s,
+            cfg.min_probability,
+            cfg.sketch_width,
+            cfg.sketch_depth,
+            cfg.multiplicity,
+        )
     raise TypeError(f"no operator for policy type {type(cfg).__name__}")
 
 

@@ -56,7 +56,11 @@ def _decode_secret(secret: str, what: str) -> bytes:
     if len(secret) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in secret):
         return bytes.fromhex(secret)
     try:
-        return base64.b64decode(secret + "=" * (-len(secret) % 4), altchars=b"-_" if ("-" in secret or "_" in secret) else None, validate=True)
+        return base64.b64decode(
+            secret + "=" * (-len(secret) % 4),
+            altchars=b"-_" if ("-" in secret or "_" in secret) else None,
+            validate=True,
+        )
     except (binascii.Error, ValueError):
         raise PrivacyKeyError(f"{what}: the secret is neither hex nor base64") from None
 
@@ -72,7 +76,9 @@ def load_key_ring(privacy: PrivacyConfig, environ: Mapping[str, str] | None = No
             text = path.read_text(encoding="utf-8")
             mode = path.stat().st_mode
         except OSError as exc:
-            raise PrivacyKeyError(f"cannot read the token key file {path} (privacy.keys.file): {exc.strerror or exc}") from None
+            raise PrivacyKeyError(
+                f"cannot read the token key file {path} (privacy.keys.file): {exc.strerror or exc}"
+            ) from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("token key file %s is readable by group/others (chmod 600 it)", path)
     else:
@@ -81,7 +87,8 @@ def load_key_ring(privacy: PrivacyConfig, environ: Mapping[str, str] | None = No
         if not text.strip():
             raise PrivacyKeyError(
                 f"privacy is enabled but the token keys are missing: set the environment variable {k.env} "
-                f'to "id:secret" pairs (e.g. {k.env}=k1:$(openssl rand -hex 32)) or name a key file in privacy.keys.file')
+                f'to "id:secret" pairs (e.g. {k.env}=k1:$(openssl rand -hex 32)) or name a key file in privacy.keys.file'
+            )
     keys = parse_keys(text, source)
     try:
         return KeyRing(keys, k.active)
@@ -90,27 +97,40 @@ def load_key_ring(privacy: PrivacyConfig, environ: Mapping[str, str] | None = No
         raise PrivacyKeyError(f"{source}: {exc}{hint}") from None
 
 
-def build_protector(privacy: PrivacyConfig, environ: Mapping[str, str] | None = None,
-                    ring: KeyRing | None = None) -> Protector:
+def build_protector(
+    privacy: PrivacyConfig, environ: Mapping[str, str] | None = None, ring: KeyRing | None = None
+) -> Protector:
     ring = ring or load_key_ring(privacy, environ)
     tokenizer = Tokenizer(ring, digest_bytes=privacy.token.digest_bytes)
     scanner = Scanner(tokenizer, privacy.detectors.actions(), email_format=privacy.token.email_format)
     rules = [Rule(r.name, r.action, tuple(r.keys), r.key_regex, r.scan) for r in privacy.rules]
     return Protector(
-        tokenizer, scanner, rules,
-        default_rules=privacy.default_rules, mode=privacy.mode, allowed_keys=privacy.allowed_keys,
+        tokenizer,
+        scanner,
+        rules,
+        default_rules=privacy.default_rules,
+        mode=privacy.mode,
+        allowed_keys=privacy.allowed_keys,
         unknown_keys=privacy.unknown_keys,
         url=UrlPolicy(privacy.url.query_values, frozenset(privacy.url.keep_params)),
         sanitize_span_names=privacy.sanitize_span_names,
     )
 
 
-def audit_record(trace_id: bytes, counts: Mapping[str, int], key_id: str, now_ns: int,
-                 late: bool = False, span_count: int = 0) -> bytes:
-    return avro.encode(PII_AUDIT, {
-        "trace_id": trace_id, "late": late, "span_count": span_count, "counts": dict(counts),
-        "key_id": key_id, "emitted_at_unix_nano": now_ns,
-    })
+def audit_record(
+    trace_id: bytes, counts: Mapping[str, int], key_id: str, now_ns: int, late: bool = False, span_count: int = 0
+) -> bytes:
+    return avro.encode(
+        PII_AUDIT,
+        {
+            "trace_id": trace_id,
+            "late": late,
+            "span_count": span_count,
+            "counts": dict(counts),
+            "key_id": key_id,
+            "emitted_at_unix_nano": now_ns,
+        },
+    )
 
 
 # ---------------------------------------------------------------------------- logs
@@ -158,6 +178,7 @@ def uninstall_log_protection() -> None:
 
 
 # ---------------------------------------------------------------------------- benchmark
+
 
 def bench_protect(traces: int = 300, seed: int = 7, rounds: int = 3, out=print) -> dict[str, float]:
     """Measure the cost of protection on generated traces (one core, no Kafka): tokens/s (fresh
@@ -207,7 +228,9 @@ def bench_protect(traces: int = 300, seed: int = 7, rounds: int = 3, out=print) 
         "attributes_per_span": attrs,
     }
     if out is not None:
-        out(f"privacy: {tokens_per_s:,.0f} tokens/s (HMAC-SHA256, no memo); "
+        out(
+            f"privacy: {tokens_per_s:,.0f} tokens/s (HMAC-SHA256, no memo); "
             f"{figures['us_per_span_cold']:.1f} µs per kept span cold, {figures['us_per_span_warm']:.1f} µs warm "
-            f"({len(spans):,} generated spans, {attrs:.1f} attributes each; best of {rounds})")
+            f"({len(spans):,} generated spans, {attrs:.1f} attributes each; best of {rounds})"
+        )
     return figures

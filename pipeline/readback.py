@@ -10,17 +10,21 @@ from typing import Iterator
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 
-def read_all(bootstrap: str, topic: str, timeout: float = 10.0, batch: int = 500) -> Iterator[tuple[int, int, bytes | None, bytes | None]]:
+def read_all(
+    bootstrap: str, topic: str, timeout: float = 10.0, batch: int = 500
+) -> Iterator[tuple[int, int, bytes | None, bytes | None]]:
     """Yield (partition, offset, key, value) of every record now in ``topic``."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": "tailsift-readback",  # required by librdkafka; never committed
-        "enable.auto.commit": False,
-        # EOF, not "offset + 1 == high watermark": in a transactional topic the last offsets are
-        # commit markers no consumer ever sees, and read_committed stops at the last stable offset
-        "enable.partition.eof": True,
-        "isolation.level": "read_committed",
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "tailsift-readback",  # required by librdkafka; never committed
+            "enable.auto.commit": False,
+            # EOF, not "offset + 1 == high watermark": in a transactional topic the last offsets are
+            # commit markers no consumer ever sees, and read_committed stops at the last stable offset
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
     try:
         meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if meta is None or meta.error is not None:

@@ -106,9 +106,14 @@ def render(report: Report) -> None:
         summary.add_row("spans in", f"{_metric_sum(m, 'tailsift_spans_ingested_total'):,.0f}")
         decided = _metric_sum(m, "tailsift_traces_decided_total")
         kept = _metric_sum(m, "tailsift_traces_decided_total", decision="keep")
-        summary.add_row("traces decided", f"{decided:,.0f} (kept {kept:,.0f}, {100 * kept / decided if decided else 0:.1f}%)")
+        summary.add_row(
+            "traces decided", f"{decided:,.0f} (kept {kept:,.0f}, {100 * kept / decided if decided else 0:.1f}%)"
+        )
     summary.add_row("spans in SLI windows", f"{report.sli_spans:,}")
-    summary.add_row("kept traces (traces.kept)", f"{len(report.kept_traces):,} ({report.kept_spans:,} spans, {report.late_records} late records)")
+    summary.add_row(
+        "kept traces (traces.kept)",
+        f"{len(report.kept_traces):,} ({report.kept_spans:,} spans, {report.late_records} late records)",
+    )
     summary.add_row("traces they stand for (Σ adjusted count)", f"{report.adjusted_total:,.0f}")
     summary.add_row("dead letters", ", ".join(f"{r}: {n}" for r, n in report.deadletters.items()) or "0")
     console.print(summary)
@@ -126,8 +131,17 @@ def render(report: Report) -> None:
     for name in sorted(report.sli):
         s = report.sli[name]
         q = (lambda x: s.sketch.get_quantile_value(x) or 0.0) if s.sketch else (lambda x: 0.0)
-        sli.add_row(name, f"{s.spans:,}", f"{s.errors:,}", f"{100 * s.errors / s.spans if s.spans else 0:.2f}",
-                    f"{q(0.5):.1f}", f"{q(0.95):.1f}", f"{q(0.99):.1f}", f"{s.max_ms:.1f}", str(s.windows))
+        sli.add_row(
+            name,
+            f"{s.spans:,}",
+            f"{s.errors:,}",
+            f"{100 * s.errors / s.spans if s.spans else 0:.2f}",
+            f"{q(0.5):.1f}",
+            f"{q(0.95):.1f}",
+            f"{q(0.99):.1f}",
+            f"{s.max_ms:.1f}",
+            str(s.windows),
+        )
     console.print(sli)
 
 

@@ -32,11 +32,15 @@ def read_windows(config: "Config", timeout: float = 10.0) -> dict[WindowKey, Mer
     from pipeline.codecs import avro
     from pipeline.readback import read_all
 
-    values = (v for _, _, _, v in read_all(config.kafka.bootstrap_servers, config.topics.sli_windows.name, timeout) if v)
+    values = (
+        v for _, _, _, v in read_all(config.kafka.bootstrap_servers, config.topics.sli_windows.name, timeout) if v
+    )
     return merge_records(avro.decode(avro.SLI_WINDOW, v) for v in values)
 
 
-def rows(windows: dict[WindowKey, MergedWindow], by: str = "operation", per_window: bool = False) -> tuple[list[str], list[tuple[tuple, MergedWindow]]]:
+def rows(
+    windows: dict[WindowKey, MergedWindow], by: str = "operation", per_window: bool = False
+) -> tuple[list[str], list[tuple[tuple, MergedWindow]]]:
     cols, key = _BY[by]
     if per_window:
         cols = cols + ("window_start",)
@@ -50,10 +54,19 @@ def as_dicts(cols: list[str], table: Iterable[tuple[tuple, MergedWindow]]) -> li
     out = []
     for key, m in table:
         d = dict(zip(cols, key))
-        d.update(spans=m.span_count, errors=m.error_count, roots=m.root_count,
-                 error_ratio=round(m.error_ratio, 6), min_ms=m.min_ms if m.span_count else 0.0,
-                 p50_ms=m.quantile(0.5), p90_ms=m.quantile(0.9), p95_ms=m.quantile(0.95),
-                 p99_ms=m.quantile(0.99), max_ms=m.max_ms, partials=m.partials)
+        d.update(
+            spans=m.span_count,
+            errors=m.error_count,
+            roots=m.root_count,
+            error_ratio=round(m.error_ratio, 6),
+            min_ms=m.min_ms if m.span_count else 0.0,
+            p50_ms=m.quantile(0.5),
+            p90_ms=m.quantile(0.9),
+            p95_ms=m.quantile(0.95),
+            p99_ms=m.quantile(0.99),
+            max_ms=m.max_ms,
+            partials=m.partials,
+        )
         out.append(d)
     return out
 
@@ -69,9 +82,17 @@ def render(cols: list[str], table: list[tuple[tuple, MergedWindow]]) -> None:
     for c in ("spans", "errors", "error %", "p50 ms", "p90 ms", "p99 ms", "max ms", "partials"):
         t.add_column(c, justify="right")
     for key, m in table:
-        t.add_row(*(str(k) for k in key), f"{m.span_count:,}", f"{m.error_count:,}", f"{100 * m.error_ratio:.2f}",
-                  f"{m.quantile(0.5):.2f}", f"{m.quantile(0.9):.2f}", f"{m.quantile(0.99):.2f}", f"{m.max_ms:.2f}",
-                  str(m.partials))
+        t.add_row(
+            *(str(k) for k in key),
+            f"{m.span_count:,}",
+            f"{m.error_count:,}",
+            f"{100 * m.error_ratio:.2f}",
+            f"{m.quantile(0.5):.2f}",
+            f"{m.quantile(0.9):.2f}",
+            f"{m.quantile(0.99):.2f}",
+            f"{m.max_ms:.2f}",
+            str(m.partials),
+        )
     console.print(t)
 
 
@@ -128,10 +149,17 @@ def bench_sli(traces: int = 3_000, seed: int = 5, rounds: int = 5, out=print) ->
             avro.encode(avro.SLI_WINDOW, window_record(agg, "bench", 0))
         windows = len(emitted)
         best_emit = min(best_emit, time.perf_counter() - start)
-    figures = {"add_us_per_span": 1e6 * best_add / n, "emit_us_per_window": 1e6 * best_emit / max(windows, 1),
-               "emit_us_per_span": 1e6 * best_emit / n, "spans": n, "windows": windows}
+    figures = {
+        "add_us_per_span": 1e6 * best_add / n,
+        "emit_us_per_window": 1e6 * best_emit / max(windows, 1),
+        "emit_us_per_span": 1e6 * best_emit / n,
+        "spans": n,
+        "windows": windows,
+    }
     if out:
-        out(f"SliWindows.add: {figures['add_us_per_span']:.2f} µs per span ({n:,} spans, {len(messages):,} messages); "
+        out(
+            f"SliWindows.add: {figures['add_us_per_span']:.2f} µs per span ({n:,} spans, {len(messages):,} messages); "
             f"emission: {figures['emit_us_per_window']:.0f} µs per window record ({windows} windows per "
-            f"(service, operation, kind, status), {figures['emit_us_per_span']:.2f} µs per span)")
+            f"(service, operation, kind, status), {figures['emit_us_per_span']:.2f} µs per span)"
+        )
     return figures

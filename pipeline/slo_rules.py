@@ -31,11 +31,22 @@ def seconds(duration: str) -> int:
 
 
 def objective(c: "SloObjectiveConfig") -> Objective:
-    alerts = DEFAULT_ALERTS if c.alerts is None else tuple(
-        BurnAlert(seconds(a.long_window), seconds(a.short_window), a.factor, a.severity) for a in c.alerts)
-    return Objective(name=c.name, service=c.service, objective=c.objective_percent / 100.0, kind=c.type,
-                     threshold_ms=c.threshold_ms, operation=c.operation, span_kind=c.span_kind,
-                     period_s=int(c.period_days * 86_400), alerts=alerts)
+    alerts = (
+        DEFAULT_ALERTS
+        if c.alerts is None
+        else tuple(BurnAlert(seconds(a.long_window), seconds(a.short_window), a.factor, a.severity) for a in c.alerts)
+    )
+    return Objective(
+        name=c.name,
+        service=c.service,
+        objective=c.objective_percent / 100.0,
+        kind=c.type,
+        threshold_ms=c.threshold_ms,
+        operation=c.operation,
+        span_kind=c.span_kind,
+        period_s=int(c.period_days * 86_400),
+        alerts=alerts,
+    )
 
 
 def objectives(config: "Config") -> list[Objective]:
@@ -50,41 +61,60 @@ def rules(objs: list[Objective]) -> dict:
     """The Prometheus rule file as a dict (``groups`` → ``rules``)."""
     out = []
     for o in objs:
-        what = (f"{o.objective * 100:g}% of {o.service}"
-                + (f" {o.operation}" if o.operation != "*" else "")
-                + (f" spans under {o.threshold_ms:g} ms" if o.kind == "latency" else " spans without error"))
+        what = (
+            f"{o.objective * 100:g}% of {o.service}"
+            + (f" {o.operation}" if o.operation != "*" else "")
+            + (f" spans under {o.threshold_ms:g} ms" if o.kind == "latency" else " spans without error")
+        )
         rs: list[dict] = []
         sel = f"slo={_q(o.name)}"
         budget = 1.0 - o.objective
 
         def burn(w: str) -> str:
-            return (f"(sum(rate(tailsift_slo_bad_events_total{{{sel}}}[{w}])) / "
-                    f"sum(rate(tailsift_slo_events_total{{{sel}}}[{w}]))) / {budget:.6g}")
+            return (
+                f"(sum(rate(tailsift_slo_bad_events_total{{{sel}}}[{w}])) / "
+                f"sum(rate(tailsift_slo_events_total{{{sel}}}[{w}]))) / {budget:.6g}"
+            )
 
         for a in o.alerts:
             lw, sw = window_label(a.long_s), window_label(a.short_s)
-            rs.append({
-                "alert": f"SLOBurnRate{a.severity.capitalize()}",
-                "expr": f"{burn(lw)} > {a.factor:g}\nand\n{burn(sw)} > {a.factor:g}",
-                "for": "1m" if a.severity == "page" else "15m",
-                "labels": {"severity": a.severity, "slo": o.name, "service": o.service,
-                           "long_window": lw, "short_window": sw},
-                "annotations": {
-                    "summary": f"{o.name}: error budget burning at > {a.factor:g}x over {lw} and {sw}",
-                    "description": (f"SLO {what} over {window_label(o.period_s)}. At this rate the budget "
-                                    f"lasts {o.period_s / a.factor / 86_400:.1f} days. Exact pre-sampling counts from tailsift."),
-                },
-            })
+            rs.append(
+                {
+                    "alert": f"SLOBurnRate{a.severity.capitalize()}",
+                    "expr": f"{burn(lw)} > {a.factor:g}\nand\n{burn(sw)} > {a.factor:g}",
+                    "for": "1m" if a.severity == "page" else "15m",
+                    "labels": {
+                        "severity": a.severity,
+                        "slo": o.name,
+                        "service": o.service,
+                        "long_window": lw,
+                        "short_window": sw,
+                    },
+                    "annotations": {
+                        "summary": f"{o.name}: error budget burning at > {a.factor:g}x over {lw} and {sw}",
+                        "description": (
+                            f"SLO {what} over {window_label(o.period_s)}. At this rate the budget "
+                            f"lasts {o.period_s / a.factor / 86_400:.1f} days. Exact pre-sampling counts from tailsift."
+                        ),
+                    },
+                }
+            )
         period = window_label(o.period_s)
-        rs.append({
-            "alert": "SLOErrorBudgetExhausted",
-            "expr": (f"(sum(increase(tailsift_slo_bad_events_total{{{sel}}}[{period}])) / "
-                     f"sum(increase(tailsift_slo_events_total{{{sel}}}[{period}]))) / {budget:.6g} >= 1"),
-            "for": "5m",
-            "labels": {"severity": "ticket", "slo": o.name, "service": o.service},
-            "annotations": {"summary": f"{o.name}: error budget for {period} exhausted",
-                            "description": f"SLO {what}."},
-        })
+        rs.append(
+            {
+                "alert": "SLOErrorBudgetExhausted",
+                "expr": (
+                    f"(sum(increase(tailsift_slo_bad_events_total{{{sel}}}[{period}])) / "
+                    f"sum(increase(tailsift_slo_events_total{{{sel}}}[{period}]))) / {budget:.6g} >= 1"
+                ),
+                "for": "5m",
+                "labels": {"severity": "ticket", "slo": o.name, "service": o.service},
+                "annotations": {
+                    "summary": f"{o.name}: error budget for {period} exhausted",
+                    "description": f"SLO {what}.",
+                },
+            }
+        )
         out.append({"name": f"tailsift-slo-{o.name}", "rules": rs})
     return {"groups": out}
 

@@ -36,13 +36,25 @@ def create_topics(config: Config, timeout: float = 30.0) -> list[TopicResult]:
     for key, topic in wanted.items():
         if topic.name in existing:
             have = len(existing[topic.name].partitions)
-            detail = "" if have == topic.partitions else f"has {have} partitions, config says {topic.partitions} (not changed)"
+            detail = (
+                ""
+                if have == topic.partitions
+                else f"has {have} partitions, config says {topic.partitions} (not changed)"
+            )
             results.append(TopicResult(key, topic.name, "exists", detail))
         else:
             new.append((key, topic))
     if new:
         futures = admin.create_topics(
-            [NewTopic(t.name, num_partitions=t.partitions, replication_factor=t.replication_factor, config=topic_settings(t)) for _, t in new],
+            [
+                NewTopic(
+                    t.name,
+                    num_partitions=t.partitions,
+                    replication_factor=t.replication_factor,
+                    config=topic_settings(t),
+                )
+                for _, t in new
+            ],
             request_timeout=timeout,
         )
         for key, topic in new:

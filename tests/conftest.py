@@ -37,12 +37,16 @@ def _kafka_state_dir() -> Path:
     return Path(os.environ.get("TAILSIFT_KAFKA_DIR") or _REPO_ROOT / ".kafka").resolve()
 
 
-def _run_kafka_script(*args: str, timeout: float = 600, env: dict | None = None
-                      ) -> subprocess.CompletedProcess:
+def _run_kafka_script(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     # Run with this interpreter so the script's readiness check can use confluent_kafka.
-    return subprocess.run([sys.executable, str(KAFKA_SCRIPT), *args], capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                          env=env if env is not None else os.environ.copy())
+    return subprocess.run(
+        [sys.executable, str(KAFKA_SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=env if env is not None else os.environ.copy(),
+    )
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,9 @@ def local_kafka() -> Iterator[LocalKafka]:
         # `start` with KAFKA_BOOTSTRAP_SERVERS set only checks that the cluster answers.
         proc = _run_kafka_script("start", "--timeout", "30", timeout=120)
         if proc.returncode != 0:
-            pytest.fail(f"KAFKA_BOOTSTRAP_SERVERS={external} does not answer:\n"
-                        f"{proc.stdout}\n{proc.stderr}", pytrace=False)
+            pytest.fail(
+                f"KAFKA_BOOTSTRAP_SERVERS={external} does not answer:\n{proc.stdout}\n{proc.stderr}", pytrace=False
+            )
         yield LocalKafka(bootstrap=external, instance_dir=None)
         return
 
@@ -101,12 +106,13 @@ def local_kafka() -> Iterator[LocalKafka]:
         proc = _run_kafka_script("start", "--port", "0", "--dir", str(inst), env=env)
     except subprocess.TimeoutExpired as exc:
         _run_kafka_script("stop", "--dir", str(inst), timeout=60)
-        pytest.fail(f"deploy/local/kafka start timed out after {exc.timeout}s "
-                    f"(logs kept in {inst})", pytrace=False)
+        pytest.fail(f"deploy/local/kafka start timed out after {exc.timeout}s (logs kept in {inst})", pytrace=False)
     if proc.returncode != 0:
-        pytest.fail(f"could not start the local Kafka broker (deploy/local/kafka start, exit "
-                    f"{proc.returncode}); logs kept in {inst}:\n{proc.stderr}\n{proc.stdout}",
-                    pytrace=False)
+        pytest.fail(
+            f"could not start the local Kafka broker (deploy/local/kafka start, exit "
+            f"{proc.returncode}); logs kept in {inst}:\n{proc.stderr}\n{proc.stdout}",
+            pytrace=False,
+        )
     lines = proc.stdout.strip().splitlines()
     broker = LocalKafka(bootstrap=lines[-1].strip() if lines else "", instance_dir=inst)
     try:
@@ -127,6 +133,7 @@ def kafka_bootstrap(local_kafka: LocalKafka) -> str:
 @pytest.fixture
 def unique_name() -> str:
     return uuid.uuid4().hex[:8]
+
 
 # ============================ end of local Kafka broker section ===============================
 

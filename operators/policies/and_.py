@@ -33,5 +33,10 @@ class AndPolicy:
                 other = True
             else:
                 p_r = min(p_r, v.probability)
-        return Verdict(Action.KEEP, "and(" + ",".join(s.name for s in self.policies) + ")",
-                       p_r * p_other, sampled, f"and:{self.name}" if other else "")
+        return Verdict(
+            Action.KEEP,
+            "and(" + ",".join(s.name for s in self.policies) + ")",
+            p_r * p_other,
+            sampled,
+            f"and:{self.name}" if other else "",
+        )

@@ -69,7 +69,9 @@ def draw(trace: TraceView, probability: float, reason: str, salt: str | None = N
         return Verdict(Action.KEEP, reason, 0.0, False, "")
     t = rnd.threshold(probability)
     if salt:
-        return Verdict(Action.KEEP, reason, probability, rnd.salted_randomness(trace.trace_id, salt) >= t, "salt:" + salt)
+        return Verdict(
+            Action.KEEP, reason, probability, rnd.salted_randomness(trace.trace_id, salt) >= t, "salt:" + salt
+        )
     return Verdict(Action.KEEP, reason, probability, trace.randomness >= t, "")
 
 

@@ -20,5 +20,7 @@ class BooleanAttributePolicy:
     def evaluate(self, trace: TraceView) -> Verdict | None:
         matched = any(v is self.value for v in trace.values(self.key))
         if matched != self.invert_match:
-            return keep(f"boolean_attribute:{self.key}={str(self.value).lower()}" + (":inverted" if self.invert_match else ""))
+            return keep(
+                f"boolean_attribute:{self.key}={str(self.value).lower()}" + (":inverted" if self.invert_match else "")
+            )
         return None

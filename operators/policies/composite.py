@@ -52,7 +52,9 @@ class CompositePolicy:
             budget = draw(trace, b, "")
             reason = f"composite:{sub.name}:{v.reason}"
             if v.source:
-                verdict = Verdict(Action.KEEP, reason, v.probability * b, v.sampled and budget.sampled, f"composite:{self.name}")
+                verdict = Verdict(
+                    Action.KEEP, reason, v.probability * b, v.sampled and budget.sampled, f"composite:{self.name}"
+                )
             else:
                 verdict = Verdict(Action.KEEP, reason, min(v.probability, b), v.sampled and budget.sampled)
             if verdict.sampled and not self._buckets[i].take(n, now):

@@ -13,8 +13,14 @@ from operators.adaptive import KeyedSampler, allocate
 class DynamicPolicy(KeyedSampler):
     kind = "dynamic"
 
-    def __init__(self, name: str, sample_rate: float, field_list: Sequence[str], clear_frequency_s: float = 30.0,
-                 max_keys: int = 500):
+    def __init__(
+        self,
+        name: str,
+        sample_rate: float,
+        field_list: Sequence[str],
+        clear_frequency_s: float = 30.0,
+        max_keys: int = 500,
+    ):
         super().__init__(name, field_list, int(clear_frequency_s * 1e9), max_keys)
         self.sample_rate = sample_rate
 

@@ -13,11 +13,28 @@ from operators.adaptive import EmaKeyedSampler
 class EmaThroughputPolicy(EmaKeyedSampler):
     kind = "ema_throughput"
 
-    def __init__(self, name: str, goal_throughput_per_sec: float, field_list: Sequence[str],
-                 adjustment_interval_s: float = 15.0, weight: float = 0.5, age_out_value: float = 0.5,
-                 burst_multiple: float = 2.0, burst_detection_delay: int = 3, max_keys: int = 500):
-        super().__init__(name, field_list, int(adjustment_interval_s * 1e9), max_keys, weight, age_out_value,
-                         burst_multiple, burst_detection_delay)
+    def __init__(
+        self,
+        name: str,
+        goal_throughput_per_sec: float,
+        field_list: Sequence[str],
+        adjustment_interval_s: float = 15.0,
+        weight: float = 0.5,
+        age_out_value: float = 0.5,
+        burst_multiple: float = 2.0,
+        burst_detection_delay: int = 3,
+        max_keys: int = 500,
+    ):
+        super().__init__(
+            name,
+            field_list,
+            int(adjustment_interval_s * 1e9),
+            max_keys,
+            weight,
+            age_out_value,
+            burst_multiple,
+            burst_detection_delay,
+        )
         self.goal_throughput_per_sec = goal_throughput_per_sec
         self.interval_s = adjustment_interval_s
 

@@ -26,8 +26,23 @@ from typing import Any, Sequence
 from operators.policies.base import Policy, Verdict, draw, drop
 from operators.trace import SpanHeader, TraceView
 
-OPERATORS = ("=", "!=", ">", "<", ">=", "<=", "starts-with", "contains", "does-not-contain", "exists",
-             "not-exists", "matches", "in", "not-in", "has-root-span")
+OPERATORS = (
+    "=",
+    "!=",
+    ">",
+    "<",
+    ">=",
+    "<=",
+    "starts-with",
+    "contains",
+    "does-not-contain",
+    "exists",
+    "not-exists",
+    "matches",
+    "in",
+    "not-in",
+    "has-root-span",
+)
 
 
 def _num(v: Any) -> float | None:

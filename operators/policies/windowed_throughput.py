@@ -14,8 +14,15 @@ from operators.adaptive import KeyedSampler, allocate
 class WindowedThroughputPolicy(KeyedSampler):
     kind = "windowed_throughput"
 
-    def __init__(self, name: str, goal_throughput_per_sec: float, field_list: Sequence[str],
-                 update_frequency_s: float = 1.0, lookback_frequency_s: float = 30.0, max_keys: int = 500):
+    def __init__(
+        self,
+        name: str,
+        goal_throughput_per_sec: float,
+        field_list: Sequence[str],
+        update_frequency_s: float = 1.0,
+        lookback_frequency_s: float = 30.0,
+        max_keys: int = 500,
+    ):
         super().__init__(name, field_list, int(update_frequency_s * 1e9), max_keys)
         self.goal_throughput_per_sec = goal_throughput_per_sec
         self.update_frequency_s = update_frequency_s

@@ -96,14 +96,17 @@ DETECTORS: tuple[Detector, ...] = (
             r"|\bxox[abposr]-[A-Za-z0-9-]{10,}"
             r"|\bAIza[0-9A-Za-z_-]{35})"
             r"|(?i:\b(?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|refresh[_-]?token|client[_-]?secret"
-            r"|secret|password|passwd|pwd)[\"']?\s*[=:]\s*[\"']?)(?P<v>[^\s&\"',;}]{3,})"),
+            r"|secret|password|passwd|pwd)[\"']?\s*[=:]\s*[\"']?)(?P<v>[^\s&\"',;}]{3,})"
+        ),
         lambda s: True,
         span=_span_v_or_w,
         description="API-key shapes (sk_live_…, AKIA…, ghp_…, xox…-, AIza…) and values of key=/secret=/password= pairs",
     ),
     Detector(
         "email",
-        re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b"),
+        re.compile(
+            r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b"
+        ),
         lambda s: "@" in s,
         description="e-mail addresses",
     ),
@@ -129,7 +132,9 @@ DETECTORS: tuple[Detector, ...] = (
     ),
     Detector(
         "ipv6",
-        re.compile(rf"(?<![\w:.])(?:[{_HEX}]{{0,4}}:){{2,7}}(?:[{_HEX}]{{1,4}}|(?:\d{{1,3}}\.){{3}}\d{{1,3}})?(?![\w:])"),
+        re.compile(
+            rf"(?<![\w:.])(?:[{_HEX}]{{0,4}}:){{2,7}}(?:[{_HEX}]{{1,4}}|(?:\d{{1,3}}\.){{3}}\d{{1,3}})?(?![\w:])"
+        ),
         lambda s: "::" in s or s.count(":") >= 7,
         validate=_ipv6_ok,
         description="IPv6 addresses (validated by ipaddress)",
@@ -140,7 +145,8 @@ DETECTORS: tuple[Detector, ...] = (
             r"(?<![\w+.-])(?:\+[1-9]\d{7,14}"
             r"|\+\d{1,3}[ .-]\(?\d{1,4}\)?(?:[ .-]\d{2,4}){2,3}"
             r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"
-            r"|\d{3}[.-]\d{3}[.-]\d{4})(?![\w-])"),
+            r"|\d{3}[.-]\d{3}[.-]\d{4})(?![\w-])"
+        ),
         _has_digit,
         description="phone numbers: +E.164, international with separators, NANP (555) 123-4567 / 555-123-4567",
     ),
@@ -168,8 +174,9 @@ def redaction(what: str) -> str:
 class Scanner:
     """Runs the enabled detectors over text and replaces what they find by their action."""
 
-    def __init__(self, tokenizer: Tokenizer, actions: dict[str, str], email_format: bool = True,
-                 memo_size: int = 65_536):
+    def __init__(
+        self, tokenizer: Tokenizer, actions: dict[str, str], email_format: bool = True, memo_size: int = 65_536
+    ):
         unknown = set(actions) - set(_BY_NAME)
         if unknown:
             raise ValueError(f"unknown detectors: {sorted(unknown)}")

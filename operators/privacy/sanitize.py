@@ -99,18 +99,48 @@ def sanitize_url(url: str, query_mode: str, keep_params: frozenset[str], token: 
 
 # ---------------------------------------------------------------------------- statements
 
-_SQL_VERBS = frozenset((
-    "SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "UPSERT", "MERGE", "WITH", "CALL", "EXEC",
-    "EXECUTE", "VALUES", "CREATE", "ALTER", "DROP", "TRUNCATE", "SHOW", "EXPLAIN", "SET", "BEGIN",
-    "COMMIT", "ROLLBACK", "GRANT", "REVOKE", "COPY", "DECLARE", "FETCH", "LOCK", "(SELECT"))
+_SQL_VERBS = frozenset(
+    (
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "REPLACE",
+        "UPSERT",
+        "MERGE",
+        "WITH",
+        "CALL",
+        "EXEC",
+        "EXECUTE",
+        "VALUES",
+        "CREATE",
+        "ALTER",
+        "DROP",
+        "TRUNCATE",
+        "SHOW",
+        "EXPLAIN",
+        "SET",
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "GRANT",
+        "REVOKE",
+        "COPY",
+        "DECLARE",
+        "FETCH",
+        "LOCK",
+        "(SELECT",
+    )
+)
 _SQL_LITERAL = re.compile(
-    r"'(?:[^'\\]|\\.|'')*'"            # 'string' (with '' or \' escapes)
-    r"|'(?:[^'\\]|\\.|'')*$"           # an unterminated string: everything after the quote
-    r"|\$([A-Za-z_]*)\$.*?\$\1\$"      # $$dollar quoted$$ / $tag$...$tag$
-    r"|\b[xX]'[0-9A-Fa-f]*'"           # X'hex'
-    r"|\b0[xX][0-9A-Fa-f]+\b"          # 0xhex
+    r"'(?:[^'\\]|\\.|'')*'"  # 'string' (with '' or \' escapes)
+    r"|'(?:[^'\\]|\\.|'')*$"  # an unterminated string: everything after the quote
+    r"|\$([A-Za-z_]*)\$.*?\$\1\$"  # $$dollar quoted$$ / $tag$...$tag$
+    r"|\b[xX]'[0-9A-Fa-f]*'"  # X'hex'
+    r"|\b0[xX][0-9A-Fa-f]+\b"  # 0xhex
     r"|(?<![\w$.:])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])",  # numbers, not inside identifiers
-    re.S)
+    re.S,
+)
 _MYSQL_DQ = re.compile(r'"(?:[^"\\]|\\.|"")*"')
 _JSON_SCALAR = re.compile(r'(:\s*)(?:"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|true|false|null)')
 

@@ -254,10 +254,18 @@ def span_to_dict(header: dict, sp: Span) -> dict:
     span = {k: v for k, v in header.items() if k != "detail"}
     span["status_message"] = sp.status.message
     span["attributes"] = attrs_to_py(sp.attributes)
-    span["events"] = [{"time_unix_nano": e.time_unix_nano, "name": e.name, "attributes": attrs_to_py(e.attributes)}
-                      for e in sp.events]
-    span["links"] = [{"trace_id": ln.trace_id, "span_id": ln.span_id, "trace_state": ln.trace_state,
-                      "attributes": attrs_to_py(ln.attributes)} for ln in sp.links]
+    span["events"] = [
+        {"time_unix_nano": e.time_unix_nano, "name": e.name, "attributes": attrs_to_py(e.attributes)} for e in sp.events
+    ]
+    span["links"] = [
+        {
+            "trace_id": ln.trace_id,
+            "span_id": ln.span_id,
+            "trace_state": ln.trace_state,
+            "attributes": attrs_to_py(ln.attributes),
+        }
+        for ln in sp.links
+    ]
     span["otlp.flags"] = sp.flags
     return span
 
@@ -266,17 +274,19 @@ def kept_batches(trace: OtlpTrace) -> list[dict]:
     """One KeptTrace-shaped batch per (resource, scope) group, fully decoded."""
     out = []
     for rs, ss, service, headers in trace.groups:
-        out.append({
-            "trace_id": trace.trace_id,
-            "service": service,
-            "spans": [span_to_dict(h, h["detail"]) for h in headers],
-            "resource": attrs_to_py(rs.resource.attributes),
-            "scope_name": ss.scope.name,
-            "otlp.scope_version": ss.scope.version,
-            "otlp.scope_attributes": attrs_to_py(ss.scope.attributes),
-            "otlp.resource_schema_url": rs.schema_url,
-            "otlp.scope_schema_url": ss.schema_url,
-        })
+        out.append(
+            {
+                "trace_id": trace.trace_id,
+                "service": service,
+                "spans": [span_to_dict(h, h["detail"]) for h in headers],
+                "resource": attrs_to_py(rs.resource.attributes),
+                "scope_name": ss.scope.name,
+                "otlp.scope_version": ss.scope.version,
+                "otlp.scope_attributes": attrs_to_py(ss.scope.attributes),
+                "otlp.resource_schema_url": rs.schema_url,
+                "otlp.scope_schema_url": ss.schema_url,
+            }
+        )
     return out
 
 
@@ -321,8 +331,21 @@ def encode_request(batches: list[dict], fmt: str = "otlp_proto") -> bytes:
     return serialize_request(req, fmt)
 
 
-__all__ = ["FORMATS", "InvalidTraceId", "OtlpTrace", "decode_traces", "decode_detail", "kept_batches",
-           "encode_request", "split_request", "key_matches", "parse_request", "serialize_request", "Status", "KeyValue"]
+__all__ = [
+    "FORMATS",
+    "InvalidTraceId",
+    "OtlpTrace",
+    "decode_traces",
+    "decode_detail",
+    "kept_batches",
+    "encode_request",
+    "split_request",
+    "key_matches",
+    "parse_request",
+    "serialize_request",
+    "Status",
+    "KeyValue",
+]
 
 
 def kept_summary(trace_id: bytes, value: bytes, fmt: str = "otlp_proto") -> dict:
@@ -331,6 +354,10 @@ def kept_summary(trace_id: bytes, value: bytes, fmt: str = "otlp_proto") -> dict
     req = parse_request(value, fmt)
     spans = [sp for rs in req.resource_spans for ss in rs.scope_spans for sp in ss.spans]
     attrs = attrs_to_py(spans[0].attributes) if spans else {}
-    return {"trace_id": trace_id, "policy": attrs.get("sampling.policy", ""),
-            "adjusted_count": float(attrs.get("sampling.adjusted_count", 1.0)),
-            "late": bool(attrs.get("sampling.late", False)), "span_count": len(spans)}
+    return {
+        "trace_id": trace_id,
+        "policy": attrs.get("sampling.policy", ""),
+        "adjusted_count": float(attrs.get("sampling.adjusted_count", 1.0)),
+        "late": bool(attrs.get("sampling.late", False)),
+        "span_count": len(spans),
+    }

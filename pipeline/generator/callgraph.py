@@ -135,24 +135,20 @@ class GeneratedTrace:
 # --------------------------------------------------------------------------------------------
 # Topology: services, replicas (resources), operations
 
-SERVICES = ("frontend", "checkout", "cart", "payment", "inventory", "shipping",
-            "recommendation", "email-worker")
+SERVICES = ("frontend", "checkout", "cart", "payment", "inventory", "shipping", "recommendation", "email-worker")
 
 _SERVICE_INFO = {
     # name: (sdk language, version, replicas, port, instrumentation scope, flush interval ms)
     "frontend": ("nodejs", "2.14.1", 3, 8080, "@opentelemetry/instrumentation-http", 500),
-    "checkout": ("go", "1.9.0", 2, 5050,
-                 "go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp", 1000),
+    "checkout": ("go", "1.9.0", 2, 5050, "go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp", 1000),
     "cart": ("dotnet", "3.2.7", 2, 7070, "OpenTelemetry.Instrumentation.AspNetCore", 1000),
     "payment": ("java", "5.0.3", 2, 8443, "io.opentelemetry.spring-webmvc-6.0", 1000),
     "inventory": ("python", "1.4.2", 3, 8000, "opentelemetry.instrumentation.flask", 1000),
-    "shipping": ("go", "0.18.4", 2, 9090,
-                 "go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp", 1000),
+    "shipping": ("go", "0.18.4", 2, 9090, "go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp", 1000),
     "recommendation": ("python", "0.7.0", 2, 8001, "opentelemetry.instrumentation.fastapi", 1000),
     "email-worker": ("java", "2.3.1", 2, 0, "io.opentelemetry.kafka-clients-2.6", 2000),
 }
-_SDK_VERSION = {"nodejs": "1.26.0", "go": "1.28.0", "dotnet": "1.9.0", "java": "1.42.1",
-                "python": "1.27.0"}
+_SDK_VERSION = {"nodejs": "1.26.0", "go": "1.28.0", "dotnet": "1.9.0", "java": "1.42.1", "python": "1.27.0"}
 
 
 class _Replica:
@@ -167,8 +163,7 @@ class _Replica:
 
 
 class _Service:
-    __slots__ = ("index", "name", "port", "host", "base_url", "scope",
-                 "flush_ns", "replicas", "n")
+    __slots__ = ("index", "name", "port", "host", "base_url", "scope", "flush_ns", "replicas", "n")
 
     def __init__(self, index: int, name: str, topo: random.Random):
         lang, version, n, port, scope, flush_ms = _SERVICE_INFO[name]
@@ -182,16 +177,20 @@ class _Service:
         self.replicas = []
         rs = "".join(topo.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(9))
         for i in range(n):
-            pod = f"{name}-{rs}-" + "".join(topo.choice("bcdfghjklmnpqrstvwxz2456789")
-                                            for _ in range(5))
+            pod = f"{name}-{rs}-" + "".join(topo.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
             ip = f"10.42.{topo.randrange(0, 8)}.{topo.randrange(2, 254)}"
             resource = {
                 "service.name": name,
                 "service.namespace": "shop",
                 "service.version": version,
-                "service.instance.id": "%08x-%04x-4%03x-a%03x-%012x" % (
-                    topo.getrandbits(32), topo.getrandbits(16), topo.getrandbits(12),
-                    topo.getrandbits(12), topo.getrandbits(48)),
+                "service.instance.id": "%08x-%04x-4%03x-a%03x-%012x"
+                % (
+                    topo.getrandbits(32),
+                    topo.getrandbits(16),
+                    topo.getrandbits(12),
+                    topo.getrandbits(12),
+                    topo.getrandbits(48),
+                ),
                 "deployment.environment.name": "production",
                 "telemetry.sdk.name": "opentelemetry",
                 "telemetry.sdk.language": lang,
@@ -211,11 +210,9 @@ class _Service:
 class _Op:
     """One operation: a span name/kind on a service, its latency law and constant attributes."""
 
-    __slots__ = ("key", "svc", "name", "kind", "mu", "sigma", "static_attrs", "exc",
-                 "timeout_ns")
+    __slots__ = ("key", "svc", "name", "kind", "mu", "sigma", "static_attrs", "exc", "timeout_ns")
 
-    def __init__(self, key, svc: _Service, name, kind, median_ms, sigma, attrs=None, exc=None,
-                 timeout_ms=None):
+    def __init__(self, key, svc: _Service, name, kind, median_ms, sigma, attrs=None, exc=None, timeout_ms=None):
         self.key = key
         self.svc = svc
         self.name = name
@@ -233,28 +230,75 @@ class _Op:
 class _Ctx:
     """Per-trace request data (the PII the spans leak)."""
 
-    __slots__ = ("user_id", "email", "ip", "ua", "session", "jwt", "card", "card_fmt",
-                 "order_id", "skus", "qtys", "zip", "total_cents", "leak_card")
+    __slots__ = (
+        "user_id",
+        "email",
+        "ip",
+        "ua",
+        "session",
+        "jwt",
+        "card",
+        "card_fmt",
+        "order_id",
+        "skus",
+        "qtys",
+        "zip",
+        "total_cents",
+        "leak_card",
+    )
 
 
-_FIRST = ("jane", "john", "maria", "wei", "ahmed", "olga", "lucas", "emma", "noah", "sofia",
-          "liam", "mia", "arjun", "yuki", "fatima", "pierre", "anna", "diego", "chloe", "omar")
-_LAST = ("doe", "smith", "garcia", "chen", "khan", "ivanova", "silva", "muller", "rossi",
-         "tanaka", "nguyen", "kowalski", "dubois", "okafor", "larsen", "patel")
+_FIRST = (
+    "jane",
+    "john",
+    "maria",
+    "wei",
+    "ahmed",
+    "olga",
+    "lucas",
+    "emma",
+    "noah",
+    "sofia",
+    "liam",
+    "mia",
+    "arjun",
+    "yuki",
+    "fatima",
+    "pierre",
+    "anna",
+    "diego",
+    "chloe",
+    "omar",
+)
+_LAST = (
+    "doe",
+    "smith",
+    "garcia",
+    "chen",
+    "khan",
+    "ivanova",
+    "silva",
+    "muller",
+    "rossi",
+    "tanaka",
+    "nguyen",
+    "kowalski",
+    "dubois",
+    "okafor",
+    "larsen",
+    "patel",
+)
 _DOMAINS = ("example.com", "mail.example.org", "example.net", "corp.example.com")
 _UAS = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/126.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) "
     "Version/17.5 Safari/605.1.15",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like "
-    "Gecko) Mobile/15E148",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
     "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0",
     "shop-android/4.12.0 (Pixel 8; Android 14)",
 )
 _PUBLIC_FIRST_OCTET = (23, 31, 37, 45, 52, 63, 72, 81, 88, 93, 104, 145, 176, 185, 203, 212)
-_JWT_HEADER = base64.urlsafe_b64encode(b'{"alg":"RS256","typ":"JWT","kid":"shop-2024-06"}'
-                                       ).rstrip(b"=").decode()
+_JWT_HEADER = base64.urlsafe_b64encode(b'{"alg":"RS256","typ":"JWT","kid":"shop-2024-06"}').rstrip(b"=").decode()
 _CARRIERS = ("dhl", "ups", "fedex", "gls", "dpd")
 
 _KEY_EMAIL = ("user.email", "enduser.email", "email")
@@ -274,8 +318,7 @@ def _exception_event(t: int, exc: tuple, escaped: bool) -> dict:
     attrs = _EXC_ATTRS.get((exc, escaped))
     if attrs is None:
         etype, message, stack = exc
-        attrs = {"exception.type": etype, "exception.message": message,
-                 "exception.stacktrace": stack}
+        attrs = {"exception.type": etype, "exception.message": message, "exception.stacktrace": stack}
         if escaped:
             attrs["exception.escaped"] = True
         _EXC_ATTRS[(exc, escaped)] = attrs
@@ -317,25 +360,56 @@ class TraceGenerator:
         self.services = {name: _Service(i, name, topo) for i, name in enumerate(SERVICES)}
         self._build_ops()
         self._skus = [f"SKU-{topo.randrange(10000, 99999)}" for _ in range(400)]
-        self._prices = {s: topo.choice((499, 999, 1299, 1999, 2499, 4999, 8999, 12900))
-                        for s in self._skus}
+        self._prices = {s: topo.choice((499, 999, 1299, 1999, 2499, 4999, 8999, 12900)) for s in self._skus}
         self._flows = (
-            _Flow("product", 0.45, self._flow_product,
-                  (self.op_inv_redis_get, self.op_rec_predict, self.op_ship_select,
-                   self.op_cart_hgetall),
-                  (self.op_inv_redis_get, self.op_rec_predict, self.op_ship_select,
-                   self.op_inv_select_batch, self.op_fe_render)),
-            _Flow("cart", 0.20, self._flow_cart,
-                  (self.op_cart_hset, self.op_inv_redis_get, self.op_rec_predict),
-                  (self.op_cart_hset, self.op_inv_redis_get, self.op_rec_predict,
-                   self.op_cart_expire)),
-            _Flow("checkout", 0.30, self._flow_checkout,
-                  (self.op_pay_gateway, self.op_inv_update, self.op_co_insert,
-                   self.op_email_smtp, self.op_ship_select, self.op_cart_hgetall),
-                  (self.op_pay_gateway, self.op_inv_update, self.op_co_insert,
-                   self.op_email_smtp, self.op_ship_select, self.op_pay_insert)),
-            _Flow("rate-sync", 0.05, self._flow_rate_sync,
-                  (self.op_ship_carrier,), (self.op_ship_carrier, self.op_ship_replace)),
+            _Flow(
+                "product",
+                0.45,
+                self._flow_product,
+                (self.op_inv_redis_get, self.op_rec_predict, self.op_ship_select, self.op_cart_hgetall),
+                (
+                    self.op_inv_redis_get,
+                    self.op_rec_predict,
+                    self.op_ship_select,
+                    self.op_inv_select_batch,
+                    self.op_fe_render,
+                ),
+            ),
+            _Flow(
+                "cart",
+                0.20,
+                self._flow_cart,
+                (self.op_cart_hset, self.op_inv_redis_get, self.op_rec_predict),
+                (self.op_cart_hset, self.op_inv_redis_get, self.op_rec_predict, self.op_cart_expire),
+            ),
+            _Flow(
+                "checkout",
+                0.30,
+                self._flow_checkout,
+                (
+                    self.op_pay_gateway,
+                    self.op_inv_update,
+                    self.op_co_insert,
+                    self.op_email_smtp,
+                    self.op_ship_select,
+                    self.op_cart_hgetall,
+                ),
+                (
+                    self.op_pay_gateway,
+                    self.op_inv_update,
+                    self.op_co_insert,
+                    self.op_email_smtp,
+                    self.op_ship_select,
+                    self.op_pay_insert,
+                ),
+            ),
+            _Flow(
+                "rate-sync",
+                0.05,
+                self._flow_rate_sync,
+                (self.op_ship_carrier,),
+                (self.op_ship_carrier, self.op_ship_replace),
+            ),
         )
         acc, self._flow_cdf = 0.0, []
         for f in self._flows:
@@ -356,32 +430,44 @@ class TraceGenerator:
         fe, co, cart, pay, inv, ship, rec, email = (S[n] for n in SERVICES)
 
         def server(svc, method, route, median, sigma=0.35):
-            return _Op(f"{svc.name}:{method} {route}", svc, f"{method} {route}", "SERVER",
-                       median, sigma, {
-                           "http.request.method": method, "http.route": route,
-                           "url.scheme": "https" if svc is fe else "http",
-                           "server.address": "shop.example.com" if svc is fe else svc.host,
-                           "server.port": 443 if svc is fe else svc.port,
-                           "network.protocol.version": "1.1"})
+            return _Op(
+                f"{svc.name}:{method} {route}",
+                svc,
+                f"{method} {route}",
+                "SERVER",
+                median,
+                sigma,
+                {
+                    "http.request.method": method,
+                    "http.route": route,
+                    "url.scheme": "https" if svc is fe else "http",
+                    "server.address": "shop.example.com" if svc is fe else svc.host,
+                    "server.port": 443 if svc is fe else svc.port,
+                    "network.protocol.version": "1.1",
+                },
+            )
 
         def client(svc, method, target: _Service, route):
-            return _Op(f"{svc.name}->{target.name}:{method} {route}", svc, method, "CLIENT",
-                       1.0, 0.3, {"http.request.method": method, "server.address": target.host,
-                                  "server.port": target.port})
+            return _Op(
+                f"{svc.name}->{target.name}:{method} {route}",
+                svc,
+                method,
+                "CLIENT",
+                1.0,
+                0.3,
+                {"http.request.method": method, "server.address": target.host, "server.port": target.port},
+            )
 
-        def db(svc, system, dbname, op, table, median, sigma=0.5, exc=None, timeout_ms=None,
-               host=None, port=None):
+        def db(svc, system, dbname, op, table, median, sigma=0.5, exc=None, timeout_ms=None, host=None, port=None):
             attrs = {"db.system": system, "db.operation.name": op}
             if dbname:
                 attrs["db.namespace"] = dbname
             if table:
                 attrs["db.collection.name"] = table
             attrs["server.address"] = host or f"{system}-{svc.name}"
-            attrs["server.port"] = port or {"postgresql": 5432, "redis": 6379,
-                                            "mysql": 3306}[system]
+            attrs["server.port"] = port or {"postgresql": 5432, "redis": 6379, "mysql": 3306}[system]
             name = f"{op} {dbname}.{table}" if table else op
-            return _Op(f"{svc.name}:db {name}", svc, name, "CLIENT", median, sigma, attrs,
-                       exc, timeout_ms)
+            return _Op(f"{svc.name}:db {name}", svc, name, "CLIENT", median, sigma, attrs, exc, timeout_ms)
 
         def internal(svc, name, median, sigma=0.4, attrs=None, exc=None):
             return _Op(f"{svc.name}:{name}", svc, name, "INTERNAL", median, sigma, attrs, exc)
@@ -397,8 +483,7 @@ class TraceGenerator:
         self.op_fe_product = server(fe, "GET", "/product/:id", 2.0)
         self.op_fe_cart_add = server(fe, "POST", "/api/cart/items", 2.0)
         self.op_fe_checkout = server(fe, "POST", "/api/checkout", 3.0)
-        self.op_fe_render = internal(fe, "render product-page", 6.0, 0.4,
-                                     {"app.template": "product-page.hbs"})
+        self.op_fe_render = internal(fe, "render product-page", 6.0, 0.4, {"app.template": "product-page.hbs"})
         self.op_fe_inv_c = client(fe, "GET", inv, "/products/{sku}")
         self.op_fe_cart_c = client(fe, "GET", cart, "/cart/{userId}")
         self.op_fe_cart_add_c = client(fe, "POST", cart, "/cart/{userId}/items")
@@ -411,75 +496,144 @@ class TraceGenerator:
         self.op_inv_batch = server(inv, "GET", "/products", 1.5)
         self.op_inv_reserve = server(inv, "POST", "/inventory/reserve", 1.5)
         self.op_inv_redis_get = db(
-            inv, "redis", "", "GET", "", 0.5, 0.6, timeout_ms=250,
-            exc=("redis.exceptions.TimeoutError", "Timeout reading from redis-inventory:6379",
-                 "Traceback (most recent call last):\n  File \"/app/inventory/cache.py\", "
-                 "line 41, in get_product\n    raw = self.client.get(key)\n"
-                 "redis.exceptions.TimeoutError: Timeout reading from redis-inventory:6379"))
+            inv,
+            "redis",
+            "",
+            "GET",
+            "",
+            0.5,
+            0.6,
+            timeout_ms=250,
+            exc=(
+                "redis.exceptions.TimeoutError",
+                "Timeout reading from redis-inventory:6379",
+                'Traceback (most recent call last):\n  File "/app/inventory/cache.py", '
+                "line 41, in get_product\n    raw = self.client.get(key)\n"
+                "redis.exceptions.TimeoutError: Timeout reading from redis-inventory:6379",
+            ),
+        )
         self.op_inv_redis_set = db(inv, "redis", "", "SET", "", 0.5, 0.5)
         self.op_inv_select = db(inv, "postgresql", "inventory", "SELECT", "products", 1.8)
         self.op_inv_select_batch = db(inv, "postgresql", "inventory", "SELECT", "products", 3.0)
         self.op_inv_update = db(
-            inv, "postgresql", "inventory", "UPDATE", "stock", 2.5, 0.5,
-            exc=("psycopg.errors.DeadlockDetected",
-                 "deadlock detected\nDETAIL:  Process 48213 waits for ShareLock on transaction "
-                 "991873; blocked by process 48101.",
-                 "Traceback (most recent call last):\n  File \"/app/inventory/reserve.py\", "
-                 "line 88, in reserve\n    cur.execute(stmt, params)\n"
-                 "psycopg.errors.DeadlockDetected: deadlock detected"))
+            inv,
+            "postgresql",
+            "inventory",
+            "UPDATE",
+            "stock",
+            2.5,
+            0.5,
+            exc=(
+                "psycopg.errors.DeadlockDetected",
+                "deadlock detected\nDETAIL:  Process 48213 waits for ShareLock on transaction "
+                "991873; blocked by process 48101.",
+                'Traceback (most recent call last):\n  File "/app/inventory/reserve.py", '
+                "line 88, in reserve\n    cur.execute(stmt, params)\n"
+                "psycopg.errors.DeadlockDetected: deadlock detected",
+            ),
+        )
 
         # cart
         self.op_cart_get = server(cart, "GET", "/cart/{userId}", 0.8)
         self.op_cart_add = server(cart, "POST", "/cart/{userId}/items", 1.0)
         self.op_cart_del = server(cart, "DELETE", "/cart/{userId}", 0.7)
         self.op_cart_inv_c = client(cart, "GET", inv, "/products/{sku}")
-        redis_timeout = ("StackExchange.Redis.RedisTimeoutException",
-                         "Timeout performing {cmd} (1000ms), next: {cmd} cart, inst: 0, qu: 0, "
-                         "qs: 3, aw: False, rs: ReadAsync, ws: Idle, in: 0, serverEndpoint: "
-                         "redis-cart:6379",
-                         "StackExchange.Redis.RedisTimeoutException: Timeout performing {cmd}\n"
-                         "   at StackExchange.Redis.ConnectionMultiplexer.ExecuteSyncImpl[T]\n"
-                         "   at Cart.Store.RedisCartStore.{meth}(String userId) in "
-                         "/src/Cart/Store/RedisCartStore.cs:line 57")
+        redis_timeout = (
+            "StackExchange.Redis.RedisTimeoutException",
+            "Timeout performing {cmd} (1000ms), next: {cmd} cart, inst: 0, qu: 0, "
+            "qs: 3, aw: False, rs: ReadAsync, ws: Idle, in: 0, serverEndpoint: "
+            "redis-cart:6379",
+            "StackExchange.Redis.RedisTimeoutException: Timeout performing {cmd}\n"
+            "   at StackExchange.Redis.ConnectionMultiplexer.ExecuteSyncImpl[T]\n"
+            "   at Cart.Store.RedisCartStore.{meth}(String userId) in "
+            "/src/Cart/Store/RedisCartStore.cs:line 57",
+        )
         self.op_cart_hgetall = db(
-            cart, "redis", "", "HGETALL", "", 0.6, 0.5, timeout_ms=1000,
-            exc=tuple(s.format(cmd="HGETALL", meth="GetCartAsync") for s in redis_timeout))
+            cart,
+            "redis",
+            "",
+            "HGETALL",
+            "",
+            0.6,
+            0.5,
+            timeout_ms=1000,
+            exc=tuple(s.format(cmd="HGETALL", meth="GetCartAsync") for s in redis_timeout),
+        )
         self.op_cart_hset = db(
-            cart, "redis", "", "HSET", "", 0.6, 0.5, timeout_ms=1000,
-            exc=tuple(s.format(cmd="HSET", meth="AddItemAsync") for s in redis_timeout))
+            cart,
+            "redis",
+            "",
+            "HSET",
+            "",
+            0.6,
+            0.5,
+            timeout_ms=1000,
+            exc=tuple(s.format(cmd="HSET", meth="AddItemAsync") for s in redis_timeout),
+        )
         self.op_cart_expire = db(cart, "redis", "", "EXPIRE", "", 0.4, 0.5)
         self.op_cart_delcmd = db(cart, "redis", "", "DEL", "", 0.5, 0.5)
 
         # recommendation
         self.op_rec_get = server(rec, "GET", "/recommendations", 1.0)
         self.op_rec_predict = internal(
-            rec, "model.predict", 14.0, 0.5, {"app.model.name": "als-v7",
-                                              "app.recommendations.limit": 4},
-            exc=("KeyError", "'embedding not found for product'",
-                 "Traceback (most recent call last):\n  File \"/app/rec/model.py\", line 112, "
-                 "in predict\n    vec = self.embeddings[product_id]\nKeyError: 'embedding not "
-                 "found for product'"))
+            rec,
+            "model.predict",
+            14.0,
+            0.5,
+            {"app.model.name": "als-v7", "app.recommendations.limit": 4},
+            exc=(
+                "KeyError",
+                "'embedding not found for product'",
+                'Traceback (most recent call last):\n  File "/app/rec/model.py", line 112, '
+                "in predict\n    vec = self.embeddings[product_id]\nKeyError: 'embedding not "
+                "found for product'",
+            ),
+        )
         self.op_rec_inv_c = client(rec, "GET", inv, "/products")
 
         # shipping
         self.op_ship_est = server(ship, "GET", "/shipping/estimate", 0.8)
         self.op_ship_quote = server(ship, "POST", "/shipping/quote", 1.0)
         self.op_ship_select = db(
-            ship, "mysql", "shipping", "SELECT", "rates", 2.0, 0.5, timeout_ms=500,
-            exc=("*mysql.MySQLError", "Error 1205 (HY000): Lock wait timeout exceeded; try "
-                 "restarting transaction",
-                 "goroutine 4182 [running]:\nshipping/internal/rates.(*Store).Quote(...)\n"
-                 "\t/src/internal/rates/store.go:73 +0x1c4"))
-        self.op_ship_sync = internal(ship, "carrier-rates sync", 1.0, 0.3,
-                                     {"app.job.name": "carrier-rates-sync",
-                                      "app.job.schedule": "*/15 * * * *"})
+            ship,
+            "mysql",
+            "shipping",
+            "SELECT",
+            "rates",
+            2.0,
+            0.5,
+            timeout_ms=500,
+            exc=(
+                "*mysql.MySQLError",
+                "Error 1205 (HY000): Lock wait timeout exceeded; try restarting transaction",
+                "goroutine 4182 [running]:\nshipping/internal/rates.(*Store).Quote(...)\n"
+                "\t/src/internal/rates/store.go:73 +0x1c4",
+            ),
+        )
+        self.op_ship_sync = internal(
+            ship,
+            "carrier-rates sync",
+            1.0,
+            0.3,
+            {"app.job.name": "carrier-rates-sync", "app.job.schedule": "*/15 * * * *"},
+        )
         self.op_ship_carrier = _Op(
-            "shipping->carrier", ship, "GET", "CLIENT", 90.0, 0.45,
+            "shipping->carrier",
+            ship,
+            "GET",
+            "CLIENT",
+            90.0,
+            0.45,
             {"http.request.method": "GET", "server.port": 443},
-            ("*url.Error", "Get \"https://api.carrier.example/v2/rates\": context deadline "
-             "exceeded (Client.Timeout exceeded while awaiting headers)",
-             "goroutine 77 [running]:\nshipping/internal/carrier.(*Client).Rates(...)\n"
-             "\t/src/internal/carrier/client.go:58 +0x2a1"), timeout_ms=2000)
+            (
+                "*url.Error",
+                'Get "https://api.carrier.example/v2/rates": context deadline '
+                "exceeded (Client.Timeout exceeded while awaiting headers)",
+                "goroutine 77 [running]:\nshipping/internal/carrier.(*Client).Rates(...)\n"
+                "\t/src/internal/carrier/client.go:58 +0x2a1",
+            ),
+            timeout_ms=2000,
+        )
         self.op_ship_replace = db(ship, "mysql", "shipping", "REPLACE", "rates", 3.0)
 
         # checkout
@@ -490,51 +644,96 @@ class TraceGenerator:
         self.op_co_ship_c = client(co, "POST", ship, "/shipping/quote")
         self.op_co_pay_c = client(co, "POST", pay, "/payments/charge")
         self.op_co_insert = db(
-            co, "postgresql", "orders", "INSERT", "orders", 3.5, 0.5,
-            exc=("*pq.Error", "pq: could not serialize access due to concurrent update",
-                 "goroutine 219 [running]:\ncheckout/internal/orders.(*Repo).Insert(...)\n"
-                 "\t/src/internal/orders/repo.go:102 +0x3b8"))
-        self.op_co_publish = _Op("checkout:publish orders", co, "publish orders", "PRODUCER",
-                                 1.2, 0.5, {"messaging.system": "kafka",
-                                            "messaging.destination.name": "orders",
-                                            "messaging.operation.type": "publish",
-                                            "messaging.client.id": "checkout-producer",
-                                            "server.address": "kafka-0.kafka", "server.port": 9092})
+            co,
+            "postgresql",
+            "orders",
+            "INSERT",
+            "orders",
+            3.5,
+            0.5,
+            exc=(
+                "*pq.Error",
+                "pq: could not serialize access due to concurrent update",
+                "goroutine 219 [running]:\ncheckout/internal/orders.(*Repo).Insert(...)\n"
+                "\t/src/internal/orders/repo.go:102 +0x3b8",
+            ),
+        )
+        self.op_co_publish = _Op(
+            "checkout:publish orders",
+            co,
+            "publish orders",
+            "PRODUCER",
+            1.2,
+            0.5,
+            {
+                "messaging.system": "kafka",
+                "messaging.destination.name": "orders",
+                "messaging.operation.type": "publish",
+                "messaging.client.id": "checkout-producer",
+                "server.address": "kafka-0.kafka",
+                "server.port": 9092,
+            },
+        )
 
         # payment
         self.op_pay_charge = server(pay, "POST", "/payments/charge", 3.0)
         self.op_pay_gateway = _Op(
-            "payment->gateway", pay, "POST", "CLIENT", 120.0, 0.4,
-            {"http.request.method": "POST", "server.address": "api.paygate.example",
-             "server.port": 443}, timeout_ms=None)
-        self.op_pay_fraud = internal(pay, "fraud.score", 4.0, 0.5,
-                                     {"app.fraud.model": "gbdt-2024-05"})
+            "payment->gateway",
+            pay,
+            "POST",
+            "CLIENT",
+            120.0,
+            0.4,
+            {"http.request.method": "POST", "server.address": "api.paygate.example", "server.port": 443},
+            timeout_ms=None,
+        )
+        self.op_pay_fraud = internal(pay, "fraud.score", 4.0, 0.5, {"app.fraud.model": "gbdt-2024-05"})
         self.op_pay_insert = db(pay, "postgresql", "payments", "INSERT", "charges", 3.0)
-        self.pay_exc = ("com.shop.payment.GatewayException",
-                        "payment gateway returned 503 Service Unavailable",
-                        "com.shop.payment.GatewayException: payment gateway returned 503\n"
-                        "\tat com.shop.payment.PayGateClient.charge(PayGateClient.java:84)\n"
-                        "\tat com.shop.payment.ChargeController.charge(ChargeController.java:51)")
+        self.pay_exc = (
+            "com.shop.payment.GatewayException",
+            "payment gateway returned 503 Service Unavailable",
+            "com.shop.payment.GatewayException: payment gateway returned 503\n"
+            "\tat com.shop.payment.PayGateClient.charge(PayGateClient.java:84)\n"
+            "\tat com.shop.payment.ChargeController.charge(ChargeController.java:51)",
+        )
 
         # email-worker
         self.op_email_process = _Op(
-            "email-worker:process orders", email, "process orders", "CONSUMER", 1.0, 0.4,
-            {"messaging.system": "kafka", "messaging.destination.name": "orders",
-             "messaging.operation.type": "process",
-             "messaging.consumer.group.name": "email-worker",
-             "server.address": "kafka-1.kafka", "server.port": 9092})
+            "email-worker:process orders",
+            email,
+            "process orders",
+            "CONSUMER",
+            1.0,
+            0.4,
+            {
+                "messaging.system": "kafka",
+                "messaging.destination.name": "orders",
+                "messaging.operation.type": "process",
+                "messaging.consumer.group.name": "email-worker",
+                "server.address": "kafka-1.kafka",
+                "server.port": 9092,
+            },
+        )
         self.op_email_select = db(email, "postgresql", "customers", "SELECT", "customers", 1.5)
-        self.op_email_render = internal(email, "render order-confirmation", 5.0, 0.4,
-                                        {"app.template": "order-confirmation.mjml"})
+        self.op_email_render = internal(
+            email, "render order-confirmation", 5.0, 0.4, {"app.template": "order-confirmation.mjml"}
+        )
         self.op_email_smtp = _Op(
-            "email-worker:smtp", email, "smtp send", "CLIENT", 80.0, 0.5,
-            {"server.address": "smtp.mailer.example", "server.port": 587,
-             "network.protocol.name": "smtp"},
-            ("jakarta.mail.MessagingException",
-             "421 4.7.0 Try again later, closing connection. (EHLO)",
-             "jakarta.mail.MessagingException: 421 4.7.0 Try again later\n"
-             "\tat org.eclipse.angus.mail.smtp.SMTPTransport.issueCommand(SMTPTransport.java:2412)"
-             "\n\tat com.shop.email.Mailer.send(Mailer.java:66)"))
+            "email-worker:smtp",
+            email,
+            "smtp send",
+            "CLIENT",
+            80.0,
+            0.5,
+            {"server.address": "smtp.mailer.example", "server.port": 587, "network.protocol.name": "smtp"},
+            (
+                "jakarta.mail.MessagingException",
+                "421 4.7.0 Try again later, closing connection. (EHLO)",
+                "jakarta.mail.MessagingException: 421 4.7.0 Try again later\n"
+                "\tat org.eclipse.angus.mail.smtp.SMTPTransport.issueCommand(SMTPTransport.java:2412)"
+                "\n\tat com.shop.email.Mailer.send(Mailer.java:66)",
+            ),
+        )
 
     # ---- primitives -----------------------------------------------------------------------
 
@@ -555,18 +754,32 @@ class TraceGenerator:
             return True
         return False
 
-    def _emit(self, op, rep, sid, parent, start, end, status, attrs, msg="", events=None,
-              links=None):
+    def _emit(self, op, rep, sid, parent, start, end, status, attrs, msg="", events=None, links=None):
         """Record a span; ``attrs`` is its complete attribute map."""
-        detail = _encode_detail({"status_message": msg, "attributes": attrs,
-                                 "events": events or [], "links": links or []})
+        detail = _encode_detail(
+            {"status_message": msg, "attributes": attrs, "events": events or [], "links": links or []}
+        )
         # The exporter of the span's replica flushes at the next tick of its timer after the
         # span ends; sorting these tuples groups spans into batches, in end order.
         svc = op.svc
         interval, phase = svc.flush_ns, rep.phase_ns
         spans = self._spans
-        spans.append((((end + phase) // interval + 1) * interval - phase, svc.index, rep.index,
-                      end, start, len(spans), op, rep, sid, parent, status, detail))
+        spans.append(
+            (
+                ((end + phase) // interval + 1) * interval - phase,
+                svc.index,
+                rep.index,
+                end,
+                start,
+                len(spans),
+                op,
+                rep,
+                sid,
+                parent,
+                status,
+                detail,
+            )
+        )
 
     def _error_span_parts(self, op, t, escaped=False, exc=None):
         """(status message, events) of a failed span."""
@@ -581,18 +794,33 @@ class TraceGenerator:
         if op.exc is not None and self._fail(op):
             end = t + (op.timeout_ns or self._lat(op))
             msg, ev = self._error_span_parts(op, end)
-            self._emit(op, rep, sid, parent, t, end, ERROR,
-                       {**op.static_attrs, "db.statement": statement, "error.type": op.exc[0]},
-                       msg, ev)
+            self._emit(
+                op,
+                rep,
+                sid,
+                parent,
+                t,
+                end,
+                ERROR,
+                {**op.static_attrs, "db.statement": statement, "error.type": op.exc[0]},
+                msg,
+                ev,
+            )
             return end, True
         end = t + self._lat(op)
         if rows >= 0:
-            self._emit(op, rep, sid, parent, t, end, UNSET,
-                       {**op.static_attrs, "db.statement": statement,
-                        "db.response.returned_rows": rows})
+            self._emit(
+                op,
+                rep,
+                sid,
+                parent,
+                t,
+                end,
+                UNSET,
+                {**op.static_attrs, "db.statement": statement, "db.response.returned_rows": rows},
+            )
         else:
-            self._emit(op, rep, sid, parent, t, end, UNSET,
-                       {**op.static_attrs, "db.statement": statement})
+            self._emit(op, rep, sid, parent, t, end, UNSET, {**op.static_attrs, "db.statement": statement})
         return end, False
 
     def _internal(self, op, rep, parent, t):
@@ -648,8 +876,7 @@ class TraceGenerator:
         sattrs["url.full"] = url
         sattrs["client.address"] = crep.ip
         sattrs["http.response.status_code"] = code
-        cattrs = {**cop.static_attrs, "url.full": url, "net.peer.ip": srep.ip,
-                  "http.response.status_code": code}
+        cattrs = {**cop.static_attrs, "url.full": url, "net.peer.ip": srep.ip, "http.response.status_code": code}
         if code >= 500:
             sattrs["error.type"] = cattrs["error.type"] = str(code)
             if extra:
@@ -675,8 +902,10 @@ class TraceGenerator:
         first = _FIRST[int(rnd() * len(_FIRST))]
         last = _LAST[int(rnd() * len(_LAST))]
         email = f"{first}.{last}{int(rnd() * 100)}@{_DOMAINS[int(rnd() * len(_DOMAINS))]}"
-        ip = (f"{_PUBLIC_FIRST_OCTET[int(rnd() * len(_PUBLIC_FIRST_OCTET))]}."
-              f"{int(rnd() * 256)}.{int(rnd() * 256)}.{1 + int(rnd() * 253)}")
+        ip = (
+            f"{_PUBLIC_FIRST_OCTET[int(rnd() * len(_PUBLIC_FIRST_OCTET))]}."
+            f"{int(rnd() * 256)}.{int(rnd() * 256)}.{1 + int(rnd() * 253)}"
+        )
         c.ua = _UAS[int(rnd() * len(_UAS))]
         c.session = f"{bits(64):016x}"
         c.order_id = f"ord-{1000000 + int(rnd() * 9000000)}"
@@ -688,9 +917,9 @@ class TraceGenerator:
         c.zip = f"{10000 + int(rnd() * 89999)}"
         prefix = "4" if rnd() < 0.6 else str(51 + int(rnd() * 5))  # Visa or Mastercard
         k = 15 - len(prefix)
-        body = prefix + str(int(rnd() * 10 ** k)).zfill(k)
+        body = prefix + str(int(rnd() * 10**k)).zfill(k)
         card = body + _luhn_check_digit(body)
-        c.card_fmt = " ".join(card[i:i + 4] for i in range(0, 16, 4)) if rnd() < 0.5 else card
+        c.card_fmt = " ".join(card[i : i + 4] for i in range(0, 16, 4)) if rnd() < 0.5 else card
         c.leak_card = rnd() < 0.1
         for key, value in self._canaries.items():
             lk = key.lower()
@@ -705,8 +934,10 @@ class TraceGenerator:
                 c.leak_card = True
         c.user_id, c.email, c.ip, c.card = uid, email, ip, card
         iat = start_ns // 1_000_000_000 - int(rnd() * 3000)
-        payload = json.dumps({"sub": uid, "email": email, "iat": iat, "exp": iat + 3600,
-                              "iss": "https://auth.shop.example"}, separators=(",", ":"))
+        payload = json.dumps(
+            {"sub": uid, "email": email, "iat": iat, "exp": iat + 3600, "iss": "https://auth.shop.example"},
+            separators=(",", ":"),
+        )
         c.jwt = f"{_JWT_HEADER}.{_b64(payload.encode())}.{_b64(bits(256).to_bytes(32, 'big'))}"
         return c
 
@@ -739,30 +970,67 @@ class TraceGenerator:
         end, code = body(rid, t0 + self._lat(self.op_mw), rep, ctx)
         end += self._lat(self.op_mw_small)
         status = ERROR if code >= 500 else UNSET
-        self._emit(op, rep, rid, None, t0, end, status,
-                   self._root_attrs(op, ctx, path, query, code))
+        self._emit(op, rep, rid, None, t0, end, status, self._root_attrs(op, ctx, path, query, code))
 
     # ---- flows -------------------------------------------------------------------------------
 
     def _flow_product(self, t0, ctx):
         sku = ctx.skus[0]
-        self._root_http(self.op_fe_product, t0, ctx, "/product/" + sku,
-                        "ref=home" if self._random() < 0.3 else "", self._fe_product)
+        self._root_http(
+            self.op_fe_product, t0, ctx, "/product/" + sku, "ref=home" if self._random() < 0.3 else "", self._fe_product
+        )
 
     def _fe_product(self, rid, t, rep, ctx):
         sku, uid = ctx.skus[0], ctx.user_id
         stag = self.op_stagger
-        e1, c1 = self._rpc(self.op_fe_inv_c, rep, rid, t, self.op_inv_product, "/products/" + sku,
-                           "fields=price,stock,images", self._inv_product, sku)
+        e1, c1 = self._rpc(
+            self.op_fe_inv_c,
+            rep,
+            rid,
+            t,
+            self.op_inv_product,
+            "/products/" + sku,
+            "fields=price,stock,images",
+            self._inv_product,
+            sku,
+        )
         t += self._lat(stag)
-        e2, _ = self._rpc(self.op_fe_cart_c, rep, rid, t, self.op_cart_get, "/cart/" + uid, "",
-                          self._cart_get, uid, {"enduser.id": uid})
+        e2, _ = self._rpc(
+            self.op_fe_cart_c,
+            rep,
+            rid,
+            t,
+            self.op_cart_get,
+            "/cart/" + uid,
+            "",
+            self._cart_get,
+            uid,
+            {"enduser.id": uid},
+        )
         t += self._lat(stag)
-        e3, _ = self._rpc(self.op_fe_rec_c, rep, rid, t, self.op_rec_get, "/recommendations",
-                          f"product_id={sku}&user_id={uid}&limit=4", self._rec_get, sku)
+        e3, _ = self._rpc(
+            self.op_fe_rec_c,
+            rep,
+            rid,
+            t,
+            self.op_rec_get,
+            "/recommendations",
+            f"product_id={sku}&user_id={uid}&limit=4",
+            self._rec_get,
+            sku,
+        )
         t += self._lat(stag)
-        e4, _ = self._rpc(self.op_fe_ship_c, rep, rid, t, self.op_ship_est, "/shipping/estimate",
-                          f"sku={sku}&zip={ctx.zip}", self._ship_estimate, ctx)
+        e4, _ = self._rpc(
+            self.op_fe_ship_c,
+            rep,
+            rid,
+            t,
+            self.op_ship_est,
+            "/shipping/estimate",
+            f"sku={sku}&zip={ctx.zip}",
+            self._ship_estimate,
+            ctx,
+        )
         end = max(e1, e2, e3, e4)
         if c1 >= 500:  # no product: error page (cart, recommendations, shipping degrade)
             return end + self._lat(self.op_mw_small), 502
@@ -774,11 +1042,21 @@ class TraceGenerator:
 
     def _fe_cart_add(self, rid, t, rep, ctx):
         uid = ctx.user_id
-        e1, c1 = self._rpc(self.op_fe_cart_add_c, rep, rid, t, self.op_cart_add,
-                           f"/cart/{uid}/items", "", self._cart_add, ctx)
+        e1, c1 = self._rpc(
+            self.op_fe_cart_add_c, rep, rid, t, self.op_cart_add, f"/cart/{uid}/items", "", self._cart_add, ctx
+        )
         t += self._lat(self.op_stagger)
-        e2, _ = self._rpc(self.op_fe_rec_c, rep, rid, t, self.op_rec_get, "/recommendations",
-                          f"context=cart&user_id={uid}&limit=4", self._rec_get, ctx.skus[0])
+        e2, _ = self._rpc(
+            self.op_fe_rec_c,
+            rep,
+            rid,
+            t,
+            self.op_rec_get,
+            "/recommendations",
+            f"context=cart&user_id={uid}&limit=4",
+            self._rec_get,
+            ctx.skus[0],
+        )
         end = max(e1, e2)
         return end, (502 if c1 >= 500 else 201)
 
@@ -786,9 +1064,18 @@ class TraceGenerator:
         self._root_http(self.op_fe_checkout, t0, ctx, "/api/checkout", "", self._fe_checkout)
 
     def _fe_checkout(self, rid, t, rep, ctx):
-        end, code = self._rpc(self.op_fe_co_c, rep, rid, t, self.op_co_checkout, "/checkout",
-                              f"user_id={ctx.user_id}&currency=USD", self._co_checkout, ctx,
-                              {"user.id": ctx.user_id, "user.email": ctx.email})
+        end, code = self._rpc(
+            self.op_fe_co_c,
+            rep,
+            rid,
+            t,
+            self.op_co_checkout,
+            "/checkout",
+            f"user_id={ctx.user_id}&currency=USD",
+            self._co_checkout,
+            ctx,
+            {"user.id": ctx.user_id, "user.email": ctx.email},
+        )
         return end, (502 if code >= 500 else 200)
 
     def _flow_rate_sync(self, t0, ctx):
@@ -806,24 +1093,32 @@ class TraceGenerator:
             carrier = _CARRIERS[(start + i) % len(_CARRIERS)]
             zone = 1 + int(rnd() * 9)
             t, code = self._external(
-                self.op_ship_carrier, rep, rid, t,
-                f"https://api.{carrier}.example/v2/rates?origin=DE-10115&zone={zone}"
-                f"&api_key={key}", f"api.{carrier}.example")
+                self.op_ship_carrier,
+                rep,
+                rid,
+                t,
+                f"https://api.{carrier}.example/v2/rates?origin=DE-10115&zone={zone}&api_key={key}",
+                f"api.{carrier}.example",
+            )
             if code >= 500:
                 failed += 1
                 continue
-            t, _ = self._db(self.op_ship_replace, rep, rid, t,
-                            f"REPLACE INTO rates (carrier, zone, weight_g, price_cents) VALUES "
-                            f"('{carrier}', {zone}, {500 * (1 + int(rnd() * 10))}, "
-                            f"{300 + int(rnd() * 2500)})")
+            t, _ = self._db(
+                self.op_ship_replace,
+                rep,
+                rid,
+                t,
+                f"REPLACE INTO rates (carrier, zone, weight_g, price_cents) VALUES "
+                f"('{carrier}', {zone}, {500 * (1 + int(rnd() * 10))}, "
+                f"{300 + int(rnd() * 2500)})",
+            )
         end = t + self._lat(self.op_mw_small)
         attrs = {**op.static_attrs}
         attrs["app.job.run_id"] = f"{self._bits(32):08x}"
         attrs["app.carriers.count"] = n
         attrs.update(self._canaries)
         if failed:
-            self._emit(op, rep, rid, None, t0, end, ERROR, attrs,
-                       f"{failed} of {n} carriers failed")
+            self._emit(op, rep, rid, None, t0, end, ERROR, attrs, f"{failed} of {n} carriers failed")
         else:
             self._emit(op, rep, rid, None, t0, end, UNSET, attrs)
 
@@ -835,27 +1130,42 @@ class TraceGenerator:
         if failed:
             return e + self._lat(self.op_mw_small), 500, None
         if self._random() < 0.3:  # cache miss
-            e, _ = self._db(self.op_inv_select, rep, sid, e,
-                            "SELECT sku, name, price_cents, stock, image_url FROM products "
-                            f"WHERE sku = '{sku}'", 1)
+            e, _ = self._db(
+                self.op_inv_select,
+                rep,
+                sid,
+                e,
+                f"SELECT sku, name, price_cents, stock, image_url FROM products WHERE sku = '{sku}'",
+                1,
+            )
             e, _ = self._db(self.op_inv_redis_set, rep, sid, e, f"SET product:{sku} ? EX 300")
         return e + self._lat(self.op_mw_small), 200, None
 
     def _inv_batch(self, sid, t, rep, skus):
         t += self._lat(self.op_mw_small)
         ids = "', '".join(skus)
-        e, _ = self._db(self.op_inv_select_batch, rep, sid, t,
-                        f"SELECT sku, name, price_cents FROM products WHERE sku IN ('{ids}')",
-                        len(skus))
+        e, _ = self._db(
+            self.op_inv_select_batch,
+            rep,
+            sid,
+            t,
+            f"SELECT sku, name, price_cents FROM products WHERE sku IN ('{ids}')",
+            len(skus),
+        )
         return e + self._lat(self.op_mw_small), 200, None
 
     def _inv_reserve(self, sid, t, rep, ctx):
         e = t + self._lat(self.op_mw_small)
         for i, (sku, qty) in enumerate(zip(ctx.skus, ctx.qtys)):
-            e, failed = self._db(self.op_inv_update, rep, sid, e,
-                                 f"UPDATE stock SET reserved = reserved + {qty} WHERE sku = "
-                                 f"'{sku}' AND warehouse_id = {1 + i % 3} AND "
-                                 f"stock - reserved >= {qty}")
+            e, failed = self._db(
+                self.op_inv_update,
+                rep,
+                sid,
+                e,
+                f"UPDATE stock SET reserved = reserved + {qty} WHERE sku = "
+                f"'{sku}' AND warehouse_id = {1 + i % 3} AND "
+                f"stock - reserved >= {qty}",
+            )
             if failed:
                 return e + self._lat(self.op_mw_small), 500, None
         return e + self._lat(self.op_mw_small), 200, None
@@ -868,12 +1178,20 @@ class TraceGenerator:
     def _cart_add(self, sid, t, rep, ctx):
         t += self._lat(self.op_mw_small)
         sku = ctx.skus[0]
-        e, code = self._rpc(self.op_cart_inv_c, rep, sid, t, self.op_inv_product,
-                            "/products/" + sku, "fields=stock", self._inv_product, sku)
+        e, code = self._rpc(
+            self.op_cart_inv_c,
+            rep,
+            sid,
+            t,
+            self.op_inv_product,
+            "/products/" + sku,
+            "fields=stock",
+            self._inv_product,
+            sku,
+        )
         if code >= 500:
             return e + self._lat(self.op_mw_small), 503, None
-        e, failed = self._db(self.op_cart_hset, rep, sid, e,
-                             f"HSET cart:{ctx.user_id} {sku} {ctx.qtys[0]}")
+        e, failed = self._db(self.op_cart_hset, rep, sid, e, f"HSET cart:{ctx.user_id} {sku} {ctx.qtys[0]}")
         if failed:
             return e + self._lat(self.op_mw_small), 500, None
         e, _ = self._db(self.op_cart_expire, rep, sid, e, f"EXPIRE cart:{ctx.user_id} 86400")
@@ -891,8 +1209,17 @@ class TraceGenerator:
             return e + self._lat(self.op_mw_small), 500, self.op_rec_predict.exc
         rnd, skus = self._random, self._skus
         picks = [skus[int(rnd() * len(skus))] for _ in range(4)]
-        e, _ = self._rpc(self.op_rec_inv_c, rep, sid, e, self.op_inv_batch, "/products",
-                         "ids=" + ",".join(picks), self._inv_batch, picks)
+        e, _ = self._rpc(
+            self.op_rec_inv_c,
+            rep,
+            sid,
+            e,
+            self.op_inv_batch,
+            "/products",
+            "ids=" + ",".join(picks),
+            self._inv_batch,
+            picks,
+        )
         return e + self._lat(self.op_mw_small), 200, None
 
     def _ship_estimate(self, sid, t, rep, ctx):
@@ -901,9 +1228,11 @@ class TraceGenerator:
         return e + self._lat(self.op_mw_small), (500 if failed else 200), None
 
     def _rates_sql(self, ctx):
-        return (f"SELECT carrier, price_cents, eta_days FROM rates WHERE zone = "
-                f"{1 + int(ctx.zip) % 9} AND weight_g >= {sum(ctx.qtys) * 450} "
-                "ORDER BY price_cents LIMIT 3")
+        return (
+            f"SELECT carrier, price_cents, eta_days FROM rates WHERE zone = "
+            f"{1 + int(ctx.zip) % 9} AND weight_g >= {sum(ctx.qtys) * 450} "
+            "ORDER BY price_cents LIMIT 3"
+        )
 
     def _ship_quote(self, sid, t, rep, ctx):
         t += self._lat(self.op_mw_small)
@@ -913,33 +1242,57 @@ class TraceGenerator:
     def _pay_charge(self, sid, t, rep, ctx):
         t += self._lat(self.op_mw_small)
         e, _ = self._internal(self.op_pay_fraud, rep, sid, t)
-        e, code = self._external(self.op_pay_gateway, rep, sid, e,
-                                 f"https://api.paygate.example/v1/charges?order={ctx.order_id}"
-                                 f"&amount={ctx.total_cents}&currency=USD")
+        e, code = self._external(
+            self.op_pay_gateway,
+            rep,
+            sid,
+            e,
+            f"https://api.paygate.example/v1/charges?order={ctx.order_id}&amount={ctx.total_cents}&currency=USD",
+        )
         if code >= 500:
             return e + self._lat(self.op_mw_small), 502, self.pay_exc
         card = ctx.card
-        e, _ = self._db(self.op_pay_insert, rep, sid, e,
-                        "INSERT INTO charges (order_id, user_id, amount_cents, card_last4, status)"
-                        f" VALUES ('{ctx.order_id}', '{ctx.user_id}', {ctx.total_cents}, "
-                        f"'{card[-4:]}', 'captured')")
+        e, _ = self._db(
+            self.op_pay_insert,
+            rep,
+            sid,
+            e,
+            "INSERT INTO charges (order_id, user_id, amount_cents, card_last4, status)"
+            f" VALUES ('{ctx.order_id}', '{ctx.user_id}', {ctx.total_cents}, "
+            f"'{card[-4:]}', 'captured')",
+        )
         return e + self._lat(self.op_mw_small), 201, None
 
     def _co_checkout(self, sid, t, rep, ctx):
         lat, small = self._lat, self.op_mw_small
         t += lat(small)
         uid = ctx.user_id
-        e, code = self._rpc(self.op_co_cart_c, rep, sid, t, self.op_cart_get, "/cart/" + uid, "",
-                            self._cart_get, uid)
+        e, code = self._rpc(self.op_co_cart_c, rep, sid, t, self.op_cart_get, "/cart/" + uid, "", self._cart_get, uid)
         if code >= 500:
             return e + lat(small), 500, None
         # reserve stock and quote shipping in parallel
-        e1, c1 = self._rpc(self.op_co_inv_c, rep, sid, e, self.op_inv_reserve,
-                           "/inventory/reserve", f"order_id={ctx.order_id}", self._inv_reserve,
-                           ctx)
-        e2, _ = self._rpc(self.op_co_ship_c, rep, sid, e + lat(self.op_stagger),
-                          self.op_ship_quote, "/shipping/quote",
-                          f"zip={ctx.zip}&items={len(ctx.skus)}", self._ship_quote, ctx)
+        e1, c1 = self._rpc(
+            self.op_co_inv_c,
+            rep,
+            sid,
+            e,
+            self.op_inv_reserve,
+            "/inventory/reserve",
+            f"order_id={ctx.order_id}",
+            self._inv_reserve,
+            ctx,
+        )
+        e2, _ = self._rpc(
+            self.op_co_ship_c,
+            rep,
+            sid,
+            e + lat(self.op_stagger),
+            self.op_ship_quote,
+            "/shipping/quote",
+            f"zip={ctx.zip}&items={len(ctx.skus)}",
+            self._ship_quote,
+            ctx,
+        )
         e = max(e1, e2)  # a failed quote falls back to the flat rate
         if c1 >= 500:
             return e + lat(small), 500, None
@@ -947,18 +1300,42 @@ class TraceGenerator:
         pay_attrs = {"enduser.id": uid, "payment.card.last4": ctx.card[-4:]}
         if ctx.leak_card:  # a debug attribute someone forgot to remove
             pay_attrs["payment.card.number"] = ctx.card_fmt
-        e, code = self._rpc(self.op_co_pay_c, rep, sid, e + lat(small), self.op_pay_charge,
-                            "/payments/charge", pay_q, self._pay_charge, ctx, pay_attrs)
+        e, code = self._rpc(
+            self.op_co_pay_c,
+            rep,
+            sid,
+            e + lat(small),
+            self.op_pay_charge,
+            "/payments/charge",
+            pay_q,
+            self._pay_charge,
+            ctx,
+            pay_attrs,
+        )
         if code >= 500 and self._random() < 0.5:  # one retry after a backoff
-            e, code = self._rpc(self.op_co_pay_c, rep, sid, e + lat(self.op_backoff),
-                                self.op_pay_charge, "/payments/charge", pay_q,
-                                self._pay_charge, ctx, pay_attrs)
+            e, code = self._rpc(
+                self.op_co_pay_c,
+                rep,
+                sid,
+                e + lat(self.op_backoff),
+                self.op_pay_charge,
+                "/payments/charge",
+                pay_q,
+                self._pay_charge,
+                ctx,
+                pay_attrs,
+            )
         if code >= 500:
             return e + lat(small), 502, None
-        e, failed = self._db(self.op_co_insert, rep, sid, e,
-                             "INSERT INTO orders (id, user_id, email, total_cents, currency, "
-                             f"ship_zip) VALUES ('{ctx.order_id}', '{uid}', '{ctx.email}', "
-                             f"{ctx.total_cents}, 'USD', '{ctx.zip}')")
+        e, failed = self._db(
+            self.op_co_insert,
+            rep,
+            sid,
+            e,
+            "INSERT INTO orders (id, user_id, email, total_cents, currency, "
+            f"ship_zip) VALUES ('{ctx.order_id}', '{uid}', '{ctx.email}', "
+            f"{ctx.total_cents}, 'USD', '{ctx.zip}')",
+        )
         if failed:
             return e + lat(small), 500, self.op_co_insert.exc
         # publish the order, consumed later by email-worker
@@ -966,35 +1343,50 @@ class TraceGenerator:
         pid = self._id()
         pe = e + lat(op)
         partition = str(int(self._random() * 12))
-        self._emit(op, rep, pid, sid, e, pe, UNSET,
-                   {**op.static_attrs, "messaging.message.id": ctx.order_id,
-                    "messaging.destination.partition.id": partition})
+        self._emit(
+            op,
+            rep,
+            pid,
+            sid,
+            e,
+            pe,
+            UNSET,
+            {**op.static_attrs, "messaging.message.id": ctx.order_id, "messaging.destination.partition.id": partition},
+        )
         self._consume(pid, pe, ctx, partition)
-        e, _ = self._rpc(self.op_co_cart_del_c, rep, sid, pe, self.op_cart_del, "/cart/" + uid,
-                         "", self._cart_del, uid)
+        e, _ = self._rpc(self.op_co_cart_del_c, rep, sid, pe, self.op_cart_del, "/cart/" + uid, "", self._cart_del, uid)
         return e + lat(small), 200, None
 
     def _consume(self, producer_id, published, ctx, partition):
         op = self.op_email_process
         svc = op.svc
         rnd = self._random
-        delay = int(-self._queue_mean_ns * math.log(1.0 - rnd())) + 1_000_000 + \
-            self._lat(self.op_net)
+        delay = int(-self._queue_mean_ns * math.log(1.0 - rnd())) + 1_000_000 + self._lat(self.op_net)
         t = published + delay
         retry = 0
         if rnd() < 0.03:  # the first attempt died in a rebalance before exporting its span
             retry = 1
             t += int(3e9 + rnd() * 7e9)
-        links = [{"trace_id": self._tid, "span_id": producer_id,
-                  "trace_state": self._trace_state,
-                  "attributes": {"messaging.message.id": ctx.order_id}}]
+        links = [
+            {
+                "trace_id": self._tid,
+                "span_id": producer_id,
+                "trace_state": self._trace_state,
+                "attributes": {"messaging.message.id": ctx.order_id},
+            }
+        ]
         while True:
             rep = svc.replicas[int(rnd() * svc.n)]
             cid = self._id()
             e = t + self._lat(self.op_mw_small)
-            e, _ = self._db(self.op_email_select, rep, cid, e,
-                            f"SELECT first_name, email, locale FROM customers WHERE id = "
-                            f"'{ctx.user_id}'", 1)
+            e, _ = self._db(
+                self.op_email_select,
+                rep,
+                cid,
+                e,
+                f"SELECT first_name, email, locale FROM customers WHERE id = '{ctx.user_id}'",
+                1,
+            )
             e, _ = self._internal(self.op_email_render, rep, cid, e)
             smtp = self.op_email_smtp
             s_id = self._id()
@@ -1010,8 +1402,11 @@ class TraceGenerator:
                 self._emit(smtp, rep, s_id, cid, e, se, UNSET, attrs)
                 failed = False
             end = se + self._lat(self.op_mw_small)
-            attrs = {**op.static_attrs, "messaging.message.id": ctx.order_id,
-                     "messaging.destination.partition.id": partition}
+            attrs = {
+                **op.static_attrs,
+                "messaging.message.id": ctx.order_id,
+                "messaging.destination.partition.id": partition,
+            }
             if retry:
                 attrs["messaging.retry.count"] = retry
             if failed:
@@ -1069,14 +1464,29 @@ class TraceGenerator:
             if (flush, si, ri) != cur:
                 cur = (flush, si, ri)
                 span_dicts = []
-                batches.append({"trace_id": tid, "service": svc.name, "spans": span_dicts,
-                                "resource": rep.resource_bytes, "scope_name": svc.scope})
+                batches.append(
+                    {
+                        "trace_id": tid,
+                        "service": svc.name,
+                        "spans": span_dicts,
+                        "resource": rep.resource_bytes,
+                        "scope_name": svc.scope,
+                    }
+                )
                 export.append(flush)
-            span_dicts.append({
-                "span_id": sid, "parent_span_id": parent, "name": op.name, "kind": op.kind,
-                "start_time_unix_nano": start, "end_time_unix_nano": end,
-                "status_code": status_names[status], "trace_state": trace_state,
-                "detail": detail})
+            span_dicts.append(
+                {
+                    "span_id": sid,
+                    "parent_span_id": parent,
+                    "name": op.name,
+                    "kind": op.kind,
+                    "start_time_unix_nano": start,
+                    "end_time_unix_nano": end,
+                    "status_code": status_names[status],
+                    "trace_state": trace_state,
+                    "detail": detail,
+                }
+            )
             by_svc[svc.name] = by_svc.get(svc.name, 0) + 1
             if parent is None:
                 root_service = svc.name
@@ -1087,7 +1497,16 @@ class TraceGenerator:
             if end > max_end:
                 max_end = end
         return GeneratedTrace(
-            trace_id=tid, batches=batches, span_count=len(spans), has_error=bool(err_by_svc),
-            is_slow=slow, duration_ns=max_end - min_start, spans_by_service=by_svc,
-            errors_by_service=err_by_svc, root_service=root_service,
-            encoded=[_encode_batch(b) for b in batches], export_ns=export, flow=flow.name)
+            trace_id=tid,
+            batches=batches,
+            span_count=len(spans),
+            has_error=bool(err_by_svc),
+            is_slow=slow,
+            duration_ns=max_end - min_start,
+            spans_by_service=by_svc,
+            errors_by_service=err_by_svc,
+            root_service=root_service,
+            encoded=[_encode_batch(b) for b in batches],
+            export_ns=export,
+            flow=flow.name,
+        )

@@ -54,9 +54,11 @@ class ProduceStats:
         return self.traces / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"{self.traces:,} traces, {self.spans:,} spans, {self.messages:,} messages, "
-                f"{self.bytes / 1e6:.2f} MB in {self.seconds:.2f} s "
-                f"({self.traces_per_s:,.0f} traces/s, {self.errors_traces:,} with errors)")
+        return (
+            f"{self.traces:,} traces, {self.spans:,} spans, {self.messages:,} messages, "
+            f"{self.bytes / 1e6:.2f} MB in {self.seconds:.2f} s "
+            f"({self.traces_per_s:,.0f} traces/s, {self.errors_traces:,} with errors)"
+        )
 
 
 class DeliveryError(KafkaException):
@@ -65,8 +67,7 @@ class DeliveryError(KafkaException):
     def __init__(self, failed: int, errors: list):
         self.failed = failed
         self.errors = errors
-        super().__init__(f"{failed} message(s) not delivered; first errors: "
-                         + "; ".join(str(e) for e in errors[:5]))
+        super().__init__(f"{failed} message(s) not delivered; first errors: " + "; ".join(str(e) for e in errors[:5]))
 
 
 class TopicMissing(KafkaException):
@@ -79,8 +80,7 @@ def _check_topic(producer: Producer, topic: str, timeout_s: float) -> None:
 
     md = producer.list_topics(topic, timeout=timeout_s)  # raises KafkaException if unreachable
     t = md.topics.get(topic)
-    if t is None or (t.error is not None
-                     and t.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+    if t is None or (t.error is not None and t.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
         raise TopicMissing(f"topic {topic!r} does not exist (create it first)")
 
 
@@ -165,12 +165,22 @@ def produce(
     bar = None
     task = None
     if show:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        columns = [TextColumn("[bold]generate[/]"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[spans]:,} spans  {task.fields[rate]:,.0f} traces/s"),
-                   TimeElapsedColumn()]
+        columns = [
+            TextColumn("[bold]generate[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[spans]:,} spans  {task.fields[rate]:,.0f} traces/s"),
+            TimeElapsedColumn(),
+        ]
         if count is not None or duration_s is not None:
             columns.append(TimeRemainingColumn())
         bar = Progress(*columns, transient=False, refresh_per_second=4)
@@ -222,8 +232,7 @@ def produce(
                 now = mono()
                 if now - last_bar >= 0.25:
                     last_bar = now
-                    bar.update(task, completed=stats.traces, spans=stats.spans,
-                               rate=stats.traces / max(now - t0, 1e-9))
+                    bar.update(task, completed=stats.traces, spans=stats.spans, rate=stats.traces / max(now - t0, 1e-9))
         # realtime: wait for the last batches' flush times (bounded by how late they are)
         while pending:
             wait_s = (pending[0][0] - clock()) / 1e9
@@ -237,14 +246,14 @@ def produce(
     finally:
         stats.seconds = mono() - t0
         if bar is not None:
-            bar.update(task, completed=stats.traces, spans=stats.spans,
-                       rate=stats.traces_per_s)
+            bar.update(task, completed=stats.traces, spans=stats.spans, rate=stats.traces_per_s)
             bar.stop()
     remaining = producer.flush(flush_timeout_s)
     stats.seconds = mono() - t0
     if remaining:
-        raise DeliveryError(remaining + n_failed, failed or [f"{remaining} still queued after "
-                                                             f"flush({flush_timeout_s}s)"])
+        raise DeliveryError(
+            remaining + n_failed, failed or [f"{remaining} still queued after flush({flush_timeout_s}s)"]
+        )
     if n_failed:
         raise DeliveryError(n_failed, failed)
     return stats

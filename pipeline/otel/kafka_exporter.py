@@ -24,9 +24,17 @@ from pipeline.codecs import otlp
 
 
 class KafkaSpanExporter(SpanExporter):
-    def __init__(self, bootstrap_servers: str, topic: str = "otlp_spans", *, encoding: str = "otlp_proto",
-                 partition_traces_by_id: bool = True, producer_config: dict[str, Any] | None = None,
-                 flush_timeout_s: float = 10.0, producer: Any = None):
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str = "otlp_spans",
+        *,
+        encoding: str = "otlp_proto",
+        partition_traces_by_id: bool = True,
+        producer_config: dict[str, Any] | None = None,
+        flush_timeout_s: float = 10.0,
+        producer: Any = None,
+    ):
         if encoding not in otlp.FORMATS:
             raise ValueError(f"encoding must be one of {otlp.FORMATS}, not {encoding!r}")
         self.topic = topic
@@ -34,9 +42,15 @@ class KafkaSpanExporter(SpanExporter):
         self.partition_traces_by_id = partition_traces_by_id
         self.flush_timeout_s = flush_timeout_s
         self._errors = 0
-        self._producer = producer or Producer({
-            "bootstrap.servers": bootstrap_servers, "linger.ms": 5, "compression.type": "lz4",
-            "enable.idempotence": True, **(producer_config or {})})
+        self._producer = producer or Producer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "enable.idempotence": True,
+                **(producer_config or {}),
+            }
+        )
 
     def _on_delivery(self, err, _msg) -> None:
         if err is not None:

@@ -49,8 +49,9 @@ def sli_totals(cfg) -> tuple[Counter, Counter]:
 
 
 def committed_to_end(cfg) -> bool:
-    c = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": cfg.kafka.group_id,
-                  "enable.auto.commit": False})
+    c = Consumer(
+        {"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": cfg.kafka.group_id, "enable.auto.commit": False}
+    )
     try:
         topic = cfg.topics.spans_raw.name
         tps = c.committed([TopicPartition(topic, p) for p in range(cfg.topics.spans_raw.partitions)], timeout=10)
@@ -72,7 +73,9 @@ def wait_committed(cfg, timeout: float = 180.0) -> None:
     raise AssertionError(f"input offsets were not all committed within {timeout:.0f} s")
 
 
-def assert_kept_exactly_once_and_whole(cfg, traces, min_errors: int, errors_kept: bool = True) -> dict[bytes, set[bytes]]:
+def assert_kept_exactly_once_and_whole(
+    cfg, traces, min_errors: int, errors_kept: bool = True
+) -> dict[bytes, set[bytes]]:
     """Every span of every kept trace is in traces.kept exactly once and every kept trace is whole
     (late records included); with ``errors_kept``, every error trace (at least ``min_errors``) is
     kept. Returns trace ID → kept span IDs."""

@@ -26,8 +26,13 @@ from pipeline.generator.produce import produce
 from pipeline.jobproc import JobError, JobProcess
 from pipeline.readback import read_all
 from pipeline.topics import create_topics
-from tests.integration.outputs import (assert_kept_exactly_once_and_whole, assert_sli_exact, kept_records,
-                                       record_span_ids, wait_committed)
+from tests.integration.outputs import (
+    assert_kept_exactly_once_and_whole,
+    assert_sli_exact,
+    kept_records,
+    record_span_ids,
+    wait_committed,
+)
 from tests.spans import batch_bytes, span
 
 pytestmark = pytest.mark.integration
@@ -71,21 +76,31 @@ def wait_for(cond, what: str, timeout: float = 120.0, job: JobProcess | None = N
         except OSError:  # /metrics not answering for a moment
             pass
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
-                         + (f"; log tail:\n{job.log_tail()}" if job is not None else ""))
+    raise AssertionError(
+        f"timed out after {timeout:.0f} s waiting for {what}"
+        + (f"; log tail:\n{job.log_tail()}" if job is not None else "")
+    )
 
 
 def produce_raw(cfg, messages: list[tuple[bytes, bytes]]) -> None:
-    p = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "partitioner": "murmur2_random",
-                  "enable.idempotence": True, "acks": "all"})
+    p = Producer(
+        {
+            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "partitioner": "murmur2_random",
+            "enable.idempotence": True,
+            "acks": "all",
+        }
+    )
     for key, value in messages:
         p.produce(cfg.topics.spans_raw.name, value, key)
     assert p.flush(30) == 0
 
 
 def decision_records(cfg, timeout: float = 60) -> list[dict]:
-    return [avro.decode(avro.TRACE_DECISION, v)
-            for _, _, _, v in read_all(cfg.kafka.bootstrap_servers, cfg.topics.decisions.name, timeout=timeout)]
+    return [
+        avro.decode(avro.TRACE_DECISION, v)
+        for _, _, _, v in read_all(cfg.kafka.bootstrap_servers, cfg.topics.decisions.name, timeout=timeout)
+    ]
 
 
 def decided_total(job: JobProcess) -> float:
@@ -131,14 +146,25 @@ class Sampler(threading.Thread):
 
 # ------------------------------------------------------------- (a) a trace straddling decision_wait
 def test_trace_straddling_decision_wait_is_decided_once_and_emitted_whole(kafka_bootstrap, unique_name, tmp_path, jobs):
-    path, cfg = make_env(kafka_bootstrap, f"asm-a-{unique_name}", tmp_path,
-                         assemble={"decision_wait_ms": 5000, "root_quiet_gap_ms": 0}, sampling=ERRORS_ONLY)
+    path, cfg = make_env(
+        kafka_bootstrap,
+        f"asm-a-{unique_name}",
+        tmp_path,
+        assemble={"decision_wait_ms": 5000, "root_quiet_gap_ms": 0},
+        sampling=ERRORS_ONLY,
+    )
     job = start_job(jobs, path, cfg, tmp_path / "job.log")
     trace_id = os.urandom(16)
     ids = [os.urandom(8) for _ in range(5)]
-    first = [span(parent=None, span_id=ids[0], service="frontend"), span(parent=ids[0], span_id=ids[1], service="frontend")]
-    rest = [span(parent=ids[1], span_id=ids[2], service="cart", status="ERROR"),
-            span(parent=ids[2], span_id=ids[3], service="cart"), span(parent=ids[0], span_id=ids[4], service="cart")]
+    first = [
+        span(parent=None, span_id=ids[0], service="frontend"),
+        span(parent=ids[0], span_id=ids[1], service="frontend"),
+    ]
+    rest = [
+        span(parent=ids[1], span_id=ids[2], service="cart", status="ERROR"),
+        span(parent=ids[2], span_id=ids[3], service="cart"),
+        span(parent=ids[0], span_id=ids[4], service="cart"),
+    ]
 
     produce_raw(cfg, [(trace_id, batch_bytes(trace_id, "frontend", first))])
     # the first part is buffered (ingested, undecided) before the rest is produced …
@@ -167,16 +193,32 @@ def test_trace_straddling_decision_wait_is_decided_once_and_emitted_whole(kafka_
 
 # ----------------------------------------------- (b) late spans follow the decision, also restored
 def test_late_spans_follow_the_decision_also_after_a_restart(kafka_bootstrap, unique_name, tmp_path, jobs):
-    path, cfg = make_env(kafka_bootstrap, f"asm-b-{unique_name}", tmp_path,
-                         assemble={"decision_wait_ms": 1000, "root_quiet_gap_ms": 0}, sampling=ERRORS_ONLY)
+    path, cfg = make_env(
+        kafka_bootstrap,
+        f"asm-b-{unique_name}",
+        tmp_path,
+        assemble={"decision_wait_ms": 1000, "root_quiet_gap_ms": 0},
+        sampling=ERRORS_ONLY,
+    )
     job = start_job(jobs, path, cfg, tmp_path / "job1.log")
     kept_id, dropped_id = os.urandom(16), os.urandom(16)
-    kept_spans = [span(parent=None, span_id=os.urandom(8), status="ERROR"), span(span_id=os.urandom(8)),
-                  span(span_id=os.urandom(8))]
-    dropped_spans = [span(parent=None, span_id=os.urandom(8), status="OK"), span(span_id=os.urandom(8), status="OK"),
-                     span(span_id=os.urandom(8))]
-    produce_raw(cfg, [(kept_id, batch_bytes(kept_id, "svc", kept_spans)),
-                      (dropped_id, batch_bytes(dropped_id, "svc", dropped_spans))])
+    kept_spans = [
+        span(parent=None, span_id=os.urandom(8), status="ERROR"),
+        span(span_id=os.urandom(8)),
+        span(span_id=os.urandom(8)),
+    ]
+    dropped_spans = [
+        span(parent=None, span_id=os.urandom(8), status="OK"),
+        span(span_id=os.urandom(8), status="OK"),
+        span(span_id=os.urandom(8)),
+    ]
+    produce_raw(
+        cfg,
+        [
+            (kept_id, batch_bytes(kept_id, "svc", kept_spans)),
+            (dropped_id, batch_bytes(dropped_id, "svc", dropped_spans)),
+        ],
+    )
     wait_for(lambda: decided_total(job) == 2, "both traces decided", job=job)
     assert job.metric("tailsift_traces_decided_total", decision="keep") == 1
     job.wait_idle()
@@ -187,12 +229,19 @@ def test_late_spans_follow_the_decision_also_after_a_restart(kafka_bootstrap, un
     def produce_late() -> None:
         k, d = os.urandom(8), os.urandom(8)
         late_ids.append(k)
-        produce_raw(cfg, [(kept_id, batch_bytes(kept_id, "svc", [span(span_id=k, parent=kept_spans[0]["span_id"])])),
-                          (dropped_id, batch_bytes(dropped_id, "svc", [span(span_id=d, parent=dropped_spans[0]["span_id"])]))])
+        produce_raw(
+            cfg,
+            [
+                (kept_id, batch_bytes(kept_id, "svc", [span(span_id=k, parent=kept_spans[0]["span_id"])])),
+                (dropped_id, batch_bytes(dropped_id, "svc", [span(span_id=d, parent=dropped_spans[0]["span_id"])])),
+            ],
+        )
 
     def check_kept(n_late: int) -> None:
         records = kept_records(cfg)
-        assert not [t for t in records if t["trace_id"] == dropped_id], "a span of the dropped trace reached traces.kept"
+        assert not [t for t in records if t["trace_id"] == dropped_id], (
+            "a span of the dropped trace reached traces.kept"
+        )
         mine = [t for t in records if t["trace_id"] == kept_id]
         on_time = [t for t in mine if not t["late"]]
         late = [t for t in mine if t["late"]]
@@ -210,8 +259,14 @@ def test_late_spans_follow_the_decision_also_after_a_restart(kafka_bootstrap, un
 
     # the first worker remembers its decisions
     produce_late()
-    wait_for(lambda: job.metric("tailsift_messages_total", outcome="late_kept") >= 1
-             and job.metric("tailsift_messages_total", outcome="late_dropped") >= 1, "late spans routed", job=job)
+    wait_for(
+        lambda: (
+            job.metric("tailsift_messages_total", outcome="late_kept") >= 1
+            and job.metric("tailsift_messages_total", outcome="late_dropped") >= 1
+        ),
+        "late spans routed",
+        job=job,
+    )
     job.wait_idle()
     wait_committed(cfg)
     check_kept(1)
@@ -220,9 +275,14 @@ def test_late_spans_follow_the_decision_also_after_a_restart(kafka_bootstrap, un
     job.kill()
     job2 = start_job(jobs, path, cfg, tmp_path / "job2.log")
     produce_late()
-    wait_for(lambda: job2.metric("tailsift_messages_total", outcome="late_kept") >= 1
-             and job2.metric("tailsift_messages_total", outcome="late_dropped") >= 1,
-             "late spans routed by the restarted worker (decisions restored)", job=job2)
+    wait_for(
+        lambda: (
+            job2.metric("tailsift_messages_total", outcome="late_kept") >= 1
+            and job2.metric("tailsift_messages_total", outcome="late_dropped") >= 1
+        ),
+        "late spans routed by the restarted worker (decisions restored)",
+        job=job2,
+    )
     job2.wait_idle()
     wait_committed(cfg)
     assert job2.metric("tailsift_traces_decided_total") == 0  # nothing was decided anew
@@ -231,9 +291,12 @@ def test_late_spans_follow_the_decision_also_after_a_restart(kafka_bootstrap, un
 
 # --------------------------------------------------------------------- (c) bounded memory on a burst
 def _burst(kafka_bootstrap, unique_name, tmp_path, jobs, overflow: str):
-    path, cfg = make_env(kafka_bootstrap, f"asm-c-{overflow[:5]}-{unique_name}", tmp_path,
-                         assemble={"decision_wait_ms": 2000, "root_quiet_gap_ms": 0, "max_buffered_spans": 300,
-                                   "overflow": overflow})
+    path, cfg = make_env(
+        kafka_bootstrap,
+        f"asm-c-{overflow[:5]}-{unique_name}",
+        tmp_path,
+        assemble={"decision_wait_ms": 2000, "root_quiet_gap_ms": 0, "max_buffered_spans": 300, "overflow": overflow},
+    )
     job = start_job(jobs, path, cfg, tmp_path / "job.log")
     time.sleep(1.0)
     rss_before = rss_bytes(job.proc.pid)
@@ -241,17 +304,28 @@ def _burst(kafka_bootstrap, unique_name, tmp_path, jobs, overflow: str):
     sampler.start()
     traces = []
     try:
-        stats = produce(cfg.kafka.bootstrap_servers, cfg.topics.spans_raw.name, count=200, duration_s=None, rate=None,
-                        config=GeneratorConfig(seed=41, error_rate=0.15), progress=False, on_trace=traces.append)
+        stats = produce(
+            cfg.kafka.bootstrap_servers,
+            cfg.topics.spans_raw.name,
+            count=200,
+            duration_s=None,
+            rate=None,
+            config=GeneratorConfig(seed=41, error_rate=0.15),
+            progress=False,
+            on_trace=traces.append,
+        )
         assert stats.spans >= 3000
         try:
             metrics = job.wait_drained(stats.spans, timeout=240)
         except JobError as exc:
             ingested = job.metric("tailsift_spans_ingested_total")
-            pytest.fail(f"{overflow}: the burst never drained: {ingested:.0f} of {stats.spans} spans ingested — input "
-                        "was skipped (this test found Faust dropping records of partitions paused mid-getmany; "
-                        "backpressure now stops the agent instead, see pipeline/app.py backpressure()). "
-                        f"{exc}", pytrace=False)
+            pytest.fail(
+                f"{overflow}: the burst never drained: {ingested:.0f} of {stats.spans} spans ingested — input "
+                "was skipped (this test found Faust dropping records of partitions paused mid-getmany; "
+                "backpressure now stops the agent instead, see pipeline/app.py backpressure()). "
+                f"{exc}",
+                pytrace=False,
+            )
     finally:
         sampler.finish()
     wait_committed(cfg)
@@ -269,19 +343,24 @@ def _decided_and_kept_whole(cfg, job, traces) -> None:
     kept = assert_kept_exactly_once_and_whole(cfg, traces, min_errors=10, errors_kept=False)
     errors = [t for t in traces if t.has_error]
     missed = sum(t.trace_id not in kept for t in errors)
-    print(f"error traces kept: {len(errors) - missed} of {len(errors)}; late spans kept "
-          f"{job.metric('tailsift_late_spans_total', outcome='kept'):.0f}, dropped "
-          f"{job.metric('tailsift_late_spans_total', outcome='dropped'):.0f}")
+    print(
+        f"error traces kept: {len(errors) - missed} of {len(errors)}; late spans kept "
+        f"{job.metric('tailsift_late_spans_total', outcome='kept'):.0f}, dropped "
+        f"{job.metric('tailsift_late_spans_total', outcome='dropped'):.0f}"
+    )
 
 
 def test_backpressure_pauses_input_instead_of_deciding_early(kafka_bootstrap, unique_name, tmp_path, jobs):
-    cfg, job, traces, stats, metrics, m, rss_before, sampler = _burst(kafka_bootstrap, unique_name, tmp_path, jobs,
-                                                                       "backpressure")
+    cfg, job, traces, stats, metrics, m, rss_before, sampler = _burst(
+        kafka_bootstrap, unique_name, tmp_path, jobs, "backpressure"
+    )
     growth = sampler.rss_peak - rss_before
-    print(f"\nbackpressure: {stats.spans} spans / {stats.traces} traces / {stats.bytes / 1e6:.2f} MB burst; "
-          f"RSS before {rss_before / 2**20:.1f} MiB, peak {sampler.rss_peak / 2**20:.1f} MiB "
-          f"(+{growth / 2**20:.1f} MiB, {sampler.samples} samples); peak spans buffered {sampler.spans_buffered_peak:.0f}; "
-          f"backpressure {m.get('tailsift_backpressure_seconds_total', 0):.2f} s; paused seen {sampler.paused_seen}")
+    print(
+        f"\nbackpressure: {stats.spans} spans / {stats.traces} traces / {stats.bytes / 1e6:.2f} MB burst; "
+        f"RSS before {rss_before / 2**20:.1f} MiB, peak {sampler.rss_peak / 2**20:.1f} MiB "
+        f"(+{growth / 2**20:.1f} MiB, {sampler.samples} samples); peak spans buffered {sampler.spans_buffered_peak:.0f}; "
+        f"backpressure {m.get('tailsift_backpressure_seconds_total', 0):.2f} s; paused seen {sampler.paused_seen}"
+    )
     assert job.metric("tailsift_decision_points_total", trigger="memory_bound") == 0, "a trace was evicted early"
     assert m.get("tailsift_backpressure_seconds_total", 0) > 0 or sampler.paused_seen, "the input was never paused"
     _decided_and_kept_whole(cfg, job, traces)
@@ -295,11 +374,14 @@ def test_backpressure_pauses_input_instead_of_deciding_early(kafka_bootstrap, un
 
 
 def test_force_decision_decides_oldest_early_and_loses_no_span(kafka_bootstrap, unique_name, tmp_path, jobs):
-    cfg, job, traces, stats, metrics, m, rss_before, sampler = _burst(kafka_bootstrap, unique_name, tmp_path, jobs,
-                                                                       "force_decision")
-    print(f"\nforce_decision: {stats.spans} spans; memory_bound decisions "
-          f"{job.metric('tailsift_decision_points_total', trigger='memory_bound'):.0f}; "
-          f"RSS +{(sampler.rss_peak - rss_before) / 2**20:.1f} MiB; peak spans buffered {sampler.spans_buffered_peak:.0f}")
+    cfg, job, traces, stats, metrics, m, rss_before, sampler = _burst(
+        kafka_bootstrap, unique_name, tmp_path, jobs, "force_decision"
+    )
+    print(
+        f"\nforce_decision: {stats.spans} spans; memory_bound decisions "
+        f"{job.metric('tailsift_decision_points_total', trigger='memory_bound'):.0f}; "
+        f"RSS +{(sampler.rss_peak - rss_before) / 2**20:.1f} MiB; peak spans buffered {sampler.spans_buffered_peak:.0f}"
+    )
     assert job.metric("tailsift_decision_points_total", trigger="memory_bound") > 0
     assert m.get("tailsift_backpressure_seconds_total", 0) == 0 and not sampler.paused_seen
     _decided_and_kept_whole(cfg, job, traces)
@@ -314,8 +396,11 @@ def wait_group_members(cfg, n: int, timeout: float = 120.0) -> None:
             desc = admin.describe_consumer_groups([cfg.kafka.group_id])[cfg.kafka.group_id].result(10)
         except Exception:  # noqa: BLE001
             return False
-        return (desc.state == ConsumerGroupState.STABLE and len(desc.members) == n
-                and all(m.assignment.topic_partitions for m in desc.members))
+        return (
+            desc.state == ConsumerGroupState.STABLE
+            and len(desc.members) == n
+            and all(m.assignment.topic_partitions for m in desc.members)
+        )
 
     wait_for(ok, f"{n} workers with partitions in the group", timeout)
 
@@ -340,19 +425,31 @@ def test_a_worker_leaves_a_two_worker_group_mid_stream(kafka_bootstrap, unique_n
 
     def generate() -> None:
         try:
-            result["stats"] = produce(cfg.kafka.bootstrap_servers, cfg.topics.spans_raw.name, count=1200,
-                                      duration_s=None, rate=150, config=GeneratorConfig(seed=51, error_rate=0.1),
-                                      progress=False, on_trace=traces.append)
+            result["stats"] = produce(
+                cfg.kafka.bootstrap_servers,
+                cfg.topics.spans_raw.name,
+                count=1200,
+                duration_s=None,
+                rate=150,
+                config=GeneratorConfig(seed=51, error_rate=0.1),
+                progress=False,
+                on_trace=traces.append,
+            )
         except BaseException as exc:  # noqa: BLE001 - re-raised below
             result["error"] = exc
 
     gen = threading.Thread(target=generate, daemon=True)
     gen.start()
     # both workers are processing traffic (and the leaver has written output) before it leaves
-    wait_for(lambda: survivor.metric("tailsift_spans_ingested_total") > 0
-             and leaver.metric("tailsift_spans_ingested_total") > 0
-             and leaver.metric("tailsift_records_produced_total", topic=cfg.topics.traces_kept.name) > 0,
-             "both workers to ingest and the leaver to emit", job=leaver)
+    wait_for(
+        lambda: (
+            survivor.metric("tailsift_spans_ingested_total") > 0
+            and leaver.metric("tailsift_spans_ingested_total") > 0
+            and leaver.metric("tailsift_records_produced_total", topic=cfg.topics.traces_kept.name) > 0
+        ),
+        "both workers to ingest and the leaver to emit",
+        job=leaver,
+    )
     assert gen.is_alive(), "the generator finished before the worker left: not mid-stream"
     if leave == "stop":
         leaver.stop()

@@ -36,25 +36,44 @@ def decision_log(cfg) -> dict[int, list[tuple]]:
         d = avro.decode(avro.TRACE_DECISION, value)
         if d["trace_id"] == ZERO:
             continue
-        out[p].append((d["trace_id"].hex(), d["keep"], d["policy"], d["reason"], d["probability"],
-                       d["decided_at_unix_nano"], tuple(d["emitted_offsets"])))
+        out[p].append(
+            (
+                d["trace_id"].hex(),
+                d["keep"],
+                d["policy"],
+                d["reason"],
+                d["probability"],
+                d["decided_at_unix_nano"],
+                tuple(d["emitted_offsets"]),
+            )
+        )
     return dict(out)
 
 
 def test_two_replays_of_a_recorded_topic_decide_identically(kafka_bootstrap, unique_name, tmp_path):
     overrides = dict(
-        assemble={"time": "event", "decision_wait_ms": 2000, "root_quiet_gap_ms": 500, "allowed_lateness_ms": 200,
-                  "idle_partition_ms": 2000},
-        sampling={"policies": [{"name": "errors", "type": "status_code"},
-                               {"name": "slow", "type": "latency", "threshold_ms": 800},
-                               {"name": "baseline", "type": "probabilistic", "sampling_percentage": 10}]},
+        assemble={
+            "time": "event",
+            "decision_wait_ms": 2000,
+            "root_quiet_gap_ms": 500,
+            "allowed_lateness_ms": 200,
+            "idle_partition_ms": 2000,
+        },
+        sampling={
+            "policies": [
+                {"name": "errors", "type": "status_code"},
+                {"name": "slow", "type": "latency", "threshold_ms": 800},
+                {"name": "baseline", "type": "probabilistic", "sampling_percentage": 10},
+            ]
+        },
         # small batches for one run, large for the other: decisions must not depend on batching
     )
     configs = []
     for run, batch in (("a", 7), ("b", 500)):
         (tmp_path / run).mkdir()
-        path, cfg = run_config(kafka_bootstrap, f"et{run}-{unique_name}", tmp_path / run,
-                               job={"batch_max_messages": batch}, **overrides)
+        path, cfg = run_config(
+            kafka_bootstrap, f"et{run}-{unique_name}", tmp_path / run, job={"batch_max_messages": batch}, **overrides
+        )
         configs.append((path, cfg))
     # both runs read the same recorded input topic (run a's)
     recorded = configs[0][1].topics.spans_raw.name
@@ -68,8 +87,15 @@ def test_two_replays_of_a_recorded_topic_decide_identically(kafka_bootstrap, uni
         create_topics(cfg)
 
     # ~6 s of traffic in event time, produced as fast as possible (event time ≠ wall time)
-    stats = produce(kafka_bootstrap, recorded, count=600, duration_s=None, rate=None,
-                    config=GeneratorConfig(seed=21, error_rate=0.1), progress=False)
+    stats = produce(
+        kafka_bootstrap,
+        recorded,
+        count=600,
+        duration_s=None,
+        rate=None,
+        config=GeneratorConfig(seed=21, error_rate=0.1),
+        progress=False,
+    )
 
     logs = []
     for path, cfg in configs:

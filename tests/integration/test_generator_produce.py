@@ -19,14 +19,17 @@ pytestmark = pytest.mark.integration
 
 def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions,
-                                            replication_factor=1)])
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
     futures[topic].result(timeout=30)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # wait until every partition has a leader
         md = admin.list_topics(topic, timeout=10).topics.get(topic)
-        if md is not None and md.error is None and len(md.partitions) == partitions and all(
-                p.leader >= 0 for p in md.partitions.values()):
+        if (
+            md is not None
+            and md.error is None
+            and len(md.partitions) == partitions
+            and all(p.leader >= 0 for p in md.partitions.values())
+        ):
             return
         time.sleep(0.2)
     raise AssertionError(f"topic {topic} not ready")
@@ -41,13 +44,20 @@ def test_produce_200_traces_round_trip(kafka_bootstrap, unique_name):
     def on_trace(tr):
         expected[tr.trace_id] = list(tr.encoded)
 
-    stats = produce(kafka_bootstrap, topic, count=200, config=GeneratorConfig(seed=7),
-                    progress=False, on_trace=on_trace)
+    stats = produce(
+        kafka_bootstrap, topic, count=200, config=GeneratorConfig(seed=7), progress=False, on_trace=on_trace
+    )
     assert stats.traces == 200 == len(expected)
     assert stats.messages == sum(len(v) for v in expected.values())
 
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"g-{unique_name}",
-                        "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": f"g-{unique_name}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     got: list = []
     deadline = time.monotonic() + 60
@@ -79,5 +89,10 @@ def test_produce_200_traces_round_trip(kafka_bootstrap, unique_name):
 
 def test_produce_fails_fast_on_missing_topic(kafka_bootstrap, unique_name):
     with pytest.raises(TopicMissing):
-        produce(kafka_bootstrap, f"no-such-topic-{unique_name}", count=1, progress=False,
-                producer_config={"allow.auto.create.topics": False})
+        produce(
+            kafka_bootstrap,
+            f"no-such-topic-{unique_name}",
+            count=1,
+            progress=False,
+            producer_config={"allow.auto.create.topics": False},
+        )

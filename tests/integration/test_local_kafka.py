@@ -14,22 +14,26 @@ pytestmark = pytest.mark.integration
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)],
-                                  operation_timeout=30, request_timeout=30)
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1)], operation_timeout=30, request_timeout=30
+    )
     futures[name].result(timeout=60)
     # Wait until the new topic's leaders are known, so producers do not race its creation.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         topic = admin.list_topics(topic=name, timeout=10).topics.get(name)
-        if topic and topic.error is None and len(topic.partitions) == partitions and all(
-                p.leader >= 0 for p in topic.partitions.values()):
+        if (
+            topic
+            and topic.error is None
+            and len(topic.partitions) == partitions
+            and all(p.leader >= 0 for p in topic.partitions.values())
+        ):
             return
         time.sleep(0.1)
     raise AssertionError(f"topic {name} has no leaders after 30 s")
 
 
-def consume_exactly(consumer: Consumer, expected: int, timeout: float = 60.0,
-                    settle: float = 2.0) -> list:
+def consume_exactly(consumer: Consumer, expected: int, timeout: float = 60.0, settle: float = 2.0) -> list:
     """Reads until `expected` messages arrived, then `settle` seconds more to catch extras."""
     got = []
     deadline = time.monotonic() + timeout
@@ -62,12 +66,10 @@ def test_produce_and_consume_exactly_100(kafka_bootstrap: str, unique_name: str)
     topic = f"it-roundtrip-{unique_name}"
     create_topic(kafka_bootstrap, topic, partitions=3)
 
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True,
-                         "linger.ms": 5})
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5})
     errors = []
     for i in range(100):
-        producer.produce(topic, key=f"k{i % 7}", value=f"v{i}",
-                         on_delivery=lambda err, msg: err and errors.append(err))
+        producer.produce(topic, key=f"k{i % 7}", value=f"v{i}", on_delivery=lambda err, msg: err and errors.append(err))
     assert producer.flush(30) == 0
     assert errors == []
 
@@ -90,8 +92,7 @@ def test_transactions_commit_and_abort(kafka_bootstrap: str, unique_name: str) -
     topic = f"it-txn-{unique_name}"
     create_topic(kafka_bootstrap, topic, partitions=2)
 
-    producer = Producer({"bootstrap.servers": kafka_bootstrap,
-                         "transactional.id": f"it-txn-{unique_name}"})
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": f"it-txn-{unique_name}"})
     producer.init_transactions(60)
     producer.begin_transaction()
     for i in range(5):
@@ -102,8 +103,7 @@ def test_transactions_commit_and_abort(kafka_bootstrap: str, unique_name: str) -
         producer.produce(topic, key=str(i), value=f"committed-{i}")
     producer.commit_transaction(30)
 
-    consumer = new_consumer(kafka_bootstrap, f"it-txn-{unique_name}",
-                            **{"isolation.level": "read_committed"})
+    consumer = new_consumer(kafka_bootstrap, f"it-txn-{unique_name}", **{"isolation.level": "read_committed"})
     consumer.subscribe([topic])
     try:
         got = consume_exactly(consumer, 20)
@@ -112,14 +112,14 @@ def test_transactions_commit_and_abort(kafka_bootstrap: str, unique_name: str) -
     assert sorted(m.value().decode() for m in got) == sorted(f"committed-{i}" for i in range(20))
 
 
-def test_consumer_group_joins_quickly_with_short_session_timeout(
-        kafka_bootstrap: str, unique_name: str) -> None:
+def test_consumer_group_joins_quickly_with_short_session_timeout(kafka_bootstrap: str, unique_name: str) -> None:
     topic = f"it-group-{unique_name}"
     create_topic(kafka_bootstrap, topic, partitions=2)
     # session.timeout.ms=1500 is only accepted because of group.min.session.timeout.ms=1000, and
     # the join is quick because of group.initial.rebalance.delay.ms=0.
-    consumer = new_consumer(kafka_bootstrap, f"it-group-{unique_name}",
-                            **{"session.timeout.ms": 1500, "heartbeat.interval.ms": 300})
+    consumer = new_consumer(
+        kafka_bootstrap, f"it-group-{unique_name}", **{"session.timeout.ms": 1500, "heartbeat.interval.ms": 300}
+    )
     assigned: list[float] = []
     started = time.monotonic()
     consumer.subscribe([topic], on_assign=lambda c, parts: assigned.append(time.monotonic()))

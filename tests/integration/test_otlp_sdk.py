@@ -39,11 +39,16 @@ def tracer(bootstrap, topic, service):
 
 def test_sdk_program_through_kafka_and_tailsift(kafka_bootstrap, unique_name, tmp_path):
     run = f"otel-{unique_name}"
-    path, cfg = run_config(kafka_bootstrap, run, tmp_path,
-                           ingest={"format": "otlp_proto"}, emit={"format": "otlp_proto"},
-                           assemble={"decision_wait_ms": 3000, "root_quiet_gap_ms": 0},
-                           sli={"window_seconds": 2, "grace_seconds": 1},
-                           sampling={"policies": [{"name": "errors", "type": "status_code", "status_codes": ["ERROR"]}]})
+    path, cfg = run_config(
+        kafka_bootstrap,
+        run,
+        tmp_path,
+        ingest={"format": "otlp_proto"},
+        emit={"format": "otlp_proto"},
+        assemble={"decision_wait_ms": 3000, "root_quiet_gap_ms": 0},
+        sli={"window_seconds": 2, "grace_seconds": 1},
+        sampling={"policies": [{"name": "errors", "type": "status_code", "status_codes": ["ERROR"]}]},
+    )
     assert all(r.status == "created" for r in create_topics(cfg))
     orders = f"{run}.orders"
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
@@ -52,7 +57,9 @@ def test_sdk_program_through_kafka_and_tailsift(kafka_bootstrap, unique_name, tm
     try:
         job.wait_ready(kafka_bootstrap, cfg.kafka.group_id)
         spans_topic = cfg.topics.spans_raw.name
-        providers, tracers = zip(*(tracer(kafka_bootstrap, spans_topic, s) for s in ("frontend", "payments", "fulfilment")))
+        providers, tracers = zip(
+            *(tracer(kafka_bootstrap, spans_topic, s) for s in ("frontend", "payments", "fulfilment"))
+        )
         front, pay, fulfil = tracers
         producer = Producer({"bootstrap.servers": kafka_bootstrap})
 
@@ -74,7 +81,9 @@ def test_sdk_program_through_kafka_and_tailsift(kafka_bootstrap, unique_name, tm
                     payments_handler(headers, i)
         producer.flush(30)
 
-        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"{run}-fulfilment", "auto.offset.reset": "earliest"})
+        consumer = Consumer(
+            {"bootstrap.servers": kafka_bootstrap, "group.id": f"{run}-fulfilment", "auto.offset.reset": "earliest"}
+        )
         consumer.subscribe([orders])
         handled, deadline = 0, time.monotonic() + 60
         while handled < N_TRACES and time.monotonic() < deadline:
@@ -82,7 +91,9 @@ def test_sdk_program_through_kafka_and_tailsift(kafka_bootstrap, unique_name, tm
                 if m.error():
                     continue
                 ctx = extract({k: v.decode() for k, v in (m.headers() or [])})
-                with fulfil.start_as_current_span(f"{orders} process", context=ctx, kind=trace_api.SpanKind.CONSUMER) as s:
+                with fulfil.start_as_current_span(
+                    f"{orders} process", context=ctx, kind=trace_api.SpanKind.CONSUMER
+                ) as s:
                     if int(m.value()) % 5 == 0:
                         s.set_status(trace_api.Status(trace_api.StatusCode.ERROR, "out of stock"))
                 handled += 1

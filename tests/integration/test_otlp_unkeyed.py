@@ -24,15 +24,24 @@ N_TRACES = 60
 
 
 def test_unkeyed_multi_trace_requests_on_8_partitions_are_kept_whole(kafka_bootstrap, unique_name, tmp_path):
-    path, cfg = run_config(kafka_bootstrap, f"unk-{unique_name}", tmp_path,
-                           ingest={"format": "otlp_proto", "rekey": True}, emit={"format": "otlp_proto"},
-                           assemble={"decision_wait_ms": 4000, "root_quiet_gap_ms": 0},
-                           sli={"window_seconds": 2, "grace_seconds": 1},
-                           sampling={"policies": [{"name": "all", "type": "always_sample"}]})
+    path, cfg = run_config(
+        kafka_bootstrap,
+        f"unk-{unique_name}",
+        tmp_path,
+        ingest={"format": "otlp_proto", "rekey": True},
+        emit={"format": "otlp_proto"},
+        assemble={"decision_wait_ms": 4000, "root_quiet_gap_ms": 0},
+        sli={"window_seconds": 2, "grace_seconds": 1},
+        sampling={"policies": [{"name": "all", "type": "always_sample"}]},
+    )
     # the topic gets 8 partitions on the broker (the job subscribes to whatever the broker has)
     # (and the decision log as many: decisions of input partition p live in its partition p)
-    topics = cfg.topics.model_copy(update={"spans_raw": cfg.topics.spans_raw.model_copy(update={"partitions": 8}),
-                                           "decisions": cfg.topics.decisions.model_copy(update={"partitions": 8})})
+    topics = cfg.topics.model_copy(
+        update={
+            "spans_raw": cfg.topics.spans_raw.model_copy(update={"partitions": 8}),
+            "decisions": cfg.topics.decisions.model_copy(update={"partitions": 8}),
+        }
+    )
     cfg = cfg.model_copy(update={"topics": topics})
     assert all(r.status == "created" for r in create_topics(cfg))
     job = JobProcess(path, cfg.metrics.port, tmp_path / "job.log").start()
@@ -42,9 +51,13 @@ def test_unkeyed_multi_trace_requests_on_8_partitions_are_kept_whole(kafka_boots
         providers, tracers = [], []
         for service in ("edge", "api", "db"):
             p = TracerProvider(resource=Resource.create({"service.name": service}))
-            p.add_span_processor(BatchSpanProcessor(
-                KafkaSpanExporter(kafka_bootstrap, cfg.topics.spans_raw.name, partition_traces_by_id=False),
-                schedule_delay_millis=300, max_export_batch_size=25))
+            p.add_span_processor(
+                BatchSpanProcessor(
+                    KafkaSpanExporter(kafka_bootstrap, cfg.topics.spans_raw.name, partition_traces_by_id=False),
+                    schedule_delay_millis=300,
+                    max_export_batch_size=25,
+                )
+            )
             providers.append(p)
             tracers.append(p.get_tracer("unkeyed"))
         for _ in range(N_TRACES):
@@ -63,8 +76,13 @@ def test_unkeyed_multi_trace_requests_on_8_partitions_are_kept_whole(kafka_boots
         while time.monotonic() < deadline:
             kept.clear()
             for _, _, key, value in read_all(kafka_bootstrap, cfg.topics.traces_kept.name):
-                ids = {sp.span_id for rs in otlp.parse_request(value).resource_spans
-                       for ss in rs.scope_spans for sp in ss.spans if sp.trace_id == key}
+                ids = {
+                    sp.span_id
+                    for rs in otlp.parse_request(value).resource_spans
+                    for ss in rs.scope_spans
+                    for sp in ss.spans
+                    if sp.trace_id == key
+                }
                 kept[key].append(ids)
             if len(kept) >= N_TRACES:
                 break

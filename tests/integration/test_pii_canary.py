@@ -35,37 +35,69 @@ EMAIL = "canary.pii.q7x@canary-mail.test"
 UID = "u-canary-90417"
 _CARD_BODY = "453914880343646"
 CARD_DIGITS = _CARD_BODY + luhn_check_digit(_CARD_BODY)
-CARD = " ".join(CARD_DIGITS[i:i + 4] for i in range(0, 16, 4))
+CARD = " ".join(CARD_DIGITS[i : i + 4] for i in range(0, 16, 4))
 IP = "203.0.113.77"
 _JWT_PAYLOAD = base64.urlsafe_b64encode(json.dumps({"sub": UID, "email": EMAIL}).encode()).rstrip(b"=").decode()
 JWT = f"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{_JWT_PAYLOAD}.c2lnbmF0dXJlLWNhbmFyeQ"
-RAW = {"email": EMAIL, "user id": UID, "card": CARD, "card digits": CARD_DIGITS, "ip": IP, "jwt": JWT,
-       "jwt payload": _JWT_PAYLOAD}
+RAW = {
+    "email": EMAIL,
+    "user id": UID,
+    "card": CARD,
+    "card digits": CARD_DIGITS,
+    "ip": IP,
+    "jwt": JWT,
+    "jwt payload": _JWT_PAYLOAD,
+}
 
 
 def _handmade_batch(trace_id: bytes) -> bytes:
     """One error span with canaries where the generator puts none: name, status, event, resource."""
-    detail = avro.encode_detail({
-        "status_message": f"profile of {EMAIL} from {IP} failed",
-        "attributes": {"app.note": f"session for {EMAIL} jwt {JWT}", "user.id": UID},
-        "events": [{"time_unix_nano": 2, "name": "exception",
-                    "attributes": {"exception.message": f"charge {CARD} declined"}}],
-        "links": [],
-    })
-    return avro.encode_span_batch({
-        "trace_id": trace_id, "service": "profile",
-        "spans": [{"span_id": os.urandom(8), "parent_span_id": None, "name": f"GET /users/{UID}/profile",
-                   "kind": "SERVER", "start_time_unix_nano": 1_000, "end_time_unix_nano": 2_000_000,
-                   "status_code": "ERROR", "status_message": "", "trace_state": "", "detail": detail}],
-        "resource": {"service.name": "profile", "owner.email": EMAIL}, "scope_name": "",
-    })
+    detail = avro.encode_detail(
+        {
+            "status_message": f"profile of {EMAIL} from {IP} failed",
+            "attributes": {"app.note": f"session for {EMAIL} jwt {JWT}", "user.id": UID},
+            "events": [
+                {
+                    "time_unix_nano": 2,
+                    "name": "exception",
+                    "attributes": {"exception.message": f"charge {CARD} declined"},
+                }
+            ],
+            "links": [],
+        }
+    )
+    return avro.encode_span_batch(
+        {
+            "trace_id": trace_id,
+            "service": "profile",
+            "spans": [
+                {
+                    "span_id": os.urandom(8),
+                    "parent_span_id": None,
+                    "name": f"GET /users/{UID}/profile",
+                    "kind": "SERVER",
+                    "start_time_unix_nano": 1_000,
+                    "end_time_unix_nano": 2_000_000,
+                    "status_code": "ERROR",
+                    "status_message": "",
+                    "trace_state": "",
+                    "detail": detail,
+                }
+            ],
+            "resource": {"service.name": "profile", "owner.email": EMAIL},
+            "scope_name": "",
+        }
+    )
 
 
 def test_no_canary_leaves_the_job_raw(kafka_bootstrap, unique_name, tmp_path, monkeypatch):
     monkeypatch.setenv("TAILSIFT_TOKEN_KEYS", f"k0:{K0.hex()},k1:{K1.hex()}")
     path, cfg = run_config(
-        kafka_bootstrap, f"pii-{unique_name}", tmp_path,
-        assemble={"decision_wait_ms": 1500}, sli={"window_seconds": 2, "grace_seconds": 1},
+        kafka_bootstrap,
+        f"pii-{unique_name}",
+        tmp_path,
+        assemble={"decision_wait_ms": 1500},
+        sli={"window_seconds": 2, "grace_seconds": 1},
         sampling={"policies": [{"name": "all", "type": "always_sample"}]},
         privacy={"enabled": True, "keys": {"active": "k1"}},
     )
@@ -74,10 +106,22 @@ def test_no_canary_leaves_the_job_raw(kafka_bootstrap, unique_name, tmp_path, mo
     job = JobProcess(path, cfg.metrics.port, tmp_path / "job.log").start()
     try:
         job.wait_ready(kafka_bootstrap, cfg.kafka.group_id)
-        canaries = {"user.email": EMAIL, "user.id": UID, "payment.card.number": CARD, "client.address": IP,
-                    "app.debug": f"login {EMAIL} with {JWT}"}
-        stats = produce(kafka_bootstrap, cfg.topics.spans_raw.name, count=120, duration_s=None, rate=None,
-                        config=GeneratorConfig(seed=5, error_rate=0.2, canaries=canaries), progress=False)
+        canaries = {
+            "user.email": EMAIL,
+            "user.id": UID,
+            "payment.card.number": CARD,
+            "client.address": IP,
+            "app.debug": f"login {EMAIL} with {JWT}",
+        }
+        stats = produce(
+            kafka_bootstrap,
+            cfg.topics.spans_raw.name,
+            count=120,
+            duration_s=None,
+            rate=None,
+            config=GeneratorConfig(seed=5, error_rate=0.2, canaries=canaries),
+            progress=False,
+        )
         hand_tid = os.urandom(16)
         real = _handmade_batch(hand_tid)
         p = Producer({"bootstrap.servers": kafka_bootstrap})
@@ -103,7 +147,9 @@ def test_no_canary_leaves_the_job_raw(kafka_bootstrap, unique_name, tmp_path, mo
     places = {f"topic {k}": b"\n".join(k_ + b"\n" + v_ for k_, v_ in v) for k, v in outputs.items()}
     places["job log"] = log_text.encode()
     places["/metrics"] = metrics_text.encode()
-    leaks = [f"{what} in {where}" for where, blob in places.items() for what, raw in RAW.items() if raw.encode() in blob]
+    leaks = [
+        f"{what} in {where}" for where, blob in places.items() for what, raw in RAW.items() if raw.encode() in blob
+    ]
     assert not leaks, leaks
 
     # 2. tokens where the rules say tokenize (active key k1), redaction markers elsewhere

@@ -14,16 +14,26 @@ from pipeline.generator.produce import produce
 from pipeline.jobproc import JobProcess
 from pipeline.readback import read_all
 from pipeline.topics import create_topics
-from tests.integration.outputs import (assert_kept_exactly_once_and_whole, assert_sli_exact, committed_to_end,
-                                       generated_span_ids, wait_committed)
+from tests.integration.outputs import (
+    assert_kept_exactly_once_and_whole,
+    assert_sli_exact,
+    committed_to_end,
+    generated_span_ids,
+    wait_committed,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def job_env(kafka_bootstrap, unique_name, tmp_path):
-    path, cfg = run_config(kafka_bootstrap, f"it-{unique_name}", tmp_path,
-                           assemble={"decision_wait_ms": 1500}, sli={"window_seconds": 2, "grace_seconds": 1})
+    path, cfg = run_config(
+        kafka_bootstrap,
+        f"it-{unique_name}",
+        tmp_path,
+        assemble={"decision_wait_ms": 1500},
+        sli={"window_seconds": 2, "grace_seconds": 1},
+    )
     assert all(r.status == "created" for r in create_topics(cfg))
     jobs: list[JobProcess] = []
 
@@ -56,8 +66,16 @@ def test_error_traces_kept_whole_and_sli_counts_equal_what_was_produced(job_env)
     cfg, start_job = job_env
     job = start_job()
     traces = []
-    stats = produce(cfg.kafka.bootstrap_servers, cfg.topics.spans_raw.name, count=400, duration_s=None, rate=None,
-                    config=GeneratorConfig(seed=11, error_rate=0.1), progress=False, on_trace=traces.append)
+    stats = produce(
+        cfg.kafka.bootstrap_servers,
+        cfg.topics.spans_raw.name,
+        count=400,
+        duration_s=None,
+        rate=None,
+        config=GeneratorConfig(seed=11, error_rate=0.1),
+        progress=False,
+        on_trace=traces.append,
+    )
     # poison: garbage, an empty value and a truncated record, all keyed like real traces
     p = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
     real = avro.encode_span_batch(traces[0].batches[0])
@@ -81,8 +99,10 @@ def test_error_traces_kept_whole_and_sli_counts_equal_what_was_produced(job_env)
 
     assert_sli_exact(cfg, traces)
 
-    dead = [avro.decode(avro.DEAD_LETTER, v)["reason"] for _, _, _, v in
-            read_all(cfg.kafka.bootstrap_servers, cfg.topics.deadletter.name)]
+    dead = [
+        avro.decode(avro.DEAD_LETTER, v)["reason"]
+        for _, _, _, v in read_all(cfg.kafka.bootstrap_servers, cfg.topics.deadletter.name)
+    ]
     assert sorted(dead) == ["decode_error", "decode_error", "empty_value"]
     wait_committed(cfg)
     assert job.proc.poll() is None  # poison did not stop the job
@@ -96,11 +116,21 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(job_env):
     job = start_job()
     traces = []
     # ~8 s of traffic; kill -9 while traces are buffered and outputs are in flight
-    produce(cfg.kafka.bootstrap_servers, cfg.topics.spans_raw.name, count=800, duration_s=None, rate=200,
-            config=GeneratorConfig(seed=12, error_rate=0.1), progress=False, on_trace=traces.append)
+    produce(
+        cfg.kafka.bootstrap_servers,
+        cfg.topics.spans_raw.name,
+        count=800,
+        duration_s=None,
+        rate=200,
+        config=GeneratorConfig(seed=12, error_rate=0.1),
+        progress=False,
+        on_trace=traces.append,
+    )
     ingested = job.metric("tailsift_spans_ingested_total")
     assert 0 < ingested  # the job was mid-stream
-    assert job.metric("tailsift_records_produced_total", topic=cfg.topics.traces_kept.name) > 0  # and had written output
+    assert (
+        job.metric("tailsift_records_produced_total", topic=cfg.topics.traces_kept.name) > 0
+    )  # and had written output
     job.kill()
     assert not committed_to_end(cfg)  # something was still uncommitted at the kill: it is read again
 
@@ -110,6 +140,8 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(job_env):
     assert_kept_exactly_once_and_whole(cfg, traces, min_errors=40)
     # (whether the re-read input held already-emitted messages depends on where the offset commit
     # stood at the kill; tests/unit/test_exactly_once_job.py covers that path deterministically)
-    print(f"replayed messages skipped after the restart: "
-          f"{job2.metric('tailsift_messages_total', outcome='replayed_already_emitted'):.0f}")
+    print(
+        f"replayed messages skipped after the restart: "
+        f"{job2.metric('tailsift_messages_total', outcome='replayed_already_emitted'):.0f}"
+    )
     assert_sli_exact(cfg, traces)

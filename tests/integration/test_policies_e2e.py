@@ -19,25 +19,46 @@ pytestmark = pytest.mark.integration
 
 POLICIES = [
     # drop the carrier-rate sync job (root service shipping), even when it fails: drop wins
-    {"name": "rules", "type": "rules_based", "rules": [
-        {"name": "no-rate-sync", "drop": True,
-         "conditions": [{"field": "root.service.name", "operator": "=", "value": "shipping"}]}]},
+    {
+        "name": "rules",
+        "type": "rules_based",
+        "rules": [
+            {
+                "name": "no-rate-sync",
+                "drop": True,
+                "conditions": [{"field": "root.service.name", "operator": "=", "value": "shipping"}],
+            }
+        ],
+    },
     {"name": "errors", "type": "status_code", "status_codes": ["ERROR"]},
     {"name": "baseline", "type": "probabilistic", "sampling_percentage": 10},
 ]
 
 
 def test_policies_decide_and_annotate_through_the_real_job(kafka_bootstrap, unique_name, tmp_path):
-    path, cfg = run_config(kafka_bootstrap, f"it-pol-{unique_name}", tmp_path,
-                           assemble={"decision_wait_ms": 1500}, sli={"window_seconds": 2, "grace_seconds": 1},
-                           sampling={"mode": "any_match", "policies": POLICIES})
+    path, cfg = run_config(
+        kafka_bootstrap,
+        f"it-pol-{unique_name}",
+        tmp_path,
+        assemble={"decision_wait_ms": 1500},
+        sli={"window_seconds": 2, "grace_seconds": 1},
+        sampling={"mode": "any_match", "policies": POLICIES},
+    )
     assert all(r.status == "created" for r in create_topics(cfg))
     job = JobProcess(path, cfg.metrics.port, tmp_path / "job.log").start()
     try:
         job.wait_ready(kafka_bootstrap, cfg.kafka.group_id)
         traces = []
-        stats = produce(cfg.kafka.bootstrap_servers, cfg.topics.spans_raw.name, count=600, duration_s=None, rate=None,
-                        config=GeneratorConfig(seed=23, error_rate=0.1), progress=False, on_trace=traces.append)
+        stats = produce(
+            cfg.kafka.bootstrap_servers,
+            cfg.topics.spans_raw.name,
+            count=600,
+            duration_s=None,
+            rate=None,
+            config=GeneratorConfig(seed=23, error_rate=0.1),
+            progress=False,
+            on_trace=traces.append,
+        )
         job.wait_drained(stats.spans)
     finally:
         job.stop()

@@ -24,17 +24,29 @@ MS = 1_000_000
 
 
 def test_sli_per_operation_exact_on_the_real_broker_and_tailsift_sli_reads_it(kafka_bootstrap, unique_name, tmp_path):
-    path, cfg = run_config(kafka_bootstrap, f"sli-{unique_name}", tmp_path, assemble={"decision_wait_ms": 1500},
-                           sli={"window_seconds": 2, "grace_seconds": 1},
-                           slo={"objectives": [{"name": "checkout-avail", "service": "checkout", "objective_percent": 99}]})
+    path, cfg = run_config(
+        kafka_bootstrap,
+        f"sli-{unique_name}",
+        tmp_path,
+        assemble={"decision_wait_ms": 1500},
+        sli={"window_seconds": 2, "grace_seconds": 1},
+        slo={"objectives": [{"name": "checkout-avail", "service": "checkout", "objective_percent": 99}]},
+    )
     assert all(r.status == "created" for r in create_topics(cfg))
     job = JobProcess(path, cfg.metrics.port, tmp_path / "job.log").start()
     try:
         job.wait_ready(kafka_bootstrap, cfg.kafka.group_id)
         traces = []
-        stats = produce(cfg.kafka.bootstrap_servers, cfg.topics.spans_raw.name, count=500, duration_s=None, rate=None,
-                        config=GeneratorConfig(seed=44, error_rate=0.1, slow_rate=0.05), progress=False,
-                        on_trace=traces.append)
+        stats = produce(
+            cfg.kafka.bootstrap_servers,
+            cfg.topics.spans_raw.name,
+            count=500,
+            duration_s=None,
+            rate=None,
+            config=GeneratorConfig(seed=44, error_rate=0.1, slow_rate=0.05),
+            progress=False,
+            on_trace=traces.append,
+        )
         metrics = job.wait_drained(stats.spans)
     finally:
         job.stop()
@@ -63,8 +75,12 @@ def test_sli_per_operation_exact_on_the_real_broker_and_tailsift_sli_reads_it(ka
     assert metrics["tailsift_slo_events_total{slo=checkout-avail}"] == sum(n for n, _ in checkout)
     assert metrics["tailsift_slo_bad_events_total{slo=checkout-avail}"] == sum(e for _, e in checkout)
 
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "sli", "-c", str(path), "--by", "service", "--json"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "sli", "-c", str(path), "--by", "service", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     rows = {r["service"]: r for r in map(json.loads, out.stdout.splitlines())}
     want = defaultdict(int)

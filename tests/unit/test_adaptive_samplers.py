@@ -33,7 +33,9 @@ def stream(rate_per_s, seconds, keys=(("a", 1.0),), seed=1, spans=1, t0=0):
     for i in range(int(rate_per_s * seconds)):
         key = rng.choices(names, weights)[0]
         now = t0 + int(i * step)
-        sp = [span(now, now + 1000, parent=None, service=key)] + [span(now, now + 1000, service=key) for _ in range(spans - 1)]
+        sp = [span(now, now + 1000, parent=None, service=key)] + [
+            span(now, now + 1000, service=key) for _ in range(spans - 1)
+        ]
         yield TraceView(rng.randbytes(16), sp, now_ns=now), key
 
 
@@ -53,11 +55,15 @@ def kept_rate(kept_at, start_s, end_s):
     return sum(start_s * S <= t < end_s * S for t in kept_at) / (end_s - start_s)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: EmaThroughputPolicy("ema", 40, ["service.name"], adjustment_interval_s=2),
-    lambda: WindowedThroughputPolicy("win", 40, ["service.name"], update_frequency_s=1, lookback_frequency_s=5),
-    lambda: RateLimitingPolicy("rl", traces_per_second=40),
-], ids=["ema_throughput", "windowed_throughput", "rate_limiting"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: EmaThroughputPolicy("ema", 40, ["service.name"], adjustment_interval_s=2),
+        lambda: WindowedThroughputPolicy("win", 40, ["service.name"], update_frequency_s=1, lookback_frequency_s=5),
+        lambda: RateLimitingPolicy("rl", traces_per_second=40),
+    ],
+    ids=["ema_throughput", "windowed_throughput", "rate_limiting"],
+)
 def test_throughput_samplers_converge_within_10_percent_and_stay_honest(make):
     policy = make()
     keys = (("checkout", 0.6), ("cart", 0.3), ("rare", 0.1))
@@ -90,7 +96,9 @@ def test_dynamic_sampler_favours_rare_keys_and_hits_its_goal_rate():
 
 
 def test_ema_dynamic_burst_recomputes_early_and_keys_are_bounded():
-    policy = EmaDynamicPolicy("ema", 10, ["service.name"], adjustment_interval_s=10, max_keys=5, burst_detection_delay=2)
+    policy = EmaDynamicPolicy(
+        "ema", 10, ["service.name"], adjustment_interval_s=10, max_keys=5, burst_detection_delay=2
+    )
     keys = tuple((f"k{i}", 1.0) for i in range(50))
     run(policy, 100, 30, keys=keys)
     assert len(policy.ema) <= 5 and OVERFLOW_KEY in policy.ema
@@ -128,8 +136,11 @@ def test_bytes_limiting_keeps_its_byte_rate():
 
 
 @settings(max_examples=150, deadline=None)
-@given(rate=st.floats(0.5, 1e4), burst=st.floats(1, 1e4),
-       events=st.lists(st.tuples(st.integers(0, 3 * S), st.floats(0.01, 500)), min_size=1, max_size=60))
+@given(
+    rate=st.floats(0.5, 1e4),
+    burst=st.floats(1, 1e4),
+    events=st.lists(st.tuples(st.integers(0, 3 * S), st.floats(0.01, 500)), min_size=1, max_size=60),
+)
 def test_token_bucket_never_exceeds_rate_times_time_plus_burst(rate, burst, events):
     bucket = TokenBucket(rate, burst)
     t, start, granted = 0, None, 0.0
@@ -169,4 +180,5 @@ def test_adaptive_samplers_are_deterministic_for_the_same_arrivals():
     def decisions():
         engine = DecisionEngine([EmaThroughputPolicy("e", 20, ["service.name"], adjustment_interval_s=1)])
         return [engine.decide(v) for v, _ in stream(200, 5, keys=(("a", 1), ("b", 1)))]
+
     assert decisions() == decisions()

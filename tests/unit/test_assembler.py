@@ -74,15 +74,25 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 4), st.booleans(), st.integers(0, 300)), max_size=60),
-       st.integers(0, 200), st.integers(1, 20))
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.integers(1, 4), st.booleans(), st.integers(0, 300)), max_size=60),
+    st.integers(0, 200),
+    st.integers(1, 20),
+)
 def test_every_span_leaves_exactly_once_whatever_the_decision_points(adds, gap_ms, bound):
-    a = TraceAssembler(decision_wait_ns=500 * MS, root_quiet_gap_ns=gap_ms * MS, max_buffered_spans=bound,
-                       max_spans_per_trace=7)
+    a = TraceAssembler(
+        decision_wait_ns=500 * MS, root_quiet_gap_ns=gap_ms * MS, max_buffered_spans=bound, max_spans_per_trace=7
+    )
     now, added, released = 0, 0, 0
     for i, (trace, n, root, step_ms) in enumerate(adds):
         now += step_ms * MS
-        a.add(bytes([trace]) * 16, trace % 2, [span(parent=None if root and j == 0 else b"p" * 8) for j in range(n)], i, now)
+        a.add(
+            bytes([trace]) * 16,
+            trace % 2,
+            [span(parent=None if root and j == 0 else b"p" * 8) for j in range(n)],
+            i,
+            now,
+        )
         added += n
         released += sum(len(b.spans) for b in a.due(now))
         assert a.buffered_spans == added - released <= bound  # the global bound holds after each due()

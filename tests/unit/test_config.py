@@ -18,19 +18,36 @@ def test_defaults_are_valid_and_complete():
     assert [p.type for p in c.sampling.policies] == ["status_code", "latency", "probabilistic"]
 
 
-@pytest.mark.parametrize("data, key, words", [
-    ({"assemble": {"decision_wait_ms": -1}}, "assemble.decision_wait_ms", "greater than or equal"),
-    ({"assembel": {}}, "assembel", "unknown key"),
-    ({"sampling": {"policies": [{"name": "x", "type": "latency"}]}}, "sampling.policies.0(x).threshold_ms", "required"),
-    ({"sampling": {"policies": [{"name": "x", "type": "nope"}]}}, "sampling.policies.0", "does not match"),
-    ({"sampling": {"policies": [{"name": "x", "type": "probabilistic", "sampling_percentage": 200}]}},
-     "sampling.policies.0(x).sampling_percentage", "less than or equal to 100"),
-    ({"sampling": {"policies": [{"name": "x", "type": "always_sample"}, {"name": "x", "type": "always_sample"}]}},
-     "sampling.policies", "used twice"),
-    ({"topics": {"traces_kept": {"name": "spans.raw"}}}, "topics.traces_kept", "both name"),
-    ({"kafka": {"heartbeat_interval_ms": 20000}}, "kafka", "heartbeat_interval_ms must be smaller"),
-    ({"topics": {"sli_windows": {"name": "bad name!"}}}, "topics.sli_windows.name", "pattern"),
-])
+@pytest.mark.parametrize(
+    "data, key, words",
+    [
+        ({"assemble": {"decision_wait_ms": -1}}, "assemble.decision_wait_ms", "greater than or equal"),
+        ({"assembel": {}}, "assembel", "unknown key"),
+        (
+            {"sampling": {"policies": [{"name": "x", "type": "latency"}]}},
+            "sampling.policies.0(x).threshold_ms",
+            "required",
+        ),
+        ({"sampling": {"policies": [{"name": "x", "type": "nope"}]}}, "sampling.policies.0", "does not match"),
+        (
+            {"sampling": {"policies": [{"name": "x", "type": "probabilistic", "sampling_percentage": 200}]}},
+            "sampling.policies.0(x).sampling_percentage",
+            "less than or equal to 100",
+        ),
+        (
+            {
+                "sampling": {
+                    "policies": [{"name": "x", "type": "always_sample"}, {"name": "x", "type": "always_sample"}]
+                }
+            },
+            "sampling.policies",
+            "used twice",
+        ),
+        ({"topics": {"traces_kept": {"name": "spans.raw"}}}, "topics.traces_kept", "both name"),
+        ({"kafka": {"heartbeat_interval_ms": 20000}}, "kafka", "heartbeat_interval_ms must be smaller"),
+        ({"topics": {"sli_windows": {"name": "bad name!"}}}, "topics.sli_windows.name", "pattern"),
+    ],
+)
 def test_bad_config_names_the_key_and_the_problem(data, key, words):
     msg = error_of(data)
     assert f"  {key}:" in msg or key in msg
@@ -49,7 +66,9 @@ def test_environment_overrides_bootstrap(monkeypatch):
 def test_tailsift_run_with_bad_config_exits_non_zero_naming_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("assemble:\n  decision_wait_ms: soon\nsli:\n  windw_seconds: 10\n")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "-c", str(bad)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "-c", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "assemble.decision_wait_ms" in proc.stderr and "sli.windw_seconds: unknown key" in proc.stderr
     assert proc.stdout == ""

@@ -13,8 +13,14 @@ MS = 1_000_000
 
 
 def make_job(sampling):
-    cfg = config.parse({"privacy": {"enabled": False}, "assemble": {"decision_wait_ms": 1000},
-                        "sli": {"window_seconds": 10, "grace_seconds": 0}, "sampling": sampling})
+    cfg = config.parse(
+        {
+            "privacy": {"enabled": False},
+            "assemble": {"decision_wait_ms": 1000},
+            "sli": {"window_seconds": 10, "grace_seconds": 0},
+            "sampling": sampling,
+        }
+    )
     return Job(cfg, worker_id="test")
 
 
@@ -36,18 +42,31 @@ def spans_of(trace):
 
 
 def test_probabilistic_keep_writes_th_into_tracestate_and_adjusted_count():
-    job = make_job({"policies": [{"name": "errors", "type": "status_code"},
-                                 {"name": "base", "type": "probabilistic", "sampling_percentage": 25}]})
+    job = make_job(
+        {
+            "policies": [
+                {"name": "errors", "type": "status_code"},
+                {"name": "base", "type": "probabilistic", "sampling_percentage": 25},
+            ]
+        }
+    )
     s = span(0, MS, parent=None)
     s["trace_state"] = "vendor=x"
     err = tid_with_randomness(5)
-    job.ingest([Received(0, 0, HIGH, batch_bytes(HIGH, "svc", [s])),
-                Received(0, 1, LOW, batch_bytes(LOW, "svc", [span(0, MS, parent=None)])),
-                Received(0, 2, err, batch_bytes(err, "svc", [span(0, MS, "ERROR", parent=None)]))], now_ns=0)
+    job.ingest(
+        [
+            Received(0, 0, HIGH, batch_bytes(HIGH, "svc", [s])),
+            Received(0, 1, LOW, batch_bytes(LOW, "svc", [span(0, MS, parent=None)])),
+            Received(0, 2, err, batch_bytes(err, "svc", [span(0, MS, "ERROR", parent=None)])),
+        ],
+        now_ns=0,
+    )
     out = kept(job)
     assert set(out) == {HIGH, err}
     (sp,) = spans_of(out[HIGH])
-    assert sp["attributes"]["sampling.policy"] == "base" and sp["attributes"]["sampling.adjusted_count"] == pytest.approx(4.0)
+    assert sp["attributes"]["sampling.policy"] == "base" and sp["attributes"][
+        "sampling.adjusted_count"
+    ] == pytest.approx(4.0)
     assert ot_fields(sp["trace_state"])["th"] == randomness.threshold_hex(randomness.threshold(0.25)) == "c"
     assert sp["trace_state"].endswith("vendor=x")
     (e,) = spans_of(out[err])
@@ -55,13 +74,22 @@ def test_probabilistic_keep_writes_th_into_tracestate_and_adjusted_count():
 
 
 def test_dry_run_keeps_everything_and_says_what_would_have_happened():
-    job = make_job({"dry_run": True, "policies": [{"name": "base", "type": "probabilistic", "sampling_percentage": 10}]})
-    job.ingest([Received(0, 0, HIGH, batch_bytes(HIGH, "svc", [span(0, MS, parent=None)])),
-                Received(0, 1, LOW, batch_bytes(LOW, "svc", [span(0, MS, parent=None)]))], now_ns=0)
+    job = make_job(
+        {"dry_run": True, "policies": [{"name": "base", "type": "probabilistic", "sampling_percentage": 10}]}
+    )
+    job.ingest(
+        [
+            Received(0, 0, HIGH, batch_bytes(HIGH, "svc", [span(0, MS, parent=None)])),
+            Received(0, 1, LOW, batch_bytes(LOW, "svc", [span(0, MS, parent=None)])),
+        ],
+        now_ns=0,
+    )
     out = kept(job)
     assert set(out) == {HIGH, LOW}
     (hi,), (lo,) = spans_of(out[HIGH]), spans_of(out[LOW])
-    assert hi["attributes"]["sampling.dry_run_kept"] is True and hi["attributes"]["sampling.adjusted_count"] == pytest.approx(10)
+    assert hi["attributes"]["sampling.dry_run_kept"] is True and hi["attributes"][
+        "sampling.adjusted_count"
+    ] == pytest.approx(10)
     assert lo["attributes"]["sampling.dry_run_kept"] is False and lo["attributes"]["sampling.adjusted_count"] == 0.0
     assert lo["attributes"]["sampling.reason"] == "not_sampled"
     assert "th:" not in hi["trace_state"]  # nothing was really sampled
@@ -74,20 +102,39 @@ def test_dry_run_keeps_everything_and_says_what_would_have_happened():
 def test_attribute_policy_in_the_job_decodes_lazily_and_keeps_by_attribute():
     job = make_job({"policies": [{"name": "vip", "type": "string_attribute", "key": "user.tier", "values": ["gold"]}]})
     a, b = tid_with_randomness(10), tid_with_randomness(11)
-    job.ingest([Received(0, 0, a, batch_bytes(a, "svc", [span(0, MS, parent=None)], {"user.tier": "gold"})),
-                Received(0, 1, b, batch_bytes(b, "svc", [span(0, MS, parent=None)], {"user.tier": "free"}))], now_ns=0)
+    job.ingest(
+        [
+            Received(0, 0, a, batch_bytes(a, "svc", [span(0, MS, parent=None)], {"user.tier": "gold"})),
+            Received(0, 1, b, batch_bytes(b, "svc", [span(0, MS, parent=None)], {"user.tier": "free"})),
+        ],
+        now_ns=0,
+    )
     out = kept(job)
     assert set(out) == {a} and out[a]["policy"] == "vip"
 
 
 def test_first_match_mode_and_drop_rules_through_the_job():
-    job = make_job({"mode": "first_match", "policies": [
-        {"name": "no-health", "type": "drop", "policies": [
-            {"name": "h", "type": "string_attribute", "key": "http.route", "values": ["/health"]}]},
-        {"name": "errors", "type": "status_code"},
-        {"name": "all", "type": "always_sample"}]})
+    job = make_job(
+        {
+            "mode": "first_match",
+            "policies": [
+                {
+                    "name": "no-health",
+                    "type": "drop",
+                    "policies": [{"name": "h", "type": "string_attribute", "key": "http.route", "values": ["/health"]}],
+                },
+                {"name": "errors", "type": "status_code"},
+                {"name": "all", "type": "always_sample"},
+            ],
+        }
+    )
     a, b = tid_with_randomness(10), tid_with_randomness(11)
-    job.ingest([Received(0, 0, a, batch_bytes(a, "svc", [span(0, MS, "ERROR", parent=None)], {"http.route": "/health"})),
-                Received(0, 1, b, batch_bytes(b, "svc", [span(0, MS, parent=None)], {"http.route": "/cart"}))], now_ns=0)
+    job.ingest(
+        [
+            Received(0, 0, a, batch_bytes(a, "svc", [span(0, MS, "ERROR", parent=None)], {"http.route": "/health"})),
+            Received(0, 1, b, batch_bytes(b, "svc", [span(0, MS, parent=None)], {"http.route": "/cart"})),
+        ],
+        now_ns=0,
+    )
     out = kept(job)
     assert set(out) == {b} and out[b]["policy"] == "all"

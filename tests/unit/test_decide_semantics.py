@@ -59,8 +59,9 @@ def test_any_match_keeps_if_any_picks_and_counts_the_union_probability():
     d = DecisionEngine([Fixed("a", MISS), Fixed("b", Verdict(Action.KEEP, "b", 0.25))]).decide(t())
     assert d.keep and d.policy == "b" and d.probability == pytest.approx(0.25)
     # independent sources: π = 1 − 0.9 · 0.75
-    d = DecisionEngine([Fixed("a", Verdict(Action.KEEP, "a", 0.1, True, "salt:x")),
-                        Fixed("b", Verdict(Action.KEEP, "b", 0.25, False))]).decide(t())
+    d = DecisionEngine(
+        [Fixed("a", Verdict(Action.KEEP, "a", 0.1, True, "salt:x")), Fixed("b", Verdict(Action.KEEP, "b", 0.25, False))]
+    ).decide(t())
     assert d.keep and d.policy == "a" and d.probability == pytest.approx(1 - 0.9 * 0.75)
     assert d.threshold is None  # a salted draw: no th consistent with R can be written
     # a deterministic rule makes π = 1 and takes the attribution
@@ -115,8 +116,13 @@ def test_decisions_keep_the_probability_honest_under_overlapping_policies():
     """Two overlapping probabilistic policies (10 % unsalted, 20 % salted) plus a 30 % on a
     service: Σ adjusted counts over kept traces ≈ the number of traces."""
     rng = random.Random(5)
-    engine = DecisionEngine([ProbabilisticPolicy("a", 10), ProbabilisticPolicy("b", 20, "s"),
-                             AndPolicy("c", [StatusCodePolicy("ok", frozenset({"OK"})), ProbabilisticPolicy("c30", 30)])])
+    engine = DecisionEngine(
+        [
+            ProbabilisticPolicy("a", 10),
+            ProbabilisticPolicy("b", 20, "s"),
+            AndPolicy("c", [StatusCodePolicy("ok", frozenset({"OK"})), ProbabilisticPolicy("c30", 30)]),
+        ]
+    )
     n, total = 40_000, 0.0
     for i in range(n):
         d = engine.decide(TraceView(rng.randbytes(16), [span(status="OK" if i % 3 == 0 else "UNSET", parent=None)]))

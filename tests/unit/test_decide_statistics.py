@@ -43,18 +43,25 @@ def test_adjusted_counts_estimate_the_true_trace_count_per_service_within_3_perc
             kept[name] += 1
             estimate[name] += d.adjusted_count
     errors = {name: estimate[name] / true[name] - 1 for name in names}
-    print("\nadjusted-count error per service: " + ", ".join(f"{n} {e:+.2%} ({kept[n]} kept of {true[n]})" for n, e in errors.items()))
+    print(
+        "\nadjusted-count error per service: "
+        + ", ".join(f"{n} {e:+.2%} ({kept[n]} kept of {true[n]})" for n, e in errors.items())
+    )
     for name, err in errors.items():
         assert abs(err) <= 0.03, (name, err)
     assert sum(estimate.values()) == pytest.approx(sum(true.values()), rel=0.01)
 
 
-_DETERMINISM_CONFIG = {"sampling": {"policies": [
-    {"name": "errors", "type": "status_code"},
-    {"name": "salted", "type": "probabilistic", "sampling_percentage": 3, "hash_salt": "s1"},
-    {"name": "rare", "type": "rare_path", "keep_per_window": 2, "window_s": 5},
-    {"name": "base", "type": "probabilistic", "sampling_percentage": 5},
-]}}
+_DETERMINISM_CONFIG = {
+    "sampling": {
+        "policies": [
+            {"name": "errors", "type": "status_code"},
+            {"name": "salted", "type": "probabilistic", "sampling_percentage": 3, "hash_salt": "s1"},
+            {"name": "rare", "type": "rare_path", "keep_per_window": 2, "window_s": 5},
+            {"name": "base", "type": "probabilistic", "sampling_percentage": 5},
+        ]
+    }
+}
 
 _CHILD = r"""
 import json, sys
@@ -75,8 +82,14 @@ json.dump(out, sys.stdout)
 
 
 def _decide_in(process_input):
-    proc = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(process_input), capture_output=True,
-                          text=True, timeout=60, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD],
+        input=json.dumps(process_input),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(proc.stdout)
 
 

@@ -17,16 +17,23 @@ VALID = batch_bytes(b"\x07" * 16, "svc", [span(0, 5, "ERROR", parent=None)], {"u
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(
-    st.binary(max_size=300),
-    # mutations of a valid record: truncation, bit flips, appended junk
-    st.integers(min_value=0, max_value=len(VALID) - 1).map(lambda n: VALID[:n]),
-    st.tuples(st.integers(min_value=0, max_value=len(VALID) - 1), st.integers(min_value=1, max_value=255))
-      .map(lambda t: VALID[:t[0]] + bytes([VALID[t[0]] ^ t[1]]) + VALID[t[0] + 1:]),
-    st.binary(min_size=1, max_size=20).map(lambda b: VALID + b),
-))
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        # mutations of a valid record: truncation, bit flips, appended junk
+        st.integers(min_value=0, max_value=len(VALID) - 1).map(lambda n: VALID[:n]),
+        st.tuples(st.integers(min_value=0, max_value=len(VALID) - 1), st.integers(min_value=1, max_value=255)).map(
+            lambda t: VALID[: t[0]] + bytes([VALID[t[0]] ^ t[1]]) + VALID[t[0] + 1 :]
+        ),
+        st.binary(min_size=1, max_size=20).map(lambda b: VALID + b),
+    )
+)
 def test_any_bytes_are_either_processed_or_dead_lettered(value):
-    job = Job(config.parse({"assemble": {"decision_wait_ms": 0}, "sli": {"grace_seconds": 0}}), worker_id="fuzz", protector=PROTECTOR)
+    job = Job(
+        config.parse({"assemble": {"decision_wait_ms": 0}, "sli": {"grace_seconds": 0}}),
+        worker_id="fuzz",
+        protector=PROTECTOR,
+    )
     try:
         key = avro.decode_batch(value)["trace_id"]
     except Exception:  # noqa: BLE001

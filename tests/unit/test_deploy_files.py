@@ -54,23 +54,39 @@ def exposed_names() -> set[str]:
     return names
 
 
-_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-             "offset", "bool", "inf", "nan", "atan2", "start", "end"}
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
+    "atan2",
+    "start",
+    "end",
+}
 
 
 def metric_names(expr: str) -> set[str]:
     """Metric names in a PromQL expression: identifiers that are not functions, aggregations,
     keywords, label names (in {…}, by/without/on/ignoring/group_x (…)), durations or variables."""
-    e = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)   # string literals
-    e = re.sub(r"\{[^}]*\}", " ", e)                                             # label matchers
-    e = re.sub(r"\[[^\]]*\]", " ", e)                                            # ranges / subqueries
+    e = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)  # string literals
+    e = re.sub(r"\{[^}]*\}", " ", e)  # label matchers
+    e = re.sub(r"\[[^\]]*\]", " ", e)  # ranges / subqueries
     e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
-    e = re.sub(r"\$\{?\w+\}?", " ", e)                                           # Grafana variables
-    e = re.sub(r"\boffset\s+-?(\d+(ms|[smhdwy]))+", " ", e)                        # offset modifiers
-    e = re.sub(r"\b\d+(\.\d+)?(e[+-]?\d+)?\b", " ", e)                           # numbers
+    e = re.sub(r"\$\{?\w+\}?", " ", e)  # Grafana variables
+    e = re.sub(r"\boffset\s+-?(\d+(ms|[smhdwy]))+", " ", e)  # offset modifiers
+    e = re.sub(r"\b\d+(\.\d+)?(e[+-]?\d+)?\b", " ", e)  # numbers
     names = set()
     for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
-        rest = e[m.end():].lstrip()
+        rest = e[m.end() :].lstrip()
         if rest.startswith("("):
             continue  # a function or aggregation
         if m.group(0).lower() not in _KEYWORDS:
@@ -79,10 +95,13 @@ def metric_names(expr: str) -> set[str]:
 
 
 def test_metric_name_extraction():
-    assert metric_names('sum by (le) (rate(tailsift_flush_seconds_bucket{job="x", le!="+Inf"}[$__rate_interval])) '
-                        '/ on (instance) group_left(policy) tailsift_policy_errors offset 5m > bool 0.5') == {
-        "tailsift_flush_seconds_bucket", "tailsift_policy_errors"}
-    assert metric_names("histogram_quantile(0.99, sum without (instance) (rate(a_bucket[5m]))) / (1 - $x / 100)") == {"a_bucket"}
+    assert metric_names(
+        'sum by (le) (rate(tailsift_flush_seconds_bucket{job="x", le!="+Inf"}[$__rate_interval])) '
+        "/ on (instance) group_left(policy) tailsift_policy_errors offset 5m > bool 0.5"
+    ) == {"tailsift_flush_seconds_bucket", "tailsift_policy_errors"}
+    assert metric_names("histogram_quantile(0.99, sum without (instance) (rate(a_bucket[5m]))) / (1 - $x / 100)") == {
+        "a_bucket"
+    }
     assert metric_names('up{job="tailsift"} == 0 and absent(foo)') == {"up", "foo"}
 
 
@@ -112,15 +131,20 @@ def rule_exprs(path: Path) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("source", ["dashboard", "self-alerts", "slo-rules"])
 def test_every_referenced_metric_is_exported_by_the_job(source):
-    exprs = {"dashboard": dashboard_exprs, "self-alerts": lambda: rule_exprs(SELF_ALERTS),
-             "slo-rules": lambda: rule_exprs(SLO_RULES)}[source]()
+    exprs = {
+        "dashboard": dashboard_exprs,
+        "self-alerts": lambda: rule_exprs(SELF_ALERTS),
+        "slo-rules": lambda: rule_exprs(SLO_RULES),
+    }[source]()
     assert exprs, f"no expressions found in the {source}"
     referenced = set().union(*(metric_names(expr) for _, expr in exprs))
     assert any(n.startswith("tailsift_") for n in referenced), f"no tailsift metric found in the {source}: {referenced}"
     known = exposed_names() | PROMETHEUS_SYNTHETIC
     unknown = sorted({(name, where) for where, expr in exprs for name in metric_names(expr) if name not in known})
-    assert not unknown, (f"{source} references metrics the job does not export (pipeline/metrics.py; counters "
-                         f"end in _total, histograms in _bucket/_sum/_count): {unknown}")
+    assert not unknown, (
+        f"{source} references metrics the job does not export (pipeline/metrics.py; counters "
+        f"end in _total, histograms in _bucket/_sum/_count): {unknown}"
+    )
 
 
 def test_the_dashboard_is_a_grafana_dashboard():
@@ -209,14 +233,16 @@ def _strip_header(text: str) -> str:
 
 def test_slo_rules_file_is_what_the_generator_makes_now():
     text = SLO_RULES.read_text()
-    assert text.startswith("#") and "tailsift slo rules -c deploy/config/slo-example.yaml" in text.split("\ngroups:")[0], \
-        "the header comment must say how the file was generated"
+    assert (
+        text.startswith("#") and "tailsift slo rules -c deploy/config/slo-example.yaml" in text.split("\ngroups:")[0]
+    ), "the header comment must say how the file was generated"
     cfg = config_mod.load(SLO_CONFIG)
     assert cfg.slo.objectives, "the example SLO config has no objectives"
     want = slo_rules.render(slo_rules.objectives(cfg))
     assert _strip_header(text) == want, (
         f"{SLO_RULES.relative_to(ROOT)} is stale: regenerate it with "
-        f"`tailsift slo rules -c {SLO_CONFIG.relative_to(ROOT)}` (keep the header comment)")
+        f"`tailsift slo rules -c {SLO_CONFIG.relative_to(ROOT)}` (keep the header comment)"
+    )
 
 
 def test_k8s_manifest_parses_and_embeds_a_valid_config():

@@ -134,8 +134,10 @@ def test_idle_partitions_flush_via_due_and_the_buffer_empties():
     assert a.buffered_spans == 4 and a.buffered_bytes == 147
     assert a.due(1 * SEC + IDLE - 1) == []
     out = a.due(1 * SEC + IDLE)  # partition 0 got nothing for the idle time; partition 1 did
-    assert [(b.trace_id, b.trigger, b.decided_at_ns) for b in out] == [(A, "idle_partition", 40 * MS),
-                                                                        (B, "idle_partition", 40 * MS)]
+    assert [(b.trace_id, b.trigger, b.decided_at_ns) for b in out] == [
+        (A, "idle_partition", 40 * MS),
+        (B, "idle_partition", 40 * MS),
+    ]
     assert a.buffered_spans == 1 and a.buffered_bytes == 7 and len(a) == 1
     assert a.due(1 * SEC + IDLE) == []  # reported once
     (c,) = a.due(5 * SEC + IDLE)
@@ -166,8 +168,10 @@ def test_memory_bound_forces_the_oldest_deadlines_across_partitions_in_due():
     a.add(C, 2, [span(end=2 * MS)], 3, now_ns=0)
     a.add(b"D" * 16, 0, [span(end=4 * MS), span(end=4 * MS)], 4, now_ns=0)
     out = a.due(1)
-    assert [(b.trace_id, b.forced_reason, b.decided_at_ns) for b in out] == [(B, "memory_bound", 1 * MS),
-                                                                              (C, "memory_bound", 2 * MS)]
+    assert [(b.trace_id, b.forced_reason, b.decided_at_ns) for b in out] == [
+        (B, "memory_bound", 1 * MS),
+        (C, "memory_bound", 2 * MS),
+    ]
     assert a.buffered_spans == 3 and a.over_bound() and len(a) == 2
 
 
@@ -203,18 +207,34 @@ def recorded(draw):
             n = draw(st.integers(1, 3))
             jitter = [draw(st.integers(0, 300)) * MS for _ in range(n)]
             root = draw(st.booleans())
-            msgs.append((p, bytes([p, trace]) * 8, [
-                span(end=max(0, t - jitter[j]), parent=None if root and j == 0 else b"p" * 8,
-                     span_id=bytes([p, i, j]) + b"\0" * 5)
-                for j in range(n)], draw(st.integers(1, 200))))
+            msgs.append(
+                (
+                    p,
+                    bytes([p, trace]) * 8,
+                    [
+                        span(
+                            end=max(0, t - jitter[j]),
+                            parent=None if root and j == 0 else b"p" * 8,
+                            span_id=bytes([p, i, j]) + b"\0" * 5,
+                        )
+                        for j in range(n)
+                    ],
+                    draw(st.integers(1, 200)),
+                )
+            )
     return msgs
 
 
 def replay(msgs, schedule, rnd=None, **kw):
     """Feed the recording as the job would: traces decided earlier are remembered (their late spans
     never reach the assembler). schedule: when to call due() — far below the idle time."""
-    a = et(decision_wait_ns=kw.get("wait", 800 * MS), root_quiet_gap_ns=kw.get("gap", 200 * MS),
-           allowed_lateness_ns=kw.get("lateness", 100 * MS), max_spans_per_trace=6, max_trace_bytes=700)
+    a = et(
+        decision_wait_ns=kw.get("wait", 800 * MS),
+        root_quiet_gap_ns=kw.get("gap", 200 * MS),
+        allowed_lateness_ns=kw.get("lateness", 100 * MS),
+        max_spans_per_trace=6,
+        max_trace_bytes=700,
+    )
     decided, sealed = set(), []
 
     def take(bufs):
@@ -244,8 +264,12 @@ def per_partition(sealed):
 def test_replay_decides_the_same_whenever_due_runs_and_however_partitions_interleave(msgs, rnd, cfg):
     kw = [{}, {"gap": 0, "lateness": 0}, {"wait": 300 * MS, "gap": 500 * MS, "lateness": 1 * SEC}][cfg]
     order = sorted(msgs, key=lambda m: m[0])  # partition by partition
-    runs = [replay(order, "never", **kw), replay(order, "always", **kw), replay(order, "random", rnd, **kw),
-            replay(order, "never", **kw)]
+    runs = [
+        replay(order, "never", **kw),
+        replay(order, "always", **kw),
+        replay(order, "random", rnd, **kw),
+        replay(order, "never", **kw),
+    ]
     assert all(r == runs[0] for r in runs[1:])
     # a different interleaving of the partitions (each partition's order kept): same per partition
     queues = {p: [m for m in order if m[0] == p] for p in range(3)}
@@ -265,9 +289,20 @@ def test_replay_twice_with_a_fixed_recording_gives_identical_decisions():
     for i in range(3_000):
         p = rng.randrange(3)
         t += rng.randrange(0, 20) * MS
-        msgs.append((p, bytes([p, rng.randrange(40)]) * 8,
-                     [span(end=max(0, t - rng.randrange(0, 200) * MS), parent=None if rng.random() < 0.2 else b"p" * 8,
-                           span_id=i.to_bytes(8, "big"))], 100))
+        msgs.append(
+            (
+                p,
+                bytes([p, rng.randrange(40)]) * 8,
+                [
+                    span(
+                        end=max(0, t - rng.randrange(0, 200) * MS),
+                        parent=None if rng.random() < 0.2 else b"p" * 8,
+                        span_id=i.to_bytes(8, "big"),
+                    )
+                ],
+                100,
+            )
+        )
     first, second = replay(msgs, "never"), replay(msgs, "random", random.Random(1))
     assert first == second and len(first[0]) > 100
 

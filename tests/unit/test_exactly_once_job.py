@@ -14,18 +14,22 @@ ZERO = bytes(16)
 
 
 def make_job(**job):
-    cfg = config.parse({
-        "privacy": {"enabled": False},
-        "assemble": {"decision_wait_ms": 1000, "root_quiet_gap_ms": 0},
-        "sli": {"window_seconds": 10, "grace_seconds": 0},
-        "job": {"processing_guarantee": "exactly_once", **job},
-        "sampling": {"policies": [{"name": "errors", "type": "status_code"}]},
-    })
+    cfg = config.parse(
+        {
+            "privacy": {"enabled": False},
+            "assemble": {"decision_wait_ms": 1000, "root_quiet_gap_ms": 0},
+            "sli": {"window_seconds": 10, "grace_seconds": 0},
+            "job": {"processing_guarantee": "exactly_once", **job},
+            "sampling": {"policies": [{"name": "errors", "type": "status_code"}]},
+        }
+    )
     return Job(cfg, worker_id="test")
 
 
 def msg(offset, trace_id, service, spans, partition=0, key=None):
-    return Received(partition, offset, trace_id if key is None else key, batch_bytes(trace_id, service, spans), ref=offset)
+    return Received(
+        partition, offset, trace_id if key is None else key, batch_bytes(trace_id, service, spans), ref=offset
+    )
 
 
 def records(outbox, topic):
@@ -94,16 +98,24 @@ def test_late_spans_after_a_restart_follow_the_restored_decision():
     job = make_job()
     job.restore(2, log)
     before = {o: metrics.LATE_SPANS.labels(o)._value.get() for o in ("kept", "dropped", "replayed")}
-    job.ingest(msgs + [
-        msg(4, ERR, "cache", [span(3 * MS, 4 * MS)], partition=2),  # late span of the kept trace
-        msg(5, OK, "cache", [span(3 * MS, 4 * MS)], partition=2),  # late span of the dropped trace
-    ], now_ns=10 * S)
+    job.ingest(
+        msgs
+        + [
+            msg(4, ERR, "cache", [span(3 * MS, 4 * MS)], partition=2),  # late span of the kept trace
+            msg(5, OK, "cache", [span(3 * MS, 4 * MS)], partition=2),  # late span of the dropped trace
+        ],
+        now_ns=10 * S,
+    )
     out = job.collect(20 * S)
     (late,) = records(out, "traces.kept")
     trace = avro.decode(avro.KEPT_TRACE, late.value)
     assert late.key == ERR and trace["late"] and trace["span_count"] == 1 and trace["policy"] == "errors"
     # replayed: offsets 0 and 2 (kept trace, already emitted); 1 (dropped trace) counts as dropped
-    assert {o: metrics.LATE_SPANS.labels(o)._value.get() - v for o, v in before.items()} == {"kept": 1, "dropped": 2, "replayed": 2}
+    assert {o: metrics.LATE_SPANS.labels(o)._value.get() - v for o, v in before.items()} == {
+        "kept": 1,
+        "dropped": 2,
+        "replayed": 2,
+    }
     upd = {d["trace_id"]: d for _, d in decisions(out)}
     assert upd[ERR]["emitted_offsets"] == [0, 2, 4]  # so a second replay skips offset 4 too
     assert upd[ZERO]["processed_through"] == 5

@@ -129,8 +129,12 @@ def test_error_span_detail_round_trips(traces, decoded):
                 (ev,) = d["events"]
                 assert ev["name"] == "exception" and d["status_message"]
                 assert d["status_message"] == ev["attributes"]["exception.message"]
-                assert set(ev["attributes"]) <= {"exception.type", "exception.message",
-                                                 "exception.stacktrace", "exception.escaped"}
+                assert set(ev["attributes"]) <= {
+                    "exception.type",
+                    "exception.message",
+                    "exception.stacktrace",
+                    "exception.escaped",
+                }
                 seen_error = True
             for link in d["links"]:
                 assert link["trace_id"] == tr.trace_id and len(link["span_id"]) == 8
@@ -144,14 +148,19 @@ def test_shared_static_dicts_are_not_mutated():
     """Resources and per-operation attribute dicts are built once and shared by every span."""
     import copy
 
-    gen = TraceGenerator(GeneratorConfig(seed=6, error_rate=0.5, slow_rate=0.2,
-                                         canaries=CANARIES))
+    gen = TraceGenerator(GeneratorConfig(seed=6, error_rate=0.5, slow_rate=0.2, canaries=CANARIES))
     ops = {k: v for k, v in vars(gen).items() if isinstance(v, callgraph._Op)}
-    before = copy.deepcopy(({k: op.static_attrs for k, op in ops.items()},
-                            [r.resource for svc in gen.services.values() for r in svc.replicas]))
+    before = copy.deepcopy(
+        (
+            {k: op.static_attrs for k, op in ops.items()},
+            [r.resource for svc in gen.services.values() for r in svc.replicas],
+        )
+    )
     traces = [gen.trace(T0 + i * 1_000_000) for i in range(300)]
-    after = ({k: op.static_attrs for k, op in ops.items()},
-             [r.resource for svc in gen.services.values() for r in svc.replicas])
+    after = (
+        {k: op.static_attrs for k, op in ops.items()},
+        [r.resource for svc in gen.services.values() for r in svc.replicas],
+    )
     assert after == before
     # and the dicts handed out in GeneratedTrace.batches still match their bytes
     for tr in traces[:50]:
@@ -213,8 +222,10 @@ def test_batches_are_per_service_instance_flush(traces):
             ends = [s["end_time_unix_nano"] for s in batch["spans"]]
             assert ends == sorted(ends), "spans are exported in the order they end"
             assert at >= max(ends)
-        keys = [(b["service"], avro.decode_resource(b["resource"])["service.instance.id"], at)
-                for b, at in zip(tr.batches, tr.export_ns)]
+        keys = [
+            (b["service"], avro.decode_resource(b["resource"])["service.instance.id"], at)
+            for b, at in zip(tr.batches, tr.export_ns)
+        ]
         assert len(set(keys)) == len(keys)
 
 
@@ -246,9 +257,11 @@ def test_queue_delay_is_configurable():
         for tr in make(400, seed=9, queue_delay_ms=ms, error_rate=0.0):
             spans = decoded_spans(tr) if tr.flow == "checkout" else []
             by_id = {s["span_id"]: s for s in spans}
-            delays += [s["start_time_unix_nano"] - by_id[s["parent_span_id"]][
-                "end_time_unix_nano"] for s in spans if s["kind"] == "CONSUMER"
-                and "messaging.retry.count" not in s["d"]["attributes"]]
+            delays += [
+                s["start_time_unix_nano"] - by_id[s["parent_span_id"]]["end_time_unix_nano"]
+                for s in spans
+                if s["kind"] == "CONSUMER" and "messaging.retry.count" not in s["d"]["attributes"]
+            ]
         return statistics.mean(delays) / 1e6
 
     assert 150 < mean_delay(200.0) < 260
@@ -318,8 +331,9 @@ def test_error_spans_look_like_errors(traces, decoded):
         if not errors:
             continue
         # the failure itself: message + exception event
-        origin = [s for s in errors if s["d"]["status_message"] and any(
-            e["name"] == "exception" for e in s["d"]["events"])]
+        origin = [
+            s for s in errors if s["d"]["status_message"] and any(e["name"] == "exception" for e in s["d"]["events"])
+        ]
         assert origin, [s["name"] for s in errors]
         with_exception += 1
         for s in origin:
@@ -334,8 +348,7 @@ def test_error_spans_look_like_errors(traces, decoded):
             parent = by_id.get(s["parent_span_id"])
             if parent is None or s["kind"] == "CONSUMER":
                 continue
-            handled = (s["kind"] == "CLIENT"
-                       and s["d"]["attributes"].get("server.address") in callgraph.SERVICES)
+            handled = s["kind"] == "CLIENT" and s["d"]["attributes"].get("server.address") in callgraph.SERVICES
             if not handled:
                 assert parent["status_code"] == "ERROR", (s["name"], parent["name"])
     assert with_exception > 50
@@ -368,8 +381,14 @@ def test_pii_is_present(decoded):
     for spans in decoded:
         for s in spans:
             a = s["d"]["attributes"]
-            for key in ("enduser.id", "user.id", "user.email", "client.address",
-                        "payment.card.number", "http.request.header.authorization"):
+            for key in (
+                "enduser.id",
+                "user.id",
+                "user.email",
+                "client.address",
+                "payment.card.number",
+                "http.request.header.authorization",
+            ):
                 if key in a:
                     found[key] += 1
             if "http.request.header.authorization" in a:
@@ -379,14 +398,26 @@ def test_pii_is_present(decoded):
                 assert "@" in a["user.email"]
             if "enduser.id" in a:
                 assert a["enduser.id"].startswith("u-")
-    assert all(found[k] > 0 for k in ("enduser.id", "user.id", "user.email", "client.address",
-                                       "payment.card.number",
-                                       "http.request.header.authorization")), found
+    assert all(
+        found[k] > 0
+        for k in (
+            "enduser.id",
+            "user.id",
+            "user.email",
+            "client.address",
+            "payment.card.number",
+            "http.request.header.authorization",
+        )
+    ), found
 
 
 def test_card_numbers_pass_luhn(decoded):
-    cards = [s["d"]["attributes"]["payment.card.number"] for spans in decoded for s in spans
-             if "payment.card.number" in s["d"]["attributes"]]
+    cards = [
+        s["d"]["attributes"]["payment.card.number"]
+        for spans in decoded
+        for s in spans
+        if "payment.card.number" in s["d"]["attributes"]
+    ]
     assert len(cards) > 5
     for card in cards:
         digits = card.replace(" ", "")
@@ -411,8 +442,7 @@ CANARIES = {
 }
 
 
-@pytest.mark.parametrize("canaries", [CANARIES, {**CANARIES, "enduser.id": "u-CANARY-EU",
-                                                 "url.query": "q=canary"}])
+@pytest.mark.parametrize("canaries", [CANARIES, {**CANARIES, "enduser.id": "u-CANARY-EU", "url.query": "q=canary"}])
 def test_canaries_in_every_trace(canaries):
     for tr in make(300, seed=8, canaries=canaries, error_rate=0.2):
         spans = decoded_spans(tr)
@@ -442,13 +472,17 @@ def test_canaries_flow_into_realistic_places():
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(min_value=-(2**63), max_value=2**64),
-       error_rate=st.floats(0.0, 1.0), slow_rate=st.floats(0.0, 1.0),
-       queue_delay_ms=st.floats(0.0, 5000.0),
-       start=st.integers(min_value=0, max_value=2**62))
+@given(
+    seed=st.integers(min_value=-(2**63), max_value=2**64),
+    error_rate=st.floats(0.0, 1.0),
+    slow_rate=st.floats(0.0, 1.0),
+    queue_delay_ms=st.floats(0.0, 5000.0),
+    start=st.integers(min_value=0, max_value=2**62),
+)
 def test_any_seed_gives_well_formed_traces(seed, error_rate, slow_rate, queue_delay_ms, start):
-    gen = TraceGenerator(GeneratorConfig(seed=seed, error_rate=error_rate, slow_rate=slow_rate,
-                                         queue_delay_ms=queue_delay_ms))
+    gen = TraceGenerator(
+        GeneratorConfig(seed=seed, error_rate=error_rate, slow_rate=slow_rate, queue_delay_ms=queue_delay_ms)
+    )
     for i in range(12):
         tr = gen.trace(start + i * 1_000_000)
         spans = decoded_spans(tr)
@@ -536,8 +570,15 @@ def test_produce_count_keys_and_determinism(fake_producer):
     from pipeline.generator.produce import produce
 
     seen = []
-    stats = produce("x:1", "spans.raw", count=50, config=GeneratorConfig(seed=3),
-                    progress=False, on_trace=seen.append, clock=fake_clock())
+    stats = produce(
+        "x:1",
+        "spans.raw",
+        count=50,
+        config=GeneratorConfig(seed=3),
+        progress=False,
+        on_trace=seen.append,
+        clock=fake_clock(),
+    )
     (p,) = fake_producer.instances
     assert p.conf["enable.idempotence"] is True and p.conf["acks"] == "all"
     assert p.conf["bootstrap.servers"] == "x:1"
@@ -548,8 +589,7 @@ def test_produce_count_keys_and_determinism(fake_producer):
     assert stats.bytes == sum(len(k) + len(v) for _, k, v in p.sent)
     assert all(topic == "spans.raw" and len(key) == 16 for topic, key, _ in p.sent)
     # same seed and clock sequence -> the same bytes on the wire
-    produce("x:1", "spans.raw", count=50, config=GeneratorConfig(seed=3), progress=False,
-            clock=fake_clock())
+    produce("x:1", "spans.raw", count=50, config=GeneratorConfig(seed=3), progress=False, clock=fake_clock())
     assert fake_producer.instances[1].sent == p.sent
 
 
@@ -599,8 +639,15 @@ def test_produce_realtime_holds_late_batches(fake_producer, monkeypatch):
     from pipeline.generator import produce as produce_mod
 
     monkeypatch.setattr(produce_mod, "Producer", Timed)
-    produce("x:1", "t", count=20, rate=50.0, progress=False, realtime=True,
-            config=GeneratorConfig(seed=2, queue_delay_ms=50.0))
+    produce(
+        "x:1",
+        "t",
+        count=20,
+        rate=50.0,
+        progress=False,
+        realtime=True,
+        config=GeneratorConfig(seed=2, queue_delay_ms=50.0),
+    )
     assert produced_at
     for at, batch in produced_at:
         assert at >= max(s["end_time_unix_nano"] for s in batch["spans"])
@@ -623,8 +670,9 @@ def test_cli_parses_and_runs(fake_producer, capsys, monkeypatch):
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "env:9092")
-    args = parser.parse_args(["--count", "7", "--seed", "4", "--error-rate", "0.5",
-                              "--slow-rate", "0", "--no-progress"])
+    args = parser.parse_args(
+        ["--count", "7", "--seed", "4", "--error-rate", "0.5", "--slow-rate", "0", "--no-progress"]
+    )
     assert cli.resolve_bootstrap(args) == "env:9092" and cli.resolve_topic(args) == "spans.raw"
     assert cli.run(args) == 0
     out = capsys.readouterr().out

@@ -14,21 +14,34 @@ MS = 1_000_000
 
 
 def make_job(**sampling):
-    cfg = config.parse({
-        "job": {"processing_guarantee": "at_least_once"},  # window-close semantics; exactly_once: test_exactly_once_job
-        "privacy": {"enabled": False},  # the job core alone; protection has its own tests
-        "assemble": {"decision_wait_ms": 1000},
-        "sli": {"window_seconds": 10, "grace_seconds": 0},
-        "sampling": sampling or {"policies": [
-            {"name": "errors", "type": "status_code"},
-            {"name": "slow", "type": "latency", "threshold_ms": 500},
-        ]},
-    })
+    cfg = config.parse(
+        {
+            "job": {
+                "processing_guarantee": "at_least_once"
+            },  # window-close semantics; exactly_once: test_exactly_once_job
+            "privacy": {"enabled": False},  # the job core alone; protection has its own tests
+            "assemble": {"decision_wait_ms": 1000},
+            "sli": {"window_seconds": 10, "grace_seconds": 0},
+            "sampling": sampling
+            or {
+                "policies": [
+                    {"name": "errors", "type": "status_code"},
+                    {"name": "slow", "type": "latency", "threshold_ms": 500},
+                ]
+            },
+        }
+    )
     return Job(cfg, worker_id="test")
 
 
 def msg(offset, trace_id, service, spans, partition=0, key=None, attributes=None):
-    return Received(partition, offset, trace_id if key is None else key, batch_bytes(trace_id, service, spans, attributes), ref=offset)
+    return Received(
+        partition,
+        offset,
+        trace_id if key is None else key,
+        batch_bytes(trace_id, service, spans, attributes),
+        ref=offset,
+    )
 
 
 def by_topic(outbox, topic):
@@ -38,11 +51,14 @@ def by_topic(outbox, topic):
 def test_error_trace_is_kept_whole_and_ok_trace_dropped():
     job = make_job()
     err, ok = os.urandom(16), os.urandom(16)
-    job.ingest([
-        msg(0, err, "front", [span(0, 10 * MS, parent=None)]),
-        msg(1, ok, "front", [span(0, 10 * MS, parent=None)]),
-        msg(2, err, "db", [span(1 * MS, 2 * MS, "ERROR")], attributes={"user.email": "x@y.z"}),
-    ], now_ns=0)
+    job.ingest(
+        [
+            msg(0, err, "front", [span(0, 10 * MS, parent=None)]),
+            msg(1, ok, "front", [span(0, 10 * MS, parent=None)]),
+            msg(2, err, "db", [span(1 * MS, 2 * MS, "ERROR")], attributes={"user.email": "x@y.z"}),
+        ],
+        now_ns=0,
+    )
     assert by_topic(job.collect(999 * MS), "traces.kept") == []
     out = job.collect(1000 * MS)
     (kept,) = by_topic(out, "traces.kept")
@@ -61,7 +77,10 @@ def test_error_trace_is_kept_whole_and_ok_trace_dropped():
 def test_offsets_become_ready_only_after_outputs_are_delivered_and_in_order():
     job = make_job()
     err, ok = os.urandom(16), os.urandom(16)
-    job.ingest([msg(0, err, "a", [span(0, 1 * MS, "ERROR", parent=None)]), msg(1, ok, "a", [span(0, 1 * MS, parent=None)])], now_ns=0)
+    job.ingest(
+        [msg(0, err, "a", [span(0, 1 * MS, "ERROR", parent=None)]), msg(1, ok, "a", [span(0, 1 * MS, parent=None)])],
+        now_ns=0,
+    )
     out = job.collect(2 * S)  # trace decisions; SLI window [0,10s) still open
     assert job.ready() == []  # kept trace not yet acknowledged; window still holds both
     job.delivered(by_topic(out, "traces.kept"))
@@ -73,14 +92,22 @@ def test_offsets_become_ready_only_after_outputs_are_delivered_and_in_order():
     assert [h.offset for h in job.ready()] == [0, 1]
     sli = sorted((avro.decode(avro.SLI_WINDOW, w.value) for w in windows), key=lambda r: r["status"])
     assert [(r["service"], r["status"], r["span_count"], r["error_count"], r["root_count"]) for r in sli] == [
-        ("a", "ERROR", 1, 1, 1), ("a", "UNSET", 1, 0, 1)]
+        ("a", "ERROR", 1, 1, 1),
+        ("a", "UNSET", 1, 0, 1),
+    ]
 
 
 def test_malformed_message_goes_to_dead_letter_without_payload_and_stream_continues():
     job = make_job()
     secret = b"jane.doe@example.com card 4111111111111111"
-    job.ingest([Received(0, 0, b"k", secret, 0), Received(0, 1, b"k", None, 1),
-                msg(2, os.urandom(16), "a", [span(0, 1 * MS, "ERROR", parent=None)])], now_ns=0)
+    job.ingest(
+        [
+            Received(0, 0, b"k", secret, 0),
+            Received(0, 1, b"k", None, 1),
+            msg(2, os.urandom(16), "a", [span(0, 1 * MS, "ERROR", parent=None)]),
+        ],
+        now_ns=0,
+    )
     out = job.collect(2 * S)
     dls = by_topic(out, "spans.deadletter")
     assert len(dls) == 2 and len(by_topic(out, "traces.kept")) == 1
@@ -105,7 +132,10 @@ def test_unkeyed_message_is_republished_keyed_by_trace_id():
 def test_late_spans_follow_the_remembered_decision():
     job = make_job()
     err, ok = os.urandom(16), os.urandom(16)
-    job.ingest([msg(0, err, "a", [span(0, 1 * MS, "ERROR", parent=None)]), msg(1, ok, "a", [span(0, 1 * MS, parent=None)])], now_ns=0)
+    job.ingest(
+        [msg(0, err, "a", [span(0, 1 * MS, "ERROR", parent=None)]), msg(1, ok, "a", [span(0, 1 * MS, parent=None)])],
+        now_ns=0,
+    )
     job.collect(2 * S)
     job.ingest([msg(2, err, "late", [span(0, 1 * MS)]), msg(3, ok, "late", [span(0, 1 * MS, "ERROR")])], now_ns=3 * S)
     kept = by_topic(job.collect(3 * S), "traces.kept")
@@ -118,8 +148,13 @@ def test_late_spans_follow_the_remembered_decision():
 
 def test_revoke_forgets_everything_of_the_lost_partition():
     job = make_job()
-    job.ingest([msg(0, os.urandom(16), "a", [span(0, 1 * MS, "ERROR")], partition=3),
-                msg(0, os.urandom(16), "a", [span(0, 1 * MS, "ERROR")], partition=4)], now_ns=0)
+    job.ingest(
+        [
+            msg(0, os.urandom(16), "a", [span(0, 1 * MS, "ERROR")], partition=3),
+            msg(0, os.urandom(16), "a", [span(0, 1 * MS, "ERROR")], partition=4),
+        ],
+        now_ns=0,
+    )
     job.revoke({3})
     out = job.collect(20 * S)
     assert len(by_topic(out, "traces.kept")) == 1

@@ -15,19 +15,33 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pipeline.codecs import otlp
 from operators.trace import TraceView
 
-ATTRS = {"s": "text", "b": True, "i": -42, "d": 2.5, "sa": ["a", "b"], "ba": [True, False], "ia": [1, 2, 3], "da": [0.5, 1.5]}
+ATTRS = {
+    "s": "text",
+    "b": True,
+    "i": -42,
+    "d": 2.5,
+    "sa": ["a", "b"],
+    "ba": [True, False],
+    "ia": [1, 2, 3],
+    "da": [0.5, 1.5],
+}
 
 
 def sdk_spans(n_traces=2):
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "checkout", "deployment.environment": "test", "host.cores": 4}))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "checkout", "deployment.environment": "test", "host.cores": 4})
+    )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("tailsift.tests", "1.2.3")
     for t in range(n_traces):
         with tracer.start_as_current_span(f"root{t}", kind=trace_api.SpanKind.SERVER, attributes=ATTRS) as root:
             root.add_event("cache.miss", {"key": "k1", "n": 3})
-            with tracer.start_as_current_span("db", kind=trace_api.SpanKind.CLIENT,
-                                              links=[trace_api.Link(root.get_span_context(), {"link.kind": "follows"})]) as child:
+            with tracer.start_as_current_span(
+                "db",
+                kind=trace_api.SpanKind.CLIENT,
+                links=[trace_api.Link(root.get_span_context(), {"link.kind": "follows"})],
+            ) as child:
                 child.set_status(trace_api.Status(trace_api.StatusCode.ERROR, "boom"))
     provider.shutdown()
     return exporter.get_finished_spans()
@@ -41,12 +55,22 @@ def canonical(req):
         for ss in rs.scope_spans:
             for sp in ss.spans:
                 out[sp.span_id] = {
-                    "trace_id": sp.trace_id, "parent": sp.parent_span_id, "name": sp.name, "kind": sp.kind,
-                    "start": sp.start_time_unix_nano, "end": sp.end_time_unix_nano, "status": (sp.status.code, sp.status.message),
-                    "attrs": otlp.attrs_to_py(sp.attributes), "flags": sp.flags,
+                    "trace_id": sp.trace_id,
+                    "parent": sp.parent_span_id,
+                    "name": sp.name,
+                    "kind": sp.kind,
+                    "start": sp.start_time_unix_nano,
+                    "end": sp.end_time_unix_nano,
+                    "status": (sp.status.code, sp.status.message),
+                    "attrs": otlp.attrs_to_py(sp.attributes),
+                    "flags": sp.flags,
                     "events": [(e.time_unix_nano, e.name, otlp.attrs_to_py(e.attributes)) for e in sp.events],
-                    "links": [(ln.trace_id, ln.span_id, ln.trace_state, otlp.attrs_to_py(ln.attributes)) for ln in sp.links],
-                    "resource": res, "scope": (ss.scope.name, ss.scope.version), "schema": (rs.schema_url, ss.schema_url),
+                    "links": [
+                        (ln.trace_id, ln.span_id, ln.trace_state, otlp.attrs_to_py(ln.attributes)) for ln in sp.links
+                    ],
+                    "resource": res,
+                    "scope": (ss.scope.name, ss.scope.version),
+                    "schema": (rs.schema_url, ss.schema_url),
                 }
     return out
 
@@ -78,6 +102,7 @@ def test_headers_are_what_decisions_need_and_attributes_are_lazy():
 
 def test_kvlist_and_nested_arrays_become_json_strings():
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
     v = AnyValue()
     otlp.py_to_value({"a": 1, "b": ["x", b"\x01"]}, v)
     assert json.loads(otlp.value_to_py(v)) == {"a": 1, "b": ["x", "AQ=="]}
@@ -91,7 +116,9 @@ def test_split_request_keeps_one_trace_with_resource_and_scope():
         canon = canonical(part)
         assert len(canon) == 2 and all(s["trace_id"] == tid for s in canon.values())
         assert all(s["scope"] == ("tailsift.tests", "1.2.3") for s in canon.values())
-        assert otlp.key_matches(tid, tid) and otlp.key_matches(tid.hex().encode(), tid) and not otlp.key_matches(None, tid)
+        assert (
+            otlp.key_matches(tid, tid) and otlp.key_matches(tid.hex().encode(), tid) and not otlp.key_matches(None, tid)
+        )
 
 
 def test_bad_ids_are_rejected():

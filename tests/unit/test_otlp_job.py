@@ -14,13 +14,16 @@ SAMPLING = ("sampling.policy", "sampling.reason", "sampling.adjusted_count")
 
 
 def make_job(ingest="otlp_proto", emit="otlp_proto", rekey=True, privacy=False, policies=None):
-    cfg = config.parse({
-        "ingest": {"format": ingest, "rekey": rekey}, "emit": {"format": emit},
-        "privacy": {"enabled": privacy},
-        "assemble": {"decision_wait_ms": 1000, "root_quiet_gap_ms": 0},
-        "sli": {"window_seconds": 10, "grace_seconds": 0},
-        "sampling": {"policies": policies or [{"name": "all", "type": "always_sample"}]},
-    })
+    cfg = config.parse(
+        {
+            "ingest": {"format": ingest, "rekey": rekey},
+            "emit": {"format": emit},
+            "privacy": {"enabled": privacy},
+            "assemble": {"decision_wait_ms": 1000, "root_quiet_gap_ms": 0},
+            "sli": {"window_seconds": 10, "grace_seconds": 0},
+            "sampling": {"policies": policies or [{"name": "all", "type": "always_sample"}]},
+        }
+    )
     return Job(cfg, worker_id="test")
 
 
@@ -76,7 +79,10 @@ def test_unkeyed_multi_trace_message_is_split_and_rekeyed_then_processed():
 
 
 def test_attribute_policy_reads_otlp_attributes_lazily_and_avro_output_decodes():
-    job = make_job(emit="avro", policies=[{"name": "neg", "type": "numeric_attribute", "key": "i", "min_value": -50, "max_value": -40}])
+    job = make_job(
+        emit="avro",
+        policies=[{"name": "neg", "type": "numeric_attribute", "key": "i", "min_value": -50, "max_value": -40}],
+    )
     req = encode_spans(sdk_spans(1))
     tid = req.resource_spans[0].scope_spans[0].spans[0].trace_id
     job.ingest([Received(0, 0, tid, req.SerializeToString(), ref=0)], now_ns=0)
@@ -104,7 +110,11 @@ def test_privacy_protects_otlp_output():
 def test_malformed_otlp_is_dead_lettered():
     job = make_job()
     job.ingest([Received(0, 0, None, b"\xff\xff\xff garbage", ref=0), Received(0, 1, None, b"", ref=1)], now_ns=0)
-    dl = [avro.decode(avro.DEAD_LETTER, r.value)["reason"] for r in job.collect(0).records if r.topic == job.deadletter_topic]
+    dl = [
+        avro.decode(avro.DEAD_LETTER, r.value)["reason"]
+        for r in job.collect(0).records
+        if r.topic == job.deadletter_topic
+    ]
     assert dl == ["decode_error", "empty_value"]
 
 

@@ -54,11 +54,25 @@ def test_string_attribute_exact_regex_invert_missing_and_arrays():
 def test_bad_regex_fails_when_the_policy_is_built_and_in_config():
     import re
     from pipeline import config
+
     with pytest.raises(re.error):
         StringAttributePolicy("r", "k", ("((",), enabled_regex_matching=True)
     with pytest.raises(config.ConfigError, match=r"sampling.policies.0\(r\).*invalid regular expression"):
-        config.parse({"sampling": {"policies": [
-            {"name": "r", "type": "string_attribute", "key": "k", "values": ["(("], "enabled_regex_matching": True}]}})
+        config.parse(
+            {
+                "sampling": {
+                    "policies": [
+                        {
+                            "name": "r",
+                            "type": "string_attribute",
+                            "key": "k",
+                            "values": ["(("],
+                            "enabled_regex_matching": True,
+                        }
+                    ]
+                }
+            }
+        )
 
 
 def test_header_fields_never_decode_and_attributes_decode_once_per_span():
@@ -117,10 +131,12 @@ def test_status_code_unset_and_ok():
 
 def test_trace_state_policy_matches_member_values_exactly():
     p = TraceStatePolicy("ts", "shop", frozenset({"vip", "canary"}))
+
     def t(ts):
         s = span(parent=None)
         s["trace_state"] = ts
         return TraceView(TID, [s])
+
     assert p.evaluate(t("ot=th:8,shop=vip")) is not None
     assert p.evaluate(t("shop=vipx")) is None
     assert p.evaluate(t("")) is None

@@ -6,8 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.privacy import (DEFAULT_DETECTOR_ACTIONS, DETECTOR_NAMES, KeyRing, Scanner, Tokenizer,
-                               luhn_check_digit, luhn_valid)
+from operators.privacy import (
+    DEFAULT_DETECTOR_ACTIONS,
+    DETECTOR_NAMES,
+    KeyRing,
+    Scanner,
+    Tokenizer,
+    luhn_check_digit,
+    luhn_valid,
+)
 
 TOK = Tokenizer(KeyRing({"k1": bytes(range(32))}))
 SCAN = Scanner(TOK, DEFAULT_DETECTOR_ACTIONS)
@@ -20,36 +27,52 @@ def hits(text):
     return out, {k.split(":", 1)[1] for k in counts}
 
 
-@pytest.mark.parametrize("text,detector,secret", [
-    ("contact jane.doe+tag@mail.example.org today", "email", "jane.doe+tag@mail.example.org"),
-    ("card 4111 1111 1111 1111 declined", "card", "4111 1111 1111 1111"),
-    ("pan=5500-0000-0000-0004", "card", "5500-0000-0000-0004"),
-    ("4012888888881881", "card", "4012888888881881"),
-    ("from 203.0.113.77:443", "ipv4", "203.0.113.77"),
-    ("peer [2001:db8::8a2e:370:7334]", "ipv6", "2001:db8::8a2e:370:7334"),
-    ("call +14155552671", "phone", "+14155552671"),
-    ("call (415) 555-2671 now", "phone", "415) 555-2671"),
-    ("ssn 123-45-6789", "ssn", "123-45-6789"),
-    ("Authorization: Bearer abcDEF123456789xyz", "bearer", "abcDEF123456789xyz"),
-    ("tok eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.sig_nature-x", "jwt", "eyJzdWIiOiIxMjM0In0"),
-    ("GET /v1?api_key=s3cr3tvalue&x=1", "api_key", "s3cr3tvalue"),
-    ("key AKIAIOSFODNN7EXAMPLE used", "api_key", "AKIAIOSFODNN7EXAMPLE"),
-    ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "api_key", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
-    ('{"password": "hunter22"}', "api_key", "hunter22"),
-])
+@pytest.mark.parametrize(
+    "text,detector,secret",
+    [
+        ("contact jane.doe+tag@mail.example.org today", "email", "jane.doe+tag@mail.example.org"),
+        ("card 4111 1111 1111 1111 declined", "card", "4111 1111 1111 1111"),
+        ("pan=5500-0000-0000-0004", "card", "5500-0000-0000-0004"),
+        ("4012888888881881", "card", "4012888888881881"),
+        ("from 203.0.113.77:443", "ipv4", "203.0.113.77"),
+        ("peer [2001:db8::8a2e:370:7334]", "ipv6", "2001:db8::8a2e:370:7334"),
+        ("call +14155552671", "phone", "+14155552671"),
+        ("call (415) 555-2671 now", "phone", "415) 555-2671"),
+        ("ssn 123-45-6789", "ssn", "123-45-6789"),
+        ("Authorization: Bearer abcDEF123456789xyz", "bearer", "abcDEF123456789xyz"),
+        ("tok eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.sig_nature-x", "jwt", "eyJzdWIiOiIxMjM0In0"),
+        ("GET /v1?api_key=s3cr3tvalue&x=1", "api_key", "s3cr3tvalue"),
+        ("key AKIAIOSFODNN7EXAMPLE used", "api_key", "AKIAIOSFODNN7EXAMPLE"),
+        ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "api_key", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+        ('{"password": "hunter22"}', "api_key", "hunter22"),
+    ],
+)
 def test_detects(text, detector, secret):
     out, found = hits(text)
     assert detector in found
     assert secret not in out
 
 
-@pytest.mark.parametrize("text", [
-    "GET /products/SKU-26277", "Process 48213 waits for ShareLock on transaction 991873",
-    "2024-06-11T10:30:00.123Z", "12:30:45", "version 1.2.3", "std::vector<int>", "a::b",
-    "4111111111111112",  # Luhn-invalid
-    "order ord-1976851 total 20897", "Timeout performing HGETALL (1000ms)", "http.response.status_code",
-    "tok:k1:0123456789abcdef0123456789abcdef", "1.2.3.4.5", "999.1.1.1", "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET /products/SKU-26277",
+        "Process 48213 waits for ShareLock on transaction 991873",
+        "2024-06-11T10:30:00.123Z",
+        "12:30:45",
+        "version 1.2.3",
+        "std::vector<int>",
+        "a::b",
+        "4111111111111112",  # Luhn-invalid
+        "order ord-1976851 total 20897",
+        "Timeout performing HGETALL (1000ms)",
+        "http.response.status_code",
+        "tok:k1:0123456789abcdef0123456789abcdef",
+        "1.2.3.4.5",
+        "999.1.1.1",
+        "",
+    ],
+)
 def test_leaves_alone(text):
     out, found = hits(text)
     assert out == text and not found, found
@@ -88,15 +111,18 @@ def test_no_detector_raises_on_surrogates(text):
         assert isinstance(out, str)
 
 
-@given(st.sampled_from(["4", "51", "52", "53", "54", "55", "34", "37", "6011"]),
-       st.integers(min_value=12, max_value=18), st.randoms(use_true_random=False),
-       st.sampled_from(["", " ", "-"]))
+@given(
+    st.sampled_from(["4", "51", "52", "53", "54", "55", "34", "37", "6011"]),
+    st.integers(min_value=12, max_value=18),
+    st.randoms(use_true_random=False),
+    st.sampled_from(["", " ", "-"]),
+)
 @settings(max_examples=300, deadline=None)
 def test_luhn_valid_numbers_are_caught(prefix, length, rnd, sep):
     body = prefix + "".join(str(rnd.randrange(10)) for _ in range(length - len(prefix)))
     number = body + luhn_check_digit(body)
     assert luhn_valid(number)
-    shown = sep.join(number[i:i + 4] for i in range(0, len(number), 4)) if sep else number
+    shown = sep.join(number[i : i + 4] for i in range(0, len(number), 4)) if sep else number
     out, found = hits(f"paid with {shown} ok")
     assert "card" in found and shown not in out
 

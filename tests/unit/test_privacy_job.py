@@ -24,12 +24,17 @@ EMAIL, CARD, IP, UID = "canary.x@canary.test", "4111 1111 1111 1111", "203.0.113
 
 
 def make_job(**privacy):
-    cfg = config.parse({
-        "job": {"processing_guarantee": "at_least_once"},  # window-close semantics; exactly_once: test_exactly_once_job
-        "assemble": {"decision_wait_ms": 1000}, "sli": {"window_seconds": 10, "grace_seconds": 0},
-        "sampling": {"policies": [{"name": "errors", "type": "status_code"}]},
-        "privacy": {"enabled": True, **privacy},
-    })
+    cfg = config.parse(
+        {
+            "job": {
+                "processing_guarantee": "at_least_once"
+            },  # window-close semantics; exactly_once: test_exactly_once_job
+            "assemble": {"decision_wait_ms": 1000},
+            "sli": {"window_seconds": 10, "grace_seconds": 0},
+            "sampling": {"policies": [{"name": "errors", "type": "status_code"}]},
+            "privacy": {"enabled": True, **privacy},
+        }
+    )
     return Job(cfg, worker_id="test", protector=build_protector(cfg.privacy, ENV))
 
 
@@ -38,8 +43,13 @@ def by_topic(out, topic):
 
 
 def poisoned_message(offset, trace_id):
-    attrs = {"user.email": EMAIL, "user.id": UID, "client.address": IP, "payment.card.number": CARD,
-             "free.text": f"{EMAIL} paid with {CARD}"}
+    attrs = {
+        "user.email": EMAIL,
+        "user.id": UID,
+        "client.address": IP,
+        "payment.card.number": CARD,
+        "free.text": f"{EMAIL} paid with {CARD}",
+    }
     s = span(0, 10 * MS, "ERROR", parent=None, name=f"GET /users/{UID}/orders")
     return Received(0, offset, trace_id, batch_bytes(trace_id, "front", [s], attrs), ref=offset)
 
@@ -63,8 +73,15 @@ def test_kept_trace_is_protected_and_audited_and_commit_waits_for_the_audit():
     assert a["sampling.policy"] == "errors"
     rec = avro.decode(PII_AUDIT, audit.value)
     assert rec["trace_id"] == tid and rec["key_id"] == "k1" and rec["span_count"] == 1
-    assert rec["counts"] == {"rule:span-name": 1, "rule:user-email": 1, "rule:user-id": 1, "rule:client-ip": 1,
-                             "rule:card-number": 1, "detector:email": 1, "detector:card": 1}
+    assert rec["counts"] == {
+        "rule:span-name": 1,
+        "rule:user-email": 1,
+        "rule:user-id": 1,
+        "rule:client-ip": 1,
+        "rule:card-number": 1,
+        "detector:email": 1,
+        "detector:card": 1,
+    }
     # the input is committable only when the kept trace AND its audit record are acknowledged
     out2 = job.collect(11_000 * MS)  # closes the SLI window too
     job.delivered(by_topic(out2, "sli.windows") + [kept])
@@ -92,8 +109,12 @@ def test_audit_off_and_privacy_off():
     job.ingest([poisoned_message(0, os.urandom(16))], now_ns=0)
     out = job.collect(2000 * MS)
     assert by_topic(out, "pii.audit") == [] and len(by_topic(out, "traces.kept")) == 1
-    plain = Job(config.parse({"privacy": {"enabled": False},
-                              "sampling": {"policies": [{"name": "errors", "type": "status_code"}]}}), worker_id="t")
+    plain = Job(
+        config.parse(
+            {"privacy": {"enabled": False}, "sampling": {"policies": [{"name": "errors", "type": "status_code"}]}}
+        ),
+        worker_id="t",
+    )
     assert plain.protector is None
 
 
@@ -143,15 +164,29 @@ def test_run_without_key_exits_nonzero_before_connecting(tmp_path):
     # an address nothing listens on: reaching Kafka would fail differently (and later)
     cfg.write_text("kafka: {bootstrap_servers: '127.0.0.1:9'}\nprivacy: {enabled: true, keys: {env: TS_TEST_KEYS}}\n")
     env = {k: v for k, v in os.environ.items() if k not in ("TS_TEST_KEYS", "KAFKA_BOOTSTRAP_SERVERS")}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "-c", str(cfg)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "-c", str(cfg)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "TS_TEST_KEYS" in proc.stderr and "token keys are missing" in proc.stderr
     assert "cannot reach Kafka" not in proc.stderr
 
-    cfg.write_text(f"kafka: {{bootstrap_servers: '127.0.0.1:9'}}\nprivacy: {{enabled: true, keys: {{file: {tmp_path / 'nokeys'}}}}}\n")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "-c", str(cfg)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    cfg.write_text(
+        f"kafka: {{bootstrap_servers: '127.0.0.1:9'}}\nprivacy: {{enabled: true, keys: {{file: {tmp_path / 'nokeys'}}}}}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "-c", str(cfg)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "nokeys" in proc.stderr and "privacy.keys.file" in proc.stderr
 
 

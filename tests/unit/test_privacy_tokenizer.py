@@ -54,13 +54,16 @@ def test_hash_is_keyed_full_width():
     assert Tokenizer.key_id_of(h) == "k1"
 
 
-@pytest.mark.parametrize("keys,active,msg", [
-    ({}, None, "empty"),
-    ({"k1": b"short"}, None, "shorter"),
-    ({"k1": K1, "k2": K2}, None, "active"),
-    ({"k1": K1}, "k9", "not in the ring"),
-    ({"bad id!": K1}, None, "must match"),
-])
+@pytest.mark.parametrize(
+    "keys,active,msg",
+    [
+        ({}, None, "empty"),
+        ({"k1": b"short"}, None, "shorter"),
+        ({"k1": K1, "k2": K2}, None, "active"),
+        ({"k1": K1}, "k9", "not in the ring"),
+        ({"bad id!": K1}, None, "must match"),
+    ],
+)
 def test_bad_rings(keys, active, msg):
     with pytest.raises(KeyRingError, match=msg):
         KeyRing(keys, active)
@@ -72,6 +75,7 @@ def test_ring_repr_hides_keys():
 
 def test_parse_keys_hex_and_base64():
     import base64
+
     keys = parse_keys(f"k1:{K1.hex()}, k2:{base64.b64encode(K2).decode()}\n# comment\n", "test")
     assert keys == {"k1": K1, "k2": K2}
     with pytest.raises(PrivacyKeyError, match="twice"):
@@ -96,14 +100,22 @@ def test_load_key_ring_from_env_and_file(tmp_path):
         load_key_ring(PrivacyConfig(enabled=True, keys=KeysConfig(file=str(tmp_path / "missing"))), {})
     # errors never echo a secret
     with pytest.raises(PrivacyKeyError) as exc:
-        load_key_ring(PrivacyConfig(enabled=True, keys=KeysConfig(env="MY_KEYS", active="k9")), {"MY_KEYS": f"k1:{K1.hex()}"})
+        load_key_ring(
+            PrivacyConfig(enabled=True, keys=KeysConfig(env="MY_KEYS", active="k9")), {"MY_KEYS": f"k1:{K1.hex()}"}
+        )
     assert K1.hex() not in str(exc.value)
 
 
 def test_same_key_same_token_in_two_processes():
-    code = ("import sys; from pipeline.config_privacy import PrivacyConfig; from pipeline.privacy import build_protector;"
-            "p = build_protector(PrivacyConfig(enabled=True)); print(p.tokenizer.token(sys.argv[1]))")
+    code = (
+        "import sys; from pipeline.config_privacy import PrivacyConfig; from pipeline.privacy import build_protector;"
+        "p = build_protector(PrivacyConfig(enabled=True)); print(p.tokenizer.token(sys.argv[1]))"
+    )
     env = {**os.environ, "TAILSIFT_TOKEN_KEYS": f"k1:{K1.hex()}"}
-    outs = {subprocess.run([sys.executable, "-c", code, "u-4242"], env=env, cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.strip() for _ in range(2)}
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code, "u-4242"], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    }
     assert outs == {Tokenizer(KeyRing({"k1": K1})).token("u-4242")}

@@ -91,7 +91,9 @@ def test_drop_wins_over_any_keep():
 
 
 def test_deterministic_keep_beats_probabilistic_for_attribution_and_count():
-    engine = DecisionEngine([_Fixed("sample", Verdict(Action.KEEP, "p", 0.1)), _Fixed("errors", Verdict(Action.KEEP, "e"))])
+    engine = DecisionEngine(
+        [_Fixed("sample", Verdict(Action.KEEP, "p", 0.1)), _Fixed("errors", Verdict(Action.KEEP, "e"))]
+    )
     d = engine.decide(_t())
     assert d.keep and d.policy == "errors" and d.adjusted_count == 1.0
 

@@ -12,7 +12,18 @@ from operators.sketches.count_min import CountMin, SlidingCountMin
 from operators.trace import TraceView
 
 S = 1_000_000_000
-SERVICES = ["frontend", "checkout", "cart", "payment", "inventory", "shipping", "recommendation", "email", "fraud", "db"]
+SERVICES = [
+    "frontend",
+    "checkout",
+    "cart",
+    "payment",
+    "inventory",
+    "shipping",
+    "recommendation",
+    "email",
+    "fraud",
+    "db",
+]
 
 
 def make_shape(rng, n_spans):
@@ -27,9 +38,20 @@ def make_shape(rng, n_spans):
 
 def spans_of(shape, now):
     ids = [(i + 1).to_bytes(8, "big") for i in range(len(shape))]
-    return [{"service": svc, "span_id": ids[i], "parent_span_id": None if p is None else ids[p], "name": name,
-             "kind": "SERVER", "start_time_unix_nano": now, "end_time_unix_nano": now + 1000,
-             "status_code": "UNSET", "trace_state": ""} for i, (p, svc, name) in enumerate(shape)]
+    return [
+        {
+            "service": svc,
+            "span_id": ids[i],
+            "parent_span_id": None if p is None else ids[p],
+            "name": name,
+            "kind": "SERVER",
+            "start_time_unix_nano": now,
+            "end_time_unix_nano": now + 1000,
+            "status_code": "UNSET",
+            "trace_state": "",
+        }
+        for i, (p, svc, name) in enumerate(shape)
+    ]
 
 
 def workload(n=40_000, rate=200, seed=4):
@@ -56,7 +78,9 @@ def test_signature_is_structural():
     one = [(None, "f", "r"), (0, "c", "x")]
     eight = one + [(0, "c", "x")] * 7
     assert signature(TraceView(b"1" * 16, spans_of(one, 0))) == signature(TraceView(b"1" * 16, spans_of(eight, 0)))
-    assert signature(TraceView(b"1" * 16, spans_of(one, 0)), True) != signature(TraceView(b"1" * 16, spans_of(eight, 0)), True)
+    assert signature(TraceView(b"1" * 16, spans_of(one, 0)), True) != signature(
+        TraceView(b"1" * 16, spans_of(eight, 0)), True
+    )
 
 
 def test_count_min_never_underestimates_and_is_bounded():
@@ -92,8 +116,10 @@ def test_rare_path_recall_is_far_above_uniform_at_a_5_percent_budget():
             uni_rare += uniform.evaluate(view).sampled
     budget = kept / n
     recall, uniform_recall = rare_kept / rare_total, uni_rare / rare_total
-    print(f"\nrare_path: kept {budget:.2%} of {n} traces; rare recall {recall:.1%} vs uniform 5% {uniform_recall:.1%} "
-          f"(×{recall / uniform_recall:.1f}); Σ adjusted / n = {adjusted / n:.3f}; sketch {rare_path.memory_bytes} B")
+    print(
+        f"\nrare_path: kept {budget:.2%} of {n} traces; rare recall {recall:.1%} vs uniform 5% {uniform_recall:.1%} "
+        f"(×{recall / uniform_recall:.1f}); Σ adjusted / n = {adjusted / n:.3f}; sketch {rare_path.memory_bytes} B"
+    )
     assert budget <= 0.05
     assert recall >= 3 * 0.05 and recall >= 3 * uniform_recall
     assert adjusted == pytest.approx(n, rel=0.05)  # honest counts, too

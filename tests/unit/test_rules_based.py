@@ -23,26 +23,53 @@ def trace(*spans_attrs, tid=TID):
     return TraceView(tid, spans)
 
 
-@pytest.mark.parametrize("op, value, attr, expected", [
-    ("=", 500, 500, True), ("=", "500", 500, True), ("=", "a", "a", True), ("=", "a", "b", False),
-    ("!=", "a", "b", True), ("!=", "a", "a", False),
-    (">", 400, 500, True), (">", 400, "500", True), (">", 400, "abc", False), ("<", 400, 500, False),
-    (">=", 500, 500, True), ("<=", 499, 500, False),
-    ("starts-with", "/api", "/api/x", True), ("starts-with", "/api", "/web", False),
-    ("contains", "cart", "/api/cart/1", True), ("does-not-contain", "cart", "/api/pay", True),
-    ("does-not-contain", "cart", "/cart", False),
-    ("matches", r"^/v\d+/", "/v2/items", True), ("matches", r"^/v\d+/", "/x/v2/", False),
-    ("in", ["GET", "HEAD"], "GET", True), ("in", ["GET", "HEAD"], "POST", False),
-    ("not-in", ["GET"], "POST", True), ("exists", None, "x", True),
-    ("=", True, True, True), ("=", "true", True, True),
-])
+@pytest.mark.parametrize(
+    "op, value, attr, expected",
+    [
+        ("=", 500, 500, True),
+        ("=", "500", 500, True),
+        ("=", "a", "a", True),
+        ("=", "a", "b", False),
+        ("!=", "a", "b", True),
+        ("!=", "a", "a", False),
+        (">", 400, 500, True),
+        (">", 400, "500", True),
+        (">", 400, "abc", False),
+        ("<", 400, 500, False),
+        (">=", 500, 500, True),
+        ("<=", 499, 500, False),
+        ("starts-with", "/api", "/api/x", True),
+        ("starts-with", "/api", "/web", False),
+        ("contains", "cart", "/api/cart/1", True),
+        ("does-not-contain", "cart", "/api/pay", True),
+        ("does-not-contain", "cart", "/cart", False),
+        ("matches", r"^/v\d+/", "/v2/items", True),
+        ("matches", r"^/v\d+/", "/x/v2/", False),
+        ("in", ["GET", "HEAD"], "GET", True),
+        ("in", ["GET", "HEAD"], "POST", False),
+        ("not-in", ["GET"], "POST", True),
+        ("exists", None, "x", True),
+        ("=", True, True, True),
+        ("=", "true", True, True),
+    ],
+)
 def test_operators_on_present_values(op, value, attr, expected):
     c = Condition("a", op, value)
     assert c.on_trace(trace(("svc", {"a": attr}))) is expected
 
 
-@pytest.mark.parametrize("op, value", [("=", "x"), ("!=", "x"), (">", 1), ("does-not-contain", "x"),
-                                        ("not-in", ["x"]), ("exists", None), ("starts-with", "x")])
+@pytest.mark.parametrize(
+    "op, value",
+    [
+        ("=", "x"),
+        ("!=", "x"),
+        (">", 1),
+        ("does-not-contain", "x"),
+        ("not-in", ["x"]),
+        ("exists", None),
+        ("starts-with", "x"),
+    ],
+)
 def test_a_missing_field_meets_no_operator_but_not_exists(op, value):
     assert not Condition("a", op, value).on_trace(trace(("svc", {})))
     assert Condition("a", "not-exists").on_trace(trace(("svc", {})))
@@ -71,12 +98,15 @@ def test_trace_scope_vs_span_scope():
 
 
 def test_first_matching_rule_decides_with_rate_drop_or_sampler():
-    policy = RulesPolicy("rules", [
-        Rule("health", [Condition("http.route", "=", "/health")], drop=True),
-        Rule("errors", [Condition("status_code", "=", "ERROR")], sample_rate=1),
-        Rule("checkout", [Condition("root.service.name", "=", "checkout")], sampler=StatusCodePolicy("err-only")),
-        Rule("rest", [], sample_rate=20),
-    ])
+    policy = RulesPolicy(
+        "rules",
+        [
+            Rule("health", [Condition("http.route", "=", "/health")], drop=True),
+            Rule("errors", [Condition("status_code", "=", "ERROR")], sample_rate=1),
+            Rule("checkout", [Condition("root.service.name", "=", "checkout")], sampler=StatusCodePolicy("err-only")),
+            Rule("rest", [], sample_rate=20),
+        ],
+    )
     assert policy.can_drop
     v = policy.evaluate(trace(("svc", {"http.route": "/health"})))
     assert v.action is Action.DROP and v.reason == "rule:health:drop"
@@ -87,20 +117,41 @@ def test_first_matching_rule_decides_with_rate_drop_or_sampler():
     assert policy.evaluate(err).probability == 1.0
     # the first-match engine still runs a rules policy after a keep, because it can drop
     d = DecisionEngine([StatusCodePolicy("e"), policy], "first_match").decide(
-        TraceView(TID, [dict(span(parent=None, status="ERROR"), attributes={"http.route": "/health"})]))
+        TraceView(TID, [dict(span(parent=None, status="ERROR"), attributes={"http.route": "/health"})])
+    )
     assert not d.keep and d.policy == "rules"
 
 
 def test_rules_from_config_validate_and_build():
-    cfg = config.parse({"sampling": {"mode": "first_match", "policies": [{
-        "name": "rules", "type": "rules_based",
-        "samplers": [{"name": "dyn", "type": "dynamic", "sample_rate": 10, "field_list": ["service.name"]}],
-        "rules": [
-            {"name": "drop-health", "drop": True, "conditions": [{"field": "http.route", "operator": "=", "value": "/health"}]},
-            {"name": "5xx", "conditions": [{"field": "http.response.status_code", "operator": ">=", "value": 500}]},
-            {"name": "orphans", "conditions": [{"operator": "has-root-span", "value": False}]},
-            {"name": "dyn", "sampler": "dyn"},
-        ]}]}})
+    cfg = config.parse(
+        {
+            "sampling": {
+                "mode": "first_match",
+                "policies": [
+                    {
+                        "name": "rules",
+                        "type": "rules_based",
+                        "samplers": [
+                            {"name": "dyn", "type": "dynamic", "sample_rate": 10, "field_list": ["service.name"]}
+                        ],
+                        "rules": [
+                            {
+                                "name": "drop-health",
+                                "drop": True,
+                                "conditions": [{"field": "http.route", "operator": "=", "value": "/health"}],
+                            },
+                            {
+                                "name": "5xx",
+                                "conditions": [{"field": "http.response.status_code", "operator": ">=", "value": 500}],
+                            },
+                            {"name": "orphans", "conditions": [{"operator": "has-root-span", "value": False}]},
+                            {"name": "dyn", "sampler": "dyn"},
+                        ],
+                    }
+                ],
+            }
+        }
+    )
     engine = build_engine(cfg.sampling)
     assert engine.mode == "first_match" and engine.policies[0].can_drop
     for bad, words in [

@@ -92,7 +92,8 @@ def test_recorded_samples_of_every_version_read_with_the_current_schema(path):
 @pytest.mark.parametrize("path", SCHEMAS, ids=lambda p: p.stem)
 def test_current_version_has_a_recorded_sample(path):
     assert (SAMPLES / path.stem / f"{fp(load(path))}.avro").exists(), (
-        f"{path.name} changed: record a sample of the new version (python -m tests.unit.test_schema_compat --record)")
+        f"{path.name} changed: record a sample of the new version (python -m tests.unit.test_schema_compat --record)"
+    )
 
 
 @pytest.mark.parametrize("path", SCHEMAS, ids=lambda p: p.stem)

@@ -49,7 +49,11 @@ def test_edges_match_the_generator_call_graph_and_are_capped():
     capped = ServiceGraph(max_edges=2)
     for server in ("a", "b", "c", "d"):
         capped.add_trace([span(parent=None, service="x", span_id=b"1" * 8), span(parent=b"1" * 8, service=server)])
-    assert {(e.client, e.server): e.requests for e in capped.drain()} == {("x", "a"): 1, ("x", "b"): 1, (OVERFLOW, OVERFLOW): 2}
+    assert {(e.client, e.server): e.requests for e in capped.drain()} == {
+        ("x", "a"): 1,
+        ("x", "b"): 1,
+        (OVERFLOW, OVERFLOW): 2,
+    }
 
 
 def test_the_job_exposes_service_graph_counters():
@@ -61,16 +65,28 @@ def test_the_job_exposes_service_graph_counters():
     from pipeline.job import Job, Received
     from tests.spans import batch_bytes
 
-    job = Job(config_mod.parse({"privacy": {"enabled": False}, "assemble": {"decision_wait_ms": 1000}}, "<t>"), worker_id="w")
+    job = Job(
+        config_mod.parse({"privacy": {"enabled": False}, "assemble": {"decision_wait_ms": 1000}}, "<t>"), worker_id="w"
+    )
 
     def value(name):
         return REGISTRY.get_sample_value(name, {"client": "gx", "server": "gy"}) or 0.0
 
-    before = (value("tailsift_service_graph_requests_total"), value("tailsift_service_graph_request_failed_total"),
-              value("tailsift_service_graph_request_server_seconds_total"))
+    before = (
+        value("tailsift_service_graph_requests_total"),
+        value("tailsift_service_graph_request_failed_total"),
+        value("tailsift_service_graph_request_server_seconds_total"),
+    )
     tid = os.urandom(16)
-    job.ingest([Received(0, 0, tid, batch_bytes(tid, "gx", [span(0, 9 * MS, parent=None, kind="CLIENT", span_id=b"gx" * 4)]), 0),
-                Received(0, 1, tid, batch_bytes(tid, "gy", [span(1 * MS, 5 * MS, "ERROR", parent=b"gx" * 4)]), 1)], now_ns=0)
+    job.ingest(
+        [
+            Received(
+                0, 0, tid, batch_bytes(tid, "gx", [span(0, 9 * MS, parent=None, kind="CLIENT", span_id=b"gx" * 4)]), 0
+            ),
+            Received(0, 1, tid, batch_bytes(tid, "gy", [span(1 * MS, 5 * MS, "ERROR", parent=b"gx" * 4)]), 1),
+        ],
+        now_ns=0,
+    )
     job.collect(5 * 10**9)
     job.update_gauges()
     assert value("tailsift_service_graph_requests_total") - before[0] == 1

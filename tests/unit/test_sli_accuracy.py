@@ -75,8 +75,15 @@ def test_operation_names_are_sanitized_and_capped_per_service():
     w.add(0, "api", [span(0, MS, name="POST /orders"), span(0, MS, name="GET /health"), span(0, MS, name="GET /x/y")])
     w.add(0, "db", [span(0, MS, name=f"op{i}") for i in range(3)])  # another service has its own budget
     ops = {(a.service, a.operation): a.span_count for a in w.due(0, flush_all=True)}
-    assert ops == {("api", "GET /users/{id}"): 50, ("api", "POST /orders"): 1, ("api", "GET /health"): 1,
-                   ("api", OVERFLOW_OPERATION): 1, ("db", "op0"): 1, ("db", "op1"): 1, ("db", "op2"): 1}
+    assert ops == {
+        ("api", "GET /users/{id}"): 50,
+        ("api", "POST /orders"): 1,
+        ("api", "GET /health"): 1,
+        ("api", OVERFLOW_OPERATION): 1,
+        ("db", "op0"): 1,
+        ("db", "op1"): 1,
+        ("db", "op2"): 1,
+    }
 
 
 def test_the_memo_of_raw_names_stays_bounded():

@@ -18,8 +18,10 @@ WINDOW = 2 * S
 
 def emit(windows: SliWindows, worker: str, now_ns: int, flush_all: bool = False) -> list[dict]:
     # through the wire format, as a downstream consumer sees them
-    return [avro.decode(avro.SLI_WINDOW, avro.encode(avro.SLI_WINDOW, window_record(w, worker, now_ns)))
-            for w in windows.due(now_ns, flush_all)]
+    return [
+        avro.decode(avro.SLI_WINDOW, avro.encode(avro.SLI_WINDOW, window_record(w, worker, now_ns)))
+        for w in windows.due(now_ns, flush_all)
+    ]
 
 
 def run_one_worker(messages) -> list[dict]:
@@ -110,14 +112,29 @@ def test_the_job_exposes_sli_span_counters_per_service_kind_status():
     from pipeline.job import Job, Received
     from tests.spans import batch_bytes, span
 
-    job = Job(config_mod.parse({"privacy": {"enabled": False}, "sli": {"window_seconds": 10, "grace_seconds": 0}}, "<t>"), worker_id="w")
+    job = Job(
+        config_mod.parse({"privacy": {"enabled": False}, "sli": {"window_seconds": 10, "grace_seconds": 0}}, "<t>"),
+        worker_id="w",
+    )
 
     def value(status):
-        return REGISTRY.get_sample_value("tailsift_sli_spans_total", {"service": "m-svc", "span_kind": "SERVER", "status": status}) or 0.0
+        return (
+            REGISTRY.get_sample_value(
+                "tailsift_sli_spans_total", {"service": "m-svc", "span_kind": "SERVER", "status": status}
+            )
+            or 0.0
+        )
 
     before = value("ERROR"), value("UNSET")
     tid = os.urandom(16)
-    job.ingest([Received(0, 0, tid, batch_bytes(tid, "m-svc", [span(0, MS, "ERROR"), span(0, MS), span(0, MS)]), 0)], now_ns=0)
+    job.ingest(
+        [Received(0, 0, tid, batch_bytes(tid, "m-svc", [span(0, MS, "ERROR"), span(0, MS), span(0, MS)]), 0)], now_ns=0
+    )
     job.collect(20 * S)
     assert (value("ERROR") - before[0], value("UNSET") - before[1]) == (1, 2)
-    assert REGISTRY.get_sample_value("tailsift_sli_latency_seconds_total", {"service": "m-svc", "span_kind": "SERVER", "status": "UNSET"}) >= 0.002 - 1e-9
+    assert (
+        REGISTRY.get_sample_value(
+            "tailsift_sli_latency_seconds_total", {"service": "m-svc", "span_kind": "SERVER", "status": "UNSET"}
+        )
+        >= 0.002 - 1e-9
+    )

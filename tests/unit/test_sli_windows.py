@@ -23,7 +23,14 @@ def test_exact_counts_per_service_and_window_merged_across_partitions():
     assert (a.span_count, a.error_count, a.root_count, a.partitions) == (2, 0, 0, {0, 1})
     assert a.min_ms == pytest.approx(1.0) and a.max_ms == pytest.approx(2.0) and a.sum_ms == pytest.approx(3.0)
     e = closed["a", "ERROR"]
-    assert (e.span_count, e.error_count, e.root_count, e.partitions, e.operation, e.span_kind) == (1, 1, 1, {0}, "op", "SERVER")
+    assert (e.span_count, e.error_count, e.root_count, e.partitions, e.operation, e.span_kind) == (
+        1,
+        1,
+        1,
+        {0},
+        "op",
+        "SERVER",
+    )
     assert len(w) == 1  # the second window of "a" is still open
 
 

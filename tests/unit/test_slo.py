@@ -44,8 +44,15 @@ def test_availability_burn_rates_and_budget():
 
 
 def test_latency_objective_counts_spans_over_the_threshold_within_the_sketch_accuracy():
-    o = Objective("api-lat", "api", 0.9, kind="latency", threshold_ms=300, operation="GET /users/{id}",
-                  alerts=(BurnAlert(600, 60, 1.5, "page"), BurnAlert(600, 60, 2.5, "ticket")))
+    o = Objective(
+        "api-lat",
+        "api",
+        0.9,
+        kind="latency",
+        threshold_ms=300,
+        operation="GET /users/{id}",
+        alerts=(BurnAlert(600, 60, 1.5, "page"), BurnAlert(600, 60, 2.5, "ticket")),
+    )
     t = SloTracker([o])
     w = SliWindows(window_ns=10 * S, grace_ns=0)
     lat = [50] * 700 + [290] * 100 + [310] * 150 + [1_000] * 50  # 200 of 1000 over 300 ms
@@ -63,7 +70,13 @@ def test_count_above_counts_the_threshold_bin_as_above():
     d = DDSketch(0.01)
     for v in (1, 10, 100, 296, 304, 1_000, 10_000):
         d.add(v)
-    assert count_above(d, 300) == 3 and count_above(d, 303) == 3 and count_above(d, 295) == 4 and count_above(d, 0) == 7 and count_above(d, 20_000) == 0
+    assert (
+        count_above(d, 300) == 3
+        and count_above(d, 303) == 3
+        and count_above(d, 295) == 4
+        and count_above(d, 0) == 7
+        and count_above(d, 20_000) == 0
+    )
 
 
 def test_history_is_bounded_by_the_period():
@@ -74,12 +87,24 @@ def test_history_is_bounded_by_the_period():
     assert len(t._state["x"].buckets) <= 61
 
 
-CONFIG = {"slo": {"objectives": [
-    {"name": "checkout-availability", "service": "checkout", "objective_percent": 99.9},
-    {"name": "frontend-latency", "service": "frontend", "operation": "GET /product/{id}", "span_kind": "SERVER",
-     "type": "latency", "objective_percent": 99, "threshold_ms": 300, "period_days": 28,
-     "alerts": [{"long_window": "1h", "short_window": "5m", "factor": 14.4, "severity": "page"}]},
-]}}
+CONFIG = {
+    "slo": {
+        "objectives": [
+            {"name": "checkout-availability", "service": "checkout", "objective_percent": 99.9},
+            {
+                "name": "frontend-latency",
+                "service": "frontend",
+                "operation": "GET /product/{id}",
+                "span_kind": "SERVER",
+                "type": "latency",
+                "objective_percent": 99,
+                "threshold_ms": 300,
+                "period_days": 28,
+                "alerts": [{"long_window": "1h", "short_window": "5m", "factor": 14.4, "severity": "page"}],
+            },
+        ]
+    }
+}
 
 
 def test_config_validates_slos():
@@ -88,8 +113,14 @@ def test_config_validates_slos():
     assert [o.objective for o in objs] == [pytest.approx(0.999), pytest.approx(0.99)]
     assert len(objs[0].alerts) == 4 and objs[1].alerts == (BurnAlert(3_600, 300, 14.4, "page"),)
     assert objs[1].period_s == 28 * 86_400
-    bad = {"slo": {"objectives": [{"name": "l", "service": "s", "type": "latency", "objective_percent": 99},
-                                  {"name": "l", "service": "s", "objective_percent": 100}]}}
+    bad = {
+        "slo": {
+            "objectives": [
+                {"name": "l", "service": "s", "type": "latency", "objective_percent": 99},
+                {"name": "l", "service": "s", "objective_percent": 100},
+            ]
+        }
+    }
     with pytest.raises(Exception) as err:
         config_mod.parse(bad, "<test>")
     assert "threshold_ms" in str(err.value) and "objective_percent" in str(err.value)
@@ -116,8 +147,10 @@ def test_slo_rules_follow_the_prometheus_rule_file_format(tmp_path, capsys):
             assert all(isinstance(v, str) for v in rule["annotations"].values())
     page = doc["groups"][0]["rules"][0]
     sel = 'slo="checkout-availability"'
-    burn = ("(sum(rate(tailsift_slo_bad_events_total{%s}[%s])) / sum(rate(tailsift_slo_events_total{%s}[%s]))) / 0.001"
-            % (sel, "W", sel, "W"))
+    burn = (
+        "(sum(rate(tailsift_slo_bad_events_total{%s}[%s])) / sum(rate(tailsift_slo_events_total{%s}[%s]))) / 0.001"
+        % (sel, "W", sel, "W")
+    )
     assert page["expr"] == burn.replace("[W]", "[1h]") + " > 14.4\nand\n" + burn.replace("[W]", "[5m]") + " > 14.4"
     assert [r["alert"] for r in doc["groups"][1]["rules"]] == ["SLOBurnRatePage", "SLOErrorBudgetExhausted"]
     promtool = shutil.which("promtool")
@@ -140,20 +173,38 @@ def test_the_job_counts_slo_events_exactly_into_its_metrics():
     from pipeline.job import Job, Received
     from tests.spans import batch_bytes
 
-    cfg = config_mod.parse({"privacy": {"enabled": False}, "sli": {"window_seconds": 10, "grace_seconds": 0},
-                            "slo": {"objectives": [{"name": "t-avail", "service": "a", "objective_percent": 99},
-                                                   {"name": "t-lat", "service": "a", "type": "latency",
-                                                    "objective_percent": 99, "threshold_ms": 100}]}}, "<test>")
+    cfg = config_mod.parse(
+        {
+            "privacy": {"enabled": False},
+            "sli": {"window_seconds": 10, "grace_seconds": 0},
+            "slo": {
+                "objectives": [
+                    {"name": "t-avail", "service": "a", "objective_percent": 99},
+                    {"name": "t-lat", "service": "a", "type": "latency", "objective_percent": 99, "threshold_ms": 100},
+                ]
+            },
+        },
+        "<test>",
+    )
     job = Job(cfg, worker_id="w")
 
     def value(name, slo):
         return REGISTRY.get_sample_value(name, {"slo": slo}) or 0.0
 
-    before = {(k, s): value(k, s) for k in ("tailsift_slo_events_total", "tailsift_slo_bad_events_total") for s in ("t-avail", "t-lat")}
+    before = {
+        (k, s): value(k, s)
+        for k in ("tailsift_slo_events_total", "tailsift_slo_bad_events_total")
+        for s in ("t-avail", "t-lat")
+    }
     spans = [span(0, 5 * MS, "ERROR"), span(0, 500 * MS), span(0, 1 * MS), span(0, 2 * MS)]
     tid = os.urandom(16)
-    job.ingest([Received(0, 0, tid, batch_bytes(tid, "a", spans), 0),
-                Received(0, 1, tid, batch_bytes(tid, "b", [span(0, 900 * MS, "ERROR")]), 1)], now_ns=0)
+    job.ingest(
+        [
+            Received(0, 0, tid, batch_bytes(tid, "a", spans), 0),
+            Received(0, 1, tid, batch_bytes(tid, "b", [span(0, 900 * MS, "ERROR")]), 1),
+        ],
+        now_ns=0,
+    )
     job.collect(20 * S)
 
     def delta(k, s):
