@@ -4,6 +4,7 @@
 #                      pyproject.toml changes; stamp: .venv/.installed)
 #   make test          unit + integration tests; the pytest session starts its own Kafka broker
 #   make test-unit     unit tests only (no Java, no Kafka)
+#   make lint          ruff check + ruff format --check (CI runs it before the tests)
 #   make kafka-fetch / kafka-start / kafka-stop / kafka-status    the local broker (deploy/local/kafka)
 #   make demo / bench  the tailsift demo and benchmark
 #   make clean         stop the local broker, delete .kafka, caches and build files (keeps .venv)
@@ -15,7 +16,7 @@ VPY    := $(VENV)/bin/python
 KAFKA  := $(PYTHON) deploy/local/kafka
 PYTEST_ARGS ?= -q
 
-.PHONY: venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit demo bench clean distclean
+.PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit demo bench clean distclean
 
 venv: $(VENV)/.installed
 
@@ -27,6 +28,10 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 kafka-fetch:
 	$(KAFKA) fetch

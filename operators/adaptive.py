@@ -12,7 +12,7 @@ at most ``max_keys`` keys are counted per interval, later ones share the ``__ove
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from operators.trace import TraceView
 

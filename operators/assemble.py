@@ -33,8 +33,9 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from operators.trace import SpanHeader
 from operators.watermark import PartitionWatermarks

@@ -12,7 +12,8 @@ returns, in order.)
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 class Hold:

@@ -25,8 +25,8 @@ every applying draw used the trace's own randomness — the value written as ``o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 from operators import randomness as rnd
 from operators.policies.base import Action, Policy, Verdict, can_drop
@@ -57,7 +57,7 @@ class Decision:
     def would_keep(self) -> bool:
         return self.keep if self.dry_run_kept is None else self.dry_run_kept
 
-    def dry_run(self) -> "Decision":
+    def dry_run(self) -> Decision:
         """The decision as dry-run mode emits it: kept, annotated with what would have happened."""
         return replace(self, keep=True, threshold=None, dry_run_kept=self.keep)
 

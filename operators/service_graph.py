@@ -12,8 +12,8 @@ trace was decided is not paired (its trace is gone). Edges are capped (``max_edg
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from ddsketch import DDSketch
 

@@ -14,8 +14,9 @@ to another worker takes its uncommitted contributions with it (they are recounte
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ddsketch import DDSketch
 
@@ -64,7 +65,7 @@ class WindowAggregate:
             self.zeros = 0
         return sketch
 
-    def merge(self, other: "WindowAggregate") -> None:
+    def merge(self, other: WindowAggregate) -> None:
         self.fold().merge(other.fold())
         self.span_count += other.span_count
         self.error_count += other.error_count
@@ -206,7 +207,7 @@ class SliWindows:
         (window, service, operation, kind, status); they leave the state."""
         horizon = now_ns - self.grace_ns
         merged: dict[tuple, WindowAggregate] = {}
-        for (partition, service), cell in sorted(self._open.items()):
+        for (_partition, service), cell in sorted(self._open.items()):
             closed = [k for k, a in cell.items() if flush_all or a.window_end_ns <= horizon]
             for key in closed:
                 agg = cell.pop(key)

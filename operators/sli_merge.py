@@ -10,8 +10,8 @@ operations of a service) is the same operation on a coarser key.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from ddsketch import DDSketch
 
@@ -58,7 +58,7 @@ class MergedWindow:
         if r.get("worker"):
             self.workers.add(r["worker"])
 
-    def merge(self, other: "MergedWindow") -> None:
+    def merge(self, other: MergedWindow) -> None:
         self._add(
             other.span_count,
             other.error_count,

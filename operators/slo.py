@@ -12,8 +12,8 @@ period = 1 − (bad / total) / (1 − objective). Pure and clock-free: time is t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from ddsketch import DDSketch
 

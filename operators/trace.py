@@ -8,8 +8,9 @@ then cached — so a policy set without attribute rules never decodes anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
-from typing import Any, Callable, Iterable, Iterator, TypedDict
+from typing import Any, TypedDict
 
 from operators import randomness as rnd
 from operators.tracestate import explicit_randomness

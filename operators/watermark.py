@@ -12,7 +12,7 @@ nothing for a while and flushes them. Pure bookkeeping, no I/O, no clock reads.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class PartitionWatermarks:

@@ -36,7 +36,7 @@ def check_topics(config: Config) -> None:
     admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
     try:
         existing = admin.list_topics(timeout=15).topics
-    except Exception as exc:  # KafkaException on timeout
+    except Exception as exc:  # noqa: BLE001 - KafkaException on timeout, or a bad bootstrap string
         raise TopicsMissing(f"cannot reach Kafka at {config.kafka.bootstrap_servers}: {exc}") from None
     missing = [f"topics.{k} ({t.name})" for k, t in config.topics.all().items() if t.name not in existing]
     if missing:

@@ -13,10 +13,9 @@ Prints the figures and their ratios. Not part of ``make test``: figures depend o
 
 from __future__ import annotations
 
-import sys
-
 import argparse
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -108,7 +107,6 @@ def memory_per_buffered_span(traces: int = 3000) -> tuple[float, float, int]:
     for i in range(traces):
         for key, value in gen.trace(1_700_000_000_000_000_000 + i * 1_000_000).messages():
             messages.append(Received(0, len(messages), key, value))
-    raw = sum(len(m.value) for m in messages)
     job = Job(
         config_mod.parse(
             {"privacy": {"enabled": False}, "assemble": {"decision_wait_ms": 3_600_000, "root_quiet_gap_ms": 0}}
@@ -234,7 +232,8 @@ def main(args: argparse.Namespace) -> int:
     decided = sum(v for k, v in metrics.items() if k.startswith("tailsift_traces_decided_total"))
 
     t = Table(
-        title=f"tailsift bench: {stats.traces:,} traces, {stats.spans:,} spans in {stats.messages:,} messages, {partitions} partitions"
+        title=f"tailsift bench: {stats.traces:,} traces, {stats.spans:,} spans in {stats.messages:,} messages, "
+        f"{partitions} partitions"
     )
     t.add_column("measure")
     t.add_column("value", justify="right")

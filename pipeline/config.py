@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -30,7 +30,7 @@ class KafkaConfig(Strict):
     heartbeat_interval_ms: int = Field(3_000, ge=100, le=60_000)
 
     @model_validator(mode="after")
-    def _heartbeat_below_session(self) -> "KafkaConfig":
+    def _heartbeat_below_session(self) -> KafkaConfig:
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be smaller than session_timeout_ms")
         return self
@@ -126,7 +126,7 @@ class LatencyPolicyConfig(_PolicyBase):
     upper_threshold_ms: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "LatencyPolicyConfig":
+    def _ordered(self) -> LatencyPolicyConfig:
         if self.upper_threshold_ms is not None and self.upper_threshold_ms <= self.threshold_ms:
             raise ValueError("upper_threshold_ms must be greater than threshold_ms")
         return self
@@ -159,7 +159,7 @@ class StringAttributePolicyConfig(_PolicyBase):
     invert_match: bool = False
 
     @model_validator(mode="after")
-    def _regexes_compile(self) -> "StringAttributePolicyConfig":
+    def _regexes_compile(self) -> StringAttributePolicyConfig:
         if self.enabled_regex_matching:
             for i, v in enumerate(self.values):
                 _check_regex(v, f"values.{i}")
@@ -174,7 +174,7 @@ class NumericAttributePolicyConfig(_PolicyBase):
     invert_match: bool = False
 
     @model_validator(mode="after")
-    def _bounds(self) -> "NumericAttributePolicyConfig":
+    def _bounds(self) -> NumericAttributePolicyConfig:
         if self.min_value is None and self.max_value is None:
             raise ValueError("set min_value, max_value or both")
         if self.min_value is not None and self.max_value is not None and self.max_value < self.min_value:
@@ -195,7 +195,7 @@ class SpanCountPolicyConfig(_PolicyBase):
     max_spans: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "SpanCountPolicyConfig":
+    def _ordered(self) -> SpanCountPolicyConfig:
         if self.max_spans is not None and self.max_spans < self.min_spans:
             raise ValueError("max_spans must not be below min_spans")
         return self
@@ -215,7 +215,7 @@ class RateLimitingPolicyConfig(_PolicyBase):
     adjust_interval_ms: int = Field(1000, ge=10, le=3_600_000)
 
     @model_validator(mode="after")
-    def _one_rate(self) -> "RateLimitingPolicyConfig":
+    def _one_rate(self) -> RateLimitingPolicyConfig:
         if (self.spans_per_second is None) == (self.traces_per_second is None):
             raise ValueError("set exactly one of spans_per_second, traces_per_second")
         return self
@@ -256,7 +256,7 @@ class CompositePolicyConfig(_PolicyBase):
     rate_allocation: list[RateAllocationConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _references(self) -> "CompositePolicyConfig":
+    def _references(self) -> CompositePolicyConfig:
         names = [p.name for p in self.policies]
         if len(set(names)) != len(names):
             raise ValueError("sub-policy names must be unique")
@@ -292,10 +292,10 @@ RuleOperator = Literal[
 class RuleConditionConfig(Strict):
     field: str | None = Field(None, min_length=1)
     operator: RuleOperator
-    value: Union[bool, int, float, str, list[Union[bool, int, float, str]], None] = None
+    value: bool | int | float | str | list[bool | int | float | str] | None = None
 
     @model_validator(mode="after")
-    def _shape(self) -> "RuleConditionConfig":
+    def _shape(self) -> RuleConditionConfig:
         op = self.operator
         if op != "has-root-span" and self.field is None:
             raise ValueError(f"operator {op!r} needs a field")
@@ -327,7 +327,7 @@ class RuleConfig(Strict):
     sampler: str | None = Field(None, description="name of a sampler under the policy's samplers")
 
     @model_validator(mode="after")
-    def _one_outcome(self) -> "RuleConfig":
+    def _one_outcome(self) -> RuleConfig:
         if sum((self.sample_rate is not None, self.drop, self.sampler is not None)) > 1:
             raise ValueError("a rule has one outcome: sample_rate, drop or sampler")
         return self
@@ -339,7 +339,7 @@ class RulesBasedPolicyConfig(_PolicyBase):
     samplers: list[PolicyConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _references(self) -> "RulesBasedPolicyConfig":
+    def _references(self) -> RulesBasedPolicyConfig:
         names = {s.name for s in self.samplers}
         if len(names) != len(self.samplers):
             raise ValueError("sampler names must be unique")
@@ -385,7 +385,7 @@ class WindowedThroughputPolicyConfig(_KeyedPolicyBase):
     lookback_frequency_s: float = Field(30, gt=0, le=86_400)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "WindowedThroughputPolicyConfig":
+    def _ordered(self) -> WindowedThroughputPolicyConfig:
         if self.lookback_frequency_s < self.update_frequency_s:
             raise ValueError("lookback_frequency_s must be at least update_frequency_s")
         return self
@@ -402,29 +402,29 @@ class RarePathPolicyConfig(_PolicyBase):
 
 
 PolicyConfig = Annotated[
-    Union[
-        StatusCodePolicyConfig,
-        LatencyPolicyConfig,
-        ProbabilisticPolicyConfig,
-        AlwaysSamplePolicyConfig,
-        StringAttributePolicyConfig,
-        NumericAttributePolicyConfig,
-        BooleanAttributePolicyConfig,
-        SpanCountPolicyConfig,
-        TraceStatePolicyConfig,
-        RateLimitingPolicyConfig,
-        BytesLimitingPolicyConfig,
-        AndPolicyConfig,
-        NotPolicyConfig,
-        DropPolicyConfig,
-        CompositePolicyConfig,
-        RulesBasedPolicyConfig,
-        DynamicPolicyConfig,
-        EmaDynamicPolicyConfig,
-        EmaThroughputPolicyConfig,
-        WindowedThroughputPolicyConfig,
-        RarePathPolicyConfig,
-    ],
+    (
+        StatusCodePolicyConfig
+        | LatencyPolicyConfig
+        | ProbabilisticPolicyConfig
+        | AlwaysSamplePolicyConfig
+        | StringAttributePolicyConfig
+        | NumericAttributePolicyConfig
+        | BooleanAttributePolicyConfig
+        | SpanCountPolicyConfig
+        | TraceStatePolicyConfig
+        | RateLimitingPolicyConfig
+        | BytesLimitingPolicyConfig
+        | AndPolicyConfig
+        | NotPolicyConfig
+        | DropPolicyConfig
+        | CompositePolicyConfig
+        | RulesBasedPolicyConfig
+        | DynamicPolicyConfig
+        | EmaDynamicPolicyConfig
+        | EmaThroughputPolicyConfig
+        | WindowedThroughputPolicyConfig
+        | RarePathPolicyConfig
+    ),
     Field(discriminator="type"),
 ]
 
@@ -589,7 +589,7 @@ class Config(Strict):
     privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
-    def _distinct_topics(self) -> "Config":
+    def _distinct_topics(self) -> Config:
         names: dict[str, str] = {}
         for key, topic in self.topics.all().items():
             if topic.name in names:

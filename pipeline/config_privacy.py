@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from operators.privacy import DEFAULT_DETECTOR_ACTIONS
-from pipeline.config_base import Strict, require_unique_names
 from operators.privacy.tokenizer import KEY_ID_PATTERN
+from pipeline.config_base import Strict, require_unique_names
 
 DetectorAction = Literal["tokenize", "redact", "hash", "drop"]
 RuleAction = Literal["keep", "tokenize", "hash", "redact", "drop", "url", "sql"]
@@ -78,7 +78,7 @@ class RuleConfig(Strict):
         return rx
 
     @model_validator(mode="after")
-    def _has_keys(self) -> "RuleConfig":
+    def _has_keys(self) -> RuleConfig:
         if not self.keys and not self.key_regex:
             raise ValueError("a rule needs keys (globs) or key_regex")
         return self
@@ -146,7 +146,7 @@ class PrivacyConfig(Strict):
         return require_unique_names(rules, "rule")
 
     @model_validator(mode="after")
-    def _allowlist_has_keys(self) -> "PrivacyConfig":
+    def _allowlist_has_keys(self) -> PrivacyConfig:
         if self.mode == "allowlist" and not self.allowed_keys:
             raise ValueError("mode allowlist needs allowed_keys (otherwise every attribute is removed)")
         return self

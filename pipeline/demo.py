@@ -6,12 +6,11 @@ windowed, prints the summary, and stops everything it started."""
 
 from __future__ import annotations
 
-import sys
-
 import argparse
 import os
 import secrets
 import socket
+import sys
 import tempfile
 import time
 import uuid

@@ -9,7 +9,7 @@ the event loop keeps heartbeating and fetching while a transaction commits.
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 

@@ -12,16 +12,17 @@ import hashlib
 import os
 import socket
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from operators.assemble import TraceAssembler, TraceBuffer
 from operators.commit import CommitTracker, Hold
 from operators.decide import Decision, DecisionEngine
 from operators.decision_cache import DROPPED, DecisionCache
 from operators.privacy.sanitize import sanitize_span_name
-from operators.sli import SliWindows, WindowAggregate, window_record
 from operators.service_graph import ServiceGraph
+from operators.sli import SliWindows, WindowAggregate, window_record
 from operators.slo import SloTracker
 from operators.trace import TraceView
 from operators.tracestate import with_threshold
@@ -160,7 +161,7 @@ class Job:
                     raise _Malformed("empty_value", "the message value is empty or null (tombstone)")
                 try:
                     batch = avro.decode_batch(value)
-                except Exception as exc:  # fastavro raises many types for bad bytes
+                except Exception as exc:  # noqa: BLE001 - fastavro raises many types for bad bytes
                     raise _Malformed(
                         "decode_error", f"not a {avro.SPAN_BATCH} record: {type(exc).__name__}: {_safe(exc)}"
                     ) from None
@@ -204,7 +205,7 @@ class Job:
         through = self._replayed_through
         return bool(through) and msg.offset <= through.get(msg.partition, -1)
 
-    def _reject(self, msg: Received, bad: "_Malformed", now_ns: int, replay: bool) -> None:
+    def _reject(self, msg: Received, bad: _Malformed, now_ns: int, replay: bool) -> None:
         """A malformed message: to the dead-letter topic (holding its offset until written), unless
         a replay finds it dead-lettered already."""
         if replay:

@@ -28,7 +28,7 @@ class JobProcess:
         self.log_path = Path(log_path)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "JobProcess":
+    def start(self) -> JobProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "run", "-c", self.config_path],

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 LAUNCHER = Path(__file__).resolve().parents[1] / "deploy" / "local" / "kafka"
 

@@ -19,8 +19,8 @@ import stat
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from operators.privacy import KeyRing, KeyRingError, Protector, Rule, Scanner, Tokenizer, UrlPolicy
 from pipeline.codecs import avro
@@ -87,7 +87,8 @@ def load_key_ring(privacy: PrivacyConfig, environ: Mapping[str, str] | None = No
         if not text.strip():
             raise PrivacyKeyError(
                 f"privacy is enabled but the token keys are missing: set the environment variable {k.env} "
-                f'to "id:secret" pairs (e.g. {k.env}=k1:$(openssl rand -hex 32)) or name a key file in privacy.keys.file'
+                f'to "id:secret" pairs (e.g. {k.env}=k1:$(openssl rand -hex 32)) '
+                "or name a key file in privacy.keys.file"
             )
     keys = parse_keys(text, source)
     try:

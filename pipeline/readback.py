@@ -5,7 +5,7 @@ Used by ``tailsift report``, the demo, the benchmark floor and the integration t
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Iterable
-
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from operators.sli_merge import MergedWindow, WindowKey, merge_records, roll_up
@@ -28,7 +27,7 @@ _BY = {
 }
 
 
-def read_windows(config: "Config", timeout: float = 10.0) -> dict[WindowKey, MergedWindow]:
+def read_windows(config: Config, timeout: float = 10.0) -> dict[WindowKey, MergedWindow]:
     from pipeline.codecs import avro
     from pipeline.readback import read_all
 
@@ -104,7 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the end of the topic")
 
 
-def main(config: "Config", args: argparse.Namespace) -> int:
+def main(config: Config, args: argparse.Namespace) -> int:
     windows = read_windows(config, args.timeout)
     if args.service:
         windows = {k: v for k, v in windows.items() if k[0] == args.service}

@@ -30,7 +30,7 @@ def seconds(duration: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
-def objective(c: "SloObjectiveConfig") -> Objective:
+def objective(c: SloObjectiveConfig) -> Objective:
     alerts = (
         DEFAULT_ALERTS
         if c.alerts is None
@@ -49,7 +49,7 @@ def objective(c: "SloObjectiveConfig") -> Objective:
     )
 
 
-def objectives(config: "Config") -> list[Objective]:
+def objectives(config: Config) -> list[Objective]:
     return [objective(c) for c in config.slo.objectives]
 
 
@@ -70,7 +70,7 @@ def rules(objs: list[Objective]) -> dict:
         sel = f"slo={_q(o.name)}"
         budget = 1.0 - o.objective
 
-        def burn(w: str) -> str:
+        def burn(w: str, sel: str = sel, budget: float = budget) -> str:
             return (
                 f"(sum(rate(tailsift_slo_bad_events_total{{{sel}}}[{w}])) / "
                 f"sum(rate(tailsift_slo_events_total{{{sel}}}[{w}]))) / {budget:.6g}"
@@ -125,7 +125,7 @@ def render(objs: list[Objective]) -> str:
     return yaml.safe_dump(rules(objs), sort_keys=False, width=1_000)
 
 
-def main(config: "Config", args: argparse.Namespace) -> int:
+def main(config: Config, args: argparse.Namespace) -> int:
     objs = objectives(config)
     if not objs:
         print("tailsift slo rules: the config has no slo.objectives", file=sys.stderr)

@@ -17,15 +17,14 @@ from __future__ import annotations
 # A broker that cannot be started is a test failure (pytest.fail with the log tail), never a skip.
 # Set TAILSIFT_KEEP_KAFKA=1 to keep the test broker's directory (logs, data) after the session.
 # =============================================================================================
-
 import os
 import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -6,8 +6,8 @@ counts; other sources are independent and multiply. A sub-policy's drop makes ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from operators.policies.base import Action, Policy, Verdict
 from operators.trace import TraceView

@@ -4,14 +4,15 @@ percentages (as the OTel Collector's composite policy), with honest counts.
 The first sub-policy (in ``policy_order``) that applies handles the trace. Its share of the span
 budget is enforced the way ``rate_limiting`` does it: the spans of the traces that sub-policy
 applies to are measured, and its pick is kept only if a budget draw with probability
-b = min(1, allocation / offered spans/s) on the same trace randomness also keeps it — so the trace is kept iff R ≥ max(T_sub, T_b) and
+b = min(1, allocation / offered spans/s) on the same trace randomness also keeps it — so the trace
+is kept iff R ≥ max(T_sub, T_b) and
 its probability is min(p_sub, b). A sub-policy with a salted draw is combined independently
 (p_sub · b). A token bucket per sub-policy still caps output (``guard_drops``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 from operators.policies.base import Action, Policy, Verdict, draw
 from operators.rate import RateEstimator, TokenBucket

@@ -8,8 +8,8 @@ select traffic nobody wants counted."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from operators.policies.base import Action, Policy, Verdict, drop
 from operators.trace import TraceView

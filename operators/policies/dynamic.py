@@ -5,7 +5,7 @@ Each kept trace carries the rate in force when it was decided (see ``operators.a
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from operators.adaptive import KeyedSampler, allocate
 

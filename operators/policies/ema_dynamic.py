@@ -6,7 +6,7 @@ instead of waiting for the interval to end. Goal: about 1/``goal_sample_rate`` o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from operators.adaptive import EmaKeyedSampler
 

@@ -5,7 +5,7 @@ favoured), from EMA-smoothed per-key counts with age-out and burst detection (se
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from operators.adaptive import EmaKeyedSampler
 

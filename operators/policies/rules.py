@@ -20,8 +20,9 @@ regex search, compiled when the policy is built."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from operators.policies.base import Policy, Verdict, draw, drop
 from operators.trace import SpanHeader, TraceView

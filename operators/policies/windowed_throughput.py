@@ -6,7 +6,7 @@ update-sized buckets, so old traffic leaves the window exactly), rare keys favou
 from __future__ import annotations
 
 from collections import deque
-from typing import Sequence
+from collections.abc import Sequence
 
 from operators.adaptive import KeyedSampler, allocate
 

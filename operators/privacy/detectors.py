@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from operators.privacy.luhn import luhn_valid
 from operators.privacy.tokenizer import HASH_RE, TOKEN_RE, Tokenizer

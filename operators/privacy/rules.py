@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from operators.privacy.detectors import DropValue, Scanner  # noqa: F401 - DropValue re-exported
 from operators.privacy.sanitize import sanitize_query, sanitize_span_name, sanitize_statement, sanitize_url

@@ -8,7 +8,7 @@ dimension. Free-text detectors run after them (see ``operators.privacy.rules``).
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import unquote_plus
 
 ID = "{id}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 KEY_ID_PATTERN = r"[A-Za-z0-9_-]{1,16}"
 MIN_KEY_BYTES = 16
@@ -57,7 +57,7 @@ class KeyRing:
     def key(self, kid: str) -> bytes:
         return self._keys[kid]
 
-    def with_active(self, kid: str) -> "KeyRing":
+    def with_active(self, kid: str) -> KeyRing:
         return KeyRing(self._keys, kid)
 
     def __repr__(self) -> str:  # never print key material

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +36,14 @@ TRACE_DECISION = "trace_decision.v1"
 EMPTY_DETAIL = {"status_message": "", "attributes": {}, "events": [], "links": []}
 
 
-@lru_cache(maxsize=None)
+@cache
 def raw_schema(name: str) -> dict:
     """The JSON of ``schemas/<name>.avsc``."""
     with open(SCHEMA_DIR / f"{name}.avsc", encoding="utf-8") as fh:
         return json.load(fh)
 
 
-@lru_cache(maxsize=None)
+@cache
 def parsed_schema(name: str) -> Any:
     return fastavro.parse_schema(raw_schema(name))
 

@@ -15,8 +15,8 @@ import heapq
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from confluent_kafka import KafkaException, Producer
 

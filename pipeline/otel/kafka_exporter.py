@@ -13,7 +13,8 @@ batch, unkeyed (tailsift then re-keys it per trace, ``ingest.rekey``).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from confluent_kafka import Producer
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans

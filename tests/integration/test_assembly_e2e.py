@@ -358,7 +358,8 @@ def test_backpressure_pauses_input_instead_of_deciding_early(kafka_bootstrap, un
     print(
         f"\nbackpressure: {stats.spans} spans / {stats.traces} traces / {stats.bytes / 1e6:.2f} MB burst; "
         f"RSS before {rss_before / 2**20:.1f} MiB, peak {sampler.rss_peak / 2**20:.1f} MiB "
-        f"(+{growth / 2**20:.1f} MiB, {sampler.samples} samples); peak spans buffered {sampler.spans_buffered_peak:.0f}; "
+        f"(+{growth / 2**20:.1f} MiB, {sampler.samples} samples); "
+        f"peak spans buffered {sampler.spans_buffered_peak:.0f}; "
         f"backpressure {m.get('tailsift_backpressure_seconds_total', 0):.2f} s; paused seen {sampler.paused_seen}"
     )
     assert job.metric("tailsift_decision_points_total", trigger="memory_bound") == 0, "a trace was evicted early"

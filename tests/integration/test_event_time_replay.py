@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pytest
 import yaml
 
 from pipeline import config as config_mod
@@ -20,8 +21,6 @@ from pipeline.generator.produce import produce
 from pipeline.jobproc import JobProcess
 from pipeline.readback import read_all
 from pipeline.topics import create_topics
-
-import pytest
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,8 @@ import random
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operators.adaptive import OVERFLOW_KEY, allocate
 from operators.decide import DecisionEngine

@@ -1,5 +1,7 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from operators.assemble import TraceAssembler
-from operators.decide import Decision
 from tests.spans import span
 
 MS = 1_000_000
@@ -68,9 +70,6 @@ def test_root_quiet_gap_zero_means_off_and_forced_traces_leave_the_quiet_index()
     assert forced.trigger == "span_limit" and on.due(10**12) == [] and on.buffered_spans == 0
     on.add(b"Q" * 16, 3, [span(parent=None)], 2, now_ns=0)
     assert on.revoke([3]) == 1 and on.due(10**12) == [] and on.buffered_spans == 0
-
-
-from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
 @settings(max_examples=150, deadline=None)

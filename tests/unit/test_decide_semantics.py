@@ -6,15 +6,15 @@ import random
 import pytest
 
 from operators import randomness
-from operators.decide import ANY_MATCH, FIRST_MATCH, DecisionEngine, NOT_SAMPLED
+from operators.decide import ANY_MATCH, FIRST_MATCH, NOT_SAMPLED, DecisionEngine
+from operators.policies.always_sample import AlwaysSamplePolicy
 from operators.policies.and_ import AndPolicy
 from operators.policies.base import Action, Verdict
 from operators.policies.drop import DropPolicy
+from operators.policies.latency import LatencyPolicy
 from operators.policies.not_ import NotPolicy
 from operators.policies.probabilistic import ProbabilisticPolicy
 from operators.policies.status_code import StatusCodePolicy
-from operators.policies.always_sample import AlwaysSamplePolicy
-from operators.policies.latency import LatencyPolicy
 from operators.trace import TraceView
 from tests.spans import span
 

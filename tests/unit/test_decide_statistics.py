@@ -7,7 +7,8 @@ import sys
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operators.decide import DecisionEngine
 from operators.policies.probabilistic import ProbabilisticPolicy

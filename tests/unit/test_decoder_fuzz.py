@@ -1,8 +1,7 @@
 """Fuzz the ingest decode: arbitrary bytes must never crash the job, only dead-letter."""
 
-import os
-
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline import config
 from pipeline.codecs import avro

@@ -44,8 +44,9 @@ def exposed_names() -> set[str]:
     """Every series name /metrics can show: the families in prometheus_client's default registry
     (tailsift's metrics from pipeline.metrics, plus the process_/python_ collectors), expanded by
     type — a labelled metric with no children yet has no samples, so samples alone would miss it."""
-    import pipeline.metrics  # noqa: F401 - registers the job's metrics
     from prometheus_client import REGISTRY
+
+    import pipeline.metrics  # noqa: F401 - registers the job's metrics
 
     names: set[str] = set()
     for family in REGISTRY.collect():

@@ -4,7 +4,8 @@ lateness, idle partitions, and decisions that do not depend on when due() runs."
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operators.assemble import TraceAssembler
 from operators.watermark import PartitionWatermarks

@@ -2,8 +2,6 @@
 
 import os
 
-import pytest
-
 from pipeline import config
 from pipeline.codecs import avro
 from pipeline.job import Job, Received

@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from pipeline.codecs import otlp
 from operators.trace import TraceView
+from pipeline.codecs import otlp
 
 ATTRS = {
     "s": "text",

@@ -3,7 +3,8 @@
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operators import randomness
 from operators.policies.base import Action
@@ -53,6 +54,7 @@ def test_string_attribute_exact_regex_invert_missing_and_arrays():
 
 def test_bad_regex_fails_when_the_policy_is_built_and_in_config():
     import re
+
     from pipeline import config
 
     with pytest.raises(re.error):

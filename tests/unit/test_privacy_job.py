@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from operators.privacy import KeyRing, Tokenizer
 from pipeline import config
 from pipeline.codecs import avro
@@ -177,7 +175,8 @@ def test_run_without_key_exits_nonzero_before_connecting(tmp_path):
     assert "cannot reach Kafka" not in proc.stderr
 
     cfg.write_text(
-        f"kafka: {{bootstrap_servers: '127.0.0.1:9'}}\nprivacy: {{enabled: true, keys: {{file: {tmp_path / 'nokeys'}}}}}\n"
+        f"kafka: {{bootstrap_servers: '127.0.0.1:9'}}\n"
+        f"privacy: {{enabled: true, keys: {{file: {tmp_path / 'nokeys'}}}}}\n"
     )
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "run", "-c", str(cfg)],

@@ -1,10 +1,11 @@
 import os
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from operators import randomness
-from operators.decide import DecisionEngine, NOT_SAMPLED
+from operators.decide import NOT_SAMPLED, DecisionEngine
 from operators.policies.base import Action, Verdict
 from operators.policies.latency import LatencyPolicy
 from operators.policies.probabilistic import ProbabilisticPolicy

@@ -1,7 +1,8 @@
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operators.sli import OVERFLOW_SERVICE, SliWindows, sketch_from_record, sketch_to_record
 from tests.spans import span
