@@ -77,6 +77,10 @@ class CommitTracker:
         self._size -= dropped
         return dropped
 
+    def heads(self) -> dict[int, Hold]:
+        """Per partition, the oldest message not yet committable (its offset is the watermark)."""
+        return {p: q[0] for p, q in self._pending.items() if q}
+
     def oldest_offsets(self) -> dict[int, int]:
         """Per partition, the offset of the oldest message not yet committable (the watermark)."""
         return {p: q[0].offset for p, q in self._pending.items() if q}

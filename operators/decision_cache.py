@@ -76,3 +76,26 @@ class DecisionCache:
         if len(self._kept) > self.kept_size:
             self._kept.popitem(last=False)
         return entry
+
+    def forget(self, trace_id: bytes) -> None:
+        """Forget one trace's decision (it was never written: its record was discarded)."""
+        self._kept.pop(trace_id, None)
+        h = hash(trace_id)
+        self._dropped_young.discard(h)
+        self._dropped_old.discard(h)
+
+    def forget_partitions(self, partitions) -> int:
+        """Drop kept entries of input partitions this worker no longer owns (their next owner
+        restores them from the decision log). Drops stay: the filter cannot tell partitions apart,
+        and a remembered drop is durable in the log already. Returns how many entries went."""
+        lost = set(partitions)
+        gone = [t for t, e in self._kept.items() if e.partition in lost]
+        for t in gone:
+            del self._kept[t]
+        return len(gone)
+
+    def clear(self) -> None:
+        """Forget everything (a rewind: the log is the durable copy)."""
+        self._kept.clear()
+        self._dropped_young.clear()
+        self._dropped_old.clear()

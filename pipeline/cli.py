@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run",
-        help="run the stream job (a Faust worker; scale out by starting more)",
+        help="run one worker of the stream job (scale out by starting more in the same consumer group)",
         description="Run the tail-sampling worker. Stops gracefully on SIGTERM/SIGINT; "
         "buffered spans are uncommitted and are reread after a restart.",
     )

@@ -29,11 +29,14 @@ from operators.tracestate import with_threshold
 from pipeline import metrics
 from pipeline.codecs import avro, otlp
 from pipeline.config import Config
+from pipeline.kafka.partitioner import canonical_partition
 from pipeline.policies import build_engine
 from pipeline.privacy import audit_record, build_protector
 from pipeline.slo_rules import objectives as slo_objectives
 
 _ZERO_TRACE_ID = bytes(16)
+# librdkafka's producer limit (message.max.bytes) less headroom for the record batch framing and key
+MAX_RECORD_BYTES = 1_000_000 - 4_096
 # kept because a kept trace links to it (sampling.follow_links): probability 0 → adjusted count 0,
 # so estimates summed over kept traces are unchanged by traces kept only as context
 FOLLOWED_LINK = Decision(True, "follow_links", "linked_from_kept_trace", probability=0.0)
@@ -73,6 +76,9 @@ class Outbox:
     kept_traces: int = 0
     dropped_traces: int = 0
     decision_points: list[int] = field(default_factory=list)  # when each decided trace became due (ns)
+    # exactly_once: partition → highest input offset whose side outputs (SLI partials, dead letters,
+    # re-keyed copies) are in ``records``; committed as offset metadata (pipeline.kafka.checkpoint)
+    checkpoints: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -102,7 +108,12 @@ class Job:
         # recent decisions for late and replayed spans; the durable copy is topics.decisions
         self.decisions = DecisionCache(a.decision_cache_size, a.dropped_cache_size)
         self.exactly_once = config.job.processing_guarantee == "exactly_once"
-        self._processed: dict[int, int] = {}  # partition → highest offset ingested (→ checkpoint records)
+        # the input topic's partition count, set by the data plane: a message off its trace's
+        # canonical partition is re-keyed (0: unknown, only the key is checked)
+        self.input_partitions = 0
+        # the largest record the outputs take (the data plane sets it from the broker's topic configs)
+        self.max_record_bytes = MAX_RECORD_BYTES
+        self._processed: dict[int, int] = {}  # partition → highest offset ingested (→ Outbox.checkpoints)
         self._replayed_through: dict[int, int] = {}  # partition → restored checkpoint: side outputs written up to here
         self.engine: DecisionEngine = build_engine(config.sampling)
         self.dry_run = config.sampling.dry_run
@@ -174,7 +185,7 @@ class Job:
             except _Malformed as bad:
                 self._reject(msg, bad, now_ns, replay)
                 continue
-            if msg.key != trace_id:
+            if self._misplaced(msg, trace_id):
                 # Spans of one trace must meet on one partition: re-publish keyed by trace ID.
                 if replay:
                     tracker.track(msg.partition, msg.offset, msg.ref, 0)
@@ -196,6 +207,16 @@ class Job:
         # buffered and uncommitted — else "ingested everything, nothing pending" reads as drained
         self._buffer_gauges()
         metrics.SPANS.inc(n_spans)
+
+    def _misplaced(self, msg: Received, trace_id: bytes) -> bool:
+        """True when ``msg`` must be re-keyed: not keyed by its trace ID (16 bytes; OTLP also 32 hex
+        characters), or — with the input's partition count known — not on the trace's canonical
+        partition (pipeline.kafka.partitioner), as when a producer keyed it right but partitioned it
+        with another hash (librdkafka's default CRC32, say)."""
+        if not otlp.key_matches(msg.key, trace_id):
+            return True
+        n = self.input_partitions
+        return bool(n) and canonical_partition(trace_id, n) != msg.partition
 
     def _replayed(self, msg: Received) -> bool:
         """Note ``msg`` as ingested (for the next checkpoint). True when the restored checkpoint says
@@ -239,7 +260,7 @@ class Job:
                 _LATE_SPANS_REPLAYED.inc(len(spans))
                 return
             known.offsets.add(hold.offset)
-            self._pending.append(self._kept_record(trace_id, known.decision, [fragment], now_ns, late=True))
+            self._pending.extend(self._kept_records(trace_id, known.decision, [fragment], now_ns, late=True))
             self._pending.append(
                 self._decision_record(trace_id, known.decision, known.partition, known.offsets, known.decided_at_ns)
             )
@@ -279,8 +300,7 @@ class Job:
         out.records.extend(self._pending)  # dead letters for corrupt details found while building kept traces
         self._pending.clear()  # (the list stays shared with self._sealed)
         if self.exactly_once:
-            for partition, offset in self._processed.items():
-                out.records.append(self._checkpoint_record(partition, offset, now_ns))
+            out.checkpoints = self._processed
             self._processed = {}
         return out
 
@@ -329,20 +349,22 @@ class Job:
         if decision.keep:
             out.kept_traces += 1
             metrics.KEPT_SPANS.inc(buf.span_count)
-            out.records.append(
-                self._kept_record(buf.trace_id, decision, buf.fragments, decided_ns, forced=buf.forced_reason)
+            out.records.extend(
+                self._kept_records(buf.trace_id, decision, buf.fragments, decided_ns, forced=buf.forced_reason)
             )
         else:
             out.dropped_traces += 1
             for fragment in buf.fragments:
                 self.tracker.release(fragment[0])
 
-    def restore(self, partition: int, records: Iterable[dict]) -> int:
-        """Load decision-log records of a newly assigned partition (oldest first). Returns how many
-        decisions were restored."""
+    def restore(self, partition: int, records: Iterable[dict], through: int = -1) -> int:
+        """Load decision-log records of a newly assigned partition (oldest first) and its checkpoint
+        (side outputs of offsets ≤ ``through`` are written). Returns how many decisions were restored."""
+        if through >= 0:
+            self._replayed_through[partition] = max(self._replayed_through.get(partition, -1), through)
         n = 0
         for r in records:
-            if r["trace_id"] == _ZERO_TRACE_ID:
+            if r["trace_id"] == _ZERO_TRACE_ID:  # a checkpoint record written by tailsift ≤ 0.1
                 self._replayed_through[partition] = max(
                     self._replayed_through.get(partition, -1), r["processed_through"]
                 )
@@ -366,7 +388,10 @@ class Job:
         return self.tracker.ready()
 
     def revoke(self, partitions: Iterable[int]) -> None:
-        """This worker lost partitions: forget their uncommitted state (the new owner rereads it)."""
+        """This worker lost partitions: forget their uncommitted state — buffers, open windows, offsets,
+        unwritten records, and the decisions those records carried (a decision whose record was never
+        written must not make a replayed span look "already emitted"). The new owner rereads the
+        uncommitted input and restores written decisions from the log."""
         partitions = set(partitions)
         self.assembler.revoke(partitions)
         self.sli.revoke(partitions)
@@ -374,11 +399,30 @@ class Job:
         for partition in partitions:
             self._processed.pop(partition, None)
             self._replayed_through.pop(partition, None)
-        self._pending[:] = [
-            r
-            for r in self._pending
-            if not any(h.partition in partitions for h in r.holds) and r.partition not in partitions
-        ]
+        kept, lost = [], []
+        for r in self._pending:
+            if r.partition in partitions or any(h.partition in partitions for h in r.holds):
+                lost.append(r)
+            else:
+                kept.append(r)
+        self._pending[:] = kept  # the list stays shared with self._sealed
+        for r in lost:
+            if r.topic == self.decisions_topic:
+                self.decisions.forget(r.key)
+        # kept decisions of these partitions: the next owner (maybe this worker again) restores them
+        # from the log; a stale entry here would carry offsets whose records were never written
+        self.decisions.forget_partitions(partitions)
+
+    def reset(self, partitions: Iterable[int]) -> None:
+        """Forget all uncommitted state of ``partitions`` (every partition this worker owns) and every
+        remembered decision: after a failed transaction the worker rewinds to the committed offsets
+        and restores from the log, exactly as after a restart."""
+        self.revoke(partitions)
+        self._pending.clear()
+        self._processed.clear()
+        self._replayed_through.clear()
+        self.decisions.clear()
+        self._link_hints.clear()
 
     def over_bound(self) -> bool:
         """Buffered spans or bytes at ``assemble.max_buffered_*``: time to pause the input."""
@@ -418,7 +462,7 @@ class Job:
                 metrics.POLICY_GUARD_DROPS.labels(policy.name).set(drops)
 
     # ---------------------------------------------------------------- records
-    def _kept_record(
+    def _kept_records(
         self,
         trace_id: bytes,
         decision: Decision,
@@ -426,8 +470,9 @@ class Job:
         now_ns: int,
         late: bool = False,
         forced: str = "",
-    ) -> Record:
-        """Full decode (kept traces only) into a KeptTrace, sampling facts on every span.
+    ) -> list[Record]:
+        """Full decode (kept traces only) into a KeptTrace (several parts if it is too large for one
+        record), sampling facts on every span.
 
         A span whose header decoded but whose ``detail`` does not is still kept — its trace was
         judged on sound headers — with ``tailsift.detail_error`` set, and its message is reported
@@ -448,7 +493,8 @@ class Job:
         span_count = 0
         protector = self.protector
         pii_counts: dict[str, int] = {}
-        for hold, value, batch in fragments:  # batch: decoded at ingest; value: its raw bytes
+        origin: list[int] = []  # per output batch: the fragment (input message) it came from
+        for i, (hold, value, batch) in enumerate(fragments):  # batch: decoded at ingest; value: raw bytes
             if type(batch) is otlp.OtlpTrace:  # OTLP input: convert this trace's protobuf spans to dicts
                 for b in otlp.kept_batches(batch):
                     for span in b["spans"]:
@@ -464,6 +510,7 @@ class Job:
                         )
                     span_count += len(b["spans"])
                     batches.append(b)
+                    origin.append(i)
                 continue
             bad_detail = ""
             for span in batch["spans"]:
@@ -490,29 +537,73 @@ class Job:
                 self._pending.append(self._dead_letter(msg, "detail_decode_error", bad_detail, now_ns, None))
             span_count += len(batch["spans"])
             batches.append(batch)
-        value = (
-            otlp.encode_request(batches, self.emit_format)
-            if self.emit_format != "avro"
-            else avro.encode(
-                avro.KEPT_TRACE,
-                {
-                    "trace_id": trace_id,
-                    "policy": decision.policy,
-                    "reason": reason,
-                    "adjusted_count": adjusted,
-                    "decided_at_unix_nano": now_ns,
-                    "late": late,
-                    "span_count": span_count,
-                    "batches": batches,
-                },
-            )
-        )
+            origin.append(i)
+        header = {
+            "trace_id": trace_id,
+            "policy": decision.policy,
+            "reason": reason,
+            "adjusted_count": adjusted,
+            "decided_at_unix_nano": now_ns,
+            "late": late,
+        }
         holds = [fragment[0] for fragment in fragments]
+        values = self._encode_kept(header, batches, [fragments[i] for i in origin], now_ns)
+        for hold in holds:  # every part holds every input: the offsets commit once all parts are written
+            hold.count += len(values) - 1
         if self.follow_links:
             self._follow_links(trace_id, batches)
         if protector is not None:
             self._pii_audit(trace_id, pii_counts, holds, now_ns, late, span_count)
-        return Record(self.kept_topic, trace_id, value, holds)
+        return [Record(self.kept_topic, trace_id, value, list(holds)) for value in values]
+
+    def _encode_kept(self, header: dict, batches: list[dict], sources: list, now_ns: int) -> list[bytes]:
+        """The kept record's value — or, when it would exceed ``max_record_bytes`` (the target topic's
+        ``max.message.bytes`` and the producer's limit), several parts that each fit: Avro
+        ``KeptTrace`` parts with ``part``/``parts``, or several OTLP requests of the same trace. The
+        spans are halved until each part fits; a single span that cannot fit alone is dead-lettered
+        (``span_too_large``) instead of failing the transaction."""
+        limit = self.max_record_bytes
+        avro_out = self.emit_format == "avro"
+
+        def encode(part: list[dict], index: int = 0, count: int = 1) -> bytes:
+            if not avro_out:
+                return otlp.encode_request(part, self.emit_format)
+            spans = sum(len(b["spans"]) for b in part)
+            return avro.encode(
+                avro.KEPT_TRACE, {**header, "span_count": spans, "batches": part, "part": index, "parts": count}
+            )
+
+        whole = encode(batches)
+        if len(whole) <= limit:
+            return [whole]
+        parts: list[list[dict]] = []
+        too_large: list[dict] = []
+
+        def fit(part: list[dict]) -> None:
+            if len(encode(part)) <= limit:
+                parts.append(part)
+            elif len(part) > 1:
+                fit(part[: len(part) // 2])
+                fit(part[len(part) // 2 :])
+            elif len(part[0]["spans"]) > 1:
+                b = part[0]
+                half = len(b["spans"]) // 2
+                fit([{**b, "spans": b["spans"][:half]}])
+                fit([{**b, "spans": b["spans"][half:]}])
+            elif part[0]["spans"]:
+                too_large.append(part[0])
+
+        fit(batches)
+        if too_large:  # sources[i]: the fragment batch i came from
+            bad = {id(s) for b in too_large for s in b["spans"]}
+            for (hold, value, _), batch in zip(sources, batches):
+                if any(id(s) in bad for s in batch["spans"]):
+                    msg = Received(hold.partition, hold.offset, header["trace_id"], value)
+                    detail = f"a span of this message does not fit in one record of at most {limit} bytes"
+                    self._pending.append(self._dead_letter(msg, "span_too_large", detail, now_ns, None))
+        if not parts:  # every span was too large: an empty part still carries the decision's facts
+            parts = [[]]
+        return [encode(part, i, len(parts)) for i, part in enumerate(parts)]
 
     def _follow_links(self, trace_id: bytes, batches: list[dict]) -> None:
         """Note the traces this kept trace's spans link to, so they are kept when decided here."""
@@ -558,7 +649,7 @@ class Job:
             except _Malformed as bad:
                 self._reject(msg, bad, now_ns, replay)
                 continue
-            if self.rekey and (len(traces) > 1 or not otlp.key_matches(msg.key, next(iter(traces)))):
+            if self.rekey and (len(traces) > 1 or self._misplaced(msg, next(iter(traces)))):
                 # Spans of one trace must meet on one partition: re-publish per trace, keyed by trace ID.
                 if replay:
                     tracker.track(msg.partition, msg.offset, msg.ref, 0)
@@ -617,25 +708,6 @@ class Job:
             },
         )
         return Record(self.decisions_topic, trace_id, value, [], partition)
-
-    def _checkpoint_record(self, partition: int, offset: int, now_ns: int) -> Record:
-        value = avro.encode(
-            avro.TRACE_DECISION,
-            {
-                "trace_id": _ZERO_TRACE_ID,
-                "keep": False,
-                "decided_at_unix_nano": now_ns,
-                "input_partition": partition,
-                "emitted_offsets": [],
-                "processed_through": offset,
-                "policy": "",
-                "reason": "checkpoint",
-                "probability": 1.0,
-                "threshold": None,
-                "dry_run_kept": None,
-            },
-        )
-        return Record(self.decisions_topic, _ZERO_TRACE_ID, value, [], partition)
 
     def _sli_record(self, w: WindowAggregate, now_ns: int) -> bytes:
         return avro.encode(avro.SLI_WINDOW, window_record(w, self.worker_id, now_ns))

@@ -22,8 +22,11 @@ class JobError(Exception):
 
 
 class JobProcess:
-    def __init__(self, config_path: str | os.PathLike, metrics_port: int, log_path: str | os.PathLike):
+    def __init__(
+        self, config_path: str | os.PathLike, metrics_port: int, log_path: str | os.PathLike, env: dict | None = None
+    ):
         self.config_path = str(config_path)
+        self.env = {**os.environ, **(env or {})}
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.log_path = Path(log_path)
         self.proc: subprocess.Popen | None = None
@@ -35,6 +38,7 @@ class JobProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=self.env,
             cwd=Path(__file__).resolve().parents[1],
         )
         log.close()
@@ -114,6 +118,15 @@ class JobProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(10)
+
+    def suspend(self) -> None:
+        """SIGSTOP: alive but silent, as a worker in a long GC pause or a frozen VM (a zombie to be)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """kill -9: no shutdown hooks, no final commit."""

@@ -76,6 +76,10 @@ DECISION_LATENCY = Histogram(
 BACKPRESSURE_SECONDS = Counter(
     "tailsift_backpressure_seconds", "Time the input partitions were paused at the memory bound"
 )
+REWINDS = Counter(
+    "tailsift_rewinds",
+    "Failed transactions or writes after which the worker rewound to its committed offsets",
+)
 PAUSED = Gauge("tailsift_input_paused", "1 while the input is paused at the memory bound")
 BUFFERED_BYTES = Gauge("tailsift_bytes_buffered", "Raw bytes of spans buffered awaiting a decision")
 RESTORE_SECONDS = Histogram(

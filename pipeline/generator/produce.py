@@ -109,6 +109,7 @@ def produce(
     realtime: bool = False,
     producer_config: dict | None = None,
     flush_timeout_s: float = 120.0,
+    clock_skew_ms: int = 0,
 ) -> ProduceStats:
     """Generate traces and produce their batches to ``topic``.
 
@@ -149,9 +150,11 @@ def produce(
     seq = 0
 
     def send(key: bytes, value: bytes) -> None:
+        # clock_skew_ms: message timestamps as a producer whose clock is off by that much would set
+        extra = {"timestamp": int(time.time() * 1000) + clock_skew_ms} if clock_skew_ms else {}
         while True:
             try:
-                producer.produce(topic, value, key, on_delivery=on_delivery)
+                producer.produce(topic, value, key, on_delivery=on_delivery, **extra)
                 return
             except BufferError:  # local queue full: serve delivery reports, then retry
                 producer.poll(0.05)

@@ -49,6 +49,10 @@ class KafkaSpanExporter(SpanExporter):
                 "linger.ms": 5,
                 "compression.type": "lz4",
                 "enable.idempotence": True,
+                # the system's one partitioner (pipeline.kafka.partitioner): murmur2 on the 16 key
+                # bytes, as the Java client; librdkafka's default (CRC32) would put traces on other
+                # partitions than the job's re-keyed copies and split them across workers
+                "partitioner": "murmur2_random",
                 **(producer_config or {}),
             }
         )

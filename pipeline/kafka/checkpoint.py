@@ -1,0 +1,44 @@
+"""What a committed input offset says beyond its position: the commit metadata of each partition.
+
+The committed offset is a *low watermark*: the oldest message whose trace is still buffered (its
+decision is not written yet) — so a crash loses no span. Messages after it have already had their
+side outputs written (SLI partials, dead letters, re-keyed copies) in earlier transactions; on a
+replay they must not be counted again. The metadata committed with the offset, in the same
+transaction (``send_offsets_to_transaction``), says how far that goes and where the decision log
+must be read back from:
+
+    {"v": 1, "through": <highest offset whose side outputs are written>,
+     "since_ms": <worker-clock ms when the oldest uncommitted message was read>}
+
+Offset and metadata commit atomically with the outputs, so they can never disagree, and restoring
+needs neither a scan of the decision log nor a producer's clock (``since_ms`` is this job's own).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    through: int = -1  # side outputs of offsets ≤ through are written
+    since_ms: int = 0  # restore decisions written from since_ms − assemble.decision_restore_ms on
+
+    def encode(self) -> str:
+        return json.dumps({"v": VERSION, "through": self.through, "since_ms": self.since_ms}, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, metadata: str | None) -> Checkpoint | None:
+        """None when absent or not ours (a commit by another tool, or an older tailsift)."""
+        if not metadata:
+            return None
+        try:
+            d = json.loads(metadata)
+            if d.get("v") != VERSION:
+                return None
+            return cls(int(d["through"]), int(d["since_ms"]))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None

@@ -1,0 +1,89 @@
+"""Client settings derived from the config, in one place, so every consumer, producer and admin
+client the job creates talks to the same cluster the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import Config
+
+# librdkafka's producer default; the job never builds a record larger than this (minus headroom for
+# the record batch framing): see ``max_record_bytes``
+PRODUCER_MAX_MESSAGE_BYTES = 1_000_000
+
+
+def base(config: Config) -> dict[str, Any]:
+    return {"bootstrap.servers": config.kafka.bootstrap_servers}
+
+
+def input_consumer(config: Config) -> dict[str, Any]:
+    """The job's member of the consumer group over ``topics.spans_raw``."""
+    k, j = config.kafka, config.job
+    return {
+        **base(config),
+        "group.id": k.group_id,
+        # offsets move only inside transactions (exactly_once) or by explicit commits after the
+        # outputs are acknowledged (at_least_once): never by the client on its own
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        # re-keyed copies and outputs of an aborted transaction must never be read
+        "isolation.level": "read_committed",
+        # incremental rebalances: a worker joining or leaving moves only the partitions that change
+        "partition.assignment.strategy": "cooperative-sticky",
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": k.session_timeout_ms,
+        "heartbeat.interval.ms": k.heartbeat_interval_ms,
+        # a whole commit interval of work (and a restore) happens between two consume() calls
+        "max.poll.interval.ms": max(300_000, 10 * j.commit_interval_ms),
+        # fetch in large batches: consume(N) hands them over at ~1 µs per message
+        "fetch.max.bytes": 52_428_800,
+        "queued.max.messages.kbytes": 65_536,
+    }
+
+
+def producer(config: Config, transactional_id: str | None) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        **base(config),
+        "enable.idempotence": True,  # no duplicates from the producer's own retries
+        "acks": "all",
+        "linger.ms": 5,
+        "message.max.bytes": PRODUCER_MAX_MESSAGE_BYTES,
+        # the Java client's partitioner for keyed records (see pipeline.kafka.partitioner): a record
+        # re-keyed by trace ID lands where every other producer following the README puts that trace
+        "partitioner": "murmur2_random",
+    }
+    if transactional_id:
+        conf["transactional.id"] = transactional_id
+        conf["transaction.timeout.ms"] = config.job.transaction_timeout_ms
+    return conf
+
+
+def restore_consumer(config: Config) -> dict[str, Any]:
+    """A group-less reader (assign() only, never commits) for the decision log."""
+    import uuid
+
+    return {
+        **base(config),
+        "group.id": f"tailsift-restore-{uuid.uuid4().hex}",
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",  # aborted transactions of a dead worker never count
+        "enable.partition.eof": True,
+    }
+
+
+def max_record_bytes(config: Config, timeout: float = 15.0) -> int:
+    """The largest record value the job may build: the smallest ``max.message.bytes`` of its output
+    topics (read from the broker) and the producer's limit, less headroom for the record batch
+    framing and key (a record batch of one record is what the broker checks)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient(base(config))
+    t = config.topics
+    names = {t.traces_kept.name, t.pii_audit.name, t.decisions.name, t.spans_raw.name}
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in sorted(names)]
+    limit = PRODUCER_MAX_MESSAGE_BYTES
+    for future in admin.describe_configs(resources, request_timeout=timeout).values():
+        entry = future.result(timeout).get("max.message.bytes")
+        if entry is not None and entry.value:
+            limit = min(limit, int(entry.value))
+    return limit - 4_096

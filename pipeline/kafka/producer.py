@@ -1,0 +1,102 @@
+"""The output side: one confluent-kafka producer per worker.
+
+exactly_once: ``transaction(records, offsets, group_metadata)`` writes every output of a commit
+interval *and* the input offsets (with their checkpoint metadata) in one Kafka transaction — KIP-447:
+the offsets carry the consumer's group generation, so a worker that lost its partitions (a zombie
+resumed after SIGSTOP, a member the group expelled) cannot commit: its transaction fails and is
+aborted, nothing it wrote becomes visible to ``read_committed`` readers.
+
+at_least_once: ``write(records)`` produces and waits for every acknowledgement; the caller then
+commits the offsets with the consumer.
+
+Any failure raises ``EmitError`` after aborting what can be aborted; ``fatal`` says whether this
+producer is unusable from now on (fenced by a newer instance of the same transactional id, or a
+fatal librdkafka error) — the worker then exits — or the caller may rewind and go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+
+from pipeline.kafka.faults import Faults
+
+log = logging.getLogger("tailsift")
+
+
+class EmitError(RuntimeError):
+    def __init__(self, message: str, fatal: bool = False):
+        super().__init__(message)
+        self.fatal = fatal
+
+
+class OutputProducer:
+    def __init__(self, conf: dict, commit_timeout_s: float = 60.0):
+        self.transactional = "transactional.id" in conf
+        self._producer = Producer(conf)
+        self._errors: list[str] = []
+        self._timeout = commit_timeout_s
+        self._faults = Faults()
+        if self.transactional:
+            # fences an older producer with the same id and aborts its open transaction
+            self._producer.init_transactions(30)
+
+    def _on_delivery(self, err, msg) -> None:  # noqa: ANN001 - librdkafka callback
+        if err is not None:
+            self._errors.append(f"{msg.topic()}: {err}")
+
+    def _produce_all(self, records: Iterable) -> None:
+        produce, poll, on_delivery = self._producer.produce, self._producer.poll, self._on_delivery
+        for r in records:
+            while True:
+                try:
+                    if r.partition is None:
+                        produce(r.topic, r.value, r.key, on_delivery=on_delivery)
+                    else:
+                        produce(r.topic, r.value, r.key, partition=r.partition, on_delivery=on_delivery)
+                    break
+                except BufferError:  # local queue full: let librdkafka send, then retry
+                    poll(0.05)
+
+    def transaction(self, records: list, offsets: list[TopicPartition], group_metadata) -> None:  # noqa: ANN001
+        """Records and input offsets, all or nothing."""
+        self._errors.clear()
+        p = self._producer
+        try:
+            faults = self._faults
+            p.begin_transaction()
+            faults.check("begin")
+            self._produce_all(records)
+            faults.check("produce")
+            if offsets:
+                p.send_offsets_to_transaction(offsets, group_metadata, self._timeout)
+            faults.check("offsets")
+            faults.check("commit")
+            p.commit_transaction(self._timeout)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            fatal = err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
+            if not fatal:
+                try:
+                    p.abort_transaction(30)
+                except KafkaException as abort_exc:
+                    fatal = abort_exc.args[0].fatal()
+            raise EmitError(f"transaction failed: {err}", fatal=fatal) from None
+        if self._errors:  # cannot happen after a successful commit; kept as a guard
+            raise EmitError("delivery failed: " + "; ".join(self._errors[:5]))
+
+    def write(self, records: list) -> None:
+        """at_least_once: every record acknowledged, or ``EmitError``."""
+        self._errors.clear()
+        self._produce_all(records)
+        remaining = self._producer.flush(self._timeout)
+        self._faults.check("write")
+        if remaining:
+            raise EmitError(f"{remaining} records not acknowledged within {self._timeout:.0f} s")
+        if self._errors:
+            raise EmitError("delivery failed: " + "; ".join(self._errors[:5]))
+
+    def close(self) -> None:
+        self._producer.flush(10)

@@ -1,0 +1,62 @@
+"""Read back recent decisions from ``traces.decisions`` for newly assigned partitions.
+
+Decisions of input partition p live in decision-log partition p. The reader starts at the first
+record written at or after ``since_ms − assemble.decision_restore_ms`` — ``since_ms`` comes from the
+partition's committed checkpoint (this job's own clock, never a producer's) — and reads to the end
+with ``read_committed``. That covers every decision a replayed or late span of the partition can
+meet without reading the whole log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from pipeline.codecs import avro
+from pipeline.config import Config
+from pipeline.kafka import clients
+
+log = logging.getLogger("tailsift")
+
+
+def read_decisions(config: Config, since_ms: dict[int, int], timeout: float = 60.0) -> dict[int, list[dict]]:
+    """Decoded decision-log records per partition (oldest first), from ``since_ms[p]`` minus the
+    restore window."""
+    out: dict[int, list[dict]] = {p: [] for p in since_ms}
+    window = config.assemble.decision_restore_ms
+    if not since_ms or window == 0:
+        return out
+    topic = config.topics.decisions.name
+    consumer = Consumer(clients.restore_consumer(config))
+    try:
+        wanted = [TopicPartition(topic, p, max(0, t - window)) for p, t in since_ms.items()]
+        starts = consumer.offsets_for_times(wanted, timeout=timeout)
+        assign = [tp for tp in starts if tp.offset >= 0]  # -1: nothing written since then
+        pending = {tp.partition for tp in assign}
+        consumer.assign(assign)
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"restoring {topic} partitions {sorted(pending)} took over {timeout:.0f} s")
+            for msg in consumer.consume(1000, 0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
+                        continue
+                    raise RuntimeError(f"reading {topic}: {err}")
+                try:
+                    out[msg.partition()].append(avro.decode(avro.TRACE_DECISION, msg.value()))
+                except Exception as exc:  # noqa: BLE001 - one bad record must not block a restore
+                    log.warning(
+                        "%s[%d]@%d: undecodable decision record skipped (%s)",
+                        topic,
+                        msg.partition(),
+                        msg.offset(),
+                        type(exc).__name__,
+                    )
+        return out
+    finally:
+        consumer.close()

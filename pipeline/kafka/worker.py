@@ -1,0 +1,315 @@
+"""The consumer loop: batches of messages from ``topics.spans_raw`` through ``pipeline.job.Job`` into
+one transaction per commit interval. One thread, no framework object per message.
+
+    consume(N) ─► Job.ingest(batch) ─► (every commit interval) Job.collect() ─► transaction:
+                                        outputs + input offsets + checkpoint metadata (KIP-447)
+
+Why offsets stay a low watermark: a trace's spans are buffered until its decision point, so the
+committed offset of a partition is its oldest message whose trace is still undecided; everything
+after it that was already counted (SLI partials, dead letters, re-keyed copies — written in every
+transaction) is covered by the checkpoint metadata committed with the offset
+(``pipeline.kafka.checkpoint``), and kept-trace offsets already written are listed in the decision
+log. A restart or a new owner replays from the watermark and skips exactly what was written.
+
+Rebalance (cooperative-sticky, incremental): before partitions are revoked, everything pending is
+committed (one transaction), then their buffers, records and remembered decisions are dropped;
+newly assigned partitions are restored — checkpoint from the committed metadata, decisions from the
+log — inside the assign callback, so not one of their messages is processed before that. Lost
+partitions (the group expelled this worker) cannot be committed: everything is rewound.
+
+Failure = rewind: a failed transaction is aborted, all uncommitted state is dropped, every assigned
+partition is sought back to its committed offset and restored again — the state is then exactly
+what a restart would build, without the restart. A fatal producer error (fenced by a newer instance
+of the same transactional id) ends the worker with exit code 3.
+
+Backpressure: at ``assemble.max_buffered_*`` the assigned partitions are paused (librdkafka keeps
+the fetch position of the next undelivered message: nothing fetched is skipped), and resumed under
+80 % of the bounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from pipeline import metrics
+from pipeline.config import Config
+from pipeline.job import Job, Received
+from pipeline.kafka import clients
+from pipeline.kafka.checkpoint import Checkpoint
+from pipeline.kafka.producer import EmitError, OutputProducer
+from pipeline.kafka.restore import read_decisions
+
+log = logging.getLogger("tailsift")
+
+EXIT_FATAL = 3
+
+
+class FatalError(RuntimeError):
+    """The worker cannot go on (fenced producer, fatal client error): exit non-zero."""
+
+
+class Worker:
+    def __init__(self, config: Config, job: Job):
+        self.config = config
+        self.job = job
+        self.topic = config.topics.spans_raw.name
+        j = config.job
+        self.exactly_once = job.exactly_once
+        self.consumer = Consumer(clients.input_consumer(config))
+        tid = f"tailsift.{config.kafka.group_id}.{job.worker_id}" if self.exactly_once else None
+        self.producer = OutputProducer(clients.producer(config, tid))
+        self.batch_max = j.batch_max_messages
+        self.batch_wait = j.batch_within_ms / 1000
+        self.tick = j.tick_ms / 1000
+        # exactly_once: one transaction per commit interval; at_least_once: write on every tick
+        self.interval = j.commit_interval_ms / 1000 if self.exactly_once else self.tick
+        self.assigned: set[int] = set()
+        self.position: dict[int, int] = {}  # partition → next offset to read (last read + 1)
+        self.through: dict[int, int] = {}  # partition → checkpoint: side outputs written up to here
+        self.committed: dict[int, tuple[int, int]] = {}  # partition → (offset, through) last committed
+        self.paused = False
+        self.paused_set: set[int] = set()
+        self.paused_since = 0.0
+        self.stopping = False
+        self.rewind_needed = False
+        self.last_flush = time.monotonic()
+        self.transactions = 0
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        md = self.consumer.list_topics(self.topic, timeout=30).topics[self.topic]
+        self.job.input_partitions = len(md.partitions)
+        self.job.max_record_bytes = clients.max_record_bytes(self.config)
+        self.consumer.subscribe(
+            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        try:
+            while not self.stopping:
+                self._step()
+            self._flush()  # what is decided so far; buffered traces are reread by the next owner
+            return 0
+        except FatalError as exc:
+            log.error("tailsift worker stops: %s", exc)
+            return EXIT_FATAL
+        finally:
+            self.stopping = True  # the revoke callback during close() must not write again
+            try:
+                self.consumer.close()
+            finally:
+                self.producer.close()
+
+    def _stop(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+        log.info("signal %d: stopping after the current step", signum)
+        self.stopping = True
+
+    def _step(self) -> None:
+        job = self.job
+        wait = max(0.0, min(self.batch_wait, self.last_flush + self.interval - time.monotonic()))
+        messages = self.consumer.consume(self.batch_max, wait)
+        if self.rewind_needed:  # a rebalance callback inside consume() failed to commit
+            self._rewind()
+            messages = []  # fetched before the rewind's seek: read again from the committed offsets
+        if messages:
+            now_ms = int(time.time() * 1000)
+            batch = []
+            position = self.position
+            for m in messages:
+                err = m.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer: %s", err)
+                    continue
+                p, o = m.partition(), m.offset()
+                position[p] = o + 1
+                batch.append(Received(p, o, m.key(), m.value(), now_ms))
+            job.ingest(batch, time.time_ns())
+        if time.monotonic() - self.last_flush >= self.interval:
+            self._flush()
+        else:
+            job.update_gauges()
+        self._backpressure()
+
+    # ------------------------------------------------------------------ writing
+    def _commit_offsets(self, now_ms: int) -> list[TopicPartition]:
+        """Per owned partition: the committed position (oldest message not yet done, else the next
+        to read) with its checkpoint metadata."""
+        heads = self.job.tracker.heads()
+        out = []
+        for p in self.assigned:
+            head = heads.get(p)
+            if head is not None:
+                offset, since = head.offset, head.ref
+            elif p in self.position:
+                offset, since = self.position[p], now_ms
+            else:
+                continue  # nothing read yet: the committed offset stands
+            through = self.through.get(p, -1)
+            if self.committed.get(p) == (offset, through):
+                continue  # unchanged: no need to commit it again
+            out.append(TopicPartition(self.topic, p, offset, metadata=Checkpoint(through, since).encode()))
+        return out
+
+    def _flush(self) -> None:
+        """Decide what is due, close due windows, write every output and the input offsets."""
+        self.last_flush = time.monotonic()
+        job = self.job
+        started = time.perf_counter()
+        outbox = job.collect(time.time_ns())
+        records = outbox.records
+        # the transaction below writes these records or nothing: count them delivered now, and roll
+        # the whole state back (rewind) if it fails
+        job.delivered(records)
+        job.ready()  # done messages leave the tracker: the committed position moves past them
+        for p, offset in outbox.checkpoints.items():
+            self.through[p] = max(self.through.get(p, -1), offset)
+        offsets = self._commit_offsets(int(time.time() * 1000))
+        try:
+            if self.exactly_once:
+                if records or offsets:
+                    self.producer.transaction(records, offsets, self.consumer.consumer_group_metadata())
+            else:
+                if records:
+                    self.producer.write(records)
+                if offsets:
+                    self.consumer.commit(offsets=offsets, asynchronous=False)
+        except (EmitError, KafkaException) as exc:
+            if isinstance(exc, EmitError) and exc.fatal:
+                raise FatalError(str(exc)) from None
+            log.warning("write failed, rewinding to the committed offsets: %s", exc)
+            metrics.REWINDS.inc()
+            self._rewind()
+            return
+        self.transactions += 1
+        for tp in offsets:
+            self.committed[tp.partition] = (tp.offset, self.through.get(tp.partition, -1))
+        for r in records:
+            metrics.RECORDS_PRODUCED.labels(r.topic).inc()
+        if records:
+            done_ns = time.time_ns()
+            for point in outbox.decision_points:
+                metrics.DECISION_LATENCY.observe(max(0, done_ns - point) / 1e9)
+            metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+        job.update_gauges()
+
+    # ------------------------------------------------------------------ rebalance and rewind
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        parts = sorted(tp.partition for tp in partitions if tp.topic == self.topic)
+        if not parts:
+            return
+        self.assigned.update(parts)
+        self._restore(parts)
+        log.info("partitions assigned: %s", parts)
+
+    def _restore(self, parts: list[int]) -> None:
+        """Checkpoint and decisions of ``parts`` before any of their messages is processed."""
+        started = time.perf_counter()
+        committed = self.consumer.committed([TopicPartition(self.topic, p) for p in parts], timeout=30)
+        now_ms = int(time.time() * 1000)
+        since, through = {}, {}
+        for tp in committed:
+            cp = Checkpoint.decode(tp.metadata)
+            if cp is None:  # first run, or committed by something else: read back from now
+                since[tp.partition] = now_ms
+            else:
+                since[tp.partition], through[tp.partition] = cp.since_ms, cp.through
+            self.position.pop(tp.partition, None)
+            if tp.offset >= 0:
+                self.committed[tp.partition] = (tp.offset, through.get(tp.partition, -1))
+        records = read_decisions(self.config, since)
+        n = 0
+        for p in parts:
+            t = through.get(p, -1)
+            self.through[p] = t
+            n += self.job.restore(p, records.get(p, ()), t)
+        metrics.RESTORE_SECONDS.observe(time.perf_counter() - started)
+        log.info(
+            "partitions %s: %d decisions restored from %s in %.2f s",
+            parts,
+            n,
+            self.config.topics.decisions.name,
+            time.perf_counter() - started,
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = {tp.partition for tp in partitions if tp.topic == self.topic}
+        if not lost:
+            return
+        if not self.stopping and not self.rewind_needed:
+            try:
+                self._flush()  # commit what was done on them while they are still ours
+            except FatalError:
+                raise
+        self._forget(lost)
+        log.info("partitions revoked: %s (their uncommitted spans will be reread)", sorted(lost))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group moved these partitions without asking (session timeout): whatever this worker
+        has not committed may be redone by their new owner, and its next commit would be fenced."""
+        lost = {tp.partition for tp in partitions if tp.topic == self.topic}
+        log.warning("partitions lost: %s; rewinding everything uncommitted", sorted(lost))
+        self._forget(lost)
+        self.rewind_needed = True
+
+    def _forget(self, lost: set[int]) -> None:
+        self.job.revoke(lost)
+        self.assigned -= lost
+        for p in lost:
+            self.position.pop(p, None)
+            self.through.pop(p, None)
+            self.committed.pop(p, None)
+
+    def _rewind(self) -> None:
+        """Drop all uncommitted state and read every owned partition again from its committed
+        offset, restoring checkpoint and decisions as a restart would."""
+        self.rewind_needed = False
+        parts = sorted(self.assigned)
+        self.job.reset(parts)
+        self.position.clear()
+        self.through.clear()
+        self.committed.clear()
+        if not parts:
+            return
+        committed = self.consumer.committed([TopicPartition(self.topic, p) for p in parts], timeout=30)
+        for tp in committed:
+            offset = tp.offset
+            if offset < 0:  # nothing committed: back to the reset policy's start
+                lo, _hi = self.consumer.get_watermark_offsets(TopicPartition(self.topic, tp.partition), timeout=10)
+                offset = lo
+            self.consumer.seek(TopicPartition(self.topic, tp.partition, offset))
+        self._restore(parts)
+
+    # ------------------------------------------------------------------ backpressure
+    def _backpressure(self) -> None:
+        job = self.job
+        if self.paused:
+            if job.below_resume_mark() or not self.assigned:
+                self._set_paused(False)
+            elif self.assigned != self.paused_set:  # partitions assigned while paused: pause them too
+                self._set_paused(True)
+        elif self.config.assemble.overflow == "backpressure" and job.over_bound():
+            self._set_paused(True)
+            log.info(
+                "backpressure: %d spans / %d bytes buffered, input paused",
+                job.assembler.buffered_spans,
+                job.assembler.buffered_bytes,
+            )
+
+    def _set_paused(self, paused: bool) -> None:
+        tps = [TopicPartition(self.topic, p) for p in sorted(self.assigned)]
+        if paused:
+            self.consumer.pause(tps)
+            self.paused_set = set(self.assigned)
+            if not self.paused:
+                self.paused_since = time.monotonic()
+        else:
+            if tps:
+                self.consumer.resume(tps)
+            metrics.BACKPRESSURE_SECONDS.inc(time.monotonic() - self.paused_since)
+        self.paused = paused
+        metrics.PAUSED.set(1 if paused else 0)
