@@ -27,8 +27,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import config as config_mod
-from pipeline.codecs import avro
-from pipeline.demo import delete_topics, ensure_token_key, run_config
+from pipeline.codecs import avro, otlp
+from pipeline.demo import delete_topics, ensure_token_key, free_port, run_config
 from pipeline.jobproc import JobProcess
 from pipeline.localkafka import broker
 from pipeline.topics import create_topics
@@ -92,9 +92,19 @@ def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
     return lower
 
 
-def memory_per_buffered_span(traces: int = 3000) -> tuple[float, float, int]:
+def as_otlp(value: bytes) -> bytes:
+    """A generated Avro ``SpanBatch`` as the OTLP request an OTel SDK exporter would send."""
+    batch = avro.decode_batch(value)
+    for span in batch["spans"]:
+        span.update(avro.decode_detail(span.pop("detail")))
+    batch["resource"] = avro.decode_resource(batch["resource"])
+    return otlp.encode_request([batch])
+
+
+def memory_per_buffered_span(traces: int = 3000, fmt: str = "avro") -> tuple[float, float, int]:
     """(bytes per buffered span beyond its raw message bytes, raw bytes per span, spans): generated
-    traces ingested by the job core with a decision wait that never ends, measured with tracemalloc."""
+    traces (``fmt``: avro or otlp_proto) ingested by the job core with a decision wait that never
+    ends, measured with tracemalloc."""
     import gc
     import tracemalloc
 
@@ -106,14 +116,19 @@ def memory_per_buffered_span(traces: int = 3000) -> tuple[float, float, int]:
     messages = []
     for i in range(traces):
         for key, value in gen.trace(1_700_000_000_000_000_000 + i * 1_000_000).messages():
-            messages.append(Received(0, len(messages), key, value))
+            messages.append(Received(0, len(messages), key, value if fmt == "avro" else as_otlp(value)))
     job = Job(
         config_mod.parse(
-            {"privacy": {"enabled": False}, "assemble": {"decision_wait_ms": 3_600_000, "root_quiet_gap_ms": 0}}
+            {
+                "privacy": {"enabled": False},
+                "ingest": {"format": fmt},
+                "assemble": {"decision_wait_ms": 3_600_000, "root_quiet_gap_ms": 0},
+            }
         ),
         worker_id="bench",
     )
     job.ingest(messages[:50], 0)  # warm caches (operation labels, sketches) outside the measurement
+    warm_spans = job.assembler.buffered_spans
     rest = messages[50:]
     gc.collect()
     tracemalloc.start()
@@ -123,24 +138,30 @@ def memory_per_buffered_span(traces: int = 3000) -> tuple[float, float, int]:
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     spans = job.assembler.buffered_spans
-    spans_measured = spans - sum(len(avro.decode_batch(m.value)["spans"]) for m in messages[:50])
+    spans_measured = spans - warm_spans
     raw_measured = sum(len(m.value) for m in rest)
     # the raw values are allocated before the measurement (they stand for Kafka's fetch buffers),
     # so ``after - before`` is what buffering adds on top of them
     return (after - before) / spans_measured, raw_measured / spans_measured, spans
 
 
-def run_pipeline(path: Path, cfg, bootstrap: str, log: Path, spans: int) -> dict:
-    """Drain the pre-filled topic with ``tailsift run``; throughput from the job's /metrics."""
-    job = JobProcess(path, cfg.metrics.port, log)
-    job.start()
+def run_pipeline(paths: list[Path], cfg, bootstrap: str, log: Path, spans: int) -> dict:
+    """Drain the pre-filled topic with one ``tailsift run`` per config in ``paths`` (one worker each,
+    same group); throughput from the workers' /metrics, summed."""
+    jobs = []
+    for i, path in enumerate(paths):
+        port = config_mod.load(path).metrics.port
+        jobs.append(JobProcess(path, port, log.with_suffix(f".{i}.log")))
+    for job in jobs:
+        job.start()
     try:
-        job.wait_ready(bootstrap, cfg.kafka.group_id)
-        cpu0 = cpu_seconds(job.proc.pid)
+        for job in jobs:
+            job.wait_ready(bootstrap, cfg.kafka.group_id)
+        cpu0 = sum(cpu_seconds(job.proc.pid) for job in jobs)
         first = last = None
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            ingested = job.metric("tailsift_spans_ingested_total")
+            ingested = sum(job.metric("tailsift_spans_ingested_total") for job in jobs)
             now = time.perf_counter()
             if ingested > 0 and first is None:
                 first = (now, ingested)
@@ -149,12 +170,16 @@ def run_pipeline(path: Path, cfg, bootstrap: str, log: Path, spans: int) -> dict
                 break
             time.sleep(0.25)  # each scrape costs the job CPU (~7% at 10 Hz, profiled)
         if first is None or last is None:
-            raise RuntimeError(f"pipeline did not ingest all spans; log:\n{job.log_tail()}")
-        cpu_ingest = cpu_seconds(job.proc.pid) - cpu0
-        metrics = job.wait_drained(spans, timeout=300)
+            raise RuntimeError(f"pipeline did not ingest all spans; log:\n{jobs[0].log_tail()}")
+        cpu_ingest = sum(cpu_seconds(job.proc.pid) for job in jobs) - cpu0
+        metrics: dict[str, float] = {}
+        for job in jobs:
+            for k, v in job.wait_idle(timeout=300).items():
+                metrics[k] = metrics.get(k, 0.0) + v
         drained = time.perf_counter()
     finally:
-        job.stop()
+        for job in jobs:
+            job.stop()
     p_spans = spans - first[1]  # spans ingested after the first sample
     p_secs = last - first[0]
     return {
@@ -201,25 +226,34 @@ def main(args: argparse.Namespace) -> int:
             # the same input drained by each delivery guarantee, each with its own consumer group and
             # its own output topics (a shared decision log would make the second run follow the
             # first run's decisions instead of deciding)
-            for guarantee in ("exactly_once", "at_least_once"):
+            for run, (guarantee, workers) in {
+                "exactly_once": ("exactly_once", 1),
+                "at_least_once": ("at_least_once", 1),
+                "exactly_once, 2 workers": ("exactly_once", 2),
+            }.items():
+                slug = run.replace(", ", "-").replace(" ", "")
                 data = yaml.safe_load(path.read_text())
-                data["kafka"]["group_id"] = f"{run_id}-{guarantee}"
+                data["kafka"]["group_id"] = f"{run_id}-{slug}"
                 data["job"]["processing_guarantee"] = guarantee
                 for key, topic in data["topics"].items():
                     if key != "spans_raw":
-                        topic["name"] = f"{topic['name']}.{guarantee}"
-                g_path = Path(tmp) / f"{guarantee}.yaml"
-                g_path.write_text(yaml.safe_dump(data, sort_keys=False))
-                g_cfg = config_mod.load(g_path)
+                        topic["name"] = f"{topic['name']}.{slug}"
+                g_paths = []
+                for w in range(workers):
+                    data["metrics"]["port"] = free_port()
+                    g_path = Path(tmp) / f"{slug}.{w}.yaml"
+                    g_path.write_text(yaml.safe_dump(data, sort_keys=False))
+                    g_paths.append(g_path)
+                g_cfg = config_mod.load(g_paths[0])
                 create_topics(g_cfg)
                 g_cfgs.append(g_cfg)
-                console.print(f"pipeline run: {guarantee} …")
-                runs[guarantee] = run_pipeline(g_path, g_cfg, bootstrap, Path(tmp) / f"{guarantee}.log", stats.spans)
+                console.print(f"pipeline run: {run} …")
+                runs[run] = run_pipeline(g_paths, g_cfg, bootstrap, Path(tmp) / f"{slug}.log", stats.spans)
                 decided = sum(
-                    v for k, v in runs[guarantee]["metrics"].items() if k.startswith("tailsift_traces_decided_total")
+                    v for k, v in runs[run]["metrics"].items() if k.startswith("tailsift_traces_decided_total")
                 )
                 if decided != stats.traces:  # a figure for a run that skipped work would be meaningless
-                    raise RuntimeError(f"{guarantee}: {decided:.0f} of {stats.traces} traces decided")
+                    raise RuntimeError(f"{run}: {decided:.0f} of {stats.traces} traces decided")
         finally:
             delete_topics(cfg)
             for g_cfg in g_cfgs:
@@ -258,16 +292,28 @@ def main(args: argparse.Namespace) -> int:
             f"{r['drain']:.1f} s (incl. 1 s decision wait)",
         )
     t.add_row("cost of exactly_once (throughput at_least_once / exactly_once)", f"{alo['rate'] / eos['rate']:.2f}×")
+    two = runs["exactly_once, 2 workers"]
+    t.add_row(
+        "two workers in one group, exactly_once (same input, own outputs)",
+        f"{two['rate']:,.0f} spans/s = {two['rate'] / eos['rate']:.2f}× one worker "
+        f"(2 cores shared with the broker and this bench)",
+    )
     t.add_row("kept traces", f"{kept:,.0f} of {decided:,.0f} ({100 * kept / decided if decided else 0:.1f}%)")
     per_span, raw_per_span, n = memory_per_buffered_span()
     t.add_row(
-        f"memory per buffered span beyond its raw bytes ({n:,} spans buffered, tracemalloc)",
+        f"memory per buffered span beyond its raw bytes, Avro input ({n:,} spans buffered, tracemalloc)",
         f"{per_span:,.0f} B (raw: {raw_per_span:,.0f} B/span)",
+    )
+    otlp_per_span, otlp_raw, n = memory_per_buffered_span(fmt="otlp_proto")
+    t.add_row(
+        f"memory per buffered span beyond its raw bytes, OTLP input ({n:,} spans buffered)",
+        f"{otlp_per_span:,.0f} B (raw: {otlp_raw:,.0f} B/span)",
     )
     console.print(t)
     print(
         f"BENCH floor_spans_per_s={f_rate:.0f} pipeline_spans_per_s={eos['rate']:.0f} ratio={eos['rate'] / f_rate:.3f} "
-        f"at_least_once_spans_per_s={alo['rate']:.0f} buffered_span_bytes={per_span:.0f}"
+        f"at_least_once_spans_per_s={alo['rate']:.0f} buffered_span_bytes={per_span:.0f} "
+        f"buffered_span_bytes_otlp={otlp_per_span:.0f}"
     )
 
     from pipeline.privacy import bench_protect

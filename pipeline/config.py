@@ -531,10 +531,15 @@ class SloConfig(Strict):
 
 
 class JobConfig(Strict):
-    data_dir: str = Field("/tmp/tailsift", description="Faust state directory")
-    tick_ms: int = Field(200, ge=10, le=60_000, description="how often decision points and windows are checked")
-    batch_max_messages: int = Field(500, ge=1, le=100_000, description="messages handled per agent step")
-    batch_within_ms: int = Field(50, ge=1, le=10_000)
+    data_dir: str = Field("/tmp/tailsift", description="local state directory (the aggregation stage's Faust tables)")
+    tick_ms: int = Field(
+        200,
+        ge=10,
+        le=60_000,
+        description="at_least_once: how often due traces and windows are written (exactly_once: every commit interval)",
+    )
+    batch_max_messages: int = Field(500, ge=1, le=100_000, description="messages taken per consume() call")
+    batch_within_ms: int = Field(50, ge=1, le=10_000, description="longest wait for a batch to fill")
     commit_interval_ms: int = Field(1_000, ge=100, le=600_000)
     worker_id: str = Field("", description="name in SLI records and part of the transactional id; default host:pid")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(

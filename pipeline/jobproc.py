@@ -99,6 +99,7 @@ class JobProcess:
                 and m.get("tailsift_traces_in_memory", 1) == 0
                 and m.get("tailsift_sli_open_windows", 1) == 0
                 and m.get("tailsift_uncommitted_messages", 1) == 0
+                and m.get("tailsift_input_lag_messages", 0) == 0
             ):
                 return m
             time.sleep(0.25)

@@ -76,6 +76,10 @@ DECISION_LATENCY = Histogram(
 BACKPRESSURE_SECONDS = Counter(
     "tailsift_backpressure_seconds", "Time the input partitions were paused at the memory bound"
 )
+INPUT_LAG = Gauge(
+    "tailsift_input_lag_messages",
+    "Messages of the owned input partitions not yet read (librdkafka's cached end offsets − position)",
+)
 REWINDS = Counter(
     "tailsift_rewinds",
     "Failed transactions or writes after which the worker rewound to its committed offsets",

@@ -10,10 +10,33 @@ from collections.abc import Iterator
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 
+def _high_watermarks(bootstrap: str, topic: str, timeout: float) -> dict[int, tuple[int, int]]:
+    """Per partition (low, high) including records of transactions not yet complete: a
+    read_committed consumer is told the last *stable* offset instead, which trails the end while a
+    just-committed transaction's markers are still being written — a reader that stopped there
+    would miss the newest committed records."""
+    probe = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "tailsift-readback",
+            "enable.auto.commit": False,
+            "isolation.level": "read_uncommitted",
+        }
+    )
+    try:
+        meta = probe.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise KafkaException(f"topic {topic!r} not found")
+        return {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in meta.partitions}
+    finally:
+        probe.close()
+
+
 def read_all(
-    bootstrap: str, topic: str, timeout: float = 10.0, batch: int = 500
+    bootstrap: str, topic: str, timeout: float = 30.0, batch: int = 500
 ) -> Iterator[tuple[int, int, bytes | None, bytes | None]]:
-    """Yield (partition, offset, key, value) of every record now in ``topic``."""
+    """Yield (partition, offset, key, value) of every committed record now in ``topic`` (waiting,
+    up to ``timeout``, for transactions in flight to complete: their records count if committed)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -26,13 +49,9 @@ def read_all(
         }
     )
     try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise KafkaException(f"topic {topic!r} not found")
         ends: dict[int, int] = {}
         assign = []
-        for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        for p, (low, high) in _high_watermarks(bootstrap, topic, timeout).items():
             if high > low:
                 ends[p] = high
                 assign.append(TopicPartition(topic, p, low))

@@ -135,6 +135,19 @@ class Worker:
             job.update_gauges()
         self._backpressure()
 
+    def _lag(self) -> int:
+        """Messages of owned partitions not yet read (cached end offsets: no broker round trip).
+        After a rewind nothing is buffered, but this is not zero until the replay is read."""
+        tps = [TopicPartition(self.topic, p) for p in self.assigned]
+        lag = 0
+        for tp in self.consumer.position(tps) if tps else ():
+            _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high >= 0:
+                lag += max(0, high - tp.offset)
+            elif high > 0:  # no position yet (just assigned or rewound): the unread rest counts
+                lag += high
+        return lag
+
     # ------------------------------------------------------------------ writing
     def _commit_offsets(self, now_ms: int) -> list[TopicPartition]:
         """Per owned partition: the committed position (oldest message not yet done, else the next
@@ -195,6 +208,7 @@ class Worker:
             for point in outbox.decision_points:
                 metrics.DECISION_LATENCY.observe(max(0, done_ns - point) / 1e9)
             metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+        metrics.INPUT_LAG.set(self._lag())
         job.update_gauges()
 
     # ------------------------------------------------------------------ rebalance and rewind
@@ -268,6 +282,7 @@ class Worker:
         """Drop all uncommitted state and read every owned partition again from its committed
         offset, restoring checkpoint and decisions as a restart would."""
         self.rewind_needed = False
+        metrics.INPUT_LAG.set(max(1, self._lag()))  # not drained until the replay is read
         parts = sorted(self.assigned)
         self.job.reset(parts)
         self.position.clear()
