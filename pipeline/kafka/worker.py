@@ -68,7 +68,6 @@ class Worker:
         # exactly_once: one transaction per commit interval; at_least_once: write on every tick
         self.interval = j.commit_interval_ms / 1000 if self.exactly_once else self.tick
         self.assigned: set[int] = set()
-        self.position: dict[int, int] = {}  # partition → next offset to read (last read + 1)
         self.through: dict[int, int] = {}  # partition → checkpoint: side outputs written up to here
         self.committed: dict[int, tuple[int, int]] = {}  # partition → (offset, through) last committed
         self.paused = False
@@ -118,16 +117,13 @@ class Worker:
         if messages:
             now_ms = int(time.time() * 1000)
             batch = []
-            position = self.position
             for m in messages:
                 err = m.error()
                 if err is not None:
                     if err.code() != KafkaError._PARTITION_EOF:
                         log.warning("consumer: %s", err)
                     continue
-                p, o = m.partition(), m.offset()
-                position[p] = o + 1
-                batch.append(Received(p, o, m.key(), m.value(), now_ms))
+                batch.append(Received(m.partition(), m.offset(), m.key(), m.value(), now_ms))
             job.ingest(batch, time.time_ns())
         if time.monotonic() - self.last_flush >= self.interval:
             self._flush()
@@ -153,13 +149,17 @@ class Worker:
         """Per owned partition: the committed position (oldest message not yet done, else the next
         to read) with its checkpoint metadata."""
         heads = self.job.tracker.heads()
+        # librdkafka's position: after the last message handed to the job, and past the commit
+        # markers behind it (offset + 1 of the last message would stop short of a marker forever)
+        tps = [TopicPartition(self.topic, p) for p in sorted(self.assigned)]
+        positions = {tp.partition: tp.offset for tp in self.consumer.position(tps)} if tps else {}
         out = []
         for p in self.assigned:
             head = heads.get(p)
             if head is not None:
                 offset, since = head.offset, head.ref
-            elif p in self.position:
-                offset, since = self.position[p], now_ms
+            elif positions.get(p, -1) >= 0:
+                offset, since = positions[p], now_ms
             else:
                 continue  # nothing read yet: the committed offset stands
             through = self.through.get(p, -1)
@@ -232,7 +232,6 @@ class Worker:
                 since[tp.partition] = now_ms
             else:
                 since[tp.partition], through[tp.partition] = cp.since_ms, cp.through
-            self.position.pop(tp.partition, None)
             if tp.offset >= 0:
                 self.committed[tp.partition] = (tp.offset, through.get(tp.partition, -1))
         records = read_decisions(self.config, since)
@@ -274,7 +273,6 @@ class Worker:
         self.job.revoke(lost)
         self.assigned -= lost
         for p in lost:
-            self.position.pop(p, None)
             self.through.pop(p, None)
             self.committed.pop(p, None)
 
@@ -285,7 +283,6 @@ class Worker:
         metrics.INPUT_LAG.set(max(1, self._lag()))  # not drained until the replay is read
         parts = sorted(self.assigned)
         self.job.reset(parts)
-        self.position.clear()
         self.through.clear()
         self.committed.clear()
         if not parts:
