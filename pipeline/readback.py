@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 
-def _high_watermarks(bootstrap: str, topic: str, timeout: float) -> dict[int, tuple[int, int]]:
+def high_watermarks(bootstrap: str, topic: str, timeout: float) -> dict[int, tuple[int, int]]:
     """Per partition (low, high) including records of transactions not yet complete: a
     read_committed consumer is told the last *stable* offset instead, which trails the end while a
     just-committed transaction's markers are still being written — a reader that stopped there
@@ -51,7 +51,7 @@ def read_all(
     try:
         ends: dict[int, int] = {}
         assign = []
-        for p, (low, high) in _high_watermarks(bootstrap, topic, timeout).items():
+        for p, (low, high) in high_watermarks(bootstrap, topic, timeout).items():
             if high > low:
                 ends[p] = high
                 assign.append(TopicPartition(topic, p, low))

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from pipeline.codecs import avro
 from pipeline.config import Config
 from pipeline.kafka import clients
+from pipeline.readback import high_watermarks
 
 log = logging.getLogger("tailsift")
 
@@ -34,6 +35,11 @@ def read_decisions(config: Config, since_ms: dict[int, int], timeout: float = 60
         wanted = [TopicPartition(topic, p, max(0, t - window)) for p, t in since_ms.items()]
         starts = consumer.offsets_for_times(wanted, timeout=timeout)
         assign = [tp for tp in starts if tp.offset >= 0]  # -1: nothing written since then
+        # read to the end including the newest committed transaction: a read_committed reader hits
+        # EOF at the last *stable* offset, which trails the end while a transaction's markers are
+        # being written — a restore right after this worker's own commit (a rewind) would miss the
+        # decisions it just wrote
+        ends = {p: hw[1] for p, hw in high_watermarks(config.kafka.bootstrap_servers, topic, timeout).items()}
         pending = {tp.partition for tp in assign}
         consumer.assign(assign)
         deadline = time.monotonic() + timeout
@@ -44,7 +50,8 @@ def read_decisions(config: Config, since_ms: dict[int, int], timeout: float = 60
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
+                        if msg.offset() >= ends.get(msg.partition(), 0):
+                            pending.discard(msg.partition())
                         continue
                     raise RuntimeError(f"reading {topic}: {err}")
                 try:

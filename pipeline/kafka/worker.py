@@ -223,7 +223,7 @@ class Worker:
     def _restore(self, parts: list[int]) -> None:
         """Checkpoint and decisions of ``parts`` before any of their messages is processed."""
         started = time.perf_counter()
-        committed = self.consumer.committed([TopicPartition(self.topic, p) for p in parts], timeout=30)
+        committed = self._committed(parts)
         now_ms = int(time.time() * 1000)
         since, through = {}, {}
         for tp in committed:
@@ -248,6 +248,20 @@ class Worker:
             self.config.topics.decisions.name,
             time.perf_counter() - started,
         )
+
+    def _committed(self, parts: list[int]) -> list[TopicPartition]:
+        """Committed offsets and metadata. While a dead worker's transaction holding offsets of these
+        partitions is open, the broker withholds them (unstable offsets, KIP-447) until the
+        transaction times out: wait that long, then some."""
+        deadline = time.monotonic() + self.config.job.transaction_timeout_ms / 1000 + 60
+        tps = [TopicPartition(self.topic, p) for p in parts]
+        while True:
+            try:
+                return self.consumer.committed(tps, timeout=10)
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise FatalError(f"committed offsets of {self.topic} {parts} unavailable: {exc}") from None
+                log.info("committed offsets of %s not available yet (%s); retrying", parts, exc.args[0])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {tp.partition for tp in partitions if tp.topic == self.topic}
@@ -287,7 +301,7 @@ class Worker:
         self.committed.clear()
         if not parts:
             return
-        committed = self.consumer.committed([TopicPartition(self.topic, p) for p in parts], timeout=30)
+        committed = self._committed(parts)
         for tp in committed:
             offset = tp.offset
             if offset < 0:  # nothing committed: back to the reset policy's start
