@@ -26,6 +26,7 @@ def trace_key(trace: TraceView, fields: Sequence[str]) -> str:
     span = trace.root or trace.spans[0]
     parts = []
     for f in fields:
+        v: object
         if f == "error":
             v = trace.has_error
         elif f == "span_count":
@@ -201,7 +202,7 @@ class EmaKeyedSampler(KeyedSampler):
         for k in [k for k, v in ema.items() if v < self.age_out_value]:
             del ema[k]
         if len(ema) > self.max_keys:  # bounded even if the age-out is set too low
-            for k in sorted(ema, key=ema.get)[: len(ema) - self.max_keys]:
+            for k in sorted(ema, key=ema.__getitem__)[: len(ema) - self.max_keys]:
                 del ema[k]
         self.intervals += closed
         total = sum(ema.values())

@@ -185,9 +185,7 @@ class TraceAssembler:
         if spans:
             event_ns = max([s["end_time_unix_nano"] for s in spans])
         else:  # nothing to read a time from: it does not move time
-            event_ns = marks.max_event(partition)
-            if event_ns is None:
-                event_ns = 0
+            event_ns = marks.max_event(partition) or 0
         # (a) append to the trace, (re)key its deadline
         traces = self._traces
         buf = traces.get(trace_id)

@@ -153,7 +153,7 @@ class SliWindows:
         multiplier, min_possible = self._multiplier, self._min_possible
         touched = 0
         last_key = None
-        agg = None
+        agg: WindowAggregate  # bound by the first span: its key always differs from last_key = None
         for span in spans:
             end = span["end_time_unix_nano"]
             name = span["name"]
@@ -164,10 +164,10 @@ class SliWindows:
             status = span["status_code"]
             key = (end - end % window_ns, op, span["kind"], status)
             if key != last_key:
-                agg = cell.get(key)
-                if agg is None:
+                found = cell.get(key)
+                if found is None:
                     start_of_window = key[0]
-                    agg = cell[key] = WindowAggregate(
+                    found = cell[key] = WindowAggregate(
                         service,
                         start_of_window,
                         start_of_window + window_ns,
@@ -177,6 +177,7 @@ class SliWindows:
                         status,
                         partitions={partition},
                     )
+                agg = found
                 if hold is not None and (not agg.holds or agg.holds[-1] is not hold):
                     agg.holds.append(hold)
                     touched += 1

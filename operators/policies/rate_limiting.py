@@ -37,7 +37,7 @@ class RateLimitingPolicy:
         if (self.spans_per_second is None) == (self.traces_per_second is None):
             raise ValueError("set exactly one of spans_per_second, traces_per_second")
         self._per_trace = self.traces_per_second is not None
-        self._limit = float(self.traces_per_second if self._per_trace else self.spans_per_second)
+        self._limit = float(self.traces_per_second or self.spans_per_second or 0.0)  # exactly one is set
         self._estimator = RateEstimator(self.adjust_interval_ms * 1_000_000, self.weight)
         self._bucket = TokenBucket(self._limit, self.burst_capacity or max(2.0 * self._limit, 1.0))
         unit = "traces" if self._per_trace else "spans"
