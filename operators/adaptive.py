@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from operators.policies.base import Policy, Verdict, draw
 from operators.trace import TraceView
 
 OVERFLOW_KEY = "__overflow__"
@@ -124,7 +125,7 @@ class IntervalClock:
         self.start_ns = now_ns
 
 
-class KeyedSampler:
+class KeyedSampler(Policy):
     """Base of the adaptive samplers: count the trace's key, keep it with 1 / (its key's rate).
 
     Subclasses set ``kind`` and implement ``_on_close(closed, now_ns)`` (called when ``closed`` ≥ 1
@@ -150,9 +151,7 @@ class KeyedSampler:
     def _after_add(self, now_ns: int) -> None:
         """Hook after each count (burst detection)."""
 
-    def evaluate(self, trace: TraceView):
-        from operators.policies.base import draw  # noqa: PLC0415 - keeps this module import-light
-
+    def evaluate(self, trace: TraceView) -> Verdict | None:
         now = trace.now_ns
         closed = self._clock.advance(now)
         if closed:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from operators import randomness as rnd
-from operators.policies.base import Action, Policy, Verdict, can_drop
+from operators.policies.base import Action, Policy, Verdict
 from operators.trace import TraceView
 
 ANY_MATCH = "any_match"
@@ -71,7 +71,7 @@ class DecisionEngine:
             raise ValueError(f"unknown decision mode {mode!r}")
         self.policies = list(policies)
         self.mode = mode
-        self._can_drop = [can_drop(p) for p in self.policies]
+        self._can_drop = [p.can_drop for p in self.policies]
         self.policy_errors: dict[str, int] = {}
 
     def _evaluate(self, policy: Policy, trace: TraceView) -> Verdict | None:

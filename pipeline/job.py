@@ -413,9 +413,8 @@ class Job:
         for name, n in self.engine.policy_errors.items():
             metrics.POLICY_ERRORS.labels(name).set(n)
         for policy in self.engine.policies:
-            drops = getattr(policy, "guard_drops", None)  # rate_limiting, bytes_limiting, composite
-            if drops is not None:
-                metrics.POLICY_GUARD_DROPS.labels(policy.name).set(drops)
+            if policy.guard_drops is not None:  # rate_limiting, bytes_limiting, composite
+                metrics.POLICY_GUARD_DROPS.labels(policy.name).set(policy.guard_drops)
 
     # ---------------------------------------------------------------- records
     def _kept_record(

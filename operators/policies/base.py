@@ -13,8 +13,9 @@ or a ``Verdict``:
   source (a hash salt), combined as independent events.
 
 Time-dependent policies read the decision time from ``trace.now_ns`` — never a clock.
-``can_drop`` (default False) tells the engine in first-match mode that a policy must still be
-evaluated after a keep was found, because drop wins.
+
+Every policy class subclasses ``Policy`` explicitly, so the two optional parts of the contract have
+their defaults in one place: ``can_drop`` and ``guard_drops`` (see the protocol).
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ class Verdict:
 
 class Policy(Protocol):
     name: str
+    # True when ``evaluate`` can answer DROP: in first-match mode the engine must still evaluate
+    # this policy after another one kept the trace, because drop wins.
+    can_drop: bool = False
+    # Traces this policy's token bucket refused although its draw picked them (rate-based policies,
+    # exported as tailsift_policy_guard_drops); None for a policy without a bucket.
+    guard_drops: int | None = None
 
     def evaluate(self, trace: TraceView) -> Verdict | None:
         """A verdict when the policy applies to the trace, else None (no opinion)."""
@@ -73,7 +80,3 @@ def draw(trace: TraceView, probability: float, reason: str, salt: str | None = N
             Action.KEEP, reason, probability, rnd.salted_randomness(trace.trace_id, salt) >= t, "salt:" + salt
         )
     return Verdict(Action.KEEP, reason, probability, trace.randomness >= t, "")
-
-
-def can_drop(policy: object) -> bool:
-    return bool(getattr(policy, "can_drop", False))

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from operators.policies.base import Verdict, draw
+from operators.policies.base import Policy, Verdict, draw
 from operators.rate import RateEstimator, TokenBucket
 from operators.trace import TraceView
 
 
 @dataclass
-class BytesLimitingPolicy:
+class BytesLimitingPolicy(Policy):
     name: str
     bytes_per_second: float
     burst_capacity: float | None = None

@@ -20,7 +20,7 @@ from operators.trace import TraceView
 
 
 @dataclass
-class CompositePolicy:
+class CompositePolicy(Policy):
     name: str
     policies: Sequence[Policy]  # in policy order
     spans_per_second: Sequence[float]  # allocation of each, same order

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from operators.policies.base import Verdict, draw
+from operators.policies.base import Policy, Verdict, draw
 from operators.rate import RateEstimator, TokenBucket
 from operators.trace import TraceView
 
 
 @dataclass
-class RateLimitingPolicy:
+class RateLimitingPolicy(Policy):
     name: str
     spans_per_second: float | None = None
     traces_per_second: float | None = None

@@ -154,13 +154,13 @@ class Rule:
 
 
 @dataclass
-class RulesPolicy:
+class RulesPolicy(Policy):
     name: str
     rules: Sequence[Rule]
     can_drop: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.can_drop = any(r.drop or getattr(r.sampler, "can_drop", False) for r in self.rules)
+        self.can_drop = any(r.drop or (r.sampler is not None and r.sampler.can_drop) for r in self.rules)
 
     def evaluate(self, trace: TraceView) -> Verdict | None:
         for rule in self.rules:
