@@ -21,10 +21,11 @@ their defaults in one place: ``can_drop`` and ``guard_drops`` (see the protocol)
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from operators import randomness as rnd
+from operators.rate import RateCap
 from operators.trace import TraceView
 
 
@@ -50,9 +51,12 @@ class Policy(Protocol):
     # True when ``evaluate`` can answer DROP: in first-match mode the engine must still evaluate
     # this policy after another one kept the trace, because drop wins.
     can_drop: bool = False
-    # Traces this policy's token bucket refused although its draw picked them (rate-based policies,
-    # exported as tailsift_policy_guard_drops); None for a policy without a bucket.
-    guard_drops: int | None = None
+
+    @property
+    def guard_drops(self) -> int | None:
+        """Traces this policy's token bucket refused although its draw picked them (the rate-based
+        policies, exported as tailsift_policy_guard_drops); None for a policy without a bucket."""
+        return None
 
     def evaluate(self, trace: TraceView) -> Verdict | None:
         """A verdict when the policy applies to the trace, else None (no opinion)."""
@@ -80,3 +84,11 @@ def draw(trace: TraceView, probability: float, reason: str, salt: str | None = N
             Action.KEEP, reason, probability, rnd.salted_randomness(trace.trace_id, salt) >= t, "salt:" + salt
         )
     return Verdict(Action.KEEP, reason, probability, trace.randomness >= t, "")
+
+
+def within(cap: RateCap, verdict: Verdict, units: float, now_ns: int) -> Verdict:
+    """``verdict``, or — when it picked the trace but ``cap``'s token bucket has no room for its
+    ``units`` — the same verdict with ``sampled=False`` (the cap counts the refusal)."""
+    if verdict.sampled and not cap.take(units, now_ns):
+        return replace(verdict, sampled=False)
+    return verdict
