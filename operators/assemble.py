@@ -59,6 +59,11 @@ class TraceBuffer:
 
 
 class TraceAssembler:
+    """Owns the spans (or raw fragments) of every undecided trace and decides *when* each is due —
+    never *what* is decided: it knows no policy and no decision. It never reads a clock (time is
+    passed in) and never holds more than its bounds: a trace or the whole buffer at a limit is
+    released early, with the reason on the buffer."""
+
     def __init__(
         self,
         decision_wait_ns: int,

@@ -66,6 +66,11 @@ NOT_SAMPLED = Decision(False, "", "not_sampled", 1.0)
 
 
 class DecisionEngine:
+    """Owns the ordered policies of one config and combines their verdicts into one ``Decision``
+    per trace (keep/drop, deciding policy, keep probability, OTEP 235 threshold), counting the
+    policies that raised. It never buffers traces, reads a clock or does I/O, and never lets a
+    failing policy stop the stream or a drop verdict be outvoted by a keep."""
+
     def __init__(self, policies: Sequence[Policy], mode: str = ANY_MATCH):
         if mode not in (ANY_MATCH, FIRST_MATCH):
             raise ValueError(f"unknown decision mode {mode!r}")
