@@ -82,8 +82,9 @@ class Job:
     """One worker's synchronous core: it owns the per-trace buffers, the decisions and their cache,
     the SLI windows and the commit tracker of the partitions it holds, and turns received messages
     into output records whose ``Hold``s say when each input offset may be committed.
-    It never touches Kafka, a clock or a thread (time comes in as ``now_ns``), never lets an output
-    leave unprotected, and never lets an offset become committable before its outputs are delivered."""
+    It never touches Kafka, a clock or a thread (time comes in as ``now_ns``), never emits a kept
+    trace the protector has not seen while privacy is on, and never lets an offset become
+    committable before everything derived from it is delivered."""
 
     def __init__(self, config: Config, worker_id: str | None = None, protector=None):
         self.config = config
