@@ -67,7 +67,7 @@ bench: venv
 
 clean:
 	-$(KAFKA) stop
-	rm -rf .kafka .pytest_cache .hypothesis build *.egg-info
+	rm -rf .kafka .pytest_cache .hypothesis .mypy_cache .ruff_cache build *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
