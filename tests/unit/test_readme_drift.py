@@ -39,9 +39,13 @@ def yaml_block(readme: str, heading: str) -> tuple[str, dict]:
 
 
 def documented_config(readme: str) -> tuple[str, dict]:
-    """The Configuration block, with its privacy section taken from the Privacy block."""
+    """The Configuration block, with its privacy section taken from the Privacy block (what the
+    Configuration block shows of it must agree)."""
     text, documented = yaml_block(readme, "Configuration")
     privacy_text, privacy = yaml_block(readme, "Privacy")
+    for key, value in (documented.get("privacy") or {}).items():
+        if privacy["privacy"].get(key) != value:
+            privacy["privacy"][f"{key} (the two README blocks disagree)"] = value
     return text + privacy_text, {**documented, **privacy}
 
 
@@ -60,8 +64,9 @@ def key_problems(model: type[BaseModel], documented: Any, block: str, path: tupl
         if not (isinstance(kind, type) and issubclass(kind, BaseModel)) or sub in EXAMPLES:
             continue
         if issubclass(kind, ONE_LINE_MODELS):
+            named = set(re.findall(r"\b[a-z_]+\b", block))
             problems += [
-                f"{'.'.join(sub)}.{k}: a key the README never names" for k in kind.model_fields if k not in block
+                f"{'.'.join(sub)}.{k}: a key the README never names" for k in kind.model_fields if k not in named
             ]
         else:
             problems += key_problems(kind, documented[name], block, sub)
@@ -110,8 +115,9 @@ def test_the_examples_the_readme_shows_are_valid_config():
         ("  tick_ms: 200 ", "  tick_mz: 200 "),  # a misspelt key
         ("  host: 127.0.0.1\n", "\n"),  # a key left out
         ("    card:    {action: redact}", "    card:    {action: tokenize}"),  # in the Privacy block
+        ("  enabled: true\ningest:", "  enabled: false\ningest:"),  # the two blocks disagree
     ],
-    ids=["changed-default", "unknown-key", "missing-key", "privacy-default"],
+    ids=["changed-default", "unknown-key", "missing-key", "privacy-default", "blocks-disagree"],
 )
 def test_the_comparison_catches_a_drift(old, new):
     assert old in README
