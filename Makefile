@@ -4,7 +4,7 @@
 #                      pyproject.toml changes; stamp: .venv/.installed)
 #   make test          unit + integration tests; the pytest session starts its own Kafka broker
 #   make test-unit     unit tests only (no Java, no Kafka)
-#   make lint          ruff check + ruff format --check (CI runs it before the tests)
+#   make lint          ruff check + ruff format --check + mypy on operators/ (CI runs it before the tests)
 #   make kafka-fetch / kafka-start / kafka-stop / kafka-status    the local broker (deploy/local/kafka)
 #   make demo / bench  the tailsift demo and benchmark
 #   make clean         stop the local broker, delete .kafka, caches and build files (keeps .venv)
@@ -32,6 +32,7 @@ $(VENV)/.installed: pyproject.toml
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 kafka-fetch:
 	$(KAFKA) fetch
@@ -66,7 +67,7 @@ bench: venv
 
 clean:
 	-$(KAFKA) stop
-	rm -rf .kafka .pytest_cache .hypothesis build *.egg-info
+	rm -rf .kafka .pytest_cache .hypothesis .mypy_cache .ruff_cache build *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from operators.policies.base import Policy, Verdict, draw
 from operators.trace import TraceView
 
 OVERFLOW_KEY = "__overflow__"
@@ -26,6 +27,7 @@ def trace_key(trace: TraceView, fields: Sequence[str]) -> str:
     span = trace.root or trace.spans[0]
     parts = []
     for f in fields:
+        v: object
         if f == "error":
             v = trace.has_error
         elif f == "span_count":
@@ -123,7 +125,7 @@ class IntervalClock:
         self.start_ns = now_ns
 
 
-class KeyedSampler:
+class KeyedSampler(Policy):
     """Base of the adaptive samplers: count the trace's key, keep it with 1 / (its key's rate).
 
     Subclasses set ``kind`` and implement ``_on_close(closed, now_ns)`` (called when ``closed`` ≥ 1
@@ -149,9 +151,7 @@ class KeyedSampler:
     def _after_add(self, now_ns: int) -> None:
         """Hook after each count (burst detection)."""
 
-    def evaluate(self, trace: TraceView):
-        from operators.policies.base import draw  # noqa: PLC0415 - keeps this module import-light
-
+    def evaluate(self, trace: TraceView) -> Verdict | None:
         now = trace.now_ns
         closed = self._clock.advance(now)
         if closed:
@@ -201,7 +201,7 @@ class EmaKeyedSampler(KeyedSampler):
         for k in [k for k, v in ema.items() if v < self.age_out_value]:
             del ema[k]
         if len(ema) > self.max_keys:  # bounded even if the age-out is set too low
-            for k in sorted(ema, key=ema.get)[: len(ema) - self.max_keys]:
+            for k in sorted(ema, key=ema.__getitem__)[: len(ema) - self.max_keys]:
                 del ema[k]
         self.intervals += closed
         total = sum(ema.values())

@@ -59,6 +59,11 @@ class TraceBuffer:
 
 
 class TraceAssembler:
+    """Owns the spans (or raw fragments) of every undecided trace and decides *when* each is due —
+    never *what* is decided: it knows no policy and no decision. It never reads a clock (time is
+    passed in) and never holds more than its bounds: a trace or the whole buffer at a limit is
+    released early, with the reason on the buffer."""
+
     def __init__(
         self,
         decision_wait_ns: int,
@@ -185,9 +190,7 @@ class TraceAssembler:
         if spans:
             event_ns = max([s["end_time_unix_nano"] for s in spans])
         else:  # nothing to read a time from: it does not move time
-            event_ns = marks.max_event(partition)
-            if event_ns is None:
-                event_ns = 0
+            event_ns = marks.max_event(partition) or 0
         # (a) append to the trace, (re)key its deadline
         traces = self._traces
         buf = traces.get(trace_id)

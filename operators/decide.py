@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from operators import randomness as rnd
-from operators.policies.base import Action, Policy, Verdict, can_drop
+from operators.policies.base import Action, Policy, Verdict
 from operators.trace import TraceView
 
 ANY_MATCH = "any_match"
@@ -66,12 +66,17 @@ NOT_SAMPLED = Decision(False, "", "not_sampled", 1.0)
 
 
 class DecisionEngine:
+    """Owns the ordered policies of one config and combines their verdicts into one ``Decision``
+    per trace (keep/drop, deciding policy, keep probability, OTEP 235 threshold), counting the
+    policies that raised. It never buffers traces, reads a clock or does I/O, and never lets a
+    failing policy stop the stream or a drop verdict be outvoted by a keep."""
+
     def __init__(self, policies: Sequence[Policy], mode: str = ANY_MATCH):
         if mode not in (ANY_MATCH, FIRST_MATCH):
             raise ValueError(f"unknown decision mode {mode!r}")
         self.policies = list(policies)
         self.mode = mode
-        self._can_drop = [can_drop(p) for p in self.policies]
+        self._can_drop = [p.can_drop for p in self.policies]
         self.policy_errors: dict[str, int] = {}
 
     def _evaluate(self, policy: Policy, trace: TraceView) -> Verdict | None:

@@ -77,3 +77,36 @@ class RateEstimator:
     def rate(self, now_ns: int) -> float | None:
         self._roll(now_ns)
         return self.ema
+
+
+class RateCap:
+    """A rate limit with honest probabilities, shared by the rate-based policies: the offered rate
+    is measured (a ``RateEstimator``) and a unit is kept with p = min(1, limit / offered rate) —
+    drawn consistently by the caller — while a ``TokenBucket`` caps the output hard (what it
+    refuses is counted in ``refused``: only a burst faster than the estimate can follow gets
+    there). Until the first interval closes, p = 1 and the bucket alone limits."""
+
+    __slots__ = ("limit", "estimator", "bucket", "refused")
+
+    def __init__(self, limit: float, burst: float, interval_ns: int, weight: float = 0.5):
+        self.limit = float(limit)
+        self.estimator = RateEstimator(interval_ns, weight)
+        self.bucket = TokenBucket(limit, burst)
+        self.refused = 0
+
+    def probability(self, units: float, now_ns: int, picked_share: float = 1.0) -> float:
+        """Count ``units`` offered at ``now_ns``; the keep probability that brings the offered rate
+        down to the limit. ``picked_share``: the part of the offered units an independent draw
+        already picks (the cap then budgets only those)."""
+        self.estimator.add(units, now_ns)
+        offered = self.estimator.rate(now_ns)
+        if offered:
+            offered *= picked_share
+        return 1.0 if not offered else min(1.0, self.limit / offered)
+
+    def take(self, units: float, now_ns: int) -> bool:
+        """Whether the bucket has room for ``units`` picked at ``now_ns`` (a refusal is counted)."""
+        if self.bucket.take(units, now_ns):
+            return True
+        self.refused += 1
+        return False

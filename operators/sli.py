@@ -31,6 +31,11 @@ _NS_PER_MS = 1_000_000.0
 
 @dataclass(slots=True)
 class WindowAggregate:
+    """Exact counts and the latency sketch of one SLI window (service, operation, kind, status,
+    start, end) — or of a merge of several: the partials of one window from several partitions or
+    workers, or a roll-up over windows and operations (``operators.sli_merge``; its identity fields
+    are then the first window's and the caller's key says what was merged)."""
+
     service: str
     window_start_ns: int
     window_end_ns: int
@@ -44,12 +49,50 @@ class WindowAggregate:
     min_ms: float = float("inf")
     max_ms: float = 0.0
     sum_ms: float = 0.0
+    partials: int = 1  # how many emitted records (or open partials) this merges
     partitions: set[int] = field(default_factory=set)
+    workers: set[str] = field(default_factory=set)
     holds: list[Any] = field(default_factory=list)
     # DDSketch bins counted inline on the hot path (the sketch's own add costs ~0.8 µs); ``fold``
     # moves them into ``sketch`` with the very same key mapping before anything reads it.
     bins: dict[int, int] = field(default_factory=dict)
     zeros: int = 0
+
+    @classmethod
+    def from_record(cls, r: dict) -> WindowAggregate:
+        """One decoded ``SliWindow`` record (``schemas/sli_window.v1.avsc``) as a partial."""
+        n = r["span_count"]
+        latency = r["latency_ms"]
+        return cls(
+            r["service"],
+            r["window_start_unix_nano"],
+            r["window_end_unix_nano"],
+            sketch_from_record(r["sketch"]),
+            r["operation"],
+            r["span_kind"],
+            r.get("status", "*"),
+            n,
+            r["error_count"],
+            r.get("root_count", 0),
+            latency["min"] if n else float("inf"),  # an empty window's record says 0
+            latency["max"] if n else 0.0,
+            latency["sum"],
+            partitions=set(r.get("partitions", ())),
+            workers={r["worker"]} if r.get("worker") else set(),
+        )
+
+    def empty_like(self) -> WindowAggregate:
+        """A zero aggregate with this one's identity and sketch accuracy, to merge others into."""
+        return WindowAggregate(
+            self.service,
+            self.window_start_ns,
+            self.window_end_ns,
+            DDSketch(self.sketch._relative_accuracy),
+            self.operation,
+            self.span_kind,
+            self.status,
+            partials=0,
+        )
 
     def fold(self) -> DDSketch:
         bins, sketch = self.bins, self.sketch
@@ -66,20 +109,29 @@ class WindowAggregate:
         return sketch
 
     def merge(self, other: WindowAggregate) -> None:
+        """Add ``other`` in: counts and sums add, extremes combine, sketches merge exactly (same
+        relative accuracy ⇒ same bins, so merged quantiles keep the ≤ α error bound)."""
         self.fold().merge(other.fold())
+        if other.span_count:
+            self.min_ms = min(self.min_ms, other.min_ms)
+            self.max_ms = max(self.max_ms, other.max_ms)
         self.span_count += other.span_count
         self.error_count += other.error_count
         self.root_count += other.root_count
-        self.min_ms = min(self.min_ms, other.min_ms)
-        self.max_ms = max(self.max_ms, other.max_ms)
         self.sum_ms += other.sum_ms
+        self.partials += other.partials
         self.partitions |= other.partitions
+        self.workers |= other.workers
         self.holds.extend(other.holds)
 
     def quantile(self, q: float) -> float:
-        value = self.fold().get_quantile_value(q)
+        value = self.fold().get_quantile_value(q) if self.span_count else None
         # The sketch's answer is within the relative error; clamp to the exact extremes.
         return min(max(value, self.min_ms), self.max_ms) if value is not None else 0.0
+
+    @property
+    def error_ratio(self) -> float:
+        return self.error_count / self.span_count if self.span_count else 0.0
 
 
 class SliWindows:
@@ -153,7 +205,7 @@ class SliWindows:
         multiplier, min_possible = self._multiplier, self._min_possible
         touched = 0
         last_key = None
-        agg = None
+        agg: WindowAggregate  # bound by the first span: its key always differs from last_key = None
         for span in spans:
             end = span["end_time_unix_nano"]
             name = span["name"]
@@ -164,10 +216,10 @@ class SliWindows:
             status = span["status_code"]
             key = (end - end % window_ns, op, span["kind"], status)
             if key != last_key:
-                agg = cell.get(key)
-                if agg is None:
+                found = cell.get(key)
+                if found is None:
                     start_of_window = key[0]
-                    agg = cell[key] = WindowAggregate(
+                    found = cell[key] = WindowAggregate(
                         service,
                         start_of_window,
                         start_of_window + window_ns,
@@ -177,6 +229,7 @@ class SliWindows:
                         status,
                         partitions={partition},
                     )
+                agg = found
                 if hold is not None and (not agg.holds or agg.holds[-1] is not hold):
                     agg.holds.append(hold)
                     touched += 1

@@ -11,11 +11,8 @@ operations of a service) is the same operation on a coarser key.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
-from ddsketch import DDSketch
-
-from operators.sli import sketch_from_record
+from operators.sli import WindowAggregate
 
 WindowKey = tuple[str, str, str, str, int, int]  # service, operation, kind, status, start, end
 
@@ -31,89 +28,30 @@ def window_key(record: dict) -> WindowKey:
     )
 
 
-@dataclass
-class MergedWindow:
-    span_count: int = 0
-    error_count: int = 0
-    root_count: int = 0
-    min_ms: float = float("inf")
-    max_ms: float = 0.0
-    sum_ms: float = 0.0
-    partials: int = 0
-    partitions: set[int] = field(default_factory=set)
-    workers: set[str] = field(default_factory=set)
-    sketch: DDSketch | None = None
-
-    def add_record(self, r: dict) -> None:
-        self._add(
-            r["span_count"],
-            r["error_count"],
-            r.get("root_count", 0),
-            r["latency_ms"]["min"],
-            r["latency_ms"]["max"],
-            r["latency_ms"]["sum"],
-            sketch_from_record(r["sketch"]),
-        )
-        self.partitions.update(r.get("partitions", ()))
-        if r.get("worker"):
-            self.workers.add(r["worker"])
-
-    def merge(self, other: MergedWindow) -> None:
-        self._add(
-            other.span_count,
-            other.error_count,
-            other.root_count,
-            other.min_ms,
-            other.max_ms,
-            other.sum_ms,
-            other.sketch,
-            other.partials,
-        )
-        self.partitions |= other.partitions
-        self.workers |= other.workers
-
-    def _add(self, n, errors, roots, mn, mx, total, sketch, partials=1) -> None:
-        if n:
-            self.min_ms = min(self.min_ms, mn)
-            self.max_ms = max(self.max_ms, mx)
-        self.span_count += n
-        self.error_count += errors
-        self.root_count += roots
-        self.sum_ms += total
-        self.partials += partials
-        if sketch is not None:
-            if self.sketch is None:
-                self.sketch = DDSketch(sketch._relative_accuracy)
-            self.sketch.merge(sketch)
-
-    def quantile(self, q: float) -> float:
-        v = self.sketch.get_quantile_value(q) if self.sketch is not None and self.span_count else None
-        return 0.0 if v is None else min(max(v, self.min_ms), self.max_ms)
-
-    @property
-    def error_ratio(self) -> float:
-        return self.error_count / self.span_count if self.span_count else 0.0
-
-
-def merge_records(records: Iterable[dict]) -> dict[WindowKey, MergedWindow]:
+def merge_records(records: Iterable[dict]) -> dict[WindowKey, WindowAggregate]:
     """Decoded ``SliWindow`` records → one exact aggregate per window key."""
-    out: dict[WindowKey, MergedWindow] = {}
+    out: dict[WindowKey, WindowAggregate] = {}
     for r in records:
         key = window_key(r)
+        partial = WindowAggregate.from_record(r)
         m = out.get(key)
         if m is None:
-            m = out[key] = MergedWindow()
-        m.add_record(r)
+            out[key] = partial
+        else:
+            m.merge(partial)
     return out
 
 
-def roll_up(windows: dict[WindowKey, MergedWindow], by: Callable[[WindowKey], tuple]) -> dict[tuple, MergedWindow]:
-    """Coarser totals, e.g. ``by=lambda k: k[:1]`` per service over all windows and operations."""
-    out: dict[tuple, MergedWindow] = {}
+def roll_up(
+    windows: dict[WindowKey, WindowAggregate], by: Callable[[WindowKey], tuple]
+) -> dict[tuple, WindowAggregate]:
+    """Coarser totals, e.g. ``by=lambda k: k[:1]`` per service over all windows and operations
+    (the inputs are not changed)."""
+    out: dict[tuple, WindowAggregate] = {}
     for key, w in windows.items():
         k = by(key)
         m = out.get(k)
         if m is None:
-            m = out[k] = MergedWindow()
+            m = out[k] = w.empty_like()
         m.merge(w)
     return out

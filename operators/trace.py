@@ -29,6 +29,7 @@ class SpanHeader(TypedDict, total=False):
     status_code: str  # UNSET OK ERROR
     trace_state: str
     detail: bytes  # encoded SpanDetail (status message, attributes, events, links)
+    attributes: dict[str, Any]  # already decoded (tests, or a decoded record): no detail to decode
 
 
 DetailDecoder = Callable[[bytes], dict]

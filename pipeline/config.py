@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -620,29 +620,14 @@ def _format_errors(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-_UNION_TAGS = {
-    "status_code",
-    "latency",
-    "probabilistic",
-    "always_sample",
-    "string_attribute",
-    "numeric_attribute",
-    "boolean_attribute",
-    "span_count",
-    "trace_state",
-    "rate_limiting",
-    "bytes_limiting",
-    "and",
-    "not",
-    "drop",
-    "composite",
-    "rules_based",
-    "dynamic",
-    "ema_dynamic",
-    "ema_throughput",
-    "windowed_throughput",
-    "rare_path",
-}
+def _policy_types() -> dict[str, type[_PolicyBase]]:
+    """Policy type tag → its config model, read from the ``PolicyConfig`` union (the one list)."""
+    union = get_args(PolicyConfig)[0]
+    return {get_args(model.model_fields["type"].annotation)[0]: model for model in get_args(union)}
+
+
+POLICY_TYPES = _policy_types()
+_UNION_TAGS = frozenset(POLICY_TYPES)  # pydantic's discriminator steps in error locations, left out
 
 
 def parse(data: object, source: str = "<config>") -> Config:

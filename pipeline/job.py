@@ -85,6 +85,13 @@ class Outbox:
 
 
 class Job:
+    """One worker's synchronous core: it owns the per-trace buffers, the decisions and their cache,
+    the SLI windows and the commit tracker of the partitions it holds, and turns received messages
+    into output records whose ``Hold``s say when each input offset may be committed.
+    It never touches Kafka, a clock or a thread (time comes in as ``now_ns``), never emits a kept
+    trace the protector has not seen while privacy is on, and never lets an offset become
+    committable before everything derived from it is delivered."""
+
     def __init__(self, config: Config, worker_id: str | None = None, protector=None):
         self.config = config
         self.worker_id = worker_id or config.job.worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -457,9 +464,8 @@ class Job:
         for name, n in self.engine.policy_errors.items():
             metrics.POLICY_ERRORS.labels(name).set(n)
         for policy in self.engine.policies:
-            drops = getattr(policy, "guard_drops", None)  # rate_limiting, bytes_limiting, composite
-            if drops is not None:
-                metrics.POLICY_GUARD_DROPS.labels(policy.name).set(drops)
+            if policy.guard_drops is not None:  # rate_limiting, bytes_limiting, composite
+                metrics.POLICY_GUARD_DROPS.labels(policy.name).set(policy.guard_drops)
 
     # ---------------------------------------------------------------- records
     def _kept_records(

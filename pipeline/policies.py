@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from operators.decide import DecisionEngine
 from operators.policies.always_sample import AlwaysSamplePolicy
@@ -30,99 +31,92 @@ from operators.policies.windowed_throughput import WindowedThroughputPolicy
 from pipeline import config as c
 
 
+def _rules(cfg: c.RulesBasedPolicyConfig) -> RulesPolicy:
+    samplers = {s.name: build_policy(s) for s in cfg.samplers}
+    rules = [
+        Rule(
+            r.name,
+            [Condition(k.field or "", k.operator, k.value) for k in r.conditions],
+            r.sample_rate,
+            r.drop,
+            samplers.get(r.sampler) if r.sampler else None,
+            r.scope,
+        )
+        for r in cfg.rules
+    ]
+    return RulesPolicy(cfg.name, rules)
+
+
+def _ema_args(cfg: c.EmaDynamicPolicyConfig | c.EmaThroughputPolicyConfig) -> tuple:
+    """The keyword-free tail both EMA samplers take after their goal."""
+    return (
+        cfg.field_list,
+        cfg.adjustment_interval_s,
+        cfg.weight,
+        cfg.age_out_value,
+        cfg.burst_multiple,
+        cfg.burst_detection_delay,
+        cfg.max_keys,
+    )
+
+
+# Policy type (the config's ``type`` tag) → how its operator is built from its validated config.
+# tests/unit/test_policy_contract.py checks that every type in the config union has an entry here.
+BUILDERS: dict[str, Callable[[Any], Policy]] = {
+    "status_code": lambda cfg: StatusCodePolicy(cfg.name, frozenset(cfg.status_codes)),
+    "latency": lambda cfg: LatencyPolicy(cfg.name, cfg.threshold_ms, cfg.upper_threshold_ms),
+    "probabilistic": lambda cfg: ProbabilisticPolicy(cfg.name, cfg.sampling_percentage, cfg.hash_salt),
+    "always_sample": lambda cfg: AlwaysSamplePolicy(cfg.name),
+    "string_attribute": lambda cfg: StringAttributePolicy(
+        cfg.name, cfg.key, tuple(cfg.values), cfg.enabled_regex_matching, cfg.invert_match
+    ),
+    "numeric_attribute": lambda cfg: NumericAttributePolicy(
+        cfg.name, cfg.key, cfg.min_value, cfg.max_value, cfg.invert_match
+    ),
+    "boolean_attribute": lambda cfg: BooleanAttributePolicy(cfg.name, cfg.key, cfg.value, cfg.invert_match),
+    "span_count": lambda cfg: SpanCountPolicy(cfg.name, cfg.min_spans, cfg.max_spans),
+    "trace_state": lambda cfg: TraceStatePolicy(cfg.name, cfg.key, frozenset(cfg.values)),
+    "rate_limiting": lambda cfg: RateLimitingPolicy(
+        cfg.name, cfg.spans_per_second, cfg.traces_per_second, cfg.burst_capacity, cfg.adjust_interval_ms
+    ),
+    "bytes_limiting": lambda cfg: BytesLimitingPolicy(
+        cfg.name, cfg.bytes_per_second, cfg.burst_capacity, cfg.adjust_interval_ms
+    ),
+    "and": lambda cfg: AndPolicy(cfg.name, build_policies(cfg.policies)),
+    "not": lambda cfg: NotPolicy(cfg.name, build_policy(cfg.policy)),
+    "drop": lambda cfg: DropPolicy(cfg.name, build_policies(cfg.policies)),
+    "composite": lambda cfg: _composite(cfg),
+    "rules_based": lambda cfg: _rules(cfg),
+    "dynamic": lambda cfg: DynamicPolicy(
+        cfg.name, cfg.sample_rate, cfg.field_list, cfg.clear_frequency_s, cfg.max_keys
+    ),
+    "ema_dynamic": lambda cfg: EmaDynamicPolicy(cfg.name, cfg.goal_sample_rate, *_ema_args(cfg)),
+    "ema_throughput": lambda cfg: EmaThroughputPolicy(cfg.name, cfg.goal_throughput_per_sec, *_ema_args(cfg)),
+    "windowed_throughput": lambda cfg: WindowedThroughputPolicy(
+        cfg.name,
+        cfg.goal_throughput_per_sec,
+        cfg.field_list,
+        cfg.update_frequency_s,
+        cfg.lookback_frequency_s,
+        cfg.max_keys,
+    ),
+    "rare_path": lambda cfg: RarePathPolicy(
+        cfg.name,
+        cfg.keep_per_window,
+        cfg.window_s,
+        cfg.min_probability,
+        cfg.sketch_width,
+        cfg.sketch_depth,
+        cfg.multiplicity,
+    ),
+}
+
+
 def build_policy(cfg: c.PolicyConfig) -> Policy:
-    if isinstance(cfg, c.StatusCodePolicyConfig):
-        return StatusCodePolicy(cfg.name, frozenset(cfg.status_codes))
-    if isinstance(cfg, c.LatencyPolicyConfig):
-        return LatencyPolicy(cfg.name, cfg.threshold_ms, cfg.upper_threshold_ms)
-    if isinstance(cfg, c.ProbabilisticPolicyConfig):
-        return ProbabilisticPolicy(cfg.name, cfg.sampling_percentage, cfg.hash_salt)
-    if isinstance(cfg, c.AlwaysSamplePolicyConfig):
-        return AlwaysSamplePolicy(cfg.name)
-    if isinstance(cfg, c.StringAttributePolicyConfig):
-        return StringAttributePolicy(cfg.name, cfg.key, tuple(cfg.values), cfg.enabled_regex_matching, cfg.invert_match)
-    if isinstance(cfg, c.NumericAttributePolicyConfig):
-        return NumericAttributePolicy(cfg.name, cfg.key, cfg.min_value, cfg.max_value, cfg.invert_match)
-    if isinstance(cfg, c.BooleanAttributePolicyConfig):
-        return BooleanAttributePolicy(cfg.name, cfg.key, cfg.value, cfg.invert_match)
-    if isinstance(cfg, c.SpanCountPolicyConfig):
-        return SpanCountPolicy(cfg.name, cfg.min_spans, cfg.max_spans)
-    if isinstance(cfg, c.TraceStatePolicyConfig):
-        return TraceStatePolicy(cfg.name, cfg.key, frozenset(cfg.values))
-    if isinstance(cfg, c.RateLimitingPolicyConfig):
-        return RateLimitingPolicy(
-            cfg.name, cfg.spans_per_second, cfg.traces_per_second, cfg.burst_capacity, cfg.adjust_interval_ms
-        )
-    if isinstance(cfg, c.BytesLimitingPolicyConfig):
-        return BytesLimitingPolicy(cfg.name, cfg.bytes_per_second, cfg.burst_capacity, cfg.adjust_interval_ms)
-    if isinstance(cfg, c.AndPolicyConfig):
-        return AndPolicy(cfg.name, build_policies(cfg.policies))
-    if isinstance(cfg, c.NotPolicyConfig):
-        return NotPolicy(cfg.name, build_policy(cfg.policy))
-    if isinstance(cfg, c.DropPolicyConfig):
-        return DropPolicy(cfg.name, build_policies(cfg.policies))
-    if isinstance(cfg, c.CompositePolicyConfig):
-        return _composite(cfg)
-    if isinstance(cfg, c.RulesBasedPolicyConfig):
-        samplers = {s.name: build_policy(s) for s in cfg.samplers}
-        rules = [
-            Rule(
-                r.name,
-                [Condition(k.field or "", k.operator, k.value) for k in r.conditions],
-                r.sample_rate,
-                r.drop,
-                samplers.get(r.sampler) if r.sampler else None,
-                r.scope,
-            )
-            for r in cfg.rules
-        ]
-        return RulesPolicy(cfg.name, rules)
-    if isinstance(cfg, c.DynamicPolicyConfig):
-        return DynamicPolicy(cfg.name, cfg.sample_rate, cfg.field_list, cfg.clear_frequency_s, cfg.max_keys)
-    if isinstance(cfg, c.EmaDynamicPolicyConfig):
-        return EmaDynamicPolicy(
-            cfg.name,
-            cfg.goal_sample_rate,
-            cfg.field_list,
-            cfg.adjustment_interval_s,
-            cfg.weight,
-            cfg.age_out_value,
-            cfg.burst_multiple,
-            cfg.burst_detection_delay,
-            cfg.max_keys,
-        )
-    if isinstance(cfg, c.EmaThroughputPolicyConfig):
-        return EmaThroughputPolicy(
-            cfg.name,
-            cfg.goal_throughput_per_sec,
-            cfg.field_list,
-            cfg.adjustment_interval_s,
-            cfg.weight,
-            cfg.age_out_value,
-            cfg.burst_multiple,
-            cfg.burst_detection_delay,
-            cfg.max_keys,
-        )
-    if isinstance(cfg, c.WindowedThroughputPolicyConfig):
-        return WindowedThroughputPolicy(
-            cfg.name,
-            cfg.goal_throughput_per_sec,
-            cfg.field_list,
-            cfg.update_frequency_s,
-            cfg.lookback_frequency_s,
-            cfg.max_keys,
-        )
-    if isinstance(cfg, c.RarePathPolicyConfig):
-        return RarePathPolicy(
-            cfg.name,
-            cfg.keep_per_window,
-            cfg.window_s,
-            cfg.min_probability,
-            cfg.sketch_width,
-            cfg.sketch_depth,
-            cfg.multiplicity,
-        )
-    raise TypeError(f"no operator for policy type {type(cfg).__name__}")
+    builder = BUILDERS.get(cfg.type)
+    if builder is None:
+        raise TypeError(f"no operator for policy type {cfg.type!r}")
+    return builder(cfg)
 
 
 def _composite(cfg: c.CompositePolicyConfig) -> CompositePolicy:

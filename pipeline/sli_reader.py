@@ -15,7 +15,8 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from operators.sli_merge import MergedWindow, WindowKey, merge_records, roll_up
+from operators.sli import WindowAggregate
+from operators.sli_merge import WindowKey, merge_records, roll_up
 
 if TYPE_CHECKING:  # the CLI imports this module to build its parser: keep Kafka/Avro lazy
     from pipeline.config import Config
@@ -27,7 +28,7 @@ _BY = {
 }
 
 
-def read_windows(config: Config, timeout: float = 10.0) -> dict[WindowKey, MergedWindow]:
+def read_windows(config: Config, timeout: float = 10.0) -> dict[WindowKey, WindowAggregate]:
     from pipeline.codecs import avro
     from pipeline.readback import read_all
 
@@ -38,8 +39,8 @@ def read_windows(config: Config, timeout: float = 10.0) -> dict[WindowKey, Merge
 
 
 def rows(
-    windows: dict[WindowKey, MergedWindow], by: str = "operation", per_window: bool = False
-) -> tuple[list[str], list[tuple[tuple, MergedWindow]]]:
+    windows: dict[WindowKey, WindowAggregate], by: str = "operation", per_window: bool = False
+) -> tuple[list[str], list[tuple[tuple, WindowAggregate]]]:
     cols, key = _BY[by]
     if per_window:
         cols = cols + ("window_start",)
@@ -49,7 +50,7 @@ def rows(
     return list(cols), sorted(merged.items())
 
 
-def as_dicts(cols: list[str], table: Iterable[tuple[tuple, MergedWindow]]) -> list[dict]:
+def as_dicts(cols: list[str], table: Iterable[tuple[tuple, WindowAggregate]]) -> list[dict]:
     out = []
     for key, m in table:
         d = dict(zip(cols, key))
@@ -70,7 +71,7 @@ def as_dicts(cols: list[str], table: Iterable[tuple[tuple, MergedWindow]]) -> li
     return out
 
 
-def render(cols: list[str], table: list[tuple[tuple, MergedWindow]]) -> None:
+def render(cols: list[str], table: list[tuple[tuple, WindowAggregate]]) -> None:
     from rich.console import Console
     from rich.table import Table
 

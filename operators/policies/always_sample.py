@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from operators.policies.base import Action, Verdict
+from operators.policies.base import Action, Policy, Verdict
 from operators.trace import TraceView
 
 
 @dataclass
-class AlwaysSamplePolicy:
+class AlwaysSamplePolicy(Policy):
     name: str
 
     def evaluate(self, trace: TraceView) -> Verdict | None:

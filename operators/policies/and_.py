@@ -14,7 +14,7 @@ from operators.trace import TraceView
 
 
 @dataclass
-class AndPolicy:
+class AndPolicy(Policy):
     name: str
     policies: Sequence[Policy]
 

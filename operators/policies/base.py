@@ -13,17 +13,19 @@ or a ``Verdict``:
   source (a hash salt), combined as independent events.
 
 Time-dependent policies read the decision time from ``trace.now_ns`` — never a clock.
-``can_drop`` (default False) tells the engine in first-match mode that a policy must still be
-evaluated after a keep was found, because drop wins.
+
+Every policy class subclasses ``Policy`` explicitly, so the two optional parts of the contract have
+their defaults in one place: ``can_drop`` and ``guard_drops`` (see the protocol).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from operators import randomness as rnd
+from operators.rate import RateCap
 from operators.trace import TraceView
 
 
@@ -46,6 +48,15 @@ class Verdict:
 
 class Policy(Protocol):
     name: str
+    # True when ``evaluate`` can answer DROP: in first-match mode the engine must still evaluate
+    # this policy after another one kept the trace, because drop wins.
+    can_drop: bool = False
+
+    @property
+    def guard_drops(self) -> int | None:
+        """Traces this policy's token bucket refused although its draw picked them (the rate-based
+        policies, exported as tailsift_policy_guard_drops); None for a policy without a bucket."""
+        return None
 
     def evaluate(self, trace: TraceView) -> Verdict | None:
         """A verdict when the policy applies to the trace, else None (no opinion)."""
@@ -75,5 +86,9 @@ def draw(trace: TraceView, probability: float, reason: str, salt: str | None = N
     return Verdict(Action.KEEP, reason, probability, trace.randomness >= t, "")
 
 
-def can_drop(policy: object) -> bool:
-    return bool(getattr(policy, "can_drop", False))
+def within(cap: RateCap, verdict: Verdict, units: float, now_ns: int) -> Verdict:
+    """``verdict``, or — when it picked the trace but ``cap``'s token bucket has no room for its
+    ``units`` — the same verdict with ``sampled=False`` (the cap counts the refusal)."""
+    if verdict.sampled and not cap.take(units, now_ns):
+        return replace(verdict, sampled=False)
+    return verdict

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from operators.policies.base import Verdict, keep
+from operators.policies.base import Policy, Verdict, keep
 from operators.trace import TraceView
 
 
 @dataclass
-class BooleanAttributePolicy:
+class BooleanAttributePolicy(Policy):
     name: str
     key: str
     value: bool

@@ -6,37 +6,31 @@ output hard (refusals counted in ``guard_drops``). A trace larger than the burst
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from operators.policies.base import Verdict, draw
-from operators.rate import RateEstimator, TokenBucket
+from operators.policies.base import Policy, Verdict, draw, within
+from operators.rate import RateCap
 from operators.trace import TraceView
 
 
 @dataclass
-class BytesLimitingPolicy:
+class BytesLimitingPolicy(Policy):
     name: str
     bytes_per_second: float
     burst_capacity: float | None = None
     adjust_interval_ms: int = 1000
     weight: float = 0.5
-    guard_drops: int = 0
-    _estimator: RateEstimator = field(init=False, repr=False)
-    _bucket: TokenBucket = field(init=False, repr=False)
+    _cap: RateCap = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._estimator = RateEstimator(self.adjust_interval_ms * 1_000_000, self.weight)
-        self._bucket = TokenBucket(self.bytes_per_second, self.burst_capacity or 2.0 * self.bytes_per_second)
+        burst = self.burst_capacity or 2.0 * self.bytes_per_second
+        self._cap = RateCap(self.bytes_per_second, burst, self.adjust_interval_ms * 1_000_000, self.weight)
         self._reason = f"bytes_limiting:{self.bytes_per_second:g}B/s"
 
+    @property
+    def guard_drops(self) -> int:
+        return self._cap.refused
+
     def evaluate(self, trace: TraceView) -> Verdict | None:
-        now = trace.now_ns
-        size = trace.size_bytes
-        self._estimator.add(size, now)
-        offered = self._estimator.rate(now)
-        p = 1.0 if not offered else min(1.0, self.bytes_per_second / offered)
-        verdict = draw(trace, p, self._reason)
-        if verdict.sampled and not self._bucket.take(size, now):
-            self.guard_drops += 1
-            return replace(verdict, sampled=False)
-        return verdict
+        size, now = trace.size_bytes, trace.now_ns
+        return within(self._cap, draw(trace, self._cap.probability(size, now), self._reason), size, now)

@@ -12,28 +12,29 @@ its probability is min(p_sub, b). A sub-policy with a salted draw is combined in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from operators.policies.base import Action, Policy, Verdict, draw
-from operators.rate import RateEstimator, TokenBucket
+from operators.policies.base import Action, Policy, Verdict, draw, within
+from operators.rate import RateCap
 from operators.trace import TraceView
 
 
 @dataclass
-class CompositePolicy:
+class CompositePolicy(Policy):
     name: str
     policies: Sequence[Policy]  # in policy order
     spans_per_second: Sequence[float]  # allocation of each, same order
     adjust_interval_ms: int = 1000
-    guard_drops: int = 0
-    _estimators: list[RateEstimator] = field(init=False, repr=False)
-    _buckets: list[TokenBucket] = field(init=False, repr=False)
+    _caps: list[RateCap] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.policies) != len(self.spans_per_second):
             raise ValueError("one allocation per sub-policy")
-        self._estimators = [RateEstimator(self.adjust_interval_ms * 1_000_000) for _ in self.policies]
-        self._buckets = [TokenBucket(r, max(2.0 * r, 1.0)) for r in self.spans_per_second]
+        self._caps = [RateCap(r, max(2.0 * r, 1.0), self.adjust_interval_ms * 1_000_000) for r in self.spans_per_second]
+
+    @property
+    def guard_drops(self) -> int:
+        return sum(cap.refused for cap in self._caps)
 
     def evaluate(self, trace: TraceView) -> Verdict | None:
         now = trace.now_ns
@@ -44,12 +45,9 @@ class CompositePolicy:
             if v.action is not Action.KEEP:
                 return None  # a drop sub-policy only excludes (drop belongs at the top level)
             n = trace.span_count
-            est = self._estimators[i]
-            est.add(n, now)
-            offered = est.rate(now)  # spans/s of the traces this sub-policy applies to
-            if offered and v.source:  # independent draws multiply: budget the sub-policy's picks
-                offered *= v.probability
-            b = 1.0 if not offered else min(1.0, self.spans_per_second[i] / offered)
+            # the spans/s of the traces this sub-policy applies to; independent draws multiply:
+            # budget only the sub-policy's picks
+            b = self._caps[i].probability(n, now, v.probability if v.source else 1.0)
             budget = draw(trace, b, "")
             reason = f"composite:{sub.name}:{v.reason}"
             if v.source:
@@ -58,8 +56,5 @@ class CompositePolicy:
                 )
             else:
                 verdict = Verdict(Action.KEEP, reason, min(v.probability, b), v.sampled and budget.sampled)
-            if verdict.sampled and not self._buckets[i].take(n, now):
-                self.guard_drops += 1
-                verdict = replace(verdict, sampled=False)
-            return verdict
+            return within(self._caps[i], verdict, n, now)
         return None

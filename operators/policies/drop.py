@@ -16,7 +16,7 @@ from operators.trace import TraceView
 
 
 @dataclass
-class DropPolicy:
+class DropPolicy(Policy):
     name: str
     policies: Sequence[Policy]
     can_drop: bool = True

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from operators.policies.base import Action, Verdict
+from operators.policies.base import Action, Policy, Verdict
 from operators.trace import TraceView
 
 _NS_PER_MS = 1_000_000
 
 
 @dataclass
-class LatencyPolicy:
+class LatencyPolicy(Policy):
     name: str
     threshold_ms: float
     upper_threshold_ms: float | None = None

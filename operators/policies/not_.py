@@ -13,7 +13,7 @@ from operators.trace import TraceView
 
 
 @dataclass
-class NotPolicy:
+class NotPolicy(Policy):
     name: str
     policy: Policy
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from operators.policies.base import Verdict, keep
+from operators.policies.base import Policy, Verdict, keep
 from operators.trace import TraceView
 
 
 @dataclass
-class NumericAttributePolicy:
+class NumericAttributePolicy(Policy):
     name: str
     key: str
     min_value: float | None = None

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from operators import randomness
-from operators.policies.base import Action, Verdict
+from operators.policies.base import Action, Policy, Verdict
 from operators.trace import TraceView
 
 
 @dataclass
-class ProbabilisticPolicy:
+class ProbabilisticPolicy(Policy):
     name: str
     sampling_percentage: float
     hash_salt: str = ""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from operators.policies.base import Verdict, draw
+from operators.policies.base import Policy, Verdict, draw
 from operators.sketches.count_min import SlidingCountMin
 from operators.trace import TraceView
 
@@ -45,7 +45,7 @@ def signature(trace: TraceView, multiplicity: bool = False) -> int:
 
 
 @dataclass
-class RarePathPolicy:
+class RarePathPolicy(Policy):
     name: str
     keep_per_window: float = 5.0
     window_s: float = 60.0

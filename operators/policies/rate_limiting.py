@@ -12,45 +12,38 @@ unrepresented traces). Until the first interval closes, p = 1 and the bucket alo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from operators.policies.base import Verdict, draw
-from operators.rate import RateEstimator, TokenBucket
+from operators.policies.base import Policy, Verdict, draw, within
+from operators.rate import RateCap
 from operators.trace import TraceView
 
 
 @dataclass
-class RateLimitingPolicy:
+class RateLimitingPolicy(Policy):
     name: str
     spans_per_second: float | None = None
     traces_per_second: float | None = None
     burst_capacity: float | None = None
     adjust_interval_ms: int = 1000
     weight: float = 0.5
-    guard_drops: int = 0
     _per_trace: bool = field(init=False, repr=False)
-    _limit: float = field(init=False, repr=False)
-    _estimator: RateEstimator = field(init=False, repr=False)
-    _bucket: TokenBucket = field(init=False, repr=False)
+    _cap: RateCap = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if (self.spans_per_second is None) == (self.traces_per_second is None):
             raise ValueError("set exactly one of spans_per_second, traces_per_second")
         self._per_trace = self.traces_per_second is not None
-        self._limit = float(self.traces_per_second if self._per_trace else self.spans_per_second)
-        self._estimator = RateEstimator(self.adjust_interval_ms * 1_000_000, self.weight)
-        self._bucket = TokenBucket(self._limit, self.burst_capacity or max(2.0 * self._limit, 1.0))
+        limit = float(self.traces_per_second or self.spans_per_second or 0.0)  # exactly one is set
+        burst = self.burst_capacity or max(2.0 * limit, 1.0)
+        self._cap = RateCap(limit, burst, self.adjust_interval_ms * 1_000_000, self.weight)
         unit = "traces" if self._per_trace else "spans"
-        self._reason = f"rate_limiting:{self._limit:g}{unit}/s"
+        self._reason = f"rate_limiting:{limit:g}{unit}/s"
+
+    @property
+    def guard_drops(self) -> int:
+        return self._cap.refused
 
     def evaluate(self, trace: TraceView) -> Verdict | None:
-        now = trace.now_ns
-        units = 1 if self._per_trace else trace.span_count
-        self._estimator.add(units, now)
-        offered = self._estimator.rate(now)
-        p = 1.0 if not offered else min(1.0, self._limit / offered)
-        verdict = draw(trace, p, self._reason)
-        if verdict.sampled and not self._bucket.take(units, now):
-            self.guard_drops += 1
-            return replace(verdict, sampled=False)
-        return verdict
+        units, now = (1 if self._per_trace else trace.span_count), trace.now_ns
+        return within(self._cap, draw(trace, self._cap.probability(units, now), self._reason), units, now)

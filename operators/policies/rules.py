@@ -94,11 +94,10 @@ class Condition:
             return True
         if op in ("=", "!=", ">", "<", ">=", "<="):
             a, b = _num(v), _num(want)
-            numeric = a is not None and b is not None
             if op in ("=", "!="):
-                equal = a == b if numeric else _str(v) == _str(want)
+                equal = a == b if a is not None and b is not None else _str(v) == _str(want)
                 return equal if op == "=" else not equal
-            if not numeric:
+            if a is None or b is None:
                 return False  # ordering needs two numbers
             return {">": a > b, "<": a < b, ">=": a >= b, "<=": a <= b}[op]
         s = _str(v)
@@ -109,7 +108,7 @@ class Condition:
         if op == "does-not-contain":
             return _str(want) not in s
         if op == "matches":
-            return self._regex.search(s) is not None
+            return self._regex is not None and self._regex.search(s) is not None
         if op == "in":
             return s in self._set
         if op == "not-in":
@@ -155,13 +154,13 @@ class Rule:
 
 
 @dataclass
-class RulesPolicy:
+class RulesPolicy(Policy):
     name: str
     rules: Sequence[Rule]
     can_drop: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.can_drop = any(r.drop or getattr(r.sampler, "can_drop", False) for r in self.rules)
+        self.can_drop = any(r.drop or (r.sampler is not None and r.sampler.can_drop) for r in self.rules)
 
     def evaluate(self, trace: TraceView) -> Verdict | None:
         for rule in self.rules:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from operators.policies.base import Verdict, keep
+from operators.policies.base import Policy, Verdict, keep
 from operators.trace import TraceView
 
 
 @dataclass
-class SpanCountPolicy:
+class SpanCountPolicy(Policy):
     name: str
     min_spans: int = 0
     max_spans: int | None = None

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from operators.policies.base import Action, Verdict
+from operators.policies.base import Action, Policy, Verdict
 from operators.trace import TraceView
 
 
 @dataclass
-class StatusCodePolicy:
+class StatusCodePolicy(Policy):
     name: str
     status_codes: frozenset[str] = field(default_factory=lambda: frozenset({"ERROR"}))
 

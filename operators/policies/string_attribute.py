@@ -13,12 +13,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from operators.policies.base import Verdict, keep
+from operators.policies.base import Policy, Verdict, keep
 from operators.trace import TraceView
 
 
 @dataclass
-class StringAttributePolicy:
+class StringAttributePolicy(Policy):
     name: str
     key: str
     values: tuple[str, ...]

@@ -38,7 +38,7 @@ class WindowedThroughputPolicy(KeyedSampler):
             for k, c in bucket.items():
                 window[k] = window.get(k, 0.0) + c
         if len(window) > self.max_keys:
-            for k in sorted(window, key=window.get)[: len(window) - self.max_keys]:
+            for k in sorted(window, key=window.__getitem__)[: len(window) - self.max_keys]:
                 del window[k]
         seconds = len(self._buckets) * self.update_frequency_s
         self._rates = allocate(window, self.goal_throughput_per_sec * seconds)

@@ -308,7 +308,7 @@ class Protector:
             try:
                 out = self._scan_value(out, local) if rule.scan else out
             except DropValue:
-                out = _DROP
+                out = _DROP  # type: ignore[assignment]  # a sentinel, turned back into DropValue below
             hit = (out, tuple(local.items()))
             if len(self._value_memo) >= self._value_memo_size:
                 self._value_memo.clear()

@@ -17,10 +17,10 @@ class CountMin:
             raise ValueError("width and depth must be >= 1")
         self.width = width
         self.depth = depth
-        self.rows = [array("I", [0]) * width for _ in range(depth)]
+        self.rows: list[array[int]] = [array("I", [0]) * width for _ in range(depth)]
         self.total = 0
 
-    def _cells(self, h: int):
+    def _cells(self, h: int) -> list[int]:
         # Kirsch–Mitzenmacher: d indexes from two halves of one 64-bit hash
         h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
         w = self.width
@@ -63,29 +63,31 @@ class SlidingCountMin:
         self.previous = CountMin(width, depth)
         self.start_ns: int | None = None
 
-    def _rotate(self, now_ns: int) -> None:
+    def _rotate(self, now_ns: int) -> int:
+        """Move to the window holding ``now_ns``; returns that window's start."""
         if self.start_ns is None:
             self.start_ns = now_ns
-            return
+            return now_ns
         passed = (now_ns - self.start_ns) // self.window_ns
         if passed <= 0:
-            return
+            return self.start_ns
         self.previous, self.current = self.current, self.previous
         self.current.clear()
         if passed > 1:
             self.previous.clear()
         self.start_ns += passed * self.window_ns
+        return self.start_ns
 
     def add(self, h: int, now_ns: int, n: int = 1) -> float:
         """Count ``h`` at ``now_ns``; returns its sliding-window estimate (this one included)."""
-        self._rotate(now_ns)
+        start = self._rotate(now_ns)
         cur = self.current.add(h, n)
-        frac = 1.0 - min(1.0, max(0.0, (now_ns - self.start_ns) / self.window_ns))
+        frac = 1.0 - min(1.0, max(0.0, (now_ns - start) / self.window_ns))
         return cur + frac * self.previous.estimate(h)
 
     def estimate(self, h: int, now_ns: int) -> float:
-        self._rotate(now_ns)
-        frac = 1.0 - min(1.0, max(0.0, (now_ns - self.start_ns) / self.window_ns))
+        start = self._rotate(now_ns)
+        frac = 1.0 - min(1.0, max(0.0, (now_ns - start) / self.window_ns))
         return self.current.estimate(h) + frac * self.previous.estimate(h)
 
     @property

@@ -4,24 +4,14 @@ import pytest
 
 from operators import randomness
 from operators.tracestate import ot_fields
-from pipeline import config
-from pipeline.codecs import avro
-from pipeline.job import Job, Received
+from pipeline.job import Received
 from tests.spans import batch_bytes, span
-
-MS = 1_000_000
+from tests.support import jobs
+from tests.support.jobs import MS, kept_traces
 
 
 def make_job(sampling):
-    cfg = config.parse(
-        {
-            "privacy": {"enabled": False},
-            "assemble": {"decision_wait_ms": 1000},
-            "sli": {"window_seconds": 10, "grace_seconds": 0},
-            "sampling": sampling,
-        }
-    )
-    return Job(cfg, worker_id="test")
+    return jobs.make_job(sampling=sampling)
 
 
 def tid_with_randomness(r: int) -> bytes:
@@ -33,8 +23,7 @@ LOW = tid_with_randomness(1)  # kept by none
 
 
 def kept(job, now=1000 * MS):
-    out = job.collect(now)
-    return {r.key: avro.decode(avro.KEPT_TRACE, r.value) for r in out.records if r.topic == "traces.kept"}
+    return kept_traces(job.collect(now))
 
 
 def spans_of(trace):

@@ -9,7 +9,7 @@ from operators import randomness
 from operators.decide import ANY_MATCH, FIRST_MATCH, NOT_SAMPLED, DecisionEngine
 from operators.policies.always_sample import AlwaysSamplePolicy
 from operators.policies.and_ import AndPolicy
-from operators.policies.base import Action, Verdict
+from operators.policies.base import Action, Policy, Verdict
 from operators.policies.drop import DropPolicy
 from operators.policies.latency import LatencyPolicy
 from operators.policies.not_ import NotPolicy
@@ -19,7 +19,7 @@ from operators.trace import TraceView
 from tests.spans import span
 
 
-class Fixed:
+class Fixed(Policy):
     def __init__(self, name, verdict, can_drop=False):
         self.name, self.verdict, self.can_drop, self.calls = name, verdict, can_drop, 0
 
@@ -77,7 +77,7 @@ def test_ties_go_to_the_earlier_policy():
 
 
 def test_policy_errors_are_counted_and_mean_no_opinion():
-    class Broken:
+    class Broken(Policy):
         name = "broken"
 
         def evaluate(self, trace):

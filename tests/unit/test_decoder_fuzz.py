@@ -3,12 +3,12 @@
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import config
 from pipeline.codecs import avro
 from pipeline.config_privacy import PrivacyConfig
-from pipeline.job import Job, Received
+from pipeline.job import Received
 from pipeline.privacy import build_protector
 from tests.spans import batch_bytes, span
+from tests.support.jobs import make_job
 
 # protection on, so the fuzzed input also runs through it when its trace is kept
 PROTECTOR = build_protector(PrivacyConfig(), environ={"TAILSIFT_TOKEN_KEYS": "fuzz:" + "11" * 32})
@@ -28,11 +28,7 @@ VALID = batch_bytes(b"\x07" * 16, "svc", [span(0, 5, "ERROR", parent=None)], {"u
     )
 )
 def test_any_bytes_are_either_processed_or_dead_lettered(value):
-    job = Job(
-        config.parse({"assemble": {"decision_wait_ms": 0}, "sli": {"grace_seconds": 0}}),
-        worker_id="fuzz",
-        protector=PROTECTOR,
-    )
+    job = make_job("fuzz", PROTECTOR, privacy={"enabled": True}, assemble={"decision_wait_ms": 0})
     try:
         key = avro.decode_batch(value)["trace_id"]
     except Exception:  # noqa: BLE001

@@ -15,6 +15,7 @@ import yaml
 
 from pipeline import config as config_mod
 from pipeline import slo_rules
+from tests.support.metrics import exposed_names
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -27,33 +28,6 @@ K8S = DEPLOY / "k8s" / "tailsift.yaml"
 
 # Series Prometheus itself makes for every scrape target (not in the job's registry).
 PROMETHEUS_SYNTHETIC = {"up"}
-
-_SUFFIXES = {
-    "counter": ("_total", "_created"),
-    "gauge": ("",),
-    "histogram": ("_bucket", "_sum", "_count", "_created"),
-    "summary": ("", "_sum", "_count", "_created"),
-    "info": ("_info",),
-    "stateset": ("",),
-    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
-    "unknown": ("",),
-}
-
-
-def exposed_names() -> set[str]:
-    """Every series name /metrics can show: the families in prometheus_client's default registry
-    (tailsift's metrics from pipeline.metrics, plus the process_/python_ collectors), expanded by
-    type — a labelled metric with no children yet has no samples, so samples alone would miss it."""
-    from prometheus_client import REGISTRY
-
-    import pipeline.metrics  # noqa: F401 - registers the job's metrics
-
-    names: set[str] = set()
-    for family in REGISTRY.collect():
-        names.update(family.name + s for s in _SUFFIXES.get(family.type, ("",)))
-        names.update(sample.name for sample in family.samples)
-    return names
-
 
 _KEYWORDS = {
     "and",

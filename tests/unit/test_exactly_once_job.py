@@ -4,37 +4,23 @@ replay after a crash — or a revoke — that emits nothing twice and loses noth
 
 import os
 
-from pipeline import config, metrics
+from pipeline import metrics
 from pipeline.codecs import avro
 from pipeline.job import Job, Received
-from tests.spans import batch_bytes, span
+from tests.spans import span
+from tests.support import jobs
+from tests.support.jobs import MS, S, records
+from tests.support.jobs import received as msg
 
-S = 1_000_000_000
-MS = 1_000_000
 ZERO = bytes(16)
 
 
-def make_job(**job):
-    cfg = config.parse(
-        {
-            "privacy": {"enabled": False},
-            "assemble": {"decision_wait_ms": 1000, "root_quiet_gap_ms": 0},
-            "sli": {"window_seconds": 10, "grace_seconds": 0},
-            "job": {"processing_guarantee": "exactly_once", **job},
-            "sampling": {"policies": [{"name": "errors", "type": "status_code"}]},
-        }
+def make_job(**job) -> Job:
+    return jobs.make_job(
+        assemble={"root_quiet_gap_ms": 0},
+        job={"processing_guarantee": "exactly_once", **job},
+        sampling={"policies": [{"name": "errors", "type": "status_code"}]},
     )
-    return Job(cfg, worker_id="test")
-
-
-def msg(offset, trace_id, service, spans, partition=0, key=None):
-    return Received(
-        partition, offset, trace_id if key is None else key, batch_bytes(trace_id, service, spans), ref=offset
-    )
-
-
-def records(outbox, topic):
-    return [r for r in outbox.records if r.topic == topic]
 
 
 def decisions(outbox):

@@ -3,28 +3,20 @@ context, adjusted count 0); a queue consumer's span that arrives after the decis
 
 import os
 
-from pipeline import config, metrics
+from pipeline import metrics
 from pipeline.codecs import avro
-from pipeline.job import Job, Received
+from pipeline.job import Received
 from tests.spans import batch_bytes, span
-
-S = 1_000_000_000
-MS = 1_000_000
+from tests.support import jobs
+from tests.support.jobs import MS, S
+from tests.support.jobs import kept_traces as kept
 
 
 def make_job(follow_links=True):
-    cfg = config.parse(
-        {
-            "privacy": {"enabled": False},
-            "assemble": {"decision_wait_ms": 1000, "root_quiet_gap_ms": 0},
-            "sampling": {"follow_links": follow_links, "policies": [{"name": "errors", "type": "status_code"}]},
-        }
+    return jobs.make_job(
+        assemble={"root_quiet_gap_ms": 0},
+        sampling={"follow_links": follow_links, "policies": [{"name": "errors", "type": "status_code"}]},
     )
-    return Job(cfg, worker_id="test")
-
-
-def kept(out):
-    return {r.key: avro.decode(avro.KEPT_TRACE, r.value) for r in out.records if r.topic == "traces.kept"}
 
 
 def test_a_trace_linked_from_a_kept_trace_is_kept_with_adjusted_count_zero():

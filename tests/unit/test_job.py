@@ -2,48 +2,26 @@
 
 import os
 
-from pipeline import config
 from pipeline.codecs import avro
-from pipeline.job import Job, Received
+from pipeline.job import Received
 from tests.spans import batch_bytes, span
-
-S = 1_000_000_000
-MS = 1_000_000
+from tests.support import jobs
+from tests.support.jobs import MS, S
+from tests.support.jobs import received as msg
+from tests.support.jobs import records as by_topic
 
 
 def make_job(**sampling):
-    cfg = config.parse(
-        {
-            "job": {
-                "processing_guarantee": "at_least_once"
-            },  # window-close semantics; exactly_once: test_exactly_once_job
-            "privacy": {"enabled": False},  # the job core alone; protection has its own tests
-            "assemble": {"decision_wait_ms": 1000},
-            "sli": {"window_seconds": 10, "grace_seconds": 0},
-            "sampling": sampling
-            or {
-                "policies": [
-                    {"name": "errors", "type": "status_code"},
-                    {"name": "slow", "type": "latency", "threshold_ms": 500},
-                ]
-            },
-        }
+    return jobs.make_job(
+        job={"processing_guarantee": "at_least_once"},  # window-close semantics; exactly_once: test_exactly_once_job
+        sampling=sampling
+        or {
+            "policies": [
+                {"name": "errors", "type": "status_code"},
+                {"name": "slow", "type": "latency", "threshold_ms": 500},
+            ]
+        },
     )
-    return Job(cfg, worker_id="test")
-
-
-def msg(offset, trace_id, service, spans, partition=0, key=None, attributes=None):
-    return Received(
-        partition,
-        offset,
-        trace_id if key is None else key,
-        batch_bytes(trace_id, service, spans, attributes),
-        ref=offset,
-    )
-
-
-def by_topic(outbox, topic):
-    return [r for r in outbox.records if r.topic == topic]
 
 
 def test_error_trace_is_kept_whole_and_ok_trace_dropped():

@@ -4,31 +4,27 @@ from __future__ import annotations
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from pipeline import config
 from pipeline.codecs import avro, otlp
-from pipeline.job import Job, Received
+from pipeline.job import Received
+from tests.support import jobs
+from tests.support.jobs import MS
 from tests.unit.test_otlp_codec import canonical, sdk_spans
 
-MS = 1_000_000
 SAMPLING = ("sampling.policy", "sampling.reason", "sampling.adjusted_count")
 
 
 def make_job(ingest="otlp_proto", emit="otlp_proto", rekey=True, privacy=False, policies=None):
-    cfg = config.parse(
-        {
-            "ingest": {"format": ingest, "rekey": rekey},
-            "emit": {"format": emit},
-            "privacy": {"enabled": privacy},
-            "assemble": {"decision_wait_ms": 1000, "root_quiet_gap_ms": 0},
-            "sli": {"window_seconds": 10, "grace_seconds": 0},
-            "sampling": {"policies": policies or [{"name": "all", "type": "always_sample"}]},
-        }
+    return jobs.make_job(
+        ingest={"format": ingest, "rekey": rekey},
+        emit={"format": emit},
+        privacy={"enabled": privacy},
+        assemble={"root_quiet_gap_ms": 0},
+        sampling={"policies": policies or [{"name": "all", "type": "always_sample"}]},
     )
-    return Job(cfg, worker_id="test")
 
 
 def kept(out, job):
-    return [r for r in out.records if r.topic == job.kept_topic]
+    return jobs.records(out, job.kept_topic)
 
 
 def strip_sampling(canon):

@@ -12,8 +12,10 @@ from pipeline.codecs import avro
 from pipeline.job import Job, Received
 from pipeline.privacy import PII_AUDIT, build_protector, install_log_protection, uninstall_log_protection
 from tests.spans import batch_bytes, span
+from tests.support import jobs
+from tests.support.jobs import MS, make_config
+from tests.support.jobs import records as by_topic
 
-MS = 1_000_000
 KEY = bytes(range(32))
 ENV = {"TAILSIFT_TOKEN_KEYS": "k1:" + KEY.hex()}
 TOK = Tokenizer(KeyRing({"k1": KEY}))
@@ -22,22 +24,12 @@ EMAIL, CARD, IP, UID = "canary.x@canary.test", "4111 1111 1111 1111", "203.0.113
 
 
 def make_job(**privacy):
-    cfg = config.parse(
-        {
-            "job": {
-                "processing_guarantee": "at_least_once"
-            },  # window-close semantics; exactly_once: test_exactly_once_job
-            "assemble": {"decision_wait_ms": 1000},
-            "sli": {"window_seconds": 10, "grace_seconds": 0},
-            "sampling": {"policies": [{"name": "errors", "type": "status_code"}]},
-            "privacy": {"enabled": True, **privacy},
-        }
+    cfg = make_config(
+        job={"processing_guarantee": "at_least_once"},  # window-close semantics; exactly_once: test_exactly_once_job
+        sampling={"policies": [{"name": "errors", "type": "status_code"}]},
+        privacy={"enabled": True, **privacy},
     )
     return Job(cfg, worker_id="test", protector=build_protector(cfg.privacy, ENV))
-
-
-def by_topic(out, topic):
-    return [r for r in out.records if r.topic == topic]
 
 
 def poisoned_message(offset, trace_id):
@@ -107,11 +99,8 @@ def test_audit_off_and_privacy_off():
     job.ingest([poisoned_message(0, os.urandom(16))], now_ns=0)
     out = job.collect(2000 * MS)
     assert by_topic(out, "pii.audit") == [] and len(by_topic(out, "traces.kept")) == 1
-    plain = Job(
-        config.parse(
-            {"privacy": {"enabled": False}, "sampling": {"policies": [{"name": "errors", "type": "status_code"}]}}
-        ),
-        worker_id="t",
+    plain = jobs.make_job(
+        privacy={"enabled": False}, sampling={"policies": [{"name": "errors", "type": "status_code"}]}
     )
     assert plain.protector is None
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from operators import randomness
 from operators.decide import NOT_SAMPLED, DecisionEngine
-from operators.policies.base import Action, Verdict
+from operators.policies.base import Action, Policy, Verdict
 from operators.policies.latency import LatencyPolicy
 from operators.policies.probabilistic import ProbabilisticPolicy
 from operators.policies.status_code import StatusCodePolicy
@@ -66,7 +66,7 @@ def test_latency_policy_uses_whole_trace_duration_and_bounds():
     assert p.evaluate(TraceView(b"t" * 16, [span(0, 1_000_000_000)])) is None  # at the upper bound: excluded
 
 
-class _Fixed:
+class _Fixed(Policy):
     def __init__(self, name, verdict):
         self.name, self.verdict = name, verdict
 
@@ -74,7 +74,7 @@ class _Fixed:
         return self.verdict
 
 
-class _Broken:
+class _Broken(Policy):
     name = "broken"
 
     def evaluate(self, trace):

@@ -61,13 +61,11 @@ def test_the_job_exposes_service_graph_counters():
 
     from prometheus_client import REGISTRY
 
-    from pipeline import config as config_mod
-    from pipeline.job import Job, Received
+    from pipeline.job import Received
     from tests.spans import batch_bytes
+    from tests.support.jobs import make_job
 
-    job = Job(
-        config_mod.parse({"privacy": {"enabled": False}, "assemble": {"decision_wait_ms": 1000}}, "<t>"), worker_id="w"
-    )
+    job = make_job()
 
     def value(name):
         return REGISTRY.get_sample_value(name, {"client": "gx", "server": "gy"}) or 0.0

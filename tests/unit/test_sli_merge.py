@@ -108,14 +108,11 @@ def test_the_job_exposes_sli_span_counters_per_service_kind_status():
 
     from prometheus_client import REGISTRY
 
-    from pipeline import config as config_mod
-    from pipeline.job import Job, Received
+    from pipeline.job import Received
     from tests.spans import batch_bytes, span
+    from tests.support.jobs import make_job
 
-    job = Job(
-        config_mod.parse({"privacy": {"enabled": False}, "sli": {"window_seconds": 10, "grace_seconds": 0}}, "<t>"),
-        worker_id="w",
-    )
+    job = make_job()
 
     def value(status):
         return (

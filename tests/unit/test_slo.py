@@ -170,23 +170,18 @@ def test_the_job_counts_slo_events_exactly_into_its_metrics():
 
     from prometheus_client import REGISTRY
 
-    from pipeline.job import Job, Received
+    from pipeline.job import Received
     from tests.spans import batch_bytes
+    from tests.support.jobs import make_job
 
-    cfg = config_mod.parse(
-        {
-            "privacy": {"enabled": False},
-            "sli": {"window_seconds": 10, "grace_seconds": 0},
-            "slo": {
-                "objectives": [
-                    {"name": "t-avail", "service": "a", "objective_percent": 99},
-                    {"name": "t-lat", "service": "a", "type": "latency", "objective_percent": 99, "threshold_ms": 100},
-                ]
-            },
+    job = make_job(
+        slo={
+            "objectives": [
+                {"name": "t-avail", "service": "a", "objective_percent": 99},
+                {"name": "t-lat", "service": "a", "type": "latency", "objective_percent": 99, "threshold_ms": 100},
+            ]
         },
-        "<test>",
     )
-    job = Job(cfg, worker_id="w")
 
     def value(name, slo):
         return REGISTRY.get_sample_value(name, {"slo": slo}) or 0.0
