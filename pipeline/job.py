@@ -24,6 +24,7 @@ from operators.privacy.sanitize import sanitize_span_name
 from operators.service_graph import ServiceGraph
 from operators.sli import SliWindows, WindowAggregate, window_record
 from operators.slo import SloTracker
+from operators.span_times import SpanTimeBounds
 from operators.trace import TraceView
 from operators.tracestate import with_threshold
 from pipeline import metrics
@@ -145,13 +146,15 @@ class Job:
         self.ingest_format = config.ingest.format
         self.emit_format = config.emit.format
         self.rekey = config.ingest.rekey
+        # times are checked at ingest, so none reaches a window, a watermark or an encoder unchecked
+        self.time_bounds = SpanTimeBounds(self.sli.window_ns, config.ingest.max_clock_skew_ms * 1_000_000)
         self._decode_detail = avro.decode_detail if self.ingest_format == "avro" else otlp.decode_detail
 
     # ---------------------------------------------------------------- ingest (hot path)
     def ingest(self, messages: Iterable[Received], now_ns: int) -> None:
         if self.ingest_format != "avro":
             return self._ingest_otlp(messages, now_ns)
-        sli, tracker = self.sli, self.tracker
+        sli, tracker, time_violation = self.sli, self.tracker, self.time_bounds.violation
         n_spans = 0
         for msg in messages:
             value = msg.value
@@ -171,10 +174,13 @@ class Job:
                     raise _Malformed("empty_batch", "the batch has no spans")
                 if trace_id == _ZERO_TRACE_ID:
                     raise _Malformed("invalid_trace_id", "the trace ID is all zeros")
+                bad_time = time_violation(spans, now_ns)
+                if bad_time:
+                    raise _Malformed("invalid_timestamp", bad_time)
             except _Malformed as bad:
                 self._reject(msg, bad, now_ns, replay)
                 continue
-            if msg.key != trace_id:
+            if self.rekey and msg.key != trace_id:
                 # Spans of one trace must meet on one partition: re-publish keyed by trace ID.
                 if replay:
                     tracker.track(msg.partition, msg.offset, msg.ref, 0)
@@ -239,7 +245,9 @@ class Job:
                 _LATE_SPANS_REPLAYED.inc(len(spans))
                 return
             known.offsets.add(hold.offset)
-            self._pending.append(self._kept_record(trace_id, known.decision, [fragment], now_ns, late=True))
+            record = self._kept_record(trace_id, known.decision, [fragment], now_ns, late=True)
+            if record is not None:
+                self._pending.append(record)
             self._pending.append(
                 self._decision_record(trace_id, known.decision, known.partition, known.offsets, known.decided_at_ns)
             )
@@ -329,9 +337,9 @@ class Job:
         if decision.keep:
             out.kept_traces += 1
             metrics.KEPT_SPANS.inc(buf.span_count)
-            out.records.append(
-                self._kept_record(buf.trace_id, decision, buf.fragments, decided_ns, forced=buf.forced_reason)
-            )
+            record = self._kept_record(buf.trace_id, decision, buf.fragments, decided_ns, forced=buf.forced_reason)
+            if record is not None:
+                out.records.append(record)
         else:
             out.dropped_traces += 1
             for fragment in buf.fragments:
@@ -426,12 +434,18 @@ class Job:
         now_ns: int,
         late: bool = False,
         forced: str = "",
-    ) -> Record:
+    ) -> Record | None:
         """Full decode (kept traces only) into a KeptTrace, sampling facts on every span.
 
         A span whose header decoded but whose ``detail`` does not is still kept — its trace was
         judged on sound headers — with ``tailsift.detail_error`` set, and its message is reported
-        to the dead-letter topic so the producer can be found."""
+        to the dead-letter topic so the producer can be found.
+
+        Building one record never fails the outbox: a fragment that cannot be converted (an OTLP
+        link ID of the wrong length, an event time beyond 2^63 - 1: checked here, not for every
+        span at ingest) is dead-lettered with its reason and the rest of the trace is kept; a
+        record that still does not encode dead-letters all its inputs (``encode_error``) and
+        None is returned."""
         adjusted = decision.adjusted_count
         reason = decision.reason + (f";forced={forced}" if forced else "")
         sampling_attrs = {
@@ -443,76 +457,106 @@ class Job:
             sampling_attrs["sampling.late"] = True
         if decision.dry_run_kept is not None:
             sampling_attrs["sampling.dry_run_kept"] = decision.dry_run_kept
-        th = decision.threshold  # OTEP 235: record the consistent sampling threshold in tracestate
         batches = []
-        span_count = 0
-        protector = self.protector
+        written = []  # the fragments this record carries
         pii_counts: dict[str, int] = {}
-        for hold, value, batch in fragments:  # batch: decoded at ingest; value: its raw bytes
-            if type(batch) is otlp.OtlpTrace:  # OTLP input: convert this trace's protobuf spans to dicts
-                for b in otlp.kept_batches(batch):
-                    for span in b["spans"]:
-                        if protector is not None:
-                            protector.protect_span(span, pii_counts)
-                        span["attributes"].update(sampling_attrs)
-                        if th is not None:
-                            span["trace_state"] = with_threshold(span["trace_state"], th)
-                    if protector is not None:
-                        protector.protect_batch(b, pii_counts)
-                        b["otlp.scope_attributes"] = protector.protect_attributes(
-                            b["otlp.scope_attributes"], pii_counts
-                        )
-                    span_count += len(b["spans"])
-                    batches.append(b)
-                continue
-            bad_detail = ""
-            for span in batch["spans"]:
-                try:
-                    detail = avro.decode_detail(span.pop("detail"))
-                except Exception as exc:  # noqa: BLE001 - corrupt detail must not stop the stream
-                    bad_detail = f"{type(exc).__name__}: {_safe(exc)}"
-                    detail = {**avro.EMPTY_DETAIL, "attributes": {"tailsift.detail_error": "undecodable span detail"}}
-                span.update(detail)
-                if protector is not None:
-                    protector.protect_span(span, pii_counts)
-                span["attributes"].update(sampling_attrs)
-                if th is not None:
-                    span["trace_state"] = with_threshold(span["trace_state"], th)
+        for fragment in fragments:  # (hold, raw bytes, batch decoded at ingest)
             try:
-                batch["resource"] = avro.decode_resource(batch["resource"])
-            except Exception as exc:  # noqa: BLE001 - as for a corrupt detail: keep the spans, report it
-                bad_detail = f"resource: {type(exc).__name__}: {_safe(exc)}"
-                batch["resource"] = {"tailsift.detail_error": "undecodable resource"}
-            if protector is not None:
-                protector.protect_batch(batch, pii_counts)
-            if bad_detail:
-                msg = Received(hold.partition, hold.offset, trace_id, value)
-                self._pending.append(self._dead_letter(msg, "detail_decode_error", bad_detail, now_ns, None))
-            span_count += len(batch["spans"])
-            batches.append(batch)
-        value = (
-            otlp.encode_request(batches, self.emit_format)
-            if self.emit_format != "avro"
-            else avro.encode(
-                avro.KEPT_TRACE,
-                {
-                    "trace_id": trace_id,
-                    "policy": decision.policy,
-                    "reason": reason,
-                    "adjusted_count": adjusted,
-                    "decided_at_unix_nano": now_ns,
-                    "late": late,
-                    "span_count": span_count,
-                    "batches": batches,
-                },
+                converted = self._kept_batches(
+                    trace_id, fragment, sampling_attrs, decision.threshold, pii_counts, now_ns
+                )
+            except Exception as exc:  # noqa: BLE001 - one bad fragment must not stop the stream
+                self._dead_letter_fragment(trace_id, fragment, exc, now_ns)
+                continue
+            batches.extend(converted)
+            written.append(fragment)
+        if not written:
+            return None
+        span_count = sum(len(b["spans"]) for b in batches)
+        try:
+            value = (
+                otlp.encode_request(batches, self.emit_format)
+                if self.emit_format != "avro"
+                else avro.encode(
+                    avro.KEPT_TRACE,
+                    {
+                        "trace_id": trace_id,
+                        "policy": decision.policy,
+                        "reason": reason,
+                        "adjusted_count": adjusted,
+                        "decided_at_unix_nano": now_ns,
+                        "late": late,
+                        "span_count": span_count,
+                        "batches": batches,
+                    },
+                )
             )
-        )
-        holds = [fragment[0] for fragment in fragments]
+        except Exception as exc:  # noqa: BLE001 - the encoder raises many types for values out of range
+            for fragment in written:
+                self._dead_letter_fragment(trace_id, fragment, exc, now_ns)
+            return None
+        holds = [fragment[0] for fragment in written]
         if self.follow_links:
             self._follow_links(trace_id, batches)
-        if protector is not None:
+        if self.protector is not None:
             self._pii_audit(trace_id, pii_counts, holds, now_ns, late, span_count)
         return Record(self.kept_topic, trace_id, value, holds)
+
+    def _kept_batches(
+        self, trace_id: bytes, fragment: tuple, sampling_attrs: dict, th: int | None, pii_counts: dict, now_ns: int
+    ) -> list[dict]:
+        """One input message's spans of a kept trace: fully decoded, protected, annotated."""
+        hold, value, batch = fragment
+        protector = self.protector
+        if type(batch) is otlp.OtlpTrace:  # OTLP input: convert this trace's protobuf spans to dicts
+            out = otlp.kept_batches(batch)
+            for b in out:
+                for span in b["spans"]:
+                    if protector is not None:
+                        protector.protect_span(span, pii_counts)
+                    span["attributes"].update(sampling_attrs)
+                    if th is not None:  # OTEP 235: record the consistent sampling threshold in tracestate
+                        span["trace_state"] = with_threshold(span["trace_state"], th)
+                if protector is not None:
+                    protector.protect_batch(b, pii_counts)
+                    b["otlp.scope_attributes"] = protector.protect_attributes(b["otlp.scope_attributes"], pii_counts)
+            return out
+        bad_detail = ""
+        for span in batch["spans"]:
+            try:
+                detail = avro.decode_detail(span.pop("detail"))
+            except Exception as exc:  # noqa: BLE001 - corrupt detail must not stop the stream
+                bad_detail = f"{type(exc).__name__}: {_safe(exc)}"
+                detail = {**avro.EMPTY_DETAIL, "attributes": {"tailsift.detail_error": "undecodable span detail"}}
+            span.update(detail)
+            if protector is not None:
+                protector.protect_span(span, pii_counts)
+            span["attributes"].update(sampling_attrs)
+            if th is not None:
+                span["trace_state"] = with_threshold(span["trace_state"], th)
+        try:
+            batch["resource"] = avro.decode_resource(batch["resource"])
+        except Exception as exc:  # noqa: BLE001 - as for a corrupt detail: keep the spans, report it
+            bad_detail = f"resource: {type(exc).__name__}: {_safe(exc)}"
+            batch["resource"] = {"tailsift.detail_error": "undecodable resource"}
+        if protector is not None:
+            protector.protect_batch(batch, pii_counts)
+        if bad_detail:
+            msg = Received(hold.partition, hold.offset, trace_id, value)
+            self._pending.append(self._dead_letter(msg, "detail_decode_error", bad_detail, now_ns, None))
+        return [batch]
+
+    def _dead_letter_fragment(self, trace_id: bytes, fragment: tuple, exc: Exception, now_ns: int) -> None:
+        """A kept trace's input message whose spans cannot be written: to the dead-letter topic,
+        holding its offset there instead of on the kept record. The detail names the exception
+        type only: encoder messages quote the offending values."""
+        hold, value, _ = fragment
+        if isinstance(exc, otlp.InvalidSpan):
+            reason, detail = exc.reason, str(exc)
+        else:
+            reason, detail = "encode_error", f"kept trace not encodable as {self.emit_format}: {type(exc).__name__}"
+        msg = Received(hold.partition, hold.offset, trace_id, value)
+        self._pending.append(self._dead_letter(msg, reason, detail, now_ns, hold))
 
     def _follow_links(self, trace_id: bytes, batches: list[dict]) -> None:
         """Note the traces this kept trace's spans link to, so they are kept when decided here."""
@@ -536,7 +580,7 @@ class Job:
     def _ingest_otlp(self, messages: Iterable[Received], now_ns: int) -> None:
         """OTLP input: header-only decode split per trace ID. A message feeding N traces holds N
         trace obligations; one not keyed by its single trace ID is re-published per trace (rekey)."""
-        sli, tracker, fmt = self.sli, self.tracker, self.ingest_format
+        sli, tracker, fmt, time_violation = self.sli, self.tracker, self.ingest_format, self.time_bounds.violation
         n_spans = 0
         for msg in messages:
             value = msg.value
@@ -546,8 +590,8 @@ class Job:
                     raise _Malformed("empty_value", "the message value is empty or null (tombstone)")
                 try:
                     traces = otlp.decode_traces(value, fmt)
-                except otlp.InvalidTraceId as exc:
-                    raise _Malformed("invalid_trace_id", str(exc)) from None
+                except otlp.InvalidSpan as exc:  # its text holds lengths and bounds, never id bytes
+                    raise _Malformed(exc.reason, str(exc)) from None
                 except Exception as exc:  # noqa: BLE001 - protobuf/json raise many types for bad bytes
                     raise _Malformed(
                         "decode_error",
@@ -555,6 +599,10 @@ class Job:
                     ) from None
                 if not traces:
                     raise _Malformed("empty_batch", "the request has no spans")
+                for trace in traces.values():
+                    bad_time = time_violation(trace.spans, now_ns)
+                    if bad_time:
+                        raise _Malformed("invalid_timestamp", bad_time)
             except _Malformed as bad:
                 self._reject(msg, bad, now_ns, replay)
                 continue
