@@ -230,9 +230,10 @@ class Job:
                 fragment = (fragment[0], fragment[1], None)  # the decoded batch is not kept (memory)
             sealed = self.assembler.add(trace_id, partition, spans, fragment, now_ns, len(fragment[1]))
             _BUFFERED.inc()
-            if sealed:  # event time: this message moved its partition's watermark past these traces
+            if sealed:  # event time: the watermark passed these traces; either time: a span/byte limit
                 for buf in sealed:
-                    self._decide(buf, buf.decided_at_ns, self._sealed, now_ns)
+                    # decided now, not at the next collect: the trace's next fragments follow this decision
+                    self._decide(buf, buf.decided_at_ns if self.event_time else now_ns, self._sealed, now_ns)
         elif known is DROPPED:
             self.tracker.release(fragment[0])
             _LATE_DROPPED.inc()
@@ -312,7 +313,9 @@ class Job:
         decision = self.engine.decide(view)
         if self._link_hints and buf.trace_id in self._link_hints:
             del self._link_hints[buf.trace_id]
-            if not decision.keep:  # context for a kept trace that links here; stands for no traces
+            if decision.vetoed:  # a drop rule (health checks, a tenant never stored) wins over links
+                metrics.FOLLOW_LINKS.labels("dropped_by_policy").inc()
+            elif not decision.keep:  # context for a kept trace that links here; stands for no traces
                 decision = FOLLOWED_LINK
                 metrics.FOLLOW_LINKS.labels("kept").inc()
         if self.dry_run:
