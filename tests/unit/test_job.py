@@ -127,6 +127,27 @@ def test_unkeyed_message_is_republished_keyed_by_trace_id():
     assert avro.decode_batch(rekey.value)["trace_id"] == tid
 
 
+def test_rekey_false_buffers_an_avro_message_keyed_otherwise_where_it_arrives():
+    """Old code: `ingest.rekey: false` was ignored for Avro input (observed: the message was
+    re-published to spans.raw keyed by trace ID and never buffered here). Now it is buffered
+    and decided where it arrived, as for OTLP input."""
+    cfg = config.parse(
+        {
+            "job": {"processing_guarantee": "at_least_once"},
+            "ingest": {"rekey": False},
+            "privacy": {"enabled": False},
+            "assemble": {"decision_wait_ms": 1000, "root_quiet_gap_ms": 0},
+            "sampling": {"policies": [{"name": "errors", "type": "status_code"}]},
+        }
+    )
+    job = Job(cfg, worker_id="test")
+    tid = os.urandom(16)
+    job.ingest([msg(0, tid, "a", [span(1, MS, "ERROR")], key=b"some-other-key")], now_ns=0)
+    assert [b.trace_id for b in job.assembler] == [tid]
+    out = job.collect(2 * S)
+    assert [(r.topic, r.key) for r in out.records if r.topic in ("spans.raw", "traces.kept")] == [("traces.kept", tid)]
+
+
 def test_late_spans_follow_the_remembered_decision():
     job = make_job()
     err, ok = os.urandom(16), os.urandom(16)
