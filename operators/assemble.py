@@ -73,6 +73,7 @@ class TraceAssembler:
         allowed_lateness_ns: int = 0,
         idle_partition_ns: int = 10**10,
         keep_spans: bool = True,
+        resume_fraction: float = 1.0,
     ):
         self.decision_wait_ns = decision_wait_ns
         self.root_quiet_gap_ns = root_quiet_gap_ns
@@ -92,6 +93,10 @@ class TraceAssembler:
         self.event_time = event_time
         self.allowed_lateness_ns = allowed_lateness_ns
         self.idle_partition_ns = idle_partition_ns
+        # event time with backpressure (< 1): the caller pauses input at a bound, which freezes the
+        # watermarks, so nothing would be decided until idle_partition; instead due() seals the
+        # oldest deadlines down to this fraction of the bounds (the caller's resume mark)
+        self.resume_fraction = resume_fraction
         if event_time:
             # event time: per partition a heap of deadlines (see _add_event)
             self.watermarks = PartitionWatermarks(allowed_lateness_ns)
@@ -279,7 +284,8 @@ class TraceAssembler:
     def _due_event(self, now_ns: int) -> list[TraceBuffer]:
         """Event time: traces the worker clock decides — all traces of partitions idle for
         ``idle_partition_ns`` (trigger idle_partition), then the oldest deadlines while over a
-        global bound (memory_bound). Watermark-passed traces come out of ``add`` instead."""
+        global bound (memory_bound; with ``resume_fraction`` < 1 from the bound down to that
+        fraction of it). Watermark-passed traces come out of ``add`` instead."""
         out: list[TraceBuffer] = []
         heaps = self._by_deadline
         for p in self.watermarks.idle(now_ns, self.idle_partition_ns):
@@ -291,13 +297,24 @@ class TraceAssembler:
                 buf.trigger = "idle_partition"
                 self._seal(buf, mark, out)
             heaps[p] = []
-        if self.buffered_spans > self.max_buffered_spans or self.buffered_bytes > self.max_buffered_bytes:
+        max_spans, max_bytes, fraction = self.max_buffered_spans, self.max_buffered_bytes, self.resume_fraction
+        if fraction < 1.0:  # backpressure: input pauses at the bound; seal until it resumes
+            over_bound = self.buffered_spans >= max_spans or self.buffered_bytes >= max_bytes
+            low_spans, low_bytes = fraction * max_spans, fraction * max_bytes
+
+            def over() -> bool:
+                return self.buffered_spans >= low_spans or self.buffered_bytes >= low_bytes
+        else:  # force_decision: never more than the bounds after due()
+            over_bound = self.buffered_spans > max_spans or self.buffered_bytes > max_bytes
+
+            def over() -> bool:
+                return self.buffered_spans > max_spans or self.buffered_bytes > max_bytes
+
+        if over_bound:
             traces = self._traces
             heads = [(h[0], p) for p, h in heaps.items() if h]
             heapq.heapify(heads)
-            while heads and (
-                self.buffered_spans > self.max_buffered_spans or self.buffered_bytes > self.max_buffered_bytes
-            ):
+            while heads and over():
                 (d, tid, _, buf), p = heapq.heappop(heads)
                 heap = heaps[p]
                 heapq.heappop(heap)

@@ -35,6 +35,7 @@ from pipeline.privacy import audit_record, build_protector
 from pipeline.slo_rules import objectives as slo_objectives
 
 _ZERO_TRACE_ID = bytes(16)
+_RESUME_FRACTION = 0.8  # backpressure: input resumes under this fraction of both bounds
 # kept because a kept trace links to it (sampling.follow_links): probability 0 → adjusted count 0,
 # so estimates summed over kept traces are unchanged by traces kept only as context
 FOLLOWED_LINK = Decision(True, "follow_links", "linked_from_kept_trace", probability=0.0)
@@ -84,12 +85,15 @@ class Job:
         self.config = config
         self.worker_id = worker_id or config.job.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         a = config.assemble
+        # backpressure: the app pauses input at the bound (over_bound); the assembler forces early
+        # decisions at it only in overflow: force_decision — and in event time, where paused input
+        # freezes the watermarks: there it seals the oldest deadlines down to the resume mark
+        bounded = a.overflow == "force_decision" or a.time == "event"
         self.assembler = TraceAssembler(
             decision_wait_ns=a.decision_wait_ms * 1_000_000,
-            # backpressure: the app pauses input at the bound (assembler.over_bound); the assembler forces
-            # early decisions at it only in overflow: force_decision
-            max_buffered_spans=a.max_buffered_spans if a.overflow == "force_decision" else 1 << 62,
-            max_buffered_bytes=a.max_buffered_bytes if a.overflow == "force_decision" else 1 << 62,
+            max_buffered_spans=a.max_buffered_spans if bounded else 1 << 62,
+            max_buffered_bytes=a.max_buffered_bytes if bounded else 1 << 62,
+            resume_fraction=_RESUME_FRACTION if a.overflow == "backpressure" else 1.0,
             max_spans_per_trace=a.max_spans_per_trace,
             max_trace_bytes=a.max_trace_bytes,
             event_time=a.time == "event",
@@ -403,8 +407,8 @@ class Job:
         """Back under 80 % of both bounds: resume the input (hysteresis, so it does not flap)."""
         a = self.config.assemble
         return (
-            self.assembler.buffered_spans < 0.8 * a.max_buffered_spans
-            and self.assembler.buffered_bytes < 0.8 * a.max_buffered_bytes
+            self.assembler.buffered_spans < _RESUME_FRACTION * a.max_buffered_spans
+            and self.assembler.buffered_bytes < _RESUME_FRACTION * a.max_buffered_bytes
         )
 
     def _buffer_gauges(self) -> None:
