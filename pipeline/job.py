@@ -450,9 +450,9 @@ class Job:
 
         Building one record never fails the outbox: a fragment that cannot be converted (an OTLP
         link ID of the wrong length, an event time beyond 2^63 - 1: checked here, not for every
-        span at ingest) is dead-lettered with its reason and the rest of the trace is kept; a
-        record that still does not encode dead-letters all its inputs (``encode_error``) and
-        None is returned."""
+        span at ingest) is dead-lettered with its reason and the rest of the trace is kept; so is
+        one whose spans do not encode in ``emit.format`` (``encode_error``: found by encoding
+        the fragments one by one, only after the whole record failed). None when nothing is left."""
         adjusted = decision.adjusted_count
         reason = decision.reason + (f";forced={forced}" if forced else "")
         sampling_attrs = {
@@ -465,7 +465,7 @@ class Job:
         if decision.dry_run_kept is not None:
             sampling_attrs["sampling.dry_run_kept"] = decision.dry_run_kept
         batches = []
-        written = []  # the fragments this record carries
+        written: list[tuple[tuple, list[dict]]] = []  # (fragment, its batches) this record carries
         pii_counts: dict[str, int] = {}
         for fragment in fragments:  # (hold, raw bytes, batch decoded at ingest)
             try:
@@ -475,34 +475,50 @@ class Job:
             except Exception as exc:  # noqa: BLE001 - one bad fragment must not stop the stream
                 self._dead_letter_fragment(trace_id, fragment, exc, now_ns)
                 continue
-            batches.extend(converted)
-            written.append(fragment)
-        if not written:
-            return None
-        span_count = sum(len(b["spans"]) for b in batches)
-        try:
-            value = (
-                otlp.encode_request(batches, self.emit_format)
-                if self.emit_format != "avro"
-                else avro.encode(
-                    avro.KEPT_TRACE,
-                    {
-                        "trace_id": trace_id,
-                        "policy": decision.policy,
-                        "reason": reason,
-                        "adjusted_count": adjusted,
-                        "decided_at_unix_nano": now_ns,
-                        "late": late,
-                        "span_count": span_count,
-                        "batches": batches,
-                    },
-                )
+            written.append((fragment, converted))
+
+        def encode(parts: list[tuple[tuple, list[dict]]]) -> bytes:
+            batches = [b for _, converted in parts for b in converted]
+            if self.emit_format != "avro":
+                return otlp.encode_request(batches, self.emit_format)
+            return avro.encode(
+                avro.KEPT_TRACE,
+                {
+                    "trace_id": trace_id,
+                    "policy": decision.policy,
+                    "reason": reason,
+                    "adjusted_count": adjusted,
+                    "decided_at_unix_nano": now_ns,
+                    "late": late,
+                    "span_count": sum(len(b["spans"]) for b in batches),
+                    "batches": batches,
+                },
             )
-        except Exception as exc:  # noqa: BLE001 - the encoder raises many types for values out of range
-            for fragment in written:
-                self._dead_letter_fragment(trace_id, fragment, exc, now_ns)
+
+        value = None
+        while written and value is None:
+            try:
+                value = encode(written)
+            except Exception:  # noqa: BLE001 - the encoder raises many types for values out of range
+                # rare path: find the fragments that do not encode on their own, dead-letter them, retry the rest
+                fine = []
+                for part in written:
+                    try:
+                        encode([part])
+                    except Exception as exc:  # noqa: BLE001 - as above
+                        self._dead_letter_fragment(trace_id, part[0], exc, now_ns)
+                    else:
+                        fine.append(part)
+                if len(fine) == len(written):  # each alone encodes, together they do not: give up on all
+                    for part in written:
+                        self._dead_letter_fragment(trace_id, part[0], ValueError(), now_ns)
+                    fine = []
+                written = fine
+        if value is None:
             return None
-        holds = [fragment[0] for fragment in written]
+        batches = [b for _, converted in written for b in converted]
+        span_count = sum(len(b["spans"]) for b in batches)
+        holds = [fragment[0] for fragment, _ in written]
         if self.follow_links:
             self._follow_links(trace_id, batches)
         if self.protector is not None:
