@@ -8,7 +8,9 @@ the trace has been quiet for ``root_quiet_gap`` (a finished request rarely grows
 ends — Refinery's SendDelay; 0 turns it off); a forced early decision when the trace exceeds
 ``max_spans_per_trace`` / ``max_trace_bytes`` or when the buffer as a whole exceeds
 ``max_buffered_spans`` / ``max_buffered_bytes`` (oldest trace first), so memory stays bounded.
-``add`` buffers (and returns ``[]``); ``due(now)`` releases what is due.
+``add`` buffers and returns the trace it forced by its span/byte limit (else ``[]``): it is
+decided at once, so the trace's next fragments follow that one decision instead of opening a
+second buffer with its own; ``due(now)`` releases what else is due.
 
 **Event time** (``event_time=True``; replays decide the same way every run). Time is read from
 the spans: a message's event time is the newest ``end_time_unix_nano`` among its spans. A trace's
@@ -76,6 +78,7 @@ class TraceAssembler:
         allowed_lateness_ns: int = 0,
         idle_partition_ns: int = 10**10,
         keep_spans: bool = True,
+        resume_fraction: float = 1.0,
     ):
         self.decision_wait_ns = decision_wait_ns
         self.root_quiet_gap_ns = root_quiet_gap_ns
@@ -91,11 +94,14 @@ class TraceAssembler:
         self._traces: OrderedDict[bytes, TraceBuffer] = OrderedDict()
         # Traces whose root arrived, in order of last activity (= order of their quiet deadlines).
         self._rooted: OrderedDict[bytes, TraceBuffer] = OrderedDict()
-        self._forced: list[TraceBuffer] = []
         self.buffered_spans = 0
         self.event_time = event_time
         self.allowed_lateness_ns = allowed_lateness_ns
         self.idle_partition_ns = idle_partition_ns
+        # event time with backpressure (< 1): the caller pauses input at a bound, which freezes the
+        # watermarks, so nothing would be decided until idle_partition; instead due() seals the
+        # oldest deadlines down to this fraction of the bounds (the caller's resume mark)
+        self.resume_fraction = resume_fraction
         if event_time:
             # event time: per partition a heap of deadlines (see _add_event)
             self.watermarks = PartitionWatermarks(allowed_lateness_ns)
@@ -112,7 +118,8 @@ class TraceAssembler:
         self, trace_id: bytes, partition: int, spans: list[SpanHeader], fragment: Any, now_ns: int, size_bytes: int = 0
     ) -> list[TraceBuffer]:
         """Buffer one message's spans. Callers check the decision cache first for late spans.
-        Returns the traces this message sealed: always [] in processing time (see ``due``)."""
+        Returns the traces this message sealed: in processing time only a trace that reached its
+        span/byte limit with this message (the others come out of ``due``)."""
         buf = self._traces.get(trace_id)
         if buf is None:
             buf = TraceBuffer(trace_id, partition, now_ns, now_ns + self.decision_wait_ns)
@@ -131,24 +138,25 @@ class TraceAssembler:
             if buf.has_root:
                 self._rooted[trace_id] = buf
                 self._rooted.move_to_end(trace_id)
-        if not buf.forced_reason:
-            if buf.span_count >= self.max_spans_per_trace:
-                self._force(buf, "span_limit")
-            elif buf.size_bytes >= self.max_trace_bytes:
-                self._force(buf, "trace_bytes")
+        if buf.span_count >= self.max_spans_per_trace:
+            return [self._force(buf, "span_limit")]
+        if buf.size_bytes >= self.max_trace_bytes:
+            return [self._force(buf, "trace_bytes")]
         return []
 
-    def _force(self, buf: TraceBuffer, reason: str) -> None:
+    def _force(self, buf: TraceBuffer, reason: str) -> TraceBuffer:
         del self._traces[buf.trace_id]
         self._rooted.pop(buf.trace_id, None)
+        self.buffered_spans -= buf.span_count
+        self.buffered_bytes -= buf.size_bytes
         buf.forced_reason = buf.trigger = reason
-        self._forced.append(buf)
+        return buf
 
     def due(self, now_ns: int) -> list[TraceBuffer]:
         """Traces whose decision point has come, oldest first; they leave the buffer."""
-        out, self._forced = self._forced, []
-        remaining = self.buffered_spans - sum(b.span_count for b in out)
-        remaining_bytes = self.buffered_bytes - sum(b.size_bytes for b in out)
+        out: list[TraceBuffer] = []
+        remaining = self.buffered_spans
+        remaining_bytes = self.buffered_bytes
         traces, rooted = self._traces, self._rooted
         quiet_before = now_ns - self.root_quiet_gap_ns
         while rooted:
@@ -279,7 +287,8 @@ class TraceAssembler:
     def _due_event(self, now_ns: int) -> list[TraceBuffer]:
         """Event time: traces the worker clock decides — all traces of partitions idle for
         ``idle_partition_ns`` (trigger idle_partition), then the oldest deadlines while over a
-        global bound (memory_bound). Watermark-passed traces come out of ``add`` instead."""
+        global bound (memory_bound; with ``resume_fraction`` < 1 from the bound down to that
+        fraction of it). Watermark-passed traces come out of ``add`` instead."""
         out: list[TraceBuffer] = []
         heaps = self._by_deadline
         for p in self.watermarks.idle(now_ns, self.idle_partition_ns):
@@ -291,13 +300,24 @@ class TraceAssembler:
                 buf.trigger = "idle_partition"
                 self._seal(buf, mark, out)
             heaps[p] = []
-        if self.buffered_spans > self.max_buffered_spans or self.buffered_bytes > self.max_buffered_bytes:
+        max_spans, max_bytes, fraction = self.max_buffered_spans, self.max_buffered_bytes, self.resume_fraction
+        if fraction < 1.0:  # backpressure: input pauses at the bound; seal until it resumes
+            over_bound = self.buffered_spans >= max_spans or self.buffered_bytes >= max_bytes
+            low_spans, low_bytes = fraction * max_spans, fraction * max_bytes
+
+            def over() -> bool:
+                return self.buffered_spans >= low_spans or self.buffered_bytes >= low_bytes
+        else:  # force_decision: never more than the bounds after due()
+            over_bound = self.buffered_spans > max_spans or self.buffered_bytes > max_bytes
+
+            def over() -> bool:
+                return self.buffered_spans > max_spans or self.buffered_bytes > max_bytes
+
+        if over_bound:
             traces = self._traces
             heads = [(h[0], p) for p, h in heaps.items() if h]
             heapq.heapify(heads)
-            while heads and (
-                self.buffered_spans > self.max_buffered_spans or self.buffered_bytes > self.max_buffered_bytes
-            ):
+            while heads and over():
                 (d, tid, _, buf), p = heapq.heappop(heads)
                 heap = heaps[p]
                 heapq.heappop(heap)
@@ -322,11 +342,7 @@ class TraceAssembler:
             self.buffered_spans -= buf.span_count
             self.buffered_bytes -= buf.size_bytes
             self._rooted.pop(tid, None)
-        kept_forced = [b for b in self._forced if b.partition not in lost]
-        dropped = len(gone) + len(self._forced) - len(kept_forced)
-        self.buffered_spans -= sum(b.span_count for b in self._forced if b.partition in lost)
-        self.buffered_bytes -= sum(b.size_bytes for b in self._forced if b.partition in lost)
-        self._forced = kept_forced
+        dropped = len(gone)
         if self.event_time:
             for p in lost:
                 self._by_deadline.pop(p, None)

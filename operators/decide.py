@@ -44,6 +44,7 @@ class Decision:
     probability: float = 1.0
     threshold: int | None = None  # OTEP 235 th of a consistent keep with probability < 1
     dry_run_kept: bool | None = None  # set in dry-run mode: what would have happened
+    vetoed: bool = False  # dropped by a policy's DROP verdict: nothing brings it back (follow_links neither)
 
     @property
     def adjusted_count(self) -> float:
@@ -99,7 +100,7 @@ class DecisionEngine:
             if verdict is None:
                 continue
             if verdict.action is Action.DROP:
-                return Decision(False, policy.name, verdict.reason, 1.0)
+                return Decision(False, policy.name, verdict.reason, 1.0, vetoed=True)
             p = verdict.probability
             if p > by_source.get(verdict.source, 0.0):
                 by_source[verdict.source] = p
@@ -127,7 +128,7 @@ class DecisionEngine:
             if verdict is None:
                 continue
             if verdict.action is Action.DROP:
-                return Decision(False, policy.name, verdict.reason, 1.0)
+                return Decision(False, policy.name, verdict.reason, 1.0, vetoed=True)
             if first is None:
                 first = (policy, verdict)
         if first is None:

@@ -572,6 +572,13 @@ class IngestConfig(Strict):
         description="re-publish messages not keyed by their (single) trace ID, split per trace, "
         "keyed by trace ID; false: buffer every trace of a message locally",
     )
+    max_clock_skew_ms: int = Field(
+        300_000,
+        ge=0,
+        le=86_400_000,
+        description="a span may end at most this far ahead of the worker clock (and start at most this "
+        "long after it ends); beyond it the message is dead-lettered as invalid_timestamp",
+    )
 
 
 class EmitConfig(Strict):

@@ -24,6 +24,7 @@ from operators.privacy.sanitize import sanitize_span_name
 from operators.service_graph import ServiceGraph
 from operators.sli import SliWindows, WindowAggregate, window_record
 from operators.slo import SloTracker
+from operators.span_times import SpanTimeBounds
 from operators.trace import TraceView
 from operators.tracestate import with_threshold
 from pipeline import metrics
@@ -37,6 +38,7 @@ from pipeline.slo_rules import objectives as slo_objectives
 _ZERO_TRACE_ID = bytes(16)
 # librdkafka's producer limit (message.max.bytes) less headroom for the record batch framing and key
 MAX_RECORD_BYTES = 1_000_000 - 4_096
+_RESUME_FRACTION = 0.8  # backpressure: input resumes under this fraction of both bounds
 # kept because a kept trace links to it (sampling.follow_links): probability 0 → adjusted count 0,
 # so estimates summed over kept traces are unchanged by traces kept only as context
 FOLLOWED_LINK = Decision(True, "follow_links", "linked_from_kept_trace", probability=0.0)
@@ -96,12 +98,15 @@ class Job:
         self.config = config
         self.worker_id = worker_id or config.job.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         a = config.assemble
+        # backpressure: the app pauses input at the bound (over_bound); the assembler forces early
+        # decisions at it only in overflow: force_decision — and in event time, where paused input
+        # freezes the watermarks: there it seals the oldest deadlines down to the resume mark
+        bounded = a.overflow == "force_decision" or a.time == "event"
         self.assembler = TraceAssembler(
             decision_wait_ns=a.decision_wait_ms * 1_000_000,
-            # backpressure: the app pauses input at the bound (assembler.over_bound); the assembler forces
-            # early decisions at it only in overflow: force_decision
-            max_buffered_spans=a.max_buffered_spans if a.overflow == "force_decision" else 1 << 62,
-            max_buffered_bytes=a.max_buffered_bytes if a.overflow == "force_decision" else 1 << 62,
+            max_buffered_spans=a.max_buffered_spans if bounded else 1 << 62,
+            max_buffered_bytes=a.max_buffered_bytes if bounded else 1 << 62,
+            resume_fraction=_RESUME_FRACTION if a.overflow == "backpressure" else 1.0,
             max_spans_per_trace=a.max_spans_per_trace,
             max_trace_bytes=a.max_trace_bytes,
             event_time=a.time == "event",
@@ -163,13 +168,15 @@ class Job:
         self.ingest_format = config.ingest.format
         self.emit_format = config.emit.format
         self.rekey = config.ingest.rekey
+        # times are checked at ingest, so none reaches a window, a watermark or an encoder unchecked
+        self.time_bounds = SpanTimeBounds(self.sli.window_ns, config.ingest.max_clock_skew_ms * 1_000_000)
         self._decode_detail = avro.decode_detail if self.ingest_format == "avro" else otlp.decode_detail
 
     # ---------------------------------------------------------------- ingest (hot path)
     def ingest(self, messages: Iterable[Received], now_ns: int) -> None:
         if self.ingest_format != "avro":
             return self._ingest_otlp(messages, now_ns)
-        sli, tracker = self.sli, self.tracker
+        sli, tracker, time_violation = self.sli, self.tracker, self.time_bounds.violation
         n_spans = 0
         for msg in messages:
             value = msg.value
@@ -189,10 +196,13 @@ class Job:
                     raise _Malformed("empty_batch", "the batch has no spans")
                 if trace_id == _ZERO_TRACE_ID:
                     raise _Malformed("invalid_trace_id", "the trace ID is all zeros")
+                bad_time = time_violation(spans, now_ns)
+                if bad_time:
+                    raise _Malformed("invalid_timestamp", bad_time)
             except _Malformed as bad:
                 self._reject(msg, bad, now_ns, replay)
                 continue
-            if self._misplaced(msg, trace_id):
+            if self.rekey and self._misplaced(msg, trace_id):
                 # Spans of one trace must meet on one partition: re-publish keyed by trace ID.
                 if replay:
                     tracker.track(msg.partition, msg.offset, msg.ref, 0)
@@ -252,9 +262,10 @@ class Job:
                 fragment = (fragment[0], fragment[1], None)  # the decoded batch is not kept (memory)
             sealed = self.assembler.add(trace_id, partition, spans, fragment, now_ns, len(fragment[1]))
             _BUFFERED.inc()
-            if sealed:  # event time: this message moved its partition's watermark past these traces
+            if sealed:  # event time: the watermark passed these traces; either time: a span/byte limit
                 for buf in sealed:
-                    self._decide(buf, buf.decided_at_ns, self._sealed, now_ns)
+                    # decided now, not at the next collect: the trace's next fragments follow this decision
+                    self._decide(buf, buf.decided_at_ns if self.event_time else now_ns, self._sealed, now_ns)
         elif known is DROPPED:
             self.tracker.release(fragment[0])
             _LATE_DROPPED.inc()
@@ -331,7 +342,9 @@ class Job:
         decision = self.engine.decide(view)
         if self._link_hints and buf.trace_id in self._link_hints:
             del self._link_hints[buf.trace_id]
-            if not decision.keep:  # context for a kept trace that links here; stands for no traces
+            if decision.vetoed:  # a drop rule (health checks, a tenant never stored) wins over links
+                metrics.FOLLOW_LINKS.labels("dropped_by_policy").inc()
+            elif not decision.keep:  # context for a kept trace that links here; stands for no traces
                 decision = FOLLOWED_LINK
                 metrics.FOLLOW_LINKS.labels("kept").inc()
         if self.dry_run:
@@ -443,8 +456,8 @@ class Job:
         """Back under 80 % of both bounds: resume the input (hysteresis, so it does not flap)."""
         a = self.config.assemble
         return (
-            self.assembler.buffered_spans < 0.8 * a.max_buffered_spans
-            and self.assembler.buffered_bytes < 0.8 * a.max_buffered_bytes
+            self.assembler.buffered_spans < _RESUME_FRACTION * a.max_buffered_spans
+            and self.assembler.buffered_bytes < _RESUME_FRACTION * a.max_buffered_bytes
         )
 
     def _buffer_gauges(self) -> None:
@@ -482,7 +495,13 @@ class Job:
 
         A span whose header decoded but whose ``detail`` does not is still kept — its trace was
         judged on sound headers — with ``tailsift.detail_error`` set, and its message is reported
-        to the dead-letter topic so the producer can be found."""
+        to the dead-letter topic so the producer can be found.
+
+        Building one record never fails the outbox: a fragment that cannot be converted (an OTLP
+        link ID of the wrong length, an event time beyond 2^63 - 1: checked here, not for every
+        span at ingest) is dead-lettered with its reason and the rest of the trace is kept; so is
+        one whose spans do not encode in ``emit.format`` (``encode_error``: found by encoding
+        the fragments one by one, only after the whole record failed). Empty when nothing is left."""
         adjusted = decision.adjusted_count
         reason = decision.reason + (f";forced={forced}" if forced else "")
         sampling_attrs = {
@@ -494,122 +513,168 @@ class Job:
             sampling_attrs["sampling.late"] = True
         if decision.dry_run_kept is not None:
             sampling_attrs["sampling.dry_run_kept"] = decision.dry_run_kept
-        th = decision.threshold  # OTEP 235: record the consistent sampling threshold in tracestate
         batches = []
-        span_count = 0
-        protector = self.protector
+        written: list[tuple[tuple, list[dict]]] = []  # (fragment, its batches) this record carries
         pii_counts: dict[str, int] = {}
-        origin: list[int] = []  # per output batch: the fragment (input message) it came from
-        for i, (hold, value, batch) in enumerate(fragments):  # batch: decoded at ingest; value: raw bytes
-            if type(batch) is otlp.OtlpTrace:  # OTLP input: convert this trace's protobuf spans to dicts
-                for b in otlp.kept_batches(batch):
-                    for span in b["spans"]:
-                        if protector is not None:
-                            protector.protect_span(span, pii_counts)
-                        span["attributes"].update(sampling_attrs)
-                        if th is not None:
-                            span["trace_state"] = with_threshold(span["trace_state"], th)
-                    if protector is not None:
-                        protector.protect_batch(b, pii_counts)
-                        b["otlp.scope_attributes"] = protector.protect_attributes(
-                            b["otlp.scope_attributes"], pii_counts
-                        )
-                    span_count += len(b["spans"])
-                    batches.append(b)
-                    origin.append(i)
-                continue
-            bad_detail = ""
-            for span in batch["spans"]:
-                try:
-                    detail = avro.decode_detail(span.pop("detail"))
-                except Exception as exc:  # noqa: BLE001 - corrupt detail must not stop the stream
-                    bad_detail = f"{type(exc).__name__}: {_safe(exc)}"
-                    detail = {**avro.EMPTY_DETAIL, "attributes": {"tailsift.detail_error": "undecodable span detail"}}
-                span.update(detail)
-                if protector is not None:
-                    protector.protect_span(span, pii_counts)
-                span["attributes"].update(sampling_attrs)
-                if th is not None:
-                    span["trace_state"] = with_threshold(span["trace_state"], th)
+        for fragment in fragments:  # (hold, raw bytes, batch decoded at ingest)
             try:
-                batch["resource"] = avro.decode_resource(batch["resource"])
-            except Exception as exc:  # noqa: BLE001 - as for a corrupt detail: keep the spans, report it
-                bad_detail = f"resource: {type(exc).__name__}: {_safe(exc)}"
-                batch["resource"] = {"tailsift.detail_error": "undecodable resource"}
-            if protector is not None:
-                protector.protect_batch(batch, pii_counts)
-            if bad_detail:
-                msg = Received(hold.partition, hold.offset, trace_id, value)
-                self._pending.append(self._dead_letter(msg, "detail_decode_error", bad_detail, now_ns, None))
-            span_count += len(batch["spans"])
-            batches.append(batch)
-            origin.append(i)
-        header = {
-            "trace_id": trace_id,
-            "policy": decision.policy,
-            "reason": reason,
-            "adjusted_count": adjusted,
-            "decided_at_unix_nano": now_ns,
-            "late": late,
-        }
-        holds = [fragment[0] for fragment in fragments]
-        values = self._encode_kept(header, batches, [fragments[i] for i in origin], now_ns)
+                converted = self._kept_batches(
+                    trace_id, fragment, sampling_attrs, decision.threshold, pii_counts, now_ns
+                )
+            except Exception as exc:  # noqa: BLE001 - one bad fragment must not stop the stream
+                self._dead_letter_fragment(trace_id, fragment, exc, now_ns)
+                continue
+            written.append((fragment, converted))
+
+        def encode_batches(batches: list[dict], part: int = 0, parts: int = 1) -> bytes:
+            if self.emit_format != "avro":
+                return otlp.encode_request(batches, self.emit_format)
+            return avro.encode(
+                avro.KEPT_TRACE,
+                {
+                    "trace_id": trace_id,
+                    "policy": decision.policy,
+                    "reason": reason,
+                    "adjusted_count": adjusted,
+                    "decided_at_unix_nano": now_ns,
+                    "late": late,
+                    "span_count": sum(len(b["spans"]) for b in batches),
+                    "batches": batches,
+                    "part": part,
+                    "parts": parts,
+                },
+            )
+
+        def encode(parts: list[tuple[tuple, list[dict]]]) -> bytes:
+            return encode_batches([b for _, converted in parts for b in converted])
+
+        value = None
+        while written and value is None:
+            try:
+                value = encode(written)
+            except Exception:  # noqa: BLE001 - the encoder raises many types for values out of range
+                # rare path: find the fragments that do not encode on their own, dead-letter them, retry the rest
+                fine = []
+                for part in written:
+                    try:
+                        encode([part])
+                    except Exception as exc:  # noqa: BLE001 - as above
+                        self._dead_letter_fragment(trace_id, part[0], exc, now_ns)
+                    else:
+                        fine.append(part)
+                if len(fine) == len(written):  # each alone encodes, together they do not: give up on all
+                    for part in written:
+                        self._dead_letter_fragment(trace_id, part[0], ValueError(), now_ns)
+                    fine = []
+                written = fine
+        if value is None:
+            return []
+        batches = [b for _, converted in written for b in converted]
+        span_count = sum(len(b["spans"]) for b in batches)
+        holds = [fragment[0] for fragment, _ in written]
+        values = (
+            [value]
+            if len(value) <= self.max_record_bytes
+            else self._split_kept(encode_batches, written, trace_id, now_ns)
+        )
         for hold in holds:  # every part holds every input: the offsets commit once all parts are written
             hold.count += len(values) - 1
         if self.follow_links:
             self._follow_links(trace_id, batches)
-        if protector is not None:
+        if self.protector is not None:
             self._pii_audit(trace_id, pii_counts, holds, now_ns, late, span_count)
         return [Record(self.kept_topic, trace_id, value, list(holds)) for value in values]
 
-    def _encode_kept(self, header: dict, batches: list[dict], sources: list, now_ns: int) -> list[bytes]:
-        """The kept record's value — or, when it would exceed ``max_record_bytes`` (the target topic's
-        ``max.message.bytes`` and the producer's limit), several parts that each fit: Avro
-        ``KeptTrace`` parts with ``part``/``parts``, or several OTLP requests of the same trace. The
-        spans are halved until each part fits; a single span that cannot fit alone is dead-lettered
-        (``span_too_large``) instead of failing the transaction."""
+    def _split_kept(
+        self, encode_batches, written: list[tuple[tuple, list[dict]]], trace_id: bytes, now_ns: int
+    ) -> list[bytes]:
+        """A kept record larger than ``max_record_bytes`` (the output topics' ``max.message.bytes``
+        and the producer's limit) as several parts that each fit: Avro ``KeptTrace`` parts with
+        ``part``/``parts``, or several OTLP requests of the same trace. The spans are halved until
+        each part fits; a single span that cannot fit alone is dead-lettered (``span_too_large``) and
+        left out — no record can fail the transaction for its size."""
         limit = self.max_record_bytes
-        avro_out = self.emit_format == "avro"
-
-        def encode(part: list[dict], index: int = 0, count: int = 1) -> bytes:
-            if not avro_out:
-                return otlp.encode_request(part, self.emit_format)
-            spans = sum(len(b["spans"]) for b in part)
-            return avro.encode(
-                avro.KEPT_TRACE, {**header, "span_count": spans, "batches": part, "part": index, "parts": count}
-            )
-
-        whole = encode(batches)
-        if len(whole) <= limit:
-            return [whole]
         parts: list[list[dict]] = []
-        too_large: list[dict] = []
+        too_large: list[tuple] = []  # fragments (input messages) with a span too large for any record
 
-        def fit(part: list[dict]) -> None:
-            if len(encode(part)) <= limit:
-                parts.append(part)
-            elif len(part) > 1:
-                fit(part[: len(part) // 2])
-                fit(part[len(part) // 2 :])
-            elif len(part[0]["spans"]) > 1:
-                b = part[0]
+        def fit(units: list[tuple[tuple, dict]]) -> None:  # (fragment, batch) units
+            if len(encode_batches([b for _, b in units])) <= limit:
+                parts.append([b for _, b in units])
+            elif len(units) > 1:
+                fit(units[: len(units) // 2])
+                fit(units[len(units) // 2 :])
+            elif len(units[0][1]["spans"]) > 1:
+                fragment, b = units[0]
                 half = len(b["spans"]) // 2
-                fit([{**b, "spans": b["spans"][:half]}])
-                fit([{**b, "spans": b["spans"][half:]}])
-            elif part[0]["spans"]:
-                too_large.append(part[0])
+                fit([(fragment, {**b, "spans": b["spans"][:half]})])
+                fit([(fragment, {**b, "spans": b["spans"][half:]})])
+            elif units[0][1]["spans"] and all(f is not units[0][0] for f in too_large):
+                too_large.append(units[0][0])
 
-        fit(batches)
-        if too_large:  # sources[i]: the fragment batch i came from
-            bad = {id(s) for b in too_large for s in b["spans"]}
-            for (hold, value, _), batch in zip(sources, batches):
-                if any(id(s) in bad for s in batch["spans"]):
-                    msg = Received(hold.partition, hold.offset, header["trace_id"], value)
-                    detail = f"a span of this message does not fit in one record of at most {limit} bytes"
-                    self._pending.append(self._dead_letter(msg, "span_too_large", detail, now_ns, None))
+        fit([(fragment, b) for fragment, converted in written for b in converted])
+        for hold, value, _ in too_large:
+            msg = Received(hold.partition, hold.offset, trace_id, value)
+            detail = f"a span of this message does not fit in one record of at most {limit} bytes"
+            self._pending.append(self._dead_letter(msg, "span_too_large", detail, now_ns, None))
         if not parts:  # every span was too large: an empty part still carries the decision's facts
             parts = [[]]
-        return [encode(part, i, len(parts)) for i, part in enumerate(parts)]
+        return [encode_batches(part, i, len(parts)) for i, part in enumerate(parts)]
+
+    def _kept_batches(
+        self, trace_id: bytes, fragment: tuple, sampling_attrs: dict, th: int | None, pii_counts: dict, now_ns: int
+    ) -> list[dict]:
+        """One input message's spans of a kept trace: fully decoded, protected, annotated."""
+        hold, value, batch = fragment
+        protector = self.protector
+        if type(batch) is otlp.OtlpTrace:  # OTLP input: convert this trace's protobuf spans to dicts
+            out = otlp.kept_batches(batch)
+            for b in out:
+                for span in b["spans"]:
+                    if protector is not None:
+                        protector.protect_span(span, pii_counts)
+                    span["attributes"].update(sampling_attrs)
+                    if th is not None:  # OTEP 235: record the consistent sampling threshold in tracestate
+                        span["trace_state"] = with_threshold(span["trace_state"], th)
+                if protector is not None:
+                    protector.protect_batch(b, pii_counts)
+                    b["otlp.scope_attributes"] = protector.protect_attributes(b["otlp.scope_attributes"], pii_counts)
+            return out
+        bad_detail = ""
+        for span in batch["spans"]:
+            try:
+                detail = avro.decode_detail(span.pop("detail"))
+            except Exception as exc:  # noqa: BLE001 - corrupt detail must not stop the stream
+                bad_detail = f"{type(exc).__name__}: {_safe(exc)}"
+                detail = {**avro.EMPTY_DETAIL, "attributes": {"tailsift.detail_error": "undecodable span detail"}}
+            span.update(detail)
+            if protector is not None:
+                protector.protect_span(span, pii_counts)
+            span["attributes"].update(sampling_attrs)
+            if th is not None:
+                span["trace_state"] = with_threshold(span["trace_state"], th)
+        try:
+            batch["resource"] = avro.decode_resource(batch["resource"])
+        except Exception as exc:  # noqa: BLE001 - as for a corrupt detail: keep the spans, report it
+            bad_detail = f"resource: {type(exc).__name__}: {_safe(exc)}"
+            batch["resource"] = {"tailsift.detail_error": "undecodable resource"}
+        if protector is not None:
+            protector.protect_batch(batch, pii_counts)
+        if bad_detail:
+            msg = Received(hold.partition, hold.offset, trace_id, value)
+            self._pending.append(self._dead_letter(msg, "detail_decode_error", bad_detail, now_ns, None))
+        return [batch]
+
+    def _dead_letter_fragment(self, trace_id: bytes, fragment: tuple, exc: Exception, now_ns: int) -> None:
+        """A kept trace's input message whose spans cannot be written: to the dead-letter topic,
+        holding its offset there instead of on the kept record. The detail names the exception
+        type only: encoder messages quote the offending values."""
+        hold, value, _ = fragment
+        if isinstance(exc, otlp.InvalidSpan):
+            reason, detail = exc.reason, str(exc)
+        else:
+            reason, detail = "encode_error", f"kept trace not encodable as {self.emit_format}: {type(exc).__name__}"
+        msg = Received(hold.partition, hold.offset, trace_id, value)
+        self._pending.append(self._dead_letter(msg, reason, detail, now_ns, hold))
 
     def _follow_links(self, trace_id: bytes, batches: list[dict]) -> None:
         """Note the traces this kept trace's spans link to, so they are kept when decided here."""
@@ -633,7 +698,7 @@ class Job:
     def _ingest_otlp(self, messages: Iterable[Received], now_ns: int) -> None:
         """OTLP input: header-only decode split per trace ID. A message feeding N traces holds N
         trace obligations; one not keyed by its single trace ID is re-published per trace (rekey)."""
-        sli, tracker, fmt = self.sli, self.tracker, self.ingest_format
+        sli, tracker, fmt, time_violation = self.sli, self.tracker, self.ingest_format, self.time_bounds.violation
         n_spans = 0
         for msg in messages:
             value = msg.value
@@ -643,8 +708,8 @@ class Job:
                     raise _Malformed("empty_value", "the message value is empty or null (tombstone)")
                 try:
                     traces = otlp.decode_traces(value, fmt)
-                except otlp.InvalidTraceId as exc:
-                    raise _Malformed("invalid_trace_id", str(exc)) from None
+                except otlp.InvalidSpan as exc:  # its text holds lengths and bounds, never id bytes
+                    raise _Malformed(exc.reason, str(exc)) from None
                 except Exception as exc:  # noqa: BLE001 - protobuf/json raise many types for bad bytes
                     raise _Malformed(
                         "decode_error",
@@ -652,6 +717,10 @@ class Job:
                     ) from None
                 if not traces:
                     raise _Malformed("empty_batch", "the request has no spans")
+                for trace in traces.values():
+                    bad_time = time_violation(trace.spans, now_ns)
+                    if bad_time:
+                        raise _Malformed("invalid_timestamp", bad_time)
             except _Malformed as bad:
                 self._reject(msg, bad, now_ns, replay)
                 continue

@@ -95,7 +95,8 @@ FOLLOW_LINKS = Counter(
     "tailsift_follow_links",
     "Span links from kept traces to other traces, by outcome "
     "(kept: the linked trace was still buffered here and is kept; already_kept; too_late: already "
-    "dropped; not_here: unknown to this worker when it was decided)",
+    "dropped; not_here: unknown to this worker when it was decided; dropped_by_policy: a drop policy "
+    "dropped it, which wins over links)",
     ["outcome"],
 )
 

@@ -34,8 +34,26 @@ _ZERO_TRACE_ID = bytes(16)
 FORMATS = ("otlp_proto", "otlp_json")
 
 
-class InvalidTraceId(ValueError):
-    pass
+class InvalidSpan(ValueError):
+    """A span the job must not take: ``reason`` is its dead-letter reason. The message never holds
+    id bytes or other payload (it goes to the dead-letter topic and to logs)."""
+
+    reason = "invalid_span"
+
+
+class InvalidTraceId(InvalidSpan):
+    reason = "invalid_trace_id"
+
+
+class InvalidSpanId(InvalidSpan):
+    reason = "invalid_span_id"
+
+
+class InvalidTimestamp(InvalidSpan):
+    reason = "invalid_timestamp"
+
+
+_MAX_FIXED_AS_LONG = (1 << 63) - 1  # OTLP times are fixed64; Avro (KeptTrace) and our windows use long
 
 
 class OtlpTrace:
@@ -110,8 +128,12 @@ def _service(resource) -> str:
 
 
 def decode_traces(value: bytes, fmt: str = "otlp_proto") -> dict[bytes, OtlpTrace]:
-    """Parse a request and split it per trace ID into header dicts (raises on malformed input;
-    ``InvalidTraceId`` for a trace ID that is not 16 non-zero bytes or a span ID not 8 bytes)."""
+    """Parse a request and split it per trace ID into header dicts. Raises on malformed input;
+    ``InvalidSpan`` (its ``reason`` says which) for a trace ID that is not 16 non-zero bytes or a
+    span or parent span ID not 8 bytes. Span start/end times are checked by the caller
+    (``operators.span_times``: they need the clock); links and events only when the trace is kept
+    (``span_to_dict``: reading them for every span cost 8 µs per message, more than the rest of
+    the validation together)."""
     req = parse_request(value, fmt)
     traces: dict[bytes, OtlpTrace] = {}
     kinds, statuses = KINDS, STATUS
@@ -127,13 +149,16 @@ def decode_traces(value: bytes, fmt: str = "otlp_proto") -> dict[bytes, OtlpTrac
                     trace = traces[tid] = OtlpTrace(tid)
                 span_id = sp.span_id
                 if len(span_id) != 8:
-                    raise InvalidTraceId("a span ID is not 8 bytes")
+                    raise InvalidSpanId(f"a span ID is {len(span_id)} bytes, not 8")
+                parent = sp.parent_span_id
+                if parent and len(parent) != 8:
+                    raise InvalidSpanId(f"a parent span ID is {len(parent)} bytes, not 8")
                 kind = sp.kind
                 code = sp.status.code
                 header = {
                     "service": service,
                     "span_id": span_id,
-                    "parent_span_id": sp.parent_span_id or None,
+                    "parent_span_id": parent or None,
                     "name": sp.name,
                     "kind": kinds[kind] if 0 <= kind < 6 else "UNSPECIFIED",
                     "start_time_unix_nano": sp.start_time_unix_nano,
@@ -251,13 +276,21 @@ def decode_detail(span: Span) -> dict:
 
 def span_to_dict(header: dict, sp: Span) -> dict:
     """A full span in the KeptTrace dict shape (header fields + status message, attributes,
-    events, links); OTLP-only fields ride along under ``otlp.*`` keys Avro ignores."""
+    events, links); OTLP-only fields ride along under ``otlp.*`` keys Avro ignores. Raises
+    ``InvalidSpan`` for a link ID of the wrong length or an event time beyond 2^63 - 1 (neither
+    fits the output; checked here, for kept spans only, not at ingest)."""
     span = {k: v for k, v in header.items() if k != "detail"}
     span["status_message"] = sp.status.message
     span["attributes"] = attrs_to_py(sp.attributes)
     span["events"] = [
         {"time_unix_nano": e.time_unix_nano, "name": e.name, "attributes": attrs_to_py(e.attributes)} for e in sp.events
     ]
+    for e in sp.events:
+        if e.time_unix_nano > _MAX_FIXED_AS_LONG:
+            raise InvalidTimestamp("an event time is beyond 2^63 - 1 ns")
+    for ln in sp.links:
+        if len(ln.trace_id) != 16 or len(ln.span_id) != 8:
+            raise InvalidSpanId(f"a link's trace/span ID is {len(ln.trace_id)}/{len(ln.span_id)} bytes, not 16/8")
     span["links"] = [
         {
             "trace_id": ln.trace_id,
@@ -334,6 +367,9 @@ def encode_request(batches: list[dict], fmt: str = "otlp_proto") -> bytes:
 
 __all__ = [
     "FORMATS",
+    "InvalidSpan",
+    "InvalidSpanId",
+    "InvalidTimestamp",
     "InvalidTraceId",
     "OtlpTrace",
     "decode_traces",

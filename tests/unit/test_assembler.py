@@ -28,14 +28,13 @@ def test_memory_bound_forces_oldest_traces_first():
     assert due[0].forced_reason == "memory_bound" and a.buffered_spans == 3
 
 
-def test_span_limit_forces_a_decision_for_that_trace_only():
+def test_span_limit_forces_a_decision_for_that_trace_only_out_of_add():
     a = TraceAssembler(decision_wait_ns=10**12, max_spans_per_trace=3)
-    a.add(b"G" * 16, 0, [span(), span()], 1, now_ns=0)
-    a.add(b"S" * 16, 0, [span()], 2, now_ns=0)
-    a.add(b"G" * 16, 0, [span(), span()], 3, now_ns=1)
-    due = a.due(2)
-    assert [(b.trace_id, b.forced_reason, len(b.spans)) for b in due] == [(b"G" * 16, "span_limit", 4)]
-    assert a.buffered_spans == 1
+    assert a.add(b"G" * 16, 0, [span(), span()], 1, now_ns=0) == []
+    assert a.add(b"S" * 16, 0, [span()], 2, now_ns=0) == []
+    forced = a.add(b"G" * 16, 0, [span(), span()], 3, now_ns=1)  # decided at once: the rest follows it
+    assert [(b.trace_id, b.forced_reason, len(b.spans)) for b in forced] == [(b"G" * 16, "span_limit", 4)]
+    assert a.buffered_spans == 1 and a.due(2) == []
 
 
 def test_revoke_drops_only_lost_partitions():
@@ -65,8 +64,7 @@ def test_root_quiet_gap_zero_means_off_and_forced_traces_leave_the_quiet_index()
     off.add(b"R" * 16, 0, [span(parent=None)], 1, now_ns=0)
     assert off.due(4_999 * MS) == []
     on = TraceAssembler(decision_wait_ns=5_000 * MS, root_quiet_gap_ns=10 * MS, max_spans_per_trace=2)
-    on.add(b"R" * 16, 0, [span(parent=None), span()], 1, now_ns=0)  # span limit forces it at once
-    (forced,) = on.due(0)
+    (forced,) = on.add(b"R" * 16, 0, [span(parent=None), span()], 1, now_ns=0)  # span limit forces it at once
     assert forced.trigger == "span_limit" and on.due(10**12) == [] and on.buffered_spans == 0
     on.add(b"Q" * 16, 3, [span(parent=None)], 2, now_ns=0)
     assert on.revoke([3]) == 1 and on.due(10**12) == [] and on.buffered_spans == 0
@@ -85,7 +83,7 @@ def test_every_span_leaves_exactly_once_whatever_the_decision_points(adds, gap_m
     now, added, released = 0, 0, 0
     for i, (trace, n, root, step_ms) in enumerate(adds):
         now += step_ms * MS
-        a.add(
+        forced = a.add(
             bytes([trace]) * 16,
             trace % 2,
             [span(parent=None if root and j == 0 else b"p" * 8) for j in range(n)],
@@ -93,6 +91,7 @@ def test_every_span_leaves_exactly_once_whatever_the_decision_points(adds, gap_m
             now,
         )
         added += n
+        released += sum(len(b.spans) for b in forced)
         released += sum(len(b.spans) for b in a.due(now))
         assert a.buffered_spans == added - released <= bound  # the global bound holds after each due()
     released += sum(len(b.spans) for b in a.due(now + 10**12))

@@ -39,14 +39,14 @@ def test_probabilistic_keep_writes_th_into_tracestate_and_adjusted_count():
             ]
         }
     )
-    s = span(0, MS, parent=None)
+    s = span(1, MS, parent=None)
     s["trace_state"] = "vendor=x"
     err = tid_with_randomness(5)
     job.ingest(
         [
             Received(0, 0, HIGH, batch_bytes(HIGH, "svc", [s])),
-            Received(0, 1, LOW, batch_bytes(LOW, "svc", [span(0, MS, parent=None)])),
-            Received(0, 2, err, batch_bytes(err, "svc", [span(0, MS, "ERROR", parent=None)])),
+            Received(0, 1, LOW, batch_bytes(LOW, "svc", [span(1, MS, parent=None)])),
+            Received(0, 2, err, batch_bytes(err, "svc", [span(1, MS, "ERROR", parent=None)])),
         ],
         now_ns=0,
     )
@@ -68,8 +68,8 @@ def test_dry_run_keeps_everything_and_says_what_would_have_happened():
     )
     job.ingest(
         [
-            Received(0, 0, HIGH, batch_bytes(HIGH, "svc", [span(0, MS, parent=None)])),
-            Received(0, 1, LOW, batch_bytes(LOW, "svc", [span(0, MS, parent=None)])),
+            Received(0, 0, HIGH, batch_bytes(HIGH, "svc", [span(1, MS, parent=None)])),
+            Received(0, 1, LOW, batch_bytes(LOW, "svc", [span(1, MS, parent=None)])),
         ],
         now_ns=0,
     )
@@ -83,7 +83,7 @@ def test_dry_run_keeps_everything_and_says_what_would_have_happened():
     assert lo["attributes"]["sampling.reason"] == "not_sampled"
     assert "th:" not in hi["trace_state"]  # nothing was really sampled
     # late spans of a dry-run trace follow it out, annotated the same way
-    job.ingest([Received(0, 2, LOW, batch_bytes(LOW, "db", [span(0, MS)]))], now_ns=2000 * MS)
+    job.ingest([Received(0, 2, LOW, batch_bytes(LOW, "db", [span(1, MS)]))], now_ns=2000 * MS)
     late = kept(job, 2000 * MS)[LOW]
     assert late["late"] and spans_of(late)[0]["attributes"]["sampling.dry_run_kept"] is False
 
@@ -93,8 +93,8 @@ def test_attribute_policy_in_the_job_decodes_lazily_and_keeps_by_attribute():
     a, b = tid_with_randomness(10), tid_with_randomness(11)
     job.ingest(
         [
-            Received(0, 0, a, batch_bytes(a, "svc", [span(0, MS, parent=None)], {"user.tier": "gold"})),
-            Received(0, 1, b, batch_bytes(b, "svc", [span(0, MS, parent=None)], {"user.tier": "free"})),
+            Received(0, 0, a, batch_bytes(a, "svc", [span(1, MS, parent=None)], {"user.tier": "gold"})),
+            Received(0, 1, b, batch_bytes(b, "svc", [span(1, MS, parent=None)], {"user.tier": "free"})),
         ],
         now_ns=0,
     )
@@ -120,8 +120,8 @@ def test_first_match_mode_and_drop_rules_through_the_job():
     a, b = tid_with_randomness(10), tid_with_randomness(11)
     job.ingest(
         [
-            Received(0, 0, a, batch_bytes(a, "svc", [span(0, MS, "ERROR", parent=None)], {"http.route": "/health"})),
-            Received(0, 1, b, batch_bytes(b, "svc", [span(0, MS, parent=None)], {"http.route": "/cart"})),
+            Received(0, 0, a, batch_bytes(a, "svc", [span(1, MS, "ERROR", parent=None)], {"http.route": "/health"})),
+            Received(0, 1, b, batch_bytes(b, "svc", [span(1, MS, parent=None)], {"http.route": "/cart"})),
         ],
         now_ns=0,
     )

@@ -32,8 +32,8 @@ ERR, OK = os.urandom(16), os.urandom(16)
 
 def first_run_messages():
     return [
-        msg(0, ERR, "front", [span(0, 10 * MS, parent=None)], partition=2),
-        msg(1, OK, "front", [span(0, 10 * MS, parent=None)], partition=2),
+        msg(0, ERR, "front", [span(1, 10 * MS, parent=None)], partition=2),
+        msg(1, OK, "front", [span(1, 10 * MS, parent=None)], partition=2),
         msg(2, ERR, "db", [span(1 * MS, 2 * MS, "ERROR")], partition=2),
         Received(2, 3, b"k", b"\xff garbage", ref=3),  # malformed → dead letter
     ]
@@ -115,7 +115,7 @@ def test_a_checkpoint_restored_for_one_partition_does_not_skip_another():
     _, log, through = crash_after_first_transaction()
     job = make_job()
     job.restore(2, log, through)
-    job.ingest([msg(0, os.urandom(16), "front", [span(0, 1 * MS, parent=None)], partition=1)], now_ns=0)
+    job.ingest([msg(0, os.urandom(16), "front", [span(1, 1 * MS, parent=None)], partition=1)], now_ns=0)
     out = job.collect(2 * S)
     assert sum(avro.decode(avro.SLI_WINDOW, r.value)["span_count"] for r in records(out, "sli.windows")) == 1
 

@@ -29,15 +29,15 @@ def test_a_trace_linked_from_a_kept_trace_is_kept_with_adjusted_count_zero():
                 0,
                 0,
                 consumer,
-                batch_bytes(consumer, "worker", [span(0, 5 * MS, "ERROR", parent=None)], links=[producer]),
+                batch_bytes(consumer, "worker", [span(1, 5 * MS, "ERROR", parent=None)], links=[producer]),
             )
         ],
         0,
     )
     job.ingest(
         [
-            Received(0, 1, producer, batch_bytes(producer, "api", [span(0, 1 * MS, parent=None)])),
-            Received(0, 2, unrelated, batch_bytes(unrelated, "api", [span(0, 1 * MS, parent=None)])),
+            Received(0, 1, producer, batch_bytes(producer, "api", [span(1, 1 * MS, parent=None)])),
+            Received(0, 2, unrelated, batch_bytes(unrelated, "api", [span(1, 1 * MS, parent=None)])),
         ],
         500 * MS,
     )
@@ -55,9 +55,9 @@ def test_off_by_default_and_too_late_when_the_linked_trace_was_dropped():
     job.ingest(
         [
             Received(
-                0, 0, consumer, batch_bytes(consumer, "w", [span(0, 5 * MS, "ERROR", parent=None)], links=[producer])
+                0, 0, consumer, batch_bytes(consumer, "w", [span(1, 5 * MS, "ERROR", parent=None)], links=[producer])
             ),
-            Received(0, 1, producer, batch_bytes(producer, "api", [span(0, 1 * MS, parent=None)])),
+            Received(0, 1, producer, batch_bytes(producer, "api", [span(1, 1 * MS, parent=None)])),
         ],
         0,
     )
@@ -66,12 +66,12 @@ def test_off_by_default_and_too_late_when_the_linked_trace_was_dropped():
     job = make_job()
     too_late = metrics.FOLLOW_LINKS.labels("too_late")
     before = too_late._value.get()
-    job.ingest([Received(0, 0, producer, batch_bytes(producer, "api", [span(0, 1 * MS, parent=None)]))], 0)
+    job.ingest([Received(0, 0, producer, batch_bytes(producer, "api", [span(1, 1 * MS, parent=None)]))], 0)
     assert kept(job.collect(2 * S)) == {}  # producer dropped before anyone linked to it
     job.ingest(
         [
             Received(
-                0, 1, consumer, batch_bytes(consumer, "w", [span(0, 5 * MS, "ERROR", parent=None)], links=[producer])
+                0, 1, consumer, batch_bytes(consumer, "w", [span(1, 5 * MS, "ERROR", parent=None)], links=[producer])
             )
         ],
         3 * S,
@@ -87,7 +87,7 @@ def test_a_retry_through_a_queue_after_the_decision_follows_it_not_a_new_fragmen
     tid = os.urandom(16)
     job = make_job(follow_links=False)
     job.ingest(
-        [Received(0, 0, tid, batch_bytes(tid, "api", [span(0, 2 * MS, "ERROR", parent=None, kind="PRODUCER")]))], 0
+        [Received(0, 0, tid, batch_bytes(tid, "api", [span(1, 2 * MS, "ERROR", parent=None, kind="PRODUCER")]))], 0
     )
     (first,) = kept(job.collect(2 * S)).values()
     retry_attrs = {
@@ -96,7 +96,7 @@ def test_a_retry_through_a_queue_after_the_decision_follows_it_not_a_new_fragmen
         "messaging.kafka.message.retry_count": 3,
     }
     job.ingest(
-        [Received(0, 1, tid, batch_bytes(tid, "worker", [span(0, 9 * MS, kind="CONSUMER")], attributes=retry_attrs))],
+        [Received(0, 1, tid, batch_bytes(tid, "worker", [span(1, 9 * MS, kind="CONSUMER")], attributes=retry_attrs))],
         30 * S,
     )
     out = job.collect(31 * S)

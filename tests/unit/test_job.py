@@ -29,8 +29,8 @@ def test_error_trace_is_kept_whole_and_ok_trace_dropped():
     err, ok = os.urandom(16), os.urandom(16)
     job.ingest(
         [
-            msg(0, err, "front", [span(0, 10 * MS, parent=None)]),
-            msg(1, ok, "front", [span(0, 10 * MS, parent=None)]),
+            msg(0, err, "front", [span(1, 10 * MS, parent=None)]),
+            msg(1, ok, "front", [span(1, 10 * MS, parent=None)]),
             msg(2, err, "db", [span(1 * MS, 2 * MS, "ERROR")], attributes={"user.email": "x@y.z"}),
         ],
         now_ns=0,
@@ -54,7 +54,7 @@ def test_offsets_become_ready_only_after_outputs_are_delivered_and_in_order():
     job = make_job()
     err, ok = os.urandom(16), os.urandom(16)
     job.ingest(
-        [msg(0, err, "a", [span(0, 1 * MS, "ERROR", parent=None)]), msg(1, ok, "a", [span(0, 1 * MS, parent=None)])],
+        [msg(0, err, "a", [span(1, 1 * MS, "ERROR", parent=None)]), msg(1, ok, "a", [span(1, 1 * MS, parent=None)])],
         now_ns=0,
     )
     out = job.collect(2 * S)  # trace decisions; SLI window [0,10s) still open
@@ -80,7 +80,7 @@ def test_malformed_message_goes_to_dead_letter_without_payload_and_stream_contin
         [
             Received(0, 0, b"k", secret, 0),
             Received(0, 1, b"k", None, 1),
-            msg(2, os.urandom(16), "a", [span(0, 1 * MS, "ERROR", parent=None)]),
+            msg(2, os.urandom(16), "a", [span(1, 1 * MS, "ERROR", parent=None)]),
         ],
         now_ns=0,
     )
@@ -99,21 +99,42 @@ def test_malformed_message_goes_to_dead_letter_without_payload_and_stream_contin
 def test_unkeyed_message_is_republished_keyed_by_trace_id():
     job = make_job()
     tid = os.urandom(16)
-    job.ingest([msg(0, tid, "a", [span()], key=b"")], now_ns=0)
+    job.ingest([msg(0, tid, "a", [span(start=1)], key=b"")], now_ns=0)
     (rekey,) = job.collect(0).records
     assert rekey.topic == "spans.raw" and rekey.key == tid
     assert avro.decode_batch(rekey.value)["trace_id"] == tid
+
+
+def test_rekey_false_buffers_an_avro_message_keyed_otherwise_where_it_arrives():
+    """Old code: `ingest.rekey: false` was ignored for Avro input (observed: the message was
+    re-published to spans.raw keyed by trace ID and never buffered here). Now it is buffered
+    and decided where it arrived, as for OTLP input."""
+    cfg = config.parse(
+        {
+            "job": {"processing_guarantee": "at_least_once"},
+            "ingest": {"rekey": False},
+            "privacy": {"enabled": False},
+            "assemble": {"decision_wait_ms": 1000, "root_quiet_gap_ms": 0},
+            "sampling": {"policies": [{"name": "errors", "type": "status_code"}]},
+        }
+    )
+    job = Job(cfg, worker_id="test")
+    tid = os.urandom(16)
+    job.ingest([msg(0, tid, "a", [span(1, MS, "ERROR")], key=b"some-other-key")], now_ns=0)
+    assert [b.trace_id for b in job.assembler] == [tid]
+    out = job.collect(2 * S)
+    assert [(r.topic, r.key) for r in out.records if r.topic in ("spans.raw", "traces.kept")] == [("traces.kept", tid)]
 
 
 def test_late_spans_follow_the_remembered_decision():
     job = make_job()
     err, ok = os.urandom(16), os.urandom(16)
     job.ingest(
-        [msg(0, err, "a", [span(0, 1 * MS, "ERROR", parent=None)]), msg(1, ok, "a", [span(0, 1 * MS, parent=None)])],
+        [msg(0, err, "a", [span(1, 1 * MS, "ERROR", parent=None)]), msg(1, ok, "a", [span(1, 1 * MS, parent=None)])],
         now_ns=0,
     )
     job.collect(2 * S)
-    job.ingest([msg(2, err, "late", [span(0, 1 * MS)]), msg(3, ok, "late", [span(0, 1 * MS, "ERROR")])], now_ns=3 * S)
+    job.ingest([msg(2, err, "late", [span(1, 1 * MS)]), msg(3, ok, "late", [span(1, 1 * MS, "ERROR")])], now_ns=3 * S)
     kept = by_topic(job.collect(3 * S), "traces.kept")
     assert len(kept) == 1 and kept[0].key == err
     late = avro.decode(avro.KEPT_TRACE, kept[0].value)
@@ -126,8 +147,8 @@ def test_revoke_forgets_everything_of_the_lost_partition():
     job = make_job()
     job.ingest(
         [
-            msg(0, os.urandom(16), "a", [span(0, 1 * MS, "ERROR")], partition=3),
-            msg(0, os.urandom(16), "a", [span(0, 1 * MS, "ERROR")], partition=4),
+            msg(0, os.urandom(16), "a", [span(1, 1 * MS, "ERROR")], partition=3),
+            msg(0, os.urandom(16), "a", [span(1, 1 * MS, "ERROR")], partition=4),
         ],
         now_ns=0,
     )
@@ -143,7 +164,7 @@ def test_revoke_forgets_everything_of_the_lost_partition():
 def test_corrupt_span_detail_in_a_kept_trace_keeps_the_span_and_reports_it():
     job = make_job()
     tid = os.urandom(16)
-    good = avro.decode_batch(batch_bytes(tid, "a", [span(0, 1 * MS, "ERROR", parent=None), span(0, 1 * MS)]))
+    good = avro.decode_batch(batch_bytes(tid, "a", [span(1, 1 * MS, "ERROR", parent=None), span(1, 1 * MS)]))
     good["spans"][1]["detail"] = b"\x00\x07garbage"  # header sound, detail not
     job.ingest([Received(0, 0, tid, avro.encode_span_batch(good), 0)], now_ns=0)
     out = job.collect(2 * S)
@@ -160,7 +181,7 @@ def test_rate_policy_guard_drops_are_exported():
 
     job = make_job(policies=[{"name": "cap", "type": "rate_limiting", "spans_per_second": 1}])
     for i in range(30):
-        job.ingest([msg(i, os.urandom(16), "a", [span(0, 1 * MS, parent=None)] * 5)], now_ns=i)
+        job.ingest([msg(i, os.urandom(16), "a", [span(1, 1 * MS, parent=None)] * 5)], now_ns=i)
     job.collect(10 * S)
     job.update_gauges()
     policy = job.engine.policies[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from pipeline.codecs import avro, otlp
@@ -10,6 +12,10 @@ from tests.support import jobs
 from tests.support.jobs import MS
 from tests.unit.test_otlp_codec import canonical, sdk_spans
 
+MS = 1_000_000
+# the SDK stamps spans with the real clock and the job refuses spans that end ahead of its own
+# clock: the job's clock here runs a day ahead (spans from the past are fine)
+NOW = time.time_ns() + 86_400_000 * MS
 SAMPLING = ("sampling.policy", "sampling.reason", "sampling.adjusted_count")
 
 
@@ -37,9 +43,9 @@ def strip_sampling(canon):
 def test_multi_trace_message_without_rekey_feeds_each_trace_and_round_trips():
     job = make_job(rekey=False)
     original = encode_spans(sdk_spans(3))
-    job.ingest([Received(0, 0, None, original.SerializeToString(), ref=0)], now_ns=0)
+    job.ingest([Received(0, 0, None, original.SerializeToString(), ref=0)], now_ns=NOW)
     assert len(job.assembler) == 3
-    out = job.collect(2000 * MS, flush_all_windows=True)
+    out = job.collect(NOW + 2000 * MS, flush_all_windows=True)
     records = kept(out, job)
     assert len(records) == 3 and out.kept_traces == 3
     got = {}
@@ -56,17 +62,17 @@ def test_multi_trace_message_without_rekey_feeds_each_trace_and_round_trips():
 def test_unkeyed_multi_trace_message_is_split_and_rekeyed_then_processed():
     job = make_job(ingest="otlp_json", emit="otlp_json")
     value = otlp.serialize_request(encode_spans(sdk_spans(2)), "otlp_json")
-    job.ingest([Received(0, 0, b"not-a-trace-id", value, ref=0)], now_ns=0)
+    job.ingest([Received(0, 0, b"not-a-trace-id", value, ref=0)], now_ns=NOW)
     assert len(job.assembler) == 0
-    out = job.collect(0)
+    out = job.collect(NOW)
     rekeyed = [r for r in out.records if r.topic == job.input_topic]
     assert len(rekeyed) == 2 and len({r.key for r in rekeyed}) == 2
     assert job.ready() == []
     job.delivered(rekeyed)
     assert [h.offset for h in job.ready()] == [0]
-    job.ingest([Received(3, i, r.key, r.value, ref=i) for i, r in enumerate(rekeyed)], now_ns=0)
+    job.ingest([Received(3, i, r.key, r.value, ref=i) for i, r in enumerate(rekeyed)], now_ns=NOW)
     assert len(job.assembler) == 2
-    out = job.collect(2000 * MS, flush_all_windows=True)
+    out = job.collect(NOW + 2000 * MS, flush_all_windows=True)
     records = kept(out, job)
     assert len(records) == 2
     for r in records:
@@ -81,8 +87,8 @@ def test_attribute_policy_reads_otlp_attributes_lazily_and_avro_output_decodes()
     )
     req = encode_spans(sdk_spans(1))
     tid = req.resource_spans[0].scope_spans[0].spans[0].trace_id
-    job.ingest([Received(0, 0, tid, req.SerializeToString(), ref=0)], now_ns=0)
-    (rec,) = kept(job.collect(2000 * MS), job)
+    job.ingest([Received(0, 0, tid, req.SerializeToString(), ref=0)], now_ns=NOW)
+    (rec,) = kept(job.collect(NOW + 2000 * MS), job)
     trace = avro.decode(avro.KEPT_TRACE, rec.value)
     assert trace["policy"] == "neg" and trace["span_count"] == 2
     (batch,) = trace["batches"]
@@ -96,8 +102,8 @@ def test_privacy_protects_otlp_output():
     req = encode_spans(sdk_spans(1))
     sp = req.resource_spans[0].scope_spans[0].spans[0]
     sp.attributes.add(key="user.email").value.string_value = "alice@example.com"
-    job.ingest([Received(0, 0, sp.trace_id, req.SerializeToString(), ref=0)], now_ns=0)
-    out = job.collect(2000 * MS)
+    job.ingest([Received(0, 0, sp.trace_id, req.SerializeToString(), ref=0)], now_ns=NOW)
+    out = job.collect(NOW + 2000 * MS)
     (rec,) = kept(out, job)
     assert b"alice@example.com" not in rec.value
     assert any(r.topic == job.pii_audit_topic for r in out.records)
@@ -105,10 +111,10 @@ def test_privacy_protects_otlp_output():
 
 def test_malformed_otlp_is_dead_lettered():
     job = make_job()
-    job.ingest([Received(0, 0, None, b"\xff\xff\xff garbage", ref=0), Received(0, 1, None, b"", ref=1)], now_ns=0)
+    job.ingest([Received(0, 0, None, b"\xff\xff\xff garbage", ref=0), Received(0, 1, None, b"", ref=1)], now_ns=NOW)
     dl = [
         avro.decode(avro.DEAD_LETTER, r.value)["reason"]
-        for r in job.collect(0).records
+        for r in job.collect(NOW).records
         if r.topic == job.deadletter_topic
     ]
     assert dl == ["decode_error", "empty_value"]
@@ -118,7 +124,7 @@ def test_kept_summary_reads_the_sampling_facts_back():
     job = make_job(emit="otlp_json")
     req = encode_spans(sdk_spans(1))
     tid = req.resource_spans[0].scope_spans[0].spans[0].trace_id
-    job.ingest([Received(0, 0, tid, req.SerializeToString(), ref=0)], now_ns=0)
-    (rec,) = kept(job.collect(2000 * MS), job)
+    job.ingest([Received(0, 0, tid, req.SerializeToString(), ref=0)], now_ns=NOW)
+    (rec,) = kept(job.collect(NOW + 2000 * MS), job)
     summary = otlp.kept_summary(rec.key, rec.value, "otlp_json")
     assert summary == {"trace_id": tid, "policy": "all", "adjusted_count": 1.0, "late": False, "span_count": 2}

@@ -40,7 +40,7 @@ def poisoned_message(offset, trace_id):
         "payment.card.number": CARD,
         "free.text": f"{EMAIL} paid with {CARD}",
     }
-    s = span(0, 10 * MS, "ERROR", parent=None, name=f"GET /users/{UID}/orders")
+    s = span(1, 10 * MS, "ERROR", parent=None, name=f"GET /users/{UID}/orders")
     return Received(0, offset, trace_id, batch_bytes(trace_id, "front", [s], attrs), ref=offset)
 
 
@@ -187,7 +187,7 @@ def test_keys_never_in_config_dump():
 def test_allowlist_mode_in_the_job_an_unlisted_attribute_never_reaches_the_output():
     job = make_job(mode="allowlist", allowed_keys=["http.*", "user.id"])
     tid = os.urandom(16)
-    s = span(0, 10 * MS, "ERROR", parent=None, name="GET /x")
+    s = span(1, 10 * MS, "ERROR", parent=None, name="GET /x")
     attrs = {"http.request.method": "GET", "user.id": UID, "zz.unlisted.key": "zz-unlisted-value"}
     job.ingest([Received(0, 0, tid, batch_bytes(tid, "front", [s], attrs), ref=0)], now_ns=0)
     out = job.collect(2000 * MS)

@@ -12,7 +12,7 @@ MS = 1_000_000
 
 def test_edges_from_parent_child_spans_across_services():
     g = ServiceGraph()
-    root = span(0, 100 * MS, parent=None, kind="SERVER", service="frontend", span_id=b"r" * 8)
+    root = span(1, 100 * MS, parent=None, kind="SERVER", service="frontend", span_id=b"r" * 8)
     client = span(1 * MS, 50 * MS, parent=b"r" * 8, kind="CLIENT", service="frontend", span_id=b"c" * 8)
     server = span(2 * MS, 40 * MS, "ERROR", parent=b"c" * 8, kind="SERVER", service="cart", span_id=b"s" * 8)
     inner = span(3 * MS, 4 * MS, parent=b"s" * 8, kind="INTERNAL", service="cart")
@@ -79,7 +79,7 @@ def test_the_job_exposes_service_graph_counters():
     job.ingest(
         [
             Received(
-                0, 0, tid, batch_bytes(tid, "gx", [span(0, 9 * MS, parent=None, kind="CLIENT", span_id=b"gx" * 4)]), 0
+                0, 0, tid, batch_bytes(tid, "gx", [span(1, 9 * MS, parent=None, kind="CLIENT", span_id=b"gx" * 4)]), 0
             ),
             Received(0, 1, tid, batch_bytes(tid, "gy", [span(1 * MS, 5 * MS, "ERROR", parent=b"gx" * 4)]), 1),
         ],

@@ -125,7 +125,12 @@ def test_the_job_exposes_sli_span_counters_per_service_kind_status():
     before = value("ERROR"), value("UNSET")
     tid = os.urandom(16)
     job.ingest(
-        [Received(0, 0, tid, batch_bytes(tid, "m-svc", [span(0, MS, "ERROR"), span(0, MS), span(0, MS)]), 0)], now_ns=0
+        [
+            Received(
+                0, 0, tid, batch_bytes(tid, "m-svc", [span(1, MS + 1, "ERROR"), span(1, MS + 1), span(1, MS + 1)]), 0
+            )
+        ],
+        now_ns=0,
     )
     job.collect(20 * S)
     assert (value("ERROR") - before[0], value("UNSET") - before[1]) == (1, 2)

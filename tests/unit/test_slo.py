@@ -33,7 +33,7 @@ def test_availability_burn_rates_and_budget():
     for minute in range(60):
         bad = 200 if minute >= 55 else 10
         w.add(0, "api", [span(minute * MIN, minute * MIN + MS, "ERROR" if i < bad else "UNSET") for i in range(1_000)])
-    w.add(0, "other", [span(0, MS, "ERROR")])  # not selected
+    w.add(0, "other", [span(1, MS, "ERROR")])  # not selected
     feed(t, w)
     now = 60 * MIN
     assert t.burn_rate("api-avail", 300, now) == pytest.approx(20.0)
@@ -56,8 +56,8 @@ def test_latency_objective_counts_spans_over_the_threshold_within_the_sketch_acc
     t = SloTracker([o])
     w = SliWindows(window_ns=10 * S, grace_ns=0)
     lat = [50] * 700 + [290] * 100 + [310] * 150 + [1_000] * 50  # 200 of 1000 over 300 ms
-    w.add(0, "api", [span(0, ms * MS, name=f"GET /users/{i}") for i, ms in enumerate(lat)])
-    w.add(0, "api", [span(0, 5_000 * MS, name="POST /slow")])  # another operation: not selected
+    w.add(0, "api", [span(1, ms * MS, name=f"GET /users/{i}") for i, ms in enumerate(lat)])
+    w.add(0, "api", [span(1, 5_000 * MS, name="POST /slow")])  # another operation: not selected
     feed(t, w)
     assert t.burn_rate("api-lat", 600, 10 * S) == pytest.approx(0.2 / 0.1)
     (st,) = t.status(10 * S)
@@ -191,12 +191,12 @@ def test_the_job_counts_slo_events_exactly_into_its_metrics():
         for k in ("tailsift_slo_events_total", "tailsift_slo_bad_events_total")
         for s in ("t-avail", "t-lat")
     }
-    spans = [span(0, 5 * MS, "ERROR"), span(0, 500 * MS), span(0, 1 * MS), span(0, 2 * MS)]
+    spans = [span(1, 5 * MS, "ERROR"), span(1, 500 * MS), span(1, 1 * MS), span(1, 2 * MS)]
     tid = os.urandom(16)
     job.ingest(
         [
             Received(0, 0, tid, batch_bytes(tid, "a", spans), 0),
-            Received(0, 1, tid, batch_bytes(tid, "b", [span(0, 900 * MS, "ERROR")]), 1),
+            Received(0, 1, tid, batch_bytes(tid, "b", [span(1, 900 * MS, "ERROR")]), 1),
         ],
         now_ns=0,
     )
