@@ -2,8 +2,9 @@
 
 import os
 
+from pipeline import config
 from pipeline.codecs import avro
-from pipeline.job import Received
+from pipeline.job import Job, Received
 from tests.spans import batch_bytes, span
 from tests.support import jobs
 from tests.support.jobs import MS, S

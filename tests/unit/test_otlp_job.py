@@ -12,7 +12,6 @@ from tests.support import jobs
 from tests.support.jobs import MS
 from tests.unit.test_otlp_codec import canonical, sdk_spans
 
-MS = 1_000_000
 # the SDK stamps spans with the real clock and the job refuses spans that end ahead of its own
 # clock: the job's clock here runs a day ahead (spans from the past are fine)
 NOW = time.time_ns() + 86_400_000 * MS
