@@ -112,9 +112,10 @@ class Job:
             event_time=a.time == "event",
             allowed_lateness_ns=a.allowed_lateness_ms * 1_000_000,
             idle_partition_ns=a.idle_partition_ms * 1_000_000,
-            # Avro input: buffer raw bytes only and decode again at the decision (measured: 1,177 B
-            # per buffered span beyond its raw bytes with decoded spans kept; see _decide)
-            keep_spans=config.ingest.format != "avro",
+            # buffer raw bytes only and decode the headers again at the decision (measured, beyond
+            # the raw bytes: decoded Avro spans kept cost 1,177 B per buffered span, parsed OTLP
+            # ~900 B; raw bytes and counts ~90 B; see _decide and `make bench`)
+            keep_spans=False,
             root_quiet_gap_ns=a.root_quiet_gap_ms * 1_000_000,
         )
         # recent decisions for late and replayed spans; the durable copy is topics.decisions
@@ -325,14 +326,19 @@ class Job:
     def _decide(self, buf: TraceBuffer, decided_ns: int, out: Outbox, now_ns: int) -> None:
         """Decide one released trace: decision record, kept trace (or released holds), metrics.
         ``decided_ns`` is the decision's time (the watermark in event time, else the worker clock)."""
-        if not self.assembler.keep_spans:  # Avro: only raw bytes were buffered; decode the headers again
+        if not self.assembler.keep_spans:  # only raw bytes were buffered: decode the headers again
             spans, fragments = [], []
             for hold, value, _ in buf.fragments:
-                batch = avro.decode_batch(value)  # decoded fine at ingest: same bytes, same result
-                service = batch["service"]
-                for span in batch["spans"]:
-                    span["service"] = service
-                spans.extend(batch["spans"])
+                # decoded fine at ingest: same bytes, same result
+                if self.ingest_format == "avro":
+                    batch = avro.decode_batch(value)
+                    service = batch["service"]
+                    for span in batch["spans"]:
+                        span["service"] = service
+                    spans.extend(batch["spans"])
+                else:  # the message may hold other traces too (ingest.rekey: false)
+                    batch = otlp.decode_traces(value, self.ingest_format)[buf.trace_id]
+                    spans.extend(batch.spans)
                 fragments.append((hold, value, batch))
             buf.spans, buf.fragments = spans, fragments
         self.graph.add_trace(buf.spans)

@@ -84,7 +84,10 @@ class Worker:
         signal.signal(signal.SIGINT, self._stop)
         md = self.consumer.list_topics(self.topic, timeout=30).topics[self.topic]
         self.job.input_partitions = len(md.partitions)
-        self.job.max_record_bytes = clients.max_record_bytes(self.config)
+        try:
+            self.job.max_record_bytes = clients.max_record_bytes(self.config)
+        except KafkaException as exc:  # e.g. no DescribeConfigs permission: the producer's own limit
+            log.warning("cannot read the output topics' max.message.bytes (%s); assuming 1 MB", exc.args[0])
         self.consumer.subscribe(
             [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )

@@ -40,7 +40,11 @@ def test_policies_decide_and_annotate_through_the_real_job(kafka_bootstrap, uniq
         kafka_bootstrap,
         f"it-pol-{unique_name}",
         tmp_path,
-        assemble={"decision_wait_ms": 1500},
+        # all 600 traces are produced at once: on a starved 2-core machine reading one trace's
+        # messages (interleaved with the others') can take longer than a short decision wait, and a
+        # tail read after its decision is a late record — which this test must not mistake for a
+        # policy fault. The wait is on the worker clock from the first span read, so 5 s covers it.
+        assemble={"decision_wait_ms": 5000, "root_quiet_gap_ms": 0},
         sli={"window_seconds": 2, "grace_seconds": 1},
         sampling={"mode": "any_match", "policies": POLICIES},
     )
