@@ -13,6 +13,7 @@ from pipeline.job import MAX_RECORD_BYTES, Job, Received
 from tests.spans import batch_bytes, span
 
 MS = 1_000_000
+NOW = 10_000 * MS  # the job clock: after every span's end (it refuses spans from its future)
 
 
 def make_job(emit="avro"):
@@ -32,7 +33,7 @@ def big_trace(tid, spans_per_message=500, messages=10, attr_bytes=200):
     out = []
     for m in range(messages):
         spans = [
-            span(i * MS, i * MS + 5 * MS, parent=None if (m, i) == (0, 0) else b"p" * 8)
+            span(1 + i * MS, i * MS + 5 * MS, parent=None if (m, i) == (0, 0) else b"p" * 8)
             for i in range(spans_per_message)
         ]
         out.append(Received(0, m, tid, batch_bytes(tid, f"svc{m}", spans, attributes=attrs), m))
@@ -47,8 +48,8 @@ def test_a_5000_span_kept_trace_leaves_in_parts_that_each_fit_and_reassemble():
     job = make_job()
     tid = os.urandom(16)
     msgs = big_trace(tid)
-    job.ingest(msgs, now_ns=0)
-    out = job.collect(2_000 * MS)
+    job.ingest(msgs, now_ns=NOW)
+    out = job.collect(NOW + 2_000 * MS)
     parts = kept(out)
     assert len(parts) >= 2 and all(len(r.value) <= MAX_RECORD_BYTES for r in parts)
     decoded = [avro.decode(avro.KEPT_TRACE, r.value) for r in parts]
@@ -67,10 +68,10 @@ def test_a_5000_span_kept_trace_leaves_in_parts_that_each_fit_and_reassemble():
 def test_a_span_too_large_for_any_record_is_dead_lettered_and_the_rest_kept():
     job = make_job()
     tid = os.urandom(16)
-    huge = Received(0, 0, tid, batch_bytes(tid, "svc", [span(parent=None)], attributes={"blob": "y" * (2 << 20)}), 0)
-    small = Received(0, 1, tid, batch_bytes(tid, "svc", [span(), span()]), 1)
-    job.ingest([huge, small], now_ns=0)
-    out = job.collect(2_000 * MS)
+    huge = Received(0, 0, tid, batch_bytes(tid, "svc", [span(1, parent=None)], attributes={"blob": "y" * (2 << 20)}), 0)
+    small = Received(0, 1, tid, batch_bytes(tid, "svc", [span(1), span(1)]), 1)
+    job.ingest([huge, small], now_ns=NOW)
+    out = job.collect(NOW + 2_000 * MS)
     (part,) = kept(out)
     assert avro.decode(avro.KEPT_TRACE, part.value)["span_count"] == 2
     (dl,) = [avro.decode(avro.DEAD_LETTER, r.value) for r in out.records if r.topic == "spans.deadletter"]
@@ -83,8 +84,8 @@ def test_a_span_too_large_for_any_record_is_dead_lettered_and_the_rest_kept():
 def test_otlp_output_splits_into_several_requests_of_the_same_trace():
     job = make_job(emit="otlp_proto")
     tid = os.urandom(16)
-    job.ingest(big_trace(tid), now_ns=0)
-    parts = kept(job.collect(2_000 * MS))
+    job.ingest(big_trace(tid), now_ns=NOW)
+    parts = kept(job.collect(NOW + 2_000 * MS))
     assert len(parts) >= 2 and all(len(r.value) <= MAX_RECORD_BYTES and r.key == tid for r in parts)
     traces = [otlp.decode_traces(r.value) for r in parts]
     assert all(list(t) == [tid] for t in traces)

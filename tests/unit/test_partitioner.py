@@ -38,9 +38,10 @@ def test_a_message_keyed_by_its_trace_but_off_its_canonical_partition_is_rekeyed
     job = make_job()
     tid = os.urandom(16)
     home = canonical_partition(tid, 12)
-    value = batch_bytes(tid, "svc", [span(parent=None)])
-    job.ingest([Received((home + 1) % 12, 0, tid, value, 0), Received(home, 0, tid, value, 0)], now_ns=0)
-    out = job.collect(0)
+    value = batch_bytes(tid, "svc", [span(1, parent=None)])
+    now = 10**12  # after the span's end: the job refuses spans from its future
+    job.ingest([Received((home + 1) % 12, 0, tid, value, 0), Received(home, 0, tid, value, 0)], now_ns=now)
+    out = job.collect(now)
     rekeyed = [r for r in out.records if r.topic == "spans.raw"]
     assert [(r.key, r.partition) for r in rekeyed] == [(tid, None)]  # by key: murmur2 → home
     assert job.assembler.buffered_spans == 1  # the one on its home partition is buffered
