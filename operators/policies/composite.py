@@ -7,13 +7,15 @@ applies to are measured, and its pick is kept only if a budget draw with probabi
 b = min(1, allocation / offered spans/s) on the same trace randomness also keeps it — so the trace
 is kept iff R ≥ max(T_sub, T_b) and
 its probability is min(p_sub, b). A sub-policy with a salted draw is combined independently
-(p_sub · b). A token bucket per sub-policy still caps output (``guard_drops``)."""
+(p_sub · b), and the verdict lists both draws so the engine computes π exactly beside other
+policies (see ``operators.keep_probability``). A token bucket per sub-policy still caps output (``guard_drops``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from operators import keep_probability as kp
 from operators.policies.base import Action, Policy, Verdict, draw
 from operators.rate import RateEstimator, TokenBucket
 from operators.trace import TraceView
@@ -47,17 +49,14 @@ class CompositePolicy:
             est = self._estimators[i]
             est.add(n, now)
             offered = est.rate(now)  # spans/s of the traces this sub-policy applies to
-            if offered and v.source:  # independent draws multiply: budget the sub-policy's picks
+            if offered and (v.source or v.draws):  # independent draws multiply: budget the sub-policy's picks
                 offered *= v.probability
             b = 1.0 if not offered else min(1.0, self.spans_per_second[i] / offered)
             budget = draw(trace, b, "")
             reason = f"composite:{sub.name}:{v.reason}"
-            if v.source:
-                verdict = Verdict(
-                    Action.KEEP, reason, v.probability * b, v.sampled and budget.sampled, f"composite:{self.name}"
-                )
-            else:
-                verdict = Verdict(Action.KEEP, reason, min(v.probability, b), v.sampled and budget.sampled)
+            event = kp.conjoin(kp.conjunction(v.probability, v.source, v.draws), kp.conjunction(b, kp.R, None))
+            p, source, draws = kp.verdict_fields(event)
+            verdict = Verdict(Action.KEEP, reason, p, v.sampled and budget.sampled, source, draws)
             if verdict.sampled and not self._buckets[i].take(n, now):
                 self.guard_drops += 1
                 verdict = replace(verdict, sampled=False)
