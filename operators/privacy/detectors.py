@@ -175,7 +175,7 @@ class Scanner:
     """Runs the enabled detectors over text and replaces what they find by their action."""
 
     def __init__(
-        self, tokenizer: Tokenizer, actions: dict[str, str], email_format: bool = True, memo_size: int = 65_536
+        self, tokenizer: Tokenizer, actions: dict[str, str], email_format: bool = False, memo_size: int = 65_536
     ):
         unknown = set(actions) - set(_BY_NAME)
         if unknown:
