@@ -6,6 +6,12 @@ arrived after a window was emitted. Their counts and sums add, min/max combine, 
 merge exactly (same relative accuracy ⇒ same bins), so the merged quantiles carry the same ≤ α
 relative-error guarantee as one sketch over all the spans. Rolling up further (all windows, all
 operations of a service) is the same operation on a coarser key.
+
+Partials whose sketches have different relative accuracies (``sli.relative_accuracy`` changed
+between runs, or workers configured differently) are merged too: the finer sketch's bins are
+re-binned into the coarser one, so the merged quantiles are within α_c + α_f + α_c·α_f (α_c the
+coarsest, α_f the next accuracy) instead of α — ``MergedWindow.quantile_accuracy`` says which, and
+``tailsift sli`` says so when it happens.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class MergedWindow:
     partitions: set[int] = field(default_factory=set)
     workers: set[str] = field(default_factory=set)
     sketch: DDSketch | None = None
+    accuracies: set[float] = field(default_factory=set)  # of the partials' sketches
 
     def add_record(self, r: dict) -> None:
         self._add(
@@ -71,6 +78,7 @@ class MergedWindow:
         )
         self.partitions |= other.partitions
         self.workers |= other.workers
+        self.accuracies |= other.accuracies
 
     def _add(self, n, errors, roots, mn, mx, total, sketch, partials=1) -> None:
         if n:
@@ -84,7 +92,20 @@ class MergedWindow:
         if sketch is not None:
             if self.sketch is None:
                 self.sketch = DDSketch(sketch._relative_accuracy)
-            self.sketch.merge(sketch)
+            self.sketch = _merged_sketch(self.sketch, sketch)
+            self.accuracies.add(sketch._relative_accuracy)
+
+    @property
+    def quantile_accuracy(self) -> float:
+        """The relative-error bound of ``quantile``: α, or the re-binning bound when partials had
+        sketches of different accuracies."""
+        if not self.accuracies:
+            return 0.0
+        ordered = sorted(self.accuracies, reverse=True)
+        if len(ordered) == 1:
+            return ordered[0]
+        coarse, fine = ordered[0], ordered[1]
+        return coarse + fine + coarse * fine
 
     def quantile(self, q: float) -> float:
         v = self.sketch.get_quantile_value(q) if self.sketch is not None and self.span_count else None
@@ -93,6 +114,33 @@ class MergedWindow:
     @property
     def error_ratio(self) -> float:
         return self.error_count / self.span_count if self.span_count else 0.0
+
+
+def _rebinned(sketch: DDSketch, relative_accuracy: float) -> DDSketch:
+    """``sketch``'s counts in a sketch of (coarser) ``relative_accuracy``: each bin's representative
+    value, with its count, goes into the new sketch's bin for it. Latencies are ≥ 0: no negatives."""
+    out = DDSketch(relative_accuracy)
+    mapping, store = sketch._mapping, sketch._store
+    for i, count in enumerate(store.bins):
+        if count:
+            out.add(mapping.value(store.offset + i), count)
+    if sketch._zero_count:
+        out.add(0.0, sketch._zero_count)
+    return out
+
+
+def _merged_sketch(into: DDSketch, sketch: DDSketch) -> DDSketch:
+    """``into`` with ``sketch`` merged; equal accuracies merge exactly, others into the coarser."""
+    a, b = into._relative_accuracy, sketch._relative_accuracy
+    if a == b:
+        into.merge(sketch)
+        return into
+    if a < b:
+        into = _rebinned(into, b)
+        into.merge(sketch)
+        return into
+    into.merge(_rebinned(sketch, a))
+    return into
 
 
 def merge_records(records: Iterable[dict]) -> dict[WindowKey, MergedWindow]:

@@ -33,13 +33,14 @@ def _load(path: str | None) -> config_mod.Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline import app
+    from pipeline.metrics import MetricsPortInUse
     from pipeline.privacy import PrivacyKeyError
 
     cfg = _load(args.config)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return app.run(cfg, loglevel=args.log_level)
-    except (app.TopicsMissing, PrivacyKeyError) as exc:
+    except (app.TopicsMissing, PrivacyKeyError, MetricsPortInUse) as exc:
         print(f"tailsift run: {exc}", file=sys.stderr)
         return 2
 

@@ -485,7 +485,9 @@ class SamplingConfig(Strict):
 
 
 class SliConfig(Strict):
-    window_seconds: float = Field(10, gt=0, le=86_400)
+    # At least 1 ms: below 1 ns the window is 0 ns wide (every ingest divided by zero), and
+    # sub-millisecond windows would open a window per span and hold them for the whole grace.
+    window_seconds: float = Field(10, ge=0.001, le=86_400, description="at least 0.001 (1 ms)")
     grace_seconds: float = Field(5, ge=0, le=3_600, description="wait past a window's end for stragglers")
     relative_accuracy: float = Field(0.01, gt=0, lt=1)
     max_services: int = Field(1_000, ge=1)
@@ -587,6 +589,27 @@ class Config(Strict):
     job: JobConfig = JobConfig()
     metrics: MetricsConfig = MetricsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+
+    @model_validator(mode="after")
+    def _exactly_once_needs_its_dedup(self) -> Config:
+        """exactly_once drops replayed fragments of already-decided traces by their decision: the
+        decision cache and the on-assignment restore are what remember it."""
+        if self.job.processing_guarantee != "exactly_once":
+            return self
+        a = self.assemble
+        if a.decision_cache_size == 0:
+            raise ValueError(
+                "assemble.decision_cache_size: 0 turns off the decision cache, and with it the dedup of "
+                "job.processing_guarantee: exactly_once (replayed or late spans of a kept trace would be "
+                "decided again); give it >= 1 or use processing_guarantee: at_least_once"
+            )
+        if a.decision_restore_ms == 0:
+            raise ValueError(
+                "assemble.decision_restore_ms: 0 restores no decisions on partition assignment, so "
+                "job.processing_guarantee: exactly_once would decide replayed traces again after a "
+                "rebalance or restart; give it > 0 or use processing_guarantee: at_least_once"
+            )
+        return self
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> Config:
