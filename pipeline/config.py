@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails
 
+from pipeline import config_collector as collector
 from pipeline.config_base import Strict, require_unique_names
 from pipeline.config_privacy import PrivacyConfig
 
@@ -242,6 +243,12 @@ class DropPolicyConfig(_PolicyBase):
     type: Literal["drop"]
     policies: list[PolicyConfig] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _conditions_only(self) -> DropPolicyConfig:
+        for problem in collector.drop_problems(self.policies):
+            raise ValueError(problem)
+        return self
+
 
 class RateAllocationConfig(Strict):
     policy: str
@@ -267,6 +274,8 @@ class CompositePolicyConfig(_PolicyBase):
             raise ValueError("policy_order must list every sub-policy once")
         if sum(a.percent for a in self.rate_allocation) > 100 + 1e-9:
             raise ValueError("rate_allocation percentages add up to more than 100")
+        for problem in collector.composite_problems(self.policy_order or names, {p.name: p for p in self.policies}):
+            raise ValueError(problem)
         return self
 
 
@@ -482,6 +491,14 @@ class SamplingConfig(Strict):
     @classmethod
     def _unique_names(cls, policies: list) -> list:
         return require_unique_names(policies, "policy")
+
+    @model_validator(mode="after")
+    def _no_top_level_invert_match(self) -> SamplingConfig:
+        for i, policy in enumerate(self.policies):
+            problem = collector.top_level_invert_problem(policy)
+            if problem:
+                raise ValueError(f"sampling.policies.{i}({policy.name}).invert_match: {problem}")
+        return self
 
 
 class SliConfig(Strict):

@@ -1,7 +1,9 @@
 """``composite``: ordered sub-policies sharing ``max_total_spans_per_second`` by allocation
 percentages (as the OTel Collector's composite policy), with honest counts.
 
-The first sub-policy (in ``policy_order``) that applies handles the trace. Its share of the span
+The first sub-policy (in ``policy_order``) that applies handles the trace. The Collector's takes
+the first that *samples*; config load (``pipeline.config_collector``) allows a sub-policy that
+draws only in the last place, where the two agree. Its share of the span
 budget is enforced the way ``rate_limiting`` does it: the spans of the traces that sub-policy
 applies to are measured, and its pick is kept only if a budget draw with probability
 b = min(1, allocation / offered spans/s) on the same trace randomness also keeps it — so the trace
