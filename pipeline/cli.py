@@ -65,6 +65,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_import_collector(args: argparse.Namespace) -> int:
+    from pipeline import collector_import
+
+    return collector_import.main(args.file, sys.stdout, sys.stderr)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from pipeline.generator import cli as gen_cli
 
@@ -132,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     cp = csub.add_parser("check", help="validate and print the effective config (defaults filled in)")
     _add_config(cp)
     cp.set_defaults(func=cmd_config_check)
+    ip = csub.add_parser(
+        "import-collector",
+        help="translate an OTel Collector tail_sampling block into tailsift's sampling config",
+        description="Print tailsift's sampling/assemble config for the tail_sampling processor in FILE (a "
+        "Collector config, or the block alone) and, on stderr, what could not be translated (exit 1 then).",
+    )
+    ip.add_argument("file", metavar="FILE")
+    ip.set_defaults(func=cmd_config_import_collector)
 
     from pipeline.generator import cli as gen_cli
 

@@ -238,6 +238,13 @@ class NotPolicyConfig(_PolicyBase):
     type: Literal["not"]
     policy: PolicyConfig
 
+    @model_validator(mode="after")
+    def _condition_only(self) -> NotPolicyConfig:
+        problem = collector.not_problem(self.policy)
+        if problem:
+            raise ValueError(problem)
+        return self
+
 
 class DropPolicyConfig(_PolicyBase):
     type: Literal["drop"]

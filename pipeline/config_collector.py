@@ -13,6 +13,8 @@ did there or fail at load with a message that says how tailsift differs; these c
   trace (not sampled whatever other policies say) and a non-match samples only when no other
   policy said "not sampled" (deprecated there); tailsift read a match as "no opinion". Inside
   ``and`` / ``composite`` / ``drop`` both read it the same way, so only the top level is refused.
+- ``not`` of a draw: the Collector inverts the draw's decision, tailsift's ``not`` keeps what its
+  sub-policy does not apply to (nothing, for a draw): refused.
 - ``drop`` with a draw among its sub-policies: the Collector drops the share the draw picks;
   tailsift's sub-policies are predicates, so it dropped every trace the others matched. A random
   drop also cannot keep adjusted counts honest beside consistent keeps, so it is refused.
@@ -75,6 +77,16 @@ def drop_problems(policies: list) -> Iterable[str]:
                 "others match; a random drop is refused (it would bias adjusted counts): drop on conditions, "
                 "and keep a share with a probabilistic policy instead"
             )
+
+
+def not_problem(policy) -> str | None:
+    if not is_condition(policy):
+        return (
+            f"sub-policy {policy.name!r} ({policy.type}) draws: the OTel Collector's not inverts its "
+            "decision (keeps the share the draw did not pick), tailsift's keeps the traces its sub-policy "
+            "does not apply to (none, for a draw); not takes conditions only"
+        )
+    return None
 
 
 def top_level_invert_problem(policy) -> str | None:

@@ -108,3 +108,11 @@ def test_drop_with_a_draw_is_refused(sub):
     with pytest.raises(config.ConfigError) as err:
         config.parse({"sampling": {"policies": [{"name": "all", "type": "always_sample"}, drop]}})
     assert "sampling.policies.1(d)" in str(err.value) and "drops only the share" in str(err.value)
+
+
+def test_not_of_a_draw_is_refused():
+    """The old code accepted not(10 %) and kept nothing (a draw applies to every trace); the
+    Collector's not inverts the draw and keeps 90 %."""
+    policy = {"name": "n", "type": "not", "policy": {"name": "p", "type": "probabilistic", "sampling_percentage": 10}}
+    with pytest.raises(config.ConfigError, match="the OTel Collector's not inverts"):
+        config.parse({"sampling": {"policies": [policy]}})
