@@ -29,7 +29,9 @@ processors:
             - name: h
               type: string_attribute
               string_attribute: {key: url.path, values: [/health], enabled_regex_matching: true, cache_max_size: 10}
-      - {name: opt-out, type: boolean_attribute, boolean_attribute: {key: app.do_not_sample, value: true, invert_match: true}}
+      - name: opt-out
+        type: boolean_attribute
+        boolean_attribute: {key: app.do_not_sample, value: true, invert_match: true}
       - name: budget
         type: composite
         composite:
@@ -39,7 +41,9 @@ processors:
             - {name: p, type: probabilistic, probabilistic: {sampling_percentage: 10}}
             - {name: e, type: status_code, status_code: {status_codes: [ERROR]}}
       - {name: ottl, type: ottl_condition, ottl_condition: {span: ["x"]}}
-      - {name: not-ok, type: not, not: {not_sub_policy: {name: ok, type: status_code, status_code: {status_codes: [OK]}}}}
+      - name: not-ok
+        type: not
+        not: {not_sub_policy: {name: ok, type: status_code, status_code: {status_codes: [OK]}}}
       - {name: base, type: probabilistic, probabilistic: {sampling_percentage: 10}}
 """
 
