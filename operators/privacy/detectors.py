@@ -105,10 +105,11 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "email",
         re.compile(
-            r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b"
+            # "%40": an address percent-encoded in a URL path or query still names its owner
+            r"[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b"
         ),
-        lambda s: "@" in s,
-        description="e-mail addresses",
+        lambda s: "@" in s or "%40" in s,
+        description="e-mail addresses (also percent-encoded, %40)",
     ),
     Detector(
         "card",

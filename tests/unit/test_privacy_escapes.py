@@ -66,6 +66,7 @@ def _sdk_like_attributes():
         "url.full": "https://shop.test/api/orders?email=carol%40carol-family.example&limit=5",
         "http.target": "/api/users?contact=bob@mail-of-bob.example",
         "url.query": "to=alice@corp-of-one.example",
+        "url.path": "/mail/carol%40carol-family.example/inbox",
         "db.system": "postgresql",
         "db.statement": "SELECT * FROM users WHERE email = 'dave@dave.example'",
         "message": "sent to dave@dave.example",
