@@ -4,12 +4,12 @@ Semantics (documented in the README, "Sampling semantics"):
 
 - A DROP verdict from any evaluated policy wins, in both modes (the first in config order names it).
 - ``any_match`` (default): every policy is evaluated, in config order. The trace is kept when any
-  applying policy's draw keeps it. Its keep probability π is the probability that at least one of
-  the applying policies keeps a trace like it: draws on the trace's own randomness nest, so per
-  randomness source the largest probability counts, and sources are independent:
-  π = 1 − Π_source (1 − max p). A deterministic rule (p = 1) makes π = 1. The deciding policy is the
-  picking policy with the highest probability (ties: the earlier one) — so a trace an error rule
-  keeps anyway is never counted as 1/p traces just because a 5 % rule picked it too.
+  applying policy's draw keeps it. Its keep probability is the probability that at least one of
+  the applying policies keeps a trace like it, computed exactly over their draws (draws on one
+  randomness source nest, sources are independent, a verdict may need draws on several — see
+  ``operators.keep_probability``). A deterministic rule (p = 1) makes it 1. The deciding policy is
+  the picking policy with the highest probability (ties: the earlier one) — so a trace an error
+  rule keeps anyway is never counted as 1/p traces just because a 5 % rule picked it too.
 - ``first_match``: policies are evaluated in order and the first one that *applies* decides alone
   (Refinery rules semantics): kept iff its draw keeps, π = its probability. Later policies are
   evaluated only if they can drop. A probabilistic policy applies to every trace, so in this mode
@@ -18,9 +18,16 @@ Semantics (documented in the README, "Sampling semantics"):
 - A policy that raises is counted in ``policy_errors`` and treated as having no opinion, so one
   buggy rule cannot stop the stream (the pipeline exports the count as a metric).
 
-``adjusted_count`` = 1 / π: summed over kept traces it estimates the number of traces without
-bias (Horvitz–Thompson). ``threshold`` is the OTEP 235 rejection threshold of π when π < 1 and
-every applying draw used the trace's own randomness — the value written as ``ot=th:``.
+Upstream consistent sampling: a trace arriving with ``ot=th:T_up`` passed R ≥ T_up upstream, so a
+draw R ≥ T keeps it here with the per-stage probability (2^56 − max(T, T_up)) / (2^56 − T_up)
+(salted draws are independent of R and keep their p). ``probability`` is *cumulative*, as the
+``th`` on the wire is (OTEP 235): per-stage π × the upstream probability (2^56 − T_up) / 2^56.
+``adjusted_count`` = 1 / cumulative π: summed over kept traces it estimates, without bias
+(Horvitz–Thompson), the traces before any sampling; ``stage_adjusted_count`` = 1 / per-stage π
+estimates the traces that arrived here. An upstream ``th`` the trace's own randomness contradicts
+(R < T_up: no consistent sampler could have kept it) is ignored. ``threshold`` is the OTEP 235
+threshold to write as ``ot=th:`` when every applying draw used R and the tail is stricter than
+upstream: max(T, T_up), i.e. the cumulative probability's threshold.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from operators import keep_probability as kp
 from operators import randomness as rnd
 from operators.policies.base import Action, Policy, Verdict
 from operators.trace import TraceView
+from operators.tracestate import upstream_threshold
 
 ANY_MATCH = "any_match"
 FIRST_MATCH = "first_match"
@@ -45,6 +54,7 @@ class Decision:
     threshold: int | None = None  # OTEP 235 th of a consistent keep with probability < 1
     dry_run_kept: bool | None = None  # set in dry-run mode: what would have happened
     vetoed: bool = False  # dropped by a policy's DROP verdict: nothing brings it back (follow_links neither)
+    upstream_probability: float = 1.0  # of the upstream consistent sampler the trace passed (its th)
 
     @property
     def adjusted_count(self) -> float:
@@ -53,6 +63,11 @@ class Decision:
         if self.dry_run_kept is False or self.probability <= 0.0:
             return 0.0
         return 1.0 / self.probability
+
+    @property
+    def stage_adjusted_count(self) -> float:
+        """How many of the traces that *arrived here* a kept trace stands for (per-stage 1 / π)."""
+        return self.adjusted_count * self.upstream_probability
 
     @property
     def would_keep(self) -> bool:
@@ -94,30 +109,20 @@ class DecisionEngine:
 
     def _any_match(self, trace: TraceView) -> Decision:
         best: tuple[Policy, Verdict] | None = None
-        by_source: dict[str, float] = {}
+        events: list[dict[str, float]] = []
         for policy in self.policies:
             verdict = self._evaluate(policy, trace)
             if verdict is None:
                 continue
             if verdict.action is Action.DROP:
                 return Decision(False, policy.name, verdict.reason, 1.0, vetoed=True)
-            p = verdict.probability
-            if p > by_source.get(verdict.source, 0.0):
-                by_source[verdict.source] = p
-            if verdict.sampled and (best is None or p > best[1].probability):
+            events.append(kp.conjunction(verdict.probability, verdict.source, verdict.draws))
+            if verdict.sampled and (best is None or verdict.probability > best[1].probability):
                 best = (policy, verdict)
         if best is None:
             return NOT_SAMPLED
         policy, verdict = best
-        if len(by_source) == 1:
-            ((source, prob),) = by_source.items()
-        else:
-            miss = 1.0
-            for p in by_source.values():
-                miss *= 1.0 - p
-            prob, source = 1.0 - miss, "mixed"
-        th = rnd.threshold(prob) if prob < 1.0 and source == "" else None
-        return Decision(True, policy.name, verdict.reason, prob, th)
+        return _kept(policy, verdict, events, trace)
 
     def _first_match(self, trace: TraceView) -> Decision:
         first: tuple[Policy, Verdict] | None = None
@@ -136,6 +141,33 @@ class DecisionEngine:
         policy, verdict = first
         if not verdict.sampled:
             return Decision(False, policy.name, "not_sampled", verdict.probability)
-        p = verdict.probability
-        th = rnd.threshold(p) if p < 1.0 and verdict.source == "" else None
-        return Decision(True, policy.name, verdict.reason, p, th)
+        return _kept(policy, verdict, [kp.conjunction(verdict.probability, verdict.source, verdict.draws)], trace)
+
+
+def _upstream_threshold(trace: TraceView) -> int:
+    t_up = upstream_threshold(trace.trace_state) if trace.trace_state else 0
+    if t_up and trace.randomness < t_up:
+        return 0  # contradicted by the trace's own randomness: not a consistent upstream sampler's th
+    return t_up
+
+
+def _r_threshold(event: dict[str, float]) -> int:
+    p = event.get(kp.R, 1.0)
+    return rnd.threshold(p) if p > 0.0 else rnd.MAX_RANDOMNESS
+
+
+def _kept(policy: Policy, verdict: Verdict, events: list[dict[str, float]], trace: TraceView) -> Decision:
+    """The keep decision, its cumulative and per-stage probabilities and its ``th``."""
+    t_up = _upstream_threshold(trace)
+    only_r = all(set(e) <= {kp.R} for e in events)
+    th = None
+    if only_r:
+        t_tail = min(_r_threshold(e) for e in events)  # nested draws on R: the loosest one keeps
+        if t_tail > t_up:
+            th = t_tail
+    if t_up:
+        events = [{s: (kp.conditional_on_upstream(p, t_up) if s == kp.R else p) for s, p in e.items()} for e in events]
+        events = [{s: p for s, p in e.items() if p < 1.0} for e in events]
+    stage = kp.union_probability(events)
+    upstream = rnd.probability(t_up)
+    return Decision(True, policy.name, verdict.reason, stage * upstream, th, upstream_probability=upstream)

@@ -48,12 +48,10 @@ def threshold_hex(t: int) -> str:
 
 def parse_threshold_hex(text: str) -> int | None:
     """The inverse of ``threshold_hex`` (1-14 hex digits, right-padded); None if malformed."""
-    if not 1 <= len(text) <= 14:
+    # int() alone would also take a sign, "_" and spaces ("-1" would be a negative threshold)
+    if not 1 <= len(text) <= 14 or text.strip("0123456789abcdefABCDEF"):
         return None
-    try:
-        return int(text.ljust(14, "0"), 16)
-    except ValueError:
-        return None
+    return int(text.ljust(14, "0"), 16)
 
 
 def is_kept(trace_id: bytes, t: int) -> bool:

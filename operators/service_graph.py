@@ -6,8 +6,10 @@ PRODUCER) is the caller, the child (SERVER or CONSUMER) the callee — so synchr
 messaging producer → consumer pairs both count. Per edge: requests, failed (either side ERROR) and
 the callee's latency in a DDSketch (≤ α relative error, mergeable). Spans whose parent is in another
 batch arrive together here because the assembler holds the whole trace; a span arriving after its
-trace was decided is not paired (its trace is gone). Edges are capped (``max_edges``; then one
-``__overflow__`` edge).
+trace was decided is not paired (its trace is gone). Edge labels are capped for the process's
+lifetime (``max_edges`` distinct (client, server) pairs, then one ``__overflow__`` edge): the
+edges become metric label sets, which live as long as the process, so a cap per drain would let
+them grow without bound.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ServiceGraph:
         self.max_edges = max_edges
         self.relative_accuracy = relative_accuracy
         self.edges: dict[tuple[str, str], Edge] = {}
+        self._labelled: set[tuple[str, str]] = set()  # every pair ever admitted (bounded by max_edges)
 
     def add_trace(self, spans: Iterable[dict]) -> list[tuple[str, str, bool, float]]:
         """Pair the spans of one trace (each with ``service``); returns the (client, server,
@@ -49,13 +52,14 @@ class ServiceGraph:
             failed = child["status_code"] == "ERROR" or parent["status_code"] == "ERROR"
             latency = max(0.0, (child["end_time_unix_nano"] - child["start_time_unix_nano"]) / _NS_PER_MS)
             key = (parent["service"], child["service"])
+            if key not in self._labelled:
+                if len(self._labelled) >= self.max_edges:
+                    key = (OVERFLOW, OVERFLOW)
+                else:
+                    self._labelled.add(key)
             edge = self.edges.get(key)
             if edge is None:
-                if len(self.edges) >= self.max_edges:
-                    key = (OVERFLOW, OVERFLOW)
-                    edge = self.edges.get(key)
-                if edge is None:
-                    edge = self.edges[key] = Edge(key[0], key[1], sketch=DDSketch(self.relative_accuracy))
+                edge = self.edges[key] = Edge(key[0], key[1], sketch=DDSketch(self.relative_accuracy))
             edge.requests += 1
             edge.failed += failed
             edge.sketch.add(latency)

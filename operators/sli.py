@@ -57,6 +57,7 @@ class WindowAggregate:
     # moves them into ``sketch`` with the very same key mapping before anything reads it.
     bins: dict[int, int] = field(default_factory=dict)
     zeros: int = 0
+    accuracies: set[float] = field(default_factory=set)  # of merged partials' sketches (records only)
 
     @classmethod
     def from_record(cls, r: dict) -> WindowAggregate:
@@ -79,6 +80,7 @@ class WindowAggregate:
             latency["sum"],
             partitions=set(r.get("partitions", ())),
             workers={r["worker"]} if r.get("worker") else set(),
+            accuracies={r["sketch"]["relative_accuracy"]},
         )
 
     def empty_like(self) -> WindowAggregate:
@@ -110,8 +112,10 @@ class WindowAggregate:
 
     def merge(self, other: WindowAggregate) -> None:
         """Add ``other`` in: counts and sums add, extremes combine, sketches merge exactly (same
-        relative accuracy ⇒ same bins, so merged quantiles keep the ≤ α error bound)."""
-        self.fold().merge(other.fold())
+        relative accuracy ⇒ same bins, so merged quantiles keep the ≤ α error bound; different
+        accuracies: see ``merged_sketch`` and ``quantile_accuracy``)."""
+        self.sketch = merged_sketch(self.fold(), other.fold())
+        self.accuracies |= other.accuracies
         if other.span_count:
             self.min_ms = min(self.min_ms, other.min_ms)
             self.max_ms = max(self.max_ms, other.max_ms)
@@ -124,6 +128,16 @@ class WindowAggregate:
         self.workers |= other.workers
         self.holds.extend(other.holds)
 
+    @property
+    def quantile_accuracy(self) -> float:
+        """The relative-error bound of ``quantile``: α, or the re-binning bound when partials had
+        sketches of different accuracies."""
+        ordered = sorted(self.accuracies or {self.sketch._relative_accuracy}, reverse=True)
+        if len(ordered) == 1:
+            return ordered[0]
+        coarse, fine = ordered[0], ordered[1]
+        return coarse + fine + coarse * fine
+
     def quantile(self, q: float) -> float:
         value = self.fold().get_quantile_value(q) if self.span_count else None
         # The sketch's answer is within the relative error; clamp to the exact extremes.
@@ -132,6 +146,33 @@ class WindowAggregate:
     @property
     def error_ratio(self) -> float:
         return self.error_count / self.span_count if self.span_count else 0.0
+
+
+def rebinned(sketch: DDSketch, relative_accuracy: float) -> DDSketch:
+    """``sketch``'s counts in a sketch of (coarser) ``relative_accuracy``: each bin's representative
+    value, with its count, goes into the new sketch's bin for it. Latencies are ≥ 0: no negatives."""
+    out = DDSketch(relative_accuracy)
+    mapping, store = sketch._mapping, sketch._store
+    for i, count in enumerate(store.bins):
+        if count:
+            out.add(mapping.value(store.offset + i), count)
+    if sketch._zero_count:
+        out.add(0.0, sketch._zero_count)
+    return out
+
+
+def merged_sketch(into: DDSketch, sketch: DDSketch) -> DDSketch:
+    """``into`` with ``sketch`` merged; equal accuracies merge exactly, others into the coarser."""
+    a, b = into._relative_accuracy, sketch._relative_accuracy
+    if a == b:
+        into.merge(sketch)
+        return into
+    if a < b:
+        into = rebinned(into, b)
+        into.merge(sketch)
+        return into
+    into.merge(rebinned(sketch, a))
+    return into
 
 
 class SliWindows:

@@ -6,6 +6,12 @@ arrived after a window was emitted. Their counts and sums add, min/max combine, 
 merge exactly (same relative accuracy ⇒ same bins), so the merged quantiles carry the same ≤ α
 relative-error guarantee as one sketch over all the spans. Rolling up further (all windows, all
 operations of a service) is the same operation on a coarser key.
+
+Partials whose sketches have different relative accuracies (``sli.relative_accuracy`` changed
+between runs, or workers configured differently) are merged too: the finer sketch's bins are
+re-binned into the coarser one, so the merged quantiles are within α_c + α_f + α_c·α_f (α_c the
+coarsest, α_f the next accuracy) instead of α — ``WindowAggregate.quantile_accuracy`` says which,
+and ``tailsift sli`` says so when it happens.
 """
 
 from __future__ import annotations

@@ -47,6 +47,14 @@ def explicit_randomness(tracestate: str) -> int | None:
         return None
 
 
+def upstream_threshold(tracestate: str) -> int:
+    """The ``th`` an upstream consistent sampler wrote (0 = none, malformed, or keep-all)."""
+    th = ot_fields(tracestate).get("th")
+    if th is None:
+        return 0
+    return rnd.parse_threshold_hex(th) or 0
+
+
 def with_threshold(tracestate: str, t: int) -> str:
     """The tracestate with ``ot=th:`` recording rejection threshold ``t``.
 

@@ -33,13 +33,14 @@ def _load(path: str | None) -> config_mod.Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline import app
+    from pipeline.metrics import MetricsPortInUse
     from pipeline.privacy import PrivacyKeyError
 
     cfg = _load(args.config)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return app.run(cfg, loglevel=args.log_level)
-    except (app.TopicsMissing, PrivacyKeyError) as exc:
+    except (app.TopicsMissing, PrivacyKeyError, MetricsPortInUse) as exc:
         print(f"tailsift run: {exc}", file=sys.stderr)
         return 2
 
@@ -62,6 +63,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
     print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
     return 0
+
+
+def cmd_config_import_collector(args: argparse.Namespace) -> int:
+    from pipeline import collector_import
+
+    return collector_import.main(args.file, sys.stdout, sys.stderr)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -131,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     cp = csub.add_parser("check", help="validate and print the effective config (defaults filled in)")
     _add_config(cp)
     cp.set_defaults(func=cmd_config_check)
+    ip = csub.add_parser(
+        "import-collector",
+        help="translate an OTel Collector tail_sampling block into tailsift's sampling config",
+        description="Print tailsift's sampling/assemble config for the tail_sampling processor in FILE (a "
+        "Collector config, or the block alone) and, on stderr, what could not be translated (exit 1 then).",
+    )
+    ip.add_argument("file", metavar="FILE")
+    ip.set_defaults(func=cmd_config_import_collector)
 
     from pipeline.generator import cli as gen_cli
 

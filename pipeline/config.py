@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails
 
+from pipeline import config_collector as collector
 from pipeline.config_base import Strict, require_unique_names
 from pipeline.config_privacy import PrivacyConfig
 
@@ -237,10 +238,23 @@ class NotPolicyConfig(_PolicyBase):
     type: Literal["not"]
     policy: PolicyConfig
 
+    @model_validator(mode="after")
+    def _condition_only(self) -> NotPolicyConfig:
+        problem = collector.not_problem(self.policy)
+        if problem:
+            raise ValueError(problem)
+        return self
+
 
 class DropPolicyConfig(_PolicyBase):
     type: Literal["drop"]
     policies: list[PolicyConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _conditions_only(self) -> DropPolicyConfig:
+        for problem in collector.drop_problems(self.policies):
+            raise ValueError(problem)
+        return self
 
 
 class RateAllocationConfig(Strict):
@@ -267,6 +281,8 @@ class CompositePolicyConfig(_PolicyBase):
             raise ValueError("policy_order must list every sub-policy once")
         if sum(a.percent for a in self.rate_allocation) > 100 + 1e-9:
             raise ValueError("rate_allocation percentages add up to more than 100")
+        for problem in collector.composite_problems(self.policy_order or names, {p.name: p for p in self.policies}):
+            raise ValueError(problem)
         return self
 
 
@@ -483,9 +499,19 @@ class SamplingConfig(Strict):
     def _unique_names(cls, policies: list) -> list:
         return require_unique_names(policies, "policy")
 
+    @model_validator(mode="after")
+    def _no_top_level_invert_match(self) -> SamplingConfig:
+        for i, policy in enumerate(self.policies):
+            problem = collector.top_level_invert_problem(policy)
+            if problem:
+                raise ValueError(f"sampling.policies.{i}({policy.name}).invert_match: {problem}")
+        return self
+
 
 class SliConfig(Strict):
-    window_seconds: float = Field(10, gt=0, le=86_400)
+    # At least 1 ms: below 1 ns the window is 0 ns wide (every ingest divided by zero), and
+    # sub-millisecond windows would open a window per span and hold them for the whole grace.
+    window_seconds: float = Field(10, ge=0.001, le=86_400, description="at least 0.001 (1 ms)")
     grace_seconds: float = Field(5, ge=0, le=3_600, description="wait past a window's end for stragglers")
     relative_accuracy: float = Field(0.01, gt=0, lt=1)
     max_services: int = Field(1_000, ge=1)
@@ -599,6 +625,27 @@ class Config(Strict):
     job: JobConfig = JobConfig()
     metrics: MetricsConfig = MetricsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+
+    @model_validator(mode="after")
+    def _exactly_once_needs_its_dedup(self) -> Config:
+        """exactly_once drops replayed fragments of already-decided traces by their decision: the
+        decision cache and the on-assignment restore are what remember it."""
+        if self.job.processing_guarantee != "exactly_once":
+            return self
+        a = self.assemble
+        if a.decision_cache_size == 0:
+            raise ValueError(
+                "assemble.decision_cache_size: 0 turns off the decision cache, and with it the dedup of "
+                "job.processing_guarantee: exactly_once (replayed or late spans of a kept trace would be "
+                "decided again); give it >= 1 or use processing_guarantee: at_least_once"
+            )
+        if a.decision_restore_ms == 0:
+            raise ValueError(
+                "assemble.decision_restore_ms: 0 restores no decisions on partition assignment, so "
+                "job.processing_guarantee: exactly_once would decide replayed traces again after a "
+                "rebalance or restart; give it > 0 or use processing_guarantee: at_least_once"
+            )
+        return self
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> Config:

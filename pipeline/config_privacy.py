@@ -117,7 +117,11 @@ class UrlConfig(Strict):
 
 class TokenConfig(Strict):
     digest_bytes: int = Field(16, ge=8, le=32, description="HMAC-SHA256 bytes kept in a token (16 → 32 hex chars)")
-    email_format: bool = Field(True, description="e-mail tokens keep the domain: tok:k1:<digest>@example.com")
+    email_format: bool = Field(
+        False,
+        description="opt-in: e-mail tokens keep the domain (tok:k1:<digest>@example.com) when it is a well-formed"
+        " hostname; off, the whole address is tokenized (a personal or small company domain identifies a person)",
+    )
 
 
 class PrivacyConfig(Strict):

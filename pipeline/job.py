@@ -647,14 +647,17 @@ class Job:
             return out
         bad_detail = ""
         for span in batch["spans"]:
+            undecodable = False
             try:
                 detail = avro.decode_detail(span.pop("detail"))
             except Exception as exc:  # noqa: BLE001 - corrupt detail must not stop the stream
                 bad_detail = f"{type(exc).__name__}: {_safe(exc)}"
-                detail = {**avro.EMPTY_DETAIL, "attributes": {"tailsift.detail_error": "undecodable span detail"}}
+                detail, undecodable = {**avro.EMPTY_DETAIL, "attributes": {}}, True
             span.update(detail)
             if protector is not None:
                 protector.protect_span(span, pii_counts)
+            if undecodable:  # tailsift's own annotations are added after protection
+                span["attributes"]["tailsift.detail_error"] = "undecodable span detail"
             span["attributes"].update(sampling_attrs)
             if th is not None:
                 span["trace_state"] = with_threshold(span["trace_state"], th)
@@ -662,9 +665,11 @@ class Job:
             batch["resource"] = avro.decode_resource(batch["resource"])
         except Exception as exc:  # noqa: BLE001 - as for a corrupt detail: keep the spans, report it
             bad_detail = f"resource: {type(exc).__name__}: {_safe(exc)}"
-            batch["resource"] = {"tailsift.detail_error": "undecodable resource"}
+            batch["resource"] = {}
         if protector is not None:
             protector.protect_batch(batch, pii_counts)
+        if bad_detail.startswith("resource: "):  # added after protection, as for spans
+            batch["resource"]["tailsift.detail_error"] = "undecodable resource"
         if bad_detail:
             msg = Received(hold.partition, hold.offset, trace_id, value)
             self._pending.append(self._dead_letter(msg, "detail_decode_error", bad_detail, now_ns, None))

@@ -101,6 +101,18 @@ FOLLOW_LINKS = Counter(
 )
 
 
+class MetricsPortInUse(Exception):
+    """The /metrics port cannot be bound (typically: another worker on this host has it)."""
+
+
 def serve(port: int, host: str) -> None:
-    if port:
+    if not port:
+        return
+    try:
         start_http_server(port, addr=host)
+    except OSError as exc:
+        raise MetricsPortInUse(
+            f"cannot serve /metrics on {host}:{port} ({exc.strerror or exc}); another process (a second "
+            "worker on this host?) has it: give each worker its own metrics.port, or metrics.port: 0 to "
+            "turn the endpoint off"
+        ) from None

@@ -2,7 +2,8 @@
 
 Every ``SliWindow`` record is a partial of one (service, operation, kind, status, window): from one
 worker, possibly several input partitions, possibly a straggler emitted after the window closed.
-Merging = sum the counts, combine min/max/sum, merge the DDSketches (``operators.sli_merge``).
+Merging = sum the counts, combine min/max/sum, merge the DDSketches (``operators.sli_merge``;
+sketches of different ``sli.relative_accuracy`` merge into the coarser one, and the command says so).
 ``--by`` chooses the rows: per service, per (service, operation), per (service, operation, kind,
 status), optionally per window (``--per-window``). ``--json`` prints the rows as JSON lines.
 """
@@ -66,6 +67,7 @@ def as_dicts(cols: list[str], table: Iterable[tuple[tuple, WindowAggregate]]) ->
             p99_ms=m.quantile(0.99),
             max_ms=m.max_ms,
             partials=m.partials,
+            quantile_accuracy=m.quantile_accuracy,
         )
         out.append(d)
     return out
@@ -109,6 +111,15 @@ def main(config: Config, args: argparse.Namespace) -> int:
     if args.service:
         windows = {k: v for k, v in windows.items() if k[0] == args.service}
     cols, table = rows(windows, args.by, args.per_window)
+    mixed = sorted({a for _, m in table if len(m.accuracies) > 1 for a in m.accuracies})
+    if mixed:
+        worst = max(m.quantile_accuracy for _, m in table)
+        print(
+            "tailsift sli: note: partials with sketches of different sli.relative_accuracy "
+            f"({', '.join(f'{a:g}' for a in mixed)}) were merged into the coarser one; quantiles of those rows "
+            f"are within ±{100 * worst:.2f} % (quantile_accuracy in --json), the others within their own",
+            file=sys.stderr,
+        )
     if args.json:
         for d in as_dicts(cols, table):
             print(json.dumps(d))

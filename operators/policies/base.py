@@ -10,7 +10,9 @@ or a ``Verdict``:
   so the engine can compute the trace's true keep probability when several policies apply.
   ``source`` names the randomness the draw used: ``""`` is the trace's own OTEP 235 randomness R
   (draws on R nest: the union of "R ≥ T_i" is "R ≥ min T_i"); any other value is an independent
-  source (a hash salt), combined as independent events.
+  source (a hash salt), combined as independent events. A combinator whose keep needs draws on
+  several sources (``and``, ``composite``) lists them in ``draws`` ((source, p) pairs, all must
+  keep) so the engine can compute π exactly (see ``operators.keep_probability``).
 
 Time-dependent policies read the decision time from ``trace.now_ns`` — never a clock.
 
@@ -44,6 +46,7 @@ class Verdict:
     probability: float = 1.0
     sampled: bool = True
     source: str = ""
+    draws: tuple[tuple[str, float], ...] | None = None  # the conjunction of draws, when more than one source
 
 
 class Policy(Protocol):

@@ -1,19 +1,24 @@
 """``composite``: ordered sub-policies sharing ``max_total_spans_per_second`` by allocation
 percentages (as the OTel Collector's composite policy), with honest counts.
 
-The first sub-policy (in ``policy_order``) that applies handles the trace. Its share of the span
+The first sub-policy (in ``policy_order``) that applies handles the trace. The Collector's takes
+the first that *samples*; config load (``pipeline.config_collector``) allows a sub-policy that
+draws only in the last place, where the two agree. Its share of the span
 budget is enforced the way ``rate_limiting`` does it: the spans of the traces that sub-policy
 applies to are measured, and its pick is kept only if a budget draw with probability
 b = min(1, allocation / offered spans/s) on the same trace randomness also keeps it — so the trace
 is kept iff R ≥ max(T_sub, T_b) and
 its probability is min(p_sub, b). A sub-policy with a salted draw is combined independently
-(p_sub · b). A token bucket per sub-policy still caps output (``guard_drops``)."""
+(p_sub · b), and the verdict lists both draws so the engine computes π exactly beside other
+policies (see ``operators.keep_probability``). A token bucket per sub-policy still caps output
+(``guard_drops``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from operators import keep_probability as kp
 from operators.policies.base import Action, Policy, Verdict, draw, within
 from operators.rate import RateCap
 from operators.trace import TraceView
@@ -47,14 +52,11 @@ class CompositePolicy(Policy):
             n = trace.span_count
             # the spans/s of the traces this sub-policy applies to; independent draws multiply:
             # budget only the sub-policy's picks
-            b = self._caps[i].probability(n, now, v.probability if v.source else 1.0)
+            b = self._caps[i].probability(n, now, v.probability if (v.source or v.draws) else 1.0)
             budget = draw(trace, b, "")
             reason = f"composite:{sub.name}:{v.reason}"
-            if v.source:
-                verdict = Verdict(
-                    Action.KEEP, reason, v.probability * b, v.sampled and budget.sampled, f"composite:{self.name}"
-                )
-            else:
-                verdict = Verdict(Action.KEEP, reason, min(v.probability, b), v.sampled and budget.sampled)
+            event = kp.conjoin(kp.conjunction(v.probability, v.source, v.draws), kp.conjunction(b, kp.R, None))
+            p, source, draws = kp.verdict_fields(event)
+            verdict = Verdict(Action.KEEP, reason, p, v.sampled and budget.sampled, source, draws)
             return within(self._caps[i], verdict, n, now)
         return None

@@ -2,9 +2,11 @@
 A drop wins over every keep (see ``operators.decide``), so this is how health checks and
 synthetic probes are kept out even when they error.
 
-"Applies" is about conditions, not draws: sub-policies are used as predicates (a probabilistic
-sub-policy applies to every trace). A dropped trace stands for nothing, so drop rules should
-select traffic nobody wants counted."""
+"Applies" is about conditions, not draws: sub-policies are used as predicates. A sub-policy that
+draws (probabilistic, rate-based, adaptive) is refused at config load
+(``pipeline.config_collector``): it would apply to every trace here, where the Collector drops
+only the share its draw picks. A dropped trace stands for nothing, so drop rules should select
+traffic nobody wants counted."""
 
 from __future__ import annotations
 

@@ -1,9 +1,12 @@
-"""Keep traces whose duration (latest end − earliest start) is at least ``threshold_ms``
-(and, if set, below ``upper_threshold_ms``), as the OTel Collector's latency policy."""
+"""Keep traces by duration (latest end − earliest start), as the OTel Collector's latency policy:
+at least ``threshold_ms``; with ``upper_threshold_ms``, the half-open range
+(``threshold_ms``, ``upper_threshold_ms``] — above the lower bound, up to and including the upper
+one, as the Collector has it (its sources, v0.160.0). Compared in nanoseconds; the Collector
+compares whole (truncated) milliseconds, so the two differ only within the same millisecond."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from operators.policies.base import Action, Policy, Verdict
 from operators.trace import TraceView
@@ -16,11 +19,19 @@ class LatencyPolicy(Policy):
     name: str
     threshold_ms: float
     upper_threshold_ms: float | None = None
+    _reason: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.upper_threshold_ms is None:
+            self._reason = f"latency>={self.threshold_ms:g}ms"
+        else:
+            self._reason = f"latency:({self.threshold_ms:g},{self.upper_threshold_ms:g}]ms"
 
     def evaluate(self, trace: TraceView) -> Verdict | None:
         duration = trace.duration_ns
-        if duration < self.threshold_ms * _NS_PER_MS:
-            return None
-        if self.upper_threshold_ms is not None and duration >= self.upper_threshold_ms * _NS_PER_MS:
-            return None
-        return Verdict(Action.KEEP, f"latency>={self.threshold_ms:g}ms")
+        lower = self.threshold_ms * _NS_PER_MS
+        if self.upper_threshold_ms is None:
+            return Verdict(Action.KEEP, self._reason) if duration >= lower else None
+        if lower < duration <= self.upper_threshold_ms * _NS_PER_MS:
+            return Verdict(Action.KEEP, self._reason)
+        return None

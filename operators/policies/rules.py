@@ -172,7 +172,7 @@ class RulesPolicy(Policy):
                 v = rule.sampler.evaluate(trace)
                 if v is None:
                     return None
-                return Verdict(v.action, f"rule:{rule.name}:{v.reason}", v.probability, v.sampled, v.source)
+                return Verdict(v.action, f"rule:{rule.name}:{v.reason}", v.probability, v.sampled, v.source, v.draws)
             rate = rule.sample_rate or 1.0
             return draw(trace, 1.0 / rate, f"rule:{rule.name}" + (f":rate={rate:g}" if rate != 1 else ""))
         return None

@@ -105,10 +105,11 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "email",
         re.compile(
-            r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b"
+            # "%40": an address percent-encoded in a URL path or query still names its owner
+            r"[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b"
         ),
-        lambda s: "@" in s,
-        description="e-mail addresses",
+        lambda s: "@" in s or "%40" in s,
+        description="e-mail addresses (also percent-encoded, %40)",
     ),
     Detector(
         "card",
@@ -175,7 +176,7 @@ class Scanner:
     """Runs the enabled detectors over text and replaces what they find by their action."""
 
     def __init__(
-        self, tokenizer: Tokenizer, actions: dict[str, str], email_format: bool = True, memo_size: int = 65_536
+        self, tokenizer: Tokenizer, actions: dict[str, str], email_format: bool = False, memo_size: int = 65_536
     ):
         unknown = set(actions) - set(_BY_NAME)
         if unknown:

@@ -4,7 +4,8 @@ Per attribute (span, event, link and resource attributes alike) the first rule w
 matches decides:
 
 - ``keep``      value unchanged (detectors still scan strings unless the rule says ``scan: false``)
-- ``tokenize``  value → keyed token (``tok:k1:…``; e-mail-shaped values keep their domain)
+- ``tokenize``  value → keyed token (``tok:k1:…``; with ``email_format`` opt-in, e-mail addresses keep a
+                well-formed hostname domain)
 - ``hash``      value → full-width keyed digest (``hash:k1:<64 hex>``)
 - ``redact``    value → ``[REDACTED]``
 - ``drop``      attribute removed
@@ -33,8 +34,19 @@ from operators.privacy.tokenizer import Tokenizer
 RULE_ACTIONS = ("keep", "tokenize", "hash", "redact", "drop", "url", "sql")
 REDACTED = "[REDACTED]"
 ALLOWLIST_RULE = "allowlist"
-# Attributes tailsift itself writes: never dropped by an allowlist, never scanned.
-INTERNAL_KEYS = ("sampling.*", "tailsift.*")
+# Attributes tailsift itself writes, after protection. The same keys arriving from a producer are
+# dropped before any rule: they would otherwise pose as tailsift's annotations (a forged
+# adjusted count, a "late" flag). Other ``sampling.*`` keys (e.g. ``sampling.priority``) are
+# protected like any attribute.
+RESERVED_KEYS = (
+    "tailsift.*",
+    "sampling.policy",
+    "sampling.reason",
+    "sampling.adjusted_count",
+    "sampling.late",
+    "sampling.dry_run_kept",
+)
+RESERVED_RULE = "reserved"
 _DROP = object()
 
 
@@ -63,9 +75,11 @@ def _rule(name: str, action: str, *keys: str, scan: bool = True) -> Rule:
     return Rule(name, action, tuple(keys), scan=scan)
 
 
+_RESERVED = _rule(RESERVED_RULE, "drop", *RESERVED_KEYS)
+
+
 # Semantic-convention keys with sensible defaults (applied after the config's own rules).
 DEFAULT_RULES: tuple[Rule, ...] = (
-    _rule("internal", "keep", *INTERNAL_KEYS, scan=False),
     _rule(
         "credentials-header",
         "redact",
@@ -205,8 +219,10 @@ class Protector:
             raise ValueError("rule names must be unique")
         self._rule_rx = [(re.compile(r.regex()), r) for r in self.rules]
         self.mode = mode
-        allowed = list(allowed_keys) + list(INTERNAL_KEYS)
-        self._allowed_rx = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in allowed))
+        allowed = list(allowed_keys)
+        self._reserved_rx = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in RESERVED_KEYS))
+        # no pattern must allow nothing (an empty regex would match every key)
+        self._allowed_rx = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in allowed)) if allowed else None
         self.unknown_keys = unknown_keys
         self.url = url or UrlPolicy()
         self.sanitize_span_names = sanitize_span_names
@@ -220,9 +236,14 @@ class Protector:
         """(first matching rule or None, whether the key is allowed)."""
         hit = self._key_memo.get(key)
         if hit is None:
-            allowed = self.mode == "denylist" or self._allowed_rx.match(key) is not None
-            rule = next((r for rx, r in self._rule_rx if rx.match(key)), None)
-            hit = (rule, allowed)
+            if self._reserved_rx.match(key):
+                hit = (_RESERVED, True)  # dropped whatever the mode and the rules say
+            else:
+                allowed = self.mode == "denylist" or (
+                    self._allowed_rx is not None and self._allowed_rx.match(key) is not None
+                )
+                rule = next((r for rx, r in self._rule_rx if rx.match(key)), None)
+                hit = (rule, allowed)
             if len(self._key_memo) >= self._key_memo_size:
                 self._key_memo.clear()
             self._key_memo[key] = hit

@@ -22,6 +22,9 @@ MIN_KEY_BYTES = 16
 TOKEN_RE = re.compile(r"tok:(" + KEY_ID_PATTERN + r"):([0-9a-f]{10,64})")
 HASH_RE = re.compile(r"hash:(" + KEY_ID_PATTERN + r"):([0-9a-f]{64})")
 _KEY_ID_RE = re.compile(KEY_ID_PATTERN)
+# A DNS hostname of two or more labels ending in an alphabetic TLD: the only domain an opt-in
+# format-preserving e-mail token may keep (anything else after the "@" could carry other data).
+_HOSTNAME_RE = re.compile(r"(?=.{4,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}\Z")
 
 
 class KeyRingError(ValueError):
@@ -100,10 +103,12 @@ class Tokenizer:
         return tok
 
     def email_token(self, value: str) -> str:
-        """Format-preserving: ``tok:k1:<digest of the whole address>@<domain>`` (the digest is the
-        same as ``token(value)``'s, so the two forms of one address correlate)."""
+        """Format-preserving (opt-in, ``privacy.token.email_format``):
+        ``tok:k1:<digest of the whole address>@<domain>`` (the digest is the same as
+        ``token(value)``'s, so the two forms of one address correlate). Only a well-formed
+        hostname is kept as the domain; otherwise the whole value is tokenized."""
         local, at, domain = value.rpartition("@")
-        if not at or not local or not domain:
+        if not at or not local or not _HOSTNAME_RE.match(domain):
             return self.token(value)
         return self.token(value) + "@" + domain
 

@@ -81,3 +81,30 @@ def test_unreadable_and_non_yaml_files_are_clear_errors(tmp_path):
     broken.write_text("kafka: [unclosed\n")
     with pytest.raises(config.ConfigError, match="not valid YAML"):
         config.load(broken)
+
+
+@pytest.mark.parametrize(
+    "data, key, words",
+    [
+        ({"assemble": {"decision_cache_size": 0}}, "assemble.decision_cache_size", "exactly_once"),
+        ({"assemble": {"decision_restore_ms": 0}}, "assemble.decision_restore_ms", "exactly_once"),
+        ({"sli": {"window_seconds": 1e-10}}, "sli.window_seconds", "greater than or equal to 0.001"),
+        ({"sli": {"window_seconds": 1e-4}}, "sli.window_seconds", "greater than or equal to 0.001"),
+    ],
+)
+def test_config_traps_are_refused_at_load_naming_the_key(data, key, words):
+    """The old code accepted each: exactly_once with decision_cache_size 0 or decision_restore_ms
+    0 silently ran without its dedup; sli.window_seconds 1e-10 loaded and every ingest then raised
+    ZeroDivisionError (a 0 ns window)."""
+    msg = error_of(data)
+    assert key in msg and words in msg
+
+
+def test_the_dedup_settings_may_be_zero_at_least_once():
+    cfg = config.parse(
+        {
+            "job": {"processing_guarantee": "at_least_once"},
+            "assemble": {"decision_cache_size": 0, "decision_restore_ms": 0},
+        }
+    )
+    assert cfg.assemble.decision_cache_size == 0

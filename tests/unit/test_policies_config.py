@@ -28,11 +28,11 @@ ALL_TYPES = [
     {"name": "d", "type": "probabilistic", "sampling_percentage": 1, "hash_salt": "x"},
     {
         "name": "e",
-        "type": "string_attribute",
-        "key": "k",
-        "values": ["^a"],
-        "enabled_regex_matching": True,
-        "invert_match": True,
+        "type": "and",
+        "policies": [
+            {"name": "e1", "type": "string_attribute", "key": "k", "values": ["^a"], "enabled_regex_matching": True},
+            {"name": "e2", "type": "numeric_attribute", "key": "n", "min_value": 1, "invert_match": True},
+        ],
     },
     {"name": "f", "type": "numeric_attribute", "key": "k", "min_value": 1},
     {"name": "g", "type": "boolean_attribute", "key": "k", "value": True},

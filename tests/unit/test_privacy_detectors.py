@@ -78,9 +78,12 @@ def test_leaves_alone(text):
     assert out == text and not found, found
 
 
-def test_email_tokenized_format_preserving_and_ip_tokenized_deterministically():
+def test_email_tokenized_whole_by_default_and_ip_tokenized_deterministically():
     out = SCAN.scan("user jane@example.com from 198.51.100.4")
-    assert out == f"user {TOK.email_token('jane@example.com')} from {TOK.token('198.51.100.4')}"
+    assert out == f"user {TOK.token('jane@example.com')} from {TOK.token('198.51.100.4')}"
+    opted_in = Scanner(TOK, DEFAULT_DETECTOR_ACTIONS, email_format=True)
+    assert opted_in.scan("user jane@example.com") == f"user {TOK.email_token('jane@example.com')}"
+    assert TOK.email_token("jane@example.com").endswith("@example.com")
 
 
 def test_idempotent_on_its_own_output():

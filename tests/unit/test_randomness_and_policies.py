@@ -57,13 +57,20 @@ def test_status_code_policy_matches_error_spans_only():
     assert ok.evaluate(TraceView(b"t" * 16, [span(status="OK")])) is not None
 
 
-def test_latency_policy_uses_whole_trace_duration_and_bounds():
+def test_latency_policy_uses_whole_trace_duration_and_the_collectors_bounds():
+    """As the OTel Collector: without an upper bound [lower, ∞); with one (lower, upper]. The old
+    code used [lower, upper): a trace of exactly the upper bound was not kept (the Collector keeps
+    it) and one of exactly the lower bound was (the Collector does not)."""
     p = LatencyPolicy("slow", threshold_ms=100, upper_threshold_ms=1000)
     # two spans, each 60 ms, 100 ms apart end to end
     t = TraceView(b"t" * 16, [span(0, 60_000_000), span(40_000_000, 100_000_000)])
-    assert p.evaluate(t) is not None  # exactly the threshold counts
-    assert p.evaluate(TraceView(b"t" * 16, [span(0, 99_999_999)])) is None
-    assert p.evaluate(TraceView(b"t" * 16, [span(0, 1_000_000_000)])) is None  # at the upper bound: excluded
+    assert p.evaluate(t) is None  # exactly the lower bound: excluded
+    assert p.evaluate(TraceView(b"t" * 16, [span(0, 100_000_001)])) is not None
+    assert p.evaluate(TraceView(b"t" * 16, [span(0, 1_000_000_000)])) is not None  # exactly the upper bound: kept
+    assert p.evaluate(TraceView(b"t" * 16, [span(0, 1_000_000_001)])) is None
+    open_ended = LatencyPolicy("slow", threshold_ms=100)
+    assert open_ended.evaluate(t) is not None  # no upper bound: exactly the threshold counts
+    assert open_ended.evaluate(TraceView(b"t" * 16, [span(0, 99_999_999)])) is None
 
 
 class _Fixed(Policy):

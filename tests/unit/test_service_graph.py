@@ -91,3 +91,19 @@ def test_the_job_exposes_service_graph_counters():
     assert value("tailsift_service_graph_request_failed_total") - before[1] == 1
     # the callee span took 4 ms (the sum is exact: DDSketch keeps an exact sum)
     assert abs(value("tailsift_service_graph_request_server_seconds_total") - before[2] - 0.004) < 1e-9
+
+
+def test_edge_labels_are_capped_for_the_process_lifetime_not_per_drain():
+    """The old cap counted only the edges since the last drain: drained once a tick, 2 new
+    (client, server) pairs a tick became 2 new metric label sets a tick without end (observed:
+    8 distinct labels after 4 drains with max_edges=2)."""
+    g = ServiceGraph(max_edges=2)
+    labels = set()
+    for tick in range(4):
+        for server in (f"s{tick}a", f"s{tick}b"):
+            g.add_trace([span(parent=None, service="x", span_id=b"1" * 8), span(parent=b"1" * 8, service=server)])
+        labels |= {(e.client, e.server) for e in g.drain()}
+    assert labels == {("x", "s0a"), ("x", "s0b"), (OVERFLOW, OVERFLOW)}
+    # an admitted pair keeps its own label later on
+    g.add_trace([span(parent=None, service="x", span_id=b"1" * 8), span(parent=b"1" * 8, service="s0a")])
+    assert [(e.client, e.server, e.requests) for e in g.drain()] == [("x", "s0a", 1)]

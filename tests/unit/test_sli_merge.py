@@ -140,3 +140,30 @@ def test_the_job_exposes_sli_span_counters_per_service_kind_status():
         )
         >= 0.002 - 1e-9
     )
+
+
+def test_partials_of_different_relative_accuracy_merge_and_the_reader_says_so(messages, capsys, monkeypatch):
+    """``sli.relative_accuracy`` changed between two runs (0.01 → 0.02): the old code raised
+    ValueError("Cannot merge two DDSketches with different parameters") from DDSketch.merge, so
+    ``tailsift sli`` crashed with a
+    traceback. Now they merge into the coarser sketch, quantiles within the combined bound."""
+    first, second = messages[:600], messages[600:]
+    old_run, new_run = SliWindows(WINDOW, 0, relative_accuracy=0.01), SliWindows(WINDOW, 0, relative_accuracy=0.02)
+    for w, part in ((old_run, first), (new_run, second)):
+        for _, service, spans in part:
+            w.add(0, service, spans)
+    merged = merge_records(emit(old_run, "A", 0, True) + emit(new_run, "B", 0, True))
+    per_service = roll_up(merged, lambda k: k[:1])
+    truth = ground_truth(messages, WINDOW)
+    for (service,), m in per_service.items():
+        lat = sorted(x for (_, s, *_), t in truth.items() if s == service for x in t["lat"])
+        assert m.span_count == len(lat)
+        assert m.quantile_accuracy == pytest.approx(0.02 + 0.01 + 0.0002)
+        for q in (0.5, 0.95):
+            assert m.quantile(q) == pytest.approx(exact_quantile(lat, q), rel=m.quantile_accuracy)
+    monkeypatch.setattr(sli_reader, "read_windows", lambda config, timeout: merged)
+    args = argparse.Namespace(by="service", per_window=False, service=None, json=True, timeout=1.0)
+    assert sli_reader.main(None, args) == 0
+    out = capsys.readouterr()
+    assert "different sli.relative_accuracy (0.01, 0.02)" in out.err
+    assert all("quantile_accuracy" in line for line in out.out.splitlines())
