@@ -47,6 +47,7 @@ _BUFFERED = metrics.MESSAGES.labels("buffered")
 _LATE_KEPT = metrics.MESSAGES.labels("late_kept")
 _LATE_DROPPED = metrics.MESSAGES.labels("late_dropped")
 _REPLAYED = metrics.MESSAGES.labels("replayed_already_emitted")
+_TOO_LARGE_TO_REKEY = metrics.MESSAGES.labels("too_large_to_rekey")
 _LATE_SPANS_KEPT = metrics.LATE_SPANS.labels("kept")
 _LATE_SPANS_DROPPED = metrics.LATE_SPANS.labels("dropped")
 _LATE_SPANS_REPLAYED = metrics.LATE_SPANS.labels("replayed")
@@ -204,14 +205,18 @@ class Job:
                 self._reject(msg, bad, now_ns, replay)
                 continue
             if self.rekey and self._misplaced(msg, trace_id):
-                # Spans of one trace must meet on one partition: re-publish keyed by trace ID.
-                if replay:
-                    tracker.track(msg.partition, msg.offset, msg.ref, 0)
+                # Spans of one trace must meet on one partition: re-publish keyed by trace ID —
+                # unless the copy could not be written (larger than a record may be): then it is
+                # buffered where it arrived rather than failing every transaction
+                if len(value) <= self.max_record_bytes:
+                    if replay:
+                        tracker.track(msg.partition, msg.offset, msg.ref, 0)
+                        continue
+                    hold = tracker.track(msg.partition, msg.offset, msg.ref, 1)
+                    self._pending.append(Record(self.input_topic, trace_id, value, [hold]))
+                    metrics.MESSAGES.labels("rekeyed").inc()
                     continue
-                hold = tracker.track(msg.partition, msg.offset, msg.ref, 1)
-                self._pending.append(Record(self.input_topic, trace_id, value, [hold]))
-                metrics.MESSAGES.labels("rekeyed").inc()
-                continue
+                _TOO_LARGE_TO_REKEY.inc()
             service = batch["service"]
             for span in spans:
                 span["service"] = service
@@ -736,16 +741,20 @@ class Job:
                 self._reject(msg, bad, now_ns, replay)
                 continue
             if self.rekey and (len(traces) > 1 or self._misplaced(msg, next(iter(traces)))):
-                # Spans of one trace must meet on one partition: re-publish per trace, keyed by trace ID.
-                if replay:
-                    tracker.track(msg.partition, msg.offset, msg.ref, 0)
+                # Spans of one trace must meet on one partition: re-publish per trace, keyed by trace
+                # ID — unless a copy could not be written (larger than a record may be): then the
+                # message is buffered where it arrived rather than failing every transaction
+                parts = [(t, value if len(traces) == 1 else otlp.split_request(tr, fmt)) for t, tr in traces.items()]
+                if all(len(part) <= self.max_record_bytes for _, part in parts):
+                    if replay:
+                        tracker.track(msg.partition, msg.offset, msg.ref, 0)
+                        continue
+                    hold = tracker.track(msg.partition, msg.offset, msg.ref, len(parts))
+                    for trace_id, part in parts:
+                        self._pending.append(Record(self.input_topic, trace_id, part, [hold]))
+                    metrics.MESSAGES.labels("rekeyed").inc()
                     continue
-                hold = tracker.track(msg.partition, msg.offset, msg.ref, len(traces))
-                for trace_id, trace in traces.items():
-                    part = value if len(traces) == 1 else otlp.split_request(trace, fmt)
-                    self._pending.append(Record(self.input_topic, trace_id, part, [hold]))
-                metrics.MESSAGES.labels("rekeyed").inc()
-                continue
+                _TOO_LARGE_TO_REKEY.inc()
             hold = tracker.track(msg.partition, msg.offset, msg.ref, len(traces))
             for trace_id, trace in traces.items():
                 n_spans += len(trace.spans)

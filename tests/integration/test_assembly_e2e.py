@@ -33,11 +33,18 @@ from tests.integration.outputs import (
     record_span_ids,
     wait_committed,
 )
-from tests.spans import batch_bytes, span
+from tests.spans import batch_bytes
+from tests.spans import span as _span
 
 pytestmark = pytest.mark.integration
 
 ERRORS_ONLY = {"policies": [{"name": "errors", "type": "status_code", "status_codes": ["ERROR"]}]}
+
+
+def span(**kw):
+    """A span of a minute ago: the job refuses span times at 0 and ahead of its clock."""
+    start = time.time_ns() - 60 * 10**9
+    return _span(start=start, end=start + 1_000_000, **kw)
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -162,3 +162,85 @@ def test_a_zombie_worker_is_fenced(kafka_bootstrap, unique_name, tmp_path, jobs)
     assert sum(t.span_count for t in traces) == stats.spans
     assert_kept_exactly_once_and_whole(cfg, traces, min_errors=50)
     assert_sli_exact(cfg, traces)
+
+
+def test_a_5000_span_kept_trace_and_a_2_mib_span_leave_without_stopping_the_job(
+    kafka_bootstrap,
+    unique_name,
+    tmp_path,
+    jobs,  # noqa: F811
+):
+    """A kept trace larger than the output topic's max.message.bytes leaves in parts that
+    reassemble to every span exactly once; a span larger than any record may be is dead-lettered
+    (span_too_large) and the rest of its trace kept; no transaction fails, the job never stops.
+
+    Before: the kept 5,000-span trace became one record over the broker's limit, the transaction
+    failed with MSG_SIZE_TOO_LARGE, the worker exited, restarted, replayed the trace and failed
+    again — a crash loop."""
+    import os
+    import time
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    from pipeline.codecs import avro
+    from pipeline.kafka.partitioner import canonical_partition
+    from pipeline.readback import read_all
+    from tests.integration.outputs import kept_records
+    from tests.spans import batch_bytes, span
+
+    path, cfg = make_env(kafka_bootstrap, f"dp-s-{unique_name}", tmp_path, assemble=ASSEMBLE, sli=SLI)
+    # producers may write messages up to 4 MiB to the input; the outputs keep the broker's ~1 MB
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        cfg.topics.spans_raw.name,
+        incremental_configs=[
+            ConfigEntry("max.message.bytes", str(4 << 20), incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+    job = start_job(jobs, path, cfg, tmp_path / "job.log")
+
+    t0 = time.time_ns() - 60 * 10**9
+    big, huge = os.urandom(16), os.urandom(16)
+    messages = []
+    attrs = {"payload": "x" * 200}
+    for m in range(10):  # 10 messages × 500 spans, one of them an error: the trace is kept
+        spans = [
+            span(
+                t0 + i,
+                t0 + i + 1_000,
+                "ERROR" if (m, i) == (9, 499) else "UNSET",
+                None if (m, i) == (0, 0) else b"p" * 8,
+            )
+            for i in range(500)
+        ]
+        messages.append((big, batch_bytes(big, f"svc{m}", spans, attributes=attrs)))
+    messages.append(
+        (huge, batch_bytes(huge, "svc", [span(t0, t0 + 1_000, "ERROR", None)], attributes={"blob": "y" * (2 << 20)}))
+    )
+    messages.append((huge, batch_bytes(huge, "svc", [span(t0, t0 + 1_000), span(t0, t0 + 2_000)])))
+    producer = Producer(
+        {"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 5 << 20, "partitioner": "murmur2_random"}
+    )
+    for key, value in messages:
+        producer.produce(cfg.topics.spans_raw.name, value, key)
+    assert producer.flush(30) == 0
+
+    job.wait_drained(5_003, timeout=300)
+    wait_committed(cfg, timeout=300)
+    assert job.proc.poll() is None and job.metric("tailsift_rewinds_total") == 0
+    records = kept_records(cfg)
+    parts = [r for r in records if r["trace_id"] == big]
+    assert len(parts) >= 2 and {r["parts"] for r in parts} == {len(parts)}
+    assert sorted(r["part"] for r in parts) == list(range(len(parts)))
+    span_ids = [s["span_id"] for r in parts for b in r["batches"] for s in b["spans"]]
+    assert len(span_ids) == 5_000 and len(set(span_ids)) == 5_000
+    (rest,) = [r for r in records if r["trace_id"] == huge]
+    assert rest["span_count"] == 2  # the 2 MiB span is out, its trace's other spans kept
+    dead = [avro.decode(avro.DEAD_LETTER, v) for _, _, _, v in read_all(kafka_bootstrap, cfg.topics.deadletter.name)]
+    assert [(d["reason"], d["partition"]) for d in dead] == [("span_too_large", canonical_partition(huge, 6))]
+    for _, _, _, value in read_all(kafka_bootstrap, cfg.topics.traces_kept.name):
+        assert len(value) <= 1_000_000

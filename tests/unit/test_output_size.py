@@ -90,3 +90,19 @@ def test_otlp_output_splits_into_several_requests_of_the_same_trace():
     traces = [otlp.decode_traces(r.value) for r in parts]
     assert all(list(t) == [tid] for t in traces)
     assert sum(len(t[tid].spans) for t in traces) == 5_000
+
+
+def test_a_misplaced_message_too_large_to_rekey_is_buffered_where_it_arrived():
+    """A re-keyed copy is an output too: one larger than a record may be would fail every
+    transaction (a crash loop on one message). It is buffered where it arrived instead."""
+    job = make_job()
+    job.input_partitions = 12
+    job.max_record_bytes = 50_000
+    tid = os.urandom(16)
+    (big,) = big_trace(tid, spans_per_message=400, messages=1)
+    assert len(big.value) > job.max_record_bytes
+    job.ingest([Received(0, 0, b"not-the-trace-id", big.value, 0)], now_ns=NOW)
+    assert job.assembler.buffered_spans == 400
+    out = job.collect(NOW + 2_000 * MS)
+    assert [r for r in out.records if r.topic == "spans.raw"] == []
+    assert len(kept(out)) >= 2 and all(len(r.value) <= job.max_record_bytes for r in kept(out))

@@ -34,6 +34,7 @@ ALL_TYPES = [
             {"name": "e2", "type": "numeric_attribute", "key": "n", "min_value": 1, "invert_match": True},
         ],
     },
+    {"name": "e0", "type": "string_attribute", "key": "k", "values": ["a"]},
     {"name": "f", "type": "numeric_attribute", "key": "k", "min_value": 1},
     {"name": "g", "type": "boolean_attribute", "key": "k", "value": True},
     {"name": "h", "type": "span_count", "min_spans": 2, "max_spans": 9},

@@ -13,9 +13,9 @@ from tests.unit.test_privacy_job import CARD, EMAIL, MS, TOK, by_topic, make_job
 
 def _kept_attributes(job, attrs, name="GET /x"):
     tid = os.urandom(16)
-    s = span(0, 10 * MS, "ERROR", parent=None, name=name)
-    job.ingest([Received(0, 0, tid, batch_bytes(tid, "front", [s], attrs), ref=0)], now_ns=0)
-    (kept,) = by_topic(job.collect(2000 * MS), "traces.kept")
+    s = span(1, 10 * MS, "ERROR", parent=None, name=name)
+    job.ingest([Received(0, 0, tid, batch_bytes(tid, "front", [s], attrs), ref=0)], now_ns=20 * MS)
+    (kept,) = by_topic(job.collect(2020 * MS), "traces.kept")
     return kept.value, avro.decode(avro.KEPT_TRACE, kept.value)["batches"][0]["spans"][0]["attributes"]
 
 
@@ -48,10 +48,10 @@ def test_tailsift_detail_error_is_added_after_protection_even_in_allowlist_mode(
     added after protection, not exempted by prefix)."""
     job = make_job(mode="allowlist", allowed_keys=["http.*"])
     tid = os.urandom(16)
-    s = {k: v for k, v in span(0, 10 * MS, "ERROR", parent=None).items() if k != "service"}
+    s = {k: v for k, v in span(1, 10 * MS, "ERROR", parent=None).items() if k != "service"}
     value = avro.encode_span_batch({"trace_id": tid, "service": "front", "spans": [{**s, "detail": b"\xff\xff\xff"}]})
-    job.ingest([Received(0, 0, tid, value, ref=0)], now_ns=0)
-    (kept,) = by_topic(job.collect(2000 * MS), "traces.kept")
+    job.ingest([Received(0, 0, tid, value, ref=0)], now_ns=20 * MS)
+    (kept,) = by_topic(job.collect(2020 * MS), "traces.kept")
     attrs = avro.decode(avro.KEPT_TRACE, kept.value)["batches"][0]["spans"][0]["attributes"]
     assert attrs["tailsift.detail_error"] == "undecodable span detail"
 
