@@ -5,7 +5,8 @@
   exports at most 512 spans per batch, and one message of 5,000 spans would pass the broker's
   1 MB default limit), all with the trace's key.
 - ``unkeyed``: the Collector's default (``partition_traces_by_id: false``): unkeyed messages of
-  ~200 spans, each holding several whole traces (and the big traces in 200-span slices).
+  200 spans in arrival order, each holding parts of many traces (a trace may straddle two
+  messages, as it does in a Collector's export batches).
 
 Traces: 7-10 spans over 6 services (one resource each), HTTP/DB attributes and an e-mail address
 (PII for the protector) on the root; ``error_rate`` of them carry one ERROR span, ``slow_rate``
@@ -220,11 +221,6 @@ def generate(
     keyed, unkeyed = Traffic(), Traffic()
     pending: list[tuple[str, Span]] = []
 
-    def flush_unkeyed() -> None:
-        if pending:
-            unkeyed.messages.append((None, b.request(pending)))
-            pending.clear()
-
     # the big traces sit inside the input (not at its end): normal traces keep arriving behind them
     big_at = {(i + 1) * (traces + big_traces) // (big_traces + 2): i for i in range(big_traces)}
     for n in range(traces + big_traces):
@@ -247,9 +243,10 @@ def generate(
         key = tid.hex().encode()
         for i in range(0, len(spans), KEYED_CHUNK):
             keyed.messages.append((key, b.request(spans[i : i + KEYED_CHUNK])))
-        for i in range(0, len(spans), UNKEYED_BATCH):
-            pending.extend(spans[i : i + UNKEYED_BATCH])
-            if len(pending) >= UNKEYED_BATCH:
-                flush_unkeyed()
-    flush_unkeyed()
+        pending.extend(spans)
+        while len(pending) >= UNKEYED_BATCH:
+            unkeyed.messages.append((None, b.request(pending[:UNKEYED_BATCH])))
+            del pending[:UNKEYED_BATCH]
+    if pending:
+        unkeyed.messages.append((None, b.request(pending)))
     return keyed, unkeyed
