@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -239,6 +240,16 @@ class _PinnedJob(JobProcess):
         return self
 
 
+def _exception_line(log: Path) -> str:
+    """The last line of the job log that names an exception (what a crash was), else its last line."""
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    named = [ln for ln in lines if "Error" in ln or "Exception" in ln]
+    return (named or lines or ["(empty log)"])[-1].strip()[:200]
+
+
 def tailsift_config(bootstrap: str, run_id: str, tmp: Path, privacy: bool):
     workdir = tmp / run_id
     workdir.mkdir()
@@ -300,10 +311,11 @@ def run_tailsift(bootstrap: str, traffic: Traffic, tmp: Path, privacy: bool, cpu
             first, last, res.peak_rss, _ = _Sampler(job.proc.pid, timeout).run(sample_alive, done)
             _measured(res, traffic.spans, first, last)
         except (JobError, RunFailed) as exc:
-            res.error = str(exc).splitlines()[0]
-            log_tail = job.log_tail(8)
-            if log_tail:
-                res.error += f" — log: {log_tail.splitlines()[-1][:160]}"
+            res.error = str(exc).splitlines()[0].removesuffix("; log tail:")
+            res.error += f" — {_exception_line(job.log_path)}"
+            kept_log = Path(tempfile.gettempdir()) / f"tailsift-bench-peer-{run_id}.log"
+            shutil.copy(job.log_path, kept_log)
+            res.note = f"job log kept in {kept_log}"
         finally:
             job.stop()
     finally:
