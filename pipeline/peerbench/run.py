@@ -340,7 +340,9 @@ def render(console: Console, results: list[Result], traffic: dict[str, Traffic],
     collector = {r.variant: r for r in results if r.system.startswith("Collector") and not r.error}
     for r in results:
         if r.error:
-            t.add_row(r.system, r.variant, f"[red]{r.error}[/]", "", "", f"{r.kept_traces:,} / {r.decided:,}", "", "")
+            # the whole message is in the BENCH-PEER line below the table
+            crash = r.error if len(r.error) <= 60 else r.error[:59] + "…"
+            t.add_row(r.system, r.variant, f"[red]{crash}[/]", "", "", f"{r.kept_traces:,} / {r.decided:,}", "", "")
             continue
         base = collector.get(r.variant)
         ratio = f"{r.per_cpu / base.per_cpu:.2f}×" if base and base is not r else ("1" if base is r else "n/a")
@@ -355,6 +357,10 @@ def render(console: Console, results: list[Result], traffic: dict[str, Traffic],
             ratio,
         )
     console.print(t)
+    console.print(
+        "  kept spans out: the Collector's exporter sent spans; tailsift's kept spans at decision time "
+        "(late spans of a kept trace follow it and are not counted there)"
+    )
     for r in results:
         if r.note:
             console.print(f"  note: {r.system}, {r.variant}: {r.note}")
