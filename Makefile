@@ -7,8 +7,11 @@
 #   make lint          ruff check + ruff format --check + mypy on operators/ (CI runs it before the tests)
 #   make kafka-fetch / kafka-start / kafka-stop / kafka-status    the local broker (deploy/local/kafka)
 #   make demo / bench  the tailsift demo and benchmark
+#   make otelcol       build the pinned OpenTelemetry Collector (deploy/otelcol; needs Go; cached
+#                      per version in .cache/otelcol/, reusing Go's module cache)
+#   make bench-peer    tailsift vs the Collector's tail_sampling, each on one core, in one run
 #   make clean         stop the local broker, delete .kafka, caches and build files (keeps .venv)
-#   make distclean     clean, and delete .venv too
+#   make distclean     clean, and delete .venv and the Collector build (.cache) too
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,7 +19,7 @@ VPY    := $(VENV)/bin/python
 KAFKA  := $(PYTHON) deploy/local/kafka
 PYTEST_ARGS ?= -q
 
-.PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit demo bench clean distclean
+.PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit demo bench otelcol bench-peer clean distclean
 
 venv: $(VENV)/.installed
 
@@ -65,10 +68,17 @@ bench: venv
 	$(VENV)/bin/tailsift bench
 # -------------------------------------------------------------------------------------------------
 
+otelcol:
+	$(PYTHON) deploy/otelcol/build
+
+# PEER_ARGS: e.g. PEER_ARGS="--traces 5000 --variants keyed" (python -m pipeline.peerbench --help)
+bench-peer: venv kafka-fetch otelcol
+	$(VPY) -m pipeline.peerbench $(PEER_ARGS)
+
 clean:
 	-$(KAFKA) stop
 	rm -rf .kafka .pytest_cache .hypothesis .mypy_cache .ruff_cache build *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) .cache

@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.peerbench.run import main
+
+sys.exit(main())
