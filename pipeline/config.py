@@ -576,6 +576,13 @@ class AggregateConfig(Strict):
         description="merged windows held open per stage process; beyond it the oldest are emitted early "
         "(later partials of them follow as further records)",
     )
+    closed_memory_seconds: float = Field(
+        600,
+        gt=0,
+        le=86_400,
+        description="an emitted window's marker (the source offsets it merged) stays this long past its "
+        "grace, so a partial re-read after a crash is not counted again; must exceed a commit interval",
+    )
     emitted_memory: int = Field(
         100_000, ge=1, description="recent sli_merged record keys remembered to recognise a replayed emission"
     )

@@ -139,8 +139,16 @@ def build_app(config: Config) -> tuple[faust.App, Stage]:
     source = app.topic(t.sli_windows.name, ticks_topic(config), internal=False, **raw)
     book = SloBook(objectives(config))
     recent: deque = deque(maxlen=500)
-    open_table = app.Table("open", partitions=partitions, **table_raw)
-    views_table = app.Table("views", partitions=partitions, **table_raw)
+
+    def internal_changelog(table: str):
+        # explicit, raw: a changelog topic Faust derives for the table keeps its json serializers
+        # (schema= or key_type=bytes notwithstanding) and the recovery then fails on every record
+        return app.topic(
+            f"{app.conf.id}-{table}-changelog", partitions=partitions, internal=True, compacting=True, **raw
+        )
+
+    open_table = app.Table("open", partitions=partitions, changelog_topic=internal_changelog("open"), **table_raw)
+    views_table = app.Table("views", partitions=partitions, changelog_topic=internal_changelog("views"), **table_raw)
     emitted = app.tables.add(
         EmittedTable(
             app,

@@ -5,6 +5,7 @@ Three tables, all raw bytes (no JSON per record), all changelog-backed in ``memo
 files that could disagree with them):
 
 - ``open``: (partition, window) → the merge so far (``windows.OpenWindow``), internal changelog;
+  once emitted, a closed marker (the header alone) for ``closed_memory_seconds``;
 - ``views``: partition → the stage's event time for it (newest ``emitted_at`` of a partial, or
   of a tick: the stage clock minus ``idle_seconds`` when the partition is quiet);
 - ``emitted``: its changelog **is** ``topics.sli_merged`` — a merged window is written as a table
@@ -16,8 +17,10 @@ Every write is awaited before the step ends (not ``send_soon``): Faust's exactly
 not flush its send buffer before committing offsets, so a buffered change could land in the
 transaction after its input offset (and be lost with a crash between the two). A commit can still
 fall between two writes of one step; each step is idempotent against that: a re-read partial at
-or below an open window's ``last_offset`` is a no-op, and an emission whose key is already in
-``sli_merged`` is not written again.
+or below a window's ``last_offset`` (open, or its closed marker) is a no-op, and an emission whose
+key is already in ``sli_merged`` is not written again. The marker matters because a replay need not
+see partials and ticks in their first order: a window can close before a re-read partial that it
+already merged comes round again (found by the kill -9 test: one partial counted twice).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class Stage:
         self.grace_ns = int(a.grace_seconds * _NS)
         self.idle_ns = int(a.idle_seconds * _NS)
         self.max_open = a.max_open_windows
+        self.closed_memory_ns = int(a.closed_memory_seconds * _NS)
         self.open = open_table
         self.views = views_table
         self.emitted = emitted_table
@@ -120,6 +124,11 @@ class Stage:
         await self._advance(partition, record["emitted_at_unix_nano"])
         key = open_key(partition, W.window_key(record))
         packed = self.open.data.get(key)
+        if packed is not None and W.is_closed(packed):
+            if offset <= W.closed_through(packed):
+                self.counts["partials_replayed"] += 1  # merged into a window already emitted
+                return
+            packed = None  # a straggler: the window opens again and is emitted as a further record
         if packed is None:
             window = W.start_window(record, partition, offset)
         else:
@@ -158,13 +167,22 @@ class Stage:
         await self._advance(partition, _VIEW.unpack(value)[0])
         await self.close_due(partition)
 
-    def _open_ends(self, partition: int) -> list[tuple[bytes, int]]:
+    def _open_ends(self, partition: int, closed: bool = False) -> list[tuple[bytes, int]]:
+        """(key, window end) of the partition's open windows (or of its closed markers)."""
         out = []
         for k, v in list(self.open.data.items()):
+            if W.is_closed(v) != closed:
+                continue
             p, end = W.peek_end(v)
             if p == partition:
                 out.append((k, end))
         return out
+
+    async def forget_closed(self, partition: int, view_ns: int) -> None:
+        """Closed markers live ``closed_memory_seconds`` of event time past the grace: far longer than
+        a commit interval, the most a crash can make the stage re-read."""
+        for key in W.due(self._open_ends(partition, closed=True), view_ns, self.grace_ns + self.closed_memory_ns):
+            await self._put(self.open, partition, key, None)
 
     async def close_due(self, partition: int) -> None:
         view = self.view(partition)
@@ -173,11 +191,12 @@ class Stage:
         ends = self._open_ends(partition)
         for key in W.due(ends, view, self.grace_ns):
             await self._emit(partition, key, view)
+        await self.forget_closed(partition, view)
         rest = [end for k, end in self._open_ends(partition)]
         self.next_due[partition] = min(rest) if rest else 2**62
 
     async def enforce_bound(self, partition: int) -> None:
-        over = len(self.open.data) - self.max_open
+        over = self.open_windows() - self.max_open
         if over <= 0:
             return
         ends = self._open_ends(partition)
@@ -198,7 +217,7 @@ class Stage:
             for name in self.book.feed(record):
                 status = json.dumps(self.book.status(name)[0]).encode()
                 await self._put(self.status_table, partition, name.encode(), status)
-        await self._put(self.open, partition, key, None)
+        await self._put(self.open, partition, key, W.closed_marker(window))
 
     async def _put_emitted(self, partition: int, emission: bytes, record: dict) -> None:
         self.emitted.emissions.remember(emission)
@@ -214,7 +233,7 @@ class Stage:
     # ---- views ----
 
     def open_windows(self) -> int:
-        return len(self.open.data)
+        return sum(1 for v in self.open.data.values() if not W.is_closed(v))
 
     def sli(self, service: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         rows = []

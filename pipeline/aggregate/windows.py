@@ -74,9 +74,25 @@ class OpenWindow:
 
 
 def peek_end(value: bytes) -> tuple[int, int]:
-    """(partition, window end) of a packed open window without decoding its record."""
+    """(partition, window end) of a packed open window (or closed marker) without decoding it."""
     partition, _first, _last, end = _HEADER.unpack_from(value)
     return partition, end
+
+
+def closed_marker(window: OpenWindow) -> bytes:
+    """What replaces an emitted window in the table: its header alone. It keeps ``last_offset``
+    after the window is gone, so a partial re-read after a crash (its offset not yet committed,
+    though the window that merged it was) is recognised instead of counted again as a late one."""
+    return _HEADER.pack(window.partition, window.first_offset, window.last_offset, window.end_ns)
+
+
+def is_closed(value: bytes) -> bool:
+    return len(value) == _HEADER.size
+
+
+def closed_through(value: bytes) -> int:
+    """The highest source offset a closed marker's window merged."""
+    return _HEADER.unpack_from(value)[2]
 
 
 def start_window(record: dict, partition: int, offset: int) -> OpenWindow:

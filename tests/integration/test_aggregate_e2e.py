@@ -168,9 +168,10 @@ def setup(kafka_bootstrap, unique_name, tmp_path, records, **aggregate):
         f"agg-{unique_name}",
         tmp_path,
         aggregate={
-            # live traffic: partials are stamped with a clock ahead of the stage's idle ticks
+            # live traffic: partials are stamped at about the stage's clock (a little ahead, so that no
+            # idle tick — stage clock minus idle_seconds — overtakes them while they are produced)
             "grace_seconds": lateness_s(records) + 1,
-            "idle_seconds": 5,
+            "idle_seconds": 10,
             "tick_ms": 200,
             "web_port": port,
             "data_dir": str(tmp_path / "aggregate"),
@@ -183,7 +184,7 @@ def setup(kafka_bootstrap, unique_name, tmp_path, records, **aggregate):
 
 
 def test_partials_of_three_workers_merge_exactly_once_per_window(kafka_bootstrap, unique_name, tmp_path):
-    records = partials(600, seed=71, t0=time.time_ns())
+    records = partials(600, seed=71, t0=time.time_ns() + 5 * S)
     path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records)
     stage.start()
     try:
@@ -205,7 +206,7 @@ def test_partials_of_three_workers_merge_exactly_once_per_window(kafka_bootstrap
 
 
 def test_kill_minus_9_mid_stream_then_restart_emits_each_window_once(kafka_bootstrap, unique_name, tmp_path):
-    records = partials(900, seed=72, t0=time.time_ns())
+    records = partials(900, seed=72, t0=time.time_ns() + 5 * S)
     path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records)
     half = next(i for i, r in enumerate(records) if r[3] >= records[-1][3] // 2)  # a flush boundary
     stage.start()
@@ -213,11 +214,14 @@ def test_kill_minus_9_mid_stream_then_restart_emits_each_window_once(kafka_boots
         stage.wait_ready()
         produce(cfg, records[:half], f"agg-{unique_name}-1")
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # mid-stream: some windows emitted, some still open
+        while time.monotonic() < deadline:  # the first half read, part of it not yet committed
             h = stage.health()
-            if h and h["counts"]["emitted"] > 0 and h["open_windows"] > 0:
+            if h and h["counts"]["partials"] >= half:
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
+        # at once: a pause of idle_seconds here would rightly close the open windows (idle tick)
+        # and make the second half's partials late, emitted as further records
+        assert 0 < h["open_windows"] and h["counts"]["partials"] == half, h
         stage.kill()
         produce(cfg, records[half:], f"agg-{unique_name}-2")
         stage.start()
@@ -229,7 +233,7 @@ def test_kill_minus_9_mid_stream_then_restart_emits_each_window_once(kafka_boots
 
 
 def test_memory_bound_closes_the_oldest_windows_early_and_sums_stay_exact(kafka_bootstrap, unique_name, tmp_path):
-    records = partials(300, seed=73, t0=time.time_ns())
+    records = partials(300, seed=73, t0=time.time_ns() + 5 * S)
     path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records, max_open_windows=20)
     stage.start()
     try:
