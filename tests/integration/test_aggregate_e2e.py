@@ -5,6 +5,9 @@ exactly once; beyond ``max_open_windows`` the oldest windows close early and the
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 
@@ -203,6 +206,18 @@ def test_partials_of_three_workers_merge_exactly_once_per_window(kafka_bootstrap
     bad = sum(r["error_count"] for r in checkout)
     assert slo[0]["budget_remaining"] == pytest.approx(1 - (bad / total) / 0.01)
     assert sli and all(w["service"] == "checkout" for w in sli)
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "sli", "-c", str(path), "--by", "service", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and cfg.topics.sli_merged.name in out.stderr, out.stderr  # read sli.merged
+    want = Counter()
+    for _, key, value, _ in records:
+        want[key.decode()] += avro.decode(avro.SLI_WINDOW, value)["span_count"]
+    assert {r["service"]: r["spans"] for r in map(json.loads, out.stdout.splitlines())} == want
 
 
 def test_kill_minus_9_mid_stream_then_restart_emits_each_window_once(kafka_bootstrap, unique_name, tmp_path):
