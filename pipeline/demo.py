@@ -88,6 +88,19 @@ def delete_topics(cfg: config_mod.Config) -> None:
             pass
 
 
+def merged_span_total(cfg: config_mod.Config, expected: int, timeout: float = 30.0) -> int:
+    """Spans in sli.merged once it holds ``expected`` (its last records become visible to
+    read_committed readers with the stage's next transaction), or what it holds at the timeout."""
+    from pipeline.sli_reader import read_windows
+
+    deadline = time.monotonic() + timeout
+    while True:
+        total = sum(m.span_count for m in read_windows(cfg, 10, "merged").values())
+        if total >= expected or time.monotonic() > deadline:
+            return total
+        time.sleep(0.5)
+
+
 def main(args: argparse.Namespace) -> int:
     from pipeline.generator.callgraph import GeneratorConfig
     from pipeline.generator.produce import produce
@@ -126,20 +139,26 @@ def main(args: argparse.Namespace) -> int:
             report.metrics = metrics
             console.print("[bold]Waiting[/] for the aggregation stage to emit the last merged windows …")
             health = stage.wait_idle(1, timeout=120)
+            merged_spans = merged_span_total(cfg, stats.spans)
             console.print(
                 f"  aggregate: {health['counts']['partials']:,} partials → {health['counts']['emitted']:,} merged "
-                f"windows (+{health['counts']['emitted_late']} late) on {cfg.topics.sli_merged.name}; "
-                f"views were at {stage.url}/sli and /slo"
+                f"windows (+{health['counts']['emitted_late']} late) on {cfg.topics.sli_merged.name}, "
+                f"{merged_spans:,} spans; views were at {stage.url}/sli and /slo"
             )
         finally:
             code = job.stop()
             console.print(f"  job stopped (exit {code}); aggregate stopped (exit {stage.stop()})")
         render(report)
         delete_topics(cfg)
-    ok = len(report.kept_traces) > 0 and len(report.sli) > 0 and report.sli_spans == stats.spans
+    ok = (
+        len(report.kept_traces) > 0
+        and len(report.sli) > 0
+        and report.sli_spans == stats.spans
+        and merged_spans == stats.spans
+    )
     console.print(
         f"[bold]{'OK' if ok else 'FAILED'}[/] in {time.monotonic() - started:.0f} s: "
         f"{len(report.kept_traces):,} kept traces, SLI rows for {len(report.sli)} services, "
-        f"SLI spans {report.sli_spans:,} / produced {stats.spans:,}"
+        f"SLI spans {report.sli_spans:,} (merged {merged_spans:,}) / produced {stats.spans:,}"
     )
     return 0 if ok else 1
