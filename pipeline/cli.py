@@ -45,6 +45,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from pipeline.aggregate import app as aggregate_app
+
+    cfg = _load(args.config)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return aggregate_app.run(cfg, loglevel=args.log_level)
+    except aggregate_app.TopicsMissing as exc:
+        print(f"tailsift aggregate: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_topics_create(args: argparse.Namespace) -> int:
     from pipeline.topics import create_topics
 
@@ -126,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "aggregate",
+        help="run the aggregation stage: merge every worker's SLI partials into exact windows and SLO status",
+        description="A Faust app: sli.windows partials → exact merged windows on sli.merged once complete, "
+        "SLO status on slo.status, web views /sli, /slo, /healthz (aggregate.web_host/web_port). "
+        "Scale out by starting more in the same group.",
+    )
+    _add_config(p)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("topics", help="manage the topics the config names")
     tsub = p.add_subparsers(dest="topics_command", required=True, metavar="ACTION")

@@ -54,6 +54,10 @@ class TopicsConfig(Strict):
     # one partition per spans_raw partition: decisions of input partition p are written to, and
     # restored from, partition p (compacted: latest decision per trace ID; retention bounds its size)
     decisions: TopicConfig = TopicConfig(name="traces.decisions", partitions=6, compacted=True, retention_ms=86_400_000)
+    # written by `tailsift aggregate` as changelogs of its tables, so partition p of each holds what
+    # partition p of sli_windows produced: same partition count as sli_windows (checked below)
+    sli_merged: TopicConfig = TopicConfig(name="sli.merged", partitions=3, retention_ms=604_800_000)
+    slo_status: TopicConfig = TopicConfig(name="slo.status", partitions=3, compacted=True)
 
     def all(self) -> dict[str, TopicConfig]:
         return {name: getattr(self, name) for name in type(self).model_fields}
@@ -581,6 +585,43 @@ class JobConfig(Strict):
     )
 
 
+class AggregateConfig(Strict):
+    grace_seconds: float = Field(
+        15,
+        ge=0,
+        le=86_400,
+        description="a merged window is emitted once the stage's event time passes its end by this much; "
+        "cover sli.grace_seconds + job.commit_interval_ms + clock skew between workers",
+    )
+    idle_seconds: float = Field(
+        10,
+        gt=0,
+        le=86_400,
+        description="a partition of sli_windows with no new partial for this long: its event time follows "
+        "the stage's clock minus this much (so the last windows close when traffic stops)",
+    )
+    tick_ms: int = Field(1_000, ge=50, le=60_000, description="how often idle partitions are checked")
+    max_open_windows: int = Field(
+        100_000,
+        ge=1,
+        description="merged windows held open per stage process; beyond it the oldest are emitted early "
+        "(later partials of them follow as further records)",
+    )
+    closed_memory_seconds: float = Field(
+        600,
+        gt=0,
+        le=86_400,
+        description="an emitted window's marker (the source offsets it merged) stays this long past its "
+        "grace, so a partial re-read after a crash is not counted again; must exceed a commit interval",
+    )
+    emitted_memory: int = Field(
+        100_000, ge=1, description="recent sli_merged record keys remembered to recognise a replayed emission"
+    )
+    web_host: str = Field("127.0.0.1", description="Faust web views /sli, /slo, /healthz")
+    web_port: int = Field(6066, ge=1, le=65_535)
+    data_dir: str = Field("/tmp/tailsift-aggregate", description="Faust's state directory for the stage")
+
+
 class MetricsConfig(Strict):
     port: int = Field(9108, ge=0, le=65_535, description="0 disables the /metrics endpoint")
     host: str = "127.0.0.1"
@@ -625,6 +666,7 @@ class Config(Strict):
     job: JobConfig = JobConfig()
     metrics: MetricsConfig = MetricsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    aggregate: AggregateConfig = AggregateConfig()
 
     @model_validator(mode="after")
     def _exactly_once_needs_its_dedup(self) -> Config:
@@ -660,6 +702,14 @@ class Config(Strict):
                 f"topics.spans_raw.partitions ({self.topics.spans_raw.partitions}): decisions of input "
                 "partition p live in decision-log partition p"
             )
+        windows = self.topics.sli_windows.partitions
+        for key in ("sli_merged", "slo_status"):
+            have = getattr(self.topics, key).partitions
+            if have != windows:
+                raise ValueError(
+                    f"topics.{key}.partitions ({have}) must equal topics.sli_windows.partitions ({windows}): "
+                    "the aggregate stage writes partition p's results to partition p (Faust changelogs)"
+                )
         return self
 
 

@@ -1,8 +1,9 @@
 """``tailsift demo`` / ``make demo``: the whole path on a real broker in about a minute.
 
-Starts the local broker (unless one is given), creates this run's topics, starts the job as its
-own process, generates ~30 s of traffic with live progress, waits until every span is decided and
-windowed, prints the summary, and stops everything it started."""
+Starts the local broker (unless one is given), creates this run's topics, starts the job and the
+aggregation stage as their own processes, generates ~30 s of traffic with live progress, waits
+until every span is decided and windowed and the stage has emitted the last merged windows, prints
+the summary (and where the stage's web views are), and stops everything it started."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
 from pipeline import config as config_mod
+from pipeline.aggregate.proc import AggregateProcess
 from pipeline.jobproc import JobProcess
 from pipeline.localkafka import broker
 from pipeline.report import collect, render
@@ -56,6 +58,7 @@ def run_config(bootstrap: str, run_id: str, workdir: Path, **overrides: dict) ->
         "sli": {"window_seconds": 5, "grace_seconds": 2},
         "job": {"data_dir": str(workdir / "faust"), "commit_interval_ms": 500},
         "metrics": {"port": free_port()},
+        "aggregate": {"web_port": free_port(), "data_dir": str(workdir / "aggregate")},
     }
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
@@ -74,11 +77,28 @@ def ensure_token_key(console: Console) -> None:
 
 def delete_topics(cfg: config_mod.Config) -> None:
     admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers})
-    for fut in admin.delete_topics([t.name for t in cfg.topics.all().values()]).values():
+    names = [t.name for t in cfg.topics.all().values()]
+    # the aggregation stage's own topics (Faust changelogs, ticks, assignor) share its app id prefix
+    stage_prefix = f"{cfg.kafka.group_id}-aggregate-"
+    names += [n for n in admin.list_topics(timeout=30).topics if n.startswith(stage_prefix)]
+    for fut in admin.delete_topics(names).values():
         try:
             fut.result(30)
         except Exception:  # noqa: BLE001 - best effort clean-up
             pass
+
+
+def merged_span_total(cfg: config_mod.Config, expected: int, timeout: float = 30.0) -> int:
+    """Spans in sli.merged once it holds ``expected`` (its last records become visible to
+    read_committed readers with the stage's next transaction), or what it holds at the timeout."""
+    from pipeline.sli_reader import read_windows
+
+    deadline = time.monotonic() + timeout
+    while True:
+        total = sum(m.span_count for m in read_windows(cfg, 10, "merged").values())
+        if total >= expected or time.monotonic() > deadline:
+            return total
+        time.sleep(0.5)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -95,9 +115,13 @@ def main(args: argparse.Namespace) -> int:
         for r in create_topics(cfg):
             console.print(f"  topic {r.name}: {r.status}")
         job = JobProcess(path, cfg.metrics.port, Path(tmp) / "job.log").start()
+        a = cfg.aggregate
+        stage = AggregateProcess(path, a.web_host, a.web_port, Path(tmp) / "aggregate.log").start()
         try:
-            console.print("[bold]Starting the job[/] (tailsift run) …")
+            console.print("[bold]Starting the job[/] (tailsift run) and the aggregation stage (tailsift aggregate) …")
             job.wait_ready(bootstrap, cfg.kafka.group_id)
+            stage.wait_ready()
+            console.print(f"  aggregate views: {stage.url}/sli  {stage.url}/slo  {stage.url}/healthz")
             console.print(f"[bold]Generating[/] {args.duration:g} s of traffic at {args.rate:g} traces/s …")
             stats = produce(
                 bootstrap,
@@ -113,15 +137,28 @@ def main(args: argparse.Namespace) -> int:
             metrics = job.wait_drained(stats.spans)
             report = collect(cfg, metrics_url=job.metrics_url)
             report.metrics = metrics
+            console.print("[bold]Waiting[/] for the aggregation stage to emit the last merged windows …")
+            health = stage.wait_idle(1, timeout=120)
+            merged_spans = merged_span_total(cfg, stats.spans)
+            console.print(
+                f"  aggregate: {health['counts']['partials']:,} partials → {health['counts']['emitted']:,} merged "
+                f"windows (+{health['counts']['emitted_late']} late) on {cfg.topics.sli_merged.name}, "
+                f"{merged_spans:,} spans; views were at {stage.url}/sli and /slo"
+            )
         finally:
             code = job.stop()
-            console.print(f"  job stopped (exit {code})")
+            console.print(f"  job stopped (exit {code}); aggregate stopped (exit {stage.stop()})")
         render(report)
         delete_topics(cfg)
-    ok = len(report.kept_traces) > 0 and len(report.sli) > 0 and report.sli_spans == stats.spans
+    ok = (
+        len(report.kept_traces) > 0
+        and len(report.sli) > 0
+        and report.sli_spans == stats.spans
+        and merged_spans == stats.spans
+    )
     console.print(
         f"[bold]{'OK' if ok else 'FAILED'}[/] in {time.monotonic() - started:.0f} s: "
         f"{len(report.kept_traces):,} kept traces, SLI rows for {len(report.sli)} services, "
-        f"SLI spans {report.sli_spans:,} / produced {stats.spans:,}"
+        f"SLI spans {report.sli_spans:,} (merged {merged_spans:,}) / produced {stats.spans:,}"
     )
     return 0 if ok else 1

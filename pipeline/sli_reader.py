@@ -6,6 +6,11 @@ Merging = sum the counts, combine min/max/sum, merge the DDSketches (``operators
 sketches of different ``sli.relative_accuracy`` merge into the coarser one, and the command says so).
 ``--by`` chooses the rows: per service, per (service, operation), per (service, operation, kind,
 status), optionally per window (``--per-window``). ``--json`` prints the rows as JSON lines.
+
+``--source auto`` (the default) reads ``sli.merged`` when the aggregation stage has written to it:
+the same totals from one record per complete window instead of one per worker flush. Windows the
+stage still holds open (within ``aggregate.grace_seconds`` of now) are not in it yet:
+``--source partials`` reads every partial up to the workers' newest flush.
 """
 
 from __future__ import annotations
@@ -29,13 +34,34 @@ _BY = {
 }
 
 
-def read_windows(config: Config, timeout: float = 10.0) -> dict[WindowKey, WindowAggregate]:
+def merged_available(config: Config, timeout: float = 10.0) -> bool:
+    """``sli_merged`` exists and holds records: the aggregation stage is (or was) running."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": config.kafka.bootstrap_servers, "group.id": "tailsift-readback"})
+    try:
+        topic = config.topics.sli_merged.name
+        meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return False
+        for p in meta.partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if high > low:
+                return True
+        return False
+    finally:
+        c.close()
+
+
+def read_windows(config: Config, timeout: float = 10.0, source: str = "partials") -> dict[WindowKey, WindowAggregate]:
+    """``source``: ``partials`` (sli_windows, every worker's partials, up to the newest flush) or
+    ``merged`` (sli_merged, the aggregation stage's complete windows; a window's late records are
+    further partials of it, so the same merge applies)."""
     from pipeline.codecs import avro
     from pipeline.readback import read_all
 
-    values = (
-        v for _, _, _, v in read_all(config.kafka.bootstrap_servers, config.topics.sli_windows.name, timeout) if v
-    )
+    topic = config.topics.sli_merged.name if source == "merged" else config.topics.sli_windows.name
+    values = (v for _, _, _, v in read_all(config.kafka.bootstrap_servers, topic, timeout) if v)
     return merge_records(avro.decode(avro.SLI_WINDOW, v) for v in values)
 
 
@@ -104,10 +130,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", default=None, help="only this service")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the end of the topic")
+    p.add_argument(
+        "--source",
+        choices=["auto", "merged", "partials"],
+        default="auto",
+        help="merged: sli.merged (complete windows from `tailsift aggregate`, far fewer records); partials: "
+        "sli.windows (up to the newest worker flush); auto (default): merged when it holds records",
+    )
 
 
 def main(config: Config, args: argparse.Namespace) -> int:
-    windows = read_windows(config, args.timeout)
+    source = getattr(args, "source", "partials")
+    if source == "auto":
+        source = "merged" if merged_available(config, args.timeout) else "partials"
+    if source == "merged":
+        print(f"tailsift sli: reading {config.topics.sli_merged.name} (merged windows)", file=sys.stderr)
+        windows = read_windows(config, args.timeout, source)
+    else:
+        windows = read_windows(config, args.timeout)
     if args.service:
         windows = {k: v for k, v in windows.items() if k[0] == args.service}
     cols, table = rows(windows, args.by, args.per_window)

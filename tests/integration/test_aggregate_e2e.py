@@ -1,0 +1,261 @@
+"""The aggregation stage on the real broker: partials of several workers (written in transactions,
+one of them aborted) merge into windows whose counts equal what was produced and whose sketches
+equal a direct merge bin for bin; after a kill -9 and a restart each window is still emitted
+exactly once; beyond ``max_open_windows`` the oldest windows close early and the sums stay exact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+
+import pytest
+from confluent_kafka import Producer
+
+from operators.sli import SliWindows, window_record
+from pipeline.aggregate.proc import AggregateProcess
+from pipeline.aggregate.windows import key_of_emission
+from pipeline.codecs import avro
+from pipeline.demo import free_port, run_config
+from pipeline.generator.callgraph import GeneratorConfig, TraceGenerator
+from pipeline.readback import read_all
+from pipeline.topics import create_topics
+
+pytestmark = pytest.mark.integration
+S = 1_000_000_000
+MS = 1_000_000
+WORKERS = ("worker-a", "worker-b", "worker-c")
+
+
+def partials(n_traces: int, seed: int, t0: int) -> list[tuple[str, bytes, bytes, int]]:
+    """SliWindow partials as three exactly_once workers write them: each batch of spans is read once
+    it has ended (in end-time order), by the worker owning its input partition; every 150 batches
+    (a commit interval) each worker flushes its open windows as partials stamped with its clock."""
+    gen = TraceGenerator(GeneratorConfig(seed=seed, error_rate=0.1, slow_rate=0.05))
+    batches = []
+    for i in range(n_traces):
+        trace = gen.trace(t0 + i * 10 * MS)
+        for value in trace.encoded:
+            batch = avro.decode_batch(value)
+            end = max(s["end_time_unix_nano"] for s in batch["spans"])
+            batches.append((end, trace.trace_id, batch))
+    batches.sort(key=lambda b: (b[0], b[1]))
+    sli = {w: SliWindows(2 * S, S) for w in WORKERS}
+    out: list[tuple[str, bytes, bytes, int]] = []
+    for i, (now, trace_id, batch) in enumerate(batches):
+        partition = trace_id[-1] % 6
+        sli[WORKERS[partition % len(WORKERS)]].add(partition, batch["service"], batch["spans"])
+        if i % 150 == 149 or i == len(batches) - 1:
+            for w in WORKERS:
+                for agg in sli[w].due(now, flush_all=True):
+                    record = window_record(agg, w, now)
+                    out.append((w, agg.service.encode(), avro.encode(avro.SLI_WINDOW, record), i // 150))
+    return out
+
+
+def produce(cfg, records: list[tuple[str, bytes, bytes, int]], tag: str) -> None:
+    """One transactional producer per worker, one transaction per worker and flush (as the job's
+    commit interval); plus one aborted transaction of partials a read_uncommitted reader would count."""
+    producers = {}
+    for w in WORKERS:
+        p = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "transactional.id": f"{tag}-{w}"})
+        p.init_transactions(30)
+        producers[w] = p
+    topic = cfg.topics.sli_windows.name
+    groups = defaultdict(list)
+    for w, key, value, flush in records:
+        groups[(flush, w)].append((key, value))
+    for (_, w), items in sorted(groups.items()):
+        p = producers[w]
+        p.begin_transaction()
+        for key, value in items:
+            p.produce(topic, value, key)
+        p.commit_transaction(30)
+    doomed = producers[WORKERS[0]]
+    doomed.begin_transaction()
+    for _, key, value, _ in records[:5]:
+        doomed.produce(topic, value, key)
+    doomed.flush(10)
+    doomed.abort_transaction(30)
+
+
+def merged_records(cfg) -> list[tuple[bytes, dict]]:
+    return [
+        (key, avro.decode(avro.SLI_WINDOW, value))
+        for _, _, key, value in read_all(cfg.kafka.bootstrap_servers, cfg.topics.sli_merged.name, timeout=60)
+    ]
+
+
+def window_of(r: dict) -> tuple:
+    return (r["service"], r["operation"], r["span_kind"], r["status"], r["window_start_unix_nano"])
+
+
+def bins(sketch: dict) -> Counter:
+    c = Counter()
+    for i, n in enumerate(sketch["bin_counts"]):
+        if n:
+            c[sketch["bin_offset"] + i] += n
+    c["zero"] += sketch["zero_count"]
+    return +c
+
+
+def expected(records) -> dict[tuple, dict]:
+    """Direct merge of the committed partials: counts summed, bins summed by bin key."""
+    out: dict[tuple, dict] = {}
+    for _, _, value, _ in records:
+        r = avro.decode(avro.SLI_WINDOW, value)
+        e = out.setdefault(window_of(r), {"spans": 0, "errors": 0, "roots": 0, "bins": Counter(), "max": 0.0})
+        e["spans"] += r["span_count"]
+        e["errors"] += r["error_count"]
+        e["roots"] += r["root_count"]
+        e["bins"].update(bins(r["sketch"]))
+        e["max"] = max(e["max"], r["latency_ms"]["max"])
+    return out
+
+
+def wait_merged(cfg, records, timeout: float = 60.0) -> list[tuple[bytes, dict]]:
+    """sli_merged once it holds at least every produced span (the last emissions become visible
+    to read_committed readers with the stage's next transaction)."""
+    want = sum(avro.decode(avro.SLI_WINDOW, v)["span_count"] for _, _, v, _ in records)
+    deadline = time.monotonic() + timeout
+    while True:
+        merged = merged_records(cfg)
+        if sum(r["span_count"] for _, r in merged) >= want or time.monotonic() > deadline:
+            return merged
+        time.sleep(0.5)
+
+
+def assert_exact(cfg, records, late_allowed: bool) -> list[tuple[bytes, dict]]:
+    merged = wait_merged(cfg, records)
+    keys = [k for k, _ in merged]
+    assert len(keys) == len(set(keys)), f"{len(keys) - len(set(keys))} merged records emitted twice"
+    got: dict[tuple, dict] = {}
+    emissions = Counter()
+    for key, r in merged:
+        assert r["worker"] == "aggregate"
+        emissions[key_of_emission(key)] += 1
+        g = got.setdefault(window_of(r), {"spans": 0, "errors": 0, "roots": 0, "bins": Counter(), "max": 0.0})
+        g["spans"] += r["span_count"]
+        g["errors"] += r["error_count"]
+        g["roots"] += r["root_count"]
+        g["bins"].update(bins(r["sketch"]))
+        g["max"] = max(g["max"], r["latency_ms"]["max"])
+    want = expected(records)
+    assert set(got) == set(want)
+    for w, e in want.items():
+        assert got[w] == e, w
+    if not late_allowed:
+        assert max(emissions.values()) == 1, "a window was emitted in more than one record"
+    assert len(want) > 30 and sum(e["errors"] for e in want.values()) > 0
+    return merged
+
+
+def lateness_s(records) -> float:
+    """The grace the stage needs so that no partial arrives after its window closed: how far the
+    newest ``emitted_at`` read before a partial is past that partial's window end (a batch of a slow
+    trace holds spans that ended seconds before the batch did)."""
+    late = newest = 0
+    for _, _, value, _ in records:
+        r = avro.decode(avro.SLI_WINDOW, value)
+        late = max(late, newest - r["window_end_unix_nano"])
+        newest = max(newest, r["emitted_at_unix_nano"])
+    return late / S
+
+
+def setup(kafka_bootstrap, unique_name, tmp_path, records, **aggregate):
+    port = free_port()
+    path, cfg = run_config(
+        kafka_bootstrap,
+        f"agg-{unique_name}",
+        tmp_path,
+        aggregate={
+            # live traffic: partials are stamped at about the stage's clock (a little ahead, so that no
+            # idle tick — stage clock minus idle_seconds — overtakes them while they are produced)
+            "grace_seconds": lateness_s(records) + 1,
+            "idle_seconds": 10,
+            "tick_ms": 200,
+            "web_port": port,
+            "data_dir": str(tmp_path / "aggregate"),
+            **aggregate,
+        },
+        slo={"objectives": [{"name": "checkout-avail", "service": "checkout", "objective_percent": 99}]},
+    )
+    assert all(r.status == "created" for r in create_topics(cfg))
+    return path, cfg, AggregateProcess(path, "127.0.0.1", port, tmp_path / "aggregate.log")
+
+
+def test_partials_of_three_workers_merge_exactly_once_per_window(kafka_bootstrap, unique_name, tmp_path):
+    records = partials(600, seed=71, t0=time.time_ns() + 5 * S)
+    path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records)
+    stage.start()
+    try:
+        stage.wait_ready()
+        produce(cfg, records, f"agg-{unique_name}")
+        health = stage.wait_idle(len(records))
+        slo = stage.get("/slo")["objectives"]
+        sli = stage.get("/sli?service=checkout")["windows"]
+    finally:
+        stage.stop()
+    merged = assert_exact(cfg, records, late_allowed=False)
+    assert health["counts"]["partials"] == len(records)  # the aborted transaction's partials never arrived
+    checkout = [r for _, r in merged if r["service"] == "checkout"]
+    assert [s["slo"] for s in slo] == ["checkout-avail"]
+    total = sum(r["span_count"] for r in checkout)
+    bad = sum(r["error_count"] for r in checkout)
+    assert slo[0]["budget_remaining"] == pytest.approx(1 - (bad / total) / 0.01)
+    assert sli and all(w["service"] == "checkout" for w in sli)
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "sli", "-c", str(path), "--by", "service", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and cfg.topics.sli_merged.name in out.stderr, out.stderr  # read sli.merged
+    want = Counter()
+    for _, key, value, _ in records:
+        want[key.decode()] += avro.decode(avro.SLI_WINDOW, value)["span_count"]
+    assert {r["service"]: r["spans"] for r in map(json.loads, out.stdout.splitlines())} == want
+
+
+def test_kill_minus_9_mid_stream_then_restart_emits_each_window_once(kafka_bootstrap, unique_name, tmp_path):
+    records = partials(900, seed=72, t0=time.time_ns() + 5 * S)
+    path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records)
+    half = next(i for i, r in enumerate(records) if r[3] >= records[-1][3] // 2)  # a flush boundary
+    stage.start()
+    try:
+        stage.wait_ready()
+        produce(cfg, records[:half], f"agg-{unique_name}-1")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the first half read, part of it not yet committed
+            h = stage.health()
+            if h and h["counts"]["partials"] >= half:
+                break
+            time.sleep(0.1)
+        # at once: a pause of idle_seconds here would rightly close the open windows (idle tick)
+        # and make the second half's partials late, emitted as further records
+        assert 0 < h["open_windows"] and h["counts"]["partials"] == half, h
+        stage.kill()
+        produce(cfg, records[half:], f"agg-{unique_name}-2")
+        stage.start()
+        stage.wait_ready()
+        stage.wait_idle()  # (its counts start at 0: it reads from the committed offsets on)
+    finally:
+        stage.stop()
+    assert_exact(cfg, records, late_allowed=False)
+
+
+def test_memory_bound_closes_the_oldest_windows_early_and_sums_stay_exact(kafka_bootstrap, unique_name, tmp_path):
+    records = partials(300, seed=73, t0=time.time_ns() + 5 * S)
+    path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records, max_open_windows=20)
+    stage.start()
+    try:
+        stage.wait_ready()
+        produce(cfg, records, f"agg-{unique_name}")
+        health = stage.wait_idle(len(records))
+    finally:
+        stage.stop()
+    assert health["counts"]["closed_by_bound"] > 0
+    assert_exact(cfg, records, late_allowed=True)
