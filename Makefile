@@ -7,6 +7,7 @@
 #   make lint          ruff check + ruff format --check (CI runs it before the tests)
 #   make kafka-fetch / kafka-start / kafka-stop / kafka-status    the local broker (deploy/local/kafka)
 #   make demo / bench  the tailsift demo and benchmark
+#   make chaos         the chaos, fuzz and overload suite, full profile (tailsift chaos; README "Guarantees")
 #   make clean         stop the local broker, delete .kafka, caches and build files (keeps .venv)
 #   make distclean     clean, and delete .venv too
 
@@ -16,7 +17,7 @@ VPY    := $(VENV)/bin/python
 KAFKA  := $(PYTHON) deploy/local/kafka
 PYTEST_ARGS ?= -q
 
-.PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit demo bench clean distclean
+.PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit demo bench chaos clean distclean
 
 venv: $(VENV)/.installed
 
@@ -63,6 +64,11 @@ demo: venv
 bench: venv
 	$(VENV)/bin/tailsift bench
 # -------------------------------------------------------------------------------------------------
+
+# Starts its own broker instance (.kafka/chaos-*), removed afterwards; CHAOS_ARGS e.g. --scenario fuzz
+CHAOS_ARGS ?=
+chaos: venv kafka-fetch
+	$(VENV)/bin/tailsift chaos --profile full $(CHAOS_ARGS)
 
 clean:
 	-$(KAFKA) stop

@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SCENARIO.FIGURE",
-        help="a known failure to show but not fail on (repeatable), e.g. 'fuzz avro.not dead-lettered: time_zero'",
+        help="a known failure to show but not fail on (repeatable; shell wildcards), "
+        "e.g. 'fuzz *.not dead-lettered: time_*'",
     )
 
 
@@ -79,7 +80,9 @@ def main(args: argparse.Namespace) -> int:
     own_dir = None
     kafka_dir = args.kafka_dir
     if not bootstrap:
-        own_dir = Path(tempfile.mkdtemp(prefix="chaos-kafka-", dir=LAUNCHER.parents[2] / ".kafka"))
+        state = Path(os.environ.get("TAILSIFT_KAFKA_DIR") or LAUNCHER.parents[2] / ".kafka")
+        state.mkdir(parents=True, exist_ok=True)
+        own_dir = Path(tempfile.mkdtemp(prefix="chaos-kafka-", dir=state))
         r = _launcher("start", "--port", "0", "--dir", str(own_dir))
         if r.returncode != 0:
             console.print(f"could not start a broker:\n{r.stderr}")
@@ -95,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
         for name in names:
             say(f"=== {name}")
             for r in SCENARIOS[name](ctx):
-                r.relax(set(args.relax))
+                r.relax(args.relax)
                 results.append(r)
                 say(
                     f"=== {r.scenario}: {'ok' if r.ok else 'MISSED'} in {r.seconds:.0f} s"

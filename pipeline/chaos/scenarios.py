@@ -98,6 +98,7 @@ def _exactness(res: ScenarioResult, fleet: Fleet, truth: Truth, poison_judged: b
     res.add("error traces", truth.error_traces, "> 0")
     res.add("traces kept", ex.traces_kept, "> 0")
     res.add("spans lost", ex.lost, "== 0")
+    res.add("traces with spans lost", ex.traces_with_loss, "== 0")
     res.add("spans duplicated", ex.duplicated, "== 0")
     res.add("error traces incomplete", ex.error_traces_incomplete, "== 0")
     res.add("spans of dropped traces kept", ex.dropped_leaked, "== 0")
@@ -155,7 +156,8 @@ def crash_storm(ctx: Context) -> ScenarioResult:
         next_kill = time.monotonic() + p.storm_kill_every_s
         last_say = 0.0
         deadline = time.monotonic() + plan.max_seconds
-        while not traffic.done.is_set() and time.monotonic() < deadline:
+        # until the traffic is done and every kill happened (kills go on into the drain)
+        while (not traffic.done.is_set() or kills < p.storm_kills or broker_at) and time.monotonic() < deadline:
             now = time.monotonic()
             if broker_at and now - t0 >= broker_at[0]:
                 broker_at.pop(0)

@@ -151,6 +151,7 @@ class Exactness:
     traces_kept: int = 0
     kept_spans: int = 0
     lost: int = 0  # spans of kept traces (and of error traces, which must be kept) missing
+    traces_with_loss: int = 0
     duplicated: int = 0  # occurrences beyond the first
     error_traces_incomplete: int = 0
     dropped_leaked: int = 0  # spans in traces.kept of a trace whose decision is drop
@@ -192,6 +193,7 @@ def check(bootstrap: str, topics, truth: Truth, errors_kept: bool = True, input_
             want = t.span_set()
             got = got or set()
             ex.lost += len(want - got)
+            ex.traces_with_loss += bool(want - got)
             ex.unknown_kept += len(got - want)
             if t.has_error and errors_kept and want - got:
                 ex.error_traces_incomplete += 1
