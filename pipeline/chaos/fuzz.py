@@ -22,6 +22,10 @@ FAR_FUTURE_NS = 7_258_118_400 * 10**9  # 2200-01-01 (int64 nanoseconds end in 22
 U64_MAX = (1 << 64) - 1  # OTLP times are fixed64: a producer can send this
 
 
+# kinds made by mutating a good message at random: one may happen to decode (then it is not judged)
+MUTATIONS = frozenset({"truncated", "bit_flipped"})
+
+
 @dataclass
 class Hostile:
     kind: str

@@ -38,7 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--kafka-dir", default=None, help="instance dir of that broker (deploy/local/kafka --dir), to restart it"
     )
     p.add_argument("--workdir", default=None, help="keep configs and worker logs here (default: a temp dir, removed)")
+    p.add_argument("--keep-topics", action="store_true", help="leave each scenario's topics on the broker (to debug)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    p.add_argument(
+        "--fuzz-skip",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="do not send this hostile kind (repeatable), to measure past one that stalls the job, e.g. attr_1mib",
+    )
     p.add_argument(
         "--relax",
         action="append",
@@ -90,7 +98,8 @@ def main(args: argparse.Namespace) -> int:
         bootstrap, kafka_dir = r.stdout.strip().splitlines()[-1], str(own_dir)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="tailsift-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(bootstrap, Broker(bootstrap, kafka_dir), workdir, profile, say)
+    broker = Broker(bootstrap, kafka_dir)
+    ctx = Context(bootstrap, broker, workdir, profile, say, tuple(args.fuzz_skip), args.keep_topics)
     say(f"tailsift chaos: profile {profile.name}, scenarios {', '.join(names)}, Kafka {bootstrap}, logs in {workdir}")
     results = []
     t0 = time.monotonic()

