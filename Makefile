@@ -10,6 +10,7 @@
 #   make otelcol       build the pinned OpenTelemetry Collector (deploy/otelcol; needs Go; cached
 #                      per version in .cache/otelcol/, reusing Go's module cache)
 #   make bench-peer    tailsift vs the Collector's tail_sampling, each on one core, in one run
+#   make chaos         the chaos, fuzz and overload suite, full profile (tailsift chaos; README "Guarantees")
 #   make clean         stop the local broker, delete .kafka, caches and build files (keeps .venv)
 #   make distclean     clean, and delete .venv and the Collector build (.cache) too
 
@@ -19,7 +20,7 @@ VPY    := $(VENV)/bin/python
 KAFKA  := $(PYTHON) deploy/local/kafka
 PYTEST_ARGS ?= -q
 
-.PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit demo bench otelcol bench-peer clean distclean
+.PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit demo bench otelcol bench-peer chaos clean distclean
 
 venv: $(VENV)/.installed
 
@@ -74,6 +75,11 @@ otelcol:
 # PEER_ARGS: e.g. PEER_ARGS="--traces 5000 --variants keyed" (python -m pipeline.peerbench --help)
 bench-peer: venv kafka-fetch otelcol
 	$(VPY) -m pipeline.peerbench $(PEER_ARGS)
+
+# Starts its own broker instance (.kafka/chaos-*), removed afterwards; CHAOS_ARGS e.g. --scenario fuzz
+CHAOS_ARGS ?=
+chaos: venv kafka-fetch
+	$(VENV)/bin/tailsift chaos --profile full $(CHAOS_ARGS)
 
 clean:
 	-$(KAFKA) stop

@@ -123,6 +123,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from pipeline.chaos import main as chaos_main
+
+    return chaos_main.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tailsift", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -212,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traces", type=int, default=20_000, help="traces pre-filled into the bench topic")
     p.add_argument("--bootstrap", default=None, help="use this Kafka instead of starting deploy/local/kafka")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "chaos",
+        help="the chaos, fuzz and overload suite: crash storm, zombie, fuzz, overload, PII canaries",
+        description="Drive real workers and a real broker through a bad day and print the reliability "
+        "figures; exit 1 when any figure misses its limit (README 'Guarantees').",
+    )
+    from pipeline.chaos.main import add_arguments as _chaos_arguments
+
+    _chaos_arguments(p)
+    p.set_defaults(func=cmd_chaos)
     return parser
 
 

@@ -1,81 +1,60 @@
 """What the job wrote, read back from the real broker (read_committed), and the exactness checks
-the integration tests share: every kept span exactly once, kept traces whole, SLI counts exact."""
+the integration tests share: every kept span exactly once, kept traces whole, SLI counts exact.
+
+The read-back lives in ``pipeline.chaos.verify`` so the integration tests and the chaos suite
+(``tailsift chaos``) judge the job with one implementation; these are the tests' config-shaped
+wrappers and assertions."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from pipeline.chaos import verify
+from pipeline.chaos.verify import record_span_ids
 
-from pipeline.codecs import avro
-from pipeline.readback import read_all
+__all__ = [
+    "assert_kept_exactly_once_and_whole",
+    "assert_sli_exact",
+    "committed_to_end",
+    "generated_span_ids",
+    "kept_records",
+    "kept_span_occurrences",
+    "record_span_ids",
+    "sli_totals",
+    "wait_committed",
+]
 
 
 def kept_records(cfg, timeout: float = 60) -> list[dict]:
-    out = []
-    for _, _, key, value in read_all(cfg.kafka.bootstrap_servers, cfg.topics.traces_kept.name, timeout=timeout):
-        trace = avro.decode(avro.KEPT_TRACE, value)
-        assert key == trace["trace_id"]
-        out.append(trace)
-    return out
+    return verify.kept_records(cfg.kafka.bootstrap_servers, cfg.topics.traces_kept.name, timeout)
 
 
-def record_span_ids(trace: dict) -> list[bytes]:
-    return [s["span_id"] for b in trace["batches"] for s in b["spans"]]
-
-
-def kept_span_occurrences(cfg) -> Counter:
+def kept_span_occurrences(cfg):
     """(trace ID, span ID) → how many times the span appears in traces.kept."""
-    seen: Counter = Counter()
-    for trace in kept_records(cfg):
-        for span_id in record_span_ids(trace):
-            seen[(trace["trace_id"], span_id)] += 1
-    return seen
+    return verify.kept_span_occurrences(cfg.kafka.bootstrap_servers, cfg.topics.traces_kept.name)
 
 
 def generated_span_ids(trace) -> set[bytes]:
     return {s["span_id"] for b in trace.batches for s in b["spans"]}
 
 
-def sli_totals(cfg) -> tuple[Counter, Counter]:
+def sli_totals(cfg):
     """Span and error counts per service, summed over every SliWindow partial."""
-    spans, errors = Counter(), Counter()
-    for _, _, _, value in read_all(cfg.kafka.bootstrap_servers, cfg.topics.sli_windows.name, timeout=60):
-        w = avro.decode(avro.SLI_WINDOW, value)
-        spans[w["service"]] += w["span_count"]
-        errors[w["service"]] += w["error_count"]
-    return spans, errors
+    return verify.sli_totals(cfg.kafka.bootstrap_servers, cfg.topics.sli_windows.name, timeout=60)
+
+
+def _input(cfg) -> tuple[str, str, str, int]:
+    t = cfg.topics.spans_raw
+    return cfg.kafka.bootstrap_servers, cfg.kafka.group_id, t.name, t.partitions
 
 
 def committed_to_end(cfg) -> bool:
-    c = Consumer(
-        {"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": cfg.kafka.group_id, "enable.auto.commit": False}
-    )
-    try:
-        topic = cfg.topics.spans_raw.name
-        try:
-            tps = c.committed([TopicPartition(topic, p) for p in range(cfg.topics.spans_raw.partitions)], timeout=10)
-        except KafkaException:
-            # offsets in an open transaction (a killed worker's, until transaction_timeout_ms aborts
-            # it) are "unstable": the broker answers only once the transaction is over
-            return False
-        for tp in tps:
-            high = c.get_watermark_offsets(tp, timeout=10)[1]
-            if not (tp.offset == high or (tp.offset < 0 and high == 0)):
-                return False
-        return True
-    finally:
-        c.close()
+    """Every input record is behind the group's committed offsets (transaction markers aside)."""
+    return verify.group_lag(*_input(cfg)) == 0
 
 
 def wait_committed(cfg, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if committed_to_end(cfg):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"input offsets were not all committed within {timeout:.0f} s")
+    verify.wait_committed(*_input(cfg), timeout=timeout)
 
 
 def assert_kept_exactly_once_and_whole(

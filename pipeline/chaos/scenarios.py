@@ -1,0 +1,498 @@
+"""The five scenarios. Each builds its own run (topics, consumer group, workers), inflicts its
+fault, drains, and judges the outcome from the topics against its ground truth.
+
+Every loop is bounded in count and by a deadline; waits are on conditions, polled."""
+
+from __future__ import annotations
+
+import random
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from pipeline.chaos import canaries, fuzz, verify
+from pipeline.chaos.figures import ScenarioResult
+from pipeline.chaos.fleet import Broker, Fleet
+from pipeline.chaos.profiles import Profile
+from pipeline.chaos.traffic import PRODUCER_CONFIG, Traffic, TrafficPlan
+from pipeline.chaos.truth import Truth
+from pipeline.config import TopicsConfig
+from pipeline.readback import read_all
+
+ASSEMBLE = {"decision_wait_ms": 2000}
+SLI = {"window_seconds": 2, "grace_seconds": 1}
+POLICIES = {
+    "policies": [
+        {"name": "errors", "type": "status_code", "status_codes": ["ERROR"]},
+        {"name": "baseline", "type": "probabilistic", "sampling_percentage": 10},
+    ]
+}
+ALL = {"policies": [{"name": "all", "type": "always_sample"}]}
+
+
+@dataclass
+class Context:
+    bootstrap: str
+    broker: Broker
+    workdir: Path
+    profile: Profile
+    say: Callable[[str], None]
+    fuzz_skip: tuple[str, ...] = ()  # hostile kinds not sent (to see past one that stalls the job)
+    keep_topics: bool = False  # leave each run's topics on the broker, to look into a failure
+
+
+def _topics(run_id: str, partitions: int) -> dict:
+    """run_config's topics with ``partitions`` for the input and the decision log (which mirrors it)."""
+    d = TopicsConfig()
+    return {
+        key: {"name": f"{run_id}.{t.name}", "partitions": partitions}
+        for key, t in d.all().items()
+        if key in ("spans_raw", "decisions")
+    }
+
+
+def _fleet(ctx: Context, name: str, n: int, partitions: int, env: dict | None = None, **overrides) -> Fleet:
+    run_id = f"chaos-{name}-{uuid.uuid4().hex[:6]}"
+    overrides.setdefault("assemble", ASSEMBLE)
+    overrides.setdefault("sli", SLI)
+    overrides.setdefault("sampling", POLICIES)
+    overrides.setdefault("emit", {"format": "avro"})
+    return Fleet(
+        ctx.bootstrap, run_id, ctx.workdir / run_id, n, env=env, topics=_topics(run_id, partitions), **overrides
+    )
+
+
+def _drain(res: ScenarioResult, fleet: Fleet, timeout: float) -> None:
+    """Drain, recorded as figures; a drain that fails is a figure too and the checks still run
+    on what was committed (they show what the failure cost)."""
+    try:
+        s = fleet.wait_drained(timeout)
+        res.add("drained", 1, "== 1")
+        res.add("time to drain s", round(s, 1))
+    except TimeoutError as exc:
+        res.add("drained", 0, "== 1")
+        res.notes.append(f"not drained: {exc}; worker log tail:\n{_log_tail(fleet)}")
+
+
+def _log_tail(fleet: Fleet, lines: int = 12) -> str:
+    for w in fleet.workers:
+        if w.unplanned_exits and w.job is not None:
+            return w.job.log_tail(lines)
+    return fleet.workers[0].job.log_tail(lines) if fleet.workers[0].job else ""
+
+
+def _cleanup(fleet: Fleet) -> None:
+    try:
+        fleet.delete_topics()
+    except Exception:  # noqa: BLE001 - best effort: the broker may be the thing that failed
+        pass
+
+
+def _exactness(res: ScenarioResult, fleet: Fleet, truth: Truth, poison_judged: bool = True) -> verify.Exactness:
+    ex = verify.check(fleet.bootstrap, fleet.cfg.topics, truth)
+    res.add("spans produced", ex.spans_produced, "> 0")
+    res.add("traces produced", ex.traces_produced)
+    res.add("error traces", truth.error_traces, "> 0")
+    res.add("traces kept", ex.traces_kept, "> 0")
+    res.add("spans lost (of kept traces)", ex.lost, "== 0")
+    res.add("kept traces with spans lost", ex.traces_with_loss, "== 0")
+    res.add("spans duplicated", ex.duplicated, "== 0")
+    res.add("error traces kept incomplete", ex.error_traces_incomplete, "== 0")
+    res.add("error traces not kept", ex.error_traces_not_kept, "== 0")
+    res.add("  of them decided drop", ex.error_traces_decided_drop)
+    res.add("spans of dropped traces kept", ex.dropped_leaked, "== 0")
+    res.add("kept spans never produced", ex.unknown_kept, "== 0")
+    res.add("traces without a decision", ex.decisions_missing, "== 0")
+    res.add("traces with >1 decision", ex.decisions_multiple, "== 0")
+    res.add("traces with conflicting decisions", ex.decisions_conflicting, "== 0")
+    res.add("SLI mismatches (keys)", ex.sli_mismatches, "== 0")
+    res.add("SLI span count error", ex.sli_span_delta, "== 0")
+    res.add("dead letters", ex.deadletters)
+    for reason, n in sorted(ex.deadletter_reasons.items()):
+        res.add(f"dead letters: {reason}", n)
+    if poison_judged:
+        res.add("poison injected", truth.poison_sent)
+        res.add("poison not dead-lettered", ex.poison_missing, "== 0")
+        res.add("good messages dead-lettered", ex.good_deadlettered, "== 0")
+    return ex
+
+
+def _fleet_figures(res: ScenarioResult, fleet: Fleet, unplanned_limit: str = "") -> None:
+    res.add("worker restarts (planned kills)", sum(w.planned_kills for w in fleet.workers))
+    res.add("worker exits (unplanned)", sum(w.unplanned_exits for w in fleet.workers), unplanned_limit)
+    for w in fleet.workers:
+        res.add(f"peak RSS MiB {w.name}", round(w.peak_rss / 2**20, 1))
+    res.add("peak lag (messages)", fleet.peak_lag)
+
+
+def _progress(ctx: Context, name: str, t0: float, truth: Truth, fleet: Fleet, extra: str = "") -> None:
+    alive = sum(w.alive() for w in fleet.workers)
+    ctx.say(
+        f"[{name} {time.monotonic() - t0:5.0f}s] produced {truth.spans:,} spans, lag {fleet.lag:,}, "
+        f"workers {alive}/{len(fleet.workers)} {extra}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+def crash_storm(ctx: Context) -> ScenarioResult:
+    """3 workers on 12 partitions, live traffic (errors, slow calls, late queue spans, 5,000-span
+    traces, mis-partitioned messages to re-key, poison); kill -9 a random worker every few seconds
+    and restart it; stop the broker (SIGTERM) and start it again, kill it (SIGKILL) and start it
+    again; drain; judge every kept span exactly once against the truth."""
+    p, res, truth = ctx.profile, ScenarioResult("crash storm"), Truth()
+    fleet = _fleet(ctx, "storm", 3, 12)
+    t0 = time.monotonic()
+    try:
+        fleet.start_all()
+        plan = TrafficPlan(
+            traces=p.storm_traces, rate=p.storm_rate, fmt="avro", big_traces=p.storm_big_traces, partitions=12, seed=11
+        )
+        traffic = Traffic(ctx.bootstrap, fleet.input_topic, plan, truth).start()
+        run_s = p.storm_traces / p.storm_rate
+        broker_at = [run_s * (i + 1) / (p.storm_broker_restarts + 1) for i in range(p.storm_broker_restarts)]
+        rng = random.Random(3)
+        kills, recoveries, broker_downtime = 0, [], []
+        next_kill = time.monotonic() + p.storm_kill_every_s
+        last_say = 0.0
+        deadline = time.monotonic() + plan.max_seconds
+        # until the traffic is done and every kill happened (kills go on into the drain)
+        while (not traffic.done.is_set() or kills < p.storm_kills or broker_at) and time.monotonic() < deadline:
+            now = time.monotonic()
+            if broker_at and now - t0 >= broker_at[0]:
+                broker_at.pop(0)
+                hard = len(broker_at) == 0 and p.storm_broker_restarts > 1
+                if ctx.broker.restartable:
+                    ctx.say(f"[crash storm] broker {'SIGKILL' if hard else 'SIGTERM'} and start again")
+                    b0 = time.monotonic()
+                    ctx.broker.stop(kill=hard)
+                    time.sleep(2)  # down long enough for every client to notice
+                    ctx.broker.start()
+                    broker_downtime.append(time.monotonic() - b0)
+                else:
+                    res.notes.append("external cluster: broker restarts skipped")
+            if kills < p.storm_kills and now >= next_kill:
+                alive = [w for w in fleet.workers if w.alive()]
+                if alive:
+                    w = rng.choice(alive)
+                    ctx.say(f"[crash storm] kill -9 {w.name} (pid {w.job.proc.pid}) and restart it")
+                    fleet.kill(w)
+                    w.start()
+                    recoveries.append(w)
+                    kills += 1
+                next_kill = now + p.storm_kill_every_s
+            fleet.revive()
+            if now - last_say >= 5:
+                last_say = now
+                _progress(ctx, "crash storm", t0, truth, fleet, f"kills {kills}")
+            time.sleep(0.2)
+        traffic.join(120)
+        recovery = [fleet.time_to_first_flush(w) for w in recoveries]
+        ctx.say("[crash storm] traffic done; draining")
+        _drain(res, fleet, p.drain_timeout_s)
+        _exactness(res, fleet, truth)
+        res.add("kills", kills, f">= {min(p.storm_kills, 1)}")
+        res.add("broker restarts", len(broker_downtime))
+        if broker_downtime:
+            res.add("broker downtime s (max)", round(max(broker_downtime), 1))
+        done = [r for r in recovery if r is not None]
+        res.add("recoveries without a first commit", len(recovery) - len(done), "== 0")
+        if done:
+            res.add("recovery s (restart→first commit, max)", round(max(done), 1))
+        _fleet_figures(res, fleet)
+    except Exception as exc:  # noqa: BLE001 - reported as the scenario's error, the suite goes on
+        res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        fleet.close()
+        if not ctx.keep_topics:
+            _cleanup(fleet)
+        res.seconds = time.monotonic() - t0
+    return res
+
+
+def zombie(ctx: Context) -> ScenarioResult:
+    """SIGSTOP one of two workers past its session timeout so its partitions move, SIGCONT it:
+    nothing it writes afterwards may become visible, the exactness checks hold."""
+    p, res, truth = ctx.profile, ScenarioResult("zombie"), Truth()
+    fleet = _fleet(ctx, "zombie", 2, 6)
+    t0 = time.monotonic()
+    try:
+        fleet.start_all()
+        survivor, z = fleet.workers
+        plan = TrafficPlan(traces=p.zombie_traces, rate=p.zombie_rate, fmt="avro", partitions=6, seed=12)
+        traffic = Traffic(ctx.bootstrap, fleet.input_topic, plan, truth).start()
+        _wait(
+            lambda: z.job.metric("tailsift_spans_buffered") > 0 and z.job.metric("tailsift_flush_seconds_count") > 0,
+            120,
+        )
+        ctx.say("[zombie] SIGSTOP w1 with traces buffered")
+        frozen_at = time.monotonic()
+        z.job.suspend()
+        fleet.wait_members(1, 120)
+        res.add("s until its partitions moved", round(time.monotonic() - frozen_at, 1))
+        # the survivor commits over the zombie's former partitions (twice: one may predate the move)
+        flushes = survivor.job.metric("tailsift_flush_seconds_count")
+        _wait(lambda: survivor.job.metric("tailsift_flush_seconds_count") >= flushes + 2, 60)
+        ctx.say("[zombie] SIGCONT w1")
+        z.job.resume()
+        traffic.join(plan.max_seconds)
+        _drain(res, fleet, p.drain_timeout_s)
+        _exactness(res, fleet, truth)
+        _fleet_figures(res, fleet, "== 0")
+    except Exception as exc:  # noqa: BLE001
+        res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        fleet.close()
+        if not ctx.keep_topics:
+            _cleanup(fleet)
+        res.seconds = time.monotonic() - t0
+    return res
+
+
+def _wait(cond: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"condition not met within {timeout:.0f} s")
+
+
+def fuzz_scenario(ctx: Context) -> list[ScenarioResult]:
+    """Hostile messages interleaved with good traffic, once per wire format (half each): every
+    hostile message dead-lettered with a reason, the good traffic exact, no worker restarts.
+    The OTLP run's good traffic also carries unkeyed multi-trace requests to re-key."""
+    return [_fuzz_one(ctx, fmt) for fmt in ("avro", "otlp_proto")]
+
+
+def _fuzz_one(ctx: Context, fmt: str) -> ScenarioResult:
+    p, res, truth = ctx.profile, ScenarioResult(f"fuzz {fmt}"), Truth()
+    fleet = _fleet(ctx, f"fuzz-{fmt.split('_')[0]}", 1, 6, ingest={"format": fmt})
+    t0 = time.monotonic()
+    try:
+        fleet.start_all()
+        traces = p.fuzz_traces // 2
+        plan = TrafficPlan(traces=traces, rate=p.fuzz_rate, fmt=fmt, partitions=6, poison_every=0, seed=13)
+        traffic = Traffic(ctx.bootstrap, fleet.input_topic, plan, truth).start()
+        producer = Producer({**PRODUCER_CONFIG, "bootstrap.servers": ctx.bootstrap, "message.max.bytes": 8_000_000})
+        n = p.fuzz_messages // 2
+        interval = traces / p.fuzz_rate / max(n, 1)
+        still_valid, by_kind = 0, {}
+
+        def tagged(kind: str):
+            def cb(err, msg) -> None:
+                if err is None:
+                    truth.poison[(msg.partition(), msg.offset())] = kind
+
+            return cb
+
+        t_start = time.monotonic()
+        for i, h in enumerate(fuzz.messages(n, fmt, seed=17 if fmt == "avro" else 19)):
+            if time.monotonic() - t0 > plan.max_seconds:
+                break
+            if h.kind in ctx.fuzz_skip:
+                continue
+            by_kind[h.kind] = by_kind.get(h.kind, 0) + 1
+            if h.kind in fuzz.MUTATIONS and fuzz.still_valid(h.value, fmt):
+                still_valid += 1  # a mutation that happens to decode: not hostile, not judged
+                producer.produce(fleet.input_topic, h.value, h.key)
+            else:
+                truth.poison_sent += 1
+                producer.produce(fleet.input_topic, h.value, h.key, on_delivery=tagged(h.kind))
+            producer.poll(0)
+            pause = t_start + (i + 1) * interval - time.monotonic()
+            if pause > 0:
+                producer.poll(pause)
+            if i % 200 == 0:
+                fleet.revive()
+                _progress(ctx, f"fuzz {fmt}", t0, truth, fleet, f"hostile {i:,}/{n:,}")
+        if producer.flush(120):
+            raise RuntimeError("hostile messages not delivered")
+        traffic.join(plan.max_seconds)
+        _drain(res, fleet, p.drain_timeout_s)
+        ex = _exactness(res, fleet, truth, poison_judged=False)
+        res.add("hostile messages sent", truth.poison_sent + still_valid)
+        if ctx.fuzz_skip:
+            res.notes.append(f"not sent (--fuzz-skip): {', '.join(ctx.fuzz_skip)}")
+        res.add("mutations that still decode (not judged)", still_valid)
+        res.add("hostile not dead-lettered", ex.poison_missing, "== 0")
+        res.add("good messages dead-lettered", ex.good_deadlettered, "== 0")
+        res.add("hostile spans counted in SLIs", ex.hostile_sli_spans, "== 0")
+        for kind, reasons in sorted(ex.poison_reasons.items()):
+            missing = reasons.get("(not dead-lettered)", 0)
+            res.add(f"not dead-lettered: {kind}", missing, "== 0")
+            res.notes.append(f"{kind}: " + ", ".join(f"{r} {c}" for r, c in sorted(reasons.items())))
+        _fleet_figures(res, fleet, "== 0")
+    except Exception as exc:  # noqa: BLE001
+        res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        fleet.close()
+        if not ctx.keep_topics:
+            _cleanup(fleet)
+        res.seconds = time.monotonic() - t0
+    return res
+
+
+def overload(ctx: Context) -> ScenarioResult:
+    """Measure one worker's sustained throughput on a backlog, then offer it ``overload_factor``
+    times that for ``overload_seconds`` with a low ``max_buffered_bytes``: RSS stays under its
+    bound, lag grows then drains to zero, no decision is forced early, the outputs stay exact."""
+    p, res, truth = ctx.profile, ScenarioResult("overload"), Truth()
+    fleet = _fleet(
+        ctx,
+        "overload",
+        1,
+        6,
+        assemble={**ASSEMBLE, "max_buffered_bytes": p.overload_buffer_bytes, "overflow": "backpressure"},
+    )
+    t0 = time.monotonic()
+    try:
+        fleet.start_all()
+        (w,) = fleet.workers
+        time.sleep(1)
+        idle_rss = w.rss()
+        # 1. sustained throughput: a backlog produced as fast as possible, drained
+        warm = TrafficPlan(traces=600, rate=10_000, fmt="avro", partitions=6, poison_every=0, seed=14)
+        Traffic(ctx.bootstrap, fleet.input_topic, warm, truth).start().join(300)
+        m0, s0 = time.monotonic(), w.job.metric("tailsift_spans_ingested_total")
+        _wait(lambda: w.job.metric("tailsift_spans_ingested_total") >= truth.spans, p.drain_timeout_s)
+        sustained = (truth.spans - s0) / max(time.monotonic() - m0, 1e-3)
+        fleet.wait_drained(p.drain_timeout_s)
+        spans_per_trace = truth.spans / max(len(truth.traces), 1)
+        offered = p.overload_factor * sustained
+        res.add("sustained spans/s (measured)", round(sustained))
+        res.add("offered spans/s (target)", round(offered))
+        # 2. the overload
+        fleet.peak_lag = 0
+        rss_before = w.peak_rss
+        produced_before = truth.spans
+        plan = TrafficPlan(
+            traces=int(offered / spans_per_trace * p.overload_seconds),
+            rate=offered / spans_per_trace,
+            fmt="avro",
+            partitions=6,
+            poison_every=0,
+            seed=15,
+            max_seconds=p.overload_seconds * 4,
+        )
+        o0 = time.monotonic()
+        traffic = Traffic(ctx.bootstrap, fleet.input_topic, plan, truth).start()
+        last = 0.0
+        while not traffic.done.is_set() and time.monotonic() - o0 < plan.max_seconds:
+            if time.monotonic() - last >= 5:
+                last = time.monotonic()
+                _progress(ctx, "overload", t0, truth, fleet, f"RSS {w.rss() / 2**20:.0f} MiB")
+            time.sleep(0.2)
+        traffic.join(60)
+        produce_s = time.monotonic() - o0
+        res.add("offered spans/s (achieved)", round((truth.spans - produced_before) / produce_s))
+        _drain(res, fleet, p.drain_timeout_s)
+        forced = w.job.metric("tailsift_decision_points_total", trigger="memory_bound")
+        paused = w.job.metric("tailsift_backpressure_seconds_total")
+        _exactness(res, fleet, truth, poison_judged=False)
+        res.add("decisions forced early", forced, "== 0")
+        res.add("backpressure s", round(paused, 1))
+        res.add("peak lag grew (messages)", fleet.peak_lag, "> 0")
+        res.add("lag after drain", fleet.lag if fleet.lag is not None else -1, "== 0")
+        # bound: idle RSS + the buffer bound counted 4x (Python objects around raw bytes) + 96 MiB
+        bound = idle_rss + 4 * p.overload_buffer_bytes + 96 * 2**20
+        res.add("idle RSS MiB", round(idle_rss / 2**20, 1))
+        res.add("peak RSS MiB (overload)", round(max(w.peak_rss, rss_before) / 2**20, 1), f"<= {bound / 2**20:.1f}")
+        res.notes.append("RSS bound = idle RSS + 4 x max_buffered_bytes + 96 MiB (interpreter, librdkafka queues)")
+        _fleet_figures(res, fleet, "== 0")
+    except Exception as exc:  # noqa: BLE001
+        res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        fleet.close()
+        if not ctx.keep_topics:
+            _cleanup(fleet)
+        res.seconds = time.monotonic() - t0
+    return res
+
+
+def pii_canaries(ctx: Context) -> ScenarioResult:
+    """Canaries in every place a producer can put text, every trace kept; zero raw canaries in
+    any output topic (keys and values), any worker log line, /metrics, the dead letters."""
+    p, res, truth = ctx.profile, ScenarioResult("canaries"), Truth()
+    fleet = _fleet(ctx, "canary", 1, 3, sampling=ALL)  # privacy is on by default
+    t0 = time.monotonic()
+    try:
+        fleet.start_all()
+        (w,) = fleet.workers
+        plan = TrafficPlan(
+            traces=p.canary_traces,
+            rate=200,
+            fmt="avro",
+            partitions=3,
+            poison_every=0,
+            seed=16,
+            error_rate=0.2,
+            canaries=canaries.GENERATOR_CANARIES,
+        )
+        Traffic(ctx.bootstrap, fleet.input_topic, plan, truth).start().join(300)
+        rng = random.Random(5)
+        producer = Producer({"bootstrap.servers": ctx.bootstrap})
+        planted = 20
+        for _ in range(planted):
+            tid = rng.randbytes(16)
+            b = canaries.planted_batch(rng, tid)
+            producer.produce(fleet.input_topic, fuzz.encode(b, "avro"), tid)
+            truth.add_batches(tid, [b])
+        # dead-letter path: garbage carrying canaries, and a truncated canary message
+        for value in (
+            canaries.text(rng).encode(),
+            fuzz.encode(canaries.planted_batch(rng, rng.randbytes(16)), "avro")[:-9],
+        ):
+            producer.produce(fleet.input_topic, value, rng.randbytes(16))
+        producer.flush(30)
+        _drain(res, fleet, p.drain_timeout_s)
+        metrics_text = urllib.request.urlopen(w.job.metrics_url, timeout=10).read()
+        res.add("traces kept", len(verify.kept_records(ctx.bootstrap, fleet.cfg.topics.traces_kept.name)), "> 0")
+        total = 0
+        for key, topic in fleet.cfg.topics.all().items():
+            if key == "spans_raw":
+                continue  # the input holds the canaries by construction
+            blob = b"\n".join((k or b"") + b"\n" + (v or b"") for _, _, k, v in read_all(ctx.bootstrap, topic.name))
+            n = len(canaries.hits(blob))
+            total += n
+            res.add(f"canary hits: topic {key}", n, "== 0")
+            if n and key == "traces_kept":
+                where: set[str] = set()
+                for trace in verify.kept_records(ctx.bootstrap, topic.name):
+                    where |= canaries.locate(trace)
+                res.notes.append("raw in traces.kept: " + "; ".join(sorted(where)))
+            elif n:
+                res.notes.append(f"raw in topic {key}: {', '.join(canaries.hits(blob))}")
+        fleet.close()  # the logs are complete once the worker stopped
+        for sink, blob in (("worker logs", fleet.logs().encode()), ("/metrics", metrics_text)):
+            found = canaries.hits(blob)
+            total += len(found)
+            res.add(f"canary hits: {sink}", len(found), "== 0")
+            if found:
+                res.notes.append(f"{sink}: {', '.join(found)}")
+        res.add("canary hits (all sinks)", total, "== 0")
+        _fleet_figures(res, fleet, "== 0")
+    except Exception as exc:  # noqa: BLE001
+        res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        fleet.close()
+        if not ctx.keep_topics:
+            _cleanup(fleet)
+        res.seconds = time.monotonic() - t0
+    return res
+
+
+SCENARIOS = {
+    "crash": lambda ctx: [crash_storm(ctx)],
+    "zombie": lambda ctx: [zombie(ctx)],
+    "fuzz": fuzz_scenario,
+    "overload": lambda ctx: [overload(ctx)],
+    "canaries": lambda ctx: [pii_canaries(ctx)],
+}

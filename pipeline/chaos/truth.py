@@ -1,0 +1,78 @@
+"""Ground truth: what the suite produced, per trace, compactly enough for a million spans.
+
+Span IDs are kept as one sorted ``bytes`` per trace (8 bytes a span, no per-span object), turned
+into a set only for the traces that need checking."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from operators.privacy.sanitize import sanitize_span_name
+
+# (service, operation, span kind, status): the SLI dimensions, operation as the job labels it
+SliKey = tuple[str, str, str, str]
+
+
+@dataclass(slots=True)
+class TraceTruth:
+    trace_id: bytes
+    span_ids: bytes  # sorted, concatenated 8-byte span IDs
+    span_count: int
+    has_error: bool
+
+    def span_set(self) -> set[bytes]:
+        ids = self.span_ids
+        return {ids[i : i + 8] for i in range(0, len(ids), 8)}
+
+
+@dataclass
+class Truth:
+    traces: dict[bytes, TraceTruth] = field(default_factory=dict)
+    sli_spans: Counter = field(default_factory=Counter)  # SliKey → spans
+    sli_errors: Counter = field(default_factory=Counter)  # SliKey → spans with status ERROR
+    spans: int = 0
+    messages: int = 0
+    # (partition, offset) of every message meant to be dead-lettered → what it is (fuzz kind)
+    poison: dict[tuple[int, int], str] = field(default_factory=dict)
+    poison_sent: int = 0
+
+    def add_batches(self, trace_id: bytes, batches: list[dict]) -> None:
+        """One trace's spans (SpanBatch-shaped dicts: service + spans with id, name, kind,
+        status_code), added once the trace's messages are handed to the producer."""
+        ids: list[bytes] = []
+        has_error = False
+        sli_spans, sli_errors = self.sli_spans, self.sli_errors
+        for b in batches:
+            service = b["service"]
+            for s in b["spans"]:
+                ids.append(s["span_id"])
+                key = (service, _operation(s["name"]), s["kind"], s["status_code"])
+                sli_spans[key] += 1
+                if s["status_code"] == "ERROR":
+                    sli_errors[key] += 1
+                    has_error = True
+        old = self.traces.get(trace_id)
+        if old is not None:  # more spans of a trace already recorded (a second part)
+            ids.extend(old.span_set())
+            has_error = has_error or old.has_error
+            self.spans -= old.span_count
+        ids.sort()
+        self.traces[trace_id] = TraceTruth(trace_id, b"".join(ids), len(ids), has_error)
+        self.spans += len(ids)
+
+    @property
+    def error_traces(self) -> int:
+        return sum(t.has_error for t in self.traces.values())
+
+
+_OP_MEMO: dict[str, str] = {}
+
+
+def _operation(name: str) -> str:
+    op = _OP_MEMO.get(name)
+    if op is None:
+        op = sanitize_span_name(name)
+        if len(_OP_MEMO) < 100_000:  # bounded: hostile span names are not memoized forever
+            _OP_MEMO[name] = op
+    return op

@@ -1,0 +1,233 @@
+"""What the job wrote, read back from the broker (``read_committed``), and the exactness checks
+against the ground truth — one implementation for the chaos suite and the integration tests
+(``tests/integration/outputs.py`` asserts on these).
+
+Nothing here asks the job: only its output topics and its consumer group's committed offsets."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from pipeline.chaos.fuzz import FUZZ_SERVICE_PREFIX
+from pipeline.chaos.truth import Truth
+from pipeline.codecs import avro
+from pipeline.readback import read_all
+
+
+# ------------------------------------------------------------------------------ read-back
+def kept_records(bootstrap: str, topic: str, timeout: float = 120) -> list[dict]:
+    """Every KeptTrace record (Avro emit format); the key must be the trace ID."""
+    out = []
+    for _, _, key, value in read_all(bootstrap, topic, timeout=timeout):
+        trace = avro.decode(avro.KEPT_TRACE, value)
+        if key != trace["trace_id"]:
+            raise AssertionError(f"a kept record keyed {key!r} holds trace {trace['trace_id'].hex()}")
+        out.append(trace)
+    return out
+
+
+def record_span_ids(trace: dict) -> list[bytes]:
+    return [s["span_id"] for b in trace["batches"] for s in b["spans"]]
+
+
+def kept_span_occurrences(bootstrap: str, topic: str, timeout: float = 120) -> Counter:
+    """(trace ID, span ID) → how many times the span appears in traces.kept."""
+    seen: Counter = Counter()
+    for trace in kept_records(bootstrap, topic, timeout):
+        for span_id in record_span_ids(trace):
+            seen[(trace["trace_id"], span_id)] += 1
+    return seen
+
+
+def sli_counts(bootstrap: str, topic: str, timeout: float = 120) -> tuple[Counter, Counter]:
+    """(service, operation, kind, status) → spans and → errors, summed over every SliWindow partial."""
+    spans, errors = Counter(), Counter()
+    for _, _, _, value in read_all(bootstrap, topic, timeout=timeout):
+        w = avro.decode(avro.SLI_WINDOW, value)
+        key = (w["service"], w["operation"], w["span_kind"], w["status"])
+        spans[key] += w["span_count"]
+        errors[key] += w["error_count"]
+    return spans, errors
+
+
+def sli_totals(bootstrap: str, topic: str, timeout: float = 120) -> tuple[Counter, Counter]:
+    """Span and error counts per service, summed over every SliWindow partial."""
+    spans, errors = sli_counts(bootstrap, topic, timeout)
+    by_service, err_by_service = Counter(), Counter()
+    for key, n in spans.items():
+        by_service[key[0]] += n
+    for key, n in errors.items():
+        err_by_service[key[0]] += n
+    return by_service, +err_by_service
+
+
+def decisions(bootstrap: str, topic: str, timeout: float = 120) -> dict[bytes, list[bool]]:
+    """Trace ID → the keep flag of every decision record for it."""
+    out: dict[bytes, list[bool]] = defaultdict(list)
+    for _, _, _, value in read_all(bootstrap, topic, timeout=timeout):
+        d = avro.decode(avro.TRACE_DECISION, value)
+        out[d["trace_id"]].append(d["keep"])
+    return out
+
+
+def dead_letters(bootstrap: str, topic: str, timeout: float = 120) -> list[dict]:
+    return [avro.decode(avro.DEAD_LETTER, v) for _, _, _, v in read_all(bootstrap, topic, timeout=timeout)]
+
+
+# ------------------------------------------------------------------------------ progress
+def group_lag(bootstrap: str, group: str, topic: str, partitions: int) -> int | None:
+    """Input records past the group's committed offsets (None: broker not answering).
+
+    End offsets count transaction markers too (the job writes re-keyed copies into its input in
+    transactions): a group that consumed everything sits one marker short of the end offset. So a
+    small gap is counted record by record with a ``read_committed`` reader; a large one is taken
+    as is (markers are a rounding error there)."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=5)
+        lag, recount = 0, []
+        for tp in tps:
+            low, high = c.get_watermark_offsets(tp, timeout=5)
+            start = tp.offset if tp.offset >= 0 else low
+            if 0 < high - start <= SMALL_GAP:
+                recount.append(TopicPartition(topic, tp.partition, start))
+            else:
+                lag += max(high - start, 0)
+        return lag + (_records_until_eof(c, recount) if recount else 0)
+    except Exception:  # noqa: BLE001 - the broker may be down mid-scenario: no reading this time
+        return None
+    finally:
+        c.close()
+
+
+SMALL_GAP = 200
+
+
+def _records_until_eof(c: Consumer, tps: list[TopicPartition]) -> int:
+    c.assign(tps)
+    open_parts = {tp.partition for tp in tps}
+    n = 0
+    deadline = time.monotonic() + 10
+    while open_parts and time.monotonic() < deadline:
+        for msg in c.consume(500, timeout=0.5):
+            err = msg.error()
+            if err is None:
+                n += 1
+            elif err.code() == KafkaError._PARTITION_EOF:
+                open_parts.discard(msg.partition())
+    if open_parts:
+        raise TimeoutError("no end of partition seen")
+    return n
+
+
+def wait_committed(bootstrap: str, group: str, topic: str, partitions: int, timeout: float = 180.0) -> float:
+    """Until the group has committed every input message; returns the seconds it took."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    while time.monotonic() < deadline:
+        if group_lag(bootstrap, group, topic, partitions) == 0:
+            return time.monotonic() - t0
+        time.sleep(0.5)
+    raise AssertionError(f"input offsets were not all committed within {timeout:.0f} s")
+
+
+# ------------------------------------------------------------------------------ exactness
+@dataclass
+class Exactness:
+    spans_produced: int = 0
+    traces_produced: int = 0
+    traces_kept: int = 0
+    kept_spans: int = 0
+    lost: int = 0  # spans of kept traces missing from traces.kept
+    error_traces_not_kept: int = 0  # error traces with nothing in traces.kept
+    error_traces_decided_drop: int = 0  # ... of them: decided drop (their error came after the decision)
+    traces_with_loss: int = 0
+    duplicated: int = 0  # occurrences beyond the first
+    error_traces_incomplete: int = 0
+    dropped_leaked: int = 0  # spans in traces.kept of a trace whose decision is drop
+    unknown_kept: int = 0  # kept spans of good traces' IDs that were never produced
+    decisions_missing: int = 0
+    decisions_multiple: int = 0
+    decisions_conflicting: int = 0
+    sli_mismatches: int = 0  # (service, operation, kind, status) keys with a wrong span or error count
+    sli_span_delta: int = 0  # sum |output - truth| over keys of the good traffic's services
+    hostile_sli_spans: int = 0  # spans counted under services the good traffic does not have
+    deadletters: int = 0
+    deadletter_reasons: Counter = field(default_factory=Counter)
+    poison_missing: int = 0  # injected poison not dead-lettered
+    good_deadlettered: int = 0  # dead letters pointing at messages that were not poison
+    poison_reasons: dict = field(default_factory=dict)  # poison kind → Counter(reason)
+
+
+def check(bootstrap: str, topics, truth: Truth, errors_kept: bool = True, input_topic: str | None = None) -> Exactness:
+    """Every figure of the exactness checks, computed from the topics against ``truth``.
+    ``topics``: the job config's TopicsConfig."""
+    ex = Exactness(spans_produced=truth.spans, traces_produced=len(truth.traces))
+    seen = kept_span_occurrences(bootstrap, topics.traces_kept.name)
+    kept: dict[bytes, set[bytes]] = defaultdict(set)
+    for (tid, sid), n in seen.items():
+        ex.duplicated += n - 1
+        kept[tid].add(sid)
+    ex.kept_spans = sum(seen.values())
+    dec = decisions(bootstrap, topics.decisions.name)
+    for tid, t in truth.traces.items():
+        want = None
+        got = kept.get(tid)
+        flags = dec.get(tid, [])
+        if not flags:
+            ex.decisions_missing += 1
+        elif len(flags) > 1:
+            ex.decisions_multiple += 1
+            ex.decisions_conflicting += len(set(flags)) > 1
+        if got is not None:
+            want = t.span_set()
+            ex.lost += len(want - got)
+            ex.traces_with_loss += bool(want - got)
+            ex.unknown_kept += len(got - want)
+            if t.has_error and want - got:
+                ex.error_traces_incomplete += 1
+        elif t.has_error and errors_kept:
+            ex.error_traces_not_kept += 1
+            ex.error_traces_decided_drop += bool(flags) and not any(flags)
+        if got and flags and not any(flags):
+            ex.dropped_leaked += len(got)
+        ex.traces_kept += bool(got)
+    spans, errors = sli_counts(bootstrap, topics.sli_windows.name)
+    good_services = {k[0] for k in truth.sli_spans}
+    for key in set(spans) | set(truth.sli_spans):
+        if key[0] not in good_services:
+            ex.hostile_sli_spans += spans[key]
+            continue
+        if spans[key] != truth.sli_spans[key] or errors[key] != truth.sli_errors[key]:
+            ex.sli_mismatches += 1
+            ex.sli_span_delta += abs(spans[key] - truth.sli_spans[key])
+    dls = dead_letters(bootstrap, topics.deadletter.name)
+    ex.deadletters = len(dls)
+    ex.deadletter_reasons = Counter(d["reason"] for d in dls)
+    input_topic = input_topic or topics.spans_raw.name
+    at = {(d["partition"], d["offset"]): d["reason"] for d in dls if d["source_topic"] == input_topic}
+    for pos, kind in truth.poison.items():
+        reason = at.pop(pos, None)
+        if reason is None:
+            ex.poison_missing += 1
+            reason = "(not dead-lettered)"
+        ex.poison_reasons.setdefault(kind, Counter())[reason] += 1
+    ex.poison_missing += truth.poison_sent - len(truth.poison)  # sent but never acknowledged
+    ex.good_deadlettered = len(at)
+    return ex
+
+
+def is_hostile_service(service: str) -> bool:
+    return service.startswith(FUZZ_SERVICE_PREFIX)
