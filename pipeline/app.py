@@ -19,6 +19,9 @@ from pipeline.kafka import clients
 log = logging.getLogger("tailsift")
 
 
+WORKER_TOPICS = ("spans_raw", "traces_kept", "sli_windows", "deadletter", "pii_audit", "decisions")
+
+
 class TopicsMissing(Exception):
     pass
 
@@ -30,7 +33,9 @@ def check_topics(config: Config) -> None:
         existing = admin.list_topics(timeout=15).topics
     except Exception as exc:  # noqa: BLE001 - KafkaException on timeout, or a bad bootstrap string
         raise TopicsMissing(f"cannot reach Kafka at {config.kafka.bootstrap_servers}: {exc}") from None
-    missing = [f"topics.{k} ({t.name})" for k, t in config.topics.all().items() if t.name not in existing]
+    # the worker's own topics; the aggregation stage checks sli_merged / slo_status itself
+    mine = {k: t for k, t in config.topics.all().items() if k in WORKER_TOPICS}
+    missing = [f"topics.{k} ({t.name})" for k, t in mine.items() if t.name not in existing]
     if missing:
         raise TopicsMissing(
             "missing topics: " + ", ".join(missing) + " — create them with `tailsift topics create -c CONFIG`"
