@@ -81,8 +81,11 @@ class OutputProducer:
             if not fatal:
                 try:
                     p.abort_transaction(30)
-                except KafkaException as abort_exc:
-                    fatal = abort_exc.args[0].fatal()
+                except KafkaException:
+                    # the transaction could not be aborted (timed out, invalid state — seen on a
+                    # zombie resumed after SIGSTOP): this producer's state is unknown, so it is
+                    # not used again; the worker exits for its supervisor to restart it
+                    fatal = True
             raise EmitError(f"transaction failed: {err}", fatal=fatal) from None
         if self._errors:  # cannot happen after a successful commit; kept as a guard
             raise EmitError("delivery failed: " + "; ".join(self._errors[:5]))
