@@ -34,23 +34,27 @@ class SpanTimeBounds:
         self.limit_ns = MAX_LONG - window_ns
         self.max_skew_ns = max_skew_ns
 
+    def latest(self, now_ns: int) -> int:
+        """The latest end time a span may have at worker time ``now_ns``."""
+        return min(now_ns + self.max_skew_ns, self.limit_ns)
+
     def violation(self, spans: Sequence[SpanHeader], now_ns: int) -> str | None:
         """None when every span's times are within bounds, else why the first one is not (no
-        payload bytes in the text: positions and numbers only)."""
+        payload bytes in the text: positions and numbers only). Callers that read the times
+        anyway inline the same test (``pipeline.codecs.otlp.decode_traces``)."""
         skew, limit = self.max_skew_ns, self.limit_ns
-        latest = now_ns + skew
-        if latest > limit:
-            latest = limit
+        latest = self.latest(now_ns)
         for span in spans:
             end = span["end_time_unix_nano"]
             start = span["start_time_unix_nano"]
             if 0 < end <= latest and 0 < start <= end + skew and start <= limit:
                 continue
-            return self._explain(spans.index(span), start, end, now_ns, latest)
+            return self.explain(f"span {spans.index(span)}:", start, end, now_ns)
         return None
 
-    def _explain(self, index: int, start: int, end: int, now_ns: int, latest: int) -> str:
-        where = f"span {index}:"
+    def explain(self, where: str, start: int, end: int, now_ns: int) -> str:
+        """Why (start, end) is out of bounds at ``now_ns``."""
+        latest = self.latest(now_ns)
         if end <= 0 or start <= 0:
             return f"{where} start {start} / end {end} ns: times must be > 0"
         if end > self.limit_ns or start > self.limit_ns:

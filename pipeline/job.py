@@ -714,7 +714,7 @@ class Job:
     def _ingest_otlp(self, messages: Iterable[Received], now_ns: int) -> None:
         """OTLP input: header-only decode split per trace ID. A message feeding N traces holds N
         trace obligations; one not keyed by its single trace ID is re-published per trace (rekey)."""
-        sli, tracker, fmt, time_violation = self.sli, self.tracker, self.ingest_format, self.time_bounds.violation
+        sli, tracker, fmt, time_bounds = self.sli, self.tracker, self.ingest_format, self.time_bounds
         n_spans = 0
         for msg in messages:
             value = msg.value
@@ -723,7 +723,7 @@ class Job:
                 if not value:
                     raise _Malformed("empty_value", "the message value is empty or null (tombstone)")
                 try:
-                    traces = otlp.decode_traces(value, fmt)
+                    traces = otlp.decode_traces(value, fmt, time_bounds, now_ns)
                 except otlp.InvalidSpan as exc:  # its text holds lengths and bounds, never id bytes
                     raise _Malformed(exc.reason, str(exc)) from None
                 except Exception as exc:  # noqa: BLE001 - protobuf/json raise many types for bad bytes
@@ -733,10 +733,6 @@ class Job:
                     ) from None
                 if not traces:
                     raise _Malformed("empty_batch", "the request has no spans")
-                for trace in traces.values():
-                    bad_time = time_violation(trace.spans, now_ns)
-                    if bad_time:
-                        raise _Malformed("invalid_timestamp", bad_time)
             except _Malformed as bad:
                 self._reject(msg, bad, now_ns, replay)
                 continue
