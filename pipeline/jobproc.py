@@ -5,8 +5,6 @@ member), and can kill -9 it."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
 
+from pipeline.childproc import ChildProcess
 from pipeline.report import scrape
 
 
@@ -21,39 +20,21 @@ class JobError(Exception):
     pass
 
 
-class JobProcess:
+class JobProcess(ChildProcess):
+    what = "tailsift run"
+    error = JobError
+
     def __init__(
         self, config_path: str | os.PathLike, metrics_port: int, log_path: str | os.PathLike, env: dict | None = None
     ):
+        super().__init__(log_path, env)
         self.config_path = str(config_path)
-        self.env = {**os.environ, **(env or {})}
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        self.log_path = Path(log_path)
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> JobProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", "-c", self.config_path],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.env,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-        log.close()
+        argv = [sys.executable, "-m", "pipeline.cli", "run", "-c", self.config_path]
+        self._spawn(argv, Path(__file__).resolve().parents[1])
         return self
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def _check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            code = None if self.proc is None else self.proc.returncode
-            raise JobError(f"tailsift run exited (code {code}); log tail:\n{self.log_tail()}")
 
     def wait_ready(self, bootstrap: str, group: str, timeout: float = 90.0) -> None:
         """Until the job's consumer group is Stable with this process in it and /metrics answers."""
@@ -108,29 +89,3 @@ class JobProcess:
             f"{ {k: v for k, v in m.items() if 'ingested' in k or 'memory' in k or 'uncommitted' in k} }); "
             f"log tail:\n{self.log_tail()}"
         )
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """Graceful stop (SIGTERM), then SIGKILL if it does not exit in time."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-    def suspend(self) -> None:
-        """SIGSTOP: alive but silent, as a worker in a long GC pause or a frozen VM (a zombie to be)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-
-    def kill(self) -> None:
-        """kill -9: no shutdown hooks, no final commit."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)

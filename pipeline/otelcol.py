@@ -4,13 +4,12 @@ Prometheus telemetry. ``make bench-peer`` and the interop tests use it; the job 
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from pipeline.childproc import ChildProcess
 from pipeline.report import scrape
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,10 +47,13 @@ def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
     return sum(v for k, v in metrics.items() if k.split("{")[0] == name and all(w in k for w in want))
 
 
-class CollectorProcess:
+class CollectorProcess(ChildProcess):
     """One Collector run: ``start()``, ``metrics()`` from its telemetry endpoint, ``stop()``.
     ``cpus`` pins it (``taskset -c``; taskset execs, so the pid is the Collector's own); ``env``
     fills the config's ``${env:…}`` references."""
+
+    what = "the Collector"
+    error = CollectorError
 
     def __init__(
         self,
@@ -63,45 +65,20 @@ class CollectorProcess:
         cpus: str | None = None,
         extra_configs: list[str] | None = None,
     ):
+        super().__init__(log_path, env)
         self.binary = binary
         self.config = config
-        self.log_path = log_path
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None
-        self.env = env or {}
         self.cpus = cpus
         # more --config URIs, merged over ``config`` in order (e.g. "yaml:exporters::file::path: x")
         self.extra_configs = list(extra_configs or [])
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> CollectorProcess:
         argv = [str(self.binary), f"--config={self.config}", *(f"--config={c}" for c in self.extra_configs)]
         if self.cpus is not None:
             argv = ["taskset", "-c", self.cpus, *argv]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env},
-            )
+        self._spawn(argv)
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            code = None if self.proc is None else self.proc.returncode
-            raise CollectorError(f"the Collector exited (code {code}); log tail:\n{self.log_tail()}")
 
     def metrics(self) -> dict[str, float]:
         if not self.metrics_url:
@@ -125,13 +102,3 @@ class CollectorProcess:
         raise CollectorError(
             f"timed out after {timeout:.0f} s waiting for {what} ({last_exc}); log:\n{self.log_tail()}"
         )
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)

@@ -5,47 +5,31 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from pipeline.childproc import ChildProcess
 
 
 class AggregateError(Exception):
     pass
 
 
-class AggregateProcess:
+class AggregateProcess(ChildProcess):
+    what = "tailsift aggregate"
+    error = AggregateError
+
     def __init__(self, config_path: str | os.PathLike, host: str, port: int, log_path: str | os.PathLike):
+        super().__init__(log_path)
         self.config_path = str(config_path)
         self.url = f"http://{host}:{port}"
-        self.log_path = Path(log_path)
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> AggregateProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "aggregate", "-c", self.config_path],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        log.close()
+        argv = [sys.executable, "-m", "pipeline.cli", "aggregate", "-c", self.config_path]
+        self._spawn(argv, Path(__file__).resolve().parents[2])
         return self
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def _check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            code = None if self.proc is None else self.proc.returncode
-            raise AggregateError(f"tailsift aggregate exited (code {code}); log tail:\n{self.log_tail()}")
 
     def get(self, path: str) -> dict:
         with urllib.request.urlopen(self.url + path, timeout=5) as resp:
@@ -80,19 +64,3 @@ class AggregateProcess:
                 return h
             time.sleep(0.5)
         raise AggregateError(f"windows still open after {timeout}s ({h}); log tail:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-    def kill(self) -> None:
-        """kill -9: no shutdown hooks, no final commit, the open transactions left behind."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)

@@ -235,8 +235,7 @@ class _PinnedJob(JobProcess):
         argv = [sys.executable, "-m", "pipeline.cli", "run", "-c", self.config_path]
         if self.cpus is not None:
             argv = ["taskset", "-c", self.cpus, *argv]  # taskset execs: the pid is the job's
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
+        self._spawn(argv, REPO)
         return self
 
 
