@@ -18,7 +18,7 @@ PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 KAFKA  := $(PYTHON) deploy/local/kafka
-PYTEST_ARGS ?= -q
+PYTEST_ARGS ?= -q --durations=20
 
 .PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit demo bench otelcol bench-peer chaos clean distclean
 
