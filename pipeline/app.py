@@ -8,6 +8,7 @@ needs before it starts (keys, topics) and wires the two together.
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka.admin import AdminClient
 
@@ -19,6 +20,7 @@ from pipeline.kafka import clients
 log = logging.getLogger("tailsift")
 
 
+CONNECT_PATIENCE_S = 60.0
 WORKER_TOPICS = ("spans_raw", "traces_kept", "sli_windows", "deadletter", "pii_audit", "decisions")
 
 
@@ -29,10 +31,16 @@ class TopicsMissing(Exception):
 def check_topics(config: Config) -> None:
     """Fail fast, with the fix, when the topics the job needs do not exist."""
     admin = AdminClient(clients.base(config))
-    try:
-        existing = admin.list_topics(timeout=15).topics
-    except Exception as exc:  # noqa: BLE001 - KafkaException on timeout, or a bad bootstrap string
-        raise TopicsMissing(f"cannot reach Kafka at {config.kafka.bootstrap_servers}: {exc}") from None
+    # a worker (re)started while the broker restarts waits for it a while before giving up
+    deadline = time.monotonic() + CONNECT_PATIENCE_S
+    while True:
+        try:
+            existing = admin.list_topics(timeout=10).topics
+            break
+        except Exception as exc:  # noqa: BLE001 - KafkaException on timeout, or a bad bootstrap string
+            if time.monotonic() > deadline:
+                raise TopicsMissing(f"cannot reach Kafka at {config.kafka.bootstrap_servers}: {exc}") from None
+            log.warning("cannot reach Kafka at %s yet (%s); retrying", config.kafka.bootstrap_servers, exc)
     # the worker's own topics; the aggregation stage checks sli_merged / slo_status itself
     mine = {k: t for k, t in config.topics.all().items() if k in WORKER_TOPICS}
     missing = [f"topics.{k} ({t.name})" for k, t in mine.items() if t.name not in existing]

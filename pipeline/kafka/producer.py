@@ -17,6 +17,7 @@ fatal librdkafka error) — the worker then exits — or the caller may rewind a
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
@@ -79,16 +80,28 @@ class OutputProducer:
             err: KafkaError = exc.args[0]
             fatal = err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
             if not fatal:
-                try:
-                    p.abort_transaction(30)
-                except KafkaException:
-                    # the transaction could not be aborted (timed out, invalid state — seen on a
-                    # zombie resumed after SIGSTOP): this producer's state is unknown, so it is
-                    # not used again; the worker exits for its supervisor to restart it
-                    fatal = True
+                fatal = not self._abort()
             raise EmitError(f"transaction failed: {err}", fatal=fatal) from None
         if self._errors:  # cannot happen after a successful commit; kept as a guard
             raise EmitError("delivery failed: " + "; ".join(self._errors[:5]))
+
+    def _abort(self, patience_s: float = 300.0) -> bool:
+        """Abort the open transaction, retrying while the broker is away (a restart takes tens of
+        seconds; librdkafka allows a timed-out abort to be called again). False when it cannot be
+        aborted — a fatal error, or still failing after ``patience_s`` (seen: a zombie resumed after
+        SIGSTOP): this producer's state is then unknown and the worker exits for its supervisor."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                self._producer.abort_transaction(30)
+                return True
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if err.fatal() or time.monotonic() > deadline:
+                    log.error("cannot abort the transaction: %s", err)
+                    return False
+                log.warning("abort_transaction: %s; retrying", err)
+                time.sleep(1.0)
 
     def write(self, records: list) -> None:
         """at_least_once: every record acknowledged, or ``EmitError``."""

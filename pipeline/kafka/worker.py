@@ -255,8 +255,8 @@ class Worker:
     def _committed(self, parts: list[int]) -> list[TopicPartition]:
         """Committed offsets and metadata. While a dead worker's transaction holding offsets of these
         partitions is open, the broker withholds them (unstable offsets, KIP-447) until the
-        transaction times out: wait that long, then some."""
-        deadline = time.monotonic() + self.config.job.transaction_timeout_ms / 1000 + 60
+        transaction times out; a broker restart takes tens of seconds: wait for both, then some."""
+        deadline = time.monotonic() + self.config.job.transaction_timeout_ms / 1000 + 300
         tps = [TopicPartition(self.topic, p) for p in parts]
         while True:
             try:
@@ -265,6 +265,7 @@ class Worker:
                 if time.monotonic() > deadline:
                     raise FatalError(f"committed offsets of {self.topic} {parts} unavailable: {exc}") from None
                 log.info("committed offsets of %s not available yet (%s); retrying", parts, exc.args[0])
+                time.sleep(0.5)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {tp.partition for tp in partitions if tp.topic == self.topic}
