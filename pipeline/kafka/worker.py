@@ -76,7 +76,6 @@ class Worker:
         self.stopping = False
         self.rewind_needed = False
         self.last_flush = time.monotonic()
-        self.transactions = 0
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
@@ -114,7 +113,7 @@ class Worker:
         job = self.job
         wait = max(0.0, min(self.batch_wait, self.last_flush + self.interval - time.monotonic()))
         messages = self.consumer.consume(self.batch_max, wait)
-        if self.rewind_needed:  # a rebalance callback inside consume() failed to commit
+        if self.rewind_needed:  # partitions were lost inside consume(): their work cannot be committed
             self._rewind()
             messages = []  # fetched before the rewind's seek: read again from the committed offsets
         if messages:
@@ -201,7 +200,6 @@ class Worker:
             metrics.REWINDS.inc()
             self._rewind()
             return
-        self.transactions += 1
         for tp in offsets:
             self.committed[tp.partition] = (tp.offset, self.through.get(tp.partition, -1))
         for r in records:
