@@ -116,9 +116,9 @@ def _measured(result: Result, total_spans: int, first, last) -> None:
     result.cpu_s = last[1] - first[1]
 
 
-def pin(pid: int, cpus: str, all_threads: bool = True) -> bool:
-    cmd = ["taskset", "-a", "-p", "-c", cpus, str(pid)] if all_threads else ["taskset", "-p", "-c", cpus, str(pid)]
-    return subprocess.run(cmd, capture_output=True).returncode == 0
+def pin(pid: int, cpus: str) -> bool:
+    """Pin a running process and every thread it has (the broker's JVM) to ``cpus``."""
+    return subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], capture_output=True).returncode == 0
 
 
 def broker_pid() -> int | None:
