@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from pipeline.childproc import ChildProcess
@@ -84,21 +83,3 @@ class CollectorProcess(ChildProcess):
         if not self.metrics_url:
             raise CollectorError("this Collector was started without a telemetry port")
         return scrape(self.metrics_url)
-
-    def wait_for(self, what: str, predicate, timeout: float, interval: float = 0.25):
-        """Poll ``predicate()`` until it returns a truthy value; fail on exit or timeout."""
-        deadline = time.monotonic() + timeout
-        last_exc: Exception | None = None
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                value = predicate()
-            except OSError as exc:  # telemetry endpoint not up yet
-                last_exc = exc
-                value = None
-            if value:
-                return value
-            time.sleep(interval)
-        raise CollectorError(
-            f"timed out after {timeout:.0f} s waiting for {what} ({last_exc}); log:\n{self.log_tail()}"
-        )

@@ -114,11 +114,16 @@ def _measured(result: Result, total_spans: int, first, last) -> None:
     result.spans = int(total_spans - first[2])
     result.wall_s = last[0] - first[0]
     result.cpu_s = last[1] - first[1]
+    if result.spans <= 0 or result.cpu_s <= 0 or result.wall_s <= 0:
+        # everything went through between two samples: no interval to divide by
+        raise RunFailed(
+            f"too little input to measure ({total_spans:,} spans drained within one sample): raise --traces"
+        )
 
 
-def pin(pid: int, cpus: str, all_threads: bool = True) -> bool:
-    cmd = ["taskset", "-a", "-p", "-c", cpus, str(pid)] if all_threads else ["taskset", "-p", "-c", cpus, str(pid)]
-    return subprocess.run(cmd, capture_output=True).returncode == 0
+def pin(pid: int, cpus: str) -> bool:
+    """Pin a running process and every thread it has (the broker's JVM) to ``cpus``."""
+    return subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], capture_output=True).returncode == 0
 
 
 def broker_pid() -> int | None:
