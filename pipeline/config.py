@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails
 
+from operators.policies.rules import OPERATORS as RULE_OPERATORS
 from pipeline import config_collector as collector
 from pipeline.config_base import Strict, require_unique_names
 from pipeline.config_privacy import PrivacyConfig
@@ -290,23 +291,8 @@ class CompositePolicyConfig(_PolicyBase):
         return self
 
 
-RuleOperator = Literal[
-    "=",
-    "!=",
-    ">",
-    "<",
-    ">=",
-    "<=",
-    "starts-with",
-    "contains",
-    "does-not-contain",
-    "exists",
-    "not-exists",
-    "matches",
-    "in",
-    "not-in",
-    "has-root-span",
-]
+# one list: the operator validates against the same tuple it dispatches on
+RuleOperator = Literal[RULE_OPERATORS]  # type: ignore[valid-type]
 
 
 class RuleConditionConfig(Strict):
