@@ -603,7 +603,7 @@ class AggregateConfig(Strict):
     emitted_memory: int = Field(
         100_000, ge=1, description="recent sli_merged record keys remembered to recognise a replayed emission"
     )
-    web_host: str = Field("127.0.0.1", description="Faust web views /sli, /slo, /healthz")
+    web_host: str = Field("127.0.0.1", description="Faust web views /sli, /slo, /metrics, /healthz")
     web_port: int = Field(6066, ge=1, le=65_535)
     data_dir: str = Field("/tmp/tailsift-aggregate", description="Faust's state directory for the stage")
 

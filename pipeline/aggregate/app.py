@@ -1,8 +1,8 @@
 """``tailsift aggregate``: the Faust app of the aggregation stage (per window, not per span).
 
 One agent over ``topics.sli_windows`` (the SLI partials of every worker), tables as described in
-``pipeline.aggregate.stage``, a timer for quiet partitions and three web views: ``/sli`` (recent
-merged windows), ``/slo`` (SLO status), ``/healthz``. Faust runs with
+``pipeline.aggregate.stage``, a timer for quiet partitions and four web views: ``/sli`` (recent
+merged windows), ``/slo`` (SLO status), ``/metrics`` (for Grafana), ``/healthz``. Faust runs with
 ``processing_guarantee="exactly_once"``: that is what makes its consumer read ``read_committed``
 (the workers write partials in transactions; an aborted partial must never be merged) and what
 puts every table change — including the merged windows, written as changelog records of
@@ -18,7 +18,9 @@ from collections import deque
 import faust
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from pipeline.aggregate import metrics as merged_metrics
 from pipeline.aggregate.slo_book import SloBook
 from pipeline.aggregate.stage import EmittedLog, Stage, _decode
 from pipeline.config import Config
@@ -223,6 +225,14 @@ def build_app(config: Config) -> tuple[faust.App, Stage]:
     async def slo(web, request):
         return web.json({"objectives": book.status(request.query.get("slo"))})
 
+    metrics_registry = merged_metrics.registry(recent, book)
+
+    @app.page("/metrics")
+    async def metrics(web, request):
+        # Prometheus text format; the percentiles Grafana shows merged over all workers
+        body = generate_latest(metrics_registry)
+        return web.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
     return app, stage
 
 
@@ -234,7 +244,7 @@ def run(config: Config, loglevel: str = "info") -> int:
     app, _stage = build_app(config)
     a = config.aggregate
     log.info(
-        "tailsift aggregate: %s → %s, %s (views on http://%s:%d/sli /slo /healthz)",
+        "tailsift aggregate: %s → %s, %s (views on http://%s:%d/sli /slo /metrics /healthz)",
         config.topics.sli_windows.name,
         config.topics.sli_merged.name,
         config.topics.slo_status.name,

@@ -9,12 +9,14 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter, defaultdict
 
 import pytest
 from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
 
-from operators.sli import SliWindows, window_record
+from operators.sli import SliWindows, sketch_from_record, window_record
 from pipeline.aggregate.proc import AggregateProcess
 from pipeline.aggregate.windows import key_of_emission
 from pipeline.codecs import avro
@@ -152,6 +154,38 @@ def assert_exact(cfg, records, late_allowed: bool) -> list[tuple[bytes, dict]]:
     return merged
 
 
+def assert_metrics_match(exposition: str, merged: list[dict], slo: list[dict]) -> None:
+    """/metrics (what Grafana reads) shows, per service, the newest merged window: its span and
+    error counts and the latency quantiles of all its records' sketches merged — recomputed here
+    from sli_merged with DDSketch's own merge — and the SLO status /slo shows."""
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+    }
+    services = {r["service"] for r in merged}
+    assert len(services) > 1
+    for service in services:
+        mine = [r for r in merged if r["service"] == service]
+        newest = max(r["window_end_unix_nano"] for r in mine)
+        window = [r for r in mine if r["window_end_unix_nano"] == newest]
+        assert samples[("tailsift_merged_window_spans", (("service", service),))] == sum(
+            r["span_count"] for r in window
+        )
+        assert samples[("tailsift_merged_window_errors", (("service", service),))] == sum(
+            r["error_count"] for r in window
+        )
+        sketch = sketch_from_record(window[0]["sketch"])
+        for r in window[1:]:
+            sketch.merge(sketch_from_record(r["sketch"]))
+        for q in (0.5, 0.9, 0.99):
+            got = samples[("tailsift_merged_latency_ms", (("quantile", str(q)), ("service", service)))]
+            assert got == pytest.approx(sketch.get_quantile_value(q)), (service, q)
+    assert samples[("tailsift_slo_budget_remaining", (("slo", "checkout-avail"),))] == pytest.approx(
+        slo[0]["budget_remaining"]
+    )
+
+
 def lateness_s(records) -> float:
     """The grace the stage needs so that no partial arrives after its window closed: how far the
     newest ``emitted_at`` read before a partial is past that partial's window end (a batch of a slow
@@ -196,9 +230,12 @@ def test_partials_of_three_workers_merge_exactly_once_per_window(kafka_bootstrap
         health = stage.wait_idle(len(records))
         slo = stage.get("/slo")["objectives"]
         sli = stage.get("/sli?service=checkout")["windows"]
+        with urllib.request.urlopen(stage.url + "/metrics", timeout=5) as resp:
+            exposition = resp.read().decode()
     finally:
         stage.stop()
     merged = assert_exact(cfg, records, late_allowed=False)
+    assert_metrics_match(exposition, [r for _, r in merged], slo)
     assert health["counts"]["partials"] == len(records)  # the aborted transaction's partials never arrived
     checkout = [r for _, r in merged if r["service"] == "checkout"]
     assert [s["slo"] for s in slo] == ["checkout-avail"]
