@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
@@ -67,4 +68,23 @@ def create_topics(config: Config, timeout: float = 30.0) -> list[TopicResult]:
                     results.append(TopicResult(key, topic.name, "exists"))
                 else:
                     results.append(TopicResult(key, topic.name, "error", str(err)))
+        created = {r.name: wanted[r.key].partitions for r in results if r.status == "created"}
+        _wait_visible(admin, created, timeout)
     return results
+
+
+def _wait_visible(admin: AdminClient, topics: dict[str, int], timeout: float) -> None:
+    """Until the broker's metadata shows every created topic with all its partitions led: the
+    controller acknowledges a creation before the brokers' metadata caches catch up (KRaft), and
+    a worker started in that gap would exit with "missing topics"."""
+    deadline = time.monotonic() + timeout
+    while topics:
+        md = admin.list_topics(timeout=max(1.0, deadline - time.monotonic())).topics
+        topics = {
+            name: n
+            for name, n in topics.items()
+            if name not in md or len(md[name].partitions) < n or any(p.leader < 0 for p in md[name].partitions.values())
+        }
+        if not topics or time.monotonic() > deadline:
+            return  # what is still missing is reported by whoever needs it, naming the topic
+        time.sleep(0.1)
