@@ -118,6 +118,20 @@ def kept_record_otlp(key: bytes | None, value: bytes, fmt: str) -> KeptRecord:
     )
 
 
+def kept_records(
+    messages: Iterable[tuple[bytes | None, bytes | None]], fmt: str, skipped: Counter, topic: str = "traces.kept"
+) -> Iterable[KeptRecord]:
+    """(key, value) pairs of traces.kept → records; one that does not decode in ``fmt`` is counted
+    in ``skipped[topic]`` and left out (a report must not die on a stray record)."""
+    for key, value in messages:
+        if not value:
+            continue
+        try:
+            yield kept_record_avro(value) if fmt == "avro" else kept_record_otlp(key, value, fmt)
+        except Exception:  # noqa: BLE001 - fastavro/protobuf/json raise many types on foreign bytes
+            skipped[topic] += 1
+
+
 @dataclass
 class _Examples:
     """Candidates for the waterfalls, held while streaming: the first kept error trace, the slowest
@@ -251,6 +265,7 @@ def build_live(
             "late_records": late_records,
             "adjusted_count_sum": adjusted,
             "deadletters": dict(sorted((deadletters or {}).items())),
+            "undecodable_records": {},
         },
         "timeline": timeline,
         "keep_share_by_policy": dict(sorted(by_policy.items())),
@@ -331,12 +346,9 @@ def collect_live(
     from pipeline.sli_reader import merged_available, read_windows
 
     bootstrap, topics = config.kafka.bootstrap_servers, config.topics
-    fmt = config.emit.format
 
-    def kept() -> Iterable[KeptRecord]:
-        for _, _, key, value in read_all(bootstrap, topics.traces_kept.name, timeout):
-            if value:
-                yield kept_record_avro(value) if fmt == "avro" else kept_record_otlp(key, value, fmt)
+    skipped: Counter = Counter()
+    messages = ((k, v) for _, _, k, v in read_all(bootstrap, topics.traces_kept.name, timeout))
 
     merged = merged_available(config, timeout)
     windows = read_windows(config, timeout, "merged" if merged else "partials")
@@ -353,10 +365,13 @@ def collect_live(
     dl: Counter = Counter()
     for _, _, _, value in read_all(bootstrap, topics.deadletter.name, timeout):
         if value:
-            dl[avro.decode(avro.DEAD_LETTER, value)["reason"]] += 1
+            try:
+                dl[avro.decode(avro.DEAD_LETTER, value)["reason"]] += 1
+            except Exception:  # noqa: BLE001 - as in kept_records
+                skipped[topics.deadletter.name] += 1
     rare = {p.name for p in config.sampling.policies if getattr(p, "type", "") == "rare_path"}
-    return build_live(
-        kept(),
+    doc = build_live(
+        kept_records(messages, config.emit.format, skipped, topics.traces_kept.name),
         windows,
         window_s=config.sli.window_seconds,
         sli_source=topics.sli_merged.name if merged else f"{topics.sli_windows.name} (partials merged here)",
@@ -368,3 +383,5 @@ def collect_live(
         subtitle=f"{bootstrap}, topics {topics.traces_kept.name}, {topics.sli_windows.name}; "
         f"read {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
     )
+    doc["totals"]["undecodable_records"] = dict(skipped)  # known once the records were consumed
+    return doc

@@ -107,7 +107,8 @@ def render_live(doc: dict) -> str:
             ["traces they stand for (Σ adjusted count)", t["adjusted_count_sum"]],
             ["dead letters", sum(t["deadletters"].values())],
         ]
-        + [[f"dead letters: {r}", n] for r, n in sorted(t["deadletters"].items())],
+        + [[f"dead letters: {r}", n] for r, n in sorted(t["deadletters"].items())]
+        + [[f"undecodable records on {topic} (left out)", n] for topic, n in sorted(t["undecodable_records"].items())],
     )
     sections.append(Section("summary", "Summary", tables=[summary]))
     sections.append(

@@ -118,6 +118,8 @@ def test_live_html_report_in_headless_chromium(kafka_bootstrap, unique_name, tmp
     assert data["totals"]["input_spans"] == stats.spans
     assert sum(b["input_spans"] for b in data["timeline"]) == stats.spans
     assert sum(b["kept_spans"] for b in data["timeline"]) == kept_spans
+    assert all(b["kept_spans"] <= b["input_spans"] for b in data["timeline"])  # one time axis for both
+    assert data["totals"]["undecodable_records"] == {}
     assert sum(data["keep_share_by_policy"].values()) == len(kept_ids)
 
     # service graph: a request per span whose parent is in another service, failed when either is ERROR

@@ -233,3 +233,62 @@ def test_a_non_finite_number_is_refused_rather_than_written_as_invalid_json(bad)
     doc["configs"][0]["adjusted_count_sum"] = bad
     with pytest.raises(ValueError):
         render_simulation(doc)
+
+
+@pytest.mark.parametrize("emit", ["otlp_proto", "otlp_json"])
+def test_kept_traces_read_the_same_from_avro_and_otlp_output(emit):
+    """The waterfalls and counts of a job that emits OTLP are those of one that emits Avro: the
+    same spans, services, parents, times, status and sampling facts, read from the job's own output."""
+    from pipeline.htmlreport.live import kept_record_avro, kept_record_otlp
+    from tests.spans import span as header
+    from tests.support import jobs
+
+    now = 1_700_000_000 * 1_000_000_000
+    trace_id = bytes(range(16))
+    root = header(now, now + 40 * jobs.MS, "ERROR", None, "GET /a", service="frontend", span_id=b"\x01" * 8)
+    child = header(now + jobs.MS, now + 30 * jobs.MS, "OK", b"\x01" * 8, "SELECT", "CLIENT", "db", b"\x02" * 8)
+    got = {}
+    for fmt in ("avro", emit):
+        job = jobs.make_job(emit={"format": fmt}, assemble={"root_quiet_gap_ms": 0})
+        job.ingest(
+            [
+                jobs.received(0, trace_id, "frontend", [root]),
+                jobs.received(1, trace_id, "db", [child]),
+            ],
+            now_ns=now,
+        )
+        out = job.collect(now + 2_000 * jobs.MS, flush_all_windows=True)
+        [record] = jobs.records(out, job.kept_topic)
+        rec = kept_record_avro(record.value) if fmt == "avro" else kept_record_otlp(record.key, record.value, fmt)
+        got[fmt] = rec
+    avro_rec, otlp_rec = got["avro"], got[emit]
+    assert (otlp_rec.trace_id, otlp_rec.policy, otlp_rec.adjusted_count, otlp_rec.late) == (
+        trace_id.hex(),
+        "errors",
+        1.0,
+        False,
+    )
+    assert (avro_rec.trace_id, avro_rec.policy, avro_rec.reason) == (
+        otlp_rec.trace_id,
+        otlp_rec.policy,
+        otlp_rec.reason,
+    )
+    key = lambda s: s["span_id"]  # noqa: E731
+    assert sorted(otlp_rec.spans, key=key) == sorted(avro_rec.spans, key=key)
+    assert [(s["service"], s["parent_span_id"], s["status"]) for s in sorted(avro_rec.spans, key=key)] == [
+        ("frontend", None, "ERROR"),
+        ("db", "01" * 8, "OK"),
+    ]
+    assert avro_rec.spans[0]["sampling"]["sampling.policy"] == "errors"
+
+
+@pytest.mark.parametrize("fmt", ["avro", "otlp_proto", "otlp_json"])
+def test_an_undecodable_kept_record_is_counted_and_left_out_not_fatal(fmt):
+    from collections import Counter
+
+    from pipeline.htmlreport.live import kept_records
+
+    skipped = Counter()
+    garbage = [(b"k" * 16, b"\xff\x00not a record\x80" * 3), (None, b"{"), (b"k", None)]
+    assert list(kept_records(garbage, fmt, skipped, "t.kept")) == []
+    assert skipped == {"t.kept": 2}  # the empty value (a tombstone) is no record at all
