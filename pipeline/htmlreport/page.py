@@ -250,14 +250,21 @@ def render_simulation(doc: dict) -> str:
         ("kept bytes/s", "kept_bytes_per_s"),
         ("Σ adjusted count", "adjusted_count_sum"),
     ]
-    summary = _table(["figure", *names], [[label, *(c[key] for c in configs)] for label, key in rows])
+    table = [[label, *(c[key] for c in configs)] for label, key in rows]
+    # figures `tailsift simulate` may add beyond the agreed schema, shown when present
+    if any("undecided" in c for c in configs):
+        table.append(["undecided at the end of the input", *(c.get("undecided", 0) for c in configs)])
+    if any(c.get("dead_lettered") for c in configs):
+        table.append(["dead-lettered", *(sum((c.get("dead_lettered") or {}).values()) for c in configs)])
+    summary = _table(["figure", *names], table)
     span_s = max(0, inp["last_event_ms"] - inp["first_event_ms"]) / 1000
     sections.append(
         Section(
             "summary",
             "Per config",
             note=f"input: {inp['source']}, {inp['messages']:,} messages, {inp['spans']:,} spans over {span_s:,.1f} s "
-            "of event time",
+            "of event time"
+            + "".join(f", {inp[k]:,} {k.replace('_', ' ')}" for k in ("invalid_messages", "late_spans") if inp.get(k)),
             tables=[summary],
         )
     )
@@ -307,7 +314,8 @@ def render_simulation(doc: dict) -> str:
     recall_rows = []
     for c in configs:
         r = c["recall"]
-        parts = [("error", r.get("error"))] + [(f"slow > {t} ms", p) for t, p in sorted(r.get("slow", {}).items())]
+        slow = sorted(r.get("slow", {}).items(), key=lambda kv: float(kv[0]))
+        parts = [("error", r.get("error"))] + [(f"slow > {t} ms", p) for t, p in slow]
         for label, p in parts:
             if p is not None:
                 recall_rows.append(

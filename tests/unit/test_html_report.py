@@ -46,7 +46,11 @@ def sim_config(name, kept, by_policy, recall_error, slow_kept):
         "kept_bytes_per_s": kept * 2048 / 60.0,
         "keep_share_by_policy": by_policy,
         "per_service": {"frontend": {"traces": 1000, "kept": kept}, "checkout": {"traces": 400, "kept": kept // 2}},
-        "recall": {"error": {"seen": 50, "kept": recall_error}, "slow": {"1000": {"seen": 20, "kept": slow_kept}}},
+        "recall": {
+            "error": {"seen": 50, "kept": recall_error},
+            "slow": {"1000": {"seen": 20, "kept": slow_kept}, "250": {"seen": 80, "kept": 40}},
+        },
+        "dead_lettered": {"invalid_timestamp": 3},  # beyond the agreed schema: shown when present
         "adjusted_count_sum": 1000.0,
         "timeline": [
             {"t_ms": T0 + i * 10_000, "input_spans": 1500, "kept_spans": kept * 9 // 6, "kept_by_policy": by_policy}
@@ -114,6 +118,8 @@ def test_simulation_page_embeds_the_document_and_has_every_section():
     # per-config figures side by side in the summary table, diff rows listed, plotly inlined once
     assert "<th>candidate</th><th>current</th>" in page
     assert "7 more not listed" in page and "cd" * 16 in page
+    assert "<td>dead-lettered</td><td>3</td><td>3</td>" in page
+    assert page.index("slow &gt; 250 ms") < page.index("slow &gt; 1000 ms")
     assert page.count("Plotly.newPlot(") >= 6
     assert len(re.findall(r"<script[^>]*\bsrc=", page)) == 0 and "<link" not in page
 
@@ -121,9 +127,9 @@ def test_simulation_page_embeds_the_document_and_has_every_section():
 def test_simulation_figures_show_the_documents_numbers():
     doc = simulation_doc()
     recall = F.recall({c["name"]: c["recall"] for c in doc["configs"]})
-    assert list(recall.data[0].x) == ["error", "slow > 1000 ms"]
-    assert list(recall.data[0].y) == [100.0, 100.0]
-    assert list(recall.data[1].y) == [90.0, 60.0]
+    assert list(recall.data[0].x) == ["error", "slow > 250 ms", "slow > 1000 ms"]  # thresholds in numeric order
+    assert list(recall.data[0].y) == [100.0, 50.0, 100.0]
+    assert list(recall.data[1].y) == [90.0, 50.0, 60.0]
     share = F.keep_share_by_policy({c["name"]: c["keep_share_by_policy"] for c in doc["configs"]})
     assert list(share.data[0].x) == ["baseline", "errors", "slow"]
     assert list(share.data[1].y) == [55, 45, 0]
