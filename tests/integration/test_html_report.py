@@ -150,3 +150,18 @@ def test_live_html_report_in_headless_chromium(kafka_bootstrap, unique_name, tmp
         assert e["trace_id"] in kept_ids and e["spans"]
         assert all(s["sampling"].get("sampling.policy") == e["policy"] for s in e["spans"])
     assert any(s["status"] == "ERROR" for s in data["examples"][0]["spans"])
+
+
+def test_the_browser_check_sees_a_request_and_a_console_error(tmp_path, chromium):
+    """The checks above can fail: a page that loads an image from elsewhere and logs an error is
+    reported with both (connection refused still shows the request the page made)."""
+    page = tmp_path / "leaky.html"
+    page.write_text(
+        "<!DOCTYPE html><html><body><p>leak</p><img src='http://127.0.0.1:9/pixel.png'>"
+        "<script>console.error('boom')</script>"
+        "<script type='application/json' id='tailsift-data'>{\"n\": 1}</script></body></html>"
+    )
+    v = visit(page, height=600)
+    assert v.foreign_requests == ["http://127.0.0.1:9/pixel.png"]
+    assert any("boom" in e["message"] for e in v.errors)
+    assert v.data == {"n": 1} and v.charts == 0
