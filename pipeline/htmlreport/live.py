@@ -302,6 +302,17 @@ def _by_slo(s: dict) -> str:
     return s["slo"]
 
 
+def slo_from_windows(objectives: list, windows: dict[WindowKey, WindowAggregate]) -> SloTracker | None:
+    """What the aggregation stage's SLO book would hold, from the windows the report read (when no
+    stage wrote slo.status): each window fed once, in window-end order."""
+    if not objectives:
+        return None
+    tracker = SloTracker(objectives)
+    for k, w in sorted(windows.items(), key=lambda kv: kv[0][5]):
+        tracker.observe(k[0], k[1], k[2], k[5], w.span_count, w.error_count, w.fold())
+    return tracker
+
+
 def service_graph_from_metrics(metrics: dict[str, float] | None, duration_s: float) -> dict:
     """Edges from a /metrics scrape (``pipeline.report.scrape`` keys: ``name{client=a,server=b}``);
     rates are per second of the input's event time the SLI windows cover."""
@@ -357,11 +368,7 @@ def collect_live(
         for _, _, key, value in read_all(bootstrap, topics.slo_status.name, timeout):
             if key and value:
                 status[key.decode()] = json.loads(value)
-    tracker = None
-    if not status and config.slo.objectives:
-        tracker = SloTracker(slo_rules.objectives(config))
-        for k, w in sorted(windows.items(), key=lambda kv: kv[0][5]):
-            tracker.observe(k[0], k[1], k[2], k[5], w.span_count, w.error_count, w.fold())
+    tracker = slo_from_windows(slo_rules.objectives(config), windows) if not status else None
     dl: Counter = Counter()
     for _, _, _, value in read_all(bootstrap, topics.deadletter.name, timeout):
         if value:

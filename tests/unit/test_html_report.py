@@ -298,3 +298,23 @@ def test_an_undecodable_kept_record_is_counted_and_left_out_not_fatal(fmt):
     garbage = [(b"k" * 16, b"\xff\x00not a record\x80" * 3), (None, b"{"), (b"k", None)]
     assert list(kept_records(garbage, fmt, skipped, "t.kept")) == []
     assert skipped == {"t.kept": 2}  # the empty value (a tombstone) is no record at all
+
+
+def test_slo_computed_from_the_windows_when_no_stage_wrote_slo_status():
+    from operators.slo import Objective
+    from pipeline.htmlreport.live import slo_from_windows
+
+    windows = dict(
+        [
+            window("checkout", T0, 1000, 4, [10] * 10),
+            window("checkout", T0 + 5000, 1000, 6, [10] * 10),
+            window("cart", T0, 500, 50, [10]),  # another service: not counted
+        ]
+    )
+    tracker = slo_from_windows([Objective("co", "checkout", 0.99)], windows)
+    doc = build_live([], windows, window_s=5, sli_source="sli.windows", slo_tracker=tracker)
+    [slo] = doc["slo"]["objectives"]
+    assert doc["slo"]["source"].startswith("computed")
+    assert slo["budget_remaining"] == pytest.approx(1 - (10 / 2000) / 0.01)  # half the budget spent
+    assert slo["burn_rates"]["5m"] == pytest.approx(0.5) and slo["firing"] == []
+    assert slo_from_windows([], windows) is None
