@@ -153,9 +153,11 @@ class _Examples:
         if root["duration_ms"] > self.slow_ms:
             self.slow, self.slow_ms = rec, root["duration_ms"]
         path = (root["service"], root["name"])
-        self.path_count[path] += 1
-        if path not in self.path_first and len(self.path_first) < MAX_RARE_PATHS:
+        if path not in self.path_first:
+            if len(self.path_first) >= MAX_RARE_PATHS:
+                return  # counts of paths beyond the bound are not kept either: memory stays bounded
             self.path_first[path] = rec
+        self.path_count[path] += 1
 
     def chosen(self, rare_policies: set[str]) -> list[dict]:
         out: list[tuple[str, KeptRecord]] = []
