@@ -11,6 +11,8 @@
 #                      per version in .cache/otelcol/, reusing Go's module cache)
 #   make bench-peer    tailsift vs the Collector's tail_sampling, each on one core, in one run
 #   make chaos         the chaos, fuzz and overload suite, full profile (tailsift chaos; README "Guarantees")
+#   make chromium      Debian's chromium + chromium-driver (the HTML report's browser test; apt-get as root)
+#   make docs-report   a short demo, its HTML report screenshotted in headless Chromium -> docs/report.png
 #   make clean         stop the local broker, delete .kafka, caches and build files (keeps .venv)
 #   make distclean     clean, and delete .venv and the Collector build (.cache) too
 
@@ -20,7 +22,7 @@ VPY    := $(VENV)/bin/python
 KAFKA  := $(PYTHON) deploy/local/kafka
 PYTEST_ARGS ?= -q --durations=20
 
-.PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit demo bench otelcol bench-peer chaos clean distclean
+.PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit demo bench otelcol bench-peer chaos chromium docs-report clean distclean
 
 venv: $(VENV)/.installed
 
@@ -80,6 +82,17 @@ bench-peer: venv kafka-fetch otelcol
 CHAOS_ARGS ?=
 chaos: venv kafka-fetch
 	$(VENV)/bin/tailsift chaos --profile full $(CHAOS_ARGS)
+
+# tests/integration/test_html_report.py runs the same script itself when the browser is missing
+chromium:
+	deploy/local/chromium
+
+# README "Before you change the config": the committed screenshot of the demo's HTML report
+DOCS_REPORT_HTML ?= $(CURDIR)/.cache/docs-report.html
+docs-report: venv kafka-fetch chromium
+	mkdir -p .cache docs
+	TAILSIFT_DEMO_HTML=$(DOCS_REPORT_HTML) $(VENV)/bin/tailsift demo --duration 20 --rate 100
+	$(VPY) -m pipeline.htmlreport.browser $(DOCS_REPORT_HTML) --screenshot docs/report.png
 
 clean:
 	-$(KAFKA) stop

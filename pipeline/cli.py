@@ -190,7 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="summarise the output topics (kept traces by reason, SLI table, dead letters)")
     _add_config(p, required=False)
-    p.add_argument("--metrics-url", default=None, help="a running job's /metrics URL, for decided/ingested counts")
+    p.add_argument(
+        "--metrics-url",
+        default=None,
+        help="a running job's /metrics URL, for decided/ingested counts and the service graph",
+    )
+    p.add_argument(
+        "--html",
+        metavar="FILE",
+        default=None,
+        help="write a self-contained HTML report (charts, SLOs, service graph, example waterfalls), not the tables",
+    )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the end of each topic")
     p.set_defaults(func=cmd_report)
 

@@ -25,7 +25,7 @@ from pipeline import config as config_mod
 from pipeline.aggregate.proc import AggregateProcess
 from pipeline.jobproc import JobProcess
 from pipeline.localkafka import broker
-from pipeline.report import collect, render
+from pipeline.report import collect, render, write_html
 from pipeline.topics import create_topics
 
 
@@ -149,6 +149,8 @@ def main(args: argparse.Namespace) -> int:
             code = job.stop()
             console.print(f"  job stopped (exit {code}); aggregate stopped (exit {stage.stop()})")
         render(report)
+        html = Path(os.environ.get("TAILSIFT_DEMO_HTML") or Path(tempfile.gettempdir()) / f"tailsift-{run_id}.html")
+        write_html(cfg, str(html), metrics=metrics)  # the job is stopped: its last scrape has the service graph
         delete_topics(cfg)
     ok = (
         len(report.kept_traces) > 0
@@ -161,4 +163,5 @@ def main(args: argparse.Namespace) -> int:
         f"{len(report.kept_traces):,} kept traces, SLI rows for {len(report.sli)} services, "
         f"SLI spans {report.sli_spans:,} (merged {merged_spans:,}) / produced {stats.spans:,}"
     )
+    console.print(f"[bold]HTML report[/]: {html}  (set TAILSIFT_DEMO_HTML to choose the path)")
     return 0 if ok else 1

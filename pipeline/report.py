@@ -1,4 +1,8 @@
-"""``tailsift report``: what the job wrote — kept traces by reason, dead letters, per-service SLIs."""
+"""``tailsift report``: what the job wrote — kept traces by reason, dead letters, per-service SLIs.
+
+``--html FILE`` writes the same topics (plus the aggregation stage's sli.merged and slo.status,
+and the service graph from ``--metrics-url``) as one self-contained HTML page instead
+(``pipeline.htmlreport``)."""
 
 from __future__ import annotations
 
@@ -144,6 +148,33 @@ def render(report: Report) -> None:
     console.print(sli)
 
 
+def write_html(
+    config: Config,
+    path: str,
+    timeout: float = 10.0,
+    metrics_url: str | None = None,
+    metrics: dict[str, float] | None = None,
+) -> dict:
+    """Read the live topics (and /metrics, or a scrape already taken) and write the HTML report to
+    ``path``; returns the document the page embeds."""
+    from pathlib import Path
+
+    from pipeline.htmlreport import render_live
+    from pipeline.htmlreport.live import collect_live
+
+    doc = collect_live(config, timeout, metrics_url, metrics)
+    Path(path).write_text(render_live(doc), encoding="utf-8")
+    return doc
+
+
 def main(config: Config, args: argparse.Namespace) -> int:
+    if getattr(args, "html", None):
+        doc = write_html(config, args.html, args.timeout, args.metrics_url)
+        t = doc["totals"]
+        print(
+            f"tailsift report: wrote {args.html} ({t['kept_traces']:,} kept traces, {t['input_spans']:,} spans in "
+            f"SLI windows, {len(doc['service_graph']['edges'])} service graph edges)"
+        )
+        return 0
     render(collect(config, args.timeout, args.metrics_url))
     return 0
