@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pipeline.kafka import clients
+
 
 def high_watermarks(bootstrap: str, topic: str, timeout: float) -> dict[int, tuple[int, int]]:
     """Per partition (low, high) including records of transactions not yet complete: a
@@ -17,7 +19,7 @@ def high_watermarks(bootstrap: str, topic: str, timeout: float) -> dict[int, tup
     would miss the newest committed records."""
     probe = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **clients.connection(bootstrap),
             "group.id": "tailsift-readback",
             "enable.auto.commit": False,
             "isolation.level": "read_uncommitted",
@@ -39,7 +41,7 @@ def read_all(
     up to ``timeout``, for transactions in flight to complete: their records count if committed)."""
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **clients.connection(bootstrap),
             "group.id": "tailsift-readback",  # required by librdkafka; never committed
             "enable.auto.commit": False,
             # EOF, not "offset + 1 == high watermark": in a transactional topic the last offsets are
