@@ -8,11 +8,14 @@ import urllib.request
 
 import pytest
 
+from pipeline.aggregate.proc import AggregateProcess
 from pipeline.demo import run_config
 from pipeline.generator.callgraph import GeneratorConfig
 from pipeline.generator.produce import produce
 from pipeline.jobproc import JobProcess
 from pipeline.kafka import clients
+from pipeline.readback import read_all
+from pipeline.sli_reader import read_windows
 from pipeline.topics import create_topics
 from tests.integration.outputs import assert_kept_exactly_once_and_whole, assert_sli_exact, wait_committed
 
@@ -35,9 +38,10 @@ def secure_keys(secure_kafka, password_env: str = PASSWORD_ENV) -> dict:
 
 
 def test_job_end_to_end_over_sasl_ssl(secure_kafka, no_external_cluster, monkeypatch, unique_name, tmp_path):
-    """Topics, generator, job, read-back: every client over the SASL_SSL listener (the only one on
-    that port). Every error trace kept whole, every kept span once, SLI counts exact; the password
-    in no log line and no metric."""
+    """Topics, generator, job, the aggregation stage (Faust/aiokafka), read-back: every client over
+    the SASL_SSL listener (the only one on that port). Every error trace kept whole, every kept span
+    once, SLI counts exact, the stage's merged windows count every span; the password in no log
+    line and no metric."""
     password = secure_kafka.password()
     monkeypatch.setenv(PASSWORD_ENV, password)
     path, cfg = run_config(
@@ -47,14 +51,17 @@ def test_job_end_to_end_over_sasl_ssl(secure_kafka, no_external_cluster, monkeyp
         kafka=secure_keys(secure_kafka),
         assemble={"decision_wait_ms": 1500},
         sli={"window_seconds": 2, "grace_seconds": 1},
+        aggregate={"grace_seconds": 3, "idle_seconds": 3, "tick_ms": 200},
     )
     assert cfg.kafka.security_protocol == "SASL_SSL" and cfg.kafka.bootstrap_servers == secure_kafka.bootstrap
     # the test's own clients (generator, read-back) get the config's security as the CLI's would
     with clients.using_security(cfg.kafka):
         assert all(r.status == "created" for r in create_topics(cfg))
+        stage = AggregateProcess(path, "127.0.0.1", cfg.aggregate.web_port, tmp_path / "aggregate.log").start()
         job = JobProcess(path, cfg.metrics.port, tmp_path / "job.log").start()
         try:
             job.wait_ready(cfg.kafka.bootstrap_servers, cfg.kafka.group_id)
+            stage.wait_ready()
             traces = []
             stats = produce(
                 cfg.kafka.bootstrap_servers,
@@ -73,11 +80,18 @@ def test_job_end_to_end_over_sasl_ssl(secure_kafka, no_external_cluster, monkeyp
             assert_sli_exact(cfg, traces)
             with urllib.request.urlopen(job.metrics_url, timeout=10) as resp:
                 exposition = resp.read().decode()
+            partials = sum(1 for _ in read_all(cfg.kafka.bootstrap_servers, cfg.topics.sli_windows.name))
+            stage.wait_idle(partials)
+            merged = read_windows(cfg, source="merged")
         finally:
             job.stop()
+            stage.stop()
+    assert sum(w.span_count for w in merged.values()) == stats.spans
     log = (tmp_path / "job.log").read_text()
-    assert "tailsift worker" in log  # the log is the job's
-    assert password not in log and password not in exposition
+    stage_log = (tmp_path / "aggregate.log").read_text()
+    assert "tailsift worker" in log and "Authenticated as tailsift via SCRAM-SHA-512" in stage_log
+    for text in (log, exposition, stage_log):
+        assert password not in text
 
 
 @pytest.mark.parametrize(
