@@ -32,10 +32,14 @@ class TopicsMissing(Exception):
 
 
 def check_topics(config: Config) -> None:
-    admin = AdminClient(clients.base(config))
+    watch = security.RefusalWatch(config.kafka)
+    admin = AdminClient({**clients.base(config), **watch.settings()})
     try:
         existing = admin.list_topics(timeout=15).topics
     except Exception as exc:  # noqa: BLE001 - KafkaException on timeout, or a bad bootstrap string
+        admin.poll(0)  # serves error_cb
+        if refused := watch.refusal():  # say why, before Faust/aiokafka would retry it for ever
+            raise security.KafkaRefused(refused) from None
         raise TopicsMissing(f"cannot reach Kafka at {config.kafka.bootstrap_servers}: {exc}") from None
     t = config.topics
     missing = [

@@ -94,34 +94,45 @@ def test_job_end_to_end_over_sasl_ssl(secure_kafka, no_external_cluster, monkeyp
         assert password not in text
 
 
+WRONG_PASSWORD = ["refused the connection", "authentication failed", "invalid credentials", PASSWORD_ENV]
+PLAINTEXT = ["refused the connection", "closed the connection at the first request", "PLAINTEXT"]
+
+
 @pytest.mark.parametrize(
-    ("case", "expected"),
+    ("command", "case", "expected"),
     [
-        ("wrong_password", ["refused the connection", "authentication failed", "invalid credentials", PASSWORD_ENV]),
-        ("plaintext", ["refused the connection", "closed the connection at the first request", "PLAINTEXT"]),
+        ("run", "wrong_password", WRONG_PASSWORD),
+        ("run", "plaintext", PLAINTEXT),
+        ("aggregate", "wrong_password", WRONG_PASSWORD),
     ],
 )
 def test_a_refused_connection_stops_the_job_with_the_reason(
-    secure_kafka, no_external_cluster, monkeypatch, unique_name, tmp_path, case, expected
+    secure_kafka, no_external_cluster, monkeypatch, unique_name, tmp_path, command, case, expected
 ):
     """Before, the job retried a refused connection for a minute as if the broker were away, then
     exited 2 with "cannot reach Kafka at …: Failed to get metadata: Local: Broker transport
-    failure" for both cases (observed with the refusal check turned off), never saying why. Now it
-    exits 2 at the first failed metadata request, naming the problem and the keys to check."""
+    failure" for both cases (observed with the refusal check turned off), never saying why; the
+    aggregation stage's check (read, not run) said the same after its 15 s metadata timeout. Now both exit 2 at the first failed metadata
+    request, naming the problem and the keys to check."""
     wrong = "not-the-password-" + unique_name
     monkeypatch.setenv(PASSWORD_ENV, wrong)
     keys = secure_keys(secure_kafka) if case == "wrong_password" else {}
     path, cfg = run_config(secure_kafka.bootstrap, f"sec-{case}-{unique_name}", tmp_path, kafka=keys)
     assert cfg.kafka.security_protocol == ("SASL_SSL" if case == "wrong_password" else "PLAINTEXT")
-    job = JobProcess(path, cfg.metrics.port, tmp_path / "job.log").start()
+    log_path = tmp_path / f"{command}.log"
+    if command == "run":
+        proc: JobProcess | AggregateProcess = JobProcess(path, cfg.metrics.port, log_path)
+    else:
+        proc = AggregateProcess(path, "127.0.0.1", cfg.aggregate.web_port, log_path)
+    proc.start()
     try:
-        code = job.proc.wait(timeout=REFUSAL_BOUND_S)
+        code = proc.proc.wait(timeout=REFUSAL_BOUND_S)
     finally:
-        job.stop()
-    log = (tmp_path / "job.log").read_text()
+        proc.stop()
+    log = log_path.read_text()
     final = log.strip().splitlines()[-1]
     assert code == 2, log[-3000:]
-    assert final.startswith("tailsift run: Kafka at ")
+    assert final.startswith(f"tailsift {command}: Kafka at ")
     for words in expected:
         assert words in final, final
     assert wrong not in log
