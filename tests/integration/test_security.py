@@ -112,8 +112,8 @@ def test_a_refused_connection_stops_the_job_with_the_reason(
     """Before, the job retried a refused connection for a minute as if the broker were away, then
     exited 2 with "cannot reach Kafka at …: Failed to get metadata: Local: Broker transport
     failure" for both cases (observed with the refusal check turned off), never saying why; the
-    aggregation stage's check (read, not run) said the same after its 15 s metadata timeout. Now both exit 2 at the first failed metadata
-    request, naming the problem and the keys to check."""
+    aggregation stage's check (read, not run) said the same after its 15 s metadata timeout. Now
+    both exit 2 at the first failed metadata request, naming the problem and the keys to check."""
     wrong = "not-the-password-" + unique_name
     monkeypatch.setenv(PASSWORD_ENV, wrong)
     keys = secure_keys(secure_kafka) if case == "wrong_password" else {}
