@@ -8,6 +8,7 @@ import ast
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline import cli
 from pipeline import config as c
@@ -254,3 +255,37 @@ def test_the_bypass_check_finds_a_bypass(tmp_path):
         "pipeline/tool.py:5: Producer({'x': b}) bypasses pipeline.kafka.clients",
         "pipeline/tool.py:6: faust.App without broker_credentials",
     ]
+
+
+# ------------------------------------------------------------------------------ the local launcher
+def _launcher():
+    import importlib.machinery
+    import importlib.util
+
+    path = REPO / "deploy" / "local" / "kafka"
+    loader = importlib.machinery.SourceFileLoader("local_kafka_launcher", str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def test_launcher_secure_listener_sits_beside_the_plaintext_one(tmp_path):
+    k = _launcher()
+    plain = k.server_properties(tmp_path, 9092, 9093)
+    assert "SASL_SSL" not in plain.split("listener.security.protocol.map")[0]  # `start` unchanged
+    secure = k.server_properties(tmp_path, 9092, 9093, 9094) + k.secure_properties(
+        {"keystore": "/k.p12", "password": "pw", "ca": "/ca.pem"}
+    )
+    props = dict(line.split("=", 1) for line in secure.splitlines() if "=" in line and not line.startswith("#"))
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9092,SASL_SSL://127.0.0.1:9094,CONTROLLER://127.0.0.1:9093"
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert "ScramLoginModule" in props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    assert k.previous_ports(tmp_path) == (None, None, None)  # no server.properties yet
+    (tmp_path / "server.properties").write_text(secure)
+    assert k.previous_ports(tmp_path) == (9092, 9093, 9094)
+    # the kafka: keys it writes for tailsift validate, and name the password by file
+    keys = yaml.safe_load(k.client_yaml(tmp_path, "127.0.0.1:9094"))
+    cfg = c.parse(keys, "<launcher yaml>").kafka
+    assert (cfg.security_protocol, cfg.sasl_mechanism, cfg.sasl_username) == ("SASL_SSL", "SCRAM-SHA-512", "tailsift")
+    assert cfg.sasl_password_file == str(tmp_path / "secure" / "tailsift.password")
