@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient
 from pipeline import metrics
 from pipeline.config import Config
 from pipeline.job import Job
-from pipeline.kafka import clients
+from pipeline.kafka import clients, security
 
 log = logging.getLogger("tailsift")
 
@@ -30,7 +30,8 @@ class TopicsMissing(Exception):
 
 def check_topics(config: Config) -> None:
     """Fail fast, with the fix, when the topics the job needs do not exist."""
-    admin = AdminClient(clients.base(config))
+    watch = security.RefusalWatch(config.kafka)
+    admin = AdminClient({**clients.base(config), **watch.settings()})
     # a worker (re)started while the broker restarts waits for it a while before giving up
     deadline = time.monotonic() + CONNECT_PATIENCE_S
     while True:
@@ -38,6 +39,9 @@ def check_topics(config: Config) -> None:
             existing = admin.list_topics(timeout=10).topics
             break
         except Exception as exc:  # noqa: BLE001 - KafkaException on timeout, or a bad bootstrap string
+            admin.poll(0)  # serves error_cb
+            if refused := watch.refusal():  # bad credentials or protocol: waiting would not help
+                raise security.KafkaRefused(refused) from None
             if time.monotonic() > deadline:
                 raise TopicsMissing(f"cannot reach Kafka at {config.kafka.bootstrap_servers}: {exc}") from None
             log.warning("cannot reach Kafka at %s yet (%s); retrying", config.kafka.bootstrap_servers, exc)

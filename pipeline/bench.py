@@ -30,6 +30,7 @@ from pipeline import config as config_mod
 from pipeline.codecs import avro, otlp
 from pipeline.demo import delete_topics, ensure_token_key, free_port, run_config
 from pipeline.jobproc import JobProcess
+from pipeline.kafka import clients
 from pipeline.localkafka import broker
 from pipeline.topics import create_topics
 
@@ -44,7 +45,7 @@ def floor(bootstrap: str, topic: str, partitions: int, messages: int) -> tuple[f
     """Consume every message and decode its batch; returns (seconds, messages, spans)."""
     c = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **clients.connection(bootstrap),
             "group.id": f"floor-{uuid.uuid4().hex[:6]}",
             "enable.auto.commit": False,
             "fetch.max.bytes": 52_428_800,

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from pipeline import config as config_mod
+from pipeline.kafka.security import KafkaSecurityError
 
 DESCRIPTION = """\
 tailsift: Kafka-native tail sampling for distributed traces.
@@ -28,7 +29,12 @@ def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _load(path: str | None) -> config_mod.Config:
-    return config_mod.load(path) if path else config_mod.parse({}, "<defaults>")
+    from pipeline.kafka import clients
+
+    cfg = config_mod.load(path) if path else config_mod.parse({}, "<defaults>")
+    # tools handed only an address (generator, readback) connect with this config's security settings
+    clients.use_security(cfg.kafka)
+    return cfg
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -247,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except config_mod.ConfigError as exc:
+    except (config_mod.ConfigError, KafkaSecurityError) as exc:
         print(f"tailsift {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

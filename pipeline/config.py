@@ -1,6 +1,7 @@
 """tailsift's YAML configuration: models, defaults, validation with errors that name the key.
 
-Secrets never live here: tokenization keys come from the environment or a key file (see README).
+Secrets never live here: tokenization keys and Kafka passwords come from the environment or a file
+(see README).
 ``KAFKA_BOOTSTRAP_SERVERS`` in the environment overrides ``kafka.bootstrap_servers``.
 """
 
@@ -18,24 +19,12 @@ from pydantic_core import InitErrorDetails
 from operators.policies.rules import OPERATORS as RULE_OPERATORS
 from pipeline import config_collector as collector
 from pipeline.config_base import Strict, require_unique_names
+from pipeline.config_kafka import KafkaConfig
 from pipeline.config_privacy import PrivacyConfig
 
 
 class ConfigError(Exception):
     """A config file that cannot be used; the message names the file, the key and the problem."""
-
-
-class KafkaConfig(Strict):
-    bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = Field("tailsift", description="consumer group of the job; also the Faust app id")
-    session_timeout_ms: int = Field(10_000, ge=1_000, le=600_000)
-    heartbeat_interval_ms: int = Field(3_000, ge=100, le=60_000)
-
-    @model_validator(mode="after")
-    def _heartbeat_below_session(self) -> KafkaConfig:
-        if self.heartbeat_interval_ms >= self.session_timeout_ms:
-            raise ValueError("heartbeat_interval_ms must be smaller than session_timeout_ms")
-        return self
 
 
 class TopicConfig(Strict):

@@ -24,6 +24,7 @@ from rich.console import Console
 from pipeline import config as config_mod
 from pipeline.aggregate.proc import AggregateProcess
 from pipeline.jobproc import JobProcess
+from pipeline.kafka import clients
 from pipeline.localkafka import broker
 from pipeline.report import collect, render, write_html
 from pipeline.topics import create_topics
@@ -76,7 +77,7 @@ def ensure_token_key(console: Console) -> None:
 
 
 def delete_topics(cfg: config_mod.Config) -> None:
-    admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    admin = AdminClient(clients.base(cfg))
     names = [t.name for t in cfg.topics.all().values()]
     # the aggregation stage's own topics (Faust changelogs, ticks, assignor) share its app id prefix
     stage_prefix = f"{cfg.kafka.group_id}-aggregate-"

@@ -13,6 +13,7 @@ from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
 
 from pipeline.childproc import ChildProcess
+from pipeline.kafka import clients
 from pipeline.report import scrape
 
 
@@ -38,7 +39,7 @@ class JobProcess(ChildProcess):
 
     def wait_ready(self, bootstrap: str, group: str, timeout: float = 90.0) -> None:
         """Until the job's consumer group is Stable with this process in it and /metrics answers."""
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient(clients.connection(bootstrap))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()

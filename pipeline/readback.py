@@ -1,6 +1,7 @@
 """Read a topic from the beginning to its current end with a plain consumer (no group, no commits).
 
-Used by ``tailsift report``, the demo, the benchmark floor and the integration tests."""
+Used by ``tailsift report``, the demo, the benchmark floor and the integration tests. ``bootstrap`` is
+an address (with the security settings of the config the command loaded) or a ``kafka:`` section."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ from collections.abc import Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pipeline.config_kafka import KafkaConfig
+from pipeline.kafka import clients
 
-def high_watermarks(bootstrap: str, topic: str, timeout: float) -> dict[int, tuple[int, int]]:
+
+def high_watermarks(bootstrap: str | KafkaConfig, topic: str, timeout: float) -> dict[int, tuple[int, int]]:
     """Per partition (low, high) including records of transactions not yet complete: a
     read_committed consumer is told the last *stable* offset instead, which trails the end while a
     just-committed transaction's markers are still being written — a reader that stopped there
     would miss the newest committed records."""
     probe = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **clients.connection(bootstrap),
             "group.id": "tailsift-readback",
             "enable.auto.commit": False,
             "isolation.level": "read_uncommitted",
@@ -33,13 +37,13 @@ def high_watermarks(bootstrap: str, topic: str, timeout: float) -> dict[int, tup
 
 
 def read_all(
-    bootstrap: str, topic: str, timeout: float = 30.0, batch: int = 500
+    bootstrap: str | KafkaConfig, topic: str, timeout: float = 30.0, batch: int = 500
 ) -> Iterator[tuple[int, int, bytes | None, bytes | None]]:
     """Yield (partition, offset, key, value) of every committed record now in ``topic`` (waiting,
     up to ``timeout``, for transactions in flight to complete: their records count if committed)."""
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **clients.connection(bootstrap),
             "group.id": "tailsift-readback",  # required by librdkafka; never committed
             "enable.auto.commit": False,
             # EOF, not "offset + 1 == high watermark": in a transactional topic the last offsets are

@@ -38,7 +38,9 @@ def merged_available(config: Config, timeout: float = 10.0) -> bool:
     """``sli_merged`` exists and holds records: the aggregation stage is (or was) running."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": config.kafka.bootstrap_servers, "group.id": "tailsift-readback"})
+    from pipeline.kafka import clients
+
+    c = Consumer({**clients.connection(config.kafka), "group.id": "tailsift-readback"})
     try:
         topic = config.topics.sli_merged.name
         meta = c.list_topics(topic, timeout=timeout).topics.get(topic)

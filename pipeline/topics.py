@@ -9,6 +9,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.config import Config, TopicConfig
+from pipeline.kafka import clients
 
 
 @dataclass
@@ -29,7 +30,7 @@ def topic_settings(topic: TopicConfig) -> dict[str, str]:
 
 
 def create_topics(config: Config, timeout: float = 30.0) -> list[TopicResult]:
-    admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
+    admin = AdminClient(clients.base(config))
     wanted = config.topics.all()
     existing = admin.list_topics(timeout=timeout).topics
     results: list[TopicResult] = []

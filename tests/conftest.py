@@ -13,6 +13,9 @@ from __future__ import annotations
 #                               it never need Java.
 #   local_kafka      (session)  the same broker as a LocalKafka (bootstrap, instance_dir, cli()).
 #   unique_name      (function) a short random suffix for topic / group / transactional ids.
+#   secure_kafka     (session)  a second, own broker with a SASL_SSL + SCRAM-SHA-512 listener
+#                               (`start --secure --port 0 --dir <state>/test-secure-<pid>`), started
+#                               lazily like kafka_bootstrap; see README "Security".
 #
 # A broker that cannot be started is a test failure (pytest.fail with the log tail), never a skip.
 # Set TAILSIFT_KEEP_KAFKA=1 to keep the test broker's directory (logs, data) after the session.
@@ -132,6 +135,57 @@ def kafka_bootstrap(local_kafka: LocalKafka) -> str:
 @pytest.fixture
 def unique_name() -> str:
     return uuid.uuid4().hex[:8]
+
+
+@dataclass(frozen=True)
+class SecureKafka:
+    """A broker started with `deploy/local/kafka start --secure`: SASL_SSL + SCRAM-SHA-512."""
+
+    bootstrap: str  # the SASL_SSL listener
+    plaintext: str  # the same broker's PLAINTEXT listener
+    instance_dir: Path
+
+    def kafka_keys(self) -> dict:
+        """The `kafka:` keys the launcher wrote for its SASL_SSL listener (password from a file)."""
+        import yaml
+
+        return yaml.safe_load((self.instance_dir / "secure" / "tailsift-kafka.yaml").read_text())["kafka"]
+
+    def password(self) -> str:
+        return (self.instance_dir / "secure" / "tailsift.password").read_text().strip()
+
+
+@pytest.fixture(scope="session")
+def secure_kafka() -> Iterator[SecureKafka]:
+    """Its own broker (own dir and free ports), started on first request, once per session: the
+    secure listener is a local one even when KAFKA_BOOTSTRAP_SERVERS names an external cluster."""
+    state = _kafka_state_dir()
+    for old in state.glob("test-secure-*"):  # left by sessions that died without teardown
+        with_pid = old.name.rsplit("-", 1)[1]
+        if with_pid.isdigit() and int(with_pid) != os.getpid() and not _pid_alive(int(with_pid)):
+            _run_kafka_script("stop", "--dir", str(old), "--grace", "10", timeout=60)
+            shutil.rmtree(old, ignore_errors=True)
+    inst = state / f"test-secure-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_PORT", "KAFKA_BOOTSTRAP_SERVERS")}
+    try:
+        proc = _run_kafka_script("start", "--secure", "--port", "0", "--dir", str(inst), env=env)
+    except subprocess.TimeoutExpired as exc:
+        _run_kafka_script("stop", "--dir", str(inst), timeout=60, env=env)
+        pytest.fail(f"deploy/local/kafka start --secure timed out after {exc.timeout}s (logs in {inst})", pytrace=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or len(lines) < 2:
+        pytest.fail(
+            f"could not start the secure local broker (exit {proc.returncode}); logs kept in {inst}:\n"
+            f"{proc.stderr}\n{proc.stdout}",
+            pytrace=False,
+        )
+    broker = SecureKafka(bootstrap=lines[-1].strip(), plaintext=lines[-2].strip(), instance_dir=inst)
+    try:
+        yield broker
+    finally:
+        _run_kafka_script("stop", "--dir", str(inst), timeout=90, env=env)
+        if not os.environ.get("TAILSIFT_KEEP_KAFKA"):
+            shutil.rmtree(inst, ignore_errors=True)
 
 
 # ============================ end of local Kafka broker section ===============================

@@ -24,6 +24,7 @@ from pipeline.aggregate import metrics as merged_metrics
 from pipeline.aggregate.slo_book import SloBook
 from pipeline.aggregate.stage import EmittedLog, Stage, _decode
 from pipeline.config import Config
+from pipeline.kafka import clients, security
 
 log = logging.getLogger("tailsift.aggregate")
 
@@ -33,10 +34,14 @@ class TopicsMissing(Exception):
 
 
 def check_topics(config: Config) -> None:
-    admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
+    watch = security.RefusalWatch(config.kafka)
+    admin = AdminClient({**clients.base(config), **watch.settings()})
     try:
         existing = admin.list_topics(timeout=15).topics
     except Exception as exc:  # noqa: BLE001 - KafkaException on timeout, or a bad bootstrap string
+        admin.poll(0)  # serves error_cb
+        if refused := watch.refusal():  # say why, before Faust/aiokafka would retry it for ever
+            raise security.KafkaRefused(refused) from None
         raise TopicsMissing(f"cannot reach Kafka at {config.kafka.bootstrap_servers}: {exc}") from None
     t = config.topics
     missing = [
@@ -92,7 +97,7 @@ def ticks_topic(config: Config) -> str:
 def ensure_ticks_topic(config: Config) -> None:
     """The stage's own tick topic (like Faust's changelogs, created by the stage): as many
     partitions as sli_windows, one hour of retention — a tick only matters until it is read."""
-    admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
+    admin = AdminClient(clients.base(config))
     name = ticks_topic(config)
     if name in admin.list_topics(timeout=15).topics:
         return
@@ -117,6 +122,7 @@ def build_app(config: Config) -> tuple[faust.App, Stage]:
     app = faust.App(
         f"{k.group_id}-aggregate",
         broker=[f"kafka://{server.strip()}" for server in k.bootstrap_servers.split(",")],
+        broker_credentials=security.faust_credentials(k),
         datadir=a.data_dir,
         autodiscover=False,
         processing_guarantee="exactly_once",
@@ -184,7 +190,7 @@ def build_app(config: Config) -> tuple[faust.App, Stage]:
                 else:
                     await stage.on_tick(msg.partition, msg.value)
 
-    ticker = Producer({"bootstrap.servers": k.bootstrap_servers, "enable.idempotence": True, "linger.ms": 0})
+    ticker = Producer({**clients.connection(k), "enable.idempotence": True, "linger.ms": 0})
 
     @app.timer(a.tick_ms / 1000, name="tailsift-aggregate-idle")
     async def idle() -> None:

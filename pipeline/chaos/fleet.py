@@ -15,6 +15,7 @@ from pathlib import Path
 from pipeline.chaos.verify import group_lag
 from pipeline.demo import run_config
 from pipeline.jobproc import JobProcess
+from pipeline.kafka import clients
 from pipeline.localkafka import LAUNCHER
 
 MAX_REVIVES = 4  # per worker: a crash loop is a finding, not something to wait out
@@ -137,7 +138,7 @@ class Fleet:
         from confluent_kafka import ConsumerGroupState
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin = AdminClient(clients.connection(self.bootstrap))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for w in self.workers:

@@ -22,6 +22,7 @@ from pipeline.chaos.profiles import Profile
 from pipeline.chaos.traffic import PRODUCER_CONFIG, Traffic, TrafficPlan
 from pipeline.chaos.truth import Truth
 from pipeline.config import TopicsConfig
+from pipeline.kafka import clients
 from pipeline.readback import read_all
 
 ASSEMBLE = {"decision_wait_ms": 2000}
@@ -281,7 +282,7 @@ def _fuzz_one(ctx: Context, fmt: str) -> ScenarioResult:
         traces = p.fuzz_traces // 2
         plan = TrafficPlan(traces=traces, rate=p.fuzz_rate, fmt=fmt, partitions=6, poison_every=0, seed=13)
         traffic = Traffic(ctx.bootstrap, fleet.input_topic, plan, truth).start()
-        producer = Producer({**PRODUCER_CONFIG, "bootstrap.servers": ctx.bootstrap, "message.max.bytes": 8_000_000})
+        producer = Producer({**PRODUCER_CONFIG, **clients.connection(ctx.bootstrap), "message.max.bytes": 8_000_000})
         n = p.fuzz_messages // 2
         interval = traces / p.fuzz_rate / max(n, 1)
         still_valid, by_kind = 0, {}
@@ -438,7 +439,7 @@ def pii_canaries(ctx: Context) -> ScenarioResult:
         )
         Traffic(ctx.bootstrap, fleet.input_topic, plan, truth).start().join(300)
         rng = random.Random(5)
-        producer = Producer({"bootstrap.servers": ctx.bootstrap})
+        producer = Producer(clients.connection(ctx.bootstrap))
         planted = 20
         for _ in range(planted):
             tid = rng.randbytes(16)

@@ -20,6 +20,7 @@ from confluent_kafka import Producer
 from pipeline.chaos import wire
 from pipeline.chaos.truth import Truth
 from pipeline.generator.callgraph import GeneratorConfig, TraceGenerator
+from pipeline.kafka import clients
 
 PRODUCER_CONFIG = {
     "linger.ms": 20,
@@ -98,7 +99,7 @@ class Traffic:
     def _produce(self) -> None:
         plan, truth = self.plan, self.truth
         gen = TraceGenerator(GeneratorConfig(seed=plan.seed, error_rate=plan.error_rate, canaries=plan.canaries))
-        producer = Producer({**PRODUCER_CONFIG, "bootstrap.servers": self.bootstrap})
+        producer = Producer({**PRODUCER_CONFIG, **clients.connection(self.bootstrap)})
         otlp_in = plan.fmt != "avro"
         ok = self._delivered(None)
         pending: list = []  # heap of (due_ns, seq, trace_id, batch, encoded avro value, unkeyed)

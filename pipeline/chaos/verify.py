@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from pipeline.chaos.fuzz import FUZZ_SERVICE_PREFIX
 from pipeline.chaos.truth import Truth
 from pipeline.codecs import avro
+from pipeline.kafka import clients
 from pipeline.readback import read_all
 
 
@@ -88,7 +89,7 @@ def group_lag(bootstrap: str, group: str, topic: str, partitions: int) -> int | 
     as is (markers are a rounding error there)."""
     c = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **clients.connection(bootstrap),
             "group.id": group,
             "enable.auto.commit": False,
             "enable.partition.eof": True,

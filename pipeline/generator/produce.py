@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaException, Producer
 
 from pipeline.generator.callgraph import GeneratedTrace, GeneratorConfig, TraceGenerator
+from pipeline.kafka import clients
 
 # Compression measured on the 2-core dev machine, local broker, 20K traces as fast as possible
 # (118K messages, 184 MB of keys+values): none 185 MB of log segments, lz4 44 MB (4.2x smaller,
@@ -131,7 +132,7 @@ def produce(
     gen = TraceGenerator(config)
     conf = dict(DEFAULT_PRODUCER_CONFIG)
     conf.update(producer_config or {})
-    conf["bootstrap.servers"] = bootstrap
+    conf.update(clients.connection(bootstrap))
 
     failed: list = []
     n_failed = 0

@@ -1,19 +1,59 @@
 """Client settings derived from the config, in one place, so every consumer, producer and admin
-client the job creates talks to the same cluster the same way."""
+client the project creates talks to the same cluster the same way — with the same security settings.
+
+Every ``Consumer``/``Producer``/``AdminClient`` in ``pipeline/`` takes its settings from
+``connection()`` (or a function here built on it); ``tests/unit/test_kafka_security.py`` fails when
+one does not."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.config_kafka import KafkaConfig
+from pipeline.kafka import security
 
 # librdkafka's producer default; the job never builds a record larger than this (minus headroom for
 # the record batch framing): see ``max_record_bytes``
 PRODUCER_MAX_MESSAGE_BYTES = 1_000_000
 
 
+# The ``kafka:`` section whose security settings apply to clients built from a bare address (tools
+# that take ``--bootstrap``: generator, bench, readback, chaos); the CLI sets it from the config it
+# loaded. None = PLAINTEXT.
+_tool_kafka: KafkaConfig | None = None
+
+
+def use_security(kafka: KafkaConfig | None) -> None:
+    """Clients built from a bare bootstrap address use ``kafka``'s security settings from now on."""
+    global _tool_kafka
+    _tool_kafka = kafka
+
+
+@contextmanager
+def using_security(kafka: KafkaConfig | None) -> Iterator[None]:
+    before = _tool_kafka
+    use_security(kafka)
+    try:
+        yield
+    finally:
+        use_security(before)
+
+
+def connection(target: str | KafkaConfig | Config) -> dict[str, Any]:
+    """``bootstrap.servers`` and the security settings: of the config given, or for a bare address,
+    of the config the command loaded (``use_security``)."""
+    if isinstance(target, Config):
+        target = target.kafka
+    if isinstance(target, KafkaConfig):
+        return {"bootstrap.servers": target.bootstrap_servers, **security.librdkafka(target)}
+    return {"bootstrap.servers": target, **(security.librdkafka(_tool_kafka) if _tool_kafka else {})}
+
+
 def base(config: Config) -> dict[str, Any]:
-    return {"bootstrap.servers": config.kafka.bootstrap_servers}
+    return connection(config.kafka)
 
 
 def input_consumer(config: Config) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def read_decisions(config: Config, since_ms: dict[int, int], timeout: float = 60
         # EOF at the last *stable* offset, which trails the end while a transaction's markers are
         # being written — a restore right after this worker's own commit (a rewind) would miss the
         # decisions it just wrote
-        ends = {p: hw[1] for p, hw in high_watermarks(config.kafka.bootstrap_servers, topic, timeout).items()}
+        ends = {p: hw[1] for p, hw in high_watermarks(config.kafka, topic, timeout).items()}
         pending = {tp.partition for tp in assign}
         consumer.assign(assign)
         deadline = time.monotonic() + timeout

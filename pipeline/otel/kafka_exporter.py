@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from pipeline.codecs import otlp
+from pipeline.kafka import clients
 
 
 class KafkaSpanExporter(SpanExporter):
@@ -45,7 +46,7 @@ class KafkaSpanExporter(SpanExporter):
         self._errors = 0
         self._producer = producer or Producer(
             {
-                "bootstrap.servers": bootstrap_servers,
+                **clients.connection(bootstrap_servers),
                 "linger.ms": 5,
                 "compression.type": "lz4",
                 "enable.idempotence": True,

@@ -38,6 +38,7 @@ from pipeline import otelcol
 from pipeline.bench import cpu_seconds
 from pipeline.demo import delete_topics, ensure_token_key, free_port, run_config
 from pipeline.jobproc import JobError, JobProcess
+from pipeline.kafka import clients
 from pipeline.localkafka import broker
 from pipeline.peerbench.traffic import Traffic, generate
 from pipeline.topics import create_topics
@@ -135,12 +136,12 @@ def broker_pid() -> int | None:
 
 
 def create_topic(bootstrap: str, name: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})  # held until the result: its handle serves the future
+    admin = AdminClient(clients.connection(bootstrap))  # held until the result: its handle serves the future
     admin.create_topics([NewTopic(name, PARTITIONS, 1)])[name].result(30)
 
 
 def delete_topic_names(bootstrap: str, topics: list[str]) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(clients.connection(bootstrap))
     for fut in admin.delete_topics(topics).values():
         try:
             fut.result(30)
@@ -152,7 +153,7 @@ def prefill(bootstrap: str, topic: str, traffic: Traffic) -> None:
     """Write every message of ``traffic`` to ``topic`` (which exists) and wait until all are on the broker."""
     p = Producer(
         {
-            "bootstrap.servers": bootstrap,
+            **clients.connection(bootstrap),
             "linger.ms": 20,
             "compression.type": "lz4",
             "partitioner": "murmur2_random",  # keyed: the partition Java clients pick for the key
