@@ -1,0 +1,216 @@
+"""Issue 16 acceptance: a generator topic with planted anomalies (errors, slow traces, the rare
+rate-sync path), captured from a real broker with ``tailsift capture`` and replayed with
+``tailsift simulate``: exact counts, recall against the generator's ground truth, byte-identical
+output on a second run, and ``--against`` listing exactly the traces only the latency policy keeps."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+import pytest
+import yaml
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from operators.policies.probabilistic import ProbabilisticPolicy
+from operators.trace import TraceView
+from pipeline import capture
+from pipeline.cli import main as cli
+from pipeline.generator.callgraph import GeneratorConfig
+from pipeline.generator.produce import produce
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+ASSEMBLE = {"decision_wait_ms": 60_000, "root_quiet_gap_ms": 0}  # every span of a trace arrives first
+ERRORS = {"name": "errors", "type": "status_code"}
+SLOW = {"name": "slow", "type": "latency", "threshold_ms": 1000}
+BASELINE = {"name": "baseline", "type": "probabilistic", "sampling_percentage": 5}
+
+
+def create_topic(bootstrap: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])[topic].result(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # every partition has a leader
+        md = admin.list_topics(topic, timeout=10).topics.get(topic)
+        if md is not None and md.error is None and all(p.leader >= 0 for p in md.partitions.values()):
+            if len(md.partitions) == PARTITIONS:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"topic {topic} not ready")
+
+
+def write_config(path, policies, bootstrap: str) -> str:
+    path.write_text(
+        yaml.safe_dump(
+            {"kafka": {"bootstrap_servers": bootstrap}, "assemble": ASSEMBLE, "sampling": {"policies": policies}}
+        )
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def recorded(kafka_bootstrap, tmp_path_factory):
+    """A generator topic (300 traces, seeded, event times 25 ms apart) and its ground truth."""
+    topic = f"simulate-{int(time.time() * 1000) % 10**8}"
+    create_topic(kafka_bootstrap, topic)
+    truth = []
+    start = time.time_ns() - 600 * 1_000_000_000  # ten minutes ago: replays of old data are fine
+    ticks = itertools.count()
+    stats = produce(
+        kafka_bootstrap,
+        topic,
+        count=300,
+        config=GeneratorConfig(seed=16, error_rate=0.06, slow_rate=0.05),
+        progress=False,
+        on_trace=truth.append,
+        clock=lambda: start + next(ticks) * 25_000_000,
+    )
+    return topic, truth, stats, tmp_path_factory.mktemp("simulate")
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = cli(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_capture_then_simulate_matches_the_ground_truth_twice_identically(recorded, kafka_bootstrap, capsys):
+    topic, truth, stats, tmp = recorded
+    data = tmp / "capture.avro"
+    rc, _, err = run(
+        ["capture", "--bootstrap", kafka_bootstrap, "--topic", topic, "--since", "1h", "--out", str(data)], capsys
+    )
+    assert rc == 0, err
+    assert f"wrote {stats.messages:,} messages" in err
+    msgs = list(capture.read_file(data))
+    assert len(msgs) == stats.messages and sorted({m.partition for m in msgs}) == list(range(PARTITIONS))
+    assert {m.key for m in msgs} == {t.trace_id for t in truth}
+    assert capture.file_metadata(data)["topic"] == topic
+
+    candidate = write_config(tmp / "candidate.yaml", [ERRORS, SLOW, BASELINE], kafka_bootstrap)
+    outputs = []
+    for i in range(2):
+        rc, out, err = run(
+            [
+                "simulate",
+                "-c",
+                candidate,
+                "--input",
+                str(data),
+                "--json",
+                str(tmp / f"run{i}.json"),
+                "--slow-ms",
+                "1000",
+            ],
+            capsys,
+        )
+        assert rc == 0, err
+        outputs.append((out, (tmp / f"run{i}.json").read_bytes()))
+    assert outputs[0] == outputs[1]  # same input → the same table and the same JSON, byte for byte
+
+    result = json.loads(outputs[0][1])
+    (c,) = result["configs"]
+    errors = [t for t in truth if t.has_error]
+    slow = [t for t in truth if t.duration_ns >= 1_000_000_000]
+    assert errors and slow and any(t.flow == "rate-sync" for t in truth)
+    assert result["input"]["messages"] == stats.messages and result["input"]["spans"] == stats.spans
+    assert (c["traces_seen"], c["spans_seen"]) == (stats.traces, stats.spans)
+    assert c["recall"]["error"] == {"seen": len(errors), "kept": len(errors)}
+    assert c["recall"]["slow"]["1000"] == {"seen": len(slow), "kept": len(slow)}
+    assert c["per_service"]["shipping"]["traces"] == sum(t.root_service == "shipping" for t in truth)
+
+    assert "error recall" in outputs[0][0] and f"{len(errors)}/{len(errors)}" in outputs[0][0]
+
+    # the topic read directly gives the same figures as its capture
+    rc, out, err = run(["simulate", "-c", candidate, "--topic", topic, "--since", "1h"], capsys)
+    assert rc == 0, err
+    assert out.splitlines()[1:] == outputs[0][0].splitlines()[1:]
+
+
+def test_against_a_config_without_the_latency_policy_lists_the_slow_non_error_traces(recorded, kafka_bootstrap, capsys):
+    topic, truth, stats, tmp = recorded
+    data = tmp / "against.avro"
+    rc, _, err = run(
+        ["capture", "--bootstrap", kafka_bootstrap, "--topic", topic, "--since", "1h", "--out", str(data)], capsys
+    )
+    assert rc == 0, err
+    candidate = write_config(tmp / "c.yaml", [ERRORS, SLOW, BASELINE], kafka_bootstrap)
+    current = write_config(tmp / "p.yaml", [ERRORS, BASELINE], kafka_bootstrap)
+    out_json = tmp / "diff.json"
+    rc, out, err = run(
+        ["simulate", "-c", candidate, "--against", current, "--input", str(data), "--json", str(out_json)], capsys
+    )
+    assert rc == 0, err
+    diff = json.loads(out_json.read_text())["diff"]
+    baseline = ProbabilisticPolicy("baseline", 5)
+    picked = {
+        t.trace_id
+        for t in truth
+        if baseline.evaluate(TraceView(t.trace_id, [s for b in t.batches for s in b["spans"]])).sampled
+    }
+    expected = sorted(
+        t.trace_id.hex()
+        for t in truth
+        if t.duration_ns >= 1_000_000_000 and not t.has_error and t.trace_id not in picked
+    )
+    assert expected
+    assert [e["trace_id"] for e in diff["only_candidate"]] == expected
+    assert diff["only_current"] == [] and diff["more"] == 0
+    assert all(e["policy"] == "slow" for e in diff["only_candidate"])
+    for trace_id in expected:
+        assert trace_id in out
+
+
+def test_capture_errors_say_what_is_wrong(recorded, kafka_bootstrap, capsys):
+    topic, _, stats, tmp = recorded
+    rc, _, err = run(
+        [
+            "capture",
+            "--bootstrap",
+            kafka_bootstrap,
+            "--topic",
+            "no-such-topic-x",
+            "--since",
+            "1h",
+            "--out",
+            str(tmp / "x"),
+        ],
+        capsys,
+    )
+    assert rc == 2 and "'no-such-topic-x' does not exist" in err and not (tmp / "x").exists()
+    future = int(time.time() * 1000) + 3_600_000
+    rc, _, err = run(
+        [
+            "capture",
+            "--bootstrap",
+            kafka_bootstrap,
+            "--topic",
+            topic,
+            "--from-ms",
+            str(future),
+            "--out",
+            str(tmp / "y"),
+        ],
+        capsys,
+    )
+    assert rc == 1 and "no messages" in err and not (tmp / "y").exists()
+    # offsets: partition 0's first five messages; --max-bytes stops early and says so
+    rc, _, err = run(
+        ["capture", "--bootstrap", kafka_bootstrap, "--topic", topic, "--offsets", "0:0-5", "--out", str(tmp / "o")],
+        capsys,
+    )
+    assert rc == 0, err
+    assert [(m.partition, m.offset) for m in capture.read_file(tmp / "o")] == [(0, i) for i in range(5)]
+    rc, _, err = run(
+        ["capture", "--bootstrap", kafka_bootstrap, "--topic", topic, "--since", "1h", "--max-bytes", "20000"]
+        + ["--out", str(tmp / "m")],
+        capsys,
+    )
+    assert rc == 0 and "stopped at --max-bytes 20,000" in err
+    kept = list(capture.read_file(tmp / "m"))
+    assert 0 < len(kept) < stats.messages
+    assert sum(len(m.key or b"") + len(m.value or b"") + capture.MESSAGE_OVERHEAD for m in kept) <= 20_000
