@@ -357,10 +357,8 @@ class Replay:
             c = fig.to_json(seconds, buckets, self.input_at, examples)
             c["undecided"] = self.undecided
             configs.append(c)
-        out = {"kind": "simulation", "input": self.input_json(source), "configs": configs}
-        if self.diff is not None:
-            out["diff"] = self.diff.to_json()
-        return out
+        diff = self.diff.to_json() if self.diff is not None else None  # null: no --against
+        return {"kind": "simulation", "input": self.input_json(source), "configs": configs, "diff": diff}
 
     def _example(self, i: int, values: list[bytes]) -> dict:
         """The example's spans as they were written to traces.kept (protected), with only their
