@@ -33,6 +33,7 @@ from pipeline.codecs import avro, otlp
 from pipeline.config import Config
 from pipeline.job import Job, Outbox, Received
 from pipeline.kafka.partitioner import canonical_partition
+from pipeline.privacy import build_protector
 from pipeline.simulate.clock import SimClock
 from pipeline.simulate.figures import (
     ConfigFigures,
@@ -91,9 +92,8 @@ class Replay:
             for a in (c.config.assemble,)
         )
         # root operations leave only as an SLI dimension would: through the protector, or sanitized
-        self._protect_name = (
-            self.jobs[0].protector.dimension if self.jobs[0].protector is not None else sanitize_span_name
-        )
+        self._protect_name = build_protector(first.privacy).dimension if first.privacy.enabled else sanitize_span_name
+        self._topics = [c.config.topics for c in configs]
         self.diff = Diff(diff_limit) if len(configs) == 2 else None
         self._pending: dict[bytes, TraceFacts] = {}
         # decided by every config, not yet counted: late spans still join the trace's facts (the
@@ -124,8 +124,10 @@ class Replay:
             event = max(s["end_time_unix_nano"] for _, _, spans in decoded for s in spans) if decoded else None
             before = self.clock.now_ns
             now = self.clock.observe(event, m.timestamp_ms)
-            if now is None:
+            if now is None:  # nothing decodable so far: these are dead letters whatever the time
                 self._batch.append((m, decoded))
+                if len(self._batch) >= self.batch_max:
+                    self._ingest_batch(0)
                 continue
             if self._next_tick is None:
                 self._next_tick = now + self.tick_ns
@@ -141,7 +143,8 @@ class Replay:
         now = self.clock.now_ns
         if self._batch:
             self._ingest_batch(now)
-        if now is None:
+        if now is None:  # not one decodable message: only dead letters to collect
+            self._collect_all(0, flush_windows=True)
             return
         end = now + self.final_wait_ns + self.tick_ns
         for _ in range(_MAX_FINAL_ROUNDS):
@@ -226,17 +229,17 @@ class Replay:
         decided: list[tuple[int, bytes, DecisionFacts]] = []
         for i, job in enumerate(self.jobs):
             out = job.collect(now, flush_all_windows=flush_windows)
-            decided.extend(self._read_outbox(i, job, out, second))
+            decided.extend(self._read_outbox(i, out, second))
             job.delivered(out.records)
             job.ready()  # what a live worker would commit now; nothing to commit here
         self._fold(decided, now)
 
-    def _read_outbox(self, i: int, job: Job, out: Outbox, second: int) -> list[tuple[int, bytes, DecisionFacts]]:
-        fig = self.figures[i]
+    def _read_outbox(self, i: int, out: Outbox, second: int) -> list[tuple[int, bytes, DecisionFacts]]:
+        fig, topics = self.figures[i], self._topics[i]
         decisions = []
         kept_values: dict[bytes, list[bytes]] = {}
         for r in out.records:
-            if r.topic == job.decisions_topic:
+            if r.topic == topics.decisions.name:
                 d = avro.decode(avro.TRACE_DECISION, r.value)
                 facts = self._pending.get(d["trace_id"])
                 if facts is None or facts.decisions[i] is not None:
@@ -248,12 +251,12 @@ class Replay:
                 facts.decisions[i] = df
                 fig.add_decision_time(second, df)
                 decisions.append((i, d["trace_id"], df))
-            elif r.topic == job.kept_topic:
+            elif r.topic == topics.traces_kept.name:
                 fig.add_kept_record(second, self._kept_span_count(r.key, r.value, i), len(r.value))
                 kept_values.setdefault(r.key, []).append(r.value)
-            elif r.topic == job.deadletter_topic:
+            elif r.topic == topics.deadletter.name:
                 fig.dead_lettered[avro.decode(avro.DEAD_LETTER, r.value)["reason"]] += 1
-            elif r.topic == job.input_topic:  # re-keyed by trace id: the broker would deliver it again
+            elif r.topic == topics.spans_raw.name:  # re-keyed by trace id: the broker would deliver it again
                 self._rekeyed(i, r.key, r.value)
         for trace_id, values in kept_values.items():
             facts = self._pending.get(trace_id)

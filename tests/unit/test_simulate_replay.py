@@ -11,6 +11,7 @@ from operators.policies.probabilistic import ProbabilisticPolicy
 from operators.trace import TraceView
 from pipeline import config as config_mod
 from pipeline.capture import Message
+from pipeline.codecs import avro
 from pipeline.generator import GeneratorConfig, TraceGenerator
 from pipeline.kafka.partitioner import canonical_partition
 from pipeline.simulate.main import render
@@ -167,18 +168,37 @@ def test_two_runs_give_byte_identical_figures_with_time_dependent_policies(gener
 
 
 def test_hostile_messages_are_counted_and_dead_lettered_by_each_config_never_a_crash(generated):
+    """Garbage, a tombstone, and a valid batch of a new trace stamped a day ahead: the last one must
+    not move the simulated clock (every buffered trace would be decided at once, and the message
+    itself accepted); the job dead-letters it as invalid_timestamp, as a live worker would."""
     traces, messages = generated
     bad = {p: list(ms) for p, ms in messages.items()}
     tail = bad[0][-1]
+    future = avro.decode_batch(tail.value)
+    future["trace_id"] = b"\x7f" * 16
+    for span in future["spans"]:
+        span["start_time_unix_nano"] += 86_400 * 10**9
+        span["end_time_unix_nano"] += 86_400 * 10**9
     bad[0] += [
         Message(0, tail.offset + 1, tail.timestamp_ms, b"k" * 16, b"\xff\x00garbage"),
         Message(0, tail.offset + 2, tail.timestamp_ms, b"k" * 16, None),
+        Message(0, tail.offset + 3, tail.timestamp_ms, b"\x7f" * 16, avro.encode_span_batch(future)),
     ]
     out = simulate(bad, cfg([ERRORS, SLOW, BASELINE], **WHOLE_TRACES), cfg([ERRORS]))
-    assert out["input"]["invalid_messages"] == 2
+    assert out["input"]["invalid_messages"] == 3
+    assert out["input"]["last_event_ms"] < T0 // 1_000_000 + 3_600_000
     for c in out["configs"]:
-        assert c["traces_seen"] == len(traces)
-        assert c["dead_lettered"] == {"decode_error": 1, "empty_value": 1}
+        assert c["traces_seen"] == len(traces) and c["undecided"] == 0
+        assert c["dead_lettered"] == {"decode_error": 1, "empty_value": 1, "invalid_timestamp": 1}
+
+
+def test_input_with_nothing_decodable_gives_empty_figures_and_its_dead_letters():
+    junk = {0: [Message(0, i, 1_000, b"k", b"\x01\x02junk") for i in range(5)]}
+    out = simulate(junk, cfg([ERRORS]))
+    (c,) = out["configs"]
+    assert out["input"]["messages"] == 5 and out["input"]["invalid_messages"] == 5
+    assert (c["traces_seen"], c["kept_traces"], c["timeline"]) == (0, 0, [])
+    assert c["dead_lettered"] == {"decode_error": 5}
 
 
 def test_the_json_holds_no_raw_attribute_value(compared):
