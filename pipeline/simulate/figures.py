@@ -81,25 +81,25 @@ class DecisionFacts:
 
 
 class Examples:
-    """Bounded candidates for the example traces of one config: kept traces with an error
-    (smallest trace ids), the slowest kept traces, and per root (service, operation) the smallest
-    kept trace ids — the rare path is chosen at the end, once the root counts are known."""
+    """Bounded candidates for the example traces of one config: the kept error trace with the
+    smallest trace id, the slowest other kept trace, and per root (service, operation) the two
+    smallest other kept trace ids (two: the slowest may be one of them) — the rare path is chosen
+    at the end, once the root counts are known. Each candidate holds its kept records' bytes."""
 
-    def __init__(self, per_kind: int = 3):
-        self.per_kind = per_kind
-        self.error: list[tuple[bytes, list[bytes]]] = []  # sorted by trace id
-        self.slow: list[tuple[int, bytes, list[bytes]]] = []  # sorted by (-duration, trace id)
+    def __init__(self, per_root: int = 2):
+        self.per_root = per_root
+        self.error: list[tuple[bytes, list[bytes]]] = []  # at most one, the smallest trace id
+        self.slow: list[tuple[int, bytes, list[bytes]]] = []  # at most one: (-duration, trace id)
         self.by_root: dict[tuple[str, str], list[tuple[bytes, list[bytes]]]] = {}
 
     def offer(self, trace_id: bytes, facts: TraceFacts, values: list[bytes]) -> None:
-        n = self.per_kind
         if facts.error:
-            _insert(self.error, (trace_id, values), n)
+            _insert(self.error, (trace_id, values), 1)
         else:  # an error trace is the error example; slow and rare show other traces
-            _insert(self.slow, (-facts.duration_ns, trace_id, values), n)
+            _insert(self.slow, (-facts.duration_ns, trace_id, values), 1)
             key = facts.root_key
             if key in self.by_root or len(self.by_root) < MAX_RARE_CANDIDATE_KEYS:
-                _insert(self.by_root.setdefault(key, []), (trace_id, values), n)
+                _insert(self.by_root.setdefault(key, []), (trace_id, values), self.per_root)
 
     def choose(self, root_counts: Counter) -> list[tuple[str, bytes, list[bytes]]]:
         """(why, trace id, kept record values): an error, a slow one, a rare path — distinct traces."""

@@ -124,7 +124,7 @@ def test_the_difference_lists_the_smallest_trace_ids_and_counts_the_rest():
 
 
 def test_examples_are_an_error_the_slowest_other_trace_and_the_rarest_root_all_distinct():
-    ex = Examples(per_kind=2)
+    ex = Examples()
     ex.offer(b"\x05" * 16, facts(error=True), [b"e5"])
     ex.offer(b"\x04" * 16, facts(error=True), [b"e4"])
     ex.offer(b"\x01" * 16, facts(duration_ms=900), [b"s1"])
