@@ -179,7 +179,7 @@ def render(result: dict) -> str:
         row(f"dead-lettered {r}", lambda c, r=r: f"{c['dead_lettered'].get(r, 0):,}")
     label_w = max(len(label) for label, _ in rows) + 2
     for label, cells in rows:
-        lines.append(label.ljust(label_w) + "".join(cell.rjust(width) for cell in cells).rstrip())
+        lines.append((label.ljust(label_w) + "".join(cell.rjust(width) for cell in cells)).rstrip())
     diff = result.get("diff")
     if diff is not None:
         for side, title in (("only_candidate", "kept by candidate only"), ("only_current", "kept by current only")):
