@@ -4,12 +4,16 @@ The file is an Avro Object Container File (fastavro): every record a ``CapturedM
 (``schemas/captured_message.v1.avsc``: topic, partition, offset, timestamp, key, value — no
 headers), the writer schema embedded in the file header, deflate-compressed blocks, and the slice
 described in the file metadata (``tailsift.capture.*``: topic, how the range was given, the
-offsets per partition, when and with which tailsift version). Any Avro reader in any language
+planned offsets per partition, format version and block layout). Any Avro reader in any language
 opens it without tailsift; a schema change is a new ``.vN`` that old files still resolve against.
+Every block holds messages of one partition (in offset order), so a reader of one partition skips
+the others' blocks after one record each.
 
 What is read: the committed messages (``read_committed``) of every partition of the topic (or the
-partitions ``--offsets`` names), one partition after the other in offset order — so the file's
-content does not depend on fetch timing. The range is given by time (``--since`` or
+partitions ``--offsets`` names), all partitions together but kept within a second of message time
+of each other, so that a capture cut short is a time prefix of every partition (the interleaving
+of partitions in the file depends on fetch timing; a replay merges the partitions by timestamp,
+so it does not matter). The range is given by time (``--since`` or
 ``--from-ms``/``--to-ms``: the broker's time index, ``offsets_for_times``) or by offsets
 (``P:FROM-TO``, FROM inclusive, TO exclusive). A partition is read up to the range's end or to
 what is committed now, whichever comes first. ``--max-bytes`` bounds the keys and values written
@@ -24,6 +28,7 @@ import os
 import re
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +40,9 @@ from pipeline.codecs import avro
 
 SCHEMA = "captured_message.v1"
 FORMAT_VERSION = "1"
-LAYOUT = "partition-blocks"  # blocks of one partition each, each partition's messages contiguous
+LAYOUT = "partition-blocks"  # every block holds messages of one partition only
+ALIGN_MS = 1_000  # partitions are read within this much message time of each other
+BLOCK_MESSAGES = 500  # messages of one partition buffered before they are written as one block
 MESSAGE_OVERHEAD = 32  # bytes counted per message besides key and value (partition, offset, times)
 _TIMESTAMP_TYPES = ("NOT_AVAILABLE", "CREATE_TIME", "LOG_APPEND_TIME")
 
@@ -76,7 +83,7 @@ def write_file(
     """Write ``messages`` (in the order given) to ``path``, at most ``max_bytes`` counted; the
     slice's description ``meta`` goes into the file metadata as ``tailsift.capture.*``. ``stats``
     (updated as it goes, for progress reports) is returned. No file is left when nothing was
-    written. Each partition's messages must come together (as ``read_ranges`` yields them)."""
+    written. Each partition's messages must come in offset order (as ``read_ranges`` yields them)."""
     stats = stats if stats is not None else CaptureStats()
     schema = avro.parsed_schema(SCHEMA)
 
@@ -121,18 +128,24 @@ def write_file(
 
 
 def _write_blocks(tmp: Path, schema, records, metadata: dict) -> None:
+    """One partition's messages per block (up to ``BLOCK_MESSAGES``), partitions interleaved as
+    they arrive; a partition's messages stay in offset order."""
     with open(tmp, "wb") as fh:
         writer = fastavro.write.Writer(fh, schema, codec="deflate", metadata=metadata)
-        current, done = None, set()
+        pending: dict[int, list[dict]] = {}
+
+        def block(p: int) -> None:
+            for record in pending.pop(p):
+                writer.write(record)
+            writer.flush()  # ends the block
+
         for record in records:
-            if record["partition"] != current:
-                if record["partition"] in done:
-                    raise ValueError(f"partition {record['partition']} again after others: group messages by partition")
-                done.add(current)
-                writer.flush()  # ends the block: a new partition starts a new one
-                current = record["partition"]
-            writer.write(record)
-        writer.flush()
+            rows = pending.setdefault(record["partition"], [])
+            rows.append(record)
+            if len(rows) >= BLOCK_MESSAGES:
+                block(record["partition"])
+        for p in sorted(pending):
+            block(p)
 
 
 def file_metadata(path: str | Path) -> dict[str, str]:
@@ -170,18 +183,12 @@ def read_file(path: str | Path, partition: int | None = None) -> Iterator[Messag
 
 def _one_partition(fh, partition: int) -> Iterator[Message]:
     """One partition's messages of a file in the ``partition-blocks`` layout: a block of another
-    partition is skipped after its first record; the partition's run ends the read."""
-    seen = False
+    partition is skipped after its first record."""
     for block in fastavro.block_reader(fh):
         records = iter(block)
         first = next(records, None)
-        if first is None:
+        if first is None or first["partition"] != partition:
             continue
-        if first["partition"] != partition:
-            if seen:
-                return
-            continue
-        seen = True
         yield _message(first)
         for r in records:
             yield _message(r)
@@ -302,44 +309,88 @@ def read_ranges(
     ranges: dict[int, tuple[int, int]],
     progress=None,
     timeout: float = 30.0,
+    align_ms: int = ALIGN_MS,
 ) -> Iterator[Message]:
-    """The committed messages of each range, partition by partition in offset order. Stops a
-    partition at its range's end or at the end of what is committed (partition EOF)."""
+    """The committed messages of each range, each partition in offset order, all partitions read
+    together and handed out within ``align_ms`` of message time of each other: a message waits
+    while a partition still being read is further behind, and a partition that runs ahead is
+    paused (so what waits is at most a fetch per partition). A capture cut short by
+    ``--max-bytes`` is thus a time prefix of every partition, not the whole of some and none of
+    the rest. A partition ends at its range's end or at the end of what is committed (EOF)."""
     from confluent_kafka import KafkaError, TopicPartition
 
     c = _consumer(client_conf)
+    active = set(ranges)
+    next_offset = {p: lo for p, (lo, _) in ranges.items()}
+    newest = dict.fromkeys(ranges, -1)  # newest timestamp fetched; -1: none yet, the others wait
+    held: dict[int, deque[Message]] = {p: deque() for p in ranges}
+    paused: set[int] = set()
+
+    def finish(p: int) -> None:
+        active.discard(p)
+        paused.discard(p)
+        c.pause([TopicPartition(topic, p)])  # fetch nothing more of it
+
     try:
-        for p in sorted(ranges):
-            lo, hi = ranges[p]
-            c.assign([TopicPartition(topic, p, lo)])
-            deadline = time.monotonic() + timeout
-            done = False
-            while not done:
-                batch = c.consume(500, timeout=0.5)
-                if not batch and time.monotonic() > deadline:
-                    raise CaptureError(f"{topic}[{p}]: no progress for {timeout:g} s (broker gone?)")
-                for msg in batch:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            done = True
-                            break
-                        raise CaptureError(f"{topic}[{p}]: {err.str()}")
-                    off = msg.offset()
-                    if off >= hi:
-                        done = True
-                        break
-                    deadline = time.monotonic() + timeout
-                    ts_type, ts = msg.timestamp()
-                    yield Message(p, off, ts if ts_type else -1, msg.key(), msg.value(), ts_type)
-                    if off + 1 >= hi:
-                        done = True
-                        break
-                if progress is not None:
-                    progress(p)
-            c.unassign()
+        c.assign([TopicPartition(topic, p, lo) for p, (lo, _) in sorted(ranges.items())])
+        deadline = time.monotonic() + timeout
+        while active:
+            batch = c.consume(500, timeout=0.5)
+            if not batch and time.monotonic() > deadline:
+                raise CaptureError(
+                    f"{topic}: no progress for {timeout:g} s on partitions {sorted(active)} (broker gone?)"
+                )
+            for msg in batch:
+                p = msg.partition()
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        if p in active:
+                            finish(p)
+                        continue
+                    raise CaptureError(f"{topic}[{p}]: {err.str()}")
+                off = msg.offset()
+                if p not in active or off < next_offset[p]:  # done, or fetched again after a pause
+                    continue
+                if off >= ranges[p][1]:
+                    finish(p)
+                    continue
+                deadline = time.monotonic() + timeout
+                next_offset[p] = off + 1
+                ts_type, ts = msg.timestamp()
+                if ts_type:
+                    newest[p] = max(newest[p], ts)
+                held[p].append(Message(p, off, ts if ts_type else -1, msg.key(), msg.value(), ts_type))
+                if off + 1 >= ranges[p][1]:
+                    finish(p)
+            limit = min((newest[p] for p in active), default=1 << 62) + align_ms
+            yield from _release(held, limit)
+            ahead = {p for p in active if newest[p] > limit}
+            if ahead - paused:
+                c.pause([TopicPartition(topic, p) for p in sorted(ahead - paused)])
+            if paused - ahead:
+                c.resume([TopicPartition(topic, p) for p in sorted(paused - ahead)])
+            paused = ahead
+            if progress is not None:
+                progress(len(ranges) - len(active))
+        yield from _release(held, 1 << 63)
     finally:
         c.close()
+
+
+def _release(held: dict[int, deque[Message]], limit: int) -> Iterator[Message]:
+    """The held messages with timestamps up to ``limit``, in (timestamp, partition) order — each
+    partition's in offset order — so a capture stopped at any point is a time prefix."""
+    while True:
+        best, best_key = None, None
+        for p, queue in held.items():
+            if queue and queue[0].timestamp_ms <= limit:
+                key = (queue[0].timestamp_ms, p)
+                if best_key is None or key < best_key:
+                    best, best_key = p, key
+        if best is None:
+            return
+        yield held[best].popleft()
 
 
 def capture(
@@ -365,12 +416,15 @@ def capture(
     stats = CaptureStats()
     last = [time.monotonic()]
 
-    def progress(p: int) -> None:
+    def progress(finished: int) -> None:
         now = time.monotonic()
         if now - last[0] >= 1.0:
             last[0] = now
             s = stats
-            log(f"capture: {s.messages:,}/{total:,} messages, {s.bytes / 1e6:.1f} MB (partition {p})")
+            log(
+                f"capture: {s.messages:,}/{total:,} messages, {s.bytes / 1e6:.1f} MB, "
+                f"{finished}/{len(ranges)} partitions done"
+            )
 
     meta = {
         "topic": topic,

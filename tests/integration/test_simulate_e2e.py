@@ -214,3 +214,36 @@ def test_capture_errors_say_what_is_wrong(recorded, kafka_bootstrap, capsys):
     kept = list(capture.read_file(tmp / "m"))
     assert 0 < len(kept) < stats.messages
     assert sum(len(m.key or b"") + len(m.value or b"") + capture.MESSAGE_OVERHEAD for m in kept) <= 20_000
+
+
+def test_a_capture_cut_short_is_a_time_prefix_of_every_partition(kafka_bootstrap, unique_name, tmp_path, capsys):
+    """Partitions are read together and handed out in step by message time: a capture stopped by
+    --max-bytes holds the first seconds of every partition, not all of partition 0 and nothing else
+    (what reading one partition after the other gave)."""
+    from confluent_kafka import Producer
+
+    topic = f"capture-prefix-{unique_name}"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    base = int(time.time() * 1000) - 600_000
+    for p in range(3):  # one partition after the other, each 20 s of message time
+        for i in range(200):
+            producer.produce(topic, b"v" * 200, b"k%d" % i, partition=p, timestamp=base + i * 100 + p * 7)
+    assert producer.flush(30) == 0
+    out = tmp_path / "prefix.avro"
+    max_bytes = (200 + 3 + capture.MESSAGE_OVERHEAD) * 150  # ~150 of the 600 messages
+    rc, _, err = run(
+        ["capture", "--bootstrap", kafka_bootstrap, "--topic", topic, "--since", "1h", "--max-bytes", str(max_bytes)]
+        + ["--out", str(out)],
+        capsys,
+    )
+    assert rc == 0 and "stopped at --max-bytes" in err, err
+    got: dict[int, list] = {p: [] for p in range(3)}
+    for m in capture.read_file(out):
+        got[m.partition].append(m)
+    assert sum(map(len, got.values())) >= 140
+    for p, ms in got.items():
+        assert [m.offset for m in ms] == list(range(len(ms))), p  # a prefix of each partition
+    newest = [ms[-1].timestamp_ms for ms in got.values()]
+    assert max(newest) - min(newest) <= capture.ALIGN_MS + 100

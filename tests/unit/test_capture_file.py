@@ -29,7 +29,9 @@ def test_every_field_round_trips_in_order_and_per_partition(tmp_path):
     msgs = messages()
     stats = capture.write_file(path, "spans.raw", iter(msgs), 1 << 30, {"topic": "spans.raw", "range": "test"})
     assert stats.messages == len(msgs) and not stats.stopped_at_max_bytes
-    assert list(capture.read_file(path)) == msgs
+    assert sorted(capture.read_file(path), key=lambda m: (m.partition, m.offset)) == sorted(
+        msgs, key=lambda m: (m.partition, m.offset)
+    )
     for p in (0, 1, 2, 3):
         assert list(capture.read_file(path, p)) == [m for m in msgs if m.partition == p]
     assert capture.partitions_in_file(path) == [0, 1, 2, 3]
@@ -63,12 +65,16 @@ def test_nothing_written_leaves_no_file(tmp_path):
     assert stats.messages == 0 and not path.exists() and not list(tmp_path.iterdir())
 
 
-def test_a_partition_split_in_two_runs_is_refused_and_leaves_no_file(tmp_path):
+def test_interleaved_partitions_are_written_one_partition_per_block_in_offset_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(capture, "BLOCK_MESSAGES", 7)
     path = tmp_path / "c.avro"
-    msgs = [Message(0, 1, 1, None, b"a"), Message(1, 1, 1, None, b"b"), Message(0, 2, 1, None, b"c")]
-    with pytest.raises(ValueError, match="partition 0 again"):
-        capture.write_file(path, "t", iter(msgs), 1 << 20, {})
-    assert not list(tmp_path.iterdir())
+    msgs = [Message(i % 3, 100 + i // 3, i, None, b"v%d" % i) for i in range(60)]  # round robin
+    capture.write_file(path, "t", iter(msgs), 1 << 20, {})
+    with open(path, "rb") as fh:
+        blocks = [[r["partition"] for r in block] for block in fastavro.block_reader(fh)]
+    assert all(len(set(b)) == 1 and len(b) <= 7 for b in blocks) and len(blocks) == 9
+    for p in range(3):
+        assert list(capture.read_file(path, p)) == [m for m in msgs if m.partition == p]
 
 
 def test_other_files_are_refused_with_a_reason(tmp_path):
