@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 NO_ROOT = "(no root span)"
 MAX_ROOT_KEYS = 1_000  # distinct (root service, operation) pairs counted for the rare-path example
 MAX_RARE_CANDIDATE_KEYS = 256
+MAX_SERVICES = 1_000  # root services listed per config (as sli.max_services); the rest: OTHER_SERVICES
+OTHER_SERVICES = "__other__"
 _NS_PER_S = 1_000_000_000
 _NS_PER_MS = 1_000_000
 
@@ -152,7 +154,10 @@ class ConfigFigures:
         self.traces_seen += 1
         self.spans_seen += facts.spans
         keep = decision.keep
-        svc = self.per_service.setdefault(facts.root_key[0], [0, 0])
+        service = facts.root_key[0]
+        if service not in self.per_service and len(self.per_service) >= MAX_SERVICES:
+            service = OTHER_SERVICES  # hostile or runaway service names cannot grow the document
+        svc = self.per_service.setdefault(service, [0, 0])
         svc[0] += 1
         if keep:
             svc[1] += 1

@@ -142,3 +142,19 @@ def test_examples_are_an_error_the_slowest_other_trace_and_the_rarest_root_all_d
     only.offer(b"\x03" * 16, facts(duration_ms=30), [b"f3"])
     assert [why for why, _, _ in only.choose(roots)] == ["slow", "rare"]
     assert only.choose(roots)[1][1] == b"\x03" * 16
+
+
+def test_per_service_rows_are_bounded(monkeypatch):
+    import pipeline.simulate.figures as figures
+
+    monkeypatch.setattr(figures, "MAX_SERVICES", 3)
+    fig = ConfigFigures("candidate", "c.yaml", [])
+    for i in range(6):
+        fig.add_trace(facts(root=f"svc{i}"), DecisionFacts(i % 2 == 0, "p", "r", 1.0))
+    per = fig.to_json(1.0, [], Counter(), [])["per_service"]
+    assert per == {
+        "__other__": {"traces": 3, "kept": 1},
+        "svc0": {"traces": 1, "kept": 1},
+        "svc1": {"traces": 1, "kept": 0},
+        "svc2": {"traces": 1, "kept": 1},
+    }
