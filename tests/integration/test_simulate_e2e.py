@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -111,6 +115,18 @@ def test_capture_then_simulate_matches_the_ground_truth_twice_identically(record
         assert rc == 0, err
         outputs.append((out, (tmp / f"run{i}.json").read_bytes()))
     assert outputs[0] == outputs[1]  # same input → the same table and the same JSON, byte for byte
+    # and in another process, with another string hash seed (set and dict orders of str keys change)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "simulate", "-c", candidate, "--input", str(data)]
+        + ["--json", str(tmp / "run2.json"), "--slow-ms", "1000"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONHASHSEED": "4242"},
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout, (tmp / "run2.json").read_bytes()) == outputs[0]
 
     result = json.loads(outputs[0][1])
     (c,) = result["configs"]
