@@ -8,7 +8,8 @@
    own consumer group. Throughput is spans / (last span ingested − first span ingested), from
    the job's own /metrics; the drain time also counts the decision wait and the commit tail;
    decision latency p50/p99 from the job's histogram.
-4. Memory per buffered span (job core, tracemalloc), PII protection and SLI operator costs.
+4. Memory per buffered span (job core, tracemalloc), PII protection and SLI operator costs, and
+   ``tailsift simulate``'s replay speed (spans/s through the job core, no Kafka).
 Prints the figures and their ratios. Not part of ``make test``: figures depend on the machine."""
 
 from __future__ import annotations
@@ -328,4 +329,9 @@ def main(args: argparse.Namespace) -> int:
 
     console.print("[bold]SLI operator[/] (every span, before sampling; one core, no Kafka):")
     bench_sli(out=lambda line: console.print("  " + line))
+
+    from pipeline.simulate.bench import bench_simulate
+
+    console.print("[bold]simulate[/] (tailsift simulate's replay; one core, no Kafka):")
+    bench_simulate(out=lambda line: console.print("  " + line))
     return 0

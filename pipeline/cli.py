@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 from pipeline import config as config_mod
 from pipeline.kafka.security import KafkaSecurityError
@@ -103,6 +104,52 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pipeline import report
 
     return report.main(_load(args.config), args)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from pipeline import capture
+    from pipeline.kafka.clients import base
+
+    cfg = _load(args.config)
+    if args.bootstrap:
+        cfg = cfg.model_copy(update={"kafka": cfg.kafka.model_copy(update={"bootstrap_servers": args.bootstrap})})
+    topic = args.topic or cfg.topics.spans_raw.name
+    try:
+        if (args.offsets or args.since) and (args.from_ms is not None or args.to_ms is not None):
+            raise capture.CaptureError("--from-ms/--to-ms do not combine with --since or --offsets")
+        if args.offsets:
+            offsets, from_ms, to_ms, text = capture.parse_offsets(args.offsets), None, None, f"offsets {args.offsets}"
+        elif args.since:
+            offsets, to_ms = None, None
+            from_ms = int(time.time() * 1000 - capture.parse_duration_s(args.since) * 1000)
+            text = f"since {args.since} (from {from_ms} ms)"
+        else:
+            offsets, from_ms, to_ms = None, args.from_ms, args.to_ms
+            if from_ms is None and to_ms is None:
+                raise capture.CaptureError("give the range: --since, --from-ms/--to-ms or --offsets")
+            if from_ms is not None and to_ms is not None and to_ms <= from_ms:
+                raise capture.CaptureError("--to-ms must be later than --from-ms")
+            text = f"from {from_ms} ms to {to_ms} ms"
+        capture.capture(
+            base(cfg),
+            topic,
+            args.out,
+            max_bytes=args.max_bytes,
+            from_ms=from_ms,
+            to_ms=to_ms,
+            offsets=offsets,
+            range_text=text,
+        )
+    except capture.CaptureError as exc:
+        print(f"tailsift capture: {exc}", file=sys.stderr)
+        return 1 if "no messages" in str(exc) or "no committed" in str(exc) else 2
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from pipeline.simulate import main as simulate_main
+
+    return simulate_main.main(args)
 
 
 def cmd_sli(args: argparse.Namespace) -> int:
@@ -209,6 +256,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the end of each topic")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "capture",
+        help="save a slice of the input topic to a local file (Avro container file) for `tailsift simulate`",
+        description="Read the committed messages of every partition of the topic in a time or offset range "
+        "and write them, with keys, partitions, offsets and timestamps (no headers), to an Avro Object "
+        "Container File (schema schemas/captured_message.v1.avsc, embedded in the file). Progress on stderr. "
+        "Exit 1: nothing in the range; 2: unusable arguments or topic.",
+    )
+    _add_config(p, required=False)
+    p.add_argument("--topic", default=None, help="default: the config's topics.spans_raw")
+    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the config's)")
+    rng = p.add_mutually_exclusive_group()
+    rng.add_argument("--since", default=None, metavar="DURATION", help="the last DURATION (e.g. 15m, 1h, 2d)")
+    rng.add_argument(
+        "--offsets", default=None, metavar="P:FROM-TO,...", help="offset ranges (FROM inclusive, TO exclusive)"
+    )
+    p.add_argument("--from-ms", type=int, default=None, help="start time, unix ms (message timestamps)")
+    p.add_argument("--to-ms", type=int, default=None, help="end time, unix ms (exclusive)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the capture file to write")
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        default=1 << 30,
+        help="stop before the keys and values written pass this many bytes (default 1 GiB)",
+    )
+    p.set_defaults(func=cmd_capture)
+
+    from pipeline.simulate.main import add_arguments as _simulate_arguments
+
+    p = sub.add_parser(
+        "simulate",
+        help="what would this config keep? replay recorded input through the job core, in event time",
+        description="Replay a capture file (or the last --since of a topic) through the real job core — "
+        "decode, assemble, decide, protect — once per config, in the input's event time, writing nothing "
+        "to Kafka; print what each config keeps (and, with --against, which traces differ). Same input, "
+        "same output.",
+    )
+    _simulate_arguments(p)
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("sli", help="merge the SLI window partials on sli.windows into exact totals and print them")
     _add_config(p, required=False)
