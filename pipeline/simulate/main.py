@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", metavar="OUT", help="write the figures as JSON here (schema: README)")
     p.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write the figures as one self-contained HTML page (charts, recall, the difference, example waterfalls)",
+    )
+    p.add_argument(
         "--slow-ms",
         type=float,
         action="append",
@@ -106,6 +111,11 @@ def main(args: argparse.Namespace) -> int:
     )
     if args.json:
         write_json(result, args.json)
+    if args.html:
+        from pipeline.htmlreport import render_simulation
+
+        Path(args.html).write_text(render_simulation(result), encoding="utf-8")
+        print(f"simulate: HTML report written to {args.html}", file=sys.stderr)
     print(render(result), end="")
     return 0
 

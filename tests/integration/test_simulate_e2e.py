@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -158,10 +159,17 @@ def test_against_a_config_without_the_latency_policy_lists_the_slow_non_error_tr
     current = write_config(tmp / "p.yaml", [ERRORS, BASELINE], kafka_bootstrap)
     out_json = tmp / "diff.json"
     rc, out, err = run(
-        ["simulate", "-c", candidate, "--against", current, "--input", str(data), "--json", str(out_json)], capsys
+        ["simulate", "-c", candidate, "--against", current, "--input", str(data), "--json", str(out_json)]
+        + ["--html", str(tmp / "diff.html")],
+        capsys,
     )
     assert rc == 0, err
-    diff = json.loads(out_json.read_text())["diff"]
+    doc = json.loads(out_json.read_text())
+    diff = doc["diff"]
+    # the page embeds the very document the JSON holds (what its charts and tables are drawn from)
+    page = (tmp / "diff.html").read_text()
+    blocks = re.findall(r'<script type="application/json" id="tailsift-data">(.*?)</script>', page, re.S)
+    assert len(blocks) == 1 and json.loads(blocks[0]) == doc
     baseline = ProbabilisticPolicy("baseline", 5)
     picked = {
         t.trace_id
