@@ -383,8 +383,9 @@ class Protector:
         return out
 
     def protect_attributes(self, attrs: dict, counts: dict[str, int]) -> dict:
-        """A new map with every rule, allowlist and detector applied."""
+        """A new map with every rule, allowlist and detector applied, keys included."""
         out = {}
+        safe_keys = self._safe_key_memo
         for key, value in attrs.items():
             rule, allowed = self.rule_for(key)
             if not allowed:
@@ -405,7 +406,8 @@ class Protector:
                         _count(counts, "rule:" + rule.name)
             except DropValue:
                 continue
-            safe = self.protect_key(key, counts)
+            hit = safe_keys.get(key)  # inlined fast path: a known key with nothing in it
+            safe = hit[0] if hit is not None and not hit[1] else self.protect_key(key, counts)
             if safe is not None:
                 out[safe] = new
         return out
