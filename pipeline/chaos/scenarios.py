@@ -9,7 +9,8 @@ import random
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,22 @@ def _cleanup(fleet: Fleet) -> None:
         pass
 
 
+@contextmanager
+def _judged(ctx: Context, res: ScenarioResult, fleet: Fleet) -> Iterator[float]:
+    """A scenario's run (yields its start time): an exception becomes the scenario's error and the
+    suite goes on; the workers are stopped, the topics removed (unless kept) and the duration set."""
+    t0 = time.monotonic()
+    try:
+        yield t0
+    except Exception as exc:  # noqa: BLE001 - reported as the scenario's error, the suite goes on
+        res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        fleet.close()
+        if not ctx.keep_topics:
+            _cleanup(fleet)
+        res.seconds = time.monotonic() - t0
+
+
 def _exactness(res: ScenarioResult, fleet: Fleet, truth: Truth, poison_judged: bool = True) -> verify.Exactness:
     ex = verify.check(fleet.bootstrap, fleet.cfg.topics, truth)
     res.add("spans produced", ex.spans_produced, "> 0")
@@ -146,8 +163,7 @@ def crash_storm(ctx: Context) -> ScenarioResult:
     again; drain; judge every kept span exactly once against the truth."""
     p, res, truth = ctx.profile, ScenarioResult("crash storm"), Truth()
     fleet = _fleet(ctx, "storm", 3, 12)
-    t0 = time.monotonic()
-    try:
+    with _judged(ctx, res, fleet) as t0:
         fleet.start_all()
         plan = TrafficPlan(
             traces=p.storm_traces, rate=p.storm_rate, fmt="avro", big_traces=p.storm_big_traces, partitions=12, seed=11
@@ -204,13 +220,6 @@ def crash_storm(ctx: Context) -> ScenarioResult:
         if done:
             res.add("recovery s (restart→first commit, max)", round(max(done), 1))
         _fleet_figures(res, fleet)
-    except Exception as exc:  # noqa: BLE001 - reported as the scenario's error, the suite goes on
-        res.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        fleet.close()
-        if not ctx.keep_topics:
-            _cleanup(fleet)
-        res.seconds = time.monotonic() - t0
     return res
 
 
@@ -219,8 +228,7 @@ def zombie(ctx: Context) -> ScenarioResult:
     nothing it writes afterwards may become visible, the exactness checks hold."""
     p, res, truth = ctx.profile, ScenarioResult("zombie"), Truth()
     fleet = _fleet(ctx, "zombie", 2, 6)
-    t0 = time.monotonic()
-    try:
+    with _judged(ctx, res, fleet):
         fleet.start_all()
         survivor, z = fleet.workers
         plan = TrafficPlan(traces=p.zombie_traces, rate=p.zombie_rate, fmt="avro", partitions=6, seed=12)
@@ -243,13 +251,6 @@ def zombie(ctx: Context) -> ScenarioResult:
         _drain(res, fleet, p.drain_timeout_s)
         _exactness(res, fleet, truth)
         _fleet_figures(res, fleet, "== 0")
-    except Exception as exc:  # noqa: BLE001
-        res.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        fleet.close()
-        if not ctx.keep_topics:
-            _cleanup(fleet)
-        res.seconds = time.monotonic() - t0
     return res
 
 
@@ -275,8 +276,7 @@ def fuzz_scenario(ctx: Context) -> list[ScenarioResult]:
 def _fuzz_one(ctx: Context, fmt: str) -> ScenarioResult:
     p, res, truth = ctx.profile, ScenarioResult(f"fuzz {fmt}"), Truth()
     fleet = _fleet(ctx, f"fuzz-{fmt.split('_')[0]}", 1, 6, ingest={"format": fmt})
-    t0 = time.monotonic()
-    try:
+    with _judged(ctx, res, fleet) as t0:
         fleet.start_all()
         traces = p.fuzz_traces // 2
         plan = TrafficPlan(traces=traces, rate=p.fuzz_rate, fmt=fmt, partitions=6, poison_every=0, seed=13)
@@ -330,13 +330,6 @@ def _fuzz_one(ctx: Context, fmt: str) -> ScenarioResult:
             res.add(f"not dead-lettered: {kind}", missing, "== 0")
             res.notes.append(f"{kind}: " + ", ".join(f"{r} {c}" for r, c in sorted(reasons.items())))
         _fleet_figures(res, fleet, "== 0")
-    except Exception as exc:  # noqa: BLE001
-        res.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        fleet.close()
-        if not ctx.keep_topics:
-            _cleanup(fleet)
-        res.seconds = time.monotonic() - t0
     return res
 
 
@@ -352,8 +345,7 @@ def overload(ctx: Context) -> ScenarioResult:
         6,
         assemble={**ASSEMBLE, "max_buffered_bytes": p.overload_buffer_bytes, "overflow": "backpressure"},
     )
-    t0 = time.monotonic()
-    try:
+    with _judged(ctx, res, fleet) as t0:
         fleet.start_all()
         (w,) = fleet.workers
         time.sleep(1)
@@ -407,13 +399,6 @@ def overload(ctx: Context) -> ScenarioResult:
         res.add("peak RSS MiB (overload)", round(max(w.peak_rss, rss_before) / 2**20, 1), f"<= {bound / 2**20:.1f}")
         res.notes.append("RSS bound = idle RSS + 4 x max_buffered_bytes + 96 MiB (interpreter, librdkafka queues)")
         _fleet_figures(res, fleet, "== 0")
-    except Exception as exc:  # noqa: BLE001
-        res.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        fleet.close()
-        if not ctx.keep_topics:
-            _cleanup(fleet)
-        res.seconds = time.monotonic() - t0
     return res
 
 
@@ -422,8 +407,7 @@ def pii_canaries(ctx: Context) -> ScenarioResult:
     any output topic (keys and values), any worker log line, /metrics, the dead letters."""
     p, res, truth = ctx.profile, ScenarioResult("canaries"), Truth()
     fleet = _fleet(ctx, "canary", 1, 3, sampling=ALL)  # privacy is on by default
-    t0 = time.monotonic()
-    try:
+    with _judged(ctx, res, fleet):
         fleet.start_all()
         (w,) = fleet.workers
         plan = TrafficPlan(
@@ -479,13 +463,6 @@ def pii_canaries(ctx: Context) -> ScenarioResult:
                 res.notes.append(f"{sink}: {', '.join(found)}")
         res.add("canary hits (all sinks)", total, "== 0")
         _fleet_figures(res, fleet, "== 0")
-    except Exception as exc:  # noqa: BLE001
-        res.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        fleet.close()
-        if not ctx.keep_topics:
-            _cleanup(fleet)
-        res.seconds = time.monotonic() - t0
     return res
 
 
