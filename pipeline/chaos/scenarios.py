@@ -285,6 +285,7 @@ def _fuzz_one(ctx: Context, fmt: str) -> ScenarioResult:
         n = p.fuzz_messages // 2
         interval = traces / p.fuzz_rate / max(n, 1)
         still_valid, by_kind = 0, {}
+        bounds = fuzz.job_time_bounds(fleet.cfg)  # a mutated time the job refuses is hostile, not good
 
         def tagged(kind: str):
             def cb(err, msg) -> None:
@@ -293,6 +294,10 @@ def _fuzz_one(ctx: Context, fmt: str) -> ScenarioResult:
 
             return cb
 
+        def unjudged(err, msg) -> None:
+            if err is None:
+                truth.unjudged.add((msg.partition(), msg.offset()))
+
         t_start = time.monotonic()
         for i, h in enumerate(fuzz.messages(n, fmt, seed=17 if fmt == "avro" else 19)):
             if time.monotonic() - t0 > plan.max_seconds:
@@ -300,9 +305,9 @@ def _fuzz_one(ctx: Context, fmt: str) -> ScenarioResult:
             if h.kind in ctx.fuzz_skip:
                 continue
             by_kind[h.kind] = by_kind.get(h.kind, 0) + 1
-            if h.kind in fuzz.MUTATIONS and fuzz.still_valid(h.value, fmt):
+            if h.kind in fuzz.MUTATIONS and fuzz.still_valid(h.value, fmt, bounds, time.time_ns()):
                 still_valid += 1  # a mutation that happens to decode: not hostile, not judged
-                producer.produce(fleet.input_topic, h.value, h.key)
+                producer.produce(fleet.input_topic, h.value, h.key, on_delivery=unjudged)
             else:
                 truth.poison_sent += 1
                 producer.produce(fleet.input_topic, h.value, h.key, on_delivery=tagged(h.kind))
