@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+
 from pipeline.chaos import canaries, fuzz
 from pipeline.chaos.figures import Figure, ScenarioResult
 from pipeline.chaos.truth import Truth
@@ -97,3 +99,34 @@ def test_a_mutation_the_suite_calls_still_valid_is_one_the_job_accepts_at_ingest
         out = job.collect(now + 10 * 10**9)
         dead = by_topic(out, cfg.topics.deadletter.name)
         assert dead == [], (fmt, len(dead))
+
+
+def test_workers_start_only_once_the_new_topics_metadata_shows_every_partition_led():
+    """The harness started workers right after create_topics; a worker whose metadata did not show
+    the new topics yet exited with "missing topics" (seen in the chaos runs). It now waits on the
+    metadata: each topic present, without error, with all partitions, each with a leader."""
+    from types import SimpleNamespace as NS
+
+    from pipeline.chaos.fleet import topics_not_ready, wait_topics
+
+    def meta(**topics):
+        return NS(
+            topics={
+                n: NS(error=None, partitions={i: NS(leader=lead, error=None) for i, lead in enumerate(p)})
+                for n, p in topics.items()
+            }
+        )
+
+    wanted = {"in": 3, "out": 1}
+    assert topics_not_ready(meta(out=[1]), wanted) == ["in: absent"]
+    assert topics_not_ready(meta(**{"in": [1, 1], "out": [1]}), wanted) == ["in: 2 of 3 partitions"]
+    assert topics_not_ready(meta(**{"in": [1, -1, 1], "out": [1]}), wanted) == ["in: a partition without a leader"]
+    assert topics_not_ready(meta(**{"in": [1, 1, 1], "out": [1]}), wanted) == []
+
+    answers = [meta(out=[1]), meta(**{"in": [1, -1, 1], "out": [1]}), meta(**{"in": [1, 1, 1], "out": [1]})]
+    admin = NS(list_topics=lambda timeout: answers.pop(0) if len(answers) > 1 else answers[0])
+    wait_topics("unused", wanted, timeout=30, admin=admin)
+    assert len(answers) == 1  # asked until the third answer showed everything
+    never = NS(list_topics=lambda timeout: meta(out=[1]))
+    with pytest.raises(TimeoutError, match="in: absent"):
+        wait_topics("unused", wanted, timeout=0.5, admin=never)
