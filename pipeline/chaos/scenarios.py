@@ -23,6 +23,7 @@ from pipeline.chaos.profiles import Profile
 from pipeline.chaos.traffic import PRODUCER_CONFIG, Traffic, TrafficPlan
 from pipeline.chaos.truth import Truth
 from pipeline.config import TopicsConfig
+from pipeline.kafka import clients
 from pipeline.readback import read_all
 
 ASSEMBLE = {"decision_wait_ms": 2000}
@@ -398,11 +399,16 @@ def overload(ctx: Context) -> ScenarioResult:
         res.add("backpressure s", round(paused, 1))
         res.add("peak lag grew (messages)", fleet.peak_lag, "> 0")
         res.add("lag after drain", fleet.lag if fleet.lag is not None else -1, "== 0")
-        # bound: idle RSS + the buffer bound counted 4x (Python objects around raw bytes) + 96 MiB
-        bound = idle_rss + 4 * p.overload_buffer_bytes + 96 * 2**20
+        # bound: idle RSS + the buffer bound counted 4x (Python objects around raw bytes) + librdkafka's
+        # prefetch queue and one fetch (sized from the buffer bound: pipeline.kafka.clients) + 96 MiB
+        prefetch = clients.prefetch_bytes(fleet.cfg)
+        bound = idle_rss + 4 * p.overload_buffer_bytes + 2 * prefetch + 96 * 2**20
         res.add("idle RSS MiB", round(idle_rss / 2**20, 1))
         res.add("peak RSS MiB (overload)", round(max(w.peak_rss, rss_before) / 2**20, 1), f"<= {bound / 2**20:.1f}")
-        res.notes.append("RSS bound = idle RSS + 4 x max_buffered_bytes + 96 MiB (interpreter, librdkafka queues)")
+        res.notes.append(
+            "RSS bound = idle RSS + 4 x max_buffered_bytes + 2 x librdkafka prefetch"
+            f" ({prefetch / 2**20:.1f} MiB: its queue and one fetch) + 96 MiB (interpreter, caches, allocator)"
+        )
         _fleet_figures(res, fleet, "== 0")
     return res
 
