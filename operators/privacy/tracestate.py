@@ -25,6 +25,7 @@ _OT_KEEP = {"th": re.compile(r"[0-9a-f]{1,14}"), "rv": re.compile(r"[0-9a-f]{14}
 
 
 def protect_tracestate(tracestate: str, token: Callable[[str], str], counts: dict[str, int]) -> str:
+    """``tracestate`` with ``ot``'s th/rv kept, vendor values tokenized by ``token``, the rest dropped."""
     out: list[str] = []
     changed = 0
     for part in tracestate.split(","):
@@ -49,7 +50,7 @@ def protect_tracestate(tracestate: str, token: Callable[[str], str], counts: dic
                 out.append("ot=" + ";".join(kept))
             continue
         if TOKEN_RE.fullmatch(value):  # protected already (protection run twice): hex, nothing to hide
-            out.append(part)
+            out.append(f"{key}={value}")
             continue
         out.append(f"{key}={token(value)}")
         changed += 1
