@@ -54,6 +54,7 @@ class DetectorsConfig(Strict):
     jwt: DetectorConfig = _det("jwt")
     bearer: DetectorConfig = _det("bearer")
     api_key: DetectorConfig = _det("api_key")
+    user_id: DetectorConfig = _det("user_id")
 
     def actions(self) -> dict[str, str]:
         """Enabled detectors → action."""

@@ -648,7 +648,6 @@ class Job:
                         span["trace_state"] = with_threshold(span["trace_state"], th)
                 if protector is not None:
                     protector.protect_batch(b, pii_counts)
-                    b["otlp.scope_attributes"] = protector.protect_attributes(b["otlp.scope_attributes"], pii_counts)
             return out
         bad_detail = ""
         for span in batch["spans"]:

@@ -34,6 +34,7 @@ DEFAULT_DETECTOR_ACTIONS = {
     "ipv4": "tokenize",
     "ipv6": "tokenize",
     "phone": "tokenize",
+    "user_id": "tokenize",
 }
 
 __all__ = [

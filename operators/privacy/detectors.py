@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from operators.privacy.luhn import luhn_valid
+from operators.privacy.sanitize import is_id_segment
 from operators.privacy.tokenizer import HASH_RE, TOKEN_RE, Tokenizer
 
 ACTIONS = ("tokenize", "redact", "hash", "drop")
@@ -58,6 +59,22 @@ def _ipv6_ok(s: str) -> bool:
 
 def _has_digit(s: str) -> bool:
     return any(c in s for c in "0123456789")
+
+
+def _user_id_ok(s: str) -> bool:
+    # the same test that turns a URL path segment into {id}; bare numbers need 3+ digits
+    # ("user 2 of 5" is not an identifier, "user 20417" is)
+    return is_id_segment(s) and not (s.isdigit() and len(s) < 3)
+
+
+# Words after which an identifier names a person or an account. Bare "id" counts too, but not
+# after "trace"/"span"/"parent" (W3C ids are not about people) nor inside a longer word
+# ("pid", "trace_id", "span-id"); "member" is left out: Kafka group members are not people.
+_USER_WORDS = (
+    r"(?:user[ _-]?(?:id|name)|users?|userid|username|uid|usr|enduser"
+    r"|customers?(?:[ _-]?id)?|accounts?(?:[ _-]?id)?|acct|login"
+    r"|(?<!trace )(?<!span )(?<!parent )id)"
+)
 
 
 _HEX = "0-9A-Fa-f"
@@ -150,6 +167,17 @@ DETECTORS: tuple[Detector, ...] = (
         ),
         _has_digit,
         description="phone numbers: +E.164, international with separators, NANP (555) 123-4567 / 555-123-4567",
+    ),
+    Detector(
+        "user_id",
+        re.compile(
+            rf"(?i:(?<![\w.-]){_USER_WORDS})\b[\"']?\s*[:=#/.]?\s*[\"']?(?P<v>[A-Za-z0-9][A-Za-z0-9_-]{{2,63}})\b"
+        ),
+        _has_digit,
+        validate=_user_id_ok,
+        span=_span_v,
+        description="identifiers after user / user_id / uid / customer / account / login / id"
+        " (the word is kept; the identifier must look like one: 3+ digits, a UUID, long hex)",
     ),
 )
 

@@ -14,8 +14,10 @@ matches decides:
 
 No rule matched: in ``denylist`` mode the detectors scan the value; in ``allowlist`` mode (fail
 closed) a key that no ``allowed_keys`` pattern matches is dropped (or its value redacted) before
-any rule is looked at. Span names are path-sanitized and scanned, status messages, event names,
-trace states scanned. Every firing adds to an audit count keyed ``rule:<name>`` or
+any rule is looked at. Keys are scanned too (a detection in a key is tokenized, see
+``protect_key``). Span names are path-sanitized and scanned; status messages, event names, the
+service and scope names scanned; trace states keep their ``ot`` sampling fields and tokenize
+vendor values (``operators.privacy.tracestate``). Every firing adds to an audit count keyed ``rule:<name>`` or
 ``detector:<name>``; values never leave this module except transformed.
 """
 
@@ -30,6 +32,7 @@ from typing import Any
 from operators.privacy.detectors import DropValue, Scanner  # noqa: F401 - DropValue re-exported
 from operators.privacy.sanitize import sanitize_query, sanitize_span_name, sanitize_statement, sanitize_url
 from operators.privacy.tokenizer import Tokenizer
+from operators.privacy.tracestate import protect_tracestate
 
 RULE_ACTIONS = ("keep", "tokenize", "hash", "redact", "drop", "url", "sql")
 REDACTED = "[REDACTED]"
@@ -48,6 +51,10 @@ RESERVED_KEYS = (
 )
 RESERVED_RULE = "reserved"
 _DROP = object()
+# producer text of a decoded batch besides its resource and spans (Avro SpanBatch and the OTLP
+# fields pipeline.codecs.otlp.kept_batches adds)
+BATCH_TEXT = ("service", "scope_name", "otlp.scope_version", "otlp.resource_schema_url", "otlp.scope_schema_url")
+SCOPE_ATTRIBUTES = "otlp.scope_attributes"
 
 
 @dataclass(frozen=True)
@@ -165,7 +172,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         "url.query",
         "http.request.header.location",
     ),
-    # Infrastructure identity (pod IPs, host names) is not about people: kept unscanned.
+    # Infrastructure identity (pod names, host names, regions) is kept; the detectors still scan
+    # it: a producer controls these values too (an IP in host.ip, a user's address in a pod
+    # label). A rule of your own with ``scan: false`` keeps chosen keys raw.
     _rule(
         "infrastructure",
         "keep",
@@ -180,7 +189,6 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         "process.runtime.*",
         "server.address",
         "server.port",
-        scan=False,
     ),
 )
 
@@ -227,6 +235,7 @@ class Protector:
         self.url = url or UrlPolicy()
         self.sanitize_span_names = sanitize_span_names
         self._key_memo: dict[str, tuple[Rule | None, bool]] = {}
+        self._safe_key_memo: dict[str, tuple[str | None, tuple[str, ...]]] = {}
         self._key_memo_size = key_memo_size
         self._value_memo: dict[tuple[str, str, str], tuple[Any, tuple]] = {}
         self._value_memo_size = 65_536
@@ -248,6 +257,38 @@ class Protector:
                 self._key_memo.clear()
             self._key_memo[key] = hit
         return hit
+
+    def protect_key(self, key: str, counts: dict[str, int]) -> str | None:
+        """The key an attribute leaves under: each detection in it tokenized (None: a ``drop``
+        detector fired, the attribute goes). Tokenized whatever the detector's action for values:
+        a redaction marker would make distinct keys collide (one value silently replacing another)
+        and lose which attribute is which, while a keyed token is as unreadable as a marker and
+        keeps keys distinct and stable across spans. Rules are looked up by the original key."""
+        hit = self._safe_key_memo.get(key)
+        if hit is None:
+            found = self.scanner.find(key)
+            if not found:
+                hit = (key, ())
+            elif any(action == "drop" for *_, action in found):
+                hit = (None, tuple("detector:" + det.name for _, _, det, _ in found))
+            else:
+                parts, pos = [], 0
+                for s, e, _, _ in found:
+                    parts += [key[pos:s], self.tokenizer.token(key[s:e])]
+                    pos = e
+                parts.append(key[pos:])
+                hit = ("".join(parts), tuple("detector:" + det.name for _, _, det, _ in found))
+            if len(self._safe_key_memo) >= self._key_memo_size:
+                self._safe_key_memo.clear()
+            self._safe_key_memo[key] = hit
+        safe, hits = hit
+        for h in hits:
+            counts[h] = counts.get(h, 0) + 1
+        return safe
+
+    def protect_tracestate(self, tracestate: str, counts: dict[str, int]) -> str:
+        """``ot`` sampling fields kept, vendor values tokenized whole (``operators.privacy.tracestate``)."""
+        return protect_tracestate(tracestate, self.tokenizer.token, counts)
 
     # ------------------------------------------------------------------ values
     def scan_text(self, text: str, counts: dict[str, int]) -> str:
@@ -342,14 +383,16 @@ class Protector:
         return out
 
     def protect_attributes(self, attrs: dict, counts: dict[str, int]) -> dict:
-        """A new map with every rule, allowlist and detector applied."""
+        """A new map with every rule, allowlist and detector applied, keys included."""
         out = {}
+        safe_keys = self._safe_key_memo
         for key, value in attrs.items():
             rule, allowed = self.rule_for(key)
             if not allowed:
                 _count(counts, "rule:" + ALLOWLIST_RULE)
-                if self.unknown_keys == "redact":
-                    out[key] = REDACTED
+                safe = self.protect_key(key, counts) if self.unknown_keys == "redact" else None
+                if safe is not None:
+                    out[safe] = REDACTED
                 continue
             if rule is not None and rule.action == "drop":
                 _count(counts, "rule:" + rule.name)
@@ -363,7 +406,10 @@ class Protector:
                         _count(counts, "rule:" + rule.name)
             except DropValue:
                 continue
-            out[key] = new
+            hit = safe_keys.get(key)  # inlined fast path: a known key with nothing in it
+            safe = hit[0] if hit is not None and not hit[1] else self.protect_key(key, counts)
+            if safe is not None:
+                out[safe] = new
         return out
 
     # ------------------------------------------------------------------ records
@@ -375,7 +421,7 @@ class Protector:
             span["status_message"] = self.scan_text(msg, counts)
         ts = span.get("trace_state")
         if ts:
-            span["trace_state"] = self.scan_text(ts, counts)
+            span["trace_state"] = self.protect_tracestate(ts, counts)
         attrs = span.get("attributes")
         if attrs:
             span["attributes"] = self.protect_attributes(attrs, counts)
@@ -385,17 +431,21 @@ class Protector:
                 ev["attributes"] = self.protect_attributes(ev["attributes"], counts)
         for link in span.get("links") or ():
             if link.get("trace_state"):
-                link["trace_state"] = self.scan_text(link["trace_state"], counts)
+                link["trace_state"] = self.protect_tracestate(link["trace_state"], counts)
             if link.get("attributes"):
                 link["attributes"] = self.protect_attributes(link["attributes"], counts)
 
     def protect_batch(self, batch: dict, counts: dict[str, int]) -> None:
-        """Resource attributes and scope name of a decoded batch (its spans separately)."""
+        """Resource attributes, the service name and the scope (name, version, schema URLs and,
+        from OTLP, attributes) of a decoded batch (its spans separately)."""
         res = batch.get("resource")
         if res:
             batch["resource"] = self.protect_attributes(res, counts)
-        if batch.get("scope_name"):
-            batch["scope_name"] = self.scan_text(batch["scope_name"], counts)
+        for field_ in BATCH_TEXT:
+            if batch.get(field_):
+                batch[field_] = self.scan_text(batch[field_], counts)
+        if batch.get(SCOPE_ATTRIBUTES):
+            batch[SCOPE_ATTRIBUTES] = self.protect_attributes(batch[SCOPE_ATTRIBUTES], counts)
 
     def dimension(self, value: str) -> str:
         """A value safe and bounded enough to be an SLI dimension or a metric label (e.g. an

@@ -6,46 +6,92 @@ from __future__ import annotations
 import base64
 import json
 import random
+from dataclasses import dataclass
 
 from operators.privacy.luhn import luhn_check_digit
 
-EMAIL = "canary.chaos.z9@canary-mail.test"
-UID = "u-chaoscanary-55170"
-_CARD_BODY = "453914880343646"
-CARD_DIGITS = _CARD_BODY + luhn_check_digit(_CARD_BODY)
-CARD = " ".join(CARD_DIGITS[i : i + 4] for i in range(0, 16, 4))
-IP = "203.0.113.91"
-API_KEY = "sk_live_CHAOSc4n4ryK3y0123456789abcd"
-_JWT_PAYLOAD = base64.urlsafe_b64encode(json.dumps({"sub": UID, "email": EMAIL}).encode()).rstrip(b"=").decode()
-JWT = f"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{_JWT_PAYLOAD}.c2lnbmF0dXJlLWNoYW9z"
+_JWT_HEADER = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"  # {"alg":"HS256","typ":"JWT"}
 
-RAW = {
-    "email": EMAIL,
-    "user id": UID,
-    "card": CARD,
-    "card digits": CARD_DIGITS,
-    "ip": IP,
-    "jwt": JWT,
-    "jwt payload": _JWT_PAYLOAD,
-    "api key": API_KEY,
-}
+
+@dataclass(frozen=True)
+class Canaries:
+    """One set of canary values: raw PII no output may carry. Built per user (the chaos suite,
+    the integration test) with its own values, so a hit names the run that planted it."""
+
+    email: str
+    uid: str
+    card_digits: str  # 16 digits passing Luhn
+    ip: str
+    api_key: str
+    jwt_payload: str
+    jwt: str
+
+    @property
+    def card(self) -> str:
+        """The card number as people write it, in groups of four."""
+        return " ".join(self.card_digits[i : i + 4] for i in range(0, 16, 4))
+
+    @classmethod
+    def make(cls, tag: str, number: int, ip_host: int) -> Canaries:
+        """Canaries named by ``tag`` (letters and digits): an e-mail, a user id ``u-<tag>-<number>``,
+        a Luhn-valid card, a documentation-range IP (203.0.113.``ip_host``), an API key, a JWT
+        whose payload holds the user id and the e-mail."""
+        email = f"canary.{tag}@canary-mail.test"
+        uid = f"u-{tag}-{number}"
+        body = f"4539{number:06d}{ip_host:05d}"[:15]
+        payload = _b64(json.dumps({"sub": uid, "email": email}).encode())
+        jwt = f"{_JWT_HEADER}.{payload}.{_b64(f'signature-{tag}'.encode())}"
+        return cls(
+            email=email,
+            uid=uid,
+            card_digits=body + luhn_check_digit(body),
+            ip=f"203.0.113.{ip_host}",
+            api_key=f"sk_live_{tag}c4n4ryK3y0123456789abcd",
+            jwt_payload=payload,
+            jwt=jwt,
+        )
+
+    def generator_attributes(self) -> dict[str, str]:
+        """What the generator plants in every trace's root span (attribute key → value)."""
+        return {
+            "user.email": self.email,
+            "user.id": self.uid,
+            "payment.card.number": self.card,
+            "client.address": self.ip,
+            "app.debug": f"login {self.email} with {self.jwt} key {self.api_key}",
+        }
+
+    def raw(self) -> dict[str, str]:
+        """What to search every sink for, by kind."""
+        return {
+            "email": self.email,
+            "user id": self.uid,
+            "card": self.card,
+            "card digits": self.card_digits,
+            "ip": self.ip,
+            "jwt": self.jwt,
+            "jwt payload": self.jwt_payload,
+            "api key": self.api_key,
+        }
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+CHAOS = Canaries.make("chaosz9", 55170, 91)
+RAW = CHAOS.raw()
 
 # what the generator plants in every trace's root span (attribute key → value)
-GENERATOR_CANARIES = {
-    "user.email": EMAIL,
-    "user.id": UID,
-    "payment.card.number": CARD,
-    "client.address": IP,
-    "app.debug": f"login {EMAIL} with {JWT} key {API_KEY}",
-}
+GENERATOR_CANARIES = CHAOS.generator_attributes()
 
 
-def text(rng: random.Random) -> str:
+def text(rng: random.Random, c: Canaries = CHAOS) -> str:
     """Free text holding every canary."""
-    return f"user {EMAIL} id {UID} card {CARD} from {IP} auth {JWT} key {API_KEY} #{rng.randrange(10**6)}"
+    return f"user {c.email} id {c.uid} card {c.card} from {c.ip} auth {c.jwt} key {c.api_key} #{rng.randrange(10**6)}"
 
 
-def planted_batch(rng: random.Random, trace_id: bytes) -> dict:
+def planted_batch(rng: random.Random, trace_id: bytes, c: Canaries = CHAOS) -> dict:
     """One error trace with canaries everywhere: attribute values and keys, span name, event name
     and attributes, link attributes, resource attributes, status message, tracestate, scope."""
     t = 1_700_000_000 * 10**9
@@ -53,21 +99,23 @@ def planted_batch(rng: random.Random, trace_id: bytes) -> dict:
     span = {
         "span_id": root,
         "parent_span_id": None,
-        "name": f"GET /users/{UID}/cards/{CARD_DIGITS} {EMAIL}",
+        "name": f"GET /users/{c.uid}/cards/{c.card_digits} {c.email}",
         "kind": "SERVER",
         "start_time_unix_nano": t,
         "end_time_unix_nano": t + 5_000_000,
         "status_code": "ERROR",
-        "status_message": text(rng),
-        "trace_state": f"shop=u:{UID},mail={EMAIL.replace('@', '-at-')}",
-        "attributes": {"note": text(rng), EMAIL: "key is an email", f"user.{UID}": True, "enduser.id": UID},
-        "events": [{"time_unix_nano": t + 1, "name": f"charge {CARD} for {EMAIL}", "attributes": {"raw": text(rng)}}],
+        "status_message": text(rng, c),
+        "trace_state": f"shop=u:{c.uid},mail={c.email.replace('@', '-at-')}",
+        "attributes": {"note": text(rng, c), c.email: "key is an email", f"user.{c.uid}": True, "enduser.id": c.uid},
+        "events": [
+            {"time_unix_nano": t + 1, "name": f"charge {c.card} for {c.email}", "attributes": {"raw": text(rng, c)}}
+        ],
         "links": [
             {
                 "trace_id": rng.randbytes(16),
                 "span_id": rng.randbytes(8),
                 "trace_state": "",
-                "attributes": {"from": text(rng)},
+                "attributes": {"from": text(rng, c)},
             }
         ],
     }
@@ -75,13 +123,17 @@ def planted_batch(rng: random.Random, trace_id: bytes) -> dict:
         "trace_id": trace_id,
         "service": "canary-svc",
         "spans": [span],
-        "resource": {"service.name": "canary-svc", "owner.email": EMAIL, "host.ip": IP, "deploy.token": API_KEY},
-        "scope_name": f"scope-{EMAIL}",
+        "resource": {"service.name": "canary-svc", "owner.email": c.email, "host.ip": c.ip, "deploy.token": c.api_key},
+        "scope_name": f"scope-{c.email}",
+        # OTLP only (the Avro SpanBatch has no such fields; its encoder ignores them)
+        "otlp.scope_version": f"1.0 built by {c.email}",
+        "otlp.scope_attributes": {"owner": c.email, c.ip: "host", "built.for": f"user {c.uid}"},
     }
 
 
-def hits(blob: bytes) -> list[str]:
-    return [what for what, raw in RAW.items() if raw.encode() in blob]
+def hits(blob: bytes, raw: dict[str, str] = RAW) -> list[str]:
+    """The canary kinds (of ``raw``, default the chaos suite's) found in ``blob``."""
+    return [what for what, value in raw.items() if value.encode() in blob]
 
 
 def locate(record, path: str = "") -> set[str]:

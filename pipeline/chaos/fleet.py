@@ -59,6 +59,39 @@ class Broker:
             raise RuntimeError(f"broker came back on {address}, not {self.bootstrap} (port taken meanwhile)")
 
 
+def topics_not_ready(metadata, wanted: dict[str, int]) -> list[str]:
+    """What the cluster metadata (``AdminClient.list_topics()``) still lacks of ``wanted`` (topic →
+    partition count): a topic missing or in error, fewer partitions, a partition without a leader."""
+    lacking = []
+    for name, partitions in sorted(wanted.items()):
+        t = metadata.topics.get(name)
+        if t is None or t.error is not None:
+            lacking.append(f"{name}: {'absent' if t is None else t.error}")
+        elif len(t.partitions) < partitions:
+            lacking.append(f"{name}: {len(t.partitions)} of {partitions} partitions")
+        elif any(p.leader < 0 or p.error is not None for p in t.partitions.values()):
+            lacking.append(f"{name}: a partition without a leader")
+    return lacking
+
+
+def wait_topics(bootstrap: str, wanted: dict[str, int], timeout: float = 60, admin=None) -> None:
+    """Until the cluster metadata shows every wanted topic with all its partitions led."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = admin or AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    lacking = ["(not asked yet)"]
+    while time.monotonic() < deadline:
+        try:
+            lacking = topics_not_ready(admin.list_topics(timeout=10), wanted)
+        except Exception as exc:  # noqa: BLE001 - KafkaException: the broker did not answer in time
+            lacking = [f"metadata request failed: {exc}"]
+        if not lacking:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"new topics not in the cluster metadata within {timeout:.0f} s: {'; '.join(lacking)}")
+
+
 @dataclass
 class Worker:
     name: str
@@ -114,6 +147,8 @@ class Fleet:
                 bad = [r for r in create_topics(cfg) if r.status != "created"]
                 if bad:
                     raise RuntimeError(f"topics not created: {bad}")
+                # a worker started before the new topics' metadata propagates exits "missing topics"
+                wait_topics(bootstrap, {t.name: t.partitions for t in cfg.topics.all().values()})
             self.workers.append(Worker(f"w{i}", path, cfg.metrics.port, workdir / f"w{i}.log", dict(env or {})))
         self.peak_lag = 0
         self.lag = 0

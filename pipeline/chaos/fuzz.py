@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from operators.span_times import SpanTimeBounds
 from pipeline.codecs import avro, otlp
 
 FUZZ_SERVICE_PREFIX = "fuzz-"
@@ -76,15 +77,27 @@ def encode(batch: dict, fmt: str) -> bytes:
     return otlp.encode_request([batch], fmt)
 
 
-def still_valid(value: bytes | None, fmt: str) -> bool:
-    """Whether the wire format's own decoder accepts it as a non-empty message with good IDs."""
+def job_time_bounds(cfg) -> SpanTimeBounds:
+    """The span-time bounds a worker with this config enforces at ingest (README: ingest.max_clock_skew_ms)."""
+    return SpanTimeBounds(int(cfg.sli.window_seconds * 1e9), cfg.ingest.max_clock_skew_ms * 1_000_000)
+
+
+def still_valid(value: bytes | None, fmt: str, times: SpanTimeBounds | None = None, now_ns: int = 0) -> bool:
+    """Whether the job must accept it at ingest: the wire format's own decoder reads it as a
+    non-empty message with good IDs and — given the job's ``times`` bounds and the clock
+    ``now_ns`` — span times the job accepts (a bit flip in a time field leaves a message that
+    decodes, but one the job must dead-letter as ``invalid_timestamp``). What ingest does not
+    read (Avro span details, OTLP events and links) is decoded only if the trace is kept, so a
+    mutation there may or may not be dead-lettered: the suite judges neither way (``Truth.unjudged``)."""
     if not value:
         return False
     try:
         if fmt == "avro":
             b = avro.decode_batch(value)
+            if times is not None and times.violation(b["spans"], now_ns) is not None:
+                return False
             return bool(b["spans"]) and any(b["trace_id"])
-        return bool(otlp.decode_traces(value, fmt))
+        return bool(otlp.decode_traces(value, fmt, times, now_ns))
     except Exception:  # noqa: BLE001 - any decoder error means: not valid
         return False
 

@@ -9,7 +9,8 @@ import random
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,22 @@ def _cleanup(fleet: Fleet) -> None:
         pass
 
 
+@contextmanager
+def _judged(ctx: Context, res: ScenarioResult, fleet: Fleet) -> Iterator[float]:
+    """A scenario's run (yields its start time): an exception becomes the scenario's error and the
+    suite goes on; the workers are stopped, the topics removed (unless kept) and the duration set."""
+    t0 = time.monotonic()
+    try:
+        yield t0
+    except Exception as exc:  # noqa: BLE001 - reported as the scenario's error, the suite goes on
+        res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        fleet.close()
+        if not ctx.keep_topics:
+            _cleanup(fleet)
+        res.seconds = time.monotonic() - t0
+
+
 def _exactness(res: ScenarioResult, fleet: Fleet, truth: Truth, poison_judged: bool = True) -> verify.Exactness:
     ex = verify.check(fleet.bootstrap, fleet.cfg.topics, truth)
     res.add("spans produced", ex.spans_produced, "> 0")
@@ -147,8 +164,7 @@ def crash_storm(ctx: Context) -> ScenarioResult:
     again; drain; judge every kept span exactly once against the truth."""
     p, res, truth = ctx.profile, ScenarioResult("crash storm"), Truth()
     fleet = _fleet(ctx, "storm", 3, 12)
-    t0 = time.monotonic()
-    try:
+    with _judged(ctx, res, fleet) as t0:
         fleet.start_all()
         plan = TrafficPlan(
             traces=p.storm_traces, rate=p.storm_rate, fmt="avro", big_traces=p.storm_big_traces, partitions=12, seed=11
@@ -205,13 +221,6 @@ def crash_storm(ctx: Context) -> ScenarioResult:
         if done:
             res.add("recovery s (restart→first commit, max)", round(max(done), 1))
         _fleet_figures(res, fleet)
-    except Exception as exc:  # noqa: BLE001 - reported as the scenario's error, the suite goes on
-        res.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        fleet.close()
-        if not ctx.keep_topics:
-            _cleanup(fleet)
-        res.seconds = time.monotonic() - t0
     return res
 
 
@@ -220,8 +229,7 @@ def zombie(ctx: Context) -> ScenarioResult:
     nothing it writes afterwards may become visible, the exactness checks hold."""
     p, res, truth = ctx.profile, ScenarioResult("zombie"), Truth()
     fleet = _fleet(ctx, "zombie", 2, 6)
-    t0 = time.monotonic()
-    try:
+    with _judged(ctx, res, fleet):
         fleet.start_all()
         survivor, z = fleet.workers
         plan = TrafficPlan(traces=p.zombie_traces, rate=p.zombie_rate, fmt="avro", partitions=6, seed=12)
@@ -244,13 +252,6 @@ def zombie(ctx: Context) -> ScenarioResult:
         _drain(res, fleet, p.drain_timeout_s)
         _exactness(res, fleet, truth)
         _fleet_figures(res, fleet, "== 0")
-    except Exception as exc:  # noqa: BLE001
-        res.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        fleet.close()
-        if not ctx.keep_topics:
-            _cleanup(fleet)
-        res.seconds = time.monotonic() - t0
     return res
 
 
@@ -276,8 +277,7 @@ def fuzz_scenario(ctx: Context) -> list[ScenarioResult]:
 def _fuzz_one(ctx: Context, fmt: str) -> ScenarioResult:
     p, res, truth = ctx.profile, ScenarioResult(f"fuzz {fmt}"), Truth()
     fleet = _fleet(ctx, f"fuzz-{fmt.split('_')[0]}", 1, 6, ingest={"format": fmt})
-    t0 = time.monotonic()
-    try:
+    with _judged(ctx, res, fleet) as t0:
         fleet.start_all()
         traces = p.fuzz_traces // 2
         plan = TrafficPlan(traces=traces, rate=p.fuzz_rate, fmt=fmt, partitions=6, poison_every=0, seed=13)
@@ -286,6 +286,7 @@ def _fuzz_one(ctx: Context, fmt: str) -> ScenarioResult:
         n = p.fuzz_messages // 2
         interval = traces / p.fuzz_rate / max(n, 1)
         still_valid, by_kind = 0, {}
+        bounds = fuzz.job_time_bounds(fleet.cfg)  # a mutated time the job refuses is hostile, not good
 
         def tagged(kind: str):
             def cb(err, msg) -> None:
@@ -294,6 +295,10 @@ def _fuzz_one(ctx: Context, fmt: str) -> ScenarioResult:
 
             return cb
 
+        def unjudged(err, msg) -> None:
+            if err is None:
+                truth.unjudged.add((msg.partition(), msg.offset()))
+
         t_start = time.monotonic()
         for i, h in enumerate(fuzz.messages(n, fmt, seed=17 if fmt == "avro" else 19)):
             if time.monotonic() - t0 > plan.max_seconds:
@@ -301,9 +306,9 @@ def _fuzz_one(ctx: Context, fmt: str) -> ScenarioResult:
             if h.kind in ctx.fuzz_skip:
                 continue
             by_kind[h.kind] = by_kind.get(h.kind, 0) + 1
-            if h.kind in fuzz.MUTATIONS and fuzz.still_valid(h.value, fmt):
+            if h.kind in fuzz.MUTATIONS and fuzz.still_valid(h.value, fmt, bounds, time.time_ns()):
                 still_valid += 1  # a mutation that happens to decode: not hostile, not judged
-                producer.produce(fleet.input_topic, h.value, h.key)
+                producer.produce(fleet.input_topic, h.value, h.key, on_delivery=unjudged)
             else:
                 truth.poison_sent += 1
                 producer.produce(fleet.input_topic, h.value, h.key, on_delivery=tagged(h.kind))
@@ -331,13 +336,6 @@ def _fuzz_one(ctx: Context, fmt: str) -> ScenarioResult:
             res.add(f"not dead-lettered: {kind}", missing, "== 0")
             res.notes.append(f"{kind}: " + ", ".join(f"{r} {c}" for r, c in sorted(reasons.items())))
         _fleet_figures(res, fleet, "== 0")
-    except Exception as exc:  # noqa: BLE001
-        res.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        fleet.close()
-        if not ctx.keep_topics:
-            _cleanup(fleet)
-        res.seconds = time.monotonic() - t0
     return res
 
 
@@ -353,8 +351,7 @@ def overload(ctx: Context) -> ScenarioResult:
         6,
         assemble={**ASSEMBLE, "max_buffered_bytes": p.overload_buffer_bytes, "overflow": "backpressure"},
     )
-    t0 = time.monotonic()
-    try:
+    with _judged(ctx, res, fleet) as t0:
         fleet.start_all()
         (w,) = fleet.workers
         time.sleep(1)
@@ -402,19 +399,17 @@ def overload(ctx: Context) -> ScenarioResult:
         res.add("backpressure s", round(paused, 1))
         res.add("peak lag grew (messages)", fleet.peak_lag, "> 0")
         res.add("lag after drain", fleet.lag if fleet.lag is not None else -1, "== 0")
-        # bound: idle RSS + the buffer bound counted 4x (Python objects around raw bytes) + 96 MiB
-        bound = idle_rss + 4 * p.overload_buffer_bytes + 96 * 2**20
+        # bound: idle RSS + the buffer bound counted 4x (Python objects around raw bytes) + librdkafka's
+        # prefetch queue and one fetch (sized from the buffer bound: pipeline.kafka.clients) + 96 MiB
+        prefetch = clients.prefetch_bytes(fleet.cfg)
+        bound = idle_rss + 4 * p.overload_buffer_bytes + 2 * prefetch + 96 * 2**20
         res.add("idle RSS MiB", round(idle_rss / 2**20, 1))
         res.add("peak RSS MiB (overload)", round(max(w.peak_rss, rss_before) / 2**20, 1), f"<= {bound / 2**20:.1f}")
-        res.notes.append("RSS bound = idle RSS + 4 x max_buffered_bytes + 96 MiB (interpreter, librdkafka queues)")
+        res.notes.append(
+            "RSS bound = idle RSS + 4 x max_buffered_bytes + 2 x librdkafka prefetch"
+            f" ({prefetch / 2**20:.1f} MiB: its queue and one fetch) + 96 MiB (interpreter, caches, allocator)"
+        )
         _fleet_figures(res, fleet, "== 0")
-    except Exception as exc:  # noqa: BLE001
-        res.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        fleet.close()
-        if not ctx.keep_topics:
-            _cleanup(fleet)
-        res.seconds = time.monotonic() - t0
     return res
 
 
@@ -423,8 +418,7 @@ def pii_canaries(ctx: Context) -> ScenarioResult:
     any output topic (keys and values), any worker log line, /metrics, the dead letters."""
     p, res, truth = ctx.profile, ScenarioResult("canaries"), Truth()
     fleet = _fleet(ctx, "canary", 1, 3, sampling=ALL)  # privacy is on by default
-    t0 = time.monotonic()
-    try:
+    with _judged(ctx, res, fleet):
         fleet.start_all()
         (w,) = fleet.workers
         plan = TrafficPlan(
@@ -480,13 +474,6 @@ def pii_canaries(ctx: Context) -> ScenarioResult:
                 res.notes.append(f"{sink}: {', '.join(found)}")
         res.add("canary hits (all sinks)", total, "== 0")
         _fleet_figures(res, fleet, "== 0")
-    except Exception as exc:  # noqa: BLE001
-        res.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        fleet.close()
-        if not ctx.keep_topics:
-            _cleanup(fleet)
-        res.seconds = time.monotonic() - t0
     return res
 
 

@@ -36,6 +36,8 @@ class Truth:
     # (partition, offset) of every message meant to be dead-lettered → what it is (fuzz kind)
     poison: dict[tuple[int, int], str] = field(default_factory=dict)
     poison_sent: int = 0
+    # (partition, offset) of mutated messages that still decode: dead-lettered or not, never judged
+    unjudged: set[tuple[int, int]] = field(default_factory=set)
 
     def add_batches(self, trace_id: bytes, batches: list[dict]) -> None:
         """One trace's spans (SpanBatch-shaped dicts: service + spans with id, name, kind,

@@ -226,7 +226,7 @@ def check(bootstrap: str, topics, truth: Truth, errors_kept: bool = True, input_
             reason = "(not dead-lettered)"
         ex.poison_reasons.setdefault(kind, Counter())[reason] += 1
     ex.poison_missing += truth.poison_sent - len(truth.poison)  # sent but never acknowledged
-    ex.good_deadlettered = len(at)
+    ex.good_deadlettered = len(at.keys() - truth.unjudged)
     return ex
 
 

@@ -18,6 +18,9 @@ from pipeline.kafka import security
 # librdkafka's producer default; the job never builds a record larger than this (minus headroom for
 # the record batch framing): see ``max_record_bytes``
 PRODUCER_MAX_MESSAGE_BYTES = 1_000_000
+MAX_PREFETCH_BYTES = 64 * 1024 * 1024
+MIN_PREFETCH_BYTES = 2 * 1024 * 1024
+MAX_FETCH_BYTES = 52_428_800  # librdkafka's default
 
 
 # The ``kafka:`` section whose security settings apply to clients built from a bare address (tools
@@ -56,9 +59,19 @@ def base(config: Config) -> dict[str, Any]:
     return connection(config.kafka)
 
 
+def prefetch_bytes(config: Config) -> int:
+    """What librdkafka may hold of the input beyond what the job consumed: its prefetch queue
+    (``queued.max.messages.kbytes``) and one fetch (``fetch.max.bytes``, 50 MiB at most) each get this much. Input
+    held there is memory beside the assembler's buffer, which a backpressure pause does not empty:
+    so no more than ``assemble.max_buffered_bytes`` (64 MiB at most, the old fixed size; 2 MiB at
+    least, above the largest message a fetch must return whole)."""
+    return min(MAX_PREFETCH_BYTES, max(MIN_PREFETCH_BYTES, config.assemble.max_buffered_bytes))
+
+
 def input_consumer(config: Config) -> dict[str, Any]:
     """The job's member of the consumer group over ``topics.spans_raw``."""
     k, j = config.kafka, config.job
+    prefetch = prefetch_bytes(config) // 1024 * 1024
     return {
         **base(config),
         "group.id": k.group_id,
@@ -76,8 +89,8 @@ def input_consumer(config: Config) -> dict[str, Any]:
         # a whole commit interval of work (and a restore) happens between two consume() calls
         "max.poll.interval.ms": max(300_000, 10 * j.commit_interval_ms),
         # fetch in large batches: consume(N) hands them over at ~1 µs per message
-        "fetch.max.bytes": 52_428_800,
-        "queued.max.messages.kbytes": 65_536,
+        "fetch.max.bytes": min(MAX_FETCH_BYTES, prefetch),
+        "queued.max.messages.kbytes": prefetch // 1024,
     }
 
 

@@ -2,7 +2,10 @@
 
 The generator plants canary values (an e-mail, a user id, a Luhn-valid card, a client IP, a JWT in
 free text) in every trace; a hand-made trace adds them to a span name, a status message, an event
-and a resource; poison messages carry them into the dead-letter path. Every trace is kept
+and a resource; the chaos suite's planted trace puts them everywhere else a producer can (an
+e-mail and a user id as attribute keys, an IP in ``host.ip``, a user id in free text and in the
+trace state — all four left the job raw before keys, infrastructure values, user ids and trace
+states were protected); poison messages carry them into the dead-letter path. Every trace is kept
 (always_sample), so every canary reaches the protector. Afterwards every output topic, the job's
 log and its /metrics text are scanned for the raw values — and the tokens the rules promise are
 looked for in traces.kept.
@@ -10,15 +13,16 @@ looked for in traces.kept.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
+import random
 import urllib.request
 
 import pytest
 from confluent_kafka import Producer
 
-from operators.privacy import KeyRing, Tokenizer, luhn_check_digit
+from operators.privacy import KeyRing, Tokenizer
+from pipeline.chaos import canaries
+from pipeline.chaos.fuzz import encode
 from pipeline.codecs import avro
 from pipeline.demo import run_config
 from pipeline.generator.callgraph import GeneratorConfig
@@ -31,23 +35,10 @@ from pipeline.topics import create_topics
 pytestmark = pytest.mark.integration
 
 K0, K1 = os.urandom(32), os.urandom(32)
-EMAIL = "canary.pii.q7x@canary-mail.test"
-UID = "u-canary-90417"
-_CARD_BODY = "453914880343646"
-CARD_DIGITS = _CARD_BODY + luhn_check_digit(_CARD_BODY)
-CARD = " ".join(CARD_DIGITS[i : i + 4] for i in range(0, 16, 4))
-IP = "203.0.113.77"
-_JWT_PAYLOAD = base64.urlsafe_b64encode(json.dumps({"sub": UID, "email": EMAIL}).encode()).rstrip(b"=").decode()
-JWT = f"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{_JWT_PAYLOAD}.c2lnbmF0dXJlLWNhbmFyeQ"
-RAW = {
-    "email": EMAIL,
-    "user id": UID,
-    "card": CARD,
-    "card digits": CARD_DIGITS,
-    "ip": IP,
-    "jwt": JWT,
-    "jwt payload": _JWT_PAYLOAD,
-}
+# this test's own values (the chaos suite plants others), built the same way
+C = canaries.Canaries.make("piiq7x", 90417, 77)
+EMAIL, UID, CARD, IP, JWT = C.email, C.uid, C.card, C.ip, C.jwt
+RAW = C.raw()
 
 
 def _handmade_batch(trace_id: bytes) -> bytes:
@@ -106,30 +97,26 @@ def test_no_canary_leaves_the_job_raw(kafka_bootstrap, unique_name, tmp_path, mo
     job = JobProcess(path, cfg.metrics.port, tmp_path / "job.log").start()
     try:
         job.wait_ready(kafka_bootstrap, cfg.kafka.group_id)
-        canaries = {
-            "user.email": EMAIL,
-            "user.id": UID,
-            "payment.card.number": CARD,
-            "client.address": IP,
-            "app.debug": f"login {EMAIL} with {JWT}",
-        }
         stats = produce(
             kafka_bootstrap,
             cfg.topics.spans_raw.name,
             count=120,
             duration_s=None,
             rate=None,
-            config=GeneratorConfig(seed=5, error_rate=0.2, canaries=canaries),
+            config=GeneratorConfig(seed=5, error_rate=0.2, canaries=C.generator_attributes()),
             progress=False,
         )
         hand_tid = os.urandom(16)
         real = _handmade_batch(hand_tid)
         p = Producer({"bootstrap.servers": kafka_bootstrap})
         p.produce(cfg.topics.spans_raw.name, key=hand_tid, value=real)
+        planted_tid = os.urandom(16)
+        planted = encode(canaries.planted_batch(random.Random(1), planted_tid, C), "avro")
+        p.produce(cfg.topics.spans_raw.name, key=planted_tid, value=planted)
         for poison in (f"not avro {EMAIL} {CARD} {IP}".encode(), real[:-7]):  # dead letters
             p.produce(cfg.topics.spans_raw.name, key=os.urandom(16), value=poison)
         p.flush(10)
-        job.wait_drained(stats.spans + 1)
+        job.wait_drained(stats.spans + 2)
         metrics_text = urllib.request.urlopen(job.metrics_url, timeout=10).read().decode()
     finally:
         assert job.stop() is not None
@@ -167,6 +154,11 @@ def test_no_canary_leaves_the_job_raw(kafka_bootstrap, unique_name, tmp_path, mo
     assert span["status_message"] == f"profile of {tok.token(EMAIL)} from {tok.token(IP)} failed"
     assert span["events"][0]["attributes"]["exception.message"] == "charge [REDACTED:card] declined"
     assert trace["batches"][0]["resource"]["owner.email"] == tok.token(EMAIL)
+    planted_trace = next(avro.decode(avro.KEPT_TRACE, v) for k, v in outputs["traces_kept"] if k == planted_tid)
+    (planted_span,) = planted_trace["batches"][0]["spans"]
+    assert planted_span["attributes"][tok.token(EMAIL)] == "key is an email"
+    assert planted_trace["batches"][0]["resource"]["host.ip"] == tok.token(IP)
+    assert planted_span["trace_state"].startswith(f"shop={tok.token('u:' + UID)},")
 
     # 3. one audit record per kept record: counts only
     audits = [avro.decode(PII_AUDIT, v) for _, v in outputs["pii_audit"]]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+
 from pipeline.chaos import canaries, fuzz
 from pipeline.chaos.figures import Figure, ScenarioResult
 from pipeline.chaos.truth import Truth
@@ -65,3 +67,66 @@ def test_canary_locator_finds_values_and_keys():
     assert any(w.startswith(".resource.host.ip") for w in where)
     assert canaries.hits(b"nothing here") == []
     assert canaries.locate({"a": ["clean", b"bytes"]}) == set()
+
+
+def test_a_mutation_the_suite_calls_still_valid_is_one_the_job_accepts_at_ingest():
+    """The fuzz scenario sends a truncated or bit-flipped message that ``still_valid`` accepts as
+    good traffic: if the job then dead-letters it, the suite counts a good message dead-lettered.
+    The old ``still_valid`` only decoded the message: 4 (Avro) and 3 (OTLP) of the short profile's
+    mutations had a bit flipped in a span time (a negative start, an end of 0, a start minutes
+    after the end) — the job rightly dead-lettered them as ``invalid_timestamp`` at ingest, and the
+    suite reported "3-4 good messages dead-lettered per format". Fed to a job core that keeps
+    nothing (so only ingest validation can dead-letter), none is dead-lettered now."""
+    import time
+
+    from pipeline.job import Job, Received
+    from tests.support.jobs import make_config
+    from tests.support.jobs import records as by_topic
+
+    drop_all = {"policies": [{"name": "none", "type": "span_count", "min_spans": 1_000_000}]}
+    for fmt, seed in (("avro", 17), ("otlp_proto", 19)):  # the scenario's seeds, the short profile's count
+        cfg = make_config(ingest={"format": fmt}, sampling=drop_all)
+        job = Job(cfg, worker_id="t")
+        now = time.time_ns()
+        bounds = fuzz.job_time_bounds(cfg)
+        valid = [
+            m
+            for m in fuzz.messages(500, fmt, seed=seed)
+            if m.kind in fuzz.MUTATIONS and fuzz.still_valid(m.value, fmt, bounds, now)
+        ]
+        assert len(valid) >= 10  # the check is not vacuous
+        job.ingest([Received(0, i, m.key, m.value, ref=i) for i, m in enumerate(valid)], now_ns=now)
+        out = job.collect(now + 10 * 10**9)
+        dead = by_topic(out, cfg.topics.deadletter.name)
+        assert dead == [], (fmt, len(dead))
+
+
+def test_workers_start_only_once_the_new_topics_metadata_shows_every_partition_led():
+    """The harness started workers right after create_topics; a worker whose metadata did not show
+    the new topics yet exited with "missing topics" (seen in the chaos runs). It now waits on the
+    metadata: each topic present, without error, with all partitions, each with a leader."""
+    from types import SimpleNamespace as NS
+
+    from pipeline.chaos.fleet import topics_not_ready, wait_topics
+
+    def meta(**topics):
+        return NS(
+            topics={
+                n: NS(error=None, partitions={i: NS(leader=lead, error=None) for i, lead in enumerate(p)})
+                for n, p in topics.items()
+            }
+        )
+
+    wanted = {"in": 3, "out": 1}
+    assert topics_not_ready(meta(out=[1]), wanted) == ["in: absent"]
+    assert topics_not_ready(meta(**{"in": [1, 1], "out": [1]}), wanted) == ["in: 2 of 3 partitions"]
+    assert topics_not_ready(meta(**{"in": [1, -1, 1], "out": [1]}), wanted) == ["in: a partition without a leader"]
+    assert topics_not_ready(meta(**{"in": [1, 1, 1], "out": [1]}), wanted) == []
+
+    answers = [meta(out=[1]), meta(**{"in": [1, -1, 1], "out": [1]}), meta(**{"in": [1, 1, 1], "out": [1]})]
+    admin = NS(list_topics=lambda timeout: answers.pop(0) if len(answers) > 1 else answers[0])
+    wait_topics("unused", wanted, timeout=30, admin=admin)
+    assert len(answers) == 1  # asked until the third answer showed everything
+    never = NS(list_topics=lambda timeout: meta(out=[1]))
+    with pytest.raises(TimeoutError, match="in: absent"):
+        wait_topics("unused", wanted, timeout=0.5, admin=never)
