@@ -1,11 +1,18 @@
-"""One partitioner for the whole system: murmur2 over the 16 raw trace-ID bytes, modulo the partition
-count — the Java client's default for keyed records, librdkafka's ``murmur2_random`` and aiokafka's
-``DefaultPartitioner``. A message sits on its trace's *canonical* partition when this says so; any
-other message is re-keyed there by the job, so every span of a trace meets on one worker."""
+"""One partitioner for the whole system. By default murmur2 over the 16 raw trace-ID bytes, modulo
+the partition count — the Java client's default for keyed records, librdkafka's ``murmur2_random``
+and aiokafka's ``DefaultPartitioner``. A message sits on its trace's *canonical* partition when this
+says so; any other message is re-keyed there by the job, so every span of a trace meets on one worker.
+
+``ingest.partitioning: collector`` makes the canonical placement the OpenTelemetry Collector kafka
+exporter's with ``partition_traces_by_id: true`` instead: key = the 32 lowercase hex characters of
+the trace ID, partition = Sarama's hash partitioner (FNV-1a 32, sign folded; the exporter's franz-go
+client is set to ``SaramaCompatHasher`` for that). Collector traffic then needs no re-keyed copy.
+"""
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 _M = 0x5BD1E995
 _X = 0xFFFFFFFF
@@ -42,3 +49,42 @@ def canonical_partition(trace_id: bytes, partitions: int) -> int:
 
         return (murmur2(trace_id) & 0x7FFFFFFF) % partitions
     return (murmur2_16(trace_id) & 0x7FFFFFFF) % partitions
+
+
+_FNV_OFFSET = 0x811C9DC5
+_FNV_PRIME = 0x01000193
+
+
+def fnv1a_32(key: bytes) -> int:
+    h = _FNV_OFFSET
+    for byte in key:
+        h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def sarama_partition(key: bytes, partitions: int) -> int:
+    """Sarama's default hash partitioner (and franz-go's ``SaramaCompatHasher(fnv32a)``, which the
+    Collector's kafka exporter uses): ``int32(fnv1a(key)) % n`` truncated as Go does, negated when
+    negative — that is ``|int32(h)| mod n``."""
+    h = fnv1a_32(key)
+    return abs(h - (1 << 32) if h & 0x80000000 else h) % partitions
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    """Where a trace's spans belong: the key every copy carries and the partition it sits on."""
+
+    name: str  # "tailsift" (raw key, murmur2) | "collector" (hex key, Sarama FNV-1a)
+
+    def key(self, trace_id: bytes) -> bytes:
+        return trace_id.hex().encode() if self.name == "collector" else trace_id
+
+    def partition(self, trace_id: bytes, partitions: int) -> int:
+        if self.name == "collector":
+            return sarama_partition(trace_id.hex().encode(), partitions)
+        return canonical_partition(trace_id, partitions)
+
+
+TAILSIFT = Partitioning("tailsift")
+COLLECTOR = Partitioning("collector")
+PARTITIONINGS = {p.name: p for p in (TAILSIFT, COLLECTOR)}

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pipeline import config
 from pipeline.codecs import avro
 from pipeline.job import Job, Received
-from pipeline.kafka.partitioner import canonical_partition, murmur2_16
+from pipeline.kafka.partitioner import COLLECTOR, TAILSIFT, canonical_partition, murmur2_16, sarama_partition
 from tests.spans import batch_bytes, span
 
 
@@ -23,6 +23,35 @@ def test_known_java_partition():
     # Java: Utils.toPositive(Utils.murmur2(bytes 0..15)) % 12 — as computed by aiokafka's reference
     key = bytes(range(16))
     assert canonical_partition(key, 12) == (murmur2(key) & 0x7FFFFFFF) % 12
+
+
+# Partitions Go computed with the Collector v0.160.0 kafka exporter's hasher (internal/kafka
+# franz_client.go: kgo.SaramaCompatHasher over hash/fnv New32a) for these hex keys and 12, 7 and
+# 1,000 partitions; the first key's FNV-1a is below 2^31, the others fold their sign.
+GO_SARAMA = [
+    ("a3c1e2f4b5d6978812345678abcdef01", 3, 5, 399),
+    ("7d3f8a2b9c4e5f6071829304a5b6c7d8", 0, 1, 948),
+    ("1111111111111111aaaaaaaaaaaaaaaa", 11, 1, 547),
+    ("0af7651916cd43dd8448eb211c80319c", 7, 5, 99),
+    ("4bf92f3577b34da6a3ce929d0e0e4736", 6, 5, 310),
+    ("00000000000000000000000000000001", 6, 6, 206),
+    ("ffffffffffffffffffffffffffffffff", 3, 4, 475),
+    ("5b8efff798038103d269b633813fc60c", 5, 1, 625),
+]
+
+
+def test_sarama_partition_equals_the_collectors_go_hasher():
+    for hex_key, p12, p7, p1000 in GO_SARAMA:
+        key = hex_key.encode()
+        assert [sarama_partition(key, n) for n in (12, 7, 1000)] == [p12, p7, p1000], hex_key
+        trace_id = bytes.fromhex(hex_key)
+        assert COLLECTOR.key(trace_id) == key and COLLECTOR.partition(trace_id, 12) == p12
+
+
+def test_the_default_partitioning_is_raw_bytes_and_murmur2():
+    trace_id = bytes(range(16))
+    assert TAILSIFT.key(trace_id) == trace_id
+    assert TAILSIFT.partition(trace_id, 12) == canonical_partition(trace_id, 12)
 
 
 def make_job():
