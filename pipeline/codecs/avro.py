@@ -23,6 +23,9 @@ from typing import Any
 
 import fastavro
 
+from operators.span_times import SpanTimeBounds
+from pipeline.codecs.interface import Fragment, KeptBatches, KeptFacts, Malformed, safe_text
+
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
 SPAN_BATCH = "span_batch.v1"
@@ -33,6 +36,7 @@ SLI_WINDOW = "sli_window.v1"
 DEAD_LETTER = "dead_letter.v1"
 TRACE_DECISION = "trace_decision.v1"
 
+_ZERO_TRACE_ID = bytes(16)
 EMPTY_DETAIL = {"status_message": "", "attributes": {}, "events": [], "links": []}
 
 
@@ -96,3 +100,89 @@ def encode_span_batch(batch: dict) -> bytes:
     if any("detail" not in span for span in batch["spans"]):
         batch = {**batch, "spans": [span if "detail" in span else {**span, "detail": b""} for span in batch["spans"]]}
     return encode(SPAN_BATCH, batch)
+
+
+# ------------------------------------------------------------------ the ingest codec (spans.raw)
+class AvroCodec:
+    """``pipeline.codecs.interface.Codec`` for ``span_batch.v1`` input and ``kept_trace.v1`` output:
+    a message is one trace's spans of one service, so it yields one ``Fragment`` whose handle is
+    the decoded batch (span details and the resource still encoded)."""
+
+    name = "avro"
+
+    def __init__(self, time_bounds: SpanTimeBounds | None = None):
+        self.time_bounds = time_bounds
+
+    def decode(self, value: bytes, now_ns: int) -> list[Fragment]:
+        try:
+            batch = decode_batch(value)
+        except Exception as exc:  # noqa: BLE001 - fastavro raises many types for bad bytes
+            raise Malformed(
+                "decode_error", f"not a {SPAN_BATCH} record: {type(exc).__name__}: {safe_text(exc)}"
+            ) from None
+        trace_id = batch["trace_id"]
+        spans = batch["spans"]
+        if not spans:
+            raise Malformed("empty_batch", "the batch has no spans")
+        if trace_id == _ZERO_TRACE_ID:
+            raise Malformed("invalid_trace_id", "the trace ID is all zeros")
+        if self.time_bounds is not None:
+            bad_time = self.time_bounds.violation(spans, now_ns)
+            if bad_time:
+                raise Malformed("invalid_timestamp", bad_time)
+        return [_fragment(batch)]
+
+    def decode_trace(self, value: bytes, trace_id: bytes) -> Fragment:
+        return _fragment(decode_batch(value))
+
+    def split(self, value: bytes, fragment: Fragment) -> bytes:
+        return value  # one trace per message
+
+    def decode_detail(self, detail: bytes) -> dict:
+        return decode_detail(detail)
+
+    def kept_batches(self, value: bytes, handle: Any) -> KeptBatches:
+        """The batch with every span's detail and the resource decoded. A detail or resource that
+        does not decode leaves that part empty and listed (the trace was judged on sound headers)."""
+        batch = handle
+        kept = KeptBatches([batch])
+        for span in batch["spans"]:
+            try:
+                detail = decode_detail(span.pop("detail"))
+            except Exception as exc:  # noqa: BLE001 - corrupt detail must not stop the stream
+                kept.problem = f"{type(exc).__name__}: {safe_text(exc)}"
+                detail = {**EMPTY_DETAIL, "attributes": {}}
+                kept.undecodable_spans.append(span)
+            span.update(detail)
+        try:
+            batch["resource"] = decode_resource(batch["resource"])
+        except Exception as exc:  # noqa: BLE001 - as for a corrupt detail: keep the spans, report it
+            kept.problem = f"resource: {type(exc).__name__}: {safe_text(exc)}"
+            batch["resource"] = {}
+            kept.undecodable_resources.append(batch)
+        return kept
+
+    def encode_kept(self, facts: KeptFacts, batches: list[dict], part: int = 0, parts: int = 1) -> bytes:
+        return encode(
+            KEPT_TRACE,
+            {
+                "trace_id": facts.trace_id,
+                "policy": facts.policy,
+                "reason": facts.reason,
+                "adjusted_count": facts.adjusted_count,
+                "decided_at_unix_nano": facts.decided_at_ns,
+                "late": facts.late,
+                "span_count": sum(len(b["spans"]) for b in batches),
+                "batches": batches,
+                "part": part,
+                "parts": parts,
+            },
+        )
+
+
+def _fragment(batch: dict) -> Fragment:
+    service = batch["service"]
+    spans = batch["spans"]
+    for span in spans:
+        span["service"] = service
+    return Fragment(batch["trace_id"], [(service, spans)], len(spans), batch)

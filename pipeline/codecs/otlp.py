@@ -27,6 +27,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from operators.span_times import SpanTimeBounds
+from pipeline.codecs.interface import Fragment, KeptBatches, KeptFacts, Malformed, safe_text
 
 KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS = ("UNSET", "OK", "ERROR")
@@ -130,7 +131,10 @@ def _service(resource) -> str:
 
 
 def decode_traces(
-    value: bytes, fmt: str = "otlp_proto", time_bounds: SpanTimeBounds | None = None, now_ns: int = 0
+    value: bytes,
+    fmt: str = "otlp_proto",
+    time_bounds: SpanTimeBounds | None = None,
+    now_ns: int = 0,
 ) -> dict[bytes, OtlpTrace]:
     """Parse a request and split it per trace ID into header dicts. Raises on malformed input;
     ``InvalidSpan`` (its ``reason`` says which) for a trace ID that is not 16 non-zero bytes or a
@@ -380,6 +384,7 @@ def encode_request(batches: list[dict], fmt: str = "otlp_proto") -> bytes:
 
 __all__ = [
     "FORMATS",
+    "OtlpCodec",
     "InvalidSpan",
     "InvalidSpanId",
     "InvalidTimestamp",
@@ -411,3 +416,55 @@ def kept_summary(trace_id: bytes, value: bytes, fmt: str = "otlp_proto") -> dict
         "late": bool(attrs.get("sampling.late", False)),
         "span_count": len(spans),
     }
+
+
+# ------------------------------------------------------------------ the ingest codec (spans.raw)
+class OtlpCodec:
+    """``pipeline.codecs.interface.Codec`` for ``otlp_proto`` / ``otlp_json`` requests: a request
+    may hold many traces, so it yields one ``Fragment`` per trace ID (in first-seen order), each
+    with its (service, headers) groups and, as handle, the ``OtlpTrace`` with the protobuf groups
+    that re-keying (``split``) and kept traces (``kept_batches``) are built from."""
+
+    def __init__(self, fmt: str = "otlp_proto", time_bounds: SpanTimeBounds | None = None):
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown OTLP format {fmt!r}")
+        self.name = fmt
+        self.time_bounds = time_bounds
+
+    def decode(self, value: bytes, now_ns: int) -> list[Fragment]:
+        fmt = self.name
+        try:
+            traces = decode_traces(value, fmt, self.time_bounds, now_ns)
+        except InvalidSpan as exc:  # its text holds lengths and bounds, never id bytes
+            raise Malformed(exc.reason, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - protobuf/json raise many types for bad bytes
+            raise Malformed(
+                "decode_error",
+                f"not an OTLP ExportTraceServiceRequest ({fmt}): {type(exc).__name__}: {safe_text(exc)}",
+            ) from None
+        if not traces:
+            raise Malformed("empty_batch", "the request has no spans")
+        return [_fragment(trace) for trace in traces.values()]
+
+    def decode_trace(self, value: bytes, trace_id: bytes) -> Fragment:
+        return _fragment(decode_traces(value, self.name)[trace_id])
+
+    def split(self, value: bytes, fragment: Fragment) -> bytes:
+        return split_request(fragment.handle, self.name)
+
+    def decode_detail(self, detail: Span) -> dict:
+        return decode_detail(detail)
+
+    def kept_batches(self, value: bytes, handle: Any) -> KeptBatches:
+        try:
+            return KeptBatches(kept_batches(handle))
+        except InvalidSpan as exc:  # a link ID or event time no output format can carry
+            raise Malformed(exc.reason, str(exc)) from None
+
+    def encode_kept(self, facts: KeptFacts, batches: list[dict], part: int = 0, parts: int = 1) -> bytes:
+        # OTLP has no record-level facts: each span carries them as sampling.* attributes
+        return encode_request(batches, self.name)
+
+
+def _fragment(trace: OtlpTrace) -> Fragment:
+    return Fragment(trace.trace_id, [(g[2], g[3]) for g in trace.groups], len(trace.spans), trace)
