@@ -6,15 +6,15 @@
 from __future__ import annotations
 
 from operators.span_times import SpanTimeBounds
-from pipeline.codecs.interface import Codec
+from pipeline.codecs.interface import Codec, SpanLimits
 
 
-def for_format(fmt: str, time_bounds: SpanTimeBounds | None = None) -> Codec:
+def for_format(fmt: str, time_bounds: SpanTimeBounds | None = None, limits: SpanLimits | None = None) -> Codec:
     """The codec of ``fmt`` (``avro``, ``otlp_proto``, ``otlp_json``)."""
     if fmt == "avro":
         from pipeline.codecs.avro import AvroCodec
 
-        return AvroCodec(time_bounds)
+        return AvroCodec(time_bounds, limits)
     from pipeline.codecs.otlp import OtlpCodec
 
-    return OtlpCodec(fmt, time_bounds)
+    return OtlpCodec(fmt, time_bounds, limits)

@@ -24,7 +24,7 @@ from typing import Any
 import fastavro
 
 from operators.span_times import SpanTimeBounds
-from pipeline.codecs.interface import Fragment, KeptBatches, KeptFacts, Malformed, safe_text
+from pipeline.codecs.interface import Fragment, KeptBatches, KeptFacts, Malformed, SpanLimits, safe_text
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -37,6 +37,7 @@ DEAD_LETTER = "dead_letter.v1"
 TRACE_DECISION = "trace_decision.v1"
 
 _ZERO_TRACE_ID = bytes(16)
+_ZERO_SPAN_ID = bytes(8)
 EMPTY_DETAIL = {"status_message": "", "attributes": {}, "events": [], "links": []}
 
 
@@ -110,8 +111,9 @@ class AvroCodec:
 
     name = "avro"
 
-    def __init__(self, time_bounds: SpanTimeBounds | None = None):
+    def __init__(self, time_bounds: SpanTimeBounds | None = None, limits: SpanLimits | None = None):
         self.time_bounds = time_bounds
+        self.limits = limits or SpanLimits()
 
     def decode(self, value: bytes, now_ns: int) -> list[Fragment]:
         try:
@@ -126,11 +128,32 @@ class AvroCodec:
             raise Malformed("empty_batch", "the batch has no spans")
         if trace_id == _ZERO_TRACE_ID:
             raise Malformed("invalid_trace_id", "the trace ID is all zeros")
+        self._check_spans(spans, len(value))
         if self.time_bounds is not None:
             bad_time = self.time_bounds.violation(spans, now_ns)
             if bad_time:
                 raise Malformed("invalid_timestamp", bad_time)
         return [_fragment(batch)]
+
+    def _check_spans(self, spans: list[dict], message_bytes: int) -> None:
+        """Span IDs (W3C: all zeros is invalid) and the per-span limits; the limits are looked at
+        only in a message large enough to break them."""
+        limits = self.limits
+        check_bytes = limits.may_exceed_bytes(message_bytes)
+        check_attributes = limits.may_exceed_attributes(message_bytes)
+        for i, span in enumerate(spans):
+            if span["span_id"] == _ZERO_SPAN_ID:
+                raise Malformed("invalid_span_id", f"span {i}: the span ID is all zeros")
+            if check_bytes or check_attributes:
+                detail = span["detail"]
+                if check_bytes:
+                    size = len(detail) + len(span["name"]) + len(span["trace_state"])
+                    if size > limits.max_span_bytes:
+                        raise limits.too_large(f"span {i}", size)
+                if check_attributes and limits.may_exceed_attributes(len(detail)):
+                    count = attribute_count(detail, limits.max_attributes)
+                    if count > limits.max_attributes:
+                        raise limits.too_many_attributes(f"span {i}", count)
 
     def decode_trace(self, value: bytes, trace_id: bytes) -> Fragment:
         return _fragment(decode_batch(value))
@@ -186,3 +209,43 @@ def _fragment(batch: dict) -> Fragment:
     for span in spans:
         span["service"] = service
     return Fragment(batch["trace_id"], [(service, spans)], len(spans), batch)
+
+
+def attribute_count(detail: bytes, stop: int) -> int:
+    """How many attributes an encoded ``SpanDetail`` holds, read from the attribute map's block
+    headers without decoding an entry (counting stops once past ``stop``). A block with a positive
+    count is not followed by its byte size, so the count ends there: fastavro and Java's Avro
+    write a map as one such block; a writer that splits it into unsized blocks gets only its first
+    block counted (its spans stay bounded by ``ingest.max_span_bytes``). A detail that is not
+    Avro counts 0: the kept path reports it (``detail_decode_error``)."""
+    try:
+        pos = _skip_string(detail, 0)  # status_message
+        total = 0
+        while total <= stop:
+            count, pos = _read_long(detail, pos)
+            if count >= 0:
+                return total + count
+            size, pos = _read_long(detail, pos)
+            total -= count
+            pos += size
+        return total
+    except IndexError:
+        return 0
+
+
+def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
+    """An Avro long (zig-zag varint) at ``pos``; its value and the position after it."""
+    b = buf[pos]
+    n, shift = b & 0x7F, 7
+    pos += 1
+    while b & 0x80 and shift < 70:
+        b = buf[pos]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        pos += 1
+    return (n >> 1) ^ -(n & 1), pos
+
+
+def _skip_string(buf: bytes, pos: int) -> int:
+    length, pos = _read_long(buf, pos)
+    return pos + length

@@ -41,6 +41,39 @@ class Fragment:
         return [span for _, spans in groups for span in spans]
 
 
+@dataclass(frozen=True, slots=True)
+class SpanLimits:
+    """Per-span bounds checked at ingest (``ingest.max_span_bytes``, ``ingest.max_attributes_per_span``).
+
+    Checked cheaply: a message no larger than a bound cannot hold a span past it, so only larger
+    messages look at their spans — an Avro span's size is its detail's length (free: a separate
+    byte string), its attribute count the attribute map's block header; an OTLP span's are the
+    protobuf's own (``ByteSize``, the repeated field's length)."""
+
+    max_span_bytes: int = 1 << 62
+    max_attributes: int = 1 << 62
+    # the fewest bytes one attribute takes encoded (Avro: key length + union index; protobuf: tag +
+    # length): a message shorter than max_attributes times this cannot hold a span past the bound
+    MIN_ATTRIBUTE_BYTES = 2
+
+    def may_exceed_bytes(self, message_bytes: int) -> bool:
+        return message_bytes > self.max_span_bytes
+
+    def may_exceed_attributes(self, message_bytes: int) -> bool:
+        return message_bytes > self.MIN_ATTRIBUTE_BYTES * self.max_attributes
+
+    def too_large(self, where: str, size: int) -> Malformed:
+        return Malformed(
+            "span_too_large", f"{where} is {size} bytes encoded, over ingest.max_span_bytes = {self.max_span_bytes}"
+        )
+
+    def too_many_attributes(self, where: str, count: int) -> Malformed:
+        return Malformed(
+            "too_many_attributes",
+            f"{where} has {count} attributes, over ingest.max_attributes_per_span = {self.max_attributes}",
+        )
+
+
 @dataclass(slots=True)
 class KeptFacts:
     """The decision's facts a kept record carries beside its spans."""

@@ -27,13 +27,14 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from operators.span_times import SpanTimeBounds
-from pipeline.codecs.interface import Fragment, KeptBatches, KeptFacts, Malformed, safe_text
+from pipeline.codecs.interface import Fragment, KeptBatches, KeptFacts, Malformed, SpanLimits, safe_text
 
 KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS = ("UNSET", "OK", "ERROR")
 _KIND_NUM = {k: i for i, k in enumerate(KINDS)}
 _STATUS_NUM = {k: i for i, k in enumerate(STATUS)}
 _ZERO_TRACE_ID = bytes(16)
+_ZERO_SPAN_ID = bytes(8)
 FORMATS = ("otlp_proto", "otlp_json")
 
 
@@ -54,6 +55,14 @@ class InvalidSpanId(InvalidSpan):
 
 class InvalidTimestamp(InvalidSpan):
     reason = "invalid_timestamp"
+
+
+class SpanTooLarge(InvalidSpan):
+    reason = "span_too_large"
+
+
+class TooManyAttributes(InvalidSpan):
+    reason = "too_many_attributes"
 
 
 _MAX_FIXED_AS_LONG = (1 << 63) - 1  # OTLP times are fixed64; Avro (KeptTrace) and our windows use long
@@ -135,6 +144,7 @@ def decode_traces(
     fmt: str = "otlp_proto",
     time_bounds: SpanTimeBounds | None = None,
     now_ns: int = 0,
+    limits: SpanLimits | None = None,
 ) -> dict[bytes, OtlpTrace]:
     """Parse a request and split it per trace ID into header dicts. Raises on malformed input;
     ``InvalidSpan`` (its ``reason`` says which) for a trace ID that is not 16 non-zero bytes or a
@@ -143,8 +153,13 @@ def decode_traces(
     the times are read anyway: a second pass over the header dicts cost 3 µs per message). Links
     and events are checked only when the trace is kept
     (``span_to_dict``: reading them for every span cost 8 µs per message, more than the rest of
-    the validation together)."""
+    the validation together). A span ID of all zeros is invalid (W3C); with ``limits``, a span over
+    ``limits.max_span_bytes`` (its protobuf size) raises ``SpanTooLarge`` and one with more than
+    ``limits.max_attributes`` attributes ``TooManyAttributes`` — looked at only in a message large
+    enough to hold such a span."""
     req = parse_request(value, fmt)
+    check_bytes = limits is not None and limits.may_exceed_bytes(len(value))
+    check_attributes = limits is not None and limits.may_exceed_attributes(len(value))
     traces: dict[bytes, OtlpTrace] = {}
     kinds, statuses = KINDS, STATUS
     checked = time_bounds is not None
@@ -161,8 +176,14 @@ def decode_traces(
                         raise InvalidTraceId("a trace ID is not 16 non-zero bytes")
                     trace = traces[tid] = OtlpTrace(tid)
                 span_id = sp.span_id
-                if len(span_id) != 8:
-                    raise InvalidSpanId(f"a span ID is {len(span_id)} bytes, not 8")
+                if len(span_id) != 8 or span_id == _ZERO_SPAN_ID:
+                    raise InvalidSpanId(
+                        "a span ID is all zeros" if span_id else f"a span ID is {len(span_id)} bytes, not 8"
+                    )
+                if check_attributes and len(sp.attributes) > limits.max_attributes:
+                    raise TooManyAttributes(limits.too_many_attributes("a span", len(sp.attributes)).detail)
+                if check_bytes and sp.ByteSize() > limits.max_span_bytes:
+                    raise SpanTooLarge(limits.too_large("a span", sp.ByteSize()).detail)
                 parent = sp.parent_span_id
                 if parent and len(parent) != 8:
                     raise InvalidSpanId(f"a parent span ID is {len(parent)} bytes, not 8")
@@ -425,16 +446,19 @@ class OtlpCodec:
     with its (service, headers) groups and, as handle, the ``OtlpTrace`` with the protobuf groups
     that re-keying (``split``) and kept traces (``kept_batches``) are built from."""
 
-    def __init__(self, fmt: str = "otlp_proto", time_bounds: SpanTimeBounds | None = None):
+    def __init__(
+        self, fmt: str = "otlp_proto", time_bounds: SpanTimeBounds | None = None, limits: SpanLimits | None = None
+    ):
         if fmt not in FORMATS:
             raise ValueError(f"unknown OTLP format {fmt!r}")
         self.name = fmt
         self.time_bounds = time_bounds
+        self.limits = limits
 
     def decode(self, value: bytes, now_ns: int) -> list[Fragment]:
         fmt = self.name
         try:
-            traces = decode_traces(value, fmt, self.time_bounds, now_ns)
+            traces = decode_traces(value, fmt, self.time_bounds, now_ns, self.limits)
         except InvalidSpan as exc:  # its text holds lengths and bounds, never id bytes
             raise Malformed(exc.reason, str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - protobuf/json raise many types for bad bytes

@@ -19,6 +19,7 @@ from operators.sli import SliWindows
 from operators.slo import SloTracker
 from operators.span_times import SpanTimeBounds
 from pipeline import codecs, metrics
+from pipeline.codecs.interface import SpanLimits
 from pipeline.config import Config
 from pipeline.job.decide import Decide
 from pipeline.job.emit import EmitRecords
@@ -116,7 +117,8 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
         self.rekey = config.ingest.rekey
         # times are checked at ingest, so none reaches a window, a watermark or an encoder unchecked
         self.time_bounds = SpanTimeBounds(self.sli.window_ns, config.ingest.max_clock_skew_ms * 1_000_000)
-        self.codec = codecs.for_format(self.ingest_format, self.time_bounds)  # spans.raw
+        limits = SpanLimits(config.ingest.max_span_bytes, config.ingest.max_attributes_per_span)
+        self.codec = codecs.for_format(self.ingest_format, self.time_bounds, limits)  # spans.raw
         self.emit_codec = codecs.for_format(self.emit_format)  # traces.kept
 
     def restore(self, partition: int, records: Iterable[dict], through: int = -1) -> int:
