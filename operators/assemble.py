@@ -44,6 +44,17 @@ from operators.watermark import PartitionWatermarks
 
 
 @dataclass(slots=True)
+class Buffered:
+    """One message's share of a buffered trace, as the job buffers it: the input ``Hold`` it
+    discharges, the message's raw bytes, and the codec's handle (None when only raw bytes are
+    kept: the decision decodes them again)."""
+
+    hold: Any
+    value: bytes
+    handle: Any = None
+
+
+@dataclass(slots=True)
 class TraceBuffer:
     trace_id: bytes
     partition: int
@@ -51,7 +62,7 @@ class TraceBuffer:
     deadline_ns: int
     spans: list[SpanHeader] = field(default_factory=list)  # empty when the assembler does not keep spans
     span_count: int = 0
-    fragments: list[Any] = field(default_factory=list)  # per message: an opaque ref the caller chose
+    messages: list[Any] = field(default_factory=list)  # per message: the caller's unit (the job's: Buffered)
     forced_reason: str = ""
     has_root: bool = False
     last_seen_ns: int = 0
@@ -61,7 +72,7 @@ class TraceBuffer:
 
 
 class TraceAssembler:
-    """Owns the spans (or raw fragments) of every undecided trace and decides *when* each is due —
+    """Owns the spans (or raw messages) of every undecided trace and decides *when* each is due —
     never *what* is decided: it knows no policy and no decision. It never reads a clock (time is
     passed in) and never holds more than its bounds: a trace or the whole buffer at a limit is
     released early, with the reason on the buffer."""
@@ -84,7 +95,7 @@ class TraceAssembler:
         self.root_quiet_gap_ns = root_quiet_gap_ns
         self.max_buffered_spans = max_buffered_spans
         self.max_spans_per_trace = max_spans_per_trace
-        # False: buffers hold only the caller's fragments (raw bytes) and counts; the caller decodes
+        # False: buffers hold only the caller's units (raw bytes) and counts; the caller decodes
         # the spans again at the decision (a decoded span costs ~1 KB, its raw bytes ~0.5 KB)
         self.keep_spans = keep_spans
         self.max_trace_bytes = max_trace_bytes
@@ -115,7 +126,7 @@ class TraceAssembler:
         return len(self._traces)
 
     def add(
-        self, trace_id: bytes, partition: int, spans: list[SpanHeader], fragment: Any, now_ns: int, size_bytes: int = 0
+        self, trace_id: bytes, partition: int, spans: list[SpanHeader], unit: Any, now_ns: int, size_bytes: int = 0
     ) -> list[TraceBuffer]:
         """Buffer one message's spans. Callers check the decision cache first for late spans.
         Returns the traces this message sealed: in processing time only a trace that reached its
@@ -127,7 +138,7 @@ class TraceAssembler:
         buf.span_count += len(spans)
         if self.keep_spans:
             buf.spans.extend(spans)
-        buf.fragments.append(fragment)
+        buf.messages.append(unit)
         buf.last_seen_ns = now_ns
         buf.size_bytes += size_bytes
         self.buffered_spans += len(spans)
@@ -191,7 +202,7 @@ class TraceAssembler:
     # surfaces (an entry is live iff its trace is still buffered as that buffer with that deadline).
     # (deadline, trace ID) decides the order; seq only separates entries of the same trace.
     def _add_event(
-        self, trace_id: bytes, partition: int, spans: list[SpanHeader], fragment: Any, now_ns: int, size_bytes: int = 0
+        self, trace_id: bytes, partition: int, spans: list[SpanHeader], unit: Any, now_ns: int, size_bytes: int = 0
     ) -> list[TraceBuffer]:
         """Event time: buffer one message, advance its partition's watermark, return what it sealed."""
         marks = self.watermarks
@@ -214,7 +225,7 @@ class TraceAssembler:
         buf.span_count += len(spans)
         if self.keep_spans:
             buf.spans.extend(spans)
-        buf.fragments.append(fragment)
+        buf.messages.append(unit)
         buf.size_bytes += size_bytes
         self.buffered_spans += len(spans)
         self.buffered_bytes += size_bytes

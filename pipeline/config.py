@@ -621,6 +621,20 @@ class IngestConfig(Strict):
         description="a span may end at most this far ahead of the worker clock (and start at most this "
         "long after it ends); beyond it the message is dead-lettered as invalid_timestamp",
     )
+    max_span_bytes: int = Field(
+        524_288,
+        ge=1_024,
+        le=64 << 20,
+        description="a message with a span larger than this (its encoded size in the input format) is "
+        "dead-lettered as span_too_large: no output record could carry it, and it costs every stage",
+    )
+    max_attributes_per_span: int = Field(
+        1_000,
+        ge=1,
+        le=1_000_000,
+        description="a message with a span carrying more attributes than this is dead-lettered as "
+        "too_many_attributes (decode, PII scan and memory of a kept trace grow with each)",
+    )
 
 
 class EmitConfig(Strict):

@@ -10,11 +10,15 @@ for it."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from operators.span_times import SpanTimeBounds
+from pipeline import codecs
 from pipeline.codecs import avro, otlp
+from pipeline.codecs.interface import SpanLimits
+from pipeline.config import IngestConfig, SliConfig
 
 FUZZ_SERVICE_PREFIX = "fuzz-"
 MIB = 1 << 20
@@ -25,6 +29,10 @@ U64_MAX = (1 << 64) - 1  # OTLP times are fixed64: a producer can send this
 
 # kinds made by mutating a good message at random: one may happen to decode (then it is not judged)
 MUTATIONS = frozenset({"truncated", "bit_flipped"})
+# odd but valid: the job takes these as data (README "Guarantees"), so the suite counts them as good
+# traffic — their spans in the SLIs, their trace decided — under their own service, not fuzz-*
+DATA_KINDS = frozenset({"start_after_end_within_skew"})
+DATA_SERVICE = "odd-data"
 
 
 @dataclass
@@ -32,6 +40,7 @@ class Hostile:
     kind: str
     key: bytes | None
     value: bytes | None
+    batch: dict | None = None  # DATA_KINDS: what it holds, for the ground truth
 
 
 def _span(rng: random.Random, **over) -> dict:
@@ -77,29 +86,30 @@ def encode(batch: dict, fmt: str) -> bytes:
     return otlp.encode_request([batch], fmt)
 
 
-def job_time_bounds(cfg) -> SpanTimeBounds:
-    """The span-time bounds a worker with this config enforces at ingest (README: ingest.max_clock_skew_ms)."""
-    return SpanTimeBounds(int(cfg.sli.window_seconds * 1e9), cfg.ingest.max_clock_skew_ms * 1_000_000)
-
-
-def still_valid(value: bytes | None, fmt: str, times: SpanTimeBounds | None = None, now_ns: int = 0) -> bool:
-    """Whether the job must accept it at ingest: the wire format's own decoder reads it as a
-    non-empty message with good IDs and — given the job's ``times`` bounds and the clock
-    ``now_ns`` — span times the job accepts (a bit flip in a time field leaves a message that
-    decodes, but one the job must dead-letter as ``invalid_timestamp``). What ingest does not
-    read (Avro span details, OTLP events and links) is decoded only if the trace is kept, so a
-    mutation there may or may not be dead-lettered: the suite judges neither way (``Truth.unjudged``)."""
+def still_valid(value: bytes | None, fmt: str, now_ns: int | None = None) -> bool:
+    """Whether the job, as configured by default, takes it: the wire format's codec decodes it
+    into spans and its checks pass (ids, span times against ``now_ns``, per-span limits). Only
+    the decoder used to be asked: a bit flip in a span time still decoded, the job dead-lettered
+    it as ``invalid_timestamp``, and the suite counted a good message dead-lettered."""
     if not value:
         return False
+    ingest = IngestConfig()
+    bounds = SpanTimeBounds(int(SliConfig().window_seconds * 1e9), ingest.max_clock_skew_ms * 1_000_000)
+    limits = SpanLimits(ingest.max_span_bytes, ingest.max_attributes_per_span)
     try:
-        if fmt == "avro":
-            b = avro.decode_batch(value)
-            if times is not None and times.violation(b["spans"], now_ns) is not None:
-                return False
-            return bool(b["spans"]) and any(b["trace_id"])
-        return bool(otlp.decode_traces(value, fmt, times, now_ns))
-    except Exception:  # noqa: BLE001 - any decoder error means: not valid
+        return bool(codecs.for_format(fmt, bounds, limits).decode(value, now_ns or time.time_ns()))
+    except Exception:  # noqa: BLE001 - Malformed, or anything else: not valid
         return False
+
+
+def truth_batches(value: bytes, fmt: str) -> list[tuple[bytes, list[dict]]]:
+    """(trace ID, SpanBatch-shaped dicts) of a message ``still_valid`` accepts, for the ground truth."""
+    if fmt == "avro":
+        b = avro.decode_batch(value)
+        return [(b["trace_id"], [b])]
+    return [
+        (tid, [{"service": g[2], "spans": g[3]} for g in t.groups]) for tid, t in otlp.decode_traces(value, fmt).items()
+    ]
 
 
 def _deep(depth: int):
@@ -126,7 +136,11 @@ def field_cases(rng: random.Random, fmt: str) -> list[tuple[str, bytes]]:
             "time_far_future",
             _batch(rng, spans=[_span(rng, start_time_unix_nano=FAR_FUTURE_NS, end_time_unix_nano=FAR_FUTURE_NS + 5)]),
         ),
-        ("end_before_start", _batch(rng, spans=[_span(rng, start_time_unix_nano=t + 10**9, end_time_unix_nano=t)])),
+        # beyond ingest.max_clock_skew_ms (5 min); within it a start after the end is data (DATA_KINDS)
+        (
+            "end_before_start",
+            _batch(rng, spans=[_span(rng, start_time_unix_nano=t + 3600 * 10**9, end_time_unix_nano=t)]),
+        ),
         ("zero_trace_id", _batch(rng, trace_id=bytes(16))),
         ("zero_span_id", _batch(rng, spans=[_span(rng, span_id=bytes(8))])),
         ("attr_1mib", _batch(rng, spans=[_span(rng, attributes={"big": "A" * MIB})])),
@@ -140,6 +154,16 @@ def field_cases(rng: random.Random, fmt: str) -> list[tuple[str, bytes]]:
         out.append(("time_2_64", encode(_batch(rng, spans=[_span(rng, end_time_unix_nano=U64_MAX)]), fmt)))
         out.append(("deep_array", encode(_batch(rng, spans=[_span(rng, attributes={"deep": _deep(90)})]), fmt)))
     return out
+
+
+def skewed_span(rng: random.Random, fmt: str) -> Hostile:
+    """A span that starts 1 s after it ends — within the clock skew the job allows (a span whose
+    start and end come from different clocks); its own trace, keyed by its trace ID."""
+    tid = rng.randbytes(16)
+    end = 1_700_000_000 * 10**9 + rng.randrange(10**12)
+    spans = [_span(rng, name="skewed-op", start_time_unix_nano=end + 10**9, end_time_unix_nano=end)]
+    batch = _batch(rng, trace_id=tid, spans=spans, service=DATA_SERVICE, resource={"service.name": DATA_SERVICE})
+    return Hostile("start_after_end_within_skew", tid, encode(batch, fmt), batch)
 
 
 def messages(n: int, fmt: str, seed: int = 7) -> Iterator[Hostile]:
@@ -163,6 +187,8 @@ def messages(n: int, fmt: str, seed: int = 7) -> Iterator[Hostile]:
         elif r in (3, 4, 5):
             kind, value = fields[(i // 10 * 3 + r - 3) % len(fields)]
             yield Hostile(kind, tid, value)
+            if r == 5 and i // 10 % 4 == 0:  # now and then an odd but valid message, fresh each time
+                yield skewed_span(rng, fmt)
         elif r == 6:
             yield Hostile("tombstone", tid, None)
         elif r == 7:

@@ -36,8 +36,11 @@ class Truth:
     # (partition, offset) of every message meant to be dead-lettered → what it is (fuzz kind)
     poison: dict[tuple[int, int], str] = field(default_factory=dict)
     poison_sent: int = 0
-    # (partition, offset) of mutated messages that still decode: dead-lettered or not, never judged
-    unjudged: set[tuple[int, int]] = field(default_factory=set)
+    # SHA-256 (hex) of fuzz mutations that still decode: the job takes them as data, and one whose
+    # span detail or resource is corrupt is reported as detail_decode_error if its trace is kept —
+    # from where it was read, which for a re-keyed copy is not where the suite wrote it (hence the
+    # digest, which dead letters carry, not the position)
+    mutations: set[str] = field(default_factory=set)
 
     def add_batches(self, trace_id: bytes, batches: list[dict]) -> None:
         """One trace's spans (SpanBatch-shaped dicts: service + spans with id, name, kind,

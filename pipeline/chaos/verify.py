@@ -66,12 +66,31 @@ def sli_totals(bootstrap: str, topic: str, timeout: float = 120) -> tuple[Counte
     return by_service, +err_by_service
 
 
-def decisions(bootstrap: str, topic: str, timeout: float = 120) -> dict[bytes, list[bool]]:
-    """Trace ID → the keep flag of every decision record for it."""
-    out: dict[bytes, list[bool]] = defaultdict(list)
+# what a decision decides: the verdict and what it stands for (adjusted count = 1 / probability).
+# A record rewritten for a late span of a kept trace (more emitted offsets) has the same verdict.
+Verdict = tuple[bool, str, float]
+
+
+def judge_decisions(verdicts: list[Verdict]) -> str:
+    """One trace's decision records: ``missing``, ``one``, ``rewritten`` (several, one verdict: the
+    compacted log keeps the latest, and it says the same), ``multiple`` (they disagree on policy or
+    probability: the kept spans carry different adjusted counts) or ``conflicting`` (on keep)."""
+    if not verdicts:
+        return "missing"
+    if len(verdicts) == 1:
+        return "one"
+    distinct = set(verdicts)
+    if len(distinct) == 1:
+        return "rewritten"
+    return "conflicting" if len({v[0] for v in distinct}) > 1 else "multiple"
+
+
+def decisions(bootstrap: str, topic: str, timeout: float = 120) -> dict[bytes, list[Verdict]]:
+    """Trace ID → the verdict (keep, policy, probability) of every decision record for it, in log order."""
+    out: dict[bytes, list[Verdict]] = defaultdict(list)
     for _, _, _, value in read_all(bootstrap, topic, timeout=timeout):
         d = avro.decode(avro.TRACE_DECISION, value)
-        out[d["trace_id"]].append(d["keep"])
+        out[d["trace_id"]].append((d["keep"], d["policy"], d["probability"]))
     return out
 
 
@@ -160,8 +179,12 @@ class Exactness:
     dropped_leaked: int = 0  # spans in traces.kept of a trace whose decision is drop
     unknown_kept: int = 0  # kept spans of good traces' IDs that were never produced
     decisions_missing: int = 0
-    decisions_multiple: int = 0
-    decisions_conflicting: int = 0
+    # the log is compacted (the latest record per trace stays), so a trace written several times with
+    # the same verdict — late spans of a kept trace, a replay after a crash — has one decision; only
+    # records that disagree are two decisions
+    decisions_rewritten: int = 0  # traces with more than one record, all of the same verdict
+    decisions_multiple: int = 0  # traces whose records disagree on keep, policy or probability
+    decisions_conflicting: int = 0  # ... of them: on keep
     sli_mismatches: int = 0  # (service, operation, kind, status) keys with a wrong span or error count
     sli_span_delta: int = 0  # sum |output - truth| over keys of the good traffic's services
     hostile_sli_spans: int = 0  # spans counted under services the good traffic does not have
@@ -186,12 +209,13 @@ def check(bootstrap: str, topics, truth: Truth, errors_kept: bool = True, input_
     for tid, t in truth.traces.items():
         want = None
         got = kept.get(tid)
-        flags = dec.get(tid, [])
-        if not flags:
-            ex.decisions_missing += 1
-        elif len(flags) > 1:
-            ex.decisions_multiple += 1
-            ex.decisions_conflicting += len(set(flags)) > 1
+        verdicts = dec.get(tid, [])
+        flags = [v[0] for v in verdicts]
+        judged = judge_decisions(verdicts)
+        ex.decisions_missing += judged == "missing"
+        ex.decisions_rewritten += judged == "rewritten"
+        ex.decisions_multiple += judged in ("multiple", "conflicting")
+        ex.decisions_conflicting += judged == "conflicting"
         if got is not None:
             want = t.span_set()
             ex.lost += len(want - got)
@@ -226,7 +250,10 @@ def check(bootstrap: str, topics, truth: Truth, errors_kept: bool = True, input_
             reason = "(not dead-lettered)"
         ex.poison_reasons.setdefault(kind, Counter())[reason] += 1
     ex.poison_missing += truth.poison_sent - len(truth.poison)  # sent but never acknowledged
-    ex.good_deadlettered = len(at.keys() - truth.unjudged)
+    for d in dls:  # mutations taken as data: a corrupt detail of a kept trace is reported, not refused
+        if d["reason"] == "detail_decode_error" and d["value_sha256"] in truth.mutations:
+            at.pop((d["partition"], d["offset"]), None)
+    ex.good_deadlettered = len(at)
     return ex
 
 

@@ -23,6 +23,9 @@ from typing import Any
 
 import fastavro
 
+from operators.span_times import SpanTimeBounds
+from pipeline.codecs.interface import Fragment, KeptBatches, KeptFacts, Malformed, SpanLimits, safe_text
+
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
 SPAN_BATCH = "span_batch.v1"
@@ -33,6 +36,8 @@ SLI_WINDOW = "sli_window.v1"
 DEAD_LETTER = "dead_letter.v1"
 TRACE_DECISION = "trace_decision.v1"
 
+_ZERO_TRACE_ID = bytes(16)
+_ZERO_SPAN_ID = bytes(8)
 EMPTY_DETAIL = {"status_message": "", "attributes": {}, "events": [], "links": []}
 
 
@@ -96,3 +101,151 @@ def encode_span_batch(batch: dict) -> bytes:
     if any("detail" not in span for span in batch["spans"]):
         batch = {**batch, "spans": [span if "detail" in span else {**span, "detail": b""} for span in batch["spans"]]}
     return encode(SPAN_BATCH, batch)
+
+
+# ------------------------------------------------------------------ the ingest codec (spans.raw)
+class AvroCodec:
+    """``pipeline.codecs.interface.Codec`` for ``span_batch.v1`` input and ``kept_trace.v1`` output:
+    a message is one trace's spans of one service, so it yields one ``Fragment`` whose handle is
+    the decoded batch (span details and the resource still encoded)."""
+
+    name = "avro"
+
+    def __init__(self, time_bounds: SpanTimeBounds | None = None, limits: SpanLimits | None = None):
+        self.time_bounds = time_bounds
+        self.limits = limits or SpanLimits()
+
+    def decode(self, value: bytes, now_ns: int) -> list[Fragment]:
+        try:
+            batch = decode_batch(value)
+        except Exception as exc:  # noqa: BLE001 - fastavro raises many types for bad bytes
+            raise Malformed(
+                "decode_error", f"not a {SPAN_BATCH} record: {type(exc).__name__}: {safe_text(exc)}"
+            ) from None
+        trace_id = batch["trace_id"]
+        spans = batch["spans"]
+        if not spans:
+            raise Malformed("empty_batch", "the batch has no spans")
+        if trace_id == _ZERO_TRACE_ID:
+            raise Malformed("invalid_trace_id", "the trace ID is all zeros")
+        self._check_spans(spans, len(value))
+        if self.time_bounds is not None:
+            bad_time = self.time_bounds.violation(spans, now_ns)
+            if bad_time:
+                raise Malformed("invalid_timestamp", bad_time)
+        return [_fragment(batch)]
+
+    def _check_spans(self, spans: list[dict], message_bytes: int) -> None:
+        """Span IDs (W3C: all zeros is invalid) and the per-span limits; the limits are looked at
+        only in a message large enough to break them."""
+        limits = self.limits
+        check_bytes = limits.may_exceed_bytes(message_bytes)
+        check_attributes = limits.may_exceed_attributes(message_bytes)
+        for i, span in enumerate(spans):
+            if span["span_id"] == _ZERO_SPAN_ID:
+                raise Malformed("invalid_span_id", f"span {i}: the span ID is all zeros")
+            if check_bytes or check_attributes:
+                detail = span["detail"]
+                if check_bytes:
+                    size = len(detail) + len(span["name"]) + len(span["trace_state"])
+                    if size > limits.max_span_bytes:
+                        raise limits.too_large(f"span {i}", size)
+                if check_attributes and limits.may_exceed_attributes(len(detail)):
+                    count = attribute_count(detail, limits.max_attributes)
+                    if count > limits.max_attributes:
+                        raise limits.too_many_attributes(f"span {i}", count)
+
+    def decode_trace(self, value: bytes, trace_id: bytes) -> Fragment:
+        return _fragment(decode_batch(value))
+
+    def split(self, value: bytes, fragment: Fragment) -> bytes:
+        return value  # one trace per message
+
+    def decode_detail(self, detail: bytes) -> dict:
+        return decode_detail(detail)
+
+    def kept_batches(self, value: bytes, handle: Any) -> KeptBatches:
+        """The batch with every span's detail and the resource decoded. A detail or resource that
+        does not decode leaves that part empty and listed (the trace was judged on sound headers)."""
+        batch = handle
+        kept = KeptBatches([batch])
+        for span in batch["spans"]:
+            try:
+                detail = decode_detail(span.pop("detail"))
+            except Exception as exc:  # noqa: BLE001 - corrupt detail must not stop the stream
+                kept.problem = f"{type(exc).__name__}: {safe_text(exc)}"
+                detail = {**EMPTY_DETAIL, "attributes": {}}
+                kept.undecodable_spans.append(span)
+            span.update(detail)
+        try:
+            batch["resource"] = decode_resource(batch["resource"])
+        except Exception as exc:  # noqa: BLE001 - as for a corrupt detail: keep the spans, report it
+            kept.problem = f"resource: {type(exc).__name__}: {safe_text(exc)}"
+            batch["resource"] = {}
+            kept.undecodable_resources.append(batch)
+        return kept
+
+    def encode_kept(self, facts: KeptFacts, batches: list[dict], part: int = 0, parts: int = 1) -> bytes:
+        return encode(
+            KEPT_TRACE,
+            {
+                "trace_id": facts.trace_id,
+                "policy": facts.policy,
+                "reason": facts.reason,
+                "adjusted_count": facts.adjusted_count,
+                "decided_at_unix_nano": facts.decided_at_ns,
+                "late": facts.late,
+                "span_count": sum(len(b["spans"]) for b in batches),
+                "batches": batches,
+                "part": part,
+                "parts": parts,
+            },
+        )
+
+
+def _fragment(batch: dict) -> Fragment:
+    service = batch["service"]
+    spans = batch["spans"]
+    for span in spans:
+        span["service"] = service
+    return Fragment(batch["trace_id"], [(service, spans)], len(spans), batch)
+
+
+def attribute_count(detail: bytes, stop: int) -> int:
+    """How many attributes an encoded ``SpanDetail`` holds, read from the attribute map's block
+    headers without decoding an entry (counting stops once past ``stop``). A block with a positive
+    count is not followed by its byte size, so the count ends there: fastavro and Java's Avro
+    write a map as one such block; a writer that splits it into unsized blocks gets only its first
+    block counted (its spans stay bounded by ``ingest.max_span_bytes``). A detail that is not
+    Avro counts 0: the kept path reports it (``detail_decode_error``)."""
+    try:
+        pos = _skip_string(detail, 0)  # status_message
+        total = 0
+        while total <= stop:
+            count, pos = _read_long(detail, pos)
+            if count >= 0:
+                return total + count
+            size, pos = _read_long(detail, pos)
+            total -= count
+            pos += size
+        return total
+    except IndexError:
+        return 0
+
+
+def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
+    """An Avro long (zig-zag varint) at ``pos``; its value and the position after it."""
+    b = buf[pos]
+    n, shift = b & 0x7F, 7
+    pos += 1
+    while b & 0x80 and shift < 70:
+        b = buf[pos]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        pos += 1
+    return (n >> 1) ^ -(n & 1), pos
+
+
+def _skip_string(buf: bytes, pos: int) -> int:
+    length, pos = _read_long(buf, pos)
+    return pos + length

@@ -27,12 +27,14 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from operators.span_times import SpanTimeBounds
+from pipeline.codecs.interface import Fragment, KeptBatches, KeptFacts, Malformed, SpanLimits, safe_text
 
 KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS = ("UNSET", "OK", "ERROR")
 _KIND_NUM = {k: i for i, k in enumerate(KINDS)}
 _STATUS_NUM = {k: i for i, k in enumerate(STATUS)}
 _ZERO_TRACE_ID = bytes(16)
+_ZERO_SPAN_ID = bytes(8)
 FORMATS = ("otlp_proto", "otlp_json")
 
 
@@ -53,6 +55,14 @@ class InvalidSpanId(InvalidSpan):
 
 class InvalidTimestamp(InvalidSpan):
     reason = "invalid_timestamp"
+
+
+class SpanTooLarge(InvalidSpan):
+    reason = "span_too_large"
+
+
+class TooManyAttributes(InvalidSpan):
+    reason = "too_many_attributes"
 
 
 _MAX_FIXED_AS_LONG = (1 << 63) - 1  # OTLP times are fixed64; Avro (KeptTrace) and our windows use long
@@ -130,7 +140,11 @@ def _service(resource) -> str:
 
 
 def decode_traces(
-    value: bytes, fmt: str = "otlp_proto", time_bounds: SpanTimeBounds | None = None, now_ns: int = 0
+    value: bytes,
+    fmt: str = "otlp_proto",
+    time_bounds: SpanTimeBounds | None = None,
+    now_ns: int = 0,
+    limits: SpanLimits | None = None,
 ) -> dict[bytes, OtlpTrace]:
     """Parse a request and split it per trace ID into header dicts. Raises on malformed input;
     ``InvalidSpan`` (its ``reason`` says which) for a trace ID that is not 16 non-zero bytes or a
@@ -139,8 +153,13 @@ def decode_traces(
     the times are read anyway: a second pass over the header dicts cost 3 µs per message). Links
     and events are checked only when the trace is kept
     (``span_to_dict``: reading them for every span cost 8 µs per message, more than the rest of
-    the validation together)."""
+    the validation together). A span ID of all zeros is invalid (W3C); with ``limits``, a span over
+    ``limits.max_span_bytes`` (its protobuf size) raises ``SpanTooLarge`` and one with more than
+    ``limits.max_attributes`` attributes ``TooManyAttributes`` — looked at only in a message large
+    enough to hold such a span."""
     req = parse_request(value, fmt)
+    check_bytes = limits is not None and limits.may_exceed_bytes(len(value))
+    check_attributes = limits is not None and limits.may_exceed_attributes(len(value))
     traces: dict[bytes, OtlpTrace] = {}
     kinds, statuses = KINDS, STATUS
     checked = time_bounds is not None
@@ -157,8 +176,14 @@ def decode_traces(
                         raise InvalidTraceId("a trace ID is not 16 non-zero bytes")
                     trace = traces[tid] = OtlpTrace(tid)
                 span_id = sp.span_id
-                if len(span_id) != 8:
-                    raise InvalidSpanId(f"a span ID is {len(span_id)} bytes, not 8")
+                if len(span_id) != 8 or span_id == _ZERO_SPAN_ID:
+                    raise InvalidSpanId(
+                        "a span ID is all zeros" if span_id else f"a span ID is {len(span_id)} bytes, not 8"
+                    )
+                if check_attributes and len(sp.attributes) > limits.max_attributes:
+                    raise TooManyAttributes(limits.too_many_attributes("a span", len(sp.attributes)).detail)
+                if check_bytes and sp.ByteSize() > limits.max_span_bytes:
+                    raise SpanTooLarge(limits.too_large("a span", sp.ByteSize()).detail)
                 parent = sp.parent_span_id
                 if parent and len(parent) != 8:
                     raise InvalidSpanId(f"a parent span ID is {len(parent)} bytes, not 8")
@@ -380,6 +405,7 @@ def encode_request(batches: list[dict], fmt: str = "otlp_proto") -> bytes:
 
 __all__ = [
     "FORMATS",
+    "OtlpCodec",
     "InvalidSpan",
     "InvalidSpanId",
     "InvalidTimestamp",
@@ -411,3 +437,58 @@ def kept_summary(trace_id: bytes, value: bytes, fmt: str = "otlp_proto") -> dict
         "late": bool(attrs.get("sampling.late", False)),
         "span_count": len(spans),
     }
+
+
+# ------------------------------------------------------------------ the ingest codec (spans.raw)
+class OtlpCodec:
+    """``pipeline.codecs.interface.Codec`` for ``otlp_proto`` / ``otlp_json`` requests: a request
+    may hold many traces, so it yields one ``Fragment`` per trace ID (in first-seen order), each
+    with its (service, headers) groups and, as handle, the ``OtlpTrace`` with the protobuf groups
+    that re-keying (``split``) and kept traces (``kept_batches``) are built from."""
+
+    def __init__(
+        self, fmt: str = "otlp_proto", time_bounds: SpanTimeBounds | None = None, limits: SpanLimits | None = None
+    ):
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown OTLP format {fmt!r}")
+        self.name = fmt
+        self.time_bounds = time_bounds
+        self.limits = limits
+
+    def decode(self, value: bytes, now_ns: int) -> list[Fragment]:
+        fmt = self.name
+        try:
+            traces = decode_traces(value, fmt, self.time_bounds, now_ns, self.limits)
+        except InvalidSpan as exc:  # its text holds lengths and bounds, never id bytes
+            raise Malformed(exc.reason, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - protobuf/json raise many types for bad bytes
+            raise Malformed(
+                "decode_error",
+                f"not an OTLP ExportTraceServiceRequest ({fmt}): {type(exc).__name__}: {safe_text(exc)}",
+            ) from None
+        if not traces:
+            raise Malformed("empty_batch", "the request has no spans")
+        return [_fragment(trace) for trace in traces.values()]
+
+    def decode_trace(self, value: bytes, trace_id: bytes) -> Fragment:
+        return _fragment(decode_traces(value, self.name)[trace_id])
+
+    def split(self, value: bytes, fragment: Fragment) -> bytes:
+        return split_request(fragment.handle, self.name)
+
+    def decode_detail(self, detail: Span) -> dict:
+        return decode_detail(detail)
+
+    def kept_batches(self, value: bytes, handle: Any) -> KeptBatches:
+        try:
+            return KeptBatches(kept_batches(handle))
+        except InvalidSpan as exc:  # a link ID or event time no output format can carry
+            raise Malformed(exc.reason, str(exc)) from None
+
+    def encode_kept(self, facts: KeptFacts, batches: list[dict], part: int = 0, parts: int = 1) -> bytes:
+        # OTLP has no record-level facts: each span carries them as sampling.* attributes
+        return encode_request(batches, self.name)
+
+
+def _fragment(trace: OtlpTrace) -> Fragment:
+    return Fragment(trace.trace_id, [(g[2], g[3]) for g in trace.groups], len(trace.spans), trace)

@@ -5,24 +5,19 @@ a crash storm (3 workers, 12 partitions, ~100K spans, two kill -9s, one broker S
 
 RELAXED: figures that miss on today's job and are shown but not failed on (each measured on the
 branch, 2026-11-29; the full profile, ``make chaos``, relaxes nothing):
-- crash storm: error traces not kept, traces with >1 decision — 15 of 272 error traces were
-  decided drop before their error spans arrived (queue consumers and services flushing later than
-  the root: the decision point passed, and a paused or restarted worker reads the tail late; the
-  same shows without any fault in the overload scenario, 23 of 143), and ~120 traces have the
-  same decision written several times (same verdict, same decided_at) to traces.decisions.
-- fuzz avro / fuzz otlp_proto: measured on the branch before the hostile-input and output-size
-  fixes, a 1 MiB attribute made every write fail (MSG_SIZE_TOO_LARGE, the worker rewound to it
-  forever: nothing drained) and a time near 2^63 crashed the worker into a loop; both are fixed
-  and asserted again here (drained, no unplanned worker exit). Still relaxed: the kinds the suite
-  calls hostile but the job accepts as data (a 1 MiB attribute, 10,000 attributes, a start after
-  the end within the clock skew, an all-zero span ID: not dead-lettered, their spans counted in
-  the SLIs) and the decision figures below. The figures that depend on those stay relaxed too.
-  No longer relaxed: "good messages dead-lettered" (3–4 per format were bit-flipped mutations the
-  suite took for good traffic because they still decoded, with a flipped span time the job
-  rightly refused as invalid_timestamp; the suite now applies the job's time bounds).
-- canaries: nothing relaxed any more (was: raw canaries in traces.kept — an e-mail as an attribute
-  *key*, an IP in a resource attribute (host.ip), a user id in free text and in tracestate; fixed,
-  see tests/unit/test_privacy_every_place.py).
+- crash storm: error traces not kept — 15 of 272 error traces were decided drop before their
+  error spans arrived (queue consumers and services flushing later than the root: the decision
+  point passed, and a paused or restarted worker reads the tail late; the same shows without any
+  fault in the overload scenario, 23 of 143).
+No longer relaxed: the canaries (fixed on branch pii: attribute keys, host.ip, user ids in free
+text and tracestate were left raw in traces.kept); the fuzz figures (fixed on branch boundary) — every hostile
+kind is dead-lettered (an all-zero span ID: invalid_span_id; a 1 MiB attribute: span_too_large;
+10,000 attributes: too_many_attributes), a start after the end within the clock skew is data and
+judged as good traffic, mutations that still pass the job's checks are ground truth (they were
+counted as "hostile spans counted in SLIs", and those failing a time check as "good messages
+dead-lettered": the 3–4 per format whose cause had not been found); and "traces with >1
+decision", which now counts traces whose decision records disagree (~120 traces per run had the
+same verdict rewritten, which the compacted log reduces to one: shown, not judged).
 What stays asserted: every other figure, e.g. the crash storm's SLI counts exact, no duplicate
 span, no conflicting decision, every poison message dead-lettered and no good one; in the fuzz
 runs drained, no unplanned worker exit, no duplicate, no conflicting decision; no canary in any
@@ -41,19 +36,6 @@ pytestmark = pytest.mark.integration
 
 RELAXED = [
     "crash storm.error traces not kept",
-    "crash storm.traces with >1 decision",
-    "fuzz *.traces kept",
-    "fuzz *.spans lost (of kept traces)",
-    "fuzz *.kept traces with spans lost",
-    "fuzz *.error traces kept incomplete",
-    "fuzz *.error traces not kept",
-    "fuzz *.traces without a decision",
-    "fuzz *.traces with >1 decision",
-    "fuzz *.SLI mismatches (keys)",
-    "fuzz *.SLI span count error",
-    "fuzz *.hostile not dead-lettered",
-    "fuzz *.hostile spans counted in SLIs",
-    "fuzz *.not dead-lettered: *",
 ]
 
 

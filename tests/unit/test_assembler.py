@@ -15,7 +15,7 @@ def test_trace_is_due_after_decision_wait_with_all_its_spans():
     assert a.due(99 * MS) == []
     due = a.due(100 * MS)
     assert [b.trace_id for b in due] == [b"A" * 16]
-    assert len(due[0].spans) == 3 and due[0].fragments == ["m1", "m2"] and due[0].forced_reason == ""
+    assert len(due[0].spans) == 3 and due[0].messages == ["m1", "m2"] and due[0].forced_reason == ""
     assert a.buffered_spans == 1 and len(a) == 1
 
 
@@ -24,7 +24,7 @@ def test_memory_bound_forces_oldest_traces_first():
     for i in range(4):
         a.add(bytes([i]) * 16, 0, [span()], i, now_ns=i)
     due = a.due(10)
-    assert [b.fragments for b in due] == [[0]]
+    assert [b.messages for b in due] == [[0]]
     assert due[0].forced_reason == "memory_bound" and a.buffered_spans == 3
 
 

@@ -62,7 +62,7 @@ def test_a_trace_is_sealed_by_add_when_its_partitions_watermark_passes_its_deadl
     assert a.due(3) == []  # due() never seals on the watermark
     (sealed,) = a.add(C, 0, [span(end=110 * MS)], "m4", now_ns=4)
     assert sealed.trace_id == A and sealed.trigger == "decision_wait" and sealed.forced_reason == ""
-    assert sealed.fragments == ["m1", "m2"] and len(sealed.spans) == 2
+    assert sealed.messages == ["m1", "m2"] and len(sealed.spans) == 2
     assert sealed.decided_at_ns == 110 * MS and sealed.deadline_ns == 110 * MS
     assert a.buffered_spans == 2 and len(a) == 2 and {b.trace_id for b in a} == {B, C}
 

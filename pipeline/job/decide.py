@@ -1,0 +1,109 @@
+"""Stage 3, decide: traces whose decision point has come are decoded again from their buffered raw
+bytes (headers only), judged by the policies, and turn into a decision-log record plus — when kept
+— kept records (``protect``); due SLI windows close beside them. ``collect`` gathers it all into
+one ``Outbox``."""
+
+from __future__ import annotations
+
+from operators.assemble import TraceBuffer
+from operators.decide import Decision
+from operators.trace import TraceView
+from pipeline import metrics
+from pipeline.job.records import Outbox, Record
+
+# kept because a kept trace links to it (sampling.follow_links): probability 0 → adjusted count 0,
+# so estimates summed over kept traces are unchanged by traces kept only as context
+FOLLOWED_LINK = Decision(True, "follow_links", "linked_from_kept_trace", probability=0.0)
+
+
+class Decide:
+    """The decision stage of ``Job`` (a mixin: the state is the job's)."""
+
+    def collect(self, now_ns: int, flush_all_windows: bool = False) -> Outbox:
+        """Decide every trace whose decision point has come and close due SLI windows."""
+        out = self._sealed  # its records are _pending
+        self._pending = []
+        self._sealed = Outbox(self._pending)
+        for buf in self.assembler.due(now_ns):
+            # event time: due() releases only idle partitions and memory-bound traces; their
+            # decision time is the watermark the assembler recorded (0 in processing time)
+            self._decide(buf, buf.decided_at_ns or now_ns, out, now_ns)
+        # exactly_once: every open window goes out as a partial with this transaction, so the
+        # checkpoint below can say "counted and written" for every offset ingested so far
+        for window in self.sli.due(now_ns, flush_all=flush_all_windows or self.exactly_once):
+            out.records.append(
+                Record(self.sli_topic, window.service.encode(), self._sli_record(window, now_ns), window.holds)
+            )
+            metrics.SLI_SPANS.labels(window.service, window.span_kind, window.status).inc(window.span_count)
+            metrics.SLI_LATENCY_SUM.labels(window.service, window.span_kind, window.status).inc(window.sum_ms / 1_000.0)
+            if self.slo.objectives:
+                for name, events, bad in self.slo.observe(
+                    window.service,
+                    window.operation,
+                    window.span_kind,
+                    window.window_end_ns,
+                    window.span_count,
+                    window.error_count,
+                    window.sketch,
+                ):
+                    metrics.SLO_EVENTS.labels(name).inc(events)
+                    metrics.SLO_BAD_EVENTS.labels(name).inc(bad)
+        out.records.extend(self._pending)  # dead letters for corrupt details found while building kept traces
+        self._pending.clear()  # (the list stays shared with self._sealed)
+        if self.exactly_once:
+            out.checkpoints = self._processed
+            self._processed = {}
+        return out
+
+    def _decide(self, buf: TraceBuffer, decided_ns: int, out: Outbox, now_ns: int) -> None:
+        """Decide one released trace: decision record, kept trace (or released holds), metrics.
+        ``decided_ns`` is the decision's time (the watermark in event time, else the worker clock)."""
+        # only raw bytes were buffered: decode the headers again (decoded fine at ingest: same
+        # bytes, same result); the handle rides along so a kept trace is not decoded a third time
+        codec, trace_id, spans = self.codec, buf.trace_id, []
+        for unit in buf.messages:
+            fragment = codec.decode_trace(unit.value, trace_id)
+            spans.extend(fragment.spans())
+            unit.handle = fragment.handle
+        buf.spans = spans
+        self.graph.add_trace(spans)
+        view = TraceView(
+            trace_id, spans, now_ns=decided_ns, size_bytes=buf.size_bytes, decode_detail=codec.decode_detail
+        )  # attributes decoded only if a policy asks
+        decision = self.engine.decide(view)
+        if self._link_hints and trace_id in self._link_hints:
+            del self._link_hints[trace_id]
+            if decision.vetoed:  # a drop rule (health checks, a tenant never stored) wins over links
+                metrics.FOLLOW_LINKS.labels("dropped_by_policy").inc()
+            elif not decision.keep:  # context for a kept trace that links here; stands for no traces
+                decision = FOLLOWED_LINK
+                metrics.FOLLOW_LINKS.labels("kept").inc()
+        if self.dry_run:
+            decision = decision.dry_run()  # kept, annotated with what would have happened
+        offsets = [unit.hold.offset for unit in buf.messages] if decision.keep else ()
+        self.decisions.remember(trace_id, decision, buf.partition, offsets, decided_ns)
+        out.records.append(self._decision_record(trace_id, decision, buf.partition, offsets, decided_ns))
+        metrics.DECISION_POINTS.labels(buf.trigger).inc()
+        if self.event_time:
+            out.decision_points.append(now_ns)
+        else:
+            out.decision_points.append(
+                buf.deadline_ns
+                if buf.trigger == "decision_wait"
+                else buf.last_seen_ns + self.assembler.root_quiet_gap_ns
+                if buf.trigger == "root_quiet"
+                else now_ns
+            )
+        metrics.TRACES_DECIDED.labels(
+            "keep" if decision.would_keep else "drop", decision.policy or "-", buf.forced_reason or "-"
+        ).inc()
+        if decision.keep:
+            out.kept_traces += 1
+            metrics.KEPT_SPANS.inc(buf.span_count)
+            out.records.extend(
+                self._kept_records(trace_id, decision, buf.messages, decided_ns, forced=buf.forced_reason)
+            )
+        else:
+            out.dropped_traces += 1
+            for unit in buf.messages:
+                self.tracker.release(unit.hold)

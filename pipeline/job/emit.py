@@ -1,0 +1,83 @@
+"""Stage 5, emit: the records the job writes beside kept traces — decision-log entries, SLI window
+partials, dead letters and PII audits — each holding the input offsets it discharges."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from operators.commit import Hold
+from operators.decide import Decision
+from operators.sli import WindowAggregate, window_record
+from pipeline import metrics
+from pipeline.codecs import avro
+from pipeline.job.records import Received, Record
+from pipeline.privacy import audit_record
+
+
+class EmitRecords:
+    """Record builders of ``Job`` (a mixin: the state is the job's)."""
+
+    def _decision_record(
+        self, trace_id: bytes, decision: Decision, partition: int, offsets: Iterable[int], decided_at_ns: int
+    ) -> Record:
+        """The decision-log entry, written to the trace's input partition number."""
+        value = avro.encode(
+            avro.TRACE_DECISION,
+            {
+                "trace_id": trace_id,
+                "keep": decision.keep,
+                "policy": decision.policy,
+                "reason": decision.reason,
+                "probability": decision.probability,
+                "threshold": decision.threshold,
+                "dry_run_kept": decision.dry_run_kept,
+                "decided_at_unix_nano": decided_at_ns,
+                "input_partition": partition,
+                "emitted_offsets": sorted(offsets),
+                "processed_through": -1,
+            },
+        )
+        return Record(self.decisions_topic, trace_id, value, [], partition)
+
+    def _sli_record(self, w: WindowAggregate, now_ns: int) -> bytes:
+        return avro.encode(avro.SLI_WINDOW, window_record(w, self.worker_id, now_ns))
+
+    def _dead_letter(self, msg: Received, reason: str, detail: str, now_ns: int, hold: Hold | None) -> Record:
+        metrics.DEADLETTERS.labels(reason).inc()
+        value = msg.value or b""
+        record = avro.encode(
+            avro.DEAD_LETTER,
+            {
+                "source_topic": self.input_topic,
+                "partition": msg.partition,
+                "offset": msg.offset,
+                "reason": reason,
+                "detail": detail,
+                "value_size": len(value),
+                "value_sha256": hashlib.sha256(value).hexdigest(),
+                "key_size": len(msg.key or b""),
+                "received_at_unix_nano": now_ns,
+            },
+        )
+        return Record(
+            self.deadletter_topic,
+            f"{self.input_topic}/{msg.partition}/{msg.offset}".encode(),
+            record,
+            [hold] if hold is not None else [],
+        )
+
+    def _pii_audit(
+        self, trace_id: bytes, counts: dict[str, int], holds: list[Hold], now_ns: int, late: bool, span_count: int
+    ) -> None:
+        """Counts (never values) of what protection changed → metrics and, per kept record, a
+        PiiAudit record that holds its inputs like the kept record does."""
+        for name, n in counts.items():
+            kind, _, label = name.partition(":")
+            (metrics.PII_DETECTIONS if kind == "detector" else metrics.PII_RULE_ACTIONS).labels(label).inc(n)
+        if not self.config.privacy.audit:
+            return
+        for hold in holds:
+            hold.count += 1
+        value = audit_record(trace_id, counts, self.protector.tokenizer.key_id, now_ns, late, span_count)
+        self._pending.append(Record(self.pii_audit_topic, trace_id, value, list(holds)))

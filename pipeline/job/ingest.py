@@ -1,0 +1,106 @@
+"""Stage 1, ingest: one loop for every wire format. Each received message goes through the
+configured codec (``pipeline.codecs.interface.Codec``) into per-trace ``Fragment``s; a malformed
+one is dead-lettered with its reason, one off its trace's canonical partition is re-keyed, and
+each fragment is counted in the SLI windows (before sampling) and routed (``route``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from operators.assemble import Buffered
+from pipeline import metrics
+from pipeline.codecs import otlp
+from pipeline.codecs.interface import Fragment, Malformed
+from pipeline.job.records import Received, Record
+from pipeline.kafka.partitioner import canonical_partition
+
+# label children bound once: .labels() per message would cost a dict lookup and a lock each time
+_REKEYED = metrics.MESSAGES.labels("rekeyed")
+_TOO_LARGE_TO_REKEY = metrics.MESSAGES.labels("too_large_to_rekey")
+
+
+class Ingest:
+    """The ingest stage of ``Job`` (a mixin: the state is the job's)."""
+
+    def ingest(self, messages: Iterable[Received], now_ns: int) -> None:
+        """Take a batch of received messages. A message feeding N traces holds N trace obligations
+        (plus one per SLI window it opens) on its offset."""
+        sli, tracker, codec, rekey = self.sli, self.tracker, self.codec, self.rekey
+        n_spans = 0
+        for msg in messages:
+            value = msg.value
+            replay = self._replayed(msg)
+            try:
+                if not value:
+                    raise Malformed("empty_value", "the message value is empty or null (tombstone)")
+                fragments = codec.decode(value, now_ns)
+            except Malformed as bad:
+                self._reject(msg, bad, now_ns, replay)
+                continue
+            if (
+                rekey
+                and (len(fragments) > 1 or self._misplaced(msg, fragments[0].trace_id))
+                and self._rekey(msg, value, fragments, replay)
+            ):
+                continue
+            partition = msg.partition
+            hold = tracker.track(partition, msg.offset, msg.ref, len(fragments))
+            for fragment in fragments:
+                n_spans += fragment.span_count
+                if not replay:
+                    for service, spans in fragment.groups:
+                        hold.count += sli.add(partition, service, spans, hold)
+                self._route(fragment, partition, Buffered(hold, value, fragment.handle), now_ns)
+        # gauges first: a scrape (another thread) that sees these spans counted must also see them
+        # buffered and uncommitted — else "ingested everything, nothing pending" reads as drained
+        self._buffer_gauges()
+        metrics.SPANS.inc(n_spans)
+
+    def _rekey(self, msg: Received, value: bytes, fragments: list[Fragment], replay: bool) -> bool:
+        """Spans of one trace must meet on one partition: re-publish the message per trace, keyed by
+        trace ID. False (the caller buffers the message where it arrived) when a copy could not be
+        written — larger than a record may be — rather than failing every transaction."""
+        codec = self.codec
+        if len(fragments) == 1:
+            parts = [(fragments[0].trace_id, value)]
+        else:
+            parts = [(f.trace_id, codec.split(value, f)) for f in fragments]
+        limit = self.max_record_bytes
+        if any(len(part) > limit for _, part in parts):
+            _TOO_LARGE_TO_REKEY.inc()
+            return False
+        if replay:
+            self.tracker.track(msg.partition, msg.offset, msg.ref, 0)
+            return True
+        hold = self.tracker.track(msg.partition, msg.offset, msg.ref, len(parts))
+        for trace_id, part in parts:
+            self._pending.append(Record(self.input_topic, trace_id, part, [hold]))
+        _REKEYED.inc()
+        return True
+
+    def _misplaced(self, msg: Received, trace_id: bytes) -> bool:
+        """True when ``msg`` must be re-keyed: not keyed by its trace ID (16 bytes; or 32 hex
+        characters, as the Collector keys), or — with the input's partition count known — not on
+        the trace's canonical partition (pipeline.kafka.partitioner), as when a producer keyed it
+        right but partitioned it with another hash (librdkafka's default CRC32, say)."""
+        if not otlp.key_matches(msg.key, trace_id):
+            return True
+        n = self.input_partitions
+        return bool(n) and canonical_partition(trace_id, n) != msg.partition
+
+    def _replayed(self, msg: Received) -> bool:
+        """Note ``msg`` as ingested (for the next checkpoint). True when the restored checkpoint says
+        its side outputs (SLI counts, dead letter, re-keyed copy) are written already: only its trace
+        routing runs again, and that dedups itself (exactly_once)."""
+        self._processed[msg.partition] = msg.offset
+        through = self._replayed_through
+        return bool(through) and msg.offset <= through.get(msg.partition, -1)
+
+    def _reject(self, msg: Received, bad: Malformed, now_ns: int, replay: bool) -> None:
+        """A malformed message: to the dead-letter topic (holding its offset until written), unless
+        a replay finds it dead-lettered already."""
+        if replay:
+            self.tracker.track(msg.partition, msg.offset, msg.ref, 0)
+            return
+        hold = self.tracker.track(msg.partition, msg.offset, msg.ref, 1)
+        self._pending.append(self._dead_letter(msg, bad.reason, bad.detail, now_ns, hold))
