@@ -240,12 +240,18 @@ def parse_duration_s(text: str) -> float:
 
 
 # ------------------------------------------------------------------ Kafka
-def _consumer(client_conf: dict):
+def _address(kafka) -> str:
+    return kafka if isinstance(kafka, str) else kafka.bootstrap_servers
+
+
+def _consumer(kafka):
     from confluent_kafka import Consumer
+
+    from pipeline.kafka import clients
 
     return Consumer(
         {
-            **client_conf,
+            **clients.connection(kafka),
             "group.id": "tailsift-capture",  # required by librdkafka; never committed
             "enable.auto.commit": False,
             "enable.partition.eof": True,
@@ -256,7 +262,7 @@ def _consumer(client_conf: dict):
 
 
 def plan_ranges(
-    client_conf: dict,
+    kafka,  # the config's kafka: section (address and security), or an address
     topic: str,
     *,
     from_ms: int | None = None,
@@ -268,12 +274,12 @@ def plan_ranges(
     ``CaptureError`` for an unknown topic or a partition the topic does not have."""
     from confluent_kafka import KafkaException, TopicPartition
 
-    c = _consumer(client_conf)
+    c = _consumer(kafka)
     try:
         try:
             meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
         except KafkaException as exc:
-            raise CaptureError(f"cannot reach Kafka at {client_conf.get('bootstrap.servers')}: {exc}") from None
+            raise CaptureError(f"cannot reach Kafka at {_address(kafka)}: {exc}") from None
         if meta is None or meta.error is not None or not meta.partitions:
             raise CaptureError(f"topic {topic!r} does not exist")
         parts = sorted(meta.partitions)
@@ -304,7 +310,7 @@ def plan_ranges(
 
 
 def read_ranges(
-    client_conf: dict,
+    kafka,  # the config's kafka: section (address and security), or an address
     topic: str,
     ranges: dict[int, tuple[int, int]],
     progress=None,
@@ -319,7 +325,7 @@ def read_ranges(
     the rest. A partition ends at its range's end or at the end of what is committed (EOF)."""
     from confluent_kafka import KafkaError, TopicPartition
 
-    c = _consumer(client_conf)
+    c = _consumer(kafka)
     active = set(ranges)
     next_offset = {p: lo for p, (lo, _) in ranges.items()}
     newest = dict.fromkeys(ranges, -1)  # newest timestamp fetched; -1: none yet, the others wait
@@ -394,7 +400,7 @@ def _release(held: dict[int, deque[Message]], limit: int) -> Iterator[Message]:
 
 
 def capture(
-    client_conf: dict,
+    kafka,  # the config's kafka: section (address and security), or an address
     topic: str,
     out: str | Path,
     *,
@@ -408,7 +414,7 @@ def capture(
     """Capture a slice of ``topic`` to ``out``. Raises ``CaptureError`` for an unknown topic or an
     empty range (no file is written then)."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    ranges = plan_ranges(client_conf, topic, from_ms=from_ms, to_ms=to_ms, offsets=offsets)
+    ranges = plan_ranges(kafka, topic, from_ms=from_ms, to_ms=to_ms, offsets=offsets)
     if not ranges:
         raise CaptureError(f"no messages of {topic!r} in the range {range_text or 'given'} (nothing written)")
     total = sum(hi - lo for lo, hi in ranges.values())
@@ -433,7 +439,7 @@ def capture(
         "planned_offsets": json.dumps({str(p): list(r) for p, r in sorted(ranges.items())}),
         "created_by": "tailsift capture",
     }
-    result = write_file(out, topic, read_ranges(client_conf, topic, ranges, progress), max_bytes, meta, stats)
+    result = write_file(out, topic, read_ranges(kafka, topic, ranges, progress), max_bytes, meta, stats)
     if result.messages == 0:
         raise CaptureError(f"no committed messages of {topic!r} in the range {range_text} (nothing written)")
     note = f"; stopped at --max-bytes {max_bytes:,}" if result.stopped_at_max_bytes else ""

@@ -108,7 +108,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_capture(args: argparse.Namespace) -> int:
     from pipeline import capture
-    from pipeline.kafka.clients import base
 
     cfg = _load(args.config)
     if args.bootstrap:
@@ -131,7 +130,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
                 raise capture.CaptureError("--to-ms must be later than --from-ms")
             text = f"from {from_ms} ms to {to_ms} ms"
         capture.capture(
-            base(cfg),
+            cfg.kafka,
             topic,
             args.out,
             max_bytes=args.max_bytes,

@@ -85,10 +85,9 @@ def main(args: argparse.Namespace) -> int:
             else:
                 path, source = Path(tmp) / "input.avro", f"topic:{args.topic} since {args.since}"
                 from_ms = int(time.time() * 1000 - capture.parse_duration_s(args.since) * 1000)
-                from pipeline.kafka.clients import base
 
                 capture.capture(
-                    base(candidate),
+                    candidate.kafka,
                     args.topic,
                     path,
                     max_bytes=args.max_bytes,
