@@ -614,6 +614,13 @@ class IngestConfig(Strict):
         description="re-publish messages not keyed by their (single) trace ID, split per trace, "
         "keyed by trace ID; false: buffer every trace of a message locally",
     )
+    partitioning: Literal["tailsift", "collector"] = Field(
+        "tailsift",
+        description="where a trace's spans belong on spans_raw: tailsift = keyed by the 16 trace-ID bytes, "
+        "murmur2 (the Java client's default); collector = keyed by the 32 hex characters, Sarama's FNV-1a hash "
+        "(the OTel Collector kafka exporter with partition_traces_by_id: true) — its messages then need no "
+        "re-keyed copy. Re-keyed copies follow the same rule",
+    )
     max_clock_skew_ms: int = Field(
         300_000,
         ge=0,

@@ -27,6 +27,7 @@ from pipeline.job.ingest import Ingest
 from pipeline.job.protect import Protect
 from pipeline.job.records import MAX_RECORD_BYTES, Outbox, Record
 from pipeline.job.route import Route
+from pipeline.kafka.partitioner import PARTITIONINGS
 from pipeline.policies import build_engine
 from pipeline.privacy import build_protector
 from pipeline.slo_rules import objectives as slo_objectives
@@ -115,6 +116,7 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
         self.ingest_format = config.ingest.format
         self.emit_format = config.emit.format
         self.rekey = config.ingest.rekey
+        self.partitioning = PARTITIONINGS[config.ingest.partitioning]  # the canonical key and partition
         # times are checked at ingest, so none reaches a window, a watermark or an encoder unchecked
         self.time_bounds = SpanTimeBounds(self.sli.window_ns, config.ingest.max_clock_skew_ms * 1_000_000)
         limits = SpanLimits(config.ingest.max_span_bytes, config.ingest.max_attributes_per_span)

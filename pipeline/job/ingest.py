@@ -12,7 +12,7 @@ from pipeline import metrics
 from pipeline.codecs import otlp
 from pipeline.codecs.interface import Fragment, Malformed
 from pipeline.job.records import Received, Record
-from pipeline.kafka.partitioner import canonical_partition
+from pipeline.kafka.partitioner import COLLECTOR
 
 # label children bound once: .labels() per message would cost a dict lookup and a lock each time
 _REKEYED = metrics.MESSAGES.labels("rekeyed")
@@ -73,20 +73,26 @@ class Ingest:
             self.tracker.track(msg.partition, msg.offset, msg.ref, 0)
             return True
         hold = self.tracker.track(msg.partition, msg.offset, msg.ref, len(parts))
+        place, n = self.partitioning, self.input_partitions
         for trace_id, part in parts:
-            self._pending.append(Record(self.input_topic, trace_id, part, [hold]))
+            # the canonical key, and its partition set here: the producer's murmur2 alone would
+            # misplace a copy under ``ingest.partitioning: collector``
+            partition = place.partition(trace_id, n) if n else None
+            self._pending.append(Record(self.input_topic, place.key(trace_id), part, [hold], partition))
         _REKEYED.inc()
         return True
 
     def _misplaced(self, msg: Received, trace_id: bytes) -> bool:
-        """True when ``msg`` must be re-keyed: not keyed by its trace ID (16 bytes; or 32 hex
-        characters, as the Collector keys), or — with the input's partition count known — not on
-        the trace's canonical partition (pipeline.kafka.partitioner), as when a producer keyed it
-        right but partitioned it with another hash (librdkafka's default CRC32, say)."""
-        if not otlp.key_matches(msg.key, trace_id):
+        """True when ``msg`` must be re-keyed: not keyed by its trace ID (16 bytes or 32 hex
+        characters; under ``ingest.partitioning: collector`` only the hex), or — with the input's
+        partition count known — not on the trace's canonical partition (pipeline.kafka.partitioner),
+        as when a producer keyed it right but partitioned it with another hash (librdkafka's
+        default CRC32, or the Collector's FNV-1a under the default partitioning, say)."""
+        place = self.partitioning
+        if not otlp.key_matches(msg.key, trace_id) or (place is COLLECTOR and msg.key != place.key(trace_id)):
             return True
         n = self.input_partitions
-        return bool(n) and canonical_partition(trace_id, n) != msg.partition
+        return bool(n) and place.partition(trace_id, n) != msg.partition
 
     def _replayed(self, msg: Received) -> bool:
         """Note ``msg`` as ingested (for the next checkpoint). True when the restored checkpoint says

@@ -39,6 +39,7 @@ from pipeline.bench import cpu_seconds
 from pipeline.demo import delete_topics, ensure_token_key, free_port, run_config
 from pipeline.jobproc import JobError, JobProcess
 from pipeline.kafka import clients
+from pipeline.kafka.partitioner import sarama_partition
 from pipeline.localkafka import broker
 from pipeline.peerbench.traffic import Traffic, generate
 from pipeline.topics import create_topics
@@ -156,16 +157,25 @@ def prefill(bootstrap: str, topic: str, traffic: Traffic) -> None:
             **clients.connection(bootstrap),
             "linger.ms": 20,
             "compression.type": "lz4",
-            "partitioner": "murmur2_random",  # keyed: the partition Java clients pick for the key
             "queue.buffering.max.kbytes": 512 * 1024,
             "message.max.bytes": 2_000_000,
         }
     )
+    # keyed messages where the Collector's kafka exporter puts them (hex key, Sarama FNV-1a hash);
+    # unkeyed ones anywhere, as its sticky partitioner does
+    n = len(p.list_topics(topic, timeout=30).topics[topic].partitions)
     failed: list = []
-    for key, value in traffic.messages:
+    for i, (key, value) in enumerate(traffic.messages):
+        partition = sarama_partition(key, n) if key is not None else (i // 50) % n
         while True:
             try:
-                p.produce(topic, value=value, key=key, on_delivery=lambda err, _m: err and failed.append(err))
+                p.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    partition=partition,
+                    on_delivery=lambda err, _m: err and failed.append(err),
+                )
                 break
             except BufferError:
                 p.poll(0.5)
@@ -262,7 +272,8 @@ def tailsift_config(bootstrap: str, run_id: str, tmp: Path, privacy: bool):
         bootstrap,
         run_id,
         workdir,
-        ingest={"format": "otlp_proto", "rekey": True},
+        # behind a Collector: its placement of keyed traffic is canonical (README "Partitioning")
+        ingest={"format": "otlp_proto", "rekey": True, "partitioning": "collector"},
         emit={"format": "otlp_proto"},
         assemble={"decision_wait_ms": 1000},
         sampling={"policies": POLICIES},

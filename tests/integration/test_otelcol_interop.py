@@ -30,7 +30,7 @@ from pipeline import otelcol
 from pipeline.codecs import otlp
 from pipeline.demo import free_port, run_config
 from pipeline.jobproc import JobProcess
-from pipeline.kafka.partitioner import canonical_partition
+from pipeline.kafka.partitioner import sarama_partition
 from pipeline.readback import read_all
 from pipeline.topics import create_topics
 
@@ -119,7 +119,8 @@ def test_sdk_collector_tailsift_collector(otelcol_binary, kafka_bootstrap, uniqu
         kafka_bootstrap,
         f"ocol-{unique_name}",
         tmp_path,
-        ingest={"format": "otlp_proto", "rekey": True},
+        # keyed by the Collector: its placement is the canonical one (README "Partitioning")
+        ingest={"format": "otlp_proto", "rekey": True, "partitioning": "collector" if by_trace_id else "tailsift"},
         emit={"format": "otlp_proto"},
         assemble={"decision_wait_ms": 3000, "root_quiet_gap_ms": 0},
         sli={"window_seconds": 2, "grace_seconds": 1},
@@ -179,14 +180,14 @@ def test_sdk_collector_tailsift_collector(otelcol_binary, kafka_bootstrap, uniqu
         from_collector = [(p, k, v) for p, _, k, v in raw if k is None or len(k) == 32]
         assert from_collector
         if by_trace_id:
-            # the Collector hashes the 32-character hex key: a message is re-keyed exactly when that
-            # put it off its trace's canonical partition (murmur2 of the 16 raw bytes, README)
-            off_home = 0
+            # the Collector keys by the 32-character hex ID and places it with Sarama's FNV-1a hash;
+            # with ingest.partitioning: collector that is where tailsift expects it: no copy at all
+            # (under the default partitioning ~(N-1)/N of these were re-keyed: tests/unit/test_partitioner.py)
             for partition, key, value in from_collector:
                 (tid,) = otlp.decode_traces(value)
                 assert key == tid.hex().encode()
-                off_home += partition != canonical_partition(tid, cfg.topics.spans_raw.partitions)
-            assert rekeyed == off_home
+                assert partition == sarama_partition(key, cfg.topics.spans_raw.partitions)
+            assert rekeyed == 0
         else:
             assert all(k is None for _, k, _ in from_collector)
             assert any(len(otlp.decode_traces(v)) > 1 for _, _, v in from_collector)

@@ -72,6 +72,35 @@ def test_a_message_keyed_by_its_trace_but_off_its_canonical_partition_is_rekeyed
     job.ingest([Received((home + 1) % 12, 0, tid, value, 0), Received(home, 0, tid, value, 0)], now_ns=now)
     out = job.collect(now)
     rekeyed = [r for r in out.records if r.topic == "spans.raw"]
-    assert [(r.key, r.partition) for r in rekeyed] == [(tid, None)]  # by key: murmur2 → home
+    assert [(r.key, r.partition) for r in rekeyed] == [(tid, home)]  # murmur2 → home
     assert job.assembler.buffered_spans == 1  # the one on its home partition is buffered
     assert avro.decode_batch(rekeyed[0].value)["trace_id"] == tid
+
+
+def test_collector_partitioning_takes_the_collectors_placement_and_rekeys_to_it():
+    """``ingest.partitioning: collector``: a message as the Collector's kafka exporter writes it
+    (hex key, Sarama FNV-1a partition) is buffered where it is — under the default partitioning the
+    same message is re-keyed (before this key existed, every Collector message was copied once);
+    a message placed the tailsift way is re-keyed to the hex key and the Collector's partition."""
+    tid = bytes.fromhex(GO_SARAMA[0][0])
+    hex_key, collector_home = tid.hex().encode(), GO_SARAMA[0][1]
+    murmur_home = canonical_partition(tid, 12)
+    assert collector_home != murmur_home
+    value = batch_bytes(tid, "svc", [span(1, parent=None)])
+    now = 10**12
+
+    default = make_job()
+    default.ingest([Received(collector_home, 0, hex_key, value, 0)], now_ns=now)
+    assert [(r.key, r.partition) for r in default.collect(now).records if r.topic == "spans.raw"] == [
+        (tid, murmur_home)
+    ]
+
+    job = Job(config.parse({"privacy": {"enabled": False}, "ingest": {"partitioning": "collector"}}), worker_id="t")
+    job.input_partitions = 12
+    job.ingest(
+        [Received(collector_home, 0, hex_key, value, 0), Received(murmur_home, 0, tid, value, 0)],
+        now_ns=now,
+    )
+    rekeyed = [r for r in job.collect(now).records if r.topic == "spans.raw"]
+    assert [(r.key, r.partition) for r in rekeyed] == [(hex_key, collector_home)]
+    assert job.assembler.buffered_spans == 1  # the Collector-placed message
