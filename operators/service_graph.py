@@ -14,7 +14,7 @@ them grow without bound.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ddsketch import DDSketch
@@ -33,8 +33,12 @@ class Edge:
 
 
 class ServiceGraph:
-    def __init__(self, max_edges: int = 1_000, relative_accuracy: float = 0.01):
+    def __init__(
+        self, max_edges: int = 1_000, relative_accuracy: float = 0.01, service_label: Callable[[str], str] | None = None
+    ):
         self.max_edges = max_edges
+        # service names become metric labels: the caller's protection (privacy) applies to them
+        self.service_label = service_label
         self.relative_accuracy = relative_accuracy
         self.edges: dict[tuple[str, str], Edge] = {}
         self._labelled: set[tuple[str, str]] = set()  # every pair ever admitted (bounded by max_edges)
@@ -52,6 +56,8 @@ class ServiceGraph:
             failed = child["status_code"] == "ERROR" or parent["status_code"] == "ERROR"
             latency = max(0.0, (child["end_time_unix_nano"] - child["start_time_unix_nano"]) / _NS_PER_MS)
             key = (parent["service"], child["service"])
+            if self.service_label is not None:
+                key = (self.service_label(key[0]), self.service_label(key[1]))
             if key not in self._labelled:
                 if len(self._labelled) >= self.max_edges:
                     key = (OVERFLOW, OVERFLOW)

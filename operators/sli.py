@@ -184,6 +184,7 @@ class SliWindows:
         max_services: int = 1000,
         max_operations: int = 200,
         sanitize: Callable[[str], str] | None = None,
+        service_label: Callable[[str], str] | None = None,
     ):
         self.window_ns = window_ns
         self.grace_ns = grace_ns
@@ -191,6 +192,9 @@ class SliWindows:
         self.max_services = max_services
         self.max_operations = max_operations
         self.sanitize = sanitize or sanitize_span_name
+        # service.name is producer text too: through the protector before it is a dimension
+        self._protect_service = service_label
+        self._service_memo: dict[str, str] = {}  # raw service name → its label (bounded below)
         mapping = DDSketch(relative_accuracy)._mapping
         if type(mapping).__name__ != "LogarithmicMapping" or mapping._offset != 0:
             raise RuntimeError("ddsketch's default mapping changed: the inline bin count would disagree")
@@ -206,7 +210,20 @@ class SliWindows:
     def __len__(self) -> int:
         return sum(len(cell) for cell in self._open.values())
 
-    def _service_label(self, service: str) -> str:
+    def service_label(self, service: str) -> str:
+        """The bounded, protected dimension of a service name (memoized)."""
+        memo = self._service_memo
+        label = memo.get(service)
+        if label is not None:
+            return label
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        label = memo[service] = self._admit_service(
+            self._protect_service(service) if self._protect_service is not None else service
+        )
+        return label
+
+    def _admit_service(self, service: str) -> str:
         # Bounded cardinality: past max_services distinct names, new ones share one bucket.
         if service in self._services:
             return service
@@ -236,7 +253,7 @@ class SliWindows:
     def add(self, partition: int, service: str, spans: Iterable[SpanHeader], hold: Any = None) -> int:
         """Count one message's spans. Returns how many windows now hold ``hold`` (each window
         releases it when emitted); the caller adds that many obligations to the hold."""
-        service = self._service_label(service)
+        service = self.service_label(service)
         window_ns = self.window_ns
         cell = self._open.get((partition, service))
         if cell is None:

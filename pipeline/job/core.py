@@ -91,9 +91,12 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
             sanitize=lambda name: (
                 self.protector.dimension(name) if self.protector is not None else sanitize_span_name(name)
             ),
+            # service.name is producer text as well: a label of sli.windows and of metrics
+            service_label=lambda service: self.protector.dimension(service) if self.protector is not None else service,
         )
         self.slo = SloTracker(slo_objectives(config))  # exact SLO event counts → metrics
-        self.graph = ServiceGraph(max_edges=s.max_services)  # client→server edges of every decided trace
+        # client→server edges of every decided trace; their service names are metric labels
+        self.graph = ServiceGraph(max_edges=s.max_services, service_label=self.sli.service_label)
         self.tracker = CommitTracker()
         t = config.topics
         self.input_topic = t.spans_raw.name
