@@ -3,6 +3,12 @@
 //! zigzag varints, `fixed` ids, the `["null", SpanId]` union, enum indexes, arrays in blocks
 //! (a negative count is followed by a block size), UTF-8 strings, and no trailing bytes.
 //!
+//! fastavro's C reader has three quirks, kept here because the Python decoder is the reference
+//! (the differential test finds any difference): a long may have any number of bytes, each 7-bit
+//! group shifted modulo 64 (x86's shift); a union or enum index may be negative, counting from the
+//! end as Python's list indexing does (`-1` = the last symbol); a block count of i64::MIN negates
+//! to itself and reads as an empty block.
+//!
 //! Why not `apache-avro`: it decodes into a `Value` tree (a String per name, a Vec per id, the
 //! detail bytes copied) — the allocation this reader exists to avoid — and its schema
 //! resolution refuses or accepts some hostile inputs differently from fastavro.
@@ -29,18 +35,19 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    /// A zigzag long. fastavro accumulates 7-bit groups without a length limit; a long of more
-    /// than 10 bytes cannot come from an Avro writer, and is refused here.
+    /// A zigzag long, as fastavro reads it: no length limit, shifts modulo 64 (`wrapping_shl`).
+    /// Bounded by the message: every group consumes a byte.
     fn long(&mut self) -> R<i64> {
         let mut n: u64 = 0;
-        for i in 0..10u32 {
+        let mut shift: u32 = 0;
+        loop {
             let b = self.take(1)?[0];
-            n |= ((b & 0x7f) as u64).wrapping_shl(7 * i);
+            n |= ((b & 0x7f) as u64).wrapping_shl(shift);
             if b & 0x80 == 0 {
                 return Ok((n >> 1) as i64 ^ -((n & 1) as i64));
             }
+            shift = shift.wrapping_add(7);
         }
-        Err(Error::Malformed("varint longer than 10 bytes"))
     }
 
     fn bytes(&mut self) -> R<&'a [u8]> {
@@ -55,12 +62,14 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.bytes()?).map_err(|_| Error::Malformed("string is not UTF-8"))
     }
 
-    fn enum_index(&mut self, symbols: usize) -> R<u8> {
+    /// A union branch or enum symbol index among `n`, with Python's negative indexing.
+    fn index(&mut self, n: usize) -> R<u8> {
         let i = self.long()?;
-        if i < 0 || i as u64 >= symbols as u64 {
-            return Err(Error::Malformed("enum index out of range"));
+        let n = n as i64;
+        if !(-n..n).contains(&i) {
+            return Err(Error::Malformed("union or enum index out of range"));
         }
-        Ok(i as u8)
+        Ok(i.rem_euclid(n) as u8)
     }
 }
 
@@ -86,19 +95,18 @@ pub struct Batch<'a> {
 
 fn span<'a>(r: &mut Reader<'a>) -> R<AvroSpan<'a>> {
     let span_id = r.take(8)?;
-    let parent_span_id = match r.long()? {
+    let parent_span_id = match r.index(2)? {
         0 => None,
-        1 => Some(r.take(8)?),
-        _ => return Err(Error::Malformed("union index out of range")),
+        _ => Some(r.take(8)?),
     };
     Ok(AvroSpan {
         span_id,
         parent_span_id,
         name: r.string()?,
-        kind: r.enum_index(KINDS)?,
+        kind: r.index(KINDS)?,
         start: r.long()?,
         end: r.long()?,
-        status_code: r.enum_index(STATUSES)?,
+        status_code: r.index(STATUSES)?,
         trace_state: r.string()?,
         detail: r.bytes()?,
     })
@@ -115,7 +123,7 @@ pub fn parse_batch(buf: &[u8]) -> R<Batch<'_>> {
             break;
         }
         if count < 0 {
-            count = count.checked_neg().ok_or(Error::Malformed("block count out of range"))?;
+            count = count.wrapping_neg(); // i64::MIN stays negative: no items (fastavro)
             r.long()?; // the block's size in bytes, which a reader may use to skip it
         }
         for _ in 0..count {
@@ -207,7 +215,9 @@ mod tests {
     #[test]
     fn refuses_bad_enum_trailing_bytes_and_every_truncation() {
         assert!(parse_batch(&batch(&[span(false, 6)], false)).is_err());
-        assert!(parse_batch(&batch(&[span(false, -1)], false)).is_err());
+        assert!(parse_batch(&batch(&[span(false, -7)], false)).is_err());
+        // fastavro's Python indexing: -1 is the last symbol
+        assert_eq!(parse_batch(&batch(&[span(false, -1)], false)).unwrap().spans[0].kind, 5);
         let mut b = batch(&[span(true, 1)], false);
         b.push(0);
         assert!(parse_batch(&b).is_err());
@@ -227,5 +237,11 @@ mod tests {
         string(b"x", &mut b);
         long(i64::MIN, &mut b);
         assert!(parse_batch(&b).is_err());
+    }
+
+    #[test]
+    fn overlong_longs_shift_modulo_64_like_fastavro() {
+        let mut r = Reader { buf: &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01], pos: 0 };
+        assert_eq!(r.long().unwrap(), 32); // bit 70 lands on bit 6: 64, zigzag 32
     }
 }

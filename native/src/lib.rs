@@ -46,9 +46,12 @@ fn reject(reason: &'static str, detail: impl Into<String>) -> Reject {
 const KINDS: [&str; 6] = ["UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"];
 const STATUSES: [&str; 3] = ["UNSET", "OK", "ERROR"];
 const EMPTY_VALUE: &str = "the message value is empty or null (tombstone)";
-/// What the Python decode_error text says for every protobuf parse failure (upb gives no detail).
-pub const OTLP_DECODE_ERROR: &str = "not an OTLP ExportTraceServiceRequest (otlp_proto): DecodeError: \
-     Error parsing message with type 'opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest'";
+/// The job's decode_error text for every protobuf parse failure: upb's messages ("Error parsing
+/// message with type '...ExportTraceServiceRequest': Wire format was corrupt", "...: String field
+/// had bad UTF-8", "...: Exceeded upb_DecodeOptions_MaxDepth") are all longer than the 120
+/// characters `pipeline.job._safe` lets through, so the Python path withholds them all alike.
+pub const OTLP_DECODE_ERROR: &str =
+    "not an OTLP ExportTraceServiceRequest (otlp_proto): DecodeError: (message withheld: may contain payload bytes)";
 
 // ------------------------------------------------------------------ OTLP: validate, then group
 /// A validated OTLP request: traces in first-seen order, each a list of span indexes.
