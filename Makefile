@@ -31,6 +31,8 @@ $(VENV)/.installed: pyproject.toml
 	  $(PYTHON) -m venv $(VENV); \
 	fi
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@$(VPY) -c 'import pipeline._native' 2>/dev/null && echo "native core: built (pipeline._native)" || \
+	  echo "native core: NOT built (no cargo on PATH, or the crate failed to build: pip install -v -e . shows why); the job uses its Python decoders (README Design)"
 	touch $@
 
 lint: venv

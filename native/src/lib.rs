@@ -142,11 +142,13 @@ struct Keys<'py> {
     detail: Bound<'py, PyString>,
     kinds: Vec<Bound<'py, PyString>>,
     statuses: Vec<Bound<'py, PyString>>,
+    /// every header key: a copy is a dict already sized for them (no resize while filling it)
+    template: Bound<'py, PyDict>,
 }
 
 impl<'py> Keys<'py> {
-    fn new(py: Python<'py>) -> Self {
-        Keys {
+    fn new(py: Python<'py>) -> PyResult<Self> {
+        let k = Keys {
             service: intern!(py, "service").clone(),
             span_id: intern!(py, "span_id").clone(),
             parent_span_id: intern!(py, "parent_span_id").clone(),
@@ -159,7 +161,15 @@ impl<'py> Keys<'py> {
             detail: intern!(py, "detail").clone(),
             kinds: KINDS.iter().map(|k| PyString::intern(py, k)).collect(),
             statuses: STATUSES.iter().map(|k| PyString::intern(py, k)).collect(),
+            template: PyDict::new(py),
+        };
+        for key in [
+            &k.service, &k.span_id, &k.parent_span_id, &k.name, &k.kind, &k.start, &k.end, &k.status_code,
+            &k.trace_state, &k.detail,
+        ] {
+            k.template.set_item(key, py.None())?;
         }
+        Ok(k)
     }
 }
 
@@ -194,7 +204,7 @@ fn header<'py>(
     trace_state: Bound<'py, PyString>,
     detail: &[u8],
 ) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
+    let d = k.template.copy()?;
     d.set_item(&k.service, service)?;
     d.set_item(&k.span_id, PyBytes::new(py, span_id))?;
     match parent {
@@ -227,7 +237,7 @@ fn decode_otlp<'py>(
     max_skew_ns: i64,
 ) -> PyResult<Bound<'py, PyList>> {
     let bounds = Bounds { limit_ns: limit_ns as i128, max_skew_ns: max_skew_ns as i128, now_ns: now_ns as i128 };
-    let k = Keys::new(py);
+    let k = Keys::new(py)?;
     let mut strs: HashMap<String, Bound<'py, PyString>> = HashMap::new();
     let out = PyList::empty(py);
     for item in values.iter() {
@@ -295,7 +305,7 @@ fn decode_avro<'py>(
     max_skew_ns: i64,
 ) -> PyResult<Bound<'py, PyList>> {
     let bounds = Bounds { limit_ns: limit_ns as i128, max_skew_ns: max_skew_ns as i128, now_ns: now_ns as i128 };
-    let k = Keys::new(py);
+    let k = Keys::new(py)?;
     let mut strs: HashMap<String, Bound<'py, PyString>> = HashMap::new();
     let out = PyList::empty(py);
     for item in values.iter() {
@@ -356,7 +366,10 @@ fn _guard_selftest<'py>(py: Python<'py>, values: &Bound<'py, PyList>) -> PyResul
     Ok(out)
 }
 
+/// Importable as `pipeline._native`: inside a package, so an editable install finds it (setuptools'
+/// editable finder maps packages, not a top-level extension module built in place).
 #[pymodule]
+#[pyo3(name = "_native")]
 fn tailsift_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_otlp, m)?)?;
     m.add_function(wrap_pyfunction!(decode_avro, m)?)?;

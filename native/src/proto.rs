@@ -43,7 +43,14 @@ impl<'a> Wire<'a> {
     }
 
     /// At most 10 bytes; bits beyond 64 are dropped (as upb does).
+    #[inline]
     pub fn varint(&mut self) -> R<u64> {
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(b as u64);
+            }
+        }
         let mut v: u64 = 0;
         for i in 0..10 {
             let b = self.byte()?;
@@ -143,7 +150,7 @@ fn field(m: M, n: u32) -> Option<F> {
         (M::Resource, 1) => Msg(M::KeyValue),
         (M::Resource, 2) => Varint,
         (M::Resource, 3) => Msg(M::EntityRef),
-        (M::EntityRef, 1 | 2 | 3 | 4) => Str,
+        (M::EntityRef, 1..=4) => Str,
         (M::ScopeSpans, 1) => Msg(M::Scope),
         (M::ScopeSpans, 2) => Msg(M::Span),
         (M::ScopeSpans, 3) => Str,
@@ -201,7 +208,8 @@ pub enum Seen {
 
 /// Read one message of type `m` at nesting `depth`, checking everything upb checks; known fields
 /// with their expected wire type go to `visit` (strings already UTF-8 checked). Message-typed
-/// fields the visitor answers `Walk` for are read (checked) without a visitor.
+/// fields the visitor answers `Walk` for are checked by `check` (no visitor: the hot path for
+/// attributes, events and links).
 pub fn walk<'a>(
     buf: &'a [u8],
     m: M,
@@ -211,28 +219,16 @@ pub fn walk<'a>(
     let mut w = Wire::new(buf);
     while !w.at_end() {
         let (num, wt) = w.tag()?;
-        if wt == 4 {
-            return Err(Error::Malformed("end group outside a group"));
-        }
-        let known = field(m, num).filter(|f| f.wire_type() == wt);
-        match known {
+        match known(m, num, wt)? {
             None => skip_unknown(&mut w, num, wt, depth)?,
             Some(f) => {
-                let val = match wt {
-                    0 => Val::Int(w.varint()?),
-                    1 => Val::Int(w.fixed64()?),
-                    5 => Val::Int(w.fixed32()? as u64),
-                    _ => Val::Len(w.delimited()?),
-                };
-                if let (F::Str, Val::Len(s)) = (f, val) {
-                    std::str::from_utf8(s).map_err(|_| Error::Malformed("string field is not UTF-8"))?;
-                }
+                let val = read_known(&mut w, f)?;
                 if let (F::Msg(sub), Val::Len(s)) = (f, val) {
                     if depth + 1 > DEPTH_LIMIT {
                         return Err(Error::Malformed("nesting too deep"));
                     }
                     if visit(num, val, depth + 1)? == Seen::Walk {
-                        walk(s, sub, depth + 1, &mut |_, _, _| Ok(Seen::Walk))?;
+                        check(s, sub, depth + 1)?;
                     }
                 } else {
                     visit(num, val, depth)?;
@@ -241,6 +237,55 @@ pub fn walk<'a>(
         }
     }
     Ok(())
+}
+
+/// Check one message of type `m` (and everything under it) as upb would parse it, keeping nothing.
+pub fn check(buf: &[u8], m: M, depth: u32) -> R<()> {
+    let mut w = Wire::new(buf);
+    while !w.at_end() {
+        let (num, wt) = w.tag()?;
+        match known(m, num, wt)? {
+            None => skip_unknown(&mut w, num, wt, depth)?,
+            Some(f) => {
+                if let (F::Msg(sub), Val::Len(s)) = (f, read_known(&mut w, f)?) {
+                    if depth + 1 > DEPTH_LIMIT {
+                        return Err(Error::Malformed("nesting too deep"));
+                    }
+                    check(s, sub, depth + 1)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The known field `num` of `m` when it came with its expected wire type (else it is an unknown
+/// field, as upb keeps it); an end-group tag here is outside any group.
+#[inline]
+fn known(m: M, num: u32, wt: u8) -> R<Option<F>> {
+    if wt == 4 {
+        return Err(Error::Malformed("end group outside a group"));
+    }
+    Ok(field(m, num).filter(|f| f.wire_type() == wt))
+}
+
+#[inline]
+fn read_known<'a>(w: &mut Wire<'a>, f: F) -> R<Val<'a>> {
+    let val = match f {
+        F::Varint => Val::Int(w.varint()?),
+        F::F64 => Val::Int(w.fixed64()?),
+        F::F32 => Val::Int(w.fixed32()? as u64),
+        F::Bytes | F::Msg(_) => Val::Len(w.delimited()?),
+        F::Str => {
+            let s = w.delimited()?;
+            // most strings are short ASCII: is_ascii is a word-at-a-time scan, from_utf8 is not
+            if !s.is_ascii() {
+                std::str::from_utf8(s).map_err(|_| Error::Malformed("string field is not UTF-8"))?;
+            }
+            Val::Len(s)
+        }
+    };
+    Ok(val)
 }
 
 fn skip_unknown(w: &mut Wire, num: u32, wt: u8, depth: u32) -> R<()> {
@@ -307,7 +352,8 @@ pub struct Request<'a> {
 }
 
 fn utf8(s: &[u8]) -> &str {
-    // walk() checked every known string field before the visitor sees it
+    // walk() checked every known string field before the visitor sees it (so this never fails;
+    // a failure would read as "" rather than panic)
     std::str::from_utf8(s).unwrap_or_default()
 }
 
@@ -331,7 +377,7 @@ fn parse_resource_spans<'a>(
 ) -> R<()> {
     let first_group = services.len();
     // every KeyValue of every occurrence of `resource` (merged), as (last key, its string value)
-    let mut attrs: Vec<(&str, &str)> = Vec::new();
+    let mut attrs: Vec<(&[u8], &[u8])> = Vec::new();
     let mut groups = 0usize;
     walk(buf, M::ResourceSpans, depth, &mut |num, val, depth| match (num, val) {
         (1, Val::Len(res)) => {
@@ -358,26 +404,27 @@ fn parse_resource_spans<'a>(
         }
         _ => Ok(Seen::Walk),
     })?;
-    let service = attrs.iter().find(|(k, _)| *k == "service.name").map(|(_, v)| *v).unwrap_or("");
+    let service = attrs.iter().find(|(k, _)| *k == b"service.name").map(|(_, v)| utf8(v)).unwrap_or("");
     services.extend(std::iter::repeat_n(service.to_string(), groups));
     Ok(())
 }
 
-/// (key, string_value) of a KeyValue; string_value is "" unless the AnyValue's oneof ends on it.
-fn parse_key_value(buf: &[u8], depth: u32) -> R<(&str, &str)> {
-    let mut key = "";
-    let mut string_value = "";
+/// (key, string_value) of a KeyValue (UTF-8 checked); string_value is "" unless the AnyValue's
+/// oneof ends on it.
+fn parse_key_value(buf: &[u8], depth: u32) -> R<(&[u8], &[u8])> {
+    let mut key: &[u8] = b"";
+    let mut string_value: &[u8] = b"";
     walk(buf, M::KeyValue, depth, &mut |num, val, depth| match (num, val) {
         (1, Val::Len(k)) => {
-            key = utf8(k);
+            key = k;
             Ok(Seen::Done)
         }
         (2, Val::Len(v)) => {
             walk(v, M::AnyValue, depth, &mut |num, val, _| {
                 // every member of the oneof replaces the previous one
                 string_value = match (num, val) {
-                    (1, Val::Len(s)) => utf8(s),
-                    _ => "",
+                    (1, Val::Len(s)) => s,
+                    _ => b"",
                 };
                 Ok(Seen::Walk)
             })?;

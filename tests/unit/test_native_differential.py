@@ -24,7 +24,7 @@ from pipeline.generator.callgraph import TraceGenerator
 
 if not native.AVAILABLE:
     if shutil.which("cargo"):
-        pytest.fail("cargo is installed but tailsift_native did not build (pip install -e . output)", pytrace=False)
+        pytest.fail("cargo is installed but pipeline._native did not build (pip install -e . output)", pytrace=False)
     pytest.skip("the native core is not built (no Rust toolchain)", allow_module_level=True)
 
 from pipeline.bench import as_otlp  # noqa: E402 - after the skip: imports the job's dependencies
