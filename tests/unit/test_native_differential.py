@@ -357,3 +357,14 @@ def test_detail_bytes_decode_to_the_same_attributes_as_the_python_headers():
             mine = [codec.decode_detail(h["detail"]) for f in result for _, hs in f.groups for h in hs]
             theirs = [decode_ref(h["detail"]) for f in ref for _, hs in f.groups for h in hs]
             assert mine == theirs and any(d["attributes"] for d in mine)
+
+
+def test_single_message_interface_raises_the_verdict_and_returns_fragments():
+    codec = native.NativeCodec("avro", BOUNDS)
+    with pytest.raises(native.Malformed) as bad:
+        codec.decode(GENERATED_AVRO[0][:-3], NOW)
+    assert bad.value.reason == "decode_error" and bad.value.detail.startswith("not a span_batch.v1 record: ")
+    (fragment,) = codec.decode(GENERATED_AVRO[0], NOW)
+    assert fragment.trace_id == avro.decode_batch(GENERATED_AVRO[0])["trace_id"] and fragment.handle is None
+    with pytest.raises(ValueError, match="otlp_json"):
+        native.NativeCodec("otlp_json", BOUNDS)
