@@ -12,6 +12,7 @@ Avro ``decode_error`` (whose text is fastavro's exception message), the same det
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -368,3 +369,20 @@ def test_single_message_interface_raises_the_verdict_and_returns_fragments():
     assert fragment.trace_id == avro.decode_batch(GENERATED_AVRO[0])["trace_id"] and fragment.handle is None
     with pytest.raises(ValueError, match="otlp_json"):
         native.NativeCodec("otlp_json", BOUNDS)
+
+
+@pytest.mark.parametrize("fmt", ["avro", "otlp_proto"])
+def test_the_chaos_suites_hostile_messages_decode_identically(fmt):
+    """The hostile inputs of `tailsift chaos` (pipeline/chaos/fuzz.py): random bytes, truncations,
+    bit flips, bad ids and times, 2^64 times, deep attribute arrays, bad UTF-8, tombstones."""
+    from pipeline.chaos import fuzz
+
+    hostile = list(fuzz.messages(600, fmt, seed=17))
+    kinds = {h.kind for h in hostile}
+    assert {"random_bytes", "truncated", "bit_flipped", "tombstone"} <= kinds and len(kinds) > 10
+    values = [h.value for h in hostile]
+    now_ns = time.time_ns()  # the chaos messages are timed from the clock; both sides see this now
+    for i in range(0, len(values), 100):
+        assert_same(fmt, values[i : i + 100], now_ns)
+    verdicts = native.NativeCodec(fmt, BOUNDS).decode_batch(values, now_ns)
+    assert sum(isinstance(v, native.Malformed) for v in verdicts) > len(values) // 2
