@@ -16,10 +16,18 @@ fn main() {
     for _ in 0..100 {
         for m in &msgs {
             spans += match args[2].as_str() {
-                "avro" => tailsift_native::avro::parse_batch(m).map(|b| b.spans.len()).unwrap_or(0),
-                _ => tailsift_native::proto::parse_request(m).map(|r| r.spans.len()).unwrap_or(0),
+                "avro" => tailsift_native::avro::parse_batch(m)
+                    .map(|b| b.spans.len())
+                    .unwrap_or(0),
+                _ => tailsift_native::proto::parse_request(m)
+                    .map(|r| r.spans.len())
+                    .unwrap_or(0),
             };
         }
     }
-    println!("{} spans, {:.3} us/span", spans, t.elapsed().as_secs_f64() * 1e6 / spans as f64);
+    println!(
+        "{} spans, {:.3} us/span",
+        spans,
+        t.elapsed().as_secs_f64() * 1e6 / spans as f64
+    );
 }

@@ -136,7 +136,11 @@ pub fn parse_batch(buf: &[u8]) -> R<Batch<'_>> {
     if r.pos != buf.len() {
         return Err(Error::Malformed("trailing bytes after the record"));
     }
-    Ok(Batch { trace_id, service, spans })
+    Ok(Batch {
+        trace_id,
+        service,
+        spans,
+    })
 }
 
 #[cfg(test)]
@@ -206,7 +210,10 @@ mod tests {
             assert_eq!(got.spans.len(), 2);
             assert_eq!(got.spans[0].parent_span_id, None);
             assert_eq!(got.spans[1].parent_span_id, Some(&[4u8; 8][..]));
-            assert_eq!((got.spans[1].kind, got.spans[1].start, got.spans[1].end), (3, 100, 200));
+            assert_eq!(
+                (got.spans[1].kind, got.spans[1].start, got.spans[1].end),
+                (3, 100, 200)
+            );
             assert_eq!(got.spans[1].status_code, 2);
             assert_eq!(got.spans[1].detail, b"\x01\x02");
         }
@@ -217,7 +224,13 @@ mod tests {
         assert!(parse_batch(&batch(&[span(false, 6)], false)).is_err());
         assert!(parse_batch(&batch(&[span(false, -7)], false)).is_err());
         // fastavro's Python indexing: -1 is the last symbol
-        assert_eq!(parse_batch(&batch(&[span(false, -1)], false)).unwrap().spans[0].kind, 5);
+        assert_eq!(
+            parse_batch(&batch(&[span(false, -1)], false))
+                .unwrap()
+                .spans[0]
+                .kind,
+            5
+        );
         let mut b = batch(&[span(true, 1)], false);
         b.push(0);
         assert!(parse_batch(&b).is_err());
@@ -241,7 +254,12 @@ mod tests {
 
     #[test]
     fn overlong_longs_shift_modulo_64_like_fastavro() {
-        let mut r = Reader { buf: &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01], pos: 0 };
+        let mut r = Reader {
+            buf: &[
+                0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01,
+            ],
+            pos: 0,
+        };
         assert_eq!(r.long().unwrap(), 32); // bit 70 lands on bit 6: 64, zigzag 32
     }
 }

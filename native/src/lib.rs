@@ -40,10 +40,20 @@ pub struct Reject {
 }
 
 fn reject(reason: &'static str, detail: impl Into<String>) -> Reject {
-    Reject { reason, detail: detail.into() }
+    Reject {
+        reason,
+        detail: detail.into(),
+    }
 }
 
-const KINDS: [&str; 6] = ["UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"];
+const KINDS: [&str; 6] = [
+    "UNSPECIFIED",
+    "INTERNAL",
+    "SERVER",
+    "CLIENT",
+    "PRODUCER",
+    "CONSUMER",
+];
 const STATUSES: [&str; 3] = ["UNSET", "OK", "ERROR"];
 const EMPTY_VALUE: &str = "the message value is empty or null (tombstone)";
 /// The job's decode_error text for every protobuf parse failure: upb's messages ("Error parsing
@@ -62,7 +72,8 @@ pub struct OtlpPlan<'a> {
 
 /// `decode_traces` with time bounds, and the job's `empty_batch` check.
 pub fn plan_otlp<'a>(value: &'a [u8], bounds: &Bounds) -> Result<OtlpPlan<'a>, Reject> {
-    let request = proto::parse_request(value).map_err(|_| reject("decode_error", OTLP_DECODE_ERROR))?;
+    let request =
+        proto::parse_request(value).map_err(|_| reject("decode_error", OTLP_DECODE_ERROR))?;
     let mut index: HashMap<&[u8], usize> = HashMap::new();
     let mut traces: Vec<(&[u8], Vec<usize>)> = Vec::new();
     for (i, sp) in request.spans.iter().enumerate() {
@@ -70,7 +81,10 @@ pub fn plan_otlp<'a>(value: &'a [u8], bounds: &Bounds) -> Result<OtlpPlan<'a>, R
             Some(&t) => t,
             None => {
                 if sp.trace_id.len() != 16 || sp.trace_id.iter().all(|&b| b == 0) {
-                    return Err(reject("invalid_trace_id", "a trace ID is not 16 non-zero bytes"));
+                    return Err(reject(
+                        "invalid_trace_id",
+                        "a trace ID is not 16 non-zero bytes",
+                    ));
                 }
                 index.insert(sp.trace_id, traces.len());
                 traces.push((sp.trace_id, Vec::new()));
@@ -78,17 +92,26 @@ pub fn plan_otlp<'a>(value: &'a [u8], bounds: &Bounds) -> Result<OtlpPlan<'a>, R
             }
         };
         if sp.span_id.len() != 8 {
-            return Err(reject("invalid_span_id", format!("a span ID is {} bytes, not 8", sp.span_id.len())));
+            return Err(reject(
+                "invalid_span_id",
+                format!("a span ID is {} bytes, not 8", sp.span_id.len()),
+            ));
         }
         if !sp.parent_span_id.is_empty() && sp.parent_span_id.len() != 8 {
             return Err(reject(
                 "invalid_span_id",
-                format!("a parent span ID is {} bytes, not 8", sp.parent_span_id.len()),
+                format!(
+                    "a parent span ID is {} bytes, not 8",
+                    sp.parent_span_id.len()
+                ),
             ));
         }
         let (start, end) = (sp.start as i128, sp.end as i128);
         if !bounds.ok(start, end) {
-            return Err(reject("invalid_timestamp", bounds.explain("a span", start, end)));
+            return Err(reject(
+                "invalid_timestamp",
+                bounds.explain("a span", start, end),
+            ));
         }
         traces[t].1.push(i);
     }
@@ -102,7 +125,10 @@ pub fn plan_otlp<'a>(value: &'a [u8], bounds: &Bounds) -> Result<OtlpPlan<'a>, R
 /// The job's Avro checks in its order: decode, empty, zero trace ID, span times.
 pub fn plan_avro<'a>(value: &'a [u8], bounds: &Bounds) -> Result<avro::Batch<'a>, Reject> {
     let batch = avro::parse_batch(value).map_err(|Error::Malformed(why)| {
-        reject("decode_error", format!("not a span_batch.v1 record: native reader: {why}"))
+        reject(
+            "decode_error",
+            format!("not a span_batch.v1 record: native reader: {why}"),
+        )
     })?;
     if batch.spans.is_empty() {
         return Err(reject("empty_batch", "the batch has no spans"));
@@ -115,7 +141,10 @@ pub fn plan_avro<'a>(value: &'a [u8], bounds: &Bounds) -> Result<avro::Batch<'a>
         if !bounds.ok(start, end) {
             // SpanTimeBounds.violation names the span by `spans.index(span)`: the first equal one
             let at = batch.spans.iter().position(|s| s == sp).unwrap_or(0);
-            return Err(reject("invalid_timestamp", bounds.explain(&format!("span {at}:"), start, end)));
+            return Err(reject(
+                "invalid_timestamp",
+                bounds.explain(&format!("span {at}:"), start, end),
+            ));
         }
     }
     Ok(batch)
@@ -124,7 +153,10 @@ pub fn plan_avro<'a>(value: &'a [u8], bounds: &Bounds) -> Result<avro::Batch<'a>
 /// Run `f` so that a panic becomes this message's `decode_error` verdict.
 fn guarded<T>(f: impl FnOnce() -> Result<T, Reject>) -> Result<T, Reject> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        Err(reject("decode_error", "the native decoder failed on this message (a bug, not the input's fault)"))
+        Err(reject(
+            "decode_error",
+            "the native decoder failed on this message (a bug, not the input's fault)",
+        ))
     })
 }
 
@@ -164,8 +196,16 @@ impl<'py> Keys<'py> {
             template: PyDict::new(py),
         };
         for key in [
-            &k.service, &k.span_id, &k.parent_span_id, &k.name, &k.kind, &k.start, &k.end, &k.status_code,
-            &k.trace_state, &k.detail,
+            &k.service,
+            &k.span_id,
+            &k.parent_span_id,
+            &k.name,
+            &k.kind,
+            &k.start,
+            &k.end,
+            &k.status_code,
+            &k.trace_state,
+            &k.detail,
         ] {
             k.template.set_item(key, py.None())?;
         }
@@ -174,7 +214,11 @@ impl<'py> Keys<'py> {
 }
 
 /// Cached per distinct text: a batch repeats few services and span names.
-fn cached_str<'py>(py: Python<'py>, cache: &mut HashMap<String, Bound<'py, PyString>>, s: &str) -> Bound<'py, PyString> {
+fn cached_str<'py>(
+    py: Python<'py>,
+    cache: &mut HashMap<String, Bound<'py, PyString>>,
+    s: &str,
+) -> Bound<'py, PyString> {
     if let Some(v) = cache.get(s) {
         return v.clone();
     }
@@ -222,7 +266,10 @@ fn header<'py>(
 }
 
 fn message_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> Option<&'a [u8]> {
-    item.cast::<PyBytes>().ok().map(|b| b.as_bytes()).filter(|b| !b.is_empty())
+    item.cast::<PyBytes>()
+        .ok()
+        .map(|b| b.as_bytes())
+        .filter(|b| !b.is_empty())
 }
 
 /// One call per consumed batch of OTLP protobuf values: per message a `(reason, detail)` verdict or
@@ -236,7 +283,11 @@ fn decode_otlp<'py>(
     limit_ns: i64,
     max_skew_ns: i64,
 ) -> PyResult<Bound<'py, PyList>> {
-    let bounds = Bounds { limit_ns: limit_ns as i128, max_skew_ns: max_skew_ns as i128, now_ns: now_ns as i128 };
+    let bounds = Bounds {
+        limit_ns: limit_ns as i128,
+        max_skew_ns: max_skew_ns as i128,
+        now_ns: now_ns as i128,
+    };
     let k = Keys::new(py)?;
     let mut strs: HashMap<String, Bound<'py, PyString>> = HashMap::new();
     let out = PyList::empty(py);
@@ -253,26 +304,40 @@ fn decode_otlp<'py>(
             }
         };
         let spans = &plan.request.spans;
-        let services: Vec<Bound<'py, PyString>> =
-            plan.request.services.iter().map(|s| cached_str(py, &mut strs, s)).collect();
+        // a Python string per resource that has spans, made when its first span is
+        let mut services: Vec<Option<Bound<'py, PyString>>> =
+            vec![None; plan.request.services.len()];
         let fragments = PyList::empty(py);
         for (trace_id, idx) in &plan.traces {
             let groups = PyList::empty(py);
             let mut current: Option<(usize, Bound<'py, PyList>)> = None;
             for &i in idx {
                 let sp = &spans[i];
+                let service = services[sp.resource]
+                    .get_or_insert_with(|| {
+                        cached_str(py, &mut strs, plan.request.services[sp.resource])
+                    })
+                    .clone();
                 if current.as_ref().map(|(g, _)| *g) != Some(sp.group) {
                     let list = PyList::empty(py);
-                    groups.append(PyTuple::new(py, [services[sp.group].as_any(), list.as_any()])?)?;
+                    groups.append(PyTuple::new(py, [service.as_any(), list.as_any()])?)?;
                     current = Some((sp.group, list));
                 }
-                let kind = if (0..6).contains(&sp.kind) { sp.kind as usize } else { 0 };
-                let status = if (0..3).contains(&sp.status_code) { sp.status_code as usize } else { 0 };
+                let kind = if (0..6).contains(&sp.kind) {
+                    sp.kind as usize
+                } else {
+                    0
+                };
+                let status = if (0..3).contains(&sp.status_code) {
+                    sp.status_code as usize
+                } else {
+                    0
+                };
                 let parent = (!sp.parent_span_id.is_empty()).then_some(sp.parent_span_id);
                 let h = header(
                     py,
                     &k,
-                    &services[sp.group],
+                    &service,
                     sp.span_id,
                     parent,
                     cached_str(py, &mut strs, sp.name),
@@ -304,7 +369,11 @@ fn decode_avro<'py>(
     limit_ns: i64,
     max_skew_ns: i64,
 ) -> PyResult<Bound<'py, PyList>> {
-    let bounds = Bounds { limit_ns: limit_ns as i128, max_skew_ns: max_skew_ns as i128, now_ns: now_ns as i128 };
+    let bounds = Bounds {
+        limit_ns: limit_ns as i128,
+        max_skew_ns: max_skew_ns as i128,
+        now_ns: now_ns as i128,
+    };
     let k = Keys::new(py)?;
     let mut strs: HashMap<String, Bound<'py, PyString>> = HashMap::new();
     let out = PyList::empty(py);
@@ -338,8 +407,12 @@ fn decode_avro<'py>(
                 sp.detail,
             )?)?;
         }
-        let groups = PyList::new(py, [PyTuple::new(py, [service.as_any(), headers.as_any()])?])?;
-        let fragment = (PyBytes::new(py, batch.trace_id), groups, batch.spans.len()).into_pyobject(py)?;
+        let groups = PyList::new(
+            py,
+            [PyTuple::new(py, [service.as_any(), headers.as_any()])?],
+        )?;
+        let fragment =
+            (PyBytes::new(py, batch.trace_id), groups, batch.spans.len()).into_pyobject(py)?;
         out.append(PyList::new(py, [fragment])?)?;
     }
     Ok(out)
@@ -349,7 +422,10 @@ fn decode_avro<'py>(
 /// guard every decoder call runs under, around a decoder that panics on values starting with
 /// b"panic".
 #[pyfunction]
-fn _guard_selftest<'py>(py: Python<'py>, values: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
+fn _guard_selftest<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyList>,
+) -> PyResult<Bound<'py, PyList>> {
     let out = PyList::empty(py);
     for item in values.iter() {
         let value = message_bytes(&item).unwrap_or_default();

@@ -37,7 +37,10 @@ impl<'a> Wire<'a> {
     }
 
     fn byte(&mut self) -> R<u8> {
-        let b = *self.buf.get(self.pos).ok_or(Error::Malformed("truncated varint"))?;
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or(Error::Malformed("truncated varint"))?;
         self.pos += 1;
         Ok(b)
     }
@@ -280,7 +283,8 @@ fn read_known<'a>(w: &mut Wire<'a>, f: F) -> R<Val<'a>> {
             let s = w.delimited()?;
             // most strings are short ASCII: is_ascii is a word-at-a-time scan, from_utf8 is not
             if !s.is_ascii() {
-                std::str::from_utf8(s).map_err(|_| Error::Malformed("string field is not UTF-8"))?;
+                std::str::from_utf8(s)
+                    .map_err(|_| Error::Malformed("string field is not UTF-8"))?;
             }
             Val::Len(s)
         }
@@ -321,7 +325,11 @@ fn skip_group(w: &mut Wire, group: u32, depth: u32) -> R<()> {
         }
         let (num, wt) = w.tag()?;
         if wt == 4 {
-            return if num == group { Ok(()) } else { Err(Error::Malformed("mismatched end group")) };
+            return if num == group {
+                Ok(())
+            } else {
+                Err(Error::Malformed("mismatched end group"))
+            };
         }
         skip_unknown(w, num, wt, depth)?;
     }
@@ -343,12 +351,15 @@ pub struct OtlpSpan<'a> {
     pub detail: &'a [u8],
     /// which (resource, scope) occurrence it came from: a fragment's group boundary
     pub group: usize,
+    /// which `resource_spans` it came from: its service is `Request::services[resource]`
+    pub resource: usize,
 }
 
 pub struct Request<'a> {
     pub spans: Vec<OtlpSpan<'a>>,
-    /// service per group index
-    pub services: Vec<String>,
+    /// `service.name` per `resource_spans`, borrowed: one per resource, never one per scope
+    /// (a hostile request of many empty scopes under one long name must not copy it per scope)
+    pub services: Vec<&'a str>,
 }
 
 fn utf8(s: &[u8]) -> &str {
@@ -360,53 +371,73 @@ fn utf8(s: &[u8]) -> &str {
 /// Parse a whole request: every byte is checked, only headers are kept.
 pub fn parse_request(buf: &[u8]) -> R<Request<'_>> {
     let mut spans: Vec<OtlpSpan> = Vec::new();
-    let mut services: Vec<String> = Vec::new();
+    let mut services: Vec<&str> = Vec::new();
+    let mut groups = 0usize;
     walk(buf, M::Request, 0, &mut |_num, val, depth| {
-        let Val::Len(rs) = val else { return Ok(Seen::Done) };
-        parse_resource_spans(rs, depth, &mut spans, &mut services)?;
+        let Val::Len(rs) = val else {
+            return Ok(Seen::Done);
+        };
+        let service = parse_resource_spans(rs, depth, services.len(), &mut groups, &mut spans)?;
+        services.push(service);
         Ok(Seen::Done)
     })?;
     Ok(Request { spans, services })
 }
 
+/// Its spans go to `spans`; returns its service (the first resource attribute, over every
+/// occurrence of `resource` merged, whose last key is service.name: its string value, or "").
 fn parse_resource_spans<'a>(
     buf: &'a [u8],
     depth: u32,
+    resource: usize,
+    groups: &mut usize,
     spans: &mut Vec<OtlpSpan<'a>>,
-    services: &mut Vec<String>,
-) -> R<()> {
-    let first_group = services.len();
-    // every KeyValue of every occurrence of `resource` (merged), as (last key, its string value)
-    let mut attrs: Vec<(&[u8], &[u8])> = Vec::new();
-    let mut groups = 0usize;
-    walk(buf, M::ResourceSpans, depth, &mut |num, val, depth| match (num, val) {
-        (1, Val::Len(res)) => {
-            walk(res, M::Resource, depth, &mut |num, val, depth| match (num, val) {
-                (1, Val::Len(kv)) => {
-                    attrs.push(parse_key_value(kv, depth)?);
-                    Ok(Seen::Done)
-                }
-                _ => Ok(Seen::Walk),
-            })?;
-            Ok(Seen::Done)
-        }
-        (2, Val::Len(ss)) => {
-            let group = first_group + groups;
-            groups += 1;
-            walk(ss, M::ScopeSpans, depth, &mut |num, val, depth| match (num, val) {
-                (2, Val::Len(sp)) => {
-                    spans.push(parse_span(sp, depth, group)?);
-                    Ok(Seen::Done)
-                }
-                _ => Ok(Seen::Walk),
-            })?;
-            Ok(Seen::Done)
-        }
-        _ => Ok(Seen::Walk),
-    })?;
-    let service = attrs.iter().find(|(k, _)| *k == b"service.name").map(|(_, v)| utf8(v)).unwrap_or("");
-    services.extend(std::iter::repeat_n(service.to_string(), groups));
-    Ok(())
+) -> R<&'a str> {
+    let mut service: Option<&[u8]> = None;
+    walk(
+        buf,
+        M::ResourceSpans,
+        depth,
+        &mut |num, val, depth| match (num, val) {
+            (1, Val::Len(res)) => {
+                walk(
+                    res,
+                    M::Resource,
+                    depth,
+                    &mut |num, val, depth| match (num, val) {
+                        (1, Val::Len(kv)) => {
+                            let (key, value) = parse_key_value(kv, depth)?;
+                            if service.is_none() && key == b"service.name" {
+                                service = Some(value);
+                            }
+                            Ok(Seen::Done)
+                        }
+                        _ => Ok(Seen::Walk),
+                    },
+                )?;
+                Ok(Seen::Done)
+            }
+            (2, Val::Len(ss)) => {
+                let group = *groups;
+                *groups += 1;
+                walk(
+                    ss,
+                    M::ScopeSpans,
+                    depth,
+                    &mut |num, val, depth| match (num, val) {
+                        (2, Val::Len(sp)) => {
+                            spans.push(parse_span(sp, depth, group, resource)?);
+                            Ok(Seen::Done)
+                        }
+                        _ => Ok(Seen::Walk),
+                    },
+                )?;
+                Ok(Seen::Done)
+            }
+            _ => Ok(Seen::Walk),
+        },
+    )?;
+    Ok(service.map(utf8).unwrap_or(""))
 }
 
 /// (key, string_value) of a KeyValue (UTF-8 checked); string_value is "" unless the AnyValue's
@@ -414,29 +445,39 @@ fn parse_resource_spans<'a>(
 fn parse_key_value(buf: &[u8], depth: u32) -> R<(&[u8], &[u8])> {
     let mut key: &[u8] = b"";
     let mut string_value: &[u8] = b"";
-    walk(buf, M::KeyValue, depth, &mut |num, val, depth| match (num, val) {
-        (1, Val::Len(k)) => {
-            key = k;
-            Ok(Seen::Done)
-        }
-        (2, Val::Len(v)) => {
-            walk(v, M::AnyValue, depth, &mut |num, val, _| {
-                // every member of the oneof replaces the previous one
-                string_value = match (num, val) {
-                    (1, Val::Len(s)) => s,
-                    _ => b"",
-                };
-                Ok(Seen::Walk)
-            })?;
-            Ok(Seen::Done)
-        }
-        _ => Ok(Seen::Walk),
-    })?;
+    walk(
+        buf,
+        M::KeyValue,
+        depth,
+        &mut |num, val, depth| match (num, val) {
+            (1, Val::Len(k)) => {
+                key = k;
+                Ok(Seen::Done)
+            }
+            (2, Val::Len(v)) => {
+                walk(v, M::AnyValue, depth, &mut |num, val, _| {
+                    // every member of the oneof replaces the previous one
+                    string_value = match (num, val) {
+                        (1, Val::Len(s)) => s,
+                        _ => b"",
+                    };
+                    Ok(Seen::Walk)
+                })?;
+                Ok(Seen::Done)
+            }
+            _ => Ok(Seen::Walk),
+        },
+    )?;
     Ok((key, string_value))
 }
 
-fn parse_span(buf: &[u8], depth: u32, group: usize) -> R<OtlpSpan<'_>> {
-    let mut s = OtlpSpan { detail: buf, group, ..Default::default() };
+fn parse_span(buf: &[u8], depth: u32, group: usize, resource: usize) -> R<OtlpSpan<'_>> {
+    let mut s = OtlpSpan {
+        detail: buf,
+        group,
+        resource,
+        ..Default::default()
+    };
     walk(buf, M::Span, depth, &mut |num, val, depth| {
         match (num, val) {
             (1, Val::Len(b)) => s.trace_id = b,
@@ -528,7 +569,7 @@ mod tests {
         assert_eq!(s.trace_id, &[7u8; 16]);
         assert_eq!(s.span_id, &[1u8; 8]);
         assert_eq!((s.name, s.kind, s.start, s.end), ("GET /", 2, 10, 20));
-        assert_eq!(r.services, vec!["checkout".to_string()]);
+        assert_eq!(r.services, vec!["checkout"]);
     }
 
     #[test]
@@ -567,8 +608,33 @@ mod tests {
     }
 
     #[test]
+    fn many_empty_scopes_share_one_service_string() {
+        let name = "s".repeat(100_000);
+        let mut req = request(&name, &span());
+        let mut rs = Vec::new();
+        let mut any = Vec::new();
+        len_field(1, name.as_bytes(), &mut any);
+        let mut kv = Vec::new();
+        len_field(1, b"service.name", &mut kv);
+        len_field(2, &any, &mut kv);
+        let mut res = Vec::new();
+        len_field(1, &kv, &mut res);
+        len_field(1, &res, &mut rs);
+        for _ in 0..200_000 {
+            rs.extend_from_slice(&[0x12, 0x00]); // an empty scope_spans
+        }
+        len_field(1, &rs, &mut req);
+        let r = parse_request(&req).unwrap();
+        assert_eq!(r.services.len(), 2);
+        assert_eq!(r.spans.len(), 1);
+    }
+
+    #[test]
     fn overlong_varint_and_bad_wire_types_are_refused() {
-        assert!(parse_request(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
+        assert!(parse_request(&[
+            0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
+        ])
+        .is_err());
         assert!(parse_request(&[0x0e]).is_err()); // wire type 6
         assert!(parse_request(&[0x0c]).is_err()); // end group at top level
     }

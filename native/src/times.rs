@@ -27,7 +27,11 @@ impl Bounds {
     }
 
     pub fn ok(&self, start: i128, end: i128) -> bool {
-        0 < end && end <= self.latest() && 0 < start && start <= end + self.max_skew_ns && start <= self.limit_ns
+        0 < end
+            && end <= self.latest()
+            && 0 < start
+            && start <= end + self.max_skew_ns
+            && start <= self.limit_ns
     }
 
     /// `SpanTimeBounds.explain`: why (start, end) is out of bounds.
@@ -60,14 +64,21 @@ impl Bounds {
 mod tests {
     use super::*;
 
-    const B: Bounds = Bounds { limit_ns: i64::MAX as i128 - 60_000_000_000, max_skew_ns: 300_000_000_000, now_ns: 1_700_000_000_000_000_000 };
+    const B: Bounds = Bounds {
+        limit_ns: i64::MAX as i128 - 60_000_000_000,
+        max_skew_ns: 300_000_000_000,
+        now_ns: 1_700_000_000_000_000_000,
+    };
 
     #[test]
     fn zero_and_negative_times_are_refused() {
         assert!(!B.ok(0, 5));
         assert!(!B.ok(5, 0));
         assert!(!B.ok(-1, 5));
-        assert_eq!(B.explain("a span", 0, 5), "a span start 0 / end 5 ns: times must be > 0");
+        assert_eq!(
+            B.explain("a span", 0, 5),
+            "a span start 0 / end 5 ns: times must be > 0"
+        );
     }
 
     #[test]
@@ -83,9 +94,15 @@ mod tests {
     #[test]
     fn beyond_limit_and_start_after_end() {
         let big = u64::MAX as i128;
-        assert!(B.explain("a span", 1, big).contains("beyond 9223371976854775807"));
+        assert!(B
+            .explain("a span", 1, big)
+            .contains("beyond 9223371976854775807"));
         assert_eq!(
-            B.explain("a span", 1_000_000_000_000 + 301_000_000_000, 1_000_000_000_000),
+            B.explain(
+                "a span",
+                1_000_000_000_000 + 301_000_000_000,
+                1_000_000_000_000
+            ),
             "a span starts 301000 ms after it ends (ingest.max_clock_skew_ms = 300000)"
         );
         assert!(B.ok(1_000, 2_000));
