@@ -1,7 +1,8 @@
 # tailsift: developer and CI entry points (.ci/run runs `make test`).
 #
-#   make venv          .venv with Python >= 3.11 and `pip install -e '.[test]'` (again only when
-#                      pyproject.toml changes; stamp: .venv/.installed)
+#   make venv          .venv with Python >= 3.11 and `pip install -e '.[test]'`, which builds the
+#                      native core (native/, Rust) when cargo is there (again only when
+#                      pyproject.toml or native/ sources change; stamp: .venv/.installed)
 #   make test          unit + integration tests; the pytest session starts its own Kafka broker
 #   make test-unit     unit tests only (no Java, no Kafka)
 #   make lint          ruff check + ruff format --check + mypy on operators/ (CI runs it before the tests)
@@ -26,13 +27,16 @@ PYTEST_ARGS ?= -q --durations=20
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# the native core is built by the install: a change to its sources installs again
+$(VENV)/.installed: pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	@if [ ! -x $(VPY) ]; then \
 	  $(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "$(PYTHON) is Python %d.%d; tailsift needs >= 3.11 (make PYTHON=python3.11 ...)" % sys.version_info[:2])' && \
 	  echo "creating $(VENV) with $$($(PYTHON) --version)" && \
 	  $(PYTHON) -m venv $(VENV); \
 	fi
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@$(VPY) -c 'import pipeline._native' 2>/dev/null && echo "native core: built (pipeline._native)" || \
+	  echo "native core: NOT built (no cargo on PATH, or the crate failed to build: pip install -v -e . shows why); the job uses its Python decoders (README Design)"
 	touch $@
 
 lint: venv
@@ -100,4 +104,4 @@ clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) .cache native/target pipeline/_native*.so

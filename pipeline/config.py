@@ -558,6 +558,11 @@ class JobConfig(Strict):
         le=900_000,
         description="how long the broker waits before aborting a dead worker's open transaction",
     )
+    core: Literal["auto", "native", "python"] = Field(
+        "auto",
+        description="the ingest decoders: native (the Rust core, pipeline._native) or python (the reference); "
+        "auto: native when it is built and ingest.format is avro or otlp_proto, else python",
+    )
 
 
 class AggregateConfig(Strict):
@@ -684,6 +689,32 @@ class Config(Strict):
                 "rebalance or restart; give it > 0 or use processing_guarantee: at_least_once"
             )
         return self
+
+    @model_validator(mode="after")
+    def _native_core_can_run(self) -> Config:
+        if self.job.core != "native":
+            return self
+        from pipeline.codecs import native
+
+        if not native.AVAILABLE:
+            raise ValueError(
+                "job.core: native, but the native core is not built (no Rust toolchain when tailsift was "
+                "installed: see README Requirements); use job.core: python or auto"
+            )
+        if self.ingest.format not in native.FORMATS:
+            raise ValueError(
+                f"job.core: native decodes ingest.format {' or '.join(native.FORMATS)}, not "
+                f"{self.ingest.format}; use job.core: python or auto"
+            )
+        return self
+
+    def ingest_core(self) -> Literal["native", "python"]:
+        """The decoders the job uses: ``job.core``, with ``auto`` resolved."""
+        if self.job.core != "auto":
+            return self.job.core
+        from pipeline.codecs import native
+
+        return "native" if native.AVAILABLE and self.ingest.format in native.FORMATS else "python"
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> Config:

@@ -1,0 +1,454 @@
+//! tailsift's native ingest core (issue 17, first part): header decoders for OTLP protobuf and
+//! Avro `SpanBatch` messages behind a batch boundary — one call per consumed batch, returning per
+//! message either a dead-letter verdict `(reason, detail)` or the per-trace fragments
+//! `(trace_id, [(service, [span header dict])], span_count)` that `pipeline/codecs/native.py` turns
+//! into the job's `Fragment`s. Validation and reject texts are those of the Python decoders
+//! (`pipeline/codecs/otlp.py` `decode_traces`, `operators/span_times.py`), which stay the
+//! reference: `tests/unit/test_native_differential.py` compares both on valid, hostile and random
+//! bytes.
+//!
+//! Safety: no `unsafe` here (only inside PyO3). Each message is decoded under `catch_unwind`, so a
+//! panic on hostile bytes dead-letters that message as `decode_error`; it never aborts the process
+//! or loses the rest of the batch.
+
+#![forbid(unsafe_code)]
+
+pub mod avro;
+pub mod proto;
+pub mod times;
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use times::Bounds;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// bytes the format's reader refuses (the text is for logs; no payload bytes in it)
+    Malformed(&'static str),
+}
+
+/// A dead-letter verdict for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+fn reject(reason: &'static str, detail: impl Into<String>) -> Reject {
+    Reject {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+const KINDS: [&str; 6] = [
+    "UNSPECIFIED",
+    "INTERNAL",
+    "SERVER",
+    "CLIENT",
+    "PRODUCER",
+    "CONSUMER",
+];
+const STATUSES: [&str; 3] = ["UNSET", "OK", "ERROR"];
+const EMPTY_VALUE: &str = "the message value is empty or null (tombstone)";
+/// The job's decode_error text for every protobuf parse failure: upb's messages ("Error parsing
+/// message with type '...ExportTraceServiceRequest': Wire format was corrupt", "...: String field
+/// had bad UTF-8", "...: Exceeded upb_DecodeOptions_MaxDepth") are all longer than the 120
+/// characters `pipeline.job._safe` lets through, so the Python path withholds them all alike.
+pub const OTLP_DECODE_ERROR: &str =
+    "not an OTLP ExportTraceServiceRequest (otlp_proto): DecodeError: (message withheld: may contain payload bytes)";
+
+// ------------------------------------------------------------------ OTLP: validate, then group
+/// A validated OTLP request: traces in first-seen order, each a list of span indexes.
+pub struct OtlpPlan<'a> {
+    pub request: proto::Request<'a>,
+    pub traces: Vec<(&'a [u8], Vec<usize>)>,
+}
+
+/// `decode_traces` with time bounds, and the job's `empty_batch` check.
+pub fn plan_otlp<'a>(value: &'a [u8], bounds: &Bounds) -> Result<OtlpPlan<'a>, Reject> {
+    let request =
+        proto::parse_request(value).map_err(|_| reject("decode_error", OTLP_DECODE_ERROR))?;
+    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    let mut traces: Vec<(&[u8], Vec<usize>)> = Vec::new();
+    for (i, sp) in request.spans.iter().enumerate() {
+        let t = match index.get(sp.trace_id) {
+            Some(&t) => t,
+            None => {
+                if sp.trace_id.len() != 16 || sp.trace_id.iter().all(|&b| b == 0) {
+                    return Err(reject(
+                        "invalid_trace_id",
+                        "a trace ID is not 16 non-zero bytes",
+                    ));
+                }
+                index.insert(sp.trace_id, traces.len());
+                traces.push((sp.trace_id, Vec::new()));
+                traces.len() - 1
+            }
+        };
+        if sp.span_id.len() != 8 {
+            return Err(reject(
+                "invalid_span_id",
+                format!("a span ID is {} bytes, not 8", sp.span_id.len()),
+            ));
+        }
+        if !sp.parent_span_id.is_empty() && sp.parent_span_id.len() != 8 {
+            return Err(reject(
+                "invalid_span_id",
+                format!(
+                    "a parent span ID is {} bytes, not 8",
+                    sp.parent_span_id.len()
+                ),
+            ));
+        }
+        let (start, end) = (sp.start as i128, sp.end as i128);
+        if !bounds.ok(start, end) {
+            return Err(reject(
+                "invalid_timestamp",
+                bounds.explain("a span", start, end),
+            ));
+        }
+        traces[t].1.push(i);
+    }
+    if traces.is_empty() {
+        return Err(reject("empty_batch", "the request has no spans"));
+    }
+    Ok(OtlpPlan { request, traces })
+}
+
+// ------------------------------------------------------------------ Avro
+/// The job's Avro checks in its order: decode, empty, zero trace ID, span times.
+pub fn plan_avro<'a>(value: &'a [u8], bounds: &Bounds) -> Result<avro::Batch<'a>, Reject> {
+    let batch = avro::parse_batch(value).map_err(|Error::Malformed(why)| {
+        reject(
+            "decode_error",
+            format!("not a span_batch.v1 record: native reader: {why}"),
+        )
+    })?;
+    if batch.spans.is_empty() {
+        return Err(reject("empty_batch", "the batch has no spans"));
+    }
+    if batch.trace_id.iter().all(|&b| b == 0) {
+        return Err(reject("invalid_trace_id", "the trace ID is all zeros"));
+    }
+    for sp in &batch.spans {
+        let (start, end) = (sp.start as i128, sp.end as i128);
+        if !bounds.ok(start, end) {
+            // SpanTimeBounds.violation names the span by `spans.index(span)`: the first equal one
+            let at = batch.spans.iter().position(|s| s == sp).unwrap_or(0);
+            return Err(reject(
+                "invalid_timestamp",
+                bounds.explain(&format!("span {at}:"), start, end),
+            ));
+        }
+    }
+    Ok(batch)
+}
+
+/// Run `f` so that a panic becomes this message's `decode_error` verdict.
+fn guarded<T>(f: impl FnOnce() -> Result<T, Reject>) -> Result<T, Reject> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(reject(
+            "decode_error",
+            "the native decoder failed on this message (a bug, not the input's fault)",
+        ))
+    })
+}
+
+// ------------------------------------------------------------------ Python objects
+struct Keys<'py> {
+    service: Bound<'py, PyString>,
+    span_id: Bound<'py, PyString>,
+    parent_span_id: Bound<'py, PyString>,
+    name: Bound<'py, PyString>,
+    kind: Bound<'py, PyString>,
+    start: Bound<'py, PyString>,
+    end: Bound<'py, PyString>,
+    status_code: Bound<'py, PyString>,
+    trace_state: Bound<'py, PyString>,
+    detail: Bound<'py, PyString>,
+    kinds: Vec<Bound<'py, PyString>>,
+    statuses: Vec<Bound<'py, PyString>>,
+    /// every header key: a copy is a dict already sized for them (no resize while filling it)
+    template: Bound<'py, PyDict>,
+}
+
+impl<'py> Keys<'py> {
+    fn new(py: Python<'py>) -> PyResult<Self> {
+        let k = Keys {
+            service: intern!(py, "service").clone(),
+            span_id: intern!(py, "span_id").clone(),
+            parent_span_id: intern!(py, "parent_span_id").clone(),
+            name: intern!(py, "name").clone(),
+            kind: intern!(py, "kind").clone(),
+            start: intern!(py, "start_time_unix_nano").clone(),
+            end: intern!(py, "end_time_unix_nano").clone(),
+            status_code: intern!(py, "status_code").clone(),
+            trace_state: intern!(py, "trace_state").clone(),
+            detail: intern!(py, "detail").clone(),
+            kinds: KINDS.iter().map(|k| PyString::intern(py, k)).collect(),
+            statuses: STATUSES.iter().map(|k| PyString::intern(py, k)).collect(),
+            template: PyDict::new(py),
+        };
+        for key in [
+            &k.service,
+            &k.span_id,
+            &k.parent_span_id,
+            &k.name,
+            &k.kind,
+            &k.start,
+            &k.end,
+            &k.status_code,
+            &k.trace_state,
+            &k.detail,
+        ] {
+            k.template.set_item(key, py.None())?;
+        }
+        Ok(k)
+    }
+}
+
+/// Cached per distinct text: a batch repeats few services and span names.
+fn cached_str<'py>(
+    py: Python<'py>,
+    cache: &mut HashMap<String, Bound<'py, PyString>>,
+    s: &str,
+) -> Bound<'py, PyString> {
+    if let Some(v) = cache.get(s) {
+        return v.clone();
+    }
+    let v = PyString::new(py, s);
+    if cache.len() < 4096 {
+        cache.insert(s.to_string(), v.clone());
+    }
+    v
+}
+
+fn verdict<'py>(py: Python<'py>, r: &Reject) -> PyResult<Bound<'py, PyAny>> {
+    Ok(PyTuple::new(py, [r.reason, r.detail.as_str()])?.into_any())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn header<'py>(
+    py: Python<'py>,
+    k: &Keys<'py>,
+    service: &Bound<'py, PyString>,
+    span_id: &[u8],
+    parent: Option<&[u8]>,
+    name: Bound<'py, PyString>,
+    kind: usize,
+    start: Bound<'py, PyAny>,
+    end: Bound<'py, PyAny>,
+    status: usize,
+    trace_state: Bound<'py, PyString>,
+    detail: &[u8],
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = k.template.copy()?;
+    d.set_item(&k.service, service)?;
+    d.set_item(&k.span_id, PyBytes::new(py, span_id))?;
+    match parent {
+        Some(p) => d.set_item(&k.parent_span_id, PyBytes::new(py, p))?,
+        None => d.set_item(&k.parent_span_id, py.None())?,
+    }
+    d.set_item(&k.name, name)?;
+    d.set_item(&k.kind, &k.kinds[kind])?;
+    d.set_item(&k.start, start)?;
+    d.set_item(&k.end, end)?;
+    d.set_item(&k.status_code, &k.statuses[status])?;
+    d.set_item(&k.trace_state, trace_state)?;
+    d.set_item(&k.detail, PyBytes::new(py, detail))?;
+    Ok(d)
+}
+
+fn message_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> Option<&'a [u8]> {
+    item.cast::<PyBytes>()
+        .ok()
+        .map(|b| b.as_bytes())
+        .filter(|b| !b.is_empty())
+}
+
+/// One call per consumed batch of OTLP protobuf values: per message a `(reason, detail)` verdict or
+/// a list of `(trace_id, [(service, [header])], span_count)`; a header's `detail` is the encoded
+/// `Span` (decode it with protobuf only when a policy reads attributes).
+#[pyfunction]
+fn decode_otlp<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyList>,
+    now_ns: i64,
+    limit_ns: i64,
+    max_skew_ns: i64,
+) -> PyResult<Bound<'py, PyList>> {
+    let bounds = Bounds {
+        limit_ns: limit_ns as i128,
+        max_skew_ns: max_skew_ns as i128,
+        now_ns: now_ns as i128,
+    };
+    let k = Keys::new(py)?;
+    let mut strs: HashMap<String, Bound<'py, PyString>> = HashMap::new();
+    let out = PyList::empty(py);
+    for item in values.iter() {
+        let Some(value) = message_bytes(&item) else {
+            out.append(verdict(py, &reject("empty_value", EMPTY_VALUE))?)?;
+            continue;
+        };
+        let plan = match guarded(|| plan_otlp(value, &bounds)) {
+            Ok(p) => p,
+            Err(r) => {
+                out.append(verdict(py, &r)?)?;
+                continue;
+            }
+        };
+        let spans = &plan.request.spans;
+        // a Python string per resource that has spans, made when its first span is
+        let mut services: Vec<Option<Bound<'py, PyString>>> =
+            vec![None; plan.request.services.len()];
+        let fragments = PyList::empty(py);
+        for (trace_id, idx) in &plan.traces {
+            let groups = PyList::empty(py);
+            let mut current: Option<(usize, Bound<'py, PyList>)> = None;
+            for &i in idx {
+                let sp = &spans[i];
+                let service = services[sp.resource]
+                    .get_or_insert_with(|| {
+                        cached_str(py, &mut strs, plan.request.services[sp.resource])
+                    })
+                    .clone();
+                if current.as_ref().map(|(g, _)| *g) != Some(sp.group) {
+                    let list = PyList::empty(py);
+                    groups.append(PyTuple::new(py, [service.as_any(), list.as_any()])?)?;
+                    current = Some((sp.group, list));
+                }
+                let kind = if (0..6).contains(&sp.kind) {
+                    sp.kind as usize
+                } else {
+                    0
+                };
+                let status = if (0..3).contains(&sp.status_code) {
+                    sp.status_code as usize
+                } else {
+                    0
+                };
+                let parent = (!sp.parent_span_id.is_empty()).then_some(sp.parent_span_id);
+                let h = header(
+                    py,
+                    &k,
+                    &service,
+                    sp.span_id,
+                    parent,
+                    cached_str(py, &mut strs, sp.name),
+                    kind,
+                    sp.start.into_pyobject(py)?.into_any(),
+                    sp.end.into_pyobject(py)?.into_any(),
+                    status,
+                    cached_str(py, &mut strs, sp.trace_state),
+                    sp.detail,
+                )?;
+                current.as_ref().expect("set above").1.append(h)?;
+            }
+            let fragment = (PyBytes::new(py, trace_id), groups, idx.len()).into_pyobject(py)?;
+            fragments.append(fragment)?;
+        }
+        out.append(fragments)?;
+    }
+    Ok(out)
+}
+
+/// One call per consumed batch of Avro `SpanBatch` values: per message a `(reason, detail)` verdict
+/// or a one-fragment list (a SpanBatch holds one trace and one service); `detail` is the span's
+/// encoded `SpanDetail`, as fastavro gives it.
+#[pyfunction]
+fn decode_avro<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyList>,
+    now_ns: i64,
+    limit_ns: i64,
+    max_skew_ns: i64,
+) -> PyResult<Bound<'py, PyList>> {
+    let bounds = Bounds {
+        limit_ns: limit_ns as i128,
+        max_skew_ns: max_skew_ns as i128,
+        now_ns: now_ns as i128,
+    };
+    let k = Keys::new(py)?;
+    let mut strs: HashMap<String, Bound<'py, PyString>> = HashMap::new();
+    let out = PyList::empty(py);
+    for item in values.iter() {
+        let Some(value) = message_bytes(&item) else {
+            out.append(verdict(py, &reject("empty_value", EMPTY_VALUE))?)?;
+            continue;
+        };
+        let batch = match guarded(|| plan_avro(value, &bounds)) {
+            Ok(b) => b,
+            Err(r) => {
+                out.append(verdict(py, &r)?)?;
+                continue;
+            }
+        };
+        let service = cached_str(py, &mut strs, batch.service);
+        let headers = PyList::empty(py);
+        for sp in &batch.spans {
+            headers.append(header(
+                py,
+                &k,
+                &service,
+                sp.span_id,
+                sp.parent_span_id,
+                cached_str(py, &mut strs, sp.name),
+                sp.kind as usize,
+                sp.start.into_pyobject(py)?.into_any(),
+                sp.end.into_pyobject(py)?.into_any(),
+                sp.status_code as usize,
+                cached_str(py, &mut strs, sp.trace_state),
+                sp.detail,
+            )?)?;
+        }
+        let groups = PyList::new(
+            py,
+            [PyTuple::new(py, [service.as_any(), headers.as_any()])?],
+        )?;
+        let fragment =
+            (PyBytes::new(py, batch.trace_id), groups, batch.spans.len()).into_pyobject(py)?;
+        out.append(PyList::new(py, [fragment])?)?;
+    }
+    Ok(out)
+}
+
+/// For the test that a panic dead-letters its message and spares the rest of the batch: the
+/// guard every decoder call runs under, around a decoder that panics on values starting with
+/// b"panic".
+#[pyfunction]
+fn _guard_selftest<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyList>,
+) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    for item in values.iter() {
+        let value = message_bytes(&item).unwrap_or_default();
+        match guarded(|| {
+            if value.starts_with(b"panic") {
+                panic!("injected panic");
+            }
+            Ok(value.len())
+        }) {
+            Ok(n) => out.append(n)?,
+            Err(r) => out.append(verdict(py, &r)?)?,
+        }
+    }
+    Ok(out)
+}
+
+/// Importable as `pipeline._native`: inside a package, so an editable install finds it (setuptools'
+/// editable finder maps packages, not a top-level extension module built in place).
+#[pymodule]
+#[pyo3(name = "_native")]
+fn tailsift_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(decode_otlp, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_avro, m)?)?;
+    m.add_function(wrap_pyfunction!(_guard_selftest, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Property tests: the readers never panic, whatever the bytes (random, or a valid message
+//! truncated, bit-flipped or with junk inserted), and every Avro batch they accept re-reads the
+//! same after a round trip through its own bytes. The chaos suite's hostile inputs are of these
+//! kinds; the differential test (tests/unit/test_native_differential.py) checks the verdicts.
+
+use proptest::prelude::*;
+use tailsift_native::{avro, proto};
+
+fn zigzag(v: i64, out: &mut Vec<u8>) {
+    let mut n = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn avro_batch(spans: &[(i64, i64, u8)]) -> Vec<u8> {
+    let mut b = vec![5u8; 16];
+    zigzag(3, &mut b);
+    b.extend_from_slice(b"svc");
+    zigzag(spans.len() as i64, &mut b);
+    for &(start, end, kind) in spans {
+        b.extend_from_slice(&[1u8; 8]);
+        zigzag(0, &mut b);
+        zigzag(2, &mut b);
+        b.extend_from_slice(b"op");
+        zigzag(kind as i64 % 6, &mut b);
+        zigzag(start, &mut b);
+        zigzag(end, &mut b);
+        zigzag(1, &mut b);
+        zigzag(0, &mut b);
+        zigzag(0, &mut b);
+    }
+    if !spans.is_empty() {
+        zigzag(0, &mut b);
+    }
+    zigzag(0, &mut b);
+    zigzag(0, &mut b);
+    b
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let _ = proto::parse_request(&bytes);
+        let _ = avro::parse_batch(&bytes);
+    }
+
+    #[test]
+    fn avro_batches_read_back_and_survive_mutation(
+        spans in proptest::collection::vec((any::<i64>(), any::<i64>(), 0u8..6), 0..6),
+        at in any::<usize>(),
+        flip in 1u8..=255,
+        junk in proptest::collection::vec(any::<u8>(), 1..8),
+    ) {
+        let b = avro_batch(&spans);
+        let got = avro::parse_batch(&b).expect("a well-formed batch");
+        prop_assert_eq!(got.spans.len(), spans.len());
+        for (s, &(start, end, kind)) in got.spans.iter().zip(&spans) {
+            prop_assert_eq!((s.start, s.end, s.kind), (start, end, kind % 6));
+        }
+        let i = at % b.len();
+        let _ = avro::parse_batch(&b[..i]);
+        let mut flipped = b.clone();
+        flipped[i] ^= flip;
+        let _ = avro::parse_batch(&flipped);
+        let mut inserted = b.clone();
+        inserted.splice(i..i, junk.iter().copied());
+        let _ = avro::parse_batch(&inserted);
+        let _ = proto::parse_request(&flipped);
+        let _ = proto::parse_request(&inserted);
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded(levels in 0usize..300, group in any::<bool>()) {
+        let mut b = Vec::new();
+        if group {
+            b.extend(std::iter::repeat_n(0x2bu8, levels));
+            b.extend(std::iter::repeat_n(0x2cu8, levels));
+            prop_assert_eq!(proto::parse_request(&b).is_ok(), levels <= proto::DEPTH_LIMIT as usize);
+        } else {
+            // Request.resource_spans (1) > ResourceSpans.resource (1) > Resource.attributes (1) >
+            // KeyValue.key (1, a string): any nesting of field 1 bodies, each length-prefixed
+            let mut inner: Vec<u8> = Vec::new();
+            for _ in 0..levels {
+                let mut g = vec![0x0a];
+                let mut n = inner.len();
+                loop {
+                    let byte = (n & 0x7f) as u8;
+                    n >>= 7;
+                    if n == 0 { g.push(byte); break; }
+                    g.push(byte | 0x80);
+                }
+                g.extend_from_slice(&inner);
+                inner = g;
+            }
+            let _ = proto::parse_request(&inner);
+        }
+    }
+}
