@@ -97,6 +97,10 @@ pub fn plan_otlp<'a>(value: &'a [u8], bounds: &Bounds) -> Result<OtlpPlan<'a>, R
                 format!("a span ID is {} bytes, not 8", sp.span_id.len()),
             ));
         }
+        if sp.span_id.iter().all(|&b| b == 0) {
+            // W3C: an all-zero span ID is invalid
+            return Err(reject("invalid_span_id", "a span ID is all zeros"));
+        }
         if !sp.parent_span_id.is_empty() && sp.parent_span_id.len() != 8 {
             return Err(reject(
                 "invalid_span_id",
@@ -122,7 +126,7 @@ pub fn plan_otlp<'a>(value: &'a [u8], bounds: &Bounds) -> Result<OtlpPlan<'a>, R
 }
 
 // ------------------------------------------------------------------ Avro
-/// The job's Avro checks in its order: decode, empty, zero trace ID, span times.
+/// The job's Avro checks in its order: decode, empty, zero trace ID, zero span IDs, span times.
 pub fn plan_avro<'a>(value: &'a [u8], bounds: &Bounds) -> Result<avro::Batch<'a>, Reject> {
     let batch = avro::parse_batch(value).map_err(|Error::Malformed(why)| {
         reject(
@@ -135,6 +139,15 @@ pub fn plan_avro<'a>(value: &'a [u8], bounds: &Bounds) -> Result<avro::Batch<'a>
     }
     if batch.trace_id.iter().all(|&b| b == 0) {
         return Err(reject("invalid_trace_id", "the trace ID is all zeros"));
+    }
+    // W3C: an all-zero span ID is invalid (checked before the times, as the Python codec does)
+    for (i, sp) in batch.spans.iter().enumerate() {
+        if sp.span_id.iter().all(|&b| b == 0) {
+            return Err(reject(
+                "invalid_span_id",
+                format!("span {i}: the span ID is all zeros"),
+            ));
+        }
     }
     for sp in &batch.spans {
         let (start, end) = (sp.start as i128, sp.end as i128);

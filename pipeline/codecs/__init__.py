@@ -6,15 +6,42 @@
 from __future__ import annotations
 
 from operators.span_times import SpanTimeBounds
-from pipeline.codecs.interface import Codec, SpanLimits
+from pipeline.codecs.interface import Codec, Malformed, SpanLimits
 
 
-def for_format(fmt: str, time_bounds: SpanTimeBounds | None = None, limits: SpanLimits | None = None) -> Codec:
-    """The codec of ``fmt`` (``avro``, ``otlp_proto``, ``otlp_json``)."""
+def for_format(
+    fmt: str, time_bounds: SpanTimeBounds | None = None, limits: SpanLimits | None = None, core: str = "python"
+) -> Codec:
+    """The codec of ``fmt`` (``avro``, ``otlp_proto``, ``otlp_json``); ``core="native"``: its
+    ingest decode in the Rust core (``pipeline.codecs.native``), the rest the Python codec's."""
+    python: Codec
     if fmt == "avro":
         from pipeline.codecs.avro import AvroCodec
 
-        return AvroCodec(time_bounds, limits)
-    from pipeline.codecs.otlp import OtlpCodec
+        python = AvroCodec(time_bounds, limits)
+    else:
+        from pipeline.codecs.otlp import OtlpCodec
 
-    return OtlpCodec(fmt, time_bounds, limits)
+        python = OtlpCodec(fmt, time_bounds, limits)
+    if core != "native":
+        return python
+    from pipeline.codecs.native import NativeCodec
+
+    return NativeCodec(fmt, time_bounds or SpanTimeBounds(1, 0), python, limits)  # type: ignore[return-value]
+
+
+def decode_each(codec: Codec, values: list, now_ns: int) -> list:
+    """Per value, its fragments or the ``Malformed`` to dead-letter it with — one call into a
+    native codec for the whole batch, else the codec's ``decode`` per message."""
+    batch = getattr(codec, "decode_batch", None)
+    if batch is not None:
+        return batch(values, now_ns)
+    out: list = []
+    for value in values:
+        try:
+            if not value:
+                raise Malformed("empty_value", "the message value is empty or null (tombstone)")
+            out.append(codec.decode(value, now_ns))
+        except Malformed as bad:
+            out.append(bad)
+    return out

@@ -178,7 +178,7 @@ def decode_traces(
                 span_id = sp.span_id
                 if len(span_id) != 8 or span_id == _ZERO_SPAN_ID:
                     raise InvalidSpanId(
-                        "a span ID is all zeros" if span_id else f"a span ID is {len(span_id)} bytes, not 8"
+                        "a span ID is all zeros" if len(span_id) == 8 else f"a span ID is {len(span_id)} bytes, not 8"
                     )
                 if check_attributes and len(sp.attributes) > limits.max_attributes:
                     raise TooManyAttributes(limits.too_many_attributes("a span", len(sp.attributes)).detail)

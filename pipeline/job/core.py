@@ -123,7 +123,8 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
         # times are checked at ingest, so none reaches a window, a watermark or an encoder unchecked
         self.time_bounds = SpanTimeBounds(self.sli.window_ns, config.ingest.max_clock_skew_ms * 1_000_000)
         limits = SpanLimits(config.ingest.max_span_bytes, config.ingest.max_attributes_per_span)
-        self.codec = codecs.for_format(self.ingest_format, self.time_bounds, limits)  # spans.raw
+        # spans.raw; job.core: the ingest decode in the Rust core when built (README "Design")
+        self.codec = codecs.for_format(self.ingest_format, self.time_bounds, limits, config.ingest_core())
         self.emit_codec = codecs.for_format(self.emit_format)  # traces.kept
 
     def restore(self, partition: int, records: Iterable[dict], through: int = -1) -> int:

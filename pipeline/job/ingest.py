@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from operators.assemble import Buffered
 from pipeline import metrics
-from pipeline.codecs import otlp
+from pipeline.codecs import decode_each, otlp
 from pipeline.codecs.interface import Fragment, Malformed
 from pipeline.job.records import Received, Record
 from pipeline.kafka.partitioner import COLLECTOR
@@ -25,17 +25,16 @@ class Ingest:
     def ingest(self, messages: Iterable[Received], now_ns: int) -> None:
         """Take a batch of received messages. A message feeding N traces holds N trace obligations
         (plus one per SLI window it opens) on its offset."""
-        sli, tracker, codec, rekey = self.sli, self.tracker, self.codec, self.rekey
+        sli, tracker, rekey = self.sli, self.tracker, self.rekey
         n_spans = 0
-        for msg in messages:
+        messages = messages if isinstance(messages, list) else list(messages)
+        # one call for the batch: the native core walks every message in Rust
+        decoded = decode_each(self.codec, [m.value for m in messages], now_ns)
+        for msg, fragments in zip(messages, decoded):
             value = msg.value
             replay = self._replayed(msg)
-            try:
-                if not value:
-                    raise Malformed("empty_value", "the message value is empty or null (tombstone)")
-                fragments = codec.decode(value, now_ns)
-            except Malformed as bad:
-                self._reject(msg, bad, now_ns, replay)
+            if isinstance(fragments, Malformed):
+                self._reject(msg, fragments, now_ns, replay)
                 continue
             if (
                 rekey

@@ -47,6 +47,8 @@ class Route:
                 _LATE_SPANS_REPLAYED.inc(fragment.span_count)
                 return
             known.offsets.add(hold.offset)
+            if unit.handle is None:  # a native fragment carries none: the kept path needs the codec's
+                unit.handle = self.codec.decode_trace(unit.value, trace_id).handle
             self._pending.extend(self._kept_records(trace_id, known.decision, [unit], now_ns, late=True))
             self._pending.append(
                 self._decision_record(trace_id, known.decision, known.partition, known.offsets, known.decided_at_ns)

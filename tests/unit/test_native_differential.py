@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from operators.span_times import SpanTimeBounds
-from pipeline.codecs import avro, native, otlp
+from pipeline import codecs
+from pipeline.codecs import avro, decode_each, native, otlp
+from pipeline.codecs.interface import Fragment, Malformed
 from pipeline.generator.callgraph import TraceGenerator
 
 if not native.AVAILABLE:
@@ -29,7 +31,6 @@ if not native.AVAILABLE:
     pytest.skip("the native core is not built (no Rust toolchain)", allow_module_level=True)
 
 from pipeline.bench import as_otlp  # noqa: E402 - after the skip: imports the job's dependencies
-from pipeline.job import _safe  # noqa: E402
 
 MAX_LONG = (1 << 63) - 1
 NOW = 1_700_000_000_000_000_000
@@ -38,45 +39,16 @@ SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 
 
 # ------------------------------------------------------------------ the Python reference
-def python_decode(fmt: str, value: bytes | None, now_ns: int) -> list[native.Fragment] | native.Malformed:
-    """The decode half of Job.ingest / Job._ingest_otlp: fragments, or the dead-letter verdict."""
-    if not value:
-        return native.Malformed("empty_value", "the message value is empty or null (tombstone)")
-    if fmt == "avro":
-        try:
-            batch = avro.decode_batch(value)
-        except Exception as exc:  # noqa: BLE001 - as the job: fastavro raises many types
-            return native.Malformed(
-                "decode_error", f"not a {avro.SPAN_BATCH} record: {type(exc).__name__}: {_safe(exc)}"
-            )
-        spans = batch["spans"]
-        if not spans:
-            return native.Malformed("empty_batch", "the batch has no spans")
-        if batch["trace_id"] == bytes(16):
-            return native.Malformed("invalid_trace_id", "the trace ID is all zeros")
-        bad_time = BOUNDS.violation(spans, now_ns)
-        if bad_time:
-            return native.Malformed("invalid_timestamp", bad_time)
-        for span in spans:
-            span["service"] = batch["service"]
-        return [native.Fragment(batch["trace_id"], [(batch["service"], spans)], len(spans), batch)]
-    try:
-        traces = otlp.decode_traces(value, "otlp_proto", BOUNDS, now_ns)
-    except otlp.InvalidSpan as exc:
-        return native.Malformed(exc.reason, str(exc))
-    except Exception as exc:  # noqa: BLE001 - as the job: protobuf raises many types
-        return native.Malformed(
-            "decode_error",
-            f"not an OTLP ExportTraceServiceRequest (otlp_proto): {type(exc).__name__}: {_safe(exc)}",
-        )
-    if not traces:
-        return native.Malformed("empty_batch", "the request has no spans")
-    return [native.Fragment(t, [(g[2], g[3]) for g in tr.groups], len(tr.spans), tr) for t, tr in traces.items()]
+def python_decode(fmt: str, value: bytes | None, now_ns: int) -> list[Fragment] | Malformed:
+    """The job's own Python codec (``pipeline.codecs.for_format``, what ``job.core: python`` runs):
+    fragments, or the dead-letter verdict."""
+    (result,) = decode_each(codecs.for_format(fmt, BOUNDS), [value], now_ns)
+    return result
 
 
 def comparable(fmt: str, result, native_side: bool):
     """Fragments as plain data (OTLP ``detail``: the protobuf Span either way), verdicts as tuples."""
-    if isinstance(result, native.Malformed):
+    if isinstance(result, Malformed):
         same_text = not (fmt == "avro" and result.reason == "decode_error")
         return ("reject", result.reason, result.detail if same_text else None)
     out = []
@@ -362,7 +334,7 @@ def test_detail_bytes_decode_to_the_same_attributes_as_the_python_headers():
 
 def test_single_message_interface_raises_the_verdict_and_returns_fragments():
     codec = native.NativeCodec("avro", BOUNDS)
-    with pytest.raises(native.Malformed) as bad:
+    with pytest.raises(Malformed) as bad:
         codec.decode(GENERATED_AVRO[0][:-3], NOW)
     assert bad.value.reason == "decode_error" and bad.value.detail.startswith("not a span_batch.v1 record: ")
     (fragment,) = codec.decode(GENERATED_AVRO[0], NOW)
@@ -385,4 +357,33 @@ def test_the_chaos_suites_hostile_messages_decode_identically(fmt):
     for i in range(0, len(values), 100):
         assert_same(fmt, values[i : i + 100], now_ns)
     verdicts = native.NativeCodec(fmt, BOUNDS).decode_batch(values, now_ns)
-    assert sum(isinstance(v, native.Malformed) for v in verdicts) > len(values) // 2
+    assert sum(isinstance(v, Malformed) for v in verdicts) > len(values) // 2
+
+
+@pytest.mark.parametrize("fmt", ["avro", "otlp_proto"])
+def test_the_jobs_native_codec_gives_the_python_codecs_verdicts_under_the_span_limits(fmt):
+    """What the job runs (``codecs.for_format(…, core="native")``, the default ``ingest.*`` limits)
+    against ``job.core: python`` on the chaos suite's hostile messages: a 1 MiB attribute is
+    ``span_too_large``, 10,000 attributes ``too_many_attributes``, an all-zero span ID
+    ``invalid_span_id`` on both. The native reader has no limit checks of its own: a message long
+    enough to break one is decoded by the Python codec (before, every such message was taken)."""
+    from pipeline.chaos import fuzz
+    from pipeline.codecs.interface import SpanLimits
+    from pipeline.config import IngestConfig
+
+    ingest = IngestConfig()
+    limits = SpanLimits(ingest.max_span_bytes, ingest.max_attributes_per_span)
+    python = codecs.for_format(fmt, BOUNDS, limits)
+    mine = codecs.for_format(fmt, BOUNDS, limits, core="native")
+    assert isinstance(mine, native.NativeCodec)
+    hostile = list(fuzz.messages(600, fmt, seed=17))
+    values = [h.value for h in hostile]
+    now_ns = time.time_ns()
+    got = decode_each(mine, values, now_ns)
+    want = decode_each(python, values, now_ns)
+    reasons = set()
+    for value, g, w in zip(values, got, want):
+        assert comparable(fmt, g, True) == comparable(fmt, w, False), (value or b"")[:300]
+        if isinstance(w, Malformed):
+            reasons.add(w.reason)
+    assert {"span_too_large", "too_many_attributes", "invalid_span_id"} <= reasons, reasons
