@@ -128,22 +128,33 @@ class AvroCodec:
             raise Malformed("empty_batch", "the batch has no spans")
         if trace_id == _ZERO_TRACE_ID:
             raise Malformed("invalid_trace_id", "the trace ID is all zeros")
-        self._check_spans(spans, len(value))
-        if self.time_bounds is not None:
-            bad_time = self.time_bounds.violation(spans, now_ns)
-            if bad_time:
-                raise Malformed("invalid_timestamp", bad_time)
-        return [_fragment(batch)]
+        service = batch["service"]
+        # one pass over the spans: the service header, span IDs (W3C: all zeros is invalid) and the
+        # times (operators.span_times, inlined: three passes cost ~1 µs more per message)
+        bounds = self.time_bounds
+        if bounds is not None:
+            latest, skew, limit = bounds.latest(now_ns), bounds.max_skew_ns, bounds.limit_ns
+        for span in spans:
+            span["service"] = service
+            if span["span_id"] == _ZERO_SPAN_ID:
+                raise Malformed("invalid_span_id", f"span {spans.index(span)}: the span ID is all zeros")
+            if bounds is not None:
+                end = span["end_time_unix_nano"]
+                start = span["start_time_unix_nano"]
+                if not (0 < end <= latest and 0 < start <= end + skew and start <= limit):
+                    where = f"span {spans.index(span)}:"
+                    raise Malformed("invalid_timestamp", bounds.explain(where, start, end, now_ns))
+        limits = self.limits
+        if limits.may_exceed_bytes(len(value)) or limits.may_exceed_attributes(len(value)):
+            self._check_limits(spans, len(value))
+        return [Fragment(trace_id, [(service, spans)], len(spans), batch)]
 
-    def _check_spans(self, spans: list[dict], message_bytes: int) -> None:
-        """Span IDs (W3C: all zeros is invalid) and the per-span limits; the limits are looked at
-        only in a message large enough to break them."""
+    def _check_limits(self, spans: list[dict], message_bytes: int) -> None:
+        """The per-span limits, in a message large enough to break them."""
         limits = self.limits
         check_bytes = limits.may_exceed_bytes(message_bytes)
         check_attributes = limits.may_exceed_attributes(message_bytes)
         for i, span in enumerate(spans):
-            if span["span_id"] == _ZERO_SPAN_ID:
-                raise Malformed("invalid_span_id", f"span {i}: the span ID is all zeros")
             if check_bytes or check_attributes:
                 detail = span["detail"]
                 if check_bytes:

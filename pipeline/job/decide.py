@@ -9,11 +9,18 @@ from operators.assemble import TraceBuffer
 from operators.decide import Decision
 from operators.trace import TraceView
 from pipeline import metrics
+from pipeline.job.labels import Children
 from pipeline.job.records import Outbox, Record
 
 # kept because a kept trace links to it (sampling.follow_links): probability 0 → adjusted count 0,
 # so estimates summed over kept traces are unchanged by traces kept only as context
 FOLLOWED_LINK = Decision(True, "follow_links", "linked_from_kept_trace", probability=0.0)
+_SLI_SPANS = Children(metrics.SLI_SPANS)
+_SLI_LATENCY_SUM = Children(metrics.SLI_LATENCY_SUM)
+_SLO_EVENTS = Children(metrics.SLO_EVENTS)
+_SLO_BAD_EVENTS = Children(metrics.SLO_BAD_EVENTS)
+_DECISION_POINTS = Children(metrics.DECISION_POINTS)
+_TRACES_DECIDED = Children(metrics.TRACES_DECIDED)
 
 
 class Decide:
@@ -34,8 +41,8 @@ class Decide:
             out.records.append(
                 Record(self.sli_topic, window.service.encode(), self._sli_record(window, now_ns), window.holds)
             )
-            metrics.SLI_SPANS.labels(window.service, window.span_kind, window.status).inc(window.span_count)
-            metrics.SLI_LATENCY_SUM.labels(window.service, window.span_kind, window.status).inc(window.sum_ms / 1_000.0)
+            _SLI_SPANS(window.service, window.span_kind, window.status).inc(window.span_count)
+            _SLI_LATENCY_SUM(window.service, window.span_kind, window.status).inc(window.sum_ms / 1_000.0)
             if self.slo.objectives:
                 for name, events, bad in self.slo.observe(
                     window.service,
@@ -46,8 +53,8 @@ class Decide:
                     window.error_count,
                     window.sketch,
                 ):
-                    metrics.SLO_EVENTS.labels(name).inc(events)
-                    metrics.SLO_BAD_EVENTS.labels(name).inc(bad)
+                    _SLO_EVENTS(name).inc(events)
+                    _SLO_BAD_EVENTS(name).inc(bad)
         out.records.extend(self._pending)  # dead letters for corrupt details found while building kept traces
         self._pending.clear()  # (the list stays shared with self._sealed)
         if self.exactly_once:
@@ -83,7 +90,7 @@ class Decide:
         offsets = [unit.hold.offset for unit in buf.messages] if decision.keep else ()
         self.decisions.remember(trace_id, decision, buf.partition, offsets, decided_ns)
         out.records.append(self._decision_record(trace_id, decision, buf.partition, offsets, decided_ns))
-        metrics.DECISION_POINTS.labels(buf.trigger).inc()
+        _DECISION_POINTS(buf.trigger).inc()
         if self.event_time:
             out.decision_points.append(now_ns)
         else:
@@ -94,7 +101,7 @@ class Decide:
                 if buf.trigger == "root_quiet"
                 else now_ns
             )
-        metrics.TRACES_DECIDED.labels(
+        _TRACES_DECIDED(
             "keep" if decision.would_keep else "drop", decision.policy or "-", buf.forced_reason or "-"
         ).inc()
         if decision.keep:

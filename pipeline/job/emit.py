@@ -11,8 +11,11 @@ from operators.decide import Decision
 from operators.sli import WindowAggregate, window_record
 from pipeline import metrics
 from pipeline.codecs import avro
+from pipeline.job.labels import Children
 from pipeline.job.records import Received, Record
 from pipeline.privacy import audit_record
+
+_DEADLETTERS = Children(metrics.DEADLETTERS)
 
 
 class EmitRecords:
@@ -44,7 +47,7 @@ class EmitRecords:
         return avro.encode(avro.SLI_WINDOW, window_record(w, self.worker_id, now_ns))
 
     def _dead_letter(self, msg: Received, reason: str, detail: str, now_ns: int, hold: Hold | None) -> Record:
-        metrics.DEADLETTERS.labels(reason).inc()
+        _DEADLETTERS(reason).inc()
         value = msg.value or b""
         record = avro.encode(
             avro.DEAD_LETTER,
