@@ -115,4 +115,8 @@ class OutputProducer:
             raise EmitError("delivery failed: " + "; ".join(self._errors[:5]))
 
     def close(self) -> None:
-        self._producer.flush(10)
+        try:
+            self._producer.flush(10)
+        except KafkaException as exc:  # e.g. INVALID_TXN_STATE after a fenced or failed transaction:
+            # nothing uncommitted is lost by leaving (it is reread), so stopping must not fail on it
+            log.warning("output producer: %s while closing (nothing committed is affected)", exc.args[0])

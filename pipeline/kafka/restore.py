@@ -22,6 +22,14 @@ from pipeline.readback import high_watermarks
 log = logging.getLogger("tailsift")
 
 
+class RestoreError(RuntimeError):
+    """The decision log could not be read; the caller retries while the broker may come back."""
+
+
+# errors a broker restart produces on a reader: they end when it is back
+_TRANSIENT = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE)
+
+
 def read_decisions(config: Config, since_ms: dict[int, int], timeout: float = 60.0) -> dict[int, list[dict]]:
     """Decoded decision-log records per partition (oldest first), from ``since_ms[p]`` minus the
     restore window."""
@@ -53,7 +61,10 @@ def read_decisions(config: Config, since_ms: dict[int, int], timeout: float = 60
                         if msg.offset() >= ends.get(msg.partition(), 0):
                             pending.discard(msg.partition())
                         continue
-                    raise RuntimeError(f"reading {topic}: {err}")
+                    if err.fatal() or (not err.retriable() and err.code() not in _TRANSIENT):
+                        raise RestoreError(f"reading {topic}: {err}")
+                    log.info("reading %s: %s (retrying until the deadline)", topic, err)
+                    continue
                 try:
                     out[msg.partition()].append(avro.decode(avro.TRACE_DECISION, msg.value()))
                 except Exception as exc:  # noqa: BLE001 - one bad record must not block a restore

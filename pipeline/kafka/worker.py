@@ -41,11 +41,13 @@ from pipeline.job import Job, Received
 from pipeline.kafka import clients
 from pipeline.kafka.checkpoint import Checkpoint
 from pipeline.kafka.producer import EmitError, OutputProducer
-from pipeline.kafka.restore import read_decisions
+from pipeline.kafka.restore import RestoreError, read_decisions
 
 log = logging.getLogger("tailsift")
 
 EXIT_FATAL = 3
+# a restore waits this long for a broker that is away (a restart takes tens of seconds here)
+RESTORE_PATIENCE_S = 300.0
 
 
 class FatalError(RuntimeError):
@@ -90,18 +92,28 @@ class Worker:
         self.consumer.subscribe(
             [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
+        clean = False
         try:
             while not self.stopping:
                 self._step()
             self._flush()  # what is decided so far; buffered traces are reread by the next owner
+            clean = True
             return 0
         except FatalError as exc:
             log.error("tailsift worker stops: %s", exc)
             return EXIT_FATAL
+        except Exception:  # a bug or an unforeseen client error: exit for the supervisor, never hang
+            log.exception("tailsift worker stops on an unexpected error")
+            return EXIT_FATAL
         finally:
             self.stopping = True  # the revoke callback during close() must not write again
             try:
-                self.consumer.close()
+                if clean:
+                    self.consumer.close()
+                # else no close(): after an error raised inside a rebalance callback the rebalance
+                # never completes and librdkafka's close() waits for it forever — seen as a worker
+                # that hung, silent even to SIGTERM, after a broker restart. Leaving without it is a
+                # crash the group handles (session timeout) and exactly-once survives (uncommitted).
             finally:
                 self.producer.close()
 
@@ -222,7 +234,22 @@ class Worker:
         log.info("partitions assigned: %s", parts)
 
     def _restore(self, parts: list[int]) -> None:
-        """Checkpoint and decisions of ``parts`` before any of their messages is processed."""
+        """Checkpoint and decisions of ``parts`` before any of their messages is processed. Runs
+        inside the assign callback: a broker away (restarting) is waited out here, with a bound,
+        rather than raised through the rebalance."""
+        deadline = time.monotonic() + RESTORE_PATIENCE_S
+        while True:
+            try:
+                return self._restore_once(parts)
+            except (KafkaException, TimeoutError, RestoreError) as exc:
+                if time.monotonic() > deadline:
+                    raise FatalError(
+                        f"restoring partitions {parts} failed for {RESTORE_PATIENCE_S:.0f} s: {exc}"
+                    ) from None
+                log.warning("restoring partitions %s failed (%s); retrying", parts, exc)
+                time.sleep(1.0)
+
+    def _restore_once(self, parts: list[int]) -> None:
         started = time.perf_counter()
         committed = self._committed(parts)
         now_ms = int(time.time() * 1000)
