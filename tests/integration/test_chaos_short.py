@@ -5,11 +5,13 @@ a crash storm (3 workers, 12 partitions, ~100K spans, two kill -9s, one broker S
 
 RELAXED: figures that miss on today's job and are shown but not failed on (each measured on the
 branch, 2026-11-29; the full profile, ``make chaos``, relaxes nothing):
-- crash storm: error traces not kept, traces with >1 decision — 15 of 272 error traces were
-  decided drop before their error spans arrived (queue consumers and services flushing later than
-  the root: the decision point passed, and a paused or restarted worker reads the tail late; the
-  same shows without any fault in the overload scenario, 23 of 143), and ~120 traces have the
-  same decision written several times (same verdict, same decided_at) to traces.decisions.
+- crash storm: traces with >1 decision — ~120 traces have the same decision written several
+  times (same verdict, same decided_at) to traces.decisions.
+  No longer relaxed: "error traces not kept" (15 of 272 error traces were decided drop before
+  their error spans arrived: the suite decided 2 s after a trace's first span, while the
+  generator's queue consumers and slow calls export up to ~5 s later — the suite's config, not a
+  job defect; it now waits the generator's on-time horizon, ``on_time_horizon_ms``, and expects an
+  error trace whose error is only in a redelivered attempt, late on purpose, to follow a drop).
 - fuzz avro / fuzz otlp_proto: measured on the branch before the hostile-input and output-size
   fixes, a 1 MiB attribute made every write fail (MSG_SIZE_TOO_LARGE, the worker rewound to it
   forever: nothing drained) and a time near 2^63 crashed the worker into a loop; both are fixed
@@ -40,7 +42,6 @@ import pytest
 pytestmark = pytest.mark.integration
 
 RELAXED = [
-    "crash storm.error traces not kept",
     "crash storm.traces with >1 decision",
     "fuzz *.traces kept",
     "fuzz *.spans lost (of kept traces)",
