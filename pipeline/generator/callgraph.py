@@ -18,14 +18,17 @@ The shop (8 services, 2-3 replicas each, each replica its own resource and flush
                                messaging.retry.count
 
 Latencies are log-normal per operation. ``slow_rate`` of the traces get one operation 10-50x
-slower (and at least 10-50 ms, so that a slow cache call shows). ``error_rate`` of the traces
-get exactly one injected failure (a span with ERROR status, a status message and an
+slower (and at least 10-50 ms, so that a slow cache call shows; at most 2 s). ``error_rate`` of
+the traces get exactly one injected failure (a span with ERROR status, a status message and an
 ``exception`` event), which propagates to the parent server span and up the synchronous call
 chain unless the caller handles it (recommendations, shipping quotes and cart badges degrade
 gracefully; checkout retries a failed payment half of the time; e-mail is async and
 redelivered). No other span is ever ERROR, so ``has_error`` is exactly "error injected".
-Traffic mix: product page 45%, add to cart 20%, checkout 30%, rate-sync job 5%; on average
-~19 spans in ~6 batches per trace (checkouts ~26 spans in ~8 batches).
+The e-mail consumer's spans of a redelivered attempt (after a rebalance or a failed send) come
+seconds after the rest, late on purpose (``GeneratedTrace.late``); every other batch is exported
+within ``on_time_horizon_ms()`` of the trace's first. Traffic mix: product page 45%, add to
+cart 20%, checkout 30%, rate-sync job 5%; on average ~19 spans in ~6 batches per trace
+(checkouts ~26 spans in ~8 batches).
 
 PII that a redaction stage must find: ``enduser.id``/``user.id``, ``user.email``, client IPs,
 a JWT in ``http.request.header.authorization`` (a string array, as in the semantic conventions),
