@@ -7,11 +7,15 @@ RELAXED: figures that miss on today's job and are shown but not failed on (each 
 branch, 2026-11-29; the full profile, ``make chaos``, relaxes nothing):
 - crash storm: traces with >1 decision — ~120 traces have the same decision written several
   times (same verdict, same decided_at) to traces.decisions.
-  No longer relaxed: "error traces not kept" (15 of 272 error traces were decided drop before
-  their error spans arrived: the suite decided 2 s after a trace's first span, while the
-  generator's queue consumers and slow calls export up to ~5 s later — the suite's config, not a
-  job defect; it now waits the generator's on-time horizon, ``on_time_horizon_ms``, and expects an
-  error trace whose error is only in a redelivered attempt, late on purpose, to follow a drop).
+- crash storm: error traces not kept — 5 of 272 error traces decided drop before their error
+  spans were read (was 15 of 272). 10 of the 15 were the suite's config: it decided 2 s after a
+  trace's first span while the generator's queue consumers and slow calls export up to ~5 s later;
+  it now waits the generator's on-time horizon (``on_time_horizon_ms`` + 1 s) and expects an
+  error trace whose error is only in a redelivered attempt, late on purpose, to follow a drop.
+  The 5 left come with the faults (decision points are on the worker's clock, which runs on while
+  the broker is down — 15 s here — or while a restarted worker reads its backlog): without a kill
+  or a broker restart the same traffic misses none (full profile: zombie, fuzz, canaries 0; crash
+  storm 143 of 2,684 with peak lag 165,666 messages).
 - fuzz avro / fuzz otlp_proto: measured on the branch before the hostile-input and output-size
   fixes, a 1 MiB attribute made every write fail (MSG_SIZE_TOO_LARGE, the worker rewound to it
   forever: nothing drained) and a time near 2^63 crashed the worker into a loop; both are fixed
@@ -42,6 +46,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 RELAXED = [
+    "crash storm.error traces not kept",
     "crash storm.traces with >1 decision",
     "fuzz *.traces kept",
     "fuzz *.spans lost (of kept traces)",
