@@ -78,7 +78,7 @@ def wait_topics(bootstrap: str, wanted: dict[str, int], timeout: float = 60, adm
     """Until the cluster metadata shows every wanted topic with all its partitions led."""
     from confluent_kafka.admin import AdminClient
 
-    admin = admin or AdminClient({"bootstrap.servers": bootstrap})
+    admin = admin or AdminClient(clients.connection(bootstrap))
     deadline = time.monotonic() + timeout
     lacking = ["(not asked yet)"]
     while time.monotonic() < deadline:
