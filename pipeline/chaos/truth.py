@@ -20,6 +20,7 @@ class TraceTruth:
     span_ids: bytes  # sorted, concatenated 8-byte span IDs
     span_count: int
     has_error: bool
+    error_late_only: bool = False  # its ERROR spans are all in batches the generator made late
 
     def span_set(self) -> set[bytes]:
         ids = self.span_ids
@@ -42,28 +43,37 @@ class Truth:
     # digest, which dead letters carry, not the position)
     mutations: set[str] = field(default_factory=set)
 
-    def add_batches(self, trace_id: bytes, batches: list[dict]) -> None:
+    def add_batches(self, trace_id: bytes, batches: list[dict], late: list[bool] | None = None) -> None:
         """One trace's spans (SpanBatch-shaped dicts: service + spans with id, name, kind,
-        status_code), added once the trace's messages are handed to the producer."""
+        status_code), added once the trace's messages are handed to the producer; ``late``: per
+        batch, late on purpose (``GeneratedTrace.late``: may come after the decision point)."""
         ids: list[bytes] = []
-        has_error = False
+        error_on_time = error_late = False
         sli_spans, sli_errors = self.sli_spans, self.sli_errors
-        for b in batches:
+        for i, b in enumerate(batches):
             service = b["service"]
+            is_late = bool(late and late[i])
             for s in b["spans"]:
                 ids.append(s["span_id"])
                 key = (service, _operation(s["name"]), s["kind"], s["status_code"])
                 sli_spans[key] += 1
                 if s["status_code"] == "ERROR":
                     sli_errors[key] += 1
-                    has_error = True
+                    if is_late:
+                        error_late = True
+                    else:
+                        error_on_time = True
         old = self.traces.get(trace_id)
         if old is not None:  # more spans of a trace already recorded (a second part)
             ids.extend(old.span_set())
-            has_error = has_error or old.has_error
+            error_on_time = error_on_time or (old.has_error and not old.error_late_only)
+            error_late = error_late or old.error_late_only
             self.spans -= old.span_count
         ids.sort()
-        self.traces[trace_id] = TraceTruth(trace_id, b"".join(ids), len(ids), has_error)
+        has_error = error_on_time or error_late
+        self.traces[trace_id] = TraceTruth(
+            trace_id, b"".join(ids), len(ids), has_error, has_error and not error_on_time
+        )
         self.spans += len(ids)
 
     @property

@@ -173,6 +173,10 @@ class Exactness:
     lost: int = 0  # spans of kept traces missing from traces.kept
     error_traces_not_kept: int = 0  # error traces with nothing in traces.kept
     error_traces_decided_drop: int = 0  # ... of them: decided drop (their error came after the decision)
+    # error traces whose errors are all in spans the generator made late (a redelivered consumer
+    # attempt): decided drop before those arrived, they are rightly not kept (a late span follows
+    # its trace's decision); kept, they must be whole like any other
+    error_late_dropped: int = 0
     traces_with_loss: int = 0
     duplicated: int = 0  # occurrences beyond the first
     error_traces_incomplete: int = 0
@@ -223,6 +227,8 @@ def check(bootstrap: str, topics, truth: Truth, errors_kept: bool = True, input_
             ex.unknown_kept += len(got - want)
             if t.has_error and want - got:
                 ex.error_traces_incomplete += 1
+        elif t.has_error and t.error_late_only and flags and not any(flags):
+            ex.error_late_dropped += 1
         elif t.has_error and errors_kept:
             ex.error_traces_not_kept += 1
             ex.error_traces_decided_drop += bool(flags) and not any(flags)

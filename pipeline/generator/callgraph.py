@@ -18,14 +18,17 @@ The shop (8 services, 2-3 replicas each, each replica its own resource and flush
                                messaging.retry.count
 
 Latencies are log-normal per operation. ``slow_rate`` of the traces get one operation 10-50x
-slower (and at least 10-50 ms, so that a slow cache call shows). ``error_rate`` of the traces
-get exactly one injected failure (a span with ERROR status, a status message and an
+slower (and at least 10-50 ms, so that a slow cache call shows; at most 2 s). ``error_rate`` of
+the traces get exactly one injected failure (a span with ERROR status, a status message and an
 ``exception`` event), which propagates to the parent server span and up the synchronous call
 chain unless the caller handles it (recommendations, shipping quotes and cart badges degrade
 gracefully; checkout retries a failed payment half of the time; e-mail is async and
 redelivered). No other span is ever ERROR, so ``has_error`` is exactly "error injected".
-Traffic mix: product page 45%, add to cart 20%, checkout 30%, rate-sync job 5%; on average
-~19 spans in ~6 batches per trace (checkouts ~26 spans in ~8 batches).
+The e-mail consumer's spans of a redelivered attempt (after a rebalance or a failed send) come
+seconds after the rest, late on purpose (``GeneratedTrace.late``); every other batch is exported
+within ``on_time_horizon_ms()`` of the trace's first. Traffic mix: product page 45%, add to
+cart 20%, checkout 30%, rate-sync job 5%; on average ~19 spans in ~6 batches per trace
+(checkouts ~26 spans in ~8 batches).
 
 PII that a redaction stage must find: ``enduser.id``/``user.id``, ``user.email``, client IPs,
 a JWT in ``http.request.header.authorization`` (a string array, as in the semantic conventions),
@@ -60,6 +63,7 @@ __all__ = [
     "TraceGenerator",
     "SERVICES",
     "luhn_valid",
+    "on_time_horizon_ms",
 ]
 
 # Standard normal draws come from a quantile table: one random() per draw instead of
@@ -99,7 +103,24 @@ def _luhn_check_digit(partial: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Configuration and output
+# Timing bounds: which spans are late on purpose, and how late the others can be
+
+# An async consumer's queue wait is exponential with mean ``queue_delay_ms``, cut at this many
+# means (0.7 % of waits): a bounded wait, so a tail-sampling job can be sized to see it.
+QUEUE_DELAY_MAX_MEANS = 5.0
+# A slow-tail operation is 10-50x slower, but no slower than this (a slow call, not a hung one).
+SLOW_OP_MAX_MS = 2000.0
+_SLOW_OP_MAX_NS = SLOW_OP_MAX_MS * 1e6
+# The first attempt of an order's e-mail dies in a rebalance this often; it is redelivered 3-10 s
+# later. That redelivery, and one after a failed SMTP send (1-5 s backoff), are the spans the
+# model makes late on purpose (``GeneratedTrace.late``).
+REBALANCE_REDELIVERY_RATE = 0.03
+# Everything else but the queue wait, between a trace's first exported batch and its last batch
+# not late on purpose: the slowest request (one operation at SLOW_OP_MAX_MS, a payment retried
+# after a gateway timeout), the e-mail consumer's work and its 2 s exporter flush timer. Measured:
+# at most 4.24 s with no queue wait over 40K traces at slow_rate 0.2 (tests/unit/test_generator.py
+# asserts the bound over other seeds and rates).
+_ON_TIME_SPREAD_MS = 4500.0
 
 
 @dataclass
@@ -126,6 +147,9 @@ class GeneratedTrace:
     encoded: list[bytes] = field(default_factory=list)  # Avro value of each batch (same order)
     export_ns: list[int] = field(default_factory=list)  # simulated flush time of each batch
     flow: str = ""  # which request type: product, cart, checkout, rate-sync
+    # per batch: late on purpose (only spans of a redelivered consumer attempt, exported seconds
+    # after the rest); every other batch is exported within on_time_horizon_ms() of the first
+    late: list[bool] = field(default_factory=list)
 
     def messages(self) -> list[tuple[bytes, bytes]]:
         """(Kafka key, value) per batch."""
@@ -149,6 +173,14 @@ _SERVICE_INFO = {
     "email-worker": ("java", "2.3.1", 2, 0, "io.opentelemetry.kafka-clients-2.6", 2000),
 }
 _SDK_VERSION = {"nodejs": "1.26.0", "go": "1.28.0", "dotnet": "1.9.0", "java": "1.42.1", "python": "1.27.0"}
+
+
+def on_time_horizon_ms(config: GeneratorConfig | None = None) -> float:
+    """How long after a trace's first batch every batch not late on purpose is exported (flush
+    times, ``GeneratedTrace.export_ns``): a tail-sampling decision this long after a trace's first
+    span has seen all of it but its redelivered consumer attempts (``GeneratedTrace.late``)."""
+    config = config or GeneratorConfig()
+    return _ON_TIME_SPREAD_MS + QUEUE_DELAY_MAX_MEANS * config.queue_delay_ms
 
 
 class _Replica:
@@ -354,6 +386,7 @@ class TraceGenerator:
         self._error_rate = config.error_rate
         self._slow_rate = config.slow_rate
         self._queue_mean_ns = config.queue_delay_ms * 1e6
+        self._queue_max_ns = QUEUE_DELAY_MAX_MEANS * self._queue_mean_ns
         self._canaries = {str(k): v for k, v in (config.canaries or {}).items()}
         # The topology is the same for every seed (stable resources across runs and seeds).
         topo = random.Random(20240611)
@@ -422,6 +455,7 @@ class TraceGenerator:
         self._err_op = None
         self._slow_op = None
         self._slow_mult = 1.0
+        self._redelivery = False  # spans emitted now belong to a redelivered consumer attempt
 
     # ---- topology -------------------------------------------------------------------------
 
@@ -743,8 +777,8 @@ class TraceGenerator:
     def _lat(self, op: _Op) -> int:
         """A log-normal latency of ``op`` in ns."""
         d = self._exp(op.mu + op.sigma * _NORMAL_TABLE[int(self._random() * _NORMAL_SIZE)])
-        if op is self._slow_op:  # 10-50x slower, and at least 10-50 ms
-            d = max(d * self._slow_mult, self._slow_mult * 1e6)
+        if op is self._slow_op:  # 10-50x slower, and at least 10-50 ms, at most SLOW_OP_MAX_MS
+            d = min(max(d * self._slow_mult, self._slow_mult * 1e6), _SLOW_OP_MAX_NS)
             self._slow_op = None
         return int(d)
 
@@ -778,6 +812,7 @@ class TraceGenerator:
                 parent,
                 status,
                 detail,
+                self._redelivery,
             )
         )
 
@@ -1361,10 +1396,11 @@ class TraceGenerator:
         op = self.op_email_process
         svc = op.svc
         rnd = self._random
-        delay = int(-self._queue_mean_ns * math.log(1.0 - rnd())) + 1_000_000 + self._lat(self.op_net)
+        wait = min(-self._queue_mean_ns * math.log(1.0 - rnd()), self._queue_max_ns)
+        delay = int(wait) + 1_000_000 + self._lat(self.op_net)
         t = published + delay
         retry = 0
-        if rnd() < 0.03:  # the first attempt died in a rebalance before exporting its span
+        if rnd() < REBALANCE_REDELIVERY_RATE:  # the first attempt died in a rebalance before exporting its span
             retry = 1
             t += int(3e9 + rnd() * 7e9)
         links = [
@@ -1376,6 +1412,7 @@ class TraceGenerator:
             }
         ]
         while True:
+            self._redelivery = retry > 0  # a redelivered attempt's spans are late on purpose
             rep = svc.replicas[int(rnd() * svc.n)]
             cid = self._id()
             e = t + self._lat(self.op_mw_small)
@@ -1416,6 +1453,7 @@ class TraceGenerator:
                 t = end + int(1e9 * (1 + 4 * rnd()))  # redelivered after the retry backoff
                 continue
             self._emit(op, rep, cid, producer_id, t, end, UNSET, attrs, links=links)
+            self._redelivery = False
             return
 
     # ---- the trace ---------------------------------------------------------------------------
@@ -1459,11 +1497,13 @@ class TraceGenerator:
         status_names = _STATUS_NAMES
         cur = None
         span_dicts: list = []
-        for flush, si, ri, end, start, _, op, rep, sid, parent, status, detail in spans:
+        late: list[bool] = []  # per batch: only spans of redelivered attempts
+        for flush, si, ri, end, start, _, op, rep, sid, parent, status, detail, redelivery in spans:
             svc = op.svc
             if (flush, si, ri) != cur:
                 cur = (flush, si, ri)
                 span_dicts = []
+                late.append(True)
                 batches.append(
                     {
                         "trace_id": tid,
@@ -1487,6 +1527,8 @@ class TraceGenerator:
                     "detail": detail,
                 }
             )
+            if not redelivery:
+                late[-1] = False
             by_svc[svc.name] = by_svc.get(svc.name, 0) + 1
             if parent is None:
                 root_service = svc.name
@@ -1509,4 +1551,5 @@ class TraceGenerator:
             encoded=[_encode_batch(b) for b in batches],
             export_ns=export,
             flow=flow.name,
+            late=late,
         )

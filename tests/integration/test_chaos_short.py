@@ -5,10 +5,15 @@ a crash storm (3 workers, 12 partitions, ~100K spans, two kill -9s, one broker S
 
 RELAXED: figures that miss on today's job and are shown but not failed on (each measured on the
 branch, 2026-11-29; the full profile, ``make chaos``, relaxes nothing):
-- crash storm: error traces not kept — 15 of 272 error traces were decided drop before their
-  error spans arrived (queue consumers and services flushing later than the root: the decision
-  point passed, and a paused or restarted worker reads the tail late; the same shows without any
-  fault in the overload scenario, 23 of 143).
+- crash storm: error traces not kept — 5 of 272 error traces decided drop before their error
+  spans were read (was 15 of 272). 10 of the 15 were the suite's config: it decided 2 s after a
+  trace's first span while the generator's queue consumers and slow calls export up to ~5 s later;
+  it now waits the generator's on-time horizon (``on_time_horizon_ms`` + 1 s) and expects an
+  error trace whose error is only in a redelivered attempt, late on purpose, to follow a drop.
+  The 5 left come with the faults (decision points are on the worker's clock, which runs on while
+  the broker is down — 15 s here — or while a restarted worker reads its backlog): without a kill
+  or a broker restart the same traffic misses none (full profile: zombie, fuzz, canaries 0; crash
+  storm 143 of 2,684 with peak lag 165,666 messages).
 No longer relaxed: the canaries (fixed on branch pii: attribute keys, host.ip, user ids in free
 text and tracestate were left raw in traces.kept); the fuzz figures (fixed on branch boundary) — every hostile
 kind is dead-lettered (an all-zero span ID: invalid_span_id; a 1 MiB attribute: span_too_large;

@@ -41,6 +41,37 @@ def test_truth_counts_spans_and_sli_keys_per_trace():
     assert sum(t.sli_errors.values()) == 1
 
 
+def test_truth_tells_an_error_only_in_late_spans_from_one_on_time():
+    """The suite expects an error trace whose ERROR spans all came in batches the generator made
+    late (a redelivered consumer attempt) to follow a drop decision; every other error trace must
+    be kept. Before: no such distinction, any error trace decided drop was a miss."""
+    err = {"name": "process orders", "kind": "CONSUMER", "status_code": "ERROR"}
+    ok = {**err, "status_code": "UNSET"}
+    t = Truth()
+    a, b = b"a" * 16, b"b" * 16
+    t.add_batches(
+        a,
+        [
+            {"service": "x", "spans": [{**ok, "span_id": b"1" * 8}]},
+            {"service": "w", "spans": [{**err, "span_id": b"2" * 8}]},
+        ],
+        [False, True],
+    )
+    t.add_batches(
+        b,
+        [
+            {"service": "x", "spans": [{**err, "span_id": b"3" * 8}]},
+            {"service": "w", "spans": [{**err, "span_id": b"4" * 8}]},
+        ],
+        [False, True],
+    )
+    assert t.traces[a].has_error and t.traces[a].error_late_only
+    assert t.traces[b].has_error and not t.traces[b].error_late_only
+    # a second part of trace a with an on-time error: no longer late only
+    t.add_batches(a, [{"service": "x", "spans": [{**err, "span_id": b"5" * 8}]}], [False])
+    assert not t.traces[a].error_late_only and t.traces[a].span_count == 3
+
+
 def test_hostile_messages_are_what_they_say():
     for fmt in ("avro", "otlp_proto"):
         msgs = list(fuzz.messages(400, fmt, seed=3))

@@ -280,6 +280,34 @@ def test_retries_are_marked():
     assert retried > 0
 
 
+@pytest.mark.parametrize("seed, slow_rate, queue_delay_ms", [(31, 0.2, 200.0), (32, 0.02, 0.0), (33, 0.05, 800.0)])
+def test_only_redelivered_attempts_come_after_the_on_time_horizon(seed, slow_rate, queue_delay_ms):
+    """Every batch but those of a redelivered consumer attempt is exported within
+    on_time_horizon_ms of the trace's first batch (the chaos suite sizes its decision wait by it).
+    Before: the queue wait and the slow tail had no bound (a slow checkout's batches came 9 s
+    after its first, e-mail spans 12 s after) and no batch said it was late on purpose, so the
+    suite's 2 s decision wait dropped error traces whose error spans were merely slow."""
+    config = GeneratorConfig(seed=seed, slow_rate=slow_rate, queue_delay_ms=queue_delay_ms)
+    horizon_ns = callgraph.on_time_horizon_ms(config) * 1e6
+    gen = TraceGenerator(config)
+    late = spread_max = 0
+    for i in range(6000):
+        tr = gen.trace(T0 + i * 3_000_017)
+        assert len(tr.late) == len(tr.batches)
+        first = min(tr.export_ns)
+        for batch, at, is_late in zip(tr.batches, tr.export_ns, tr.late):
+            if is_late:
+                late += 1
+                assert batch["service"] == "email-worker"
+                consumers = [s for s in decoded_spans(tr) if s["kind"] == "CONSUMER"]
+                assert any("messaging.retry.count" in s["d"]["attributes"] for s in consumers)
+            else:
+                spread_max = max(spread_max, at - first)
+    assert spread_max <= horizon_ns
+    assert spread_max > 0.5 * horizon_ns  # the bound is near the model, not a wild guess
+    assert late > 0
+
+
 def test_typical_shape():
     ts = make(1500, seed=21)
     spans = statistics.mean(t.span_count for t in ts)
