@@ -163,7 +163,14 @@ def prefill(bootstrap: str, topic: str, traffic: Traffic) -> None:
     )
     # keyed messages where the Collector's kafka exporter puts them (hex key, Sarama FNV-1a hash);
     # unkeyed ones anywhere, as its sticky partitioner does
-    n = len(p.list_topics(topic, timeout=30).topics[topic].partitions)
+    deadline = time.monotonic() + 60
+    n = 0
+    while not n:  # a topic just created shows no partitions until the metadata propagates
+        n = len(p.list_topics(topic, timeout=30).topics[topic].partitions)
+        if not n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{topic}: no partitions in the metadata after 60 s")
+            time.sleep(0.2)
     failed: list = []
     for i, (key, value) in enumerate(traffic.messages):
         partition = sarama_partition(key, n) if key is not None else (i // 50) % n
