@@ -79,13 +79,22 @@ def _wait_visible(admin: AdminClient, topics: dict[str, int], timeout: float) ->
     controller acknowledges a creation before the brokers' metadata caches catch up (KRaft), and
     a worker started in that gap would exit with "missing topics"."""
     deadline = time.monotonic() + timeout
-    while topics:
-        md = admin.list_topics(timeout=max(1.0, deadline - time.monotonic())).topics
-        topics = {
-            name: n
-            for name, n in topics.items()
-            if name not in md or len(md[name].partitions) < n or any(p.leader < 0 for p in md[name].partitions.values())
-        }
-        if not topics or time.monotonic() > deadline:
+    while topics and topics_not_ready(admin.list_topics(timeout=max(1.0, deadline - time.monotonic())), topics):
+        if time.monotonic() > deadline:
             return  # what is still missing is reported by whoever needs it, naming the topic
         time.sleep(0.1)
+
+
+def topics_not_ready(metadata, wanted: dict[str, int]) -> list[str]:
+    """What the cluster metadata (``AdminClient.list_topics()``) still lacks of ``wanted`` (topic →
+    partition count): a topic missing or in error, fewer partitions, a partition without a leader."""
+    lacking = []
+    for name, partitions in sorted(wanted.items()):
+        t = metadata.topics.get(name)
+        if t is None or t.error is not None:
+            lacking.append(f"{name}: {'absent' if t is None else t.error}")
+        elif len(t.partitions) < partitions:
+            lacking.append(f"{name}: {len(t.partitions)} of {partitions} partitions")
+        elif any(p.leader < 0 or p.error is not None for p in t.partitions.values()):
+            lacking.append(f"{name}: a partition without a leader")
+    return lacking

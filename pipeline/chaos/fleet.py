@@ -17,6 +17,7 @@ from pipeline.demo import run_config
 from pipeline.jobproc import JobProcess
 from pipeline.kafka import clients
 from pipeline.localkafka import LAUNCHER
+from pipeline.topics import topics_not_ready
 
 MAX_REVIVES = 4  # per worker: a crash loop is a finding, not something to wait out
 
@@ -57,21 +58,6 @@ class Broker:
         address = r.stdout.strip().splitlines()[-1]
         if address != self.bootstrap:
             raise RuntimeError(f"broker came back on {address}, not {self.bootstrap} (port taken meanwhile)")
-
-
-def topics_not_ready(metadata, wanted: dict[str, int]) -> list[str]:
-    """What the cluster metadata (``AdminClient.list_topics()``) still lacks of ``wanted`` (topic →
-    partition count): a topic missing or in error, fewer partitions, a partition without a leader."""
-    lacking = []
-    for name, partitions in sorted(wanted.items()):
-        t = metadata.topics.get(name)
-        if t is None or t.error is not None:
-            lacking.append(f"{name}: {'absent' if t is None else t.error}")
-        elif len(t.partitions) < partitions:
-            lacking.append(f"{name}: {len(t.partitions)} of {partitions} partitions")
-        elif any(p.leader < 0 or p.error is not None for p in t.partitions.values()):
-            lacking.append(f"{name}: a partition without a leader")
-    return lacking
 
 
 def wait_topics(bootstrap: str, wanted: dict[str, int], timeout: float = 60, admin=None) -> None:
