@@ -72,12 +72,15 @@ class NativeCodec:
         paused = gc.isenabled()
         if paused:
             gc.disable()
+        python, longest = self.python, self._native_max_len
+        # a message long enough to break a per-span limit goes to the Python codec below: the native
+        # reader gets None in its place (an instant empty_value, overridden) instead of decoding it twice
+        native_values = values if python is None else [v if not v or len(v) <= longest else None for v in values]
         try:
-            results = self._decode(values, now_ns, self._limit_ns, self._max_skew_ns)
+            results = self._decode(native_values, now_ns, self._limit_ns, self._max_skew_ns)
         finally:
             if paused:
                 gc.enable()
-        python, longest = self.python, self._native_max_len
         for value, result in zip(values, results):
             if python is not None and value and len(value) > longest:
                 try:  # may hold a span past a limit: the reference decoder checks it
