@@ -40,7 +40,7 @@ from pipeline.codecs.otlp import (
     span_to_dict,
     value_to_py,
 )
-from pipeline.codecs.protowire import WIRE, WireSpan
+from pipeline.codecs.protowire import WIRE, WireSpan, wire_span
 
 _IN_CONTEXT = "in context"  # a memo answer: ask again with the map's db.system
 _SYSTEM_KEYS = ("db.system", "db.system.name")  # what Protector's sql rule reads of the map
@@ -97,7 +97,7 @@ class KeptWriter:
             if th is not None:  # OTEP 235, as the reference path: the last trace_state field wins
                 sp.trace_state = with_threshold(sp.trace_state, th)
             links = tuple(ln.trace_id for ln in sp.links) if sp.links else ()
-            return WireSpan(sp.SerializeToString() + suffix, links)
+            return wire_span(sp.SerializeToString() + suffix, links)
         span = span_to_dict(header, sp)
         if self.protector is not None:
             self.protector.protect_span(span, counts)
@@ -106,7 +106,7 @@ class KeptWriter:
             span["trace_state"] = with_threshold(span["trace_state"], th)
         msg = Span()
         fill_span(msg, trace_id, span)
-        return WireSpan(msg.SerializeToString(), tuple(ln["trace_id"] for ln in span["links"]))
+        return wire_span(msg.SerializeToString(), tuple(ln["trace_id"] for ln in span["links"]))
 
     def _unchanged(self, sp: Span) -> bool:
         """The reference path would write this span as it is (before its annotations)."""
@@ -151,27 +151,40 @@ class KeptWriter:
             return True
         memo = self._attribute
         keys = set()
-        context = None
+        statements = systems = None  # SQL statements: their answer holds for their map's db.system only
         for kv in kvs:
             data = kv.SerializeToString()
             ok = memo.get(data)
             if ok is None:
-                ok = self._attribute_unchanged(kv, None)
-                if len(memo) >= self.memo_size:
-                    memo.clear()
-                memo[data] = ok
-            if ok is _IN_CONTEXT:  # a SQL statement: its answer holds for its map's db.system only
-                if context is None:
-                    context = _system_of(kvs)
-                data = (data, context[0])
-                ok = memo.get(data)
+                ok = self._remember(data, self._attribute_unchanged(kv, None))
+            if ok is not True:
+                if ok is not _IN_CONTEXT:
+                    return False
+                statements = [*(statements or ()), (kv, data)]
+            key = kv.key
+            keys.add(key)
+            if key in _SYSTEM_KEYS:
+                systems = [*(systems or ()), kv]
+        if len(keys) != len(kvs):
+            return False  # a repeated key: the reference path keeps one
+        if statements:
+            found = systems or ()
+            system = tuple(kv.SerializeToString() for kv in found)
+            context = {kv.key: value_to_py(kv.value) for kv in found}
+            for kv, data in statements:
+                ok = memo.get((data, system))
                 if ok is None:
-                    ok = self._attribute_unchanged(kv, context[1])
-                    memo[data] = ok
-            if not ok:
-                return False
-            keys.add(kv.key)
-        return len(keys) == len(kvs)  # a repeated key: the reference path keeps one
+                    ok = self._remember((data, system), self._attribute_unchanged(kv, context))
+                if not ok:
+                    return False
+        return True
+
+    def _remember(self, key: Any, answer: Any) -> Any:
+        memo = self._attribute
+        if len(memo) >= self.memo_size:
+            memo.clear()
+        memo[key] = answer
+        return answer
 
     def _attribute_unchanged(self, kv: Any, context: dict | None) -> Any:
         """True / False, or ``_IN_CONTEXT`` (asked without ``context`` about a key whose protection
@@ -223,13 +236,6 @@ class KeptWriter:
         for name, n in hits:
             counts[name] = counts.get(name, 0) + n
         return rs_head, ss_head
-
-
-def _system_of(kvs: Any) -> tuple[tuple[bytes, ...], dict]:
-    """The map's ``db.system`` / ``db.system.name`` attributes: as encoded (a memo key) and as the
-    protector reads them (``value_to_py``; the last one wins, as in the reference path's dict)."""
-    found = [kv for kv in kvs if kv.key in _SYSTEM_KEYS]
-    return tuple(kv.SerializeToString() for kv in found), {kv.key: value_to_py(kv.value) for kv in found}
 
 
 def _annotation(sampling_attrs: dict) -> bytes:

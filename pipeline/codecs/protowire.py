@@ -22,11 +22,15 @@ WIRE = "otlp.wire"  # a wire batch's key: (ResourceSpans without scope_spans, Sc
 
 
 class WireSpan(NamedTuple):
-    """A kept span encoded (``Span`` bytes, protected and annotated) and what ``follow_links``
-    reads of it."""
+    """A kept span encoded as the ``ScopeSpans.spans`` field that carries it (``Span`` bytes,
+    protected and annotated: ``wire_span``) and what ``follow_links`` reads of it."""
 
-    data: bytes
+    field: bytes
     link_trace_ids: tuple[bytes, ...] = ()
+
+
+def wire_span(span: bytes, link_trace_ids: tuple[bytes, ...] = ()) -> WireSpan:
+    return WireSpan(field(SCOPE_SPANS_SPANS, span), link_trace_ids)
 
 
 def varint(n: int) -> bytes:
@@ -51,5 +55,5 @@ def is_wire(batch: dict) -> bool:
 def resource_spans_field(batch: dict) -> bytes:
     """A wire batch as one ``ExportTraceServiceRequest.resource_spans`` field."""
     rs_head, ss_head = batch[WIRE]
-    spans = b"".join([field(SCOPE_SPANS_SPANS, s.data) for s in batch["spans"]])
+    spans = b"".join([s.field for s in batch["spans"]])
     return field(REQUEST_RESOURCE_SPANS, rs_head + field(RESOURCE_SPANS_SCOPE_SPANS, ss_head + spans))
