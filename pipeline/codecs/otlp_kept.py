@@ -42,6 +42,9 @@ from pipeline.codecs.otlp import (
 )
 from pipeline.codecs.protowire import WIRE, WireSpan, wire_span
 
+# memo entries are bounded in count and in size: a longer input is checked each time it comes
+_MEMO_MAX_BYTES = 1024
+_ENVELOPE_MEMO_BYTES, _ENVELOPE_MEMO_SIZE = 8192, 1024  # ≤ ~16 MiB of resources, scopes and their output
 _IN_CONTEXT = "in context"  # a memo answer: ask again with the map's db.system
 _SYSTEM_KEYS = ("db.system", "db.system.name")  # what Protector's sql rule reads of the map
 _SCALARS = frozenset(("string_value", "bool_value", "int_value", "double_value", "bytes_value"))
@@ -55,12 +58,14 @@ _OWN_KEYS = frozenset(
 
 class KeptWriter:
     """Wire batches (``protowire``) of kept OTLP traces, for ``encode_request`` in ``otlp_proto``.
-    One per job: its memos are bounded (cleared when full) and hold answers, never output."""
+    One per job: its memos (cleared when full, entries of at most ``_MEMO_MAX_BYTES``) hold answers
+    about inputs, never output."""
 
     def __init__(self, protector: Any = None, memo_size: int = 65_536):
         self.protector = protector
         self.memo_size = memo_size
         self._attribute: dict[Any, Any] = {}  # encoded KeyValue (, its db.system) → True, False, _IN_CONTEXT
+        self._map: dict[tuple[bytes, ...], bool] = {}  # a whole map's encoded KeyValues → unchanged
         self._name: dict[str, bool] = {}
         self._text: dict[str, bool] = {}
         self._tracestate: dict[str, bool] = {}
@@ -147,13 +152,25 @@ class KeptWriter:
         return True
 
     def _attributes_unchanged(self, kvs: Any) -> bool:
+        """A whole attribute map is left as it is: one lookup for a map seen before (spans of one
+        operation repeat theirs), else each attribute on its own."""
         if not kvs:
             return True
+        encoded = tuple([kv.SerializeToString() for kv in kvs])  # a tuple: unambiguous where b"".join is not
+        ok = self._map.get(encoded)
+        if ok is None:
+            ok = self._map_unchanged(kvs, encoded)
+            if sum(map(len, encoded)) <= _MEMO_MAX_BYTES:
+                if len(self._map) >= self.memo_size:
+                    self._map.clear()
+                self._map[encoded] = ok
+        return ok
+
+    def _map_unchanged(self, kvs: Any, encoded: tuple[bytes, ...]) -> bool:
         memo = self._attribute
         keys = set()
         statements = systems = None  # SQL statements: their answer holds for their map's db.system only
-        for kv in kvs:
-            data = kv.SerializeToString()
+        for kv, data in zip(kvs, encoded):
             ok = memo.get(data)
             if ok is None:
                 ok = self._remember(data, self._attribute_unchanged(kv, None))
@@ -164,13 +181,13 @@ class KeptWriter:
             key = kv.key
             keys.add(key)
             if key in _SYSTEM_KEYS:
-                systems = [*(systems or ()), kv]
+                systems = [*(systems or ()), (kv, data)]
         if len(keys) != len(kvs):
             return False  # a repeated key: the reference path keeps one
         if statements:
             found = systems or ()
-            system = tuple(kv.SerializeToString() for kv in found)
-            context = {kv.key: value_to_py(kv.value) for kv in found}
+            system = tuple(data for _, data in found)
+            context = {kv.key: value_to_py(kv.value) for kv, _ in found}
             for kv, data in statements:
                 ok = memo.get((data, system))
                 if ok is None:
@@ -180,10 +197,12 @@ class KeptWriter:
         return True
 
     def _remember(self, key: Any, answer: Any) -> Any:
-        memo = self._attribute
-        if len(memo) >= self.memo_size:
-            memo.clear()
-        memo[key] = answer
+        data = key if isinstance(key, bytes) else key[0]
+        if len(data) <= _MEMO_MAX_BYTES:
+            memo = self._attribute
+            if len(memo) >= self.memo_size:
+                memo.clear()
+            memo[key] = answer
         return answer
 
     def _attribute_unchanged(self, kv: Any, context: dict | None) -> Any:
@@ -208,9 +227,10 @@ class KeptWriter:
         ok = memo.get(text)
         if ok is None:
             ok = check(text)
-            if len(memo) >= self.memo_size:
-                memo.clear()
-            memo[text] = ok
+            if len(text) <= _MEMO_MAX_BYTES:
+                if len(memo) >= self.memo_size:
+                    memo.clear()
+                memo[text] = ok
         return ok
 
     # ------------------------------------------------------------------ resource and scope
@@ -229,9 +249,10 @@ class KeptWriter:
             rs_out, ss_out = ResourceSpans(), ScopeSpans()
             fill_envelope(rs_out, ss_out, batch)
             hit = (rs_out.SerializeToString(), ss_out.SerializeToString(), tuple(local.items()))
-            if len(self._envelope) >= 4096:
-                self._envelope.clear()
-            self._envelope[key] = hit
+            if len(key[0]) + len(key[2]) <= _ENVELOPE_MEMO_BYTES:  # resources repeat; a huge one is rare
+                if len(self._envelope) >= _ENVELOPE_MEMO_SIZE:
+                    self._envelope.clear()
+                self._envelope[key] = hit
         rs_head, ss_head, hits = hit
         for name, n in hits:
             counts[name] = counts.get(name, 0) + n
