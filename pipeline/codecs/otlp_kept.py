@@ -45,6 +45,7 @@ from pipeline.codecs.protowire import WIRE, WireSpan, wire_span
 # memo entries are bounded in count and in size: a longer input is checked each time it comes
 _MEMO_MAX_BYTES = 1024
 _ENVELOPE_MEMO_BYTES, _ENVELOPE_MEMO_SIZE = 8192, 1024  # ≤ ~16 MiB of resources, scopes and their output
+_SAME = object()  # KeptWriter.batches: the protector in use
 _IN_CONTEXT = "in context"  # a memo answer: ask again with the map's db.system
 _SYSTEM_KEYS = ("db.system", "db.system.name")  # what Protector's sql rule reads of the map
 _SCALARS = frozenset(("string_value", "bool_value", "int_value", "double_value", "bytes_value"))
@@ -59,11 +60,15 @@ _OWN_KEYS = frozenset(
 class KeptWriter:
     """Wire batches (``protowire``) of kept OTLP traces, for ``encode_request`` in ``otlp_proto``.
     One per job: its memos (cleared when full, entries of at most ``_MEMO_MAX_BYTES``) hold answers
-    about inputs, never output."""
+    about inputs, and the protected resources and scopes; they belong to one protector."""
 
     def __init__(self, protector: Any = None, memo_size: int = 65_536):
-        self.protector = protector
         self.memo_size = memo_size
+        self.use(protector)
+
+    def use(self, protector: Any) -> None:
+        """Protect with ``protector`` (None: privacy off); the memos start over: answers are its."""
+        self.protector = protector
         self._attribute: dict[Any, Any] = {}  # encoded KeyValue (, its db.system) → True, False, _IN_CONTEXT
         self._map: dict[tuple[bytes, ...], bool] = {}  # a whole map's encoded KeyValues → unchanged
         self._name: dict[str, bool] = {}
@@ -72,10 +77,18 @@ class KeptWriter:
         self._envelope: dict[tuple, tuple[bytes, bytes, tuple]] = {}
 
     def batches(
-        self, trace: OtlpTrace, sampling_attrs: dict, threshold: int | None, pii_counts: dict[str, int]
+        self,
+        trace: OtlpTrace,
+        sampling_attrs: dict,
+        threshold: int | None,
+        pii_counts: dict[str, int],
+        protector: Any = _SAME,
     ) -> list[dict]:
-        """One wire batch per (resource, scope) group of ``trace``, protected and annotated as the
-        reference path would. Raises ``Malformed`` (nothing counted) for a span no output can carry."""
+        """One wire batch per (resource, scope) group of ``trace``, protected (by ``protector``
+        when given) and annotated as the reference path would. Raises ``Malformed`` (nothing
+        counted) for a span no output can carry."""
+        if protector is not _SAME and protector is not self.protector:
+            self.use(protector)
         try:
             for sp in (h["detail"] for h in trace.spans):
                 check_writable(sp)

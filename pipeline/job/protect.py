@@ -154,7 +154,7 @@ class Protect:
         tailsift's own annotations (sampling facts, decode errors) are added after protection.
         OTLP written as ``otlp_proto``: the same spans from their own bytes (``KeptWriter``)."""
         if self.kept_writer is not None and isinstance(unit.handle, OtlpTrace):
-            return self.kept_writer.batches(unit.handle, sampling_attrs, th, pii_counts)
+            return self.kept_writer.batches(unit.handle, sampling_attrs, th, pii_counts, self.protector)
         kept = self.codec.kept_batches(unit.value, unit.handle)
         protector = self.protector
         undecodable = {id(span) for span in kept.undecodable_spans}

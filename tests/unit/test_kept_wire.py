@@ -269,6 +269,21 @@ def test_a_statement_is_judged_with_its_own_spans_db_system(order):
     assert otlp.parse_request(got) == otlp.parse_request(want) and counts == want_counts == {"rule:db-statement": 3}
 
 
+def test_answers_given_without_privacy_are_not_reused_once_a_protector_is_given():
+    """The memos belong to one protector: what privacy off let through as it is (an e-mail in an
+    attribute) must be checked again, and tokenized, when the same writer protects."""
+    trace_id = bytes(range(16, 32))
+    span = Span(trace_id=trace_id, span_id=b"\x01" * 8, name="n", start_time_unix_nano=1, end_time_unix_nano=2)
+    span.attributes.add(key="note").value.string_value = C.email
+    req = ExportTraceServiceRequest()
+    req.resource_spans.add().scope_spans.add().spans.append(span)
+    writer = KeptWriter(None)
+    for protector, raw in ((None, True), (PROTECTOR, False), (None, True)):
+        (trace,) = otlp.decode_traces(req.SerializeToString()).values()
+        out = otlp.encode_request(writer.batches(trace, SAMPLING, None, {}, protector))
+        assert (C.email.encode() in out) is raw
+
+
 def test_a_link_or_event_no_output_can_carry_dead_letters_the_message_and_counts_nothing():
     """As the reference path: ``Malformed`` before any span is protected (no audit counts)."""
     trace_id = bytes(range(16, 32))
