@@ -26,7 +26,7 @@ from pipeline.codecs.otlp_kept import KeptWriter
 from pipeline.job import Job, Received
 from pipeline.peerbench import traffic as peer_traffic
 from pipeline.privacy import PII_AUDIT, build_protector
-from tests.support.jobs import S, make_config
+from tests.support.jobs import MS, S, make_config
 from tests.support.jobs import records as by_topic
 
 KEY = bytes(range(32))
@@ -301,6 +301,46 @@ def test_a_link_or_event_no_output_can_carry_dead_letters_the_message_and_counts
 
 # ------------------------------------------------------------------ through the job
 NOW = time.time_ns()
+
+
+def test_follow_links_reads_the_links_of_spans_written_from_their_own_bytes():
+    """``follow_links`` on OTLP kept as ``otlp_proto``: the kept span is not a dict any more, its
+    link's trace ID still marks the linked trace, which is kept as context (adjusted count 0)."""
+    consumer, producer = bytes(range(1, 17)), bytes(range(101, 117))
+    cfg = make_config(
+        ingest={"format": "otlp_proto"},
+        emit={"format": "otlp_proto"},
+        assemble={"root_quiet_gap_ms": 0},
+        sampling={"follow_links": True, "policies": [{"name": "errors", "type": "status_code"}]},
+    )
+    job = Job(cfg, worker_id="t")
+
+    def request(trace_id: bytes, error: bool, link: bytes | None = None) -> bytes:
+        req = ExportTraceServiceRequest()
+        sp = (
+            req.resource_spans.add()
+            .scope_spans.add()
+            .spans.add(
+                trace_id=trace_id,
+                span_id=b"\x01" * 8,
+                name="op",
+                start_time_unix_nano=1 * MS,
+                end_time_unix_nano=5 * MS,
+            )
+        )
+        sp.status.code = 2 if error else 0
+        if link is not None:
+            sp.links.add(trace_id=link, span_id=b"\x02" * 8)
+        return req.SerializeToString()
+
+    job.ingest([Received(0, 0, consumer, request(consumer, True, link=producer))], 0)
+    job.ingest([Received(0, 1, producer, request(producer, False))], 500 * MS)
+    first = by_topic(job.collect(1200 * MS), cfg.topics.traces_kept.name)
+    assert [r.key for r in first] == [consumer]
+    second = by_topic(job.collect(1600 * MS), cfg.topics.traces_kept.name)
+    assert [r.key for r in second] == [producer]
+    summary = otlp.kept_summary(producer, second[0].value)
+    assert summary["policy"] == "follow_links" and summary["adjusted_count"] == 0.0
 
 
 HALF = {"name": "half", "type": "probabilistic", "sampling_percentage": 50}  # kept spans get a threshold
