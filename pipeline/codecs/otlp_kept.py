@@ -43,7 +43,7 @@ from pipeline.codecs.otlp import (
 from pipeline.codecs.protowire import WIRE, WireSpan, wire_span
 
 # memo entries are bounded in count and in size: a longer input is checked each time it comes
-_MEMO_MAX_BYTES = 1024
+_MEMO_MAX_BYTES = 512  # × memo_size entries × 5 memos: ≤ ~40 MiB at worst, typically far less
 _ENVELOPE_MEMO_BYTES, _ENVELOPE_MEMO_SIZE = 8192, 1024  # ≤ ~16 MiB of resources, scopes and their output
 _SAME = object()  # KeptWriter.batches: the protector in use
 _IN_CONTEXT = "in context"  # a memo answer: ask again with the map's db.system
@@ -62,7 +62,7 @@ class KeptWriter:
     One per job: its memos (cleared when full, entries of at most ``_MEMO_MAX_BYTES``) hold answers
     about inputs, and the protected resources and scopes; they belong to one protector."""
 
-    def __init__(self, protector: Any = None, memo_size: int = 65_536):
+    def __init__(self, protector: Any = None, memo_size: int = 16_384):
         self.memo_size = memo_size
         self.use(protector)
 
