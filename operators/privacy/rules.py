@@ -382,8 +382,11 @@ class Protector:
             raise DropValue("detector")
         return out
 
-    def protect_attributes(self, attrs: dict, counts: dict[str, int]) -> dict:
-        """A new map with every rule, allowlist and detector applied, keys included."""
+    def protect_attributes(self, attrs: dict, counts: dict[str, int], context: dict | None = None) -> dict:
+        """A new map with every rule, allowlist and detector applied, keys included. ``context``:
+        the map a ``sql`` rule reads ``db.system`` from, when not ``attrs`` itself."""
+        if context is None:
+            context = attrs
         out = {}
         safe_keys = self._safe_key_memo
         for key, value in attrs.items():
@@ -401,7 +404,7 @@ class Protector:
                 if rule is None:
                     new = self._scan_value(value, counts)
                 else:
-                    new = self._apply(rule, value, attrs, counts)
+                    new = self._apply(rule, value, context, counts)
                     if rule.action != "keep" and new != value:
                         _count(counts, "rule:" + rule.name)
             except DropValue:
@@ -447,10 +450,53 @@ class Protector:
         if batch.get(SCOPE_ATTRIBUTES):
             batch[SCOPE_ATTRIBUTES] = self.protect_attributes(batch[SCOPE_ATTRIBUTES], counts)
 
+    # ------------------------------------------------------------------ unchanged?
+    # Exact tests, not heuristics: each runs the very protection the records get and says True only
+    # when it changed nothing and counted nothing. A kept span whose every part passes is written as
+    # its producer encoded it (``pipeline.codecs.otlp_kept``); callers memoize by exact input.
+    def reads_context(self, key: str) -> bool:
+        """Whether this attribute's protection depends on the rest of its map (a ``sql`` rule's
+        key: the statement is sanitized by the map's ``db.system``)."""
+        rule, _ = self.rule_for(key)
+        return rule is not None and rule.action == "sql"
+
+    def attribute_unchanged(self, key: str, value: Any, context: dict | None = None) -> bool:
+        """``protect_attributes`` leaves this attribute exactly as it is (same key, same value of the
+        same type, nothing counted) in any map — for a key that ``reads_context``, in any map whose
+        ``db.system`` / ``db.system.name`` are those of ``context`` (None: an empty map)."""
+        counts: dict[str, int] = {}
+        out = self.protect_attributes({key: value}, counts, context or {})
+        return not counts and len(out) == 1 and key in out and _same(out[key], value)
+
+    def name_unchanged(self, name: str) -> bool:
+        """``protect_name`` (a span name) changes and counts nothing."""
+        counts: dict[str, int] = {}
+        return self.protect_name(name, counts) == name and not counts
+
+    def text_unchanged(self, text: str) -> bool:
+        """``scan_text`` (status messages, event names) changes and counts nothing."""
+        counts: dict[str, int] = {}
+        return self.scan_text(text, counts) == text and not counts
+
+    def tracestate_unchanged(self, tracestate: str) -> bool:
+        """``protect_tracestate`` changes and counts nothing."""
+        counts: dict[str, int] = {}
+        return self.protect_tracestate(tracestate, counts) == tracestate and not counts
+
     def dimension(self, value: str) -> str:
         """A value safe and bounded enough to be an SLI dimension or a metric label (e.g. an
         operation name): path ids → {id}, detections replaced. Not counted in audits."""
         return self.protect_name(value, {})
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same types (``1 == 1.0 == True``, but a protector that turned one into
+    another would have changed the value)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b or a is b  # ``is``: NaN
 
 
 def _count(counts: dict[str, int], key: str, n: int = 1) -> None:

@@ -24,9 +24,10 @@ from typing import Any
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from operators.span_times import SpanTimeBounds
+from pipeline.codecs import protowire
 from pipeline.codecs.interface import Fragment, KeptBatches, KeptFacts, Malformed, SpanLimits, safe_text
 
 KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
@@ -300,7 +301,7 @@ def py_to_value(value: Any, out: AnyValue) -> None:
         out.string_value = str(value)
 
 
-def _fill_attrs(target, attrs: dict) -> None:
+def fill_attrs(target, attrs: dict) -> None:
     for k, v in attrs.items():
         kv = target.add(key=k)
         py_to_value(v, kv.value)
@@ -323,12 +324,7 @@ def span_to_dict(header: dict, sp: Span) -> dict:
     span["events"] = [
         {"time_unix_nano": e.time_unix_nano, "name": e.name, "attributes": attrs_to_py(e.attributes)} for e in sp.events
     ]
-    for e in sp.events:
-        if e.time_unix_nano > _MAX_FIXED_AS_LONG:
-            raise InvalidTimestamp("an event time is beyond 2^63 - 1 ns")
-    for ln in sp.links:
-        if len(ln.trace_id) != 16 or len(ln.span_id) != 8:
-            raise InvalidSpanId(f"a link's trace/span ID is {len(ln.trace_id)}/{len(ln.span_id)} bytes, not 16/8")
+    check_writable(sp)
     span["links"] = [
         {
             "trace_id": ln.trace_id,
@@ -342,65 +338,106 @@ def span_to_dict(header: dict, sp: Span) -> dict:
     return span
 
 
+def check_writable(sp: Span) -> None:
+    """Raises ``InvalidSpan`` for what no output format can carry: a link ID of the wrong length,
+    an event time beyond 2^63 - 1."""
+    if sp.events:
+        for e in sp.events:
+            if e.time_unix_nano > _MAX_FIXED_AS_LONG:
+                raise InvalidTimestamp("an event time is beyond 2^63 - 1 ns")
+    if sp.links:
+        for ln in sp.links:
+            if len(ln.trace_id) != 16 or len(ln.span_id) != 8:
+                raise InvalidSpanId(f"a link's trace/span ID is {len(ln.trace_id)}/{len(ln.span_id)} bytes, not 16/8")
+
+
+def envelope_batch(trace_id: bytes, rs: ResourceSpans, ss: ScopeSpans, service: str) -> dict:
+    """A (resource, scope) group as a KeptTrace-shaped batch without its spans."""
+    return {
+        "trace_id": trace_id,
+        "service": service,
+        "spans": [],
+        "resource": attrs_to_py(rs.resource.attributes),
+        "scope_name": ss.scope.name,
+        "otlp.scope_version": ss.scope.version,
+        "otlp.scope_attributes": attrs_to_py(ss.scope.attributes),
+        "otlp.resource_schema_url": rs.schema_url,
+        "otlp.scope_schema_url": ss.schema_url,
+    }
+
+
 def kept_batches(trace: OtlpTrace) -> list[dict]:
     """One KeptTrace-shaped batch per (resource, scope) group, fully decoded."""
     out = []
     for rs, ss, service, headers in trace.groups:
-        out.append(
-            {
-                "trace_id": trace.trace_id,
-                "service": service,
-                "spans": [span_to_dict(h, h["detail"]) for h in headers],
-                "resource": attrs_to_py(rs.resource.attributes),
-                "scope_name": ss.scope.name,
-                "otlp.scope_version": ss.scope.version,
-                "otlp.scope_attributes": attrs_to_py(ss.scope.attributes),
-                "otlp.resource_schema_url": rs.schema_url,
-                "otlp.scope_schema_url": ss.schema_url,
-            }
-        )
+        spans = [span_to_dict(h, h["detail"]) for h in headers]
+        out.append({**envelope_batch(trace.trace_id, rs, ss, service), "spans": spans})
     return out
 
 
 def encode_request(batches: list[dict], fmt: str = "otlp_proto") -> bytes:
-    """KeptTrace-shaped batches (from OTLP or Avro input, after protection) → an OTLP request."""
+    """KeptTrace-shaped batches (from OTLP or Avro input, after protection) → an OTLP request.
+    ``otlp_proto`` also takes the wire batches of ``pipeline.codecs.otlp_kept`` (spans already
+    encoded, ``protowire``): a request is its ``resource_spans`` fields one after another, so each batch is
+    encoded on its own and the bytes joined — the same bytes as one ``SerializeToString``."""
+    if fmt == "otlp_proto":
+        return b"".join(protowire.resource_spans_field(b) if protowire.is_wire(b) else _rs_field(b) for b in batches)
     req = ExportTraceServiceRequest()
     for b in batches:
-        rs = req.resource_spans.add()
-        rs.schema_url = b.get("otlp.resource_schema_url", "")
-        resource = b.get("resource") or {}
-        if not isinstance(resource, dict):
-            resource = {}
-        if b.get("service") and "service.name" not in resource:
-            resource = {"service.name": b["service"], **resource}
-        _fill_attrs(rs.resource.attributes, resource)
-        ss = rs.scope_spans.add()
-        ss.schema_url = b.get("otlp.scope_schema_url", "")
-        ss.scope.name = b.get("scope_name", "")
-        ss.scope.version = b.get("otlp.scope_version", "")
-        _fill_attrs(ss.scope.attributes, b.get("otlp.scope_attributes") or {})
-        for s in b["spans"]:
-            sp = ss.spans.add()
-            sp.trace_id = b["trace_id"]
-            sp.span_id = s["span_id"]
-            if s.get("parent_span_id"):
-                sp.parent_span_id = s["parent_span_id"]
-            sp.name = s.get("name", "")
-            sp.kind = _KIND_NUM.get(s.get("kind", "UNSPECIFIED"), 0)
-            sp.start_time_unix_nano = s["start_time_unix_nano"]
-            sp.end_time_unix_nano = s["end_time_unix_nano"]
-            sp.trace_state = s.get("trace_state", "")
-            sp.flags = s.get("otlp.flags", 0)
-            sp.status.code = _STATUS_NUM.get(s.get("status_code", "UNSET"), 0)
-            sp.status.message = s.get("status_message", "")
-            _fill_attrs(sp.attributes, s.get("attributes") or {})
-            for e in s.get("events") or ():
-                ev = sp.events.add(time_unix_nano=e["time_unix_nano"], name=e["name"])
-                _fill_attrs(ev.attributes, e.get("attributes") or {})
-            for ln in s.get("links") or ():
-                lk = sp.links.add(trace_id=ln["trace_id"], span_id=ln["span_id"], trace_state=ln.get("trace_state", ""))
-                _fill_attrs(lk.attributes, ln.get("attributes") or {})
+        _fill_resource_spans(req.resource_spans.add(), b)
     return serialize_request(req, fmt)
+
+
+def _rs_field(b: dict) -> bytes:
+    rs = ResourceSpans()
+    _fill_resource_spans(rs, b)
+    return protowire.field(protowire.REQUEST_RESOURCE_SPANS, rs.SerializeToString())
+
+
+def _fill_resource_spans(rs: ResourceSpans, b: dict) -> None:
+    ss = fill_envelope(rs, rs.scope_spans.add(), b)
+    trace_id = b["trace_id"]
+    for s in b["spans"]:
+        fill_span(ss.spans.add(), trace_id, s)
+
+
+def fill_envelope(rs: ResourceSpans, ss: ScopeSpans, b: dict) -> ScopeSpans:
+    """A batch's resource (``service.name`` added when the resource lacks it) and scope."""
+    rs.schema_url = b.get("otlp.resource_schema_url", "")
+    resource = b.get("resource") or {}
+    if not isinstance(resource, dict):
+        resource = {}
+    if b.get("service") and "service.name" not in resource:
+        resource = {"service.name": b["service"], **resource}
+    fill_attrs(rs.resource.attributes, resource)
+    ss.schema_url = b.get("otlp.scope_schema_url", "")
+    ss.scope.name = b.get("scope_name", "")
+    ss.scope.version = b.get("otlp.scope_version", "")
+    fill_attrs(ss.scope.attributes, b.get("otlp.scope_attributes") or {})
+    return ss
+
+
+def fill_span(sp: Span, trace_id: bytes, s: dict) -> None:
+    """A KeptTrace-shaped span dict → the protobuf ``Span``."""
+    sp.trace_id = trace_id
+    sp.span_id = s["span_id"]
+    if s.get("parent_span_id"):
+        sp.parent_span_id = s["parent_span_id"]
+    sp.name = s.get("name", "")
+    sp.kind = _KIND_NUM.get(s.get("kind", "UNSPECIFIED"), 0)
+    sp.start_time_unix_nano = s["start_time_unix_nano"]
+    sp.end_time_unix_nano = s["end_time_unix_nano"]
+    sp.trace_state = s.get("trace_state", "")
+    sp.flags = s.get("otlp.flags", 0)
+    sp.status.code = _STATUS_NUM.get(s.get("status_code", "UNSET"), 0)
+    sp.status.message = s.get("status_message", "")
+    fill_attrs(sp.attributes, s.get("attributes") or {})
+    for e in s.get("events") or ():
+        ev = sp.events.add(time_unix_nano=e["time_unix_nano"], name=e["name"])
+        fill_attrs(ev.attributes, e.get("attributes") or {})
+    for ln in s.get("links") or ():
+        lk = sp.links.add(trace_id=ln["trace_id"], span_id=ln["span_id"], trace_state=ln.get("trace_state", ""))
+        fill_attrs(lk.attributes, ln.get("attributes") or {})
 
 
 __all__ = [

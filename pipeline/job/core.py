@@ -20,6 +20,7 @@ from operators.slo import SloTracker
 from operators.span_times import SpanTimeBounds
 from pipeline import codecs, metrics
 from pipeline.codecs.interface import SpanLimits
+from pipeline.codecs.otlp_kept import KeptWriter
 from pipeline.config import Config
 from pipeline.job.decide import Decide
 from pipeline.job.emit import EmitRecords
@@ -126,6 +127,8 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
         # spans.raw; job.core: the ingest decode in the Rust core when built (README "Design")
         self.codec = codecs.for_format(self.ingest_format, self.time_bounds, limits, config.ingest_core())
         self.emit_codec = codecs.for_format(self.emit_format)  # traces.kept
+        # OTLP kept as otlp_proto: spans written from their own bytes where protection changes nothing
+        self.kept_writer = KeptWriter(self.protector) if self.emit_format == "otlp_proto" else None
 
     def restore(self, partition: int, records: Iterable[dict], through: int = -1) -> int:
         """Load decision-log records of a newly assigned partition (oldest first) and its checkpoint

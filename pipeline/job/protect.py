@@ -13,6 +13,8 @@ from operators.decision_cache import DROPPED
 from operators.tracestate import with_threshold
 from pipeline import metrics
 from pipeline.codecs.interface import KeptFacts, Malformed
+from pipeline.codecs.otlp import OtlpTrace
+from pipeline.codecs.protowire import WireSpan
 from pipeline.job.records import Received, Record
 
 
@@ -149,7 +151,10 @@ class Protect:
         self, trace_id: bytes, unit: Buffered, sampling_attrs: dict, th: int | None, pii_counts: dict, now_ns: int
     ) -> list[dict]:
         """One input message's spans of a kept trace: fully decoded, protected, annotated.
-        tailsift's own annotations (sampling facts, decode errors) are added after protection."""
+        tailsift's own annotations (sampling facts, decode errors) are added after protection.
+        OTLP written as ``otlp_proto``: the same spans from their own bytes (``KeptWriter``)."""
+        if self.kept_writer is not None and isinstance(unit.handle, OtlpTrace):
+            return self.kept_writer.batches(unit.handle, sampling_attrs, th, pii_counts, self.protector)
         kept = self.codec.kept_batches(unit.value, unit.handle)
         protector = self.protector
         undecodable = {id(span) for span in kept.undecodable_spans}
@@ -186,8 +191,12 @@ class Protect:
         """Note the traces this kept trace's spans link to, so they are kept when decided here."""
         for batch in batches:
             for span in batch["spans"]:
-                for link in span.get("links") or ():
-                    linked = link["trace_id"]
+                links = (
+                    span.link_trace_ids
+                    if isinstance(span, WireSpan)
+                    else [ln["trace_id"] for ln in span.get("links") or ()]
+                )
+                for linked in links:
                     if linked == trace_id or linked in self._link_hints:
                         continue
                     known = self.decisions.get(linked)
