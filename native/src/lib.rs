@@ -567,6 +567,71 @@ fn decode_avro<'py>(
     Ok(out)
 }
 
+/// The decision's re-decode (`Codec.decode_trace` for a whole `collect`): per `(value, trace_id)`
+/// of messages ingest accepted before, the header dicts of that trace's spans in message order —
+/// as `decode_otlp` made them, not validated again — or None where the bytes do not parse (they
+/// did at ingest: never expected; the caller then asks the Python codec).
+#[pyfunction]
+fn trace_headers_otlp<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyList>,
+    trace_ids: &Bound<'py, PyList>,
+) -> PyResult<Bound<'py, PyList>> {
+    let mut headers = Headers::new(py)?;
+    let out = PyList::empty(py);
+    for (item, trace_id) in values.iter().zip(trace_ids.iter()) {
+        let (Some(value), Ok(trace_id)) = (message_bytes(&item), trace_id.cast::<PyBytes>()) else {
+            out.append(py.None())?;
+            continue;
+        };
+        let Ok(request) = guarded(|| {
+            proto::parse_request(value).map_err(|_| reject("decode_error", OTLP_DECODE_ERROR))
+        }) else {
+            out.append(py.None())?;
+            continue;
+        };
+        let trace_id = trace_id.as_bytes();
+        let mut services = vec![None; request.services.len()];
+        let spans = PyList::empty(py);
+        for (i, sp) in request.spans.iter().enumerate() {
+            if sp.trace_id == trace_id {
+                spans.append(headers.otlp(&request, &mut services, i)?.1)?;
+            }
+        }
+        out.append(spans)?;
+    }
+    Ok(out)
+}
+
+/// As `trace_headers_otlp` for Avro `SpanBatch` values (one trace per message: every span).
+#[pyfunction]
+fn trace_headers_avro<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyList>,
+) -> PyResult<Bound<'py, PyList>> {
+    let mut headers = Headers::new(py)?;
+    let out = PyList::empty(py);
+    for item in values.iter() {
+        let parsed = message_bytes(&item).map(|value| {
+            guarded(|| {
+                avro::parse_batch(value)
+                    .map_err(|Error::Malformed(why)| reject("decode_error", why))
+            })
+        });
+        let Some(Ok(batch)) = parsed else {
+            out.append(py.None())?;
+            continue;
+        };
+        let service = headers.text(batch.service);
+        let spans = PyList::empty(py);
+        for sp in &batch.spans {
+            spans.append(headers.avro(&service, sp)?)?;
+        }
+        out.append(spans)?;
+    }
+    Ok(out)
+}
+
 /// For the test that a panic dead-letters its message and spares the rest of the batch: the
 /// guard every decoder call runs under, around a decoder that panics on values starting with
 /// b"panic".
@@ -598,6 +663,8 @@ fn _guard_selftest<'py>(
 fn tailsift_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_otlp, m)?)?;
     m.add_function(wrap_pyfunction!(decode_avro, m)?)?;
+    m.add_function(wrap_pyfunction!(trace_headers_otlp, m)?)?;
+    m.add_function(wrap_pyfunction!(trace_headers_avro, m)?)?;
     m.add_function(wrap_pyfunction!(_guard_selftest, m)?)?;
     Ok(())
 }

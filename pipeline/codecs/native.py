@@ -6,8 +6,10 @@ it exactly as the Python decoders do (``pipeline/codecs/otlp.py`` ``decode_trace
 only the span header dicts; attributes, events and links are checked but never materialized.
 A header's ``detail`` is bytes: the encoded ``SpanDetail`` (Avro, as fastavro gives it) or the
 encoded protobuf ``Span`` (OTLP; ``decode_detail`` parses it when a policy reads attributes —
-the Python codec gives the parsed ``Span`` object there). ``Fragment.handle`` is None: a kept
-trace is re-decoded from its raw value with the Python codec, as the job does for buffered traces.
+the Python codec gives the parsed ``Span`` object there). ``Fragment.handle`` is None. The decision
+reads a buffered trace's headers again from its raw values in Rust as well (``trace_headers``, one
+call per ``collect``); only a kept trace (or a late kept fragment) is decoded by the Python codec,
+whose handle the kept path builds its output from.
 
 ``AVAILABLE`` is False when the extension was not built (no Rust toolchain at install time):
 the job then runs its Python decoders (README "Design").
@@ -52,9 +54,10 @@ class NativeCodec:
     """``decode``/``decode_batch`` of ``fmt`` (avro or otlp_proto) messages, checked against
     ``time_bounds`` at worker time ``now_ns`` and the per-span ``limits`` (``ingest.max_span_bytes``,
     ``max_attributes_per_span``: checked in Rust while the readers walk each span, with the Python
-    codecs' gates, reasons and texts). Everything else of the ``Codec`` interface (re-keying, the
-    decision's re-decode, kept traces) is the Python codec's, which this wraps: those run per kept
-    or re-keyed trace, not per span."""
+    codecs' gates, reasons and texts); ``trace_headers`` is the decision's re-decode of buffered
+    messages, one call per ``collect``. Everything else of the ``Codec`` interface (re-keying, kept
+    traces) is the Python codec's, which this wraps: those run per kept or re-keyed trace, not per
+    span."""
 
     def __init__(
         self, fmt: str, time_bounds: SpanTimeBounds, python: Codec | None = None, limits: SpanLimits | None = None
@@ -91,6 +94,21 @@ class NativeCodec:
             else:
                 out.append([Fragment(t, groups, n, None) for t, groups, n in result])
         return out
+
+    def trace_headers(self, values: list[bytes], trace_ids: list[bytes]) -> list[list[dict]]:
+        """Per (message, trace ID) — messages ``decode_batch`` accepted before — that trace's span
+        headers in message order, as ``decode_batch`` gave them (``Codec.decode_trace``'s headers,
+        without its handle: only a kept trace needs one). One call into Rust for them all; a
+        message the Rust reader cannot read again (never expected) is decoded by the Python codec."""
+        with _no_cycle_collection():
+            if self.format == "avro":
+                results = _core.trace_headers_avro(values)
+            else:
+                results = _core.trace_headers_otlp(values, trace_ids)
+        for i, spans in enumerate(results):
+            if spans is None:
+                results[i] = self.python.decode_trace(values[i], trace_ids[i]).spans()
+        return results
 
     def split(self, value: bytes, fragment: Fragment) -> bytes:
         """Re-keying: a message holding only this fragment's trace, split by the Python codec from
