@@ -474,6 +474,27 @@ impl Checks {
     }
 }
 
+/// The loop of both ingest calls: per value, a `(reason, detail)` verdict — an empty value, or
+/// `decode`'s refusal — or what `decode` built from it.
+fn each_message<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyList>,
+    mut decode: impl FnMut(&[u8]) -> PyResult<Result<Bound<'py, PyAny>, Reject>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    for item in values.iter() {
+        let result = match message_bytes(&item) {
+            None => Err(reject("empty_value", EMPTY_VALUE)),
+            Some(value) => decode(value)?,
+        };
+        match result {
+            Ok(decoded) => out.append(decoded)?,
+            Err(r) => out.append(verdict(py, &r)?)?,
+        }
+    }
+    Ok(out)
+}
+
 /// One call per consumed batch of OTLP protobuf values: per message a `(reason, detail)` verdict or
 /// a list of `(trace_id, [(service, [header])], span_count)`; a header's `detail` is the encoded
 /// `Span` (decode it with protobuf only when a policy reads attributes). `limits` is
@@ -489,18 +510,10 @@ fn decode_otlp<'py>(
 ) -> PyResult<Bound<'py, PyList>> {
     let checks = Checks::new(now_ns, limit_ns, max_skew_ns, limits);
     let mut headers = Headers::new(py)?;
-    let out = PyList::empty(py);
-    for item in values.iter() {
-        let Some(value) = message_bytes(&item) else {
-            out.append(verdict(py, &reject("empty_value", EMPTY_VALUE))?)?;
-            continue;
-        };
+    each_message(py, values, |value| {
         let plan = match guarded(|| plan_otlp(value, &checks.bounds, &checks.limits)) {
-            Ok(p) => p,
-            Err(r) => {
-                out.append(verdict(py, &r)?)?;
-                continue;
-            }
+            Ok(plan) => plan,
+            Err(r) => return Ok(Err(r)),
         };
         let mut services = vec![None; plan.request.services.len()];
         let fragments = PyList::empty(py);
@@ -522,9 +535,8 @@ fn decode_otlp<'py>(
             let fragment = (PyBytes::new(py, trace_id), groups, idx.len()).into_pyobject(py)?;
             fragments.append(fragment)?;
         }
-        out.append(fragments)?;
-    }
-    Ok(out)
+        Ok(Ok(fragments.into_any()))
+    })
 }
 
 /// One call per consumed batch of Avro `SpanBatch` values: per message a `(reason, detail)` verdict
@@ -541,18 +553,10 @@ fn decode_avro<'py>(
 ) -> PyResult<Bound<'py, PyList>> {
     let checks = Checks::new(now_ns, limit_ns, max_skew_ns, limits);
     let mut headers = Headers::new(py)?;
-    let out = PyList::empty(py);
-    for item in values.iter() {
-        let Some(value) = message_bytes(&item) else {
-            out.append(verdict(py, &reject("empty_value", EMPTY_VALUE))?)?;
-            continue;
-        };
+    each_message(py, values, |value| {
         let batch = match guarded(|| plan_avro(value, &checks.bounds, &checks.limits)) {
-            Ok(b) => b,
-            Err(r) => {
-                out.append(verdict(py, &r)?)?;
-                continue;
-            }
+            Ok(batch) => batch,
+            Err(r) => return Ok(Err(r)),
         };
         let service = headers.text(batch.service);
         let spans = PyList::empty(py);
@@ -562,9 +566,8 @@ fn decode_avro<'py>(
         let groups = PyList::new(py, [PyTuple::new(py, [service.as_any(), spans.as_any()])?])?;
         let fragment =
             (PyBytes::new(py, batch.trace_id), groups, batch.spans.len()).into_pyobject(py)?;
-        out.append(PyList::new(py, [fragment])?)?;
-    }
-    Ok(out)
+        Ok(Ok(PyList::new(py, [fragment])?.into_any()))
+    })
 }
 
 /// The decision's re-decode (`Codec.decode_trace` for a whole `collect`): per `(value, trace_id)`
