@@ -143,6 +143,51 @@ pub fn parse_batch(buf: &[u8]) -> R<Batch<'_>> {
     })
 }
 
+// ------------------------------------------------------------------ ingest.max_attributes_per_span
+/// `pipeline/codecs/avro.py` `attribute_count`, to the letter: how many attributes an encoded
+/// `SpanDetail` holds, read from the attribute map's block headers (counting stops past `stop`);
+/// 0 when it runs off the bytes. The detail is opaque at ingest (any bytes), so the reference's
+/// arithmetic is kept exactly: Python ints (i128 here: a long has at most 10 groups, 70 bits),
+/// a negative string length or block size moving the position backwards, and a negative position
+/// reading from the end as Python's indexing does.
+pub fn attribute_count(detail: &[u8], stop: i128) -> i128 {
+    fn at(buf: &[u8], pos: i128) -> Option<u8> {
+        let n = buf.len() as i128;
+        let i = if pos < 0 { pos + n } else { pos };
+        (0..n).contains(&i).then(|| buf[i as usize])
+    }
+    /// `_read_long`: at most 10 bytes (the 10th's continuation bit ignored)
+    fn read_long(buf: &[u8], mut pos: i128) -> Option<(i128, i128)> {
+        let mut b = at(buf, pos)?;
+        let mut n = (b & 0x7f) as i128;
+        let mut shift = 7;
+        pos += 1;
+        while b & 0x80 != 0 && shift < 70 {
+            b = at(buf, pos)?;
+            n |= ((b & 0x7f) as i128) << shift;
+            shift += 7;
+            pos += 1;
+        }
+        Some(((n >> 1) ^ -(n & 1), pos))
+    }
+    let count = || -> Option<i128> {
+        let (length, pos) = read_long(detail, 0)?; // status_message
+        let mut pos = pos + length;
+        let mut total: i128 = 0;
+        while total <= stop {
+            let (count, p) = read_long(detail, pos)?;
+            if count >= 0 {
+                return Some(total + count);
+            }
+            let (size, p) = read_long(detail, p)?;
+            total -= count;
+            pos = p + size;
+        }
+        Some(total)
+    };
+    count().unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +306,27 @@ mod tests {
             pos: 0,
         };
         assert_eq!(r.long().unwrap(), 32); // bit 70 lands on bit 6: 64, zigzag 32
+    }
+
+    #[test]
+    fn attribute_count_reads_block_headers_as_the_python_reader_does() {
+        let mut d = Vec::new();
+        string(b"msg", &mut d);
+        long(3, &mut d); // one block of 3 entries
+        assert_eq!(attribute_count(&d, 10), 3);
+        let mut d = Vec::new();
+        string(b"", &mut d);
+        long(-2, &mut d); // blocks with a size: counted on, the block skipped
+        long(0, &mut d);
+        long(-3, &mut d);
+        long(0, &mut d);
+        long(1, &mut d);
+        assert_eq!(attribute_count(&d, 10), 6);
+        assert_eq!(attribute_count(&d, 1), 2); // stops once past the bound
+        assert_eq!(attribute_count(b"", 10), 0);
+        // a negative string length moves back: Python's buf[-1] reads the last byte (0x06 = 3)
+        assert_eq!(attribute_count(&[0x03, 0x06], 10), 3);
+        // off the bytes: 0
+        assert_eq!(attribute_count(&[0x00, 0x01, 0x7f], 10), 0);
     }
 }

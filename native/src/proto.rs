@@ -211,13 +211,12 @@ pub enum Seen {
 
 /// Read one message of type `m` at nesting `depth`, checking everything upb checks; known fields
 /// with their expected wire type go to `visit` (strings already UTF-8 checked). Message-typed
-/// fields the visitor answers `Walk` for are checked by `check` (no visitor: the hot path for
-/// attributes, events and links).
+/// fields the visitor answers `Walk` for are checked by `check`.
 pub fn walk<'a>(
     buf: &'a [u8],
     m: M,
     depth: u32,
-    visit: &mut dyn FnMut(u32, Val<'a>, u32) -> R<Seen>,
+    visit: &mut impl FnMut(u32, Val<'a>, u32) -> R<Seen>,
 ) -> R<()> {
     let mut w = Wire::new(buf);
     while !w.at_end() {
@@ -242,24 +241,11 @@ pub fn walk<'a>(
     Ok(())
 }
 
-/// Check one message of type `m` (and everything under it) as upb would parse it, keeping nothing.
+/// Check one message of type `m` (and everything under it) as upb would parse it, keeping nothing:
+/// `walk` with a visitor that keeps nothing (a generic one: inlined, so the hot path for
+/// attributes, events and links pays no call per field).
 pub fn check(buf: &[u8], m: M, depth: u32) -> R<()> {
-    let mut w = Wire::new(buf);
-    while !w.at_end() {
-        let (num, wt) = w.tag()?;
-        match known(m, num, wt)? {
-            None => skip_unknown(&mut w, num, wt, depth)?,
-            Some(f) => {
-                if let (F::Msg(sub), Val::Len(s)) = (f, read_known(&mut w, f)?) {
-                    if depth + 1 > DEPTH_LIMIT {
-                        return Err(Error::Malformed("nesting too deep"));
-                    }
-                    check(s, sub, depth + 1)?;
-                }
-            }
-        }
-    }
-    Ok(())
+    walk(buf, m, depth, &mut |_, _, _| Ok(Seen::Walk))
 }
 
 /// The known field `num` of `m` when it came with its expected wire type (else it is an unknown
@@ -349,6 +335,8 @@ pub struct OtlpSpan<'a> {
     pub status_code: i32,
     /// the encoded `Span` (for a lazy attribute decode when a policy asks)
     pub detail: &'a [u8],
+    /// how many `attributes` it has (`len(span.attributes)`: occurrences of field 9)
+    pub attributes: usize,
     /// which (resource, scope) occurrence it came from: a fragment's group boundary
     pub group: usize,
     /// which `resource_spans` it came from: its service is `Request::services[resource]`
@@ -488,6 +476,10 @@ fn parse_span(buf: &[u8], depth: u32, group: usize, resource: usize) -> R<OtlpSp
             (6, Val::Int(v)) => s.kind = v as u32 as i32,
             (7, Val::Int(v)) => s.start = v,
             (8, Val::Int(v)) => s.end = v,
+            (9, Val::Len(_)) => {
+                s.attributes += 1;
+                return Ok(Seen::Walk);
+            }
             (15, Val::Len(st)) => {
                 walk(st, M::Status, depth, &mut |num, val, _| {
                     if let (3, Val::Int(v)) = (num, val) {
@@ -501,6 +493,146 @@ fn parse_span(buf: &[u8], depth: u32, group: usize, resource: usize) -> R<OtlpSp
         Ok(Seen::Done)
     })?;
     Ok(s)
+}
+
+// ------------------------------------------------------------------ re-encoded size
+/// How a scalar field of the span's messages is encoded (its size when protobuf writes it again).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Enc {
+    /// int32 and enums: stored as 32 bits, written sign-extended (a negative one takes 10 bytes)
+    Int32,
+    UInt32,
+    Int64,
+    Bool,
+    Fixed64,
+    Fixed32,
+    Len,
+}
+
+fn enc(m: M, n: u32) -> Enc {
+    match (m, n) {
+        (M::Span, 6) | (M::Status, 3) => Enc::Int32,
+        (M::Span, 10 | 12 | 14) | (M::Event, 4) | (M::Link, 5) => Enc::UInt32,
+        (M::AnyValue, 3) => Enc::Int64,
+        (M::AnyValue, 2) => Enc::Bool,
+        (M::Span, 7 | 8) | (M::Event, 1) | (M::AnyValue, 4) => Enc::Fixed64,
+        (M::Span, 16) | (M::Link, 6) => Enc::Fixed32,
+        _ => Enc::Len,
+    }
+}
+
+/// The repeated fields under `Span` (all of them messages; no packed scalars here).
+fn repeated(m: M, n: u32) -> bool {
+    matches!(
+        (m, n),
+        (M::Span, 9 | 11 | 13) | (M::Event, 3) | (M::Link, 4) | (M::ArrayValue, 1) | (M::KvList, 1)
+    )
+}
+
+fn varint_size(v: u64) -> u64 {
+    (64 - (v | 1).leading_zeros() as u64).div_ceil(7)
+}
+
+fn tag_size(num: u32) -> u64 {
+    varint_size((num as u64) << 3)
+}
+
+fn len_field_size(num: u32, len: u64) -> u64 {
+    tag_size(num) + varint_size(len) + len
+}
+
+/// A scalar's payload size as protobuf writes it, or None when it is not written (proto3: a
+/// zero or empty field outside a oneof is absent).
+fn scalar_size(e: Enc, val: Val, in_oneof: bool) -> Option<u64> {
+    let (size, zero) = match (e, val) {
+        (Enc::Int32, Val::Int(v)) => {
+            let v = v as u32 as i32;
+            (if v < 0 { 10 } else { varint_size(v as u64) }, v == 0)
+        }
+        (Enc::UInt32, Val::Int(v)) => (varint_size(v as u32 as u64), v as u32 == 0),
+        (Enc::Int64, Val::Int(v)) => (varint_size(v), v == 0),
+        (Enc::Bool, Val::Int(v)) => (1, v == 0),
+        (Enc::Fixed64, Val::Int(v)) => (8, v == 0),
+        (Enc::Fixed32, Val::Int(v)) => (4, v == 0),
+        (_, Val::Len(s)) => (varint_size(s.len() as u64) + s.len() as u64, s.is_empty()),
+        // a wire type that does not match: known() made it an unknown field, never here
+        (_, Val::Int(_)) => (0, true),
+    };
+    (in_oneof || !zero).then_some(size)
+}
+
+/// The size protobuf gives a parsed `Span` (or a message under it) when it writes it again
+/// (`Span.ByteSize()` in Python, upb): the Python codec's measure for `ingest.max_span_bytes`.
+/// It differs from the wire length where the wire is not canonical: a field holding its default
+/// is not written, a repeated occurrence of a singular field replaces (scalar) or merges into
+/// (message) the earlier one, varints are rewritten minimal — and a negative int32 (an enum)
+/// takes 10 bytes whatever it took on the wire; unknown fields (and known fields with another
+/// wire type, which upb keeps as unknown) are written back as they came.
+///
+/// `chunks` are the message's occurrences in wire order: protobuf merges them as if concatenated.
+/// Only for bytes `walk` accepted (a malformed field ends the count; it never panics).
+pub fn encoded_size(chunks: &[&[u8]], m: M) -> u64 {
+    const FIELDS: usize = 17; // every known field number under Span is at most 16
+    let mut total = 0u64; // repeated fields and unknown fields, summed as they come
+    let mut last: [Option<Val>; FIELDS] = [None; FIELDS];
+    let mut subs: [Vec<&[u8]>; FIELDS] = Default::default();
+    let mut member = 0u32; // AnyValue: the oneof member set last
+    for chunk in chunks {
+        let mut w = Wire::new(chunk);
+        while !w.at_end() {
+            let start = w.pos;
+            let Ok((num, wt)) = w.tag() else { break };
+            let f = match known(m, num, wt) {
+                Ok(Some(f)) if (num as usize) < FIELDS => f,
+                Ok(_) => {
+                    if skip_unknown(&mut w, num, wt, 0).is_err() {
+                        break;
+                    }
+                    total += (w.pos - start) as u64;
+                    continue;
+                }
+                Err(_) => break,
+            };
+            let Ok(val) = read_known(&mut w, f) else {
+                break;
+            };
+            let slot = num as usize;
+            if let (F::Msg(sub), Val::Len(s)) = (f, val) {
+                if repeated(m, num) {
+                    total += len_field_size(num, encoded_size(&[s], sub));
+                    continue;
+                }
+                if m == M::AnyValue && member != num {
+                    subs[slot].clear(); // a new oneof member: the earlier message is gone
+                }
+                subs[slot].push(s);
+            } else {
+                last[slot] = Some(val);
+            }
+            if m == M::AnyValue {
+                member = num;
+            }
+        }
+    }
+    for num in 1..FIELDS as u32 {
+        let slot = num as usize;
+        let oneof = m == M::AnyValue;
+        if oneof && num != member {
+            continue;
+        }
+        match field(m, num) {
+            Some(F::Msg(sub)) if !subs[slot].is_empty() => {
+                total += len_field_size(num, encoded_size(&subs[slot], sub));
+            }
+            Some(_) => {
+                if let Some(size) = last[slot].and_then(|v| scalar_size(enc(m, num), v, oneof)) {
+                    total += tag_size(num) + size;
+                }
+            }
+            None => {}
+        }
+    }
+    total
 }
 
 #[cfg(test)]
@@ -657,5 +789,42 @@ mod tests {
             varint((5 << 3) | 3, &mut deep);
         }
         assert!(parse_request(&deep).is_err());
+    }
+
+    #[test]
+    fn encoded_size_is_the_size_protobuf_writes_again() {
+        // (bytes of a span after its IDs, Span.ByteSize() from the Python runtime for them)
+        let mut base = Vec::new();
+        len_field(1, &[1u8; 16], &mut base);
+        len_field(2, &[2u8; 8], &mut base);
+        let cases: [(&[u8], u64); 8] = [
+            (b"", 28),
+            (b"\x30\xff\xff\xff\xff\x0f", 39), // kind -1 in 5 bytes: written in 10
+            (b"\x30\x00", 28),                 // a default: not written
+            (b"\x30\x82\x80\x00", 30),         // an over-long varint: written minimal
+            (b"\x7a\x02\x18\x02\x7a\x03\x12\x01m", 35), // two statuses merge into one
+            (b"\x8b\x01\x08\x01\x8c\x01", 34), // an unknown group: kept as it came
+            (b"\x28\x01", 30),                 // name as a varint: an unknown field
+            (b"\x50\x81\x80\x80\x80\x10", 30), // a uint32 count past 32 bits: truncated
+        ];
+        for (tail, want) in cases {
+            let span = [base.as_slice(), tail].concat();
+            assert_eq!(encoded_size(&[&span], M::Span), want, "{tail:x?}");
+        }
+        // an AnyValue whose oneof moves from a string to an int to an array: only the array stays
+        let mut inner = Vec::new();
+        len_field(1, b"x", &mut inner);
+        let mut array = Vec::new();
+        len_field(1, &inner, &mut array);
+        let mut any = Vec::new();
+        len_field(1, b"s", &mut any);
+        any.extend_from_slice(b"\x18\x05");
+        len_field(5, &array, &mut any);
+        let mut kv = Vec::new();
+        len_field(1, b"k", &mut kv);
+        len_field(2, &any, &mut kv);
+        let mut span = base.clone();
+        len_field(9, &kv, &mut span);
+        assert_eq!(encoded_size(&[&span], M::Span), 42);
     }
 }

@@ -4,7 +4,8 @@
 //! kinds; the differential test (tests/unit/test_native_differential.py) checks the verdicts.
 
 use proptest::prelude::*;
-use tailsift_native::{avro, proto};
+use tailsift_native::times::Bounds;
+use tailsift_native::{avro, plan_avro, plan_otlp, proto, Limits};
 
 fn zigzag(v: i64, out: &mut Vec<u8>) {
     let mut n = ((v << 1) ^ (v >> 63)) as u64;
@@ -51,6 +52,21 @@ proptest! {
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
         let _ = proto::parse_request(&bytes);
         let _ = avro::parse_batch(&bytes);
+    }
+
+    #[test]
+    fn span_limit_checks_never_panic(
+        bytes in proptest::collection::vec(any::<u8>(), 0..400),
+        max_span_bytes in 0i128..64,
+        max_attributes in 0i128..8,
+    ) {
+        let bounds = Bounds { limit_ns: i64::MAX as i128, max_skew_ns: 0, now_ns: 0 };
+        let limits = Limits { max_span_bytes, max_attributes };
+        let _ = plan_otlp(&bytes, &bounds, &limits);
+        let _ = plan_avro(&bytes, &bounds, &limits);
+        let _ = avro::attribute_count(&bytes, max_attributes);
+        let _ = proto::encoded_size(&[&bytes], proto::M::Span);
+        let _ = proto::encoded_size(&[&bytes, &bytes], proto::M::AnyValue);
     }
 
     #[test]

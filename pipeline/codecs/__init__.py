@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from operators.span_times import SpanTimeBounds
 from pipeline.codecs.interface import Codec, Malformed, SpanLimits
 
@@ -44,4 +46,19 @@ def decode_each(codec: Codec, values: list, now_ns: int) -> list:
             out.append(codec.decode(value, now_ns))
         except Malformed as bad:
             out.append(bad)
+    return out
+
+
+def decode_traces_each(codec: Codec, values: list[bytes], trace_ids: list[bytes]) -> list[tuple[list[dict], Any]]:
+    """The decision's re-decode: per (message, trace ID) of messages ``decode`` accepted before, the
+    trace's span headers and the codec's handle for the kept path — one call into a native codec
+    for them all (headers only; handle None: the caller asks ``decode_trace`` for a kept trace's),
+    else the codec's ``decode_trace`` per message (its handle rides along)."""
+    batch = getattr(codec, "trace_headers", None)
+    if batch is not None:
+        return [(spans, None) for spans in batch(values, trace_ids)]
+    out = []
+    for value, trace_id in zip(values, trace_ids):
+        fragment = codec.decode_trace(value, trace_id)
+        out.append((fragment.spans(), fragment.handle))
     return out

@@ -6,8 +6,10 @@ it exactly as the Python decoders do (``pipeline/codecs/otlp.py`` ``decode_trace
 only the span header dicts; attributes, events and links are checked but never materialized.
 A header's ``detail`` is bytes: the encoded ``SpanDetail`` (Avro, as fastavro gives it) or the
 encoded protobuf ``Span`` (OTLP; ``decode_detail`` parses it when a policy reads attributes —
-the Python codec gives the parsed ``Span`` object there). ``Fragment.handle`` is None: a kept
-trace is re-decoded from its raw value with the Python codec, as the job does for buffered traces.
+the Python codec gives the parsed ``Span`` object there). ``Fragment.handle`` is None. The decision
+reads a buffered trace's headers again from its raw values in Rust as well (``trace_headers``, one
+call per ``collect``); only a kept trace (or a late kept fragment) is decoded by the Python codec,
+whose handle the kept path builds its output from.
 
 ``AVAILABLE`` is False when the extension was not built (no Rust toolchain at install time):
 the job then runs its Python decoders (README "Design").
@@ -16,9 +18,12 @@ the job then runs its Python decoders (README "Design").
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from operators.span_times import SpanTimeBounds
+from pipeline.codecs import otlp
 from pipeline.codecs.interface import Codec, Fragment, Malformed, SpanLimits
 
 try:
@@ -30,13 +35,29 @@ AVAILABLE = _core is not None
 FORMATS = ("avro", "otlp_proto")  # otlp_json stays on the Python codec
 
 
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """A Rust call allocates a dict per span, and Python's cycle collector would run every 700 of
+    them (about a fifth of the CPU samples of a decode under perf) to find cycles these fresh,
+    acyclic objects cannot form: paused for the call, it runs once afterwards if due."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
 class NativeCodec:
     """``decode``/``decode_batch`` of ``fmt`` (avro or otlp_proto) messages, checked against
-    ``time_bounds`` at worker time ``now_ns``. Everything else of the ``Codec`` interface (re-keying,
-    the decision's re-decode, kept traces) is the Python codec's, which this wraps: those run per
-    kept or re-keyed trace, not per span. Per-span limits (``ingest.max_span_bytes``,
-    ``max_attributes_per_span``) are the Python codec's too: a message large enough to break one
-    (``SpanLimits.may_exceed_*``, by its length) is decoded by it, so verdicts stay identical."""
+    ``time_bounds`` at worker time ``now_ns`` and the per-span ``limits`` (``ingest.max_span_bytes``,
+    ``max_attributes_per_span``: checked in Rust while the readers walk each span, with the Python
+    codecs' gates, reasons and texts); ``trace_headers`` is the decision's re-decode of buffered
+    messages, one call per ``collect``. Everything else of the ``Codec`` interface (re-keying, kept
+    traces) is the Python codec's, which this wraps: those run per kept or re-keyed trace, not per
+    span."""
 
     def __init__(
         self, fmt: str, time_bounds: SpanTimeBounds, python: Codec | None = None, limits: SpanLimits | None = None
@@ -51,10 +72,9 @@ class NativeCodec:
         self._max_skew_ns = time_bounds.max_skew_ns
         self.python = python
         self.limits = limits or SpanLimits()
-        # messages up to this length cannot break a per-span limit: the native path takes them
-        self._native_max_len = min(
-            self.limits.max_span_bytes, SpanLimits.MIN_ATTRIBUTE_BYTES * self.limits.max_attributes
-        )
+        self._limits = (self.limits.max_span_bytes, self.limits.max_attributes)
+        self._split_value: bytes | None = None  # the message split last, and its traces
+        self._split_traces: dict = {}
 
     def __getattr__(self, name: str) -> Any:  # split, decode_trace, kept_batches, encode_kept
         python = self.__dict__.get("python")
@@ -65,40 +85,42 @@ class NativeCodec:
     def decode_batch(self, values: list[bytes | None], now_ns: int) -> list[list[Fragment] | Malformed]:
         """Per value, its fragments or the ``Malformed`` verdict to dead-letter it with. One call
         into Rust for the whole batch."""
+        with _no_cycle_collection():
+            results = self._decode(values, now_ns, self._limit_ns, self._max_skew_ns, self._limits)
         out: list[list[Fragment] | Malformed] = []
-        # The call allocates a dict per span, and Python's cycle collector would run every 700
-        # of them (about a fifth of the CPU samples of a decode under perf) to find cycles these fresh, acyclic
-        # objects cannot form: paused for the call, it runs once afterwards if due.
-        paused = gc.isenabled()
-        if paused:
-            gc.disable()
-        python, longest = self.python, self._native_max_len
-        # a message long enough to break a per-span limit goes to the Python codec below: the native
-        # reader gets None in its place (an instant empty_value, overridden) instead of decoding it twice
-        native_values = values if python is None else [v if not v or len(v) <= longest else None for v in values]
-        try:
-            results = self._decode(native_values, now_ns, self._limit_ns, self._max_skew_ns)
-        finally:
-            if paused:
-                gc.enable()
-        for value, result in zip(values, results):
-            if python is not None and value and len(value) > longest:
-                try:  # may hold a span past a limit: the reference decoder checks it
-                    out.append(python.decode(value, now_ns))
-                except Malformed as bad:
-                    out.append(bad)
-                continue
+        for result in results:
             if isinstance(result, tuple):
                 out.append(Malformed(result[0], result[1]))
             else:
                 out.append([Fragment(t, groups, n, None) for t, groups, n in result])
         return out
 
+    def trace_headers(self, values: list[bytes], trace_ids: list[bytes]) -> list[list[dict]]:
+        """Per (message, trace ID) — messages ``decode_batch`` accepted before — that trace's span
+        headers in message order, as ``decode_batch`` gave them (``Codec.decode_trace``'s headers,
+        without its handle: only a kept trace needs one). One call into Rust for them all; a
+        message the Rust reader cannot read again (never expected) is decoded by the Python codec."""
+        with _no_cycle_collection():
+            if self.format == "avro":
+                results = _core.trace_headers_avro(values)
+            else:
+                results = _core.trace_headers_otlp(values, trace_ids)
+        for i, spans in enumerate(results):
+            if spans is None:
+                results[i] = self.python.decode_trace(values[i], trace_ids[i]).spans()
+        return results
+
     def split(self, value: bytes, fragment: Fragment) -> bytes:
-        """Re-keying: the Python codec splits from its own handle (a native fragment has none)."""
-        if fragment.handle is None and self.python is not None:
-            fragment = self.python.decode_trace(value, fragment.trace_id)
-        return self.python.split(value, fragment)
+        """Re-keying: a message holding only this fragment's trace, split by the Python codec from
+        its own parse (a native fragment has no handle). The job splits every fragment of a message
+        in a row: the message is parsed once for all of them (``decode_trace`` per fragment parsed
+        a 200-span request once per trace in it)."""
+        if self.format == "avro":
+            return value  # one trace per message
+        if self._split_value is not value:
+            self._split_value = value
+            self._split_traces = otlp.decode_traces(value, self.format)  # accepted before: not checked again
+        return otlp.split_request(self._split_traces[fragment.trace_id], self.format)
 
     def decode(self, value: bytes, now_ns: int) -> list[Fragment]:
         """The single-message ``Codec`` interface; raises ``Malformed``."""
@@ -117,6 +139,4 @@ class NativeCodec:
             from pipeline.codecs import avro
 
             return avro.decode_detail(detail)
-        from pipeline.codecs import otlp
-
         return otlp.decode_detail(otlp.Span.FromString(detail))

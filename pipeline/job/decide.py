@@ -5,10 +5,13 @@ one ``Outbox``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from operators.assemble import TraceBuffer
 from operators.decide import Decision
 from operators.trace import TraceView
 from pipeline import metrics
+from pipeline.codecs import decode_traces_each
 from pipeline.job.labels import Children
 from pipeline.job.records import Outbox, Record
 
@@ -21,6 +24,9 @@ _SLO_EVENTS = Children(metrics.SLO_EVENTS)
 _SLO_BAD_EVENTS = Children(metrics.SLO_BAD_EVENTS)
 _DECISION_POINTS = Children(metrics.DECISION_POINTS)
 _TRACES_DECIDED = Children(metrics.TRACES_DECIDED)
+# the decision's re-decode takes this many spans per call (headers of more due traces than this are
+# not held at once: memory stays bounded when a backlog falls due together)
+_REDECODE_SPANS = 16_384
 
 
 class Decide:
@@ -31,7 +37,7 @@ class Decide:
         out = self._sealed  # its records are _pending
         self._pending = []
         self._sealed = Outbox(self._pending)
-        for buf in self.assembler.due(now_ns):
+        for buf in self._redecoded(self.assembler.due(now_ns)):
             # event time: due() releases only idle partitions and memory-bound traces; their
             # decision time is the watermark the assembler recorded (0 in processing time)
             self._decide(buf, buf.decided_at_ns or now_ns, out, now_ns)
@@ -62,17 +68,43 @@ class Decide:
             self._processed = {}
         return out
 
+    def _redecoded(self, due: list[TraceBuffer]) -> Iterator[TraceBuffer]:
+        """``due`` with their headers decoded again (``_redecode``), ``_REDECODE_SPANS`` at a time:
+        one call into a native codec for every message of those traces; a trace's headers are let
+        go once it is decided (``due`` holds every buffer until the collect ends)."""
+        chunk: list[TraceBuffer] = []
+        spans = 0
+        for i, buf in enumerate(due):
+            chunk.append(buf)
+            spans += buf.span_count
+            if spans >= _REDECODE_SPANS or i == len(due) - 1:
+                self._redecode(chunk)
+                for decided in chunk:
+                    yield decided
+                    decided.spans = []
+                chunk, spans = [], 0
+
+    def _redecode(self, bufs: list[TraceBuffer]) -> None:
+        """Only raw bytes were buffered: decode the headers of these traces again (decoded fine at
+        ingest: same bytes, same result) into ``buf.spans``. A native codec reads them all in one
+        call and gives no handle; the Python codec decodes each fully, and its handle rides along
+        so a kept trace is not decoded a third time."""
+        units = [(unit, buf.trace_id) for buf in bufs for unit in buf.messages]
+        decoded = iter(decode_traces_each(self.codec, [u.value for u, _ in units], [t for _, t in units]))
+        for buf in bufs:
+            spans: list = []
+            for unit in buf.messages:
+                headers, unit.handle = next(decoded)
+                spans.extend(headers)
+            buf.spans = spans
+
     def _decide(self, buf: TraceBuffer, decided_ns: int, out: Outbox, now_ns: int) -> None:
         """Decide one released trace: decision record, kept trace (or released holds), metrics.
         ``decided_ns`` is the decision's time (the watermark in event time, else the worker clock)."""
-        # only raw bytes were buffered: decode the headers again (decoded fine at ingest: same
-        # bytes, same result); the handle rides along so a kept trace is not decoded a third time
-        codec, trace_id, spans = self.codec, buf.trace_id, []
-        for unit in buf.messages:
-            fragment = codec.decode_trace(unit.value, trace_id)
-            spans.extend(fragment.spans())
-            unit.handle = fragment.handle
-        buf.spans = spans
+        codec, trace_id = self.codec, buf.trace_id
+        if not buf.spans:  # not re-decoded with its collect's batch (sealed during ingest)
+            self._redecode([buf])
+        spans = buf.spans
         self.graph.add_trace(spans)
         view = TraceView(
             trace_id, spans, now_ns=decided_ns, size_bytes=buf.size_bytes, decode_detail=codec.decode_detail
@@ -105,6 +137,9 @@ class Decide:
             "keep" if decision.would_keep else "drop", decision.policy or "-", buf.forced_reason or "-"
         ).inc()
         if decision.keep:
+            for unit in buf.messages:  # the kept path builds from the codec's handle (not re-decoded natively)
+                if unit.handle is None:
+                    unit.handle = codec.decode_trace(unit.value, trace_id).handle
             out.kept_traces += 1
             metrics.KEPT_SPANS.inc(buf.span_count)
             out.records.extend(

@@ -273,6 +273,13 @@ def test_otlp_requests_decode_identically(values, now_ns):
             + b"\x80" * 10
             + b"\x01\x04\x01\x00\x00\x00\x00\x00",
         ),
+        # span 0 with times 0, span 1 with a zero ID: the Python codec checks each span's ID and
+        # times in one pass (invalid_timestamp); the Rust reader checked every ID first and said
+        # invalid_span_id (found by the hypothesis test above)
+        (
+            "avro",
+            bytes(15) + b"\x01\x08" + bytes(4) + b"\x04" + bytes(7) + b"\x01\x00\n" + bytes(29) + b"\n" + bytes(5),
+        ),
         # nesting: 48 AnyValue array levels parse, 49 exceed upb's depth limit
         ("otlp_proto", "nest48"),
         ("otlp_proto", "nest49"),
@@ -387,3 +394,256 @@ def test_the_jobs_native_codec_gives_the_python_codecs_verdicts_under_the_span_l
         if isinstance(w, Malformed):
             reasons.add(w.reason)
     assert {"span_too_large", "too_many_attributes", "invalid_span_id"} <= reasons, reasons
+
+
+# ------------------------------------------------------------------ per-span limits (in Rust)
+def assert_same_under(fmt: str, values: list[bytes | None], limits, now_ns: int = NOW) -> list:
+    """The job's codecs under ``limits`` (``ingest.max_span_bytes``, ``max_attributes_per_span``):
+    ``job.core: native`` against ``job.core: python``, message by message. Returns the verdicts."""
+    mine = codecs.for_format(fmt, BOUNDS, limits, core="native")
+    python = codecs.for_format(fmt, BOUNDS, limits)
+    got = decode_each(mine, values, now_ns)
+    want = decode_each(python, values, now_ns)
+    for value, g, w in zip(values, got, want):
+        assert comparable(fmt, g, True) == comparable(fmt, w, False), (value or b"")[:300]
+    return want
+
+
+def _ld(n: int, body: bytes) -> bytes:
+    return _varint(n << 3 | 2) + _varint(len(body)) + body
+
+
+def _any_value(depth: int = 0) -> st.SearchStrategy[bytes]:
+    """An AnyValue's bytes: one or more oneof members in a row (the last one wins, a message member
+    repeated merges), nested arrays and kvlists, now and then an unknown field."""
+    scalar = st.one_of(
+        st.text(max_size=6).map(lambda s: _ld(1, s.encode())),
+        st.integers(0, 3).map(lambda b: b"\x10" + _varint(b)),
+        st.integers(-(1 << 63), MAX_LONG).map(lambda i: b"\x18" + _varint(i % (1 << 64))),
+        st.floats(allow_nan=False).map(lambda f: b"\x21" + __import__("struct").pack("<d", f)),
+        st.binary(max_size=6).map(lambda b: _ld(7, b)),
+        st.just(b"\x48\x01"),  # field 9: unknown
+    )
+    if depth >= 2:
+        return st.lists(scalar, max_size=3).map(b"".join)
+    inner = _any_value(depth + 1)
+    member = st.one_of(
+        scalar,
+        st.lists(inner, max_size=3).map(lambda vs: _ld(5, b"".join(_ld(1, v) for v in vs))),
+        st.lists(st.tuples(st.text(max_size=3), inner), max_size=2).map(
+            lambda kvs: _ld(6, b"".join(_ld(1, _ld(1, k.encode()) + _ld(2, v)) for k, v in kvs))
+        ),
+    )
+    return st.lists(member, max_size=3).map(b"".join)
+
+
+KEY_VALUES = st.tuples(st.text(max_size=8), _any_value(), st.booleans()).map(
+    # a KeyValue; now and then its value twice (protobuf merges the two AnyValues)
+    lambda t: _ld(1, t[0].encode()) + _ld(2, t[1]) + (_ld(2, t[1]) if t[2] else b"")
+)
+# fields of a Span after its IDs, canonical or not: defaults written out, a negative kind in 5 or 10
+# bytes, over-long varints, a uint32 count past 32 bits, two statuses, unknown fields and groups, a
+# known field with another wire type (kept as unknown), events and links with attributes
+SPAN_FIELDS = st.one_of(
+    KEY_VALUES.map(lambda kv: _ld(9, kv)),
+    st.sampled_from(
+        [
+            b"\x30\x00",
+            b"\x30\xff\xff\xff\xff\x0f",
+            b"\x30" + _varint((1 << 64) - 1),
+            b"\x30\x82\x80\x00",
+            b"\x30\x02",
+            b"\x39" + bytes(8),
+            b"\x41" + (NOW - 1).to_bytes(8, "little"),
+            _ld(5, b""),
+            _ld(5, "ü name".encode()),
+            _ld(3, b"k=v"),
+            _ld(4, b""),
+            b"\x50" + _varint((1 << 32) + 1),
+            b"\x50\x00",
+            b"\x60\x07",
+            b"\x85\x01\x01\x00\x00\x00",
+            b"\x85\x01\x00\x00\x00\x00",
+            b"\x28\x01",
+            b"\x8b\x01\x08\x01\x8c\x01",
+            b"\xf8\x01\x05",
+            _ld(15, b"\x18\x02"),
+            _ld(15, _ld(2, b"bad") + b"\x18\xfe\xff\xff\xff\x0f"),
+            _ld(15, b""),
+            _ld(15, b"\x08\x01"),
+        ]
+    ),
+    st.tuples(st.integers(0, 1 << 64 - 1), st.text(max_size=4), st.lists(KEY_VALUES, max_size=2)).map(
+        lambda t: _ld(
+            11, b"\x09" + t[0].to_bytes(8, "little") + _ld(2, t[1].encode()) + b"".join(_ld(3, kv) for kv in t[2])
+        )
+    ),
+    st.tuples(st.binary(max_size=17), st.lists(KEY_VALUES, max_size=2), st.integers(0, 1 << 40)).map(
+        lambda t: _ld(13, _ld(1, t[0]) + b"".join(_ld(4, kv) for kv in t[1]) + b"\x28" + _varint(t[2]))
+    ),
+    WIRE,
+)
+
+
+@st.composite
+def limit_requests(draw) -> bytes:
+    """Requests whose spans sit around the limits of ``SMALL_LIMITS``: 0-6 attributes, sizes from
+    a few to a few hundred bytes, wire forms protobuf rewrites to another size."""
+    spans = []
+    for _ in range(draw(st.integers(1, 3))):
+        body = _ld(1, draw(st.sampled_from([b"\x01" * 16, b"\x02" * 16])))
+        body += _ld(2, draw(st.one_of(st.binary(min_size=8, max_size=8).filter(any), SPAN_IDS)))
+        body += b"\x39" + (NOW - 10).to_bytes(8, "little") + b"\x41" + (NOW - 5).to_bytes(8, "little")
+        body += b"".join(draw(st.lists(SPAN_FIELDS, max_size=8)))
+        spans.append(body)
+    scope = b"".join(_ld(2, s) for s in spans)
+    resource = _ld(1, _ld(1, _ld(1, b"service.name") + _ld(2, _ld(1, b"cart"))))
+    request = _ld(1, resource + _ld(2, scope))
+    return draw(mutated(st.just(request))) if draw(st.integers(0, 4)) == 0 else request
+
+
+SMALL_LIMITS = st.builds(
+    lambda b, a: __import__("pipeline.codecs.interface", fromlist=["SpanLimits"]).SpanLimits(b, a),
+    st.integers(1, 300),
+    st.integers(0, 5),
+)
+
+
+@SETTINGS
+@given(st.lists(limit_requests(), min_size=1, max_size=4), SMALL_LIMITS)
+def test_otlp_span_limits_give_the_python_codecs_verdicts(values, limits):
+    """``span_too_large`` on protobuf's re-encoded size (``Span.ByteSize()``), not the wire
+    length, and ``too_many_attributes``, each only in a message long enough to break it — the
+    same verdict and text as the Python codec, on spans around and over both limits."""
+    assert_same_under("otlp_proto", values, limits)
+
+
+@st.composite
+def limit_batches(draw) -> bytes:
+    spans = []
+    for _ in range(draw(st.integers(1, 4))):
+        attributes = {f"k{i}": "v" * draw(st.integers(0, 30)) for i in range(draw(st.integers(0, 6)))}
+        detail = draw(
+            st.one_of(
+                st.just(avro.encode_detail({**avro.EMPTY_DETAIL, "attributes": attributes})),
+                # hostile details (opaque at ingest): negative block counts and sizes moving the
+                # reader backwards, negative string lengths, a block count of 70 bits, junk
+                st.sampled_from(
+                    [
+                        b"\x00\x01\x7f\x06",
+                        b"\x00\x01\x05" + b"\x00" * 8,
+                        b"\x03\x02\x00" + b"\x00" * 6,
+                        b"\x00" + b"\xff" * 9 + b"\x7f",
+                        b"\x00\x03\x04\x00\x00\x00" + b"\x00" * 10,
+                        b"\x00\x01\x0d" + b"\x01\x7f" * 8,
+                    ]
+                ),
+                st.binary(max_size=40),
+            )
+        )
+        spans.append(
+            {
+                "span_id": b"\x04" * 8,
+                "parent_span_id": None,
+                "name": draw(st.sampled_from(["GET /", "ü" * 20, "", "x" * 100])),
+                "kind": "SERVER",
+                "start_time_unix_nano": NOW - 10,
+                "end_time_unix_nano": NOW - 5,
+                "status_code": "OK",
+                "trace_state": draw(st.sampled_from(["", "é=1"])),
+                "detail": detail,
+            }
+        )
+    return avro.encode_span_batch({"trace_id": b"\x07" * 16, "service": "cart", "spans": spans})
+
+
+@SETTINGS
+@given(st.lists(limit_batches(), min_size=1, max_size=4), SMALL_LIMITS)
+def test_avro_span_limits_give_the_python_codecs_verdicts(values, limits):
+    """Avro: a span's size is its detail's bytes plus its name's and trace state's characters; its
+    attribute count is read from the detail's map block headers (any bytes: the Python reader's
+    arithmetic on hostile ones included)."""
+    assert_same_under("avro", values, limits)
+
+
+def test_both_limits_hold_to_the_byte_and_to_the_attribute():
+    """At the limit a span is taken, one over it is dead-lettered — with the Python codec's text."""
+    from pipeline.codecs.interface import SpanLimits
+
+    req = ExportTraceServiceRequest()
+    sp = req.resource_spans.add().scope_spans.add().spans.add()
+    sp.trace_id, sp.span_id = b"\x01" * 16, b"\x02" * 8
+    sp.start_time_unix_nano, sp.end_time_unix_nano = NOW - 10, NOW - 5
+    for i in range(5):
+        sp.attributes.add(key=f"k{i}").value.string_value = "v" * 20
+    value, size = req.SerializeToString(), sp.ByteSize()
+    batch = avro.encode_span_batch(
+        {
+            "trace_id": b"\x01" * 16,
+            "service": "s",
+            "spans": [
+                {
+                    "span_id": b"\x02" * 8,
+                    "parent_span_id": None,
+                    "name": "ü",
+                    "kind": "SERVER",
+                    "start_time_unix_nano": NOW - 10,
+                    "end_time_unix_nano": NOW - 5,
+                    "status_code": "OK",
+                    "trace_state": "",
+                    "detail": avro.encode_detail(
+                        {**avro.EMPTY_DETAIL, "attributes": {f"k{i}": "v" * 20 for i in range(5)}}
+                    ),
+                }
+            ],
+        }
+    )
+    avro_size = len(avro.decode_batch(batch)["spans"][0]["detail"]) + 1
+    for fmt, message, span_size in (("otlp_proto", value, size), ("avro", batch, avro_size)):
+        verdicts = [
+            assert_same_under(fmt, [message], SpanLimits(max_span_bytes, max_attributes))[0]
+            for max_span_bytes, max_attributes in (
+                (span_size, 5),
+                (span_size - 1, 5),
+                (1 << 20, 4),
+            )
+        ]
+        assert isinstance(verdicts[0], list) and verdicts[0][0].span_count == 1
+        assert (verdicts[1].reason, verdicts[2].reason) == ("span_too_large", "too_many_attributes")
+        assert f"is {span_size} bytes encoded, over ingest.max_span_bytes = {span_size - 1}" in verdicts[1].detail
+        assert "has 5 attributes, over ingest.max_attributes_per_span = 4" in verdicts[2].detail
+
+
+def test_the_native_core_decides_long_messages_itself():
+    """The old ``NativeCodec`` handed every message longer than ``min(max_span_bytes, 2 ×
+    max_attributes)`` — 2,000 bytes with the default limits, so every 10-span request of the peer
+    benchmark — to the Python codec (observed: 8 of 8 generated OTLP messages decoded by it, the
+    native reader never used). Now the Rust readers check the limits and take them all."""
+    from pipeline.codecs.interface import SpanLimits
+    from pipeline.config import IngestConfig
+
+    ingest = IngestConfig()
+    limits = SpanLimits(ingest.max_span_bytes, ingest.max_attributes_per_span)
+    long_otlp = [v for v in GENERATED_OTLP if len(v) > 2 * ingest.max_attributes_per_span]
+    long_avro = [v for v in GENERATED_AVRO if len(v) > 2 * ingest.max_attributes_per_span]
+    assert long_otlp and long_avro
+    for fmt, values in (("otlp_proto", long_otlp), ("avro", long_avro)):
+        mine = codecs.for_format(fmt, BOUNDS, limits, core="native")
+        mine.python = CountingCodec(mine.python)
+        got = decode_each(mine, values, NOW)
+        assert mine.python.decoded == [] and all(isinstance(r, list) and r for r in got)
+        assert_same_under(fmt, values, limits)
+
+
+class CountingCodec:
+    """A codec that notes every message its ``decode`` is asked for."""
+
+    def __init__(self, codec):
+        self.codec, self.decoded = codec, []
+
+    def __getattr__(self, name):
+        return getattr(self.codec, name)
+
+    def decode(self, value, now_ns):
+        self.decoded.append(value)
+        return self.codec.decode(value, now_ns)
