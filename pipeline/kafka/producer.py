@@ -75,7 +75,7 @@ class OutputProducer:
                 p.send_offsets_to_transaction(offsets, group_metadata, self._timeout)
             faults.check("offsets")
             faults.check("commit")
-            p.commit_transaction(self._timeout)
+            self._commit()
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
             fatal = err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
@@ -84,6 +84,22 @@ class OutputProducer:
             raise EmitError(f"transaction failed: {err}", fatal=fatal) from None
         if self._errors:  # cannot happen after a successful commit; kept as a guard
             raise EmitError("delivery failed: " + "; ".join(self._errors[:5]))
+
+    def _commit(self, patience_s: float = 300.0) -> None:
+        """``commit_transaction``, called again while it times out: librdkafka resumes a timed-out
+        commit when it is called again, and refuses an abort meanwhile (``_CONFLICT``: seen as 300 s
+        of abort retries, then exit 3, after a commit timed out across a broker restart). An error
+        that requires an abort, a fatal one, or a timeout past ``patience_s`` is raised."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                self._producer.commit_transaction(self._timeout)
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if not err.retriable() or err.txn_requires_abort() or err.fatal() or time.monotonic() > deadline:
+                    raise
+                log.warning("commit_transaction: %s; calling it again", err)
 
     def _abort(self, patience_s: float = 300.0) -> bool:
         """Abort the open transaction, retrying while the broker is away (a restart takes tens of

@@ -1,0 +1,97 @@
+"""pipeline.kafka.producer.OutputProducer's transaction against librdkafka's rules, with the
+confluent-kafka Producer replaced by a fake that answers as librdkafka does."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from pipeline.kafka import producer as producer_mod
+
+
+def timed_out() -> KafkaException:
+    return KafkaException(
+        KafkaError(
+            KafkaError._TIMED_OUT, "Timed out waiting for operation to finish, retry call to resume", retriable=True
+        )
+    )
+
+
+class FakeProducer:
+    def __init__(self, commit_failures: list[KafkaException]):
+        self.commit_failures = commit_failures
+        self.calls: list[str] = []
+        self.committing = False
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def produce(self, topic, value, key, **kw) -> None:  # noqa: ANN001
+        self.calls.append("produce")
+
+    def poll(self, timeout) -> int:  # noqa: ANN001
+        return 0
+
+    def send_offsets_to_transaction(self, offsets, group_metadata, timeout) -> None:  # noqa: ANN001
+        self.calls.append("offsets")
+
+    def commit_transaction(self, timeout) -> None:  # noqa: ANN001
+        self.calls.append("commit")
+        self.committing = True  # librdkafka: the commit goes on until called again or done
+        if self.commit_failures:
+            raise self.commit_failures.pop(0)
+        self.committing = False
+
+    def abort_transaction(self, timeout) -> None:  # noqa: ANN001
+        self.calls.append("abort")
+        if self.committing:
+            raise KafkaException(
+                KafkaError(KafkaError._CONFLICT, "Conflicting commit_transaction API call is already in progress")
+            )
+
+
+def output_producer(monkeypatch, fake: FakeProducer) -> producer_mod.OutputProducer:
+    monkeypatch.setattr(producer_mod, "Producer", lambda conf: fake)
+    monkeypatch.setattr(producer_mod.time, "sleep", lambda s: None)
+    clock = itertools.count(0, 10)  # every look at the clock: 10 s later
+    monkeypatch.setattr(producer_mod.time, "monotonic", lambda: next(clock))
+    p = producer_mod.OutputProducer({"bootstrap.servers": "unused"})
+    return p
+
+
+def test_a_commit_that_timed_out_is_called_again_not_aborted(monkeypatch):
+    """Before: a commit_transaction that timed out (a broker restart under way) was followed by
+    abort_transaction, which librdkafka refuses while that commit is in progress (_CONFLICT); the
+    abort was retried for 300 s, then the worker exited 3 — a worker making no progress for five
+    minutes after the broker was back."""
+    fake = FakeProducer(commit_failures=[timed_out(), timed_out()])
+    p = output_producer(monkeypatch, fake)
+    p.transaction([], [TopicPartition("t", 0, 5)], object())
+    assert fake.calls == ["begin", "offsets", "commit", "commit", "commit"]
+
+
+def test_a_commit_that_requires_an_abort_is_aborted(monkeypatch):
+    err = KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "skipped sequence numbers", txn_requires_abort=True)
+    fake = FakeProducer(commit_failures=[KafkaException(err)])
+    fake_abort = fake.abort_transaction
+
+    def abort(timeout) -> None:  # noqa: ANN001 - an abortable error ends the commit
+        fake.committing = False
+        fake_abort(timeout)
+
+    fake.abort_transaction = abort
+    p = output_producer(monkeypatch, fake)
+    with pytest.raises(producer_mod.EmitError) as raised:
+        p.transaction([], [TopicPartition("t", 0, 5)], object())
+    assert not raised.value.fatal  # the worker rewinds and goes on
+    assert fake.calls == ["begin", "offsets", "commit", "abort"]
+
+
+def test_a_commit_timing_out_past_its_patience_is_given_up(monkeypatch):
+    fake = FakeProducer(commit_failures=[timed_out() for _ in range(100)])
+    p = output_producer(monkeypatch, fake)
+    with pytest.raises(producer_mod.EmitError):
+        p.transaction([], [TopicPartition("t", 0, 5)], object())
+    assert fake.calls.count("commit") < 100  # bounded by the patience, not by the failures
