@@ -41,8 +41,22 @@ class OutputProducer:
         self._timeout = commit_timeout_s
         self._faults = Faults()
         if self.transactional:
-            # fences an older producer with the same id and aborts its open transaction
-            self._producer.init_transactions(30)
+            self._init_transactions()
+
+    def _init_transactions(self, patience_s: float = 300.0) -> None:
+        """Fences an older producer with the same id and aborts its open transaction. Called again
+        while it times out (librdkafka resumes it): a worker started while the broker restarts
+        waits for its transaction coordinator to load (seen: exit 1 with a traceback after 30 s)."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                self._producer.init_transactions(30)
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if not err.retriable() or err.fatal() or time.monotonic() > deadline:
+                    raise
+                log.warning("init_transactions: %s; calling it again", err)
 
     def _on_delivery(self, err, msg) -> None:  # noqa: ANN001 - librdkafka callback
         if err is not None:

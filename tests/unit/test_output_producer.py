@@ -52,13 +52,13 @@ class FakeProducer:
             )
 
 
-def output_producer(monkeypatch, fake: FakeProducer) -> producer_mod.OutputProducer:
+def output_producer(monkeypatch, fake: FakeProducer, transactional: bool = False) -> producer_mod.OutputProducer:
     monkeypatch.setattr(producer_mod, "Producer", lambda conf: fake)
     monkeypatch.setattr(producer_mod.time, "sleep", lambda s: None)
     clock = itertools.count(0, 10)  # every look at the clock: 10 s later
     monkeypatch.setattr(producer_mod.time, "monotonic", lambda: next(clock))
-    p = producer_mod.OutputProducer({"bootstrap.servers": "unused"})
-    return p
+    conf = {"bootstrap.servers": "unused", **({"transactional.id": "t"} if transactional else {})}
+    return producer_mod.OutputProducer(conf)
 
 
 def test_a_commit_that_timed_out_is_called_again_not_aborted(monkeypatch):
@@ -95,3 +95,27 @@ def test_a_commit_timing_out_past_its_patience_is_given_up(monkeypatch):
     with pytest.raises(producer_mod.EmitError):
         p.transaction([], [TopicPartition("t", 0, 5)], object())
     assert fake.calls.count("commit") < 100  # bounded by the patience, not by the failures
+
+
+def test_init_transactions_that_times_out_is_called_again(monkeypatch):
+    """Before: a worker started while the broker restarted exited 1 with a traceback when
+    init_transactions timed out after 30 s (the transaction coordinator still loading)."""
+    fake = FakeProducer(commit_failures=[])
+    inits = [timed_out(), timed_out()]
+
+    def init_transactions(timeout) -> None:  # noqa: ANN001
+        fake.calls.append("init")
+        if inits:
+            raise inits.pop(0)
+
+    fake.init_transactions = init_transactions
+    output_producer(monkeypatch, fake, transactional=True)
+    assert fake.calls == ["init", "init", "init"]
+
+
+def test_init_transactions_fenced_is_raised_at_once(monkeypatch):
+    fake = FakeProducer(commit_failures=[])
+    fenced = KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+    fake.init_transactions = lambda timeout: (_ for _ in ()).throw(fenced)
+    with pytest.raises(KafkaException):
+        output_producer(monkeypatch, fake, transactional=True)
