@@ -17,6 +17,7 @@ fatal librdkafka error) — the worker then exits — or the caller may rewind a
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 
@@ -25,6 +26,9 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from pipeline.kafka.faults import Faults
 
 log = logging.getLogger("tailsift")
+
+# how long past its own timeout send_offsets_to_transaction may take before it is given up
+SEND_OFFSETS_SLACK_S = 10.0
 
 
 class EmitError(RuntimeError):
@@ -40,6 +44,7 @@ class OutputProducer:
         self._errors: list[str] = []
         self._timeout = commit_timeout_s
         self._faults = Faults()
+        self.wedged = False  # a transactional call never returned (see _send_offsets)
         if self.transactional:
             self._init_transactions()
 
@@ -86,7 +91,7 @@ class OutputProducer:
             self._produce_all(records)
             faults.check("produce")
             if offsets:
-                p.send_offsets_to_transaction(offsets, group_metadata, self._timeout)
+                self._send_offsets(offsets, group_metadata)
             faults.check("offsets")
             faults.check("commit")
             self._commit()
@@ -98,6 +103,37 @@ class OutputProducer:
             raise EmitError(f"transaction failed: {err}", fatal=fatal) from None
         if self._errors:  # cannot happen after a successful commit; kept as a guard
             raise EmitError("delivery failed: " + "; ".join(self._errors[:5]))
+
+    def _send_offsets(self, offsets: list[TopicPartition], group_metadata) -> None:  # noqa: ANN001
+        """``send_offsets_to_transaction`` with a bound that holds. librdkafka waits for the answer
+        without one and leaves the timeout to the request it sends to the group coordinator — which
+        does not enforce it (librdkafka issues 5456 and 5511, open in 2.16: after a broker restart
+        the call never returned; py-spy: ``pthread_cond_wait`` in ``rd_kafka_txn_op_req0``, the
+        worker deaf to SIGTERM, its partitions held — issue 13). It runs on a helper thread while
+        this one waits ``timeout + SEND_OFFSETS_SLACK_S``; past that the call is still in progress
+        inside librdkafka, so this producer can take no other transactional call: fatal (the worker
+        exits 3 and its supervisor restarts it; the new producer fences this one's transaction)."""
+        done = threading.Event()
+        raised: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                self._producer.send_offsets_to_transaction(offsets, group_metadata, self._timeout)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                raised.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=send, name="send-offsets", daemon=True).start()
+        if not done.wait(self._timeout + SEND_OFFSETS_SLACK_S):
+            self.wedged = True
+            raise EmitError(
+                f"send_offsets_to_transaction did not return within {self._timeout + SEND_OFFSETS_SLACK_S:.0f} s "
+                "(librdkafka ignores its timeout when the group coordinator is gone)",
+                fatal=True,
+            )
+        if raised:
+            raise raised[0]
 
     def _commit(self, patience_s: float = 300.0) -> None:
         """``commit_transaction``, called again while it times out: librdkafka resumes a timed-out
@@ -145,6 +181,8 @@ class OutputProducer:
             raise EmitError("delivery failed: " + "; ".join(self._errors[:5]))
 
     def close(self) -> None:
+        if self.wedged:  # a call still in progress holds it: nothing of its transaction can be kept
+            return
         try:
             self._producer.flush(10)
         except KafkaException as exc:  # e.g. INVALID_TXN_STATE after a fenced or failed transaction:

@@ -4,6 +4,7 @@ confluent-kafka Producer replaced by a fake that answers as librdkafka does."""
 from __future__ import annotations
 
 import itertools
+import threading
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -119,3 +120,47 @@ def test_init_transactions_fenced_is_raised_at_once(monkeypatch):
     fake.init_transactions = lambda timeout: (_ for _ in ()).throw(fenced)
     with pytest.raises(KafkaException):
         output_producer(monkeypatch, fake, transactional=True)
+
+
+def test_send_offsets_that_never_returns_is_fatal_instead_of_a_hang(monkeypatch):
+    """Before: send_offsets_to_transaction(offsets, metadata, 60) did not return, ever, after a
+    broker restart (librdkafka 2.16 does not enforce that timeout when the group coordinator it
+    cached is gone: issues 5456, 5511). py-spy on the hung worker: pthread_cond_wait in
+    rd_kafka_txn_op_req0 under rd_kafka_send_offsets_to_transaction — its partitions held, its
+    lag unchanged, SIGTERM unheard (issue 13)."""
+    never = threading.Event()
+    fake = FakeProducer(commit_failures=[])
+    fake.flushed = False
+
+    def send_offsets(offsets, group_metadata, timeout) -> None:  # noqa: ANN001
+        fake.calls.append("offsets")
+        never.wait()
+
+    def flush(timeout) -> int:  # noqa: ANN001
+        fake.flushed = True
+        return 0
+
+    fake.send_offsets_to_transaction = send_offsets
+    fake.flush = flush
+    monkeypatch.setattr(producer_mod, "Producer", lambda conf: fake)
+    monkeypatch.setattr(producer_mod, "SEND_OFFSETS_SLACK_S", 0.1)
+    p = producer_mod.OutputProducer({"bootstrap.servers": "unused"}, commit_timeout_s=0.1)
+    outcome: dict = {}
+
+    def write() -> None:
+        try:
+            p.transaction([], [TopicPartition("t", 0, 5)], object())
+        except producer_mod.EmitError as exc:
+            outcome["error"] = exc
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        writer.join(60)
+        assert not writer.is_alive(), "transaction() is still waiting for send_offsets_to_transaction"
+    finally:
+        never.set()
+    assert outcome["error"].fatal  # the worker exits 3 for its supervisor
+    assert fake.calls == ["begin", "offsets"]  # no commit, no abort on a producer with a call in progress
+    p.close()
+    assert not fake.flushed
