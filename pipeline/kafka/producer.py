@@ -27,7 +27,9 @@ from pipeline.kafka.faults import Faults
 
 log = logging.getLogger("tailsift")
 
-# how long past its own timeout send_offsets_to_transaction may take before it is given up
+# send_offsets_to_transaction's own timeout (it takes milliseconds when the broker is there), and
+# how long past it the call may take before it is given up
+SEND_OFFSETS_TIMEOUT_S = 30.0
 SEND_OFFSETS_SLACK_S = 10.0
 
 
@@ -110,25 +112,26 @@ class OutputProducer:
         does not enforce it (librdkafka issues 5456 and 5511, open in 2.16: after a broker restart
         the call never returned; py-spy: ``pthread_cond_wait`` in ``rd_kafka_txn_op_req0``, the
         worker deaf to SIGTERM, its partitions held — issue 13). It runs on a helper thread while
-        this one waits ``timeout + SEND_OFFSETS_SLACK_S``; past that the call is still in progress
+        this one waits its timeout + ``SEND_OFFSETS_SLACK_S``; past that the call is still in progress
         inside librdkafka, so this producer can take no other transactional call: fatal (the worker
         exits 3 and its supervisor restarts it; the new producer fences this one's transaction)."""
         done = threading.Event()
         raised: list[BaseException] = []
+        timeout = min(self._timeout, SEND_OFFSETS_TIMEOUT_S)
 
         def send() -> None:
             try:
-                self._producer.send_offsets_to_transaction(offsets, group_metadata, self._timeout)
+                self._producer.send_offsets_to_transaction(offsets, group_metadata, timeout)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
                 raised.append(exc)
             finally:
                 done.set()
 
         threading.Thread(target=send, name="send-offsets", daemon=True).start()
-        if not done.wait(self._timeout + SEND_OFFSETS_SLACK_S):
+        if not done.wait(timeout + SEND_OFFSETS_SLACK_S):
             self.wedged = True
             raise EmitError(
-                f"send_offsets_to_transaction did not return within {self._timeout + SEND_OFFSETS_SLACK_S:.0f} s "
+                f"send_offsets_to_transaction did not return within {timeout + SEND_OFFSETS_SLACK_S:.0f} s "
                 "(librdkafka ignores its timeout when the group coordinator is gone)",
                 fatal=True,
             )
