@@ -39,10 +39,7 @@ SHORT = Profile(
     storm_rate=180,
     storm_kill_every_s=8,
     storm_kills=2,
-    # 0 in make test: a worker can hang after a broker restart (seen in 3 of ~5 short runs on
-    # 2026-11-29, one in CI: lag unchanged, deaf to SIGTERM; cause not found — issue 13). The full
-    # profile (make chaos) keeps both restarts and shows it.
-    storm_broker_restarts=0,
+    storm_broker_restarts=1,  # SIGTERM and start again
     storm_big_traces=1,
     zombie_traces=1_200,
     zombie_rate=150,

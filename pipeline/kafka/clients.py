@@ -7,13 +7,19 @@ one does not."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
+
 from pipeline.config import Config
 from pipeline.config_kafka import KafkaConfig
 from pipeline.kafka import security
+
+log = logging.getLogger("tailsift")
 
 # librdkafka's producer default; the job never builds a record larger than this (minus headroom for
 # the record batch framing): see ``max_record_bytes``
@@ -124,13 +130,33 @@ def restore_consumer(config: Config) -> dict[str, Any]:
     }
 
 
-def max_record_bytes(config: Config, timeout: float = 15.0) -> int:
+def max_record_bytes(config: Config, timeout: float = 15.0, patience_s: float = 120.0) -> int:
     """The largest record value the job may build: the smallest ``max.message.bytes`` of its output
     topics (read from the broker) and the producer's limit, less headroom for the record batch
-    framing and key (a record batch of one record is what the broker checks)."""
-    from confluent_kafka.admin import AdminClient, ConfigResource
+    framing and key (a record batch of one record is what the broker checks). Asked again while
+    the broker does not answer in time (a worker started during a broker restart: it exited 1 with
+    a traceback), for ``patience_s``; other errors (e.g. no DescribeConfigs permission) raise."""
+    from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(base(config))
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return _max_record_bytes(admin, config, timeout)
+        except (TimeoutError, KafkaException) as exc:
+            transient = isinstance(exc, TimeoutError) or exc.args[0].code() in _TRANSIENT
+            if not transient or time.monotonic() > deadline:
+                raise
+            log.warning("reading the output topics' max.message.bytes: %s; asking again", exc or "timed out")
+
+
+# errors of a broker that is away or still loading: they end when it is back
+_TRANSIENT = (KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE)
+
+
+def _max_record_bytes(admin, config: Config, timeout: float) -> int:  # noqa: ANN001 - an AdminClient
+    from confluent_kafka.admin import ConfigResource
+
     t = config.topics
     names = {t.traces_kept.name, t.pii_audit.name, t.decisions.name, t.spans_raw.name}
     resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in sorted(names)]

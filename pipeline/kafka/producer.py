@@ -17,6 +17,7 @@ fatal librdkafka error) — the worker then exits — or the caller may rewind a
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 
@@ -25,6 +26,11 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from pipeline.kafka.faults import Faults
 
 log = logging.getLogger("tailsift")
+
+# send_offsets_to_transaction's own timeout (it takes milliseconds when the broker is there), and
+# how long past it the call may take before it is given up
+SEND_OFFSETS_TIMEOUT_S = 30.0
+SEND_OFFSETS_SLACK_S = 10.0
 
 
 class EmitError(RuntimeError):
@@ -40,9 +46,24 @@ class OutputProducer:
         self._errors: list[str] = []
         self._timeout = commit_timeout_s
         self._faults = Faults()
+        self.wedged = False  # a transactional call never returned (see _send_offsets)
         if self.transactional:
-            # fences an older producer with the same id and aborts its open transaction
-            self._producer.init_transactions(30)
+            self._init_transactions()
+
+    def _init_transactions(self, patience_s: float = 300.0) -> None:
+        """Fences an older producer with the same id and aborts its open transaction. Called again
+        while it times out (librdkafka resumes it): a worker started while the broker restarts
+        waits for its transaction coordinator to load (seen: exit 1 with a traceback after 30 s)."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                self._producer.init_transactions(30)
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if not err.retriable() or err.fatal() or time.monotonic() > deadline:
+                    raise
+                log.warning("init_transactions: %s; calling it again", err)
 
     def _on_delivery(self, err, msg) -> None:  # noqa: ANN001 - librdkafka callback
         if err is not None:
@@ -72,10 +93,10 @@ class OutputProducer:
             self._produce_all(records)
             faults.check("produce")
             if offsets:
-                p.send_offsets_to_transaction(offsets, group_metadata, self._timeout)
+                self._send_offsets(offsets, group_metadata)
             faults.check("offsets")
             faults.check("commit")
-            p.commit_transaction(self._timeout)
+            self._commit()
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
             fatal = err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
@@ -84,6 +105,54 @@ class OutputProducer:
             raise EmitError(f"transaction failed: {err}", fatal=fatal) from None
         if self._errors:  # cannot happen after a successful commit; kept as a guard
             raise EmitError("delivery failed: " + "; ".join(self._errors[:5]))
+
+    def _send_offsets(self, offsets: list[TopicPartition], group_metadata) -> None:  # noqa: ANN001
+        """``send_offsets_to_transaction`` with a bound that holds. librdkafka waits for the answer
+        without one and leaves the timeout to the request it sends to the group coordinator — which
+        does not enforce it (librdkafka issues 5456 and 5511, open in 2.16: after a broker restart
+        the call never returned; py-spy: ``pthread_cond_wait`` in ``rd_kafka_txn_op_req0``, the
+        worker deaf to SIGTERM, its partitions held — issue 13). It runs on a helper thread while
+        this one waits its timeout + ``SEND_OFFSETS_SLACK_S``; past that the call is still in progress
+        inside librdkafka, so this producer can take no other transactional call: fatal (the worker
+        exits 3 and its supervisor restarts it; the new producer fences this one's transaction)."""
+        done = threading.Event()
+        raised: list[BaseException] = []
+        timeout = min(self._timeout, SEND_OFFSETS_TIMEOUT_S)
+
+        def send() -> None:
+            try:
+                self._producer.send_offsets_to_transaction(offsets, group_metadata, timeout)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                raised.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=send, name="send-offsets", daemon=True).start()
+        if not done.wait(timeout + SEND_OFFSETS_SLACK_S):
+            self.wedged = True
+            raise EmitError(
+                f"send_offsets_to_transaction did not return within {timeout + SEND_OFFSETS_SLACK_S:.0f} s "
+                "(librdkafka ignores its timeout when the group coordinator is gone)",
+                fatal=True,
+            )
+        if raised:
+            raise raised[0]
+
+    def _commit(self, patience_s: float = 300.0) -> None:
+        """``commit_transaction``, called again while it times out: librdkafka resumes a timed-out
+        commit when it is called again, and refuses an abort meanwhile (``_CONFLICT``: seen as 300 s
+        of abort retries, then exit 3, after a commit timed out across a broker restart). An error
+        that requires an abort, a fatal one, or a timeout past ``patience_s`` is raised."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                self._producer.commit_transaction(self._timeout)
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if not err.retriable() or err.txn_requires_abort() or err.fatal() or time.monotonic() > deadline:
+                    raise
+                log.warning("commit_transaction: %s; calling it again", err)
 
     def _abort(self, patience_s: float = 300.0) -> bool:
         """Abort the open transaction, retrying while the broker is away (a restart takes tens of
@@ -115,6 +184,8 @@ class OutputProducer:
             raise EmitError("delivery failed: " + "; ".join(self._errors[:5]))
 
     def close(self) -> None:
+        if self.wedged:  # a call still in progress holds it: nothing of its transaction can be kept
+            return
         try:
             self._producer.flush(10)
         except KafkaException as exc:  # e.g. INVALID_TXN_STATE after a fenced or failed transaction:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
@@ -30,9 +31,12 @@ class RestoreError(RuntimeError):
 _TRANSIENT = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE)
 
 
-def read_decisions(config: Config, since_ms: dict[int, int], timeout: float = 60.0) -> dict[int, list[dict]]:
+def read_decisions(
+    config: Config, since_ms: dict[int, int], timeout: float = 60.0, stopping: Callable[[], bool] = lambda: False
+) -> dict[int, list[dict]]:
     """Decoded decision-log records per partition (oldest first), from ``since_ms[p]`` minus the
-    restore window."""
+    restore window. ``stopping()`` true ends the read early (``RestoreError``): the worker was
+    asked to stop while it waited for the broker."""
     out: dict[int, list[dict]] = {p: [] for p in since_ms}
     window = config.assemble.decision_restore_ms
     if not since_ms or window == 0:
@@ -52,6 +56,8 @@ def read_decisions(config: Config, since_ms: dict[int, int], timeout: float = 60
         consumer.assign(assign)
         deadline = time.monotonic() + timeout
         while pending:
+            if stopping():
+                raise RestoreError(f"reading {topic}: stopped before the end")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"restoring {topic} partitions {sorted(pending)} took over {timeout:.0f} s")
             for msg in consumer.consume(1000, 0.5):

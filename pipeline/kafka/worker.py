@@ -22,6 +22,10 @@ partition is sought back to its committed offset and restored again — the stat
 what a restart would build, without the restart. A fatal producer error (fenced by a newer instance
 of the same transactional id) ends the worker with exit code 3.
 
+Stopping: SIGTERM/SIGINT end the loop after the current step; waits for a broker that is away
+(restore, committed offsets) give up at once, and the process ends within ``STOP_GRACE_S`` of the
+signal whatever holds it (``pipeline.kafka.shutdown``): exit 0 when it finished, 4 when not.
+
 Backpressure: at ``assemble.max_buffered_*`` the assigned partitions are paused (librdkafka keeps
 the fetch position of the next undelivered message: nothing fetched is skipped), and resumed under
 80 % of the bounds.
@@ -30,7 +34,7 @@ the fetch position of the next undelivered message: nothing fetched is skipped),
 from __future__ import annotations
 
 import logging
-import signal
+import threading
 import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -42,16 +46,29 @@ from pipeline.kafka import clients
 from pipeline.kafka.checkpoint import Checkpoint
 from pipeline.kafka.producer import EmitError, OutputProducer
 from pipeline.kafka.restore import RestoreError, read_decisions
+from pipeline.kafka.shutdown import ShutdownGuard
 
 log = logging.getLogger("tailsift")
 
 EXIT_FATAL = 3
+# stopped by SIGTERM/SIGINT before it could finish cleanly (a restore or a write still waiting for
+# the broker, or the grace below ran out): nothing committed is affected, the rest is reread
+EXIT_UNFINISHED = 4
+# from the stop signal to the process's end, at most (pipeline.kafka.shutdown)
+STOP_GRACE_S = 15.0
+# a rewind's seek is a local operation of librdkafka's: this long means it will not end
+SEEK_TIMEOUT_S = 30.0
 # a restore waits this long for a broker that is away (a restart takes tens of seconds here)
 RESTORE_PATIENCE_S = 300.0
 
 
 class FatalError(RuntimeError):
     """The worker cannot go on (fenced producer, fatal client error): exit non-zero."""
+
+
+class StopRequested(RuntimeError):
+    """A stop signal came while the worker waited for the broker (a restore, a rewind): it leaves
+    without finishing what it was waiting for."""
 
 
 class Worker:
@@ -76,13 +93,13 @@ class Worker:
         self.paused_set: set[int] = set()
         self.paused_since = 0.0
         self.stopping = False
+        self.guard = ShutdownGuard(self._stop, STOP_GRACE_S, EXIT_UNFINISHED)
         self.rewind_needed = False
         self.last_flush = time.monotonic()
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
+        self.guard.install()
         md = self.consumer.list_topics(self.topic, timeout=30).topics[self.topic]
         self.job.input_partitions = len(md.partitions)
         try:
@@ -92,32 +109,40 @@ class Worker:
         self.consumer.subscribe(
             [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        clean = False
+        code = self._loop()
+        self.stopping = True  # the revoke callback during close() must not write again
+        # from here the process has STOP_GRACE_S to end: closing the clients (below, and when they
+        # are freed) cannot hold it
+        self.guard.arm(code)
+        try:
+            if code == 0:
+                self.consumer.close()
+            # else no close(): after an error raised inside a rebalance callback the rebalance
+            # never completes and librdkafka's close() waits for it forever — seen as a worker
+            # that hung, silent even to SIGTERM, after a broker restart. Leaving without it is a
+            # crash the group handles (session timeout) and exactly-once survives (uncommitted).
+        finally:
+            self.producer.close()
+        return code
+
+    def _loop(self) -> int:
+        """Steps until stopped; the exit code."""
         try:
             while not self.stopping:
                 self._step()
             self._flush()  # what is decided so far; buffered traces are reread by the next owner
-            clean = True
             return 0
         except FatalError as exc:
             log.error("tailsift worker stops: %s", exc)
             return EXIT_FATAL
+        except StopRequested as exc:
+            log.warning("tailsift worker stops unfinished: %s", exc)
+            return EXIT_UNFINISHED
         except Exception:  # a bug or an unforeseen client error: exit for the supervisor, never hang
             log.exception("tailsift worker stops on an unexpected error")
             return EXIT_FATAL
-        finally:
-            self.stopping = True  # the revoke callback during close() must not write again
-            try:
-                if clean:
-                    self.consumer.close()
-                # else no close(): after an error raised inside a rebalance callback the rebalance
-                # never completes and librdkafka's close() waits for it forever — seen as a worker
-                # that hung, silent even to SIGTERM, after a broker restart. Leaving without it is a
-                # crash the group handles (session timeout) and exactly-once survives (uncommitted).
-            finally:
-                self.producer.close()
 
-    def _stop(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    def _stop(self, signum: int) -> None:
         log.info("signal %d: stopping after the current step", signum)
         self.stopping = True
 
@@ -242,6 +267,8 @@ class Worker:
             try:
                 return self._restore_once(parts)
             except (KafkaException, TimeoutError, RestoreError) as exc:
+                if self.stopping:
+                    raise StopRequested(f"restoring partitions {parts} did not finish: {exc}") from None
                 if time.monotonic() > deadline:
                     raise FatalError(
                         f"restoring partitions {parts} failed for {RESTORE_PATIENCE_S:.0f} s: {exc}"
@@ -262,7 +289,7 @@ class Worker:
                 since[tp.partition], through[tp.partition] = cp.since_ms, cp.through
             if tp.offset >= 0:
                 self.committed[tp.partition] = (tp.offset, through.get(tp.partition, -1))
-        records = read_decisions(self.config, since)
+        records = read_decisions(self.config, since, stopping=lambda: self.stopping)
         n = 0
         for p in parts:
             t = through.get(p, -1)
@@ -287,6 +314,8 @@ class Worker:
             try:
                 return self.consumer.committed(tps, timeout=10)
             except KafkaException as exc:
+                if self.stopping:
+                    raise StopRequested(f"committed offsets of {self.topic} {parts} unavailable: {exc}") from None
                 if time.monotonic() > deadline:
                     raise FatalError(f"committed offsets of {self.topic} {parts} unavailable: {exc}") from None
                 log.info("committed offsets of %s not available yet (%s); retrying", parts, exc.args[0])
@@ -331,13 +360,53 @@ class Worker:
         if not parts:
             return
         committed = self._committed(parts)
+        # A partition nothing was read from since it was assigned (or since the last rewind) is
+        # fetched from its committed offset already — and a seek before its fetcher has started
+        # (the assignment still reading committed offsets, held back by an open transaction)
+        # fails with _STATE.
+        read = {
+            tp.partition
+            for tp in self.consumer.position([TopicPartition(self.topic, p) for p in parts])
+            if tp.offset >= 0
+        }
+        seeks = []
         for tp in committed:
+            if tp.partition not in read:
+                continue
             offset = tp.offset
             if offset < 0:  # nothing committed: back to the reset policy's start
                 lo, _hi = self.consumer.get_watermark_offsets(TopicPartition(self.topic, tp.partition), timeout=10)
                 offset = lo
-            self.consumer.seek(TopicPartition(self.topic, tp.partition, offset))
+            seeks.append(TopicPartition(self.topic, tp.partition, offset))
+        self._seek(seeks)
         self._restore(parts)
+
+    def _seek(self, tps: list[TopicPartition]) -> None:
+        """``Consumer.seek`` with a bound: confluent-kafka's waits for librdkafka's answer without
+        one (``rd_kafka_seek_partitions(rk, parts, -1)``), and nothing on the loop thread may wait
+        for good. It runs on a helper thread while this one waits; past ``SEEK_TIMEOUT_S`` the
+        worker exits for its supervisor (FatalError) instead of hanging."""
+        if not tps:
+            return
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def seek_all() -> None:
+            try:
+                for tp in tps:
+                    self.consumer.seek(tp)
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop thread
+                errors.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=seek_all, name="rewind-seek", daemon=True).start()
+        if not done.wait(SEEK_TIMEOUT_S):
+            raise FatalError(
+                f"seeking {self.topic} {[tp.partition for tp in tps]} back did not finish in {SEEK_TIMEOUT_S:.0f} s"
+            )
+        if errors:
+            raise errors[0]
 
     # ------------------------------------------------------------------ backpressure
     def _backpressure(self) -> None:
