@@ -226,7 +226,7 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
             metrics.GRAPH_REQUESTS.labels(edge.client, edge.server).inc(edge.requests)
             if edge.failed:
                 metrics.GRAPH_FAILED.labels(edge.client, edge.server).inc(edge.failed)
-            metrics.GRAPH_SERVER_SECONDS.labels(edge.client, edge.server).inc(edge.sketch.sum / 1_000.0)
+            metrics.GRAPH_SERVER_SECONDS.labels(edge.client, edge.server).inc(edge.latency_sum_ms / 1_000.0)
         for name, n in self.engine.policy_errors.items():
             metrics.POLICY_ERRORS.labels(name).set(n)
         for policy in self.engine.policies:

@@ -47,8 +47,7 @@ class Ingest:
             for fragment in fragments:
                 n_spans += fragment.span_count
                 if not replay:
-                    for service, spans in fragment.groups:
-                        hold.count += sli.add(partition, service, spans, hold)
+                    hold.count += sli.add_groups(partition, fragment.groups, hold)
                 self._route(fragment, partition, Buffered(hold, value, fragment.handle), now_ns)
         # gauges first: a scrape (another thread) that sees these spans counted must also see them
         # buffered and uncommitted — else "ingested everything, nothing pending" reads as drained

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operators.privacy.sanitize import sanitize_span_name
 from operators.sli import OVERFLOW_OPERATION, SliWindows
@@ -109,3 +111,99 @@ def test_inline_bins_equal_the_ddsketch_add_path():
         ref.add(int(v * MS) / MS)
     assert sketch_to_record(a.sketch) == sketch_to_record(ref)
     assert a.sketch.count == ref.count
+
+
+def _reference_windows(messages, window_ns):
+    """Per (service, window start, name, kind, status): the DDSketch ``add`` path and sequential
+    sums, span by span — what ``SliWindows`` counted per service group before ``add_groups``."""
+    from ddsketch import DDSketch
+
+    out = {}
+    for groups in messages:
+        for service, spans in groups:
+            for s in spans:
+                end = s["end_time_unix_nano"]
+                key = (service, end - end % window_ns, s["name"], s["kind"], s["status_code"])
+                r = out.setdefault(key, [DDSketch(0.01), 0, 0, 0.0, float("inf"), 0.0])
+                latency = max((end - s["start_time_unix_nano"]) / 1_000_000.0, 0.0)
+                r[0].add(latency)
+                r[1] += 1
+                r[2] += s.get("parent_span_id") is None
+                r[3] += latency
+                r[4], r[5] = min(r[4], latency), max(r[5], latency)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b"]),
+                st.lists(
+                    st.tuples(
+                        st.integers(0, 3 * 10**9),
+                        st.integers(-(10**6), 2 * 10**9),
+                        st.sampled_from(["x", "y"]),
+                        st.sampled_from(["SERVER", "CLIENT"]),
+                        st.sampled_from(["OK", "ERROR"]),
+                        st.booleans(),
+                    ),
+                    max_size=6,
+                ),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+        max_size=8,
+    )
+)
+def test_add_groups_equals_the_sketch_add_path_window_for_window(raw):
+    """One call per message (``add_groups``, all its service groups) counts bin for bin, sum for
+    sum what a DDSketch ``add`` per span did, per window and dimension; holds once per window."""
+    from operators.sli import sketch_to_record
+
+    window_ns = 10**9
+    messages = [
+        [
+            (
+                service,
+                [
+                    dict(span(end - lat, end, status, None if root else b"p" * 8, name=name), kind=kind)
+                    for end, lat, name, kind, status, root in spans
+                ],
+            )
+            for service, spans in groups
+        ]
+        for groups in raw
+    ]
+    w = SliWindows(window_ns=window_ns, grace_ns=0)
+    holds = []
+    for groups in messages:
+        hold = object()
+        holds.append((hold, w.add_groups(0, groups, hold)))
+    got = {}
+    for a in w.due(0, flush_all=True):
+        got[(a.service, a.window_start_ns, a.operation, a.span_kind, a.status)] = (
+            sketch_to_record(a.sketch),
+            a.span_count,
+            a.root_count,
+            a.sum_ms,
+            a.min_ms,
+            a.max_ms,
+            a.error_count,
+        )
+        for hold, _ in holds:
+            assert a.holds.count(hold) <= 1
+    want = {
+        k: (sketch_to_record(r[0]), r[1], r[2], r[3], r[4], r[5], r[1] if k[4] == "ERROR" else 0)
+        for k, r in _reference_windows(messages, window_ns).items()
+    }
+    assert got == want
+    for groups, (_, touched) in zip(messages, holds):
+        keys = {
+            (service, s["end_time_unix_nano"] // window_ns, s["name"], s["kind"], s["status_code"])
+            for service, spans in groups
+            for s in spans
+        }
+        assert touched == len(keys)
