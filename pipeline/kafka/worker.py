@@ -140,6 +140,7 @@ class Worker:
         job = self.job
         wait = max(0.0, min(self.batch_wait, self.last_flush + self.interval - time.monotonic()))
         messages = self.consumer.consume(self.batch_max, wait)
+        started = time.perf_counter()
         if self.rewind_needed:  # partitions were lost inside consume(): their work cannot be committed
             self._discard_open()
             self._rewind()
@@ -158,7 +159,9 @@ class Worker:
         # decide at every step, not once per interval: a trace due now leaves in the open
         # transaction at once, and the interval's commit only adds the SLI partials and offsets
         due = job.decide_due(time.time_ns())
-        if due.records and not self._produce_open(due):
+        produced = not due.records or self._produce_open(due)
+        metrics.STEP_SECONDS.observe(time.perf_counter() - started)
+        if not produced:
             pass  # the write failed and the worker rewound: nothing is left to commit
         elif time.monotonic() - self.last_flush >= self.interval:
             self._flush()
