@@ -170,8 +170,10 @@ def run_pipeline(paths: list[Path], cfg, bootstrap: str, log: Path, spans: int) 
     for job in jobs:
         job.start()
     try:
+        # every worker holding partitions before the clock starts: with one, the others' joins
+        # would rebalance the group inside the measured drain (revoke commit, restore, replay)
         for job in jobs:
-            job.wait_ready(bootstrap, cfg.kafka.group_id)
+            job.wait_ready(bootstrap, cfg.kafka.group_id, members=len(jobs))
         cpu0 = sum(cpu_seconds(job.proc.pid) for job in jobs)
         first = last = None
         deadline = time.monotonic() + 900
@@ -212,6 +214,7 @@ def main(args: argparse.Namespace) -> int:
     console = Console(width=None if sys.stdout.isatty() else 120)
     runs: dict[str, dict] = {}
     g_cfgs: list = []
+    load = [os.getloadavg()[0], 0.0]  # the machine is shared: figures are read against it
     with broker(args.bootstrap) as bootstrap, tempfile.TemporaryDirectory(prefix="tailsift-bench-") as tmp:
         ensure_token_key(console)
         run_id = f"bench-{uuid.uuid4().hex[:6]}"
@@ -270,6 +273,7 @@ def main(args: argparse.Namespace) -> int:
                 if decided != stats.traces:  # a figure for a run that skipped work would be meaningless
                     raise RuntimeError(f"{run}: {decided:.0f} of {stats.traces} traces decided")
         finally:
+            load[1] = os.getloadavg()[0]
             delete_topics(cfg)
             for g_cfg in g_cfgs:
                 delete_topics(g_cfg)
@@ -298,9 +302,18 @@ def main(args: argparse.Namespace) -> int:
         t.add_row(f"  job CPU per span while ingesting ({name})", f"{1e6 * r['cpu_per_span']:.1f} µs")
         lat = r["metrics"]
         t.add_row(
-            f"  decision latency p50 / p99 ({name}): decision point → outputs written",
+            f"  decision latency p50 / p99 ({name}): decision point → outputs written "
+            f"(commits every {cfg.job.commit_interval_ms if name == 'exactly_once' else cfg.job.tick_ms} ms; "
+            f"target p99 ≤ that + 250 ms)",
             f"{histogram_quantile(lat, 'tailsift_decision_latency_seconds', 0.5):.3f} / "
             f"{histogram_quantile(lat, 'tailsift_decision_latency_seconds', 0.99):.3f} s",
+        )
+        t.add_row(
+            f"  loop step / commit p50 / p99 ({name}): ingest + decide + produce / windows + offsets + commit",
+            f"{histogram_quantile(lat, 'tailsift_step_seconds', 0.5):.3f} / "
+            f"{histogram_quantile(lat, 'tailsift_step_seconds', 0.99):.3f} s, "
+            f"{histogram_quantile(lat, 'tailsift_flush_seconds', 0.5):.3f} / "
+            f"{histogram_quantile(lat, 'tailsift_flush_seconds', 0.99):.3f} s",
         )
         t.add_row(
             f"  drain: first span in → all offsets committable ({name})",
@@ -311,8 +324,10 @@ def main(args: argparse.Namespace) -> int:
     t.add_row(
         "two workers in one group, exactly_once (same input, own outputs)",
         f"{two['rate']:,.0f} spans/s = {two['rate'] / eos['rate']:.2f}× one worker "
-        f"(2 cores shared with the broker and this bench)",
+        f"(2 cores shared with the broker and this bench); job CPU per span "
+        f"{1e6 * two['cpu_per_span']:.1f} µs = {two['cpu_per_span'] / eos['cpu_per_span']:.2f}× one worker's",
     )
+    t.add_row("load average (1 min) at the start / end of the pipeline runs", f"{load[0]:.1f} / {load[1]:.1f}")
     t.add_row("kept traces", f"{kept:,.0f} of {decided:,.0f} ({100 * kept / decided if decided else 0:.1f}%)")
     per_span, raw_per_span, n = memory_per_buffered_span()
     t.add_row(

@@ -541,7 +541,8 @@ class JobConfig(Strict):
         200,
         ge=10,
         le=60_000,
-        description="at_least_once: how often due traces and windows are written (exactly_once: every commit interval)",
+        description="at_least_once: how often windows close, writes are acknowledged and offsets committed "
+        "(exactly_once: every commit interval); due traces are written at every loop step",
     )
     batch_max_messages: int = Field(500, ge=1, le=100_000, description="messages taken per consume() call")
     batch_within_ms: int = Field(50, ge=1, le=10_000, description="longest wait for a batch to fill")

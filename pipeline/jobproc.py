@@ -37,15 +37,18 @@ class JobProcess(ChildProcess):
         self._spawn(argv, Path(__file__).resolve().parents[1])
         return self
 
-    def wait_ready(self, bootstrap: str, group: str, timeout: float = 90.0) -> None:
-        """Until the job's consumer group is Stable with this process in it and /metrics answers."""
+    def wait_ready(self, bootstrap: str, group: str, timeout: float = 90.0, members: int = 1) -> None:
+        """Until the job's consumer group is Stable with at least ``members`` members holding
+        partitions and /metrics answers. (With ``members=1`` a group of several workers is "ready"
+        as soon as the first one holds every partition — the others' joins rebalance it later.)"""
         admin = AdminClient(clients.connection(bootstrap))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
             try:
                 desc = admin.describe_consumer_groups([group])[group].result(10)
-                if desc.state == ConsumerGroupState.STABLE and any(m.assignment.topic_partitions for m in desc.members):
+                holding = sum(1 for m in desc.members if m.assignment.topic_partitions)
+                if desc.state == ConsumerGroupState.STABLE and holding >= members:
                     self.metrics()
                     return
             except Exception:  # noqa: BLE001 - group not there yet, metrics not up yet

@@ -68,6 +68,21 @@ class Decide:
             self._processed = {}
         return out
 
+    def decide_due(self, now_ns: int) -> Outbox:
+        """The part of ``collect`` the data plane runs at every step: decide every trace whose
+        decision point has come and hand over the records pending so far (dead letters, late
+        spans, re-keyed copies), so they can leave at once in the open transaction. No SLI window
+        closes and no checkpoint is taken: ``collect`` does both, once per commit interval, and
+        covers what was handed over here only because it goes out in the same transaction."""
+        out = self._sealed  # its records are _pending
+        self._pending = []
+        self._sealed = Outbox(self._pending)
+        for buf in self._redecoded(self.assembler.due(now_ns)):
+            self._decide(buf, buf.decided_at_ns or now_ns, out, now_ns)
+        out.records.extend(self._pending)  # dead letters for corrupt details found while building kept traces
+        self._pending.clear()  # (the list stays shared with self._sealed)
+        return out
+
     def _redecoded(self, due: list[TraceBuffer]) -> Iterator[TraceBuffer]:
         """``due`` with their headers decoded again (``_redecode``), ``_REDECODE_SPANS`` at a time:
         one call into a native codec for every message of those traces; a trace's headers are let

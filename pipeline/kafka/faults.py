@@ -4,9 +4,12 @@
 commit and the 5th transaction fail after its records were produced — each as an abortable
 ``KafkaException``, raised *inside* a real transaction on the real broker, so the abort, the
 rewind and the replay that follow are the production code paths. Steps: ``begin`` (after
-begin_transaction), ``produce`` (after every record was produced), ``offsets`` (after the input
-offsets were sent), ``commit`` (just before commit_transaction); at_least_once: ``write``. Unset
-(the default) costs one dict lookup per transaction.
+begin_transaction, which the interval's first records trigger), ``step`` (after a loop step's
+records — decided traces, dead letters, re-keyed copies — were produced into the open transaction;
+counted per step with records, at_least_once too), ``produce`` (after the commit's own records, the
+SLI partials, were produced), ``offsets`` (after the input offsets were sent), ``commit`` (just
+before commit_transaction); at_least_once: ``write``. Unset (the default) costs one dict lookup per
+check.
 """
 
 from __future__ import annotations

@@ -1,17 +1,24 @@
 """The output side: one confluent-kafka producer per worker.
 
-exactly_once: ``transaction(records, offsets, group_metadata)`` writes every output of a commit
-interval *and* the input offsets (with their checkpoint metadata) in one Kafka transaction — KIP-447:
-the offsets carry the consumer's group generation, so a worker that lost its partitions (a zombie
-resumed after SIGSTOP, a member the group expelled) cannot commit: its transaction fails and is
-aborted, nothing it wrote becomes visible to ``read_committed`` readers.
+exactly_once: one Kafka transaction per commit interval, kept open while the interval runs — the
+quix-streams checkpoint model. ``produce(records)`` writes into the open transaction (begun by the
+first records of an interval), so records leave as they are built, step by step, instead of all at
+once at the end of the interval; ``transaction(records, offsets, group_metadata)`` adds the
+interval's last records, sends the input offsets (with their checkpoint metadata) and commits —
+KIP-447: the offsets carry the consumer's group generation, so a worker that lost its partitions (a
+zombie resumed after SIGSTOP, a member the group expelled) cannot commit: its transaction fails and
+is aborted, nothing it wrote becomes visible to ``read_committed`` readers. Until that commit,
+nothing produced is visible to them either.
 
-at_least_once: ``write(records)`` produces and waits for every acknowledgement; the caller then
-commits the offsets with the consumer.
+at_least_once: ``produce(records)`` queues records as they are built; ``write(records)`` queues the
+last ones and waits for every acknowledgement since the previous ``write``; the caller then commits
+the offsets with the consumer.
 
-Any failure raises ``EmitError`` after aborting what can be aborted; ``fatal`` says whether this
-producer is unusable from now on (fenced by a newer instance of the same transactional id, or a
-fatal librdkafka error) — the worker then exits — or the caller may rewind and go on.
+Any failure raises ``EmitError`` after aborting what can be aborted (the whole open transaction:
+every record of the interval); ``fatal`` says whether this producer is unusable from now on (fenced
+by a newer instance of the same transactional id, or a fatal librdkafka error) — the worker then
+exits — or the caller may rewind and go on. ``abort()`` drops the open transaction on the caller's
+behalf (partitions lost: the rewind discards what it holds).
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ class OutputProducer:
         self._errors: list[str] = []
         self._timeout = commit_timeout_s
         self._faults = Faults()
+        # records produced since the last commit (exactly_once: a transaction is open) or write
+        self.open = False
         self.wedged = False  # a transactional call never returned (see _send_offsets)
         if self.transactional:
             self._init_transactions()
@@ -69,6 +78,15 @@ class OutputProducer:
         if err is not None:
             self._errors.append(f"{msg.topic()}: {err}")
 
+    def _begin(self) -> None:
+        """Open the interval: a transaction (exactly_once), a fresh error list either way."""
+        self._errors.clear()
+        if self.transactional:
+            self._producer.begin_transaction()
+        self.open = True  # only once begun: a failure before has no transaction to abort
+        if self.transactional:
+            self._faults.check("begin")
+
     def _produce_all(self, records: Iterable) -> None:
         produce, poll, on_delivery = self._producer.produce, self._producer.poll, self._on_delivery
         for r in records:
@@ -82,27 +100,37 @@ class OutputProducer:
                 except BufferError:  # local queue full: let librdkafka send, then retry
                     poll(0.05)
 
-    def transaction(self, records: list, offsets: list[TopicPartition], group_metadata) -> None:  # noqa: ANN001
-        """Records and input offsets, all or nothing."""
-        self._errors.clear()
-        p = self._producer
+    def produce(self, records: list, step: str = "step") -> None:
+        """Records into the open transaction (begun here if none is open) — at_least_once, into the
+        queue the next ``write`` waits out. Nothing produced counts as written before that commit or
+        write; a failure aborts the whole open transaction."""
         try:
-            faults = self._faults
-            p.begin_transaction()
-            faults.check("begin")
+            if not self.open:
+                self._begin()
             self._produce_all(records)
-            faults.check("produce")
+            self._producer.poll(0)  # serve delivery callbacks as the interval goes, not all at its end
+            self._faults.check(step)
+        except KafkaException as exc:
+            raise self._failed(exc, "transaction" if self.transactional else "produce") from None
+
+    def transaction(self, records: list, offsets: list[TopicPartition], group_metadata) -> None:  # noqa: ANN001
+        """The interval's last records and the input offsets, then commit: everything produced since
+        the last commit and these offsets, all or nothing."""
+        if not (self.open or records or offsets):
+            return
+        try:
+            if not self.open:
+                self._begin()
+            self._produce_all(records)
+            self._faults.check("produce")
             if offsets:
                 self._send_offsets(offsets, group_metadata)
-            faults.check("offsets")
-            faults.check("commit")
+            self._faults.check("offsets")
+            self._faults.check("commit")
             self._commit()
+            self.open = False
         except KafkaException as exc:
-            err: KafkaError = exc.args[0]
-            fatal = err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
-            if not fatal:
-                fatal = not self._abort()
-            raise EmitError(f"transaction failed: {err}", fatal=fatal) from None
+            raise self._failed(exc, "transaction") from None
         if self._errors:  # cannot happen after a successful commit; kept as a guard
             raise EmitError("delivery failed: " + "; ".join(self._errors[:5]))
 
@@ -154,6 +182,22 @@ class OutputProducer:
                     raise
                 log.warning("commit_transaction: %s; calling it again", err)
 
+    def _failed(self, exc: KafkaException, what: str) -> EmitError:
+        err: KafkaError = exc.args[0]
+        fatal = err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
+        if self.transactional and self.open and not fatal:
+            fatal = not self._abort()
+        self.open = False
+        return EmitError(f"{what} failed: {err}", fatal=fatal)
+
+    def abort(self) -> None:
+        """Drop the open transaction (exactly_once; at_least_once: nothing can be taken back, the
+        queue is only forgotten as an interval). Raises a fatal ``EmitError`` when it cannot."""
+        if self.transactional and self.open and not self._abort():
+            self.open = False
+            raise EmitError("the open transaction cannot be aborted", fatal=True)
+        self.open = False
+
     def _abort(self, patience_s: float = 300.0) -> bool:
         """Abort the open transaction, retrying while the broker is away (a restart takes tens of
         seconds; librdkafka allows a timed-out abort to be called again). False when it cannot be
@@ -173,8 +217,11 @@ class OutputProducer:
                 time.sleep(1.0)
 
     def write(self, records: list) -> None:
-        """at_least_once: every record acknowledged, or ``EmitError``."""
-        self._errors.clear()
+        """at_least_once: these records and every one produced since the last ``write`` acknowledged,
+        or ``EmitError``."""
+        if not self.open:
+            self._begin()
+        self.open = False
         self._produce_all(records)
         remaining = self._producer.flush(self._timeout)
         self._faults.check("write")

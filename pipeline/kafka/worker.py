@@ -1,8 +1,20 @@
 """The consumer loop: batches of messages from ``topics.spans_raw`` through ``pipeline.job.Job`` into
 one transaction per commit interval. One thread, no framework object per message.
 
-    consume(N) ─► Job.ingest(batch) ─► (every commit interval) Job.collect() ─► transaction:
-                                        outputs + input offsets + checkpoint metadata (KIP-447)
+    every step:      consume(N) ─► Job.ingest(batch) ─► Job.decide_due() ─► produce into the open
+                                                                          transaction (begun by
+                                                                          the interval's first record)
+    every interval:  Job.collect() (SLI partials, checkpoints) ─► produce ─► input offsets +
+                     checkpoint metadata (KIP-447) ─► commit
+
+Why decide at every step (the quix-streams checkpoint model): deciding once per interval made a
+trace due just after a commit wait a whole interval *and then* the next interval's burst of deciding,
+building, producing and committing everything due — seconds under a drain. Now a trace is decided,
+built and handed to librdkafka (which sends it in the background) in the step it falls due; the
+commit adds only the windows and offsets and waits for what is still in flight. Nothing counts as
+written until that commit: the holds of every record in the transaction are released just before
+it, and a failure at any point — producing at a step, beginning, producing at the commit, the
+offsets, the commit — aborts the whole open transaction and rewinds, as does losing partitions.
 
 Why offsets stay a low watermark: a trace's spans are buffered until its decision point, so the
 committed offset of a partition is its oldest message whose trace is still undecided; everything
@@ -41,7 +53,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline import metrics
 from pipeline.config import Config
-from pipeline.job import Job, Received
+from pipeline.job import Job, Outbox, Received, Record
 from pipeline.kafka import clients
 from pipeline.kafka.checkpoint import Checkpoint
 from pipeline.kafka.producer import EmitError, OutputProducer
@@ -96,6 +108,9 @@ class Worker:
         self.guard = ShutdownGuard(self._stop, STOP_GRACE_S, EXIT_UNFINISHED)
         self.rewind_needed = False
         self.last_flush = time.monotonic()
+        # produced into the open transaction since the last commit, and their traces' decision points
+        self.open_records: list[Record] = []
+        self.open_points: list[int] = []
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
@@ -150,7 +165,9 @@ class Worker:
         job = self.job
         wait = max(0.0, min(self.batch_wait, self.last_flush + self.interval - time.monotonic()))
         messages = self.consumer.consume(self.batch_max, wait)
+        started = time.perf_counter()
         if self.rewind_needed:  # partitions were lost inside consume(): their work cannot be committed
+            self._discard_open()
             self._rewind()
             messages = []  # fetched before the rewind's seek: read again from the committed offsets
         if messages:
@@ -164,11 +181,52 @@ class Worker:
                     continue
                 batch.append(Received(m.partition(), m.offset(), m.key(), m.value(), now_ms))
             job.ingest(batch, time.time_ns())
-        if time.monotonic() - self.last_flush >= self.interval:
+        # decide at every step, not once per interval: a trace due now leaves in the open
+        # transaction at once, and the interval's commit only adds the SLI partials and offsets
+        due = job.decide_due(time.time_ns())
+        produced = not due.records or self._produce_open(due)
+        metrics.STEP_SECONDS.observe(time.perf_counter() - started)
+        if not produced:
+            pass  # the write failed and the worker rewound: nothing is left to commit
+        elif time.monotonic() - self.last_flush >= self.interval:
             self._flush()
         else:
             job.update_gauges()
         self._backpressure()
+
+    def _produce_open(self, out: Outbox) -> bool:
+        """A step's records into the open transaction (at_least_once: the producer's queue). They
+        count as written only when ``_flush`` commits that transaction; False when producing failed
+        (the transaction is aborted and the worker rewound)."""
+        try:
+            self.producer.produce(out.records)
+        except EmitError as exc:
+            self._write_failed(exc)
+            return False
+        self.open_records.extend(out.records)
+        self.open_points.extend(out.decision_points)
+        return True
+
+    def _discard_open(self) -> None:
+        """Abort the open transaction before a rewind: it holds records derived from the state the
+        rewind drops (at_least_once: what was queued may still be written — a duplicate, not a loss)."""
+        self.open_records.clear()
+        self.open_points.clear()
+        try:
+            self.producer.abort()
+        except EmitError as exc:
+            raise FatalError(str(exc)) from None
+
+    def _write_failed(self, exc: EmitError | KafkaException) -> None:
+        """The producer aborted what it could: rewind to the committed offsets, or stop if it is
+        unusable."""
+        self.open_records.clear()
+        self.open_points.clear()
+        if isinstance(exc, EmitError) and exc.fatal:
+            raise FatalError(str(exc)) from None
+        log.warning("write failed, rewinding to the committed offsets: %s", exc)
+        metrics.REWINDS.inc()
+        self._rewind()
 
     def _lag(self) -> int:
         """Messages of owned partitions not yet read (cached end offsets: no broker round trip).
@@ -208,42 +266,45 @@ class Worker:
         return out
 
     def _flush(self) -> None:
-        """Decide what is due, close due windows, write every output and the input offsets."""
+        """Close the interval: decide what is due, close due windows, and commit the open
+        transaction — every record produced into it since the last commit, these, and the input
+        offsets with their checkpoints (at_least_once: wait for every acknowledgement, then commit
+        the offsets)."""
         self.last_flush = time.monotonic()
         job = self.job
         started = time.perf_counter()
         outbox = job.collect(time.time_ns())
         records = outbox.records
-        # the transaction below writes these records or nothing: count them delivered now, and roll
-        # the whole state back (rewind) if it fails
-        job.delivered(records)
+        # what the transaction below commits: the records produced into it at earlier steps and
+        # these. It writes all of them or none: count them delivered now, and roll the whole state
+        # back (rewind) if it fails — so no hold is released for a record outside this transaction
+        written = self.open_records + records if self.open_records else records
+        job.delivered(written)
         job.ready()  # done messages leave the tracker: the committed position moves past them
         for p, offset in outbox.checkpoints.items():
             self.through[p] = max(self.through.get(p, -1), offset)
         offsets = self._commit_offsets(int(time.time() * 1000))
         try:
             if self.exactly_once:
-                if records or offsets:
-                    self.producer.transaction(records, offsets, self.consumer.consumer_group_metadata())
+                self.producer.transaction(records, offsets, self.consumer.consumer_group_metadata())
             else:
-                if records:
+                if records or self.producer.open:
                     self.producer.write(records)
                 if offsets:
                     self.consumer.commit(offsets=offsets, asynchronous=False)
         except (EmitError, KafkaException) as exc:
-            if isinstance(exc, EmitError) and exc.fatal:
-                raise FatalError(str(exc)) from None
-            log.warning("write failed, rewinding to the committed offsets: %s", exc)
-            metrics.REWINDS.inc()
-            self._rewind()
+            self._write_failed(exc)
             return
+        points = self.open_points + outbox.decision_points if self.open_points else outbox.decision_points
+        self.open_records = []
+        self.open_points = []
         for tp in offsets:
             self.committed[tp.partition] = (tp.offset, self.through.get(tp.partition, -1))
-        for r in records:
+        for r in written:
             metrics.RECORDS_PRODUCED.labels(r.topic).inc()
-        if records:
+        if written:
             done_ns = time.time_ns()
-            for point in outbox.decision_points:
+            for point in points:
                 metrics.DECISION_LATENCY.observe(max(0, done_ns - point) / 1e9)
             metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
         metrics.INPUT_LAG.set(self._lag())

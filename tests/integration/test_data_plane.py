@@ -64,8 +64,9 @@ def finish(thread: threading.Thread, result: dict):
 
 
 def test_injected_write_failures_rewind_and_lose_or_double_nothing(kafka_bootstrap, unique_name, tmp_path, jobs):  # noqa: F811
-    """Transactions fail at every step (after begin, after the records, after the offsets, before
-    the commit) while the input is mis-partitioned, so re-keyed copies sit in the failed
+    """Transactions fail at every step (after begin, after a loop step's records went into the open
+    transaction, after the commit's records, after the offsets, before the commit) while the input
+    is mis-partitioned, so re-keyed copies sit in the failed
     transactions. Each failure aborts and rewinds the worker in place (no restart); nothing of
     an aborted transaction is read back (read_committed input) and nothing is lost.
 
@@ -78,7 +79,8 @@ def test_injected_write_failures_rewind_and_lose_or_double_nothing(kafka_bootstr
     # early enough that all four fire within the run (~8 transactions: a failed step ends its
     # transaction before the later steps count); at 3/5/7/9 it took ~13, which a fast or idle-early
     # run did not always reach (3 rewinds seen)
-    faults = "begin:2,produce:3,offsets:4,commit:5"
+    # (step counts loop steps that produced records: several per transaction)
+    faults = "begin:2,produce:3,offsets:4,commit:5,step:9"
     job = JobProcess(path, cfg.metrics.port, tmp_path / "job.log", env={"TAILSIFT_INJECT_FAULTS": faults}).start()
     jobs.append(job)
     job.wait_ready(cfg.kafka.bootstrap_servers, cfg.kafka.group_id)
@@ -90,7 +92,7 @@ def test_injected_write_failures_rewind_and_lose_or_double_nothing(kafka_bootstr
     job.wait_idle(timeout=300)
     # each injected fault rewinds once; an abort with records in flight can make the next
     # transaction fail too (librdkafka: OUT_OF_ORDER_SEQUENCE_NUMBER, abortable) — one more rewind
-    assert job.metric("tailsift_rewinds_total") >= 4
+    assert job.metric("tailsift_rewinds_total") >= 5
     assert job.metric("tailsift_messages_total", outcome="rekeyed") > 0
     assert job.proc.poll() is None  # rewound in place, never restarted
     assert sum(t.span_count for t in traces) == stats.spans

@@ -26,6 +26,9 @@ class FakeProducer:
         self.calls: list[str] = []
         self.committing = False
 
+    def init_transactions(self, timeout) -> None:  # noqa: ANN001
+        pass
+
     def begin_transaction(self) -> None:
         self.calls.append("begin")
 
@@ -53,7 +56,7 @@ class FakeProducer:
             )
 
 
-def output_producer(monkeypatch, fake: FakeProducer, transactional: bool = False) -> producer_mod.OutputProducer:
+def output_producer(monkeypatch, fake: FakeProducer, transactional: bool = True) -> producer_mod.OutputProducer:
     monkeypatch.setattr(producer_mod, "Producer", lambda conf: fake)
     monkeypatch.setattr(producer_mod.time, "sleep", lambda s: None)
     clock = itertools.count(0, 10)  # every look at the clock: 10 s later
@@ -144,7 +147,7 @@ def test_send_offsets_that_never_returns_is_fatal_instead_of_a_hang(monkeypatch)
     fake.flush = flush
     monkeypatch.setattr(producer_mod, "Producer", lambda conf: fake)
     monkeypatch.setattr(producer_mod, "SEND_OFFSETS_SLACK_S", 0.1)
-    p = producer_mod.OutputProducer({"bootstrap.servers": "unused"}, commit_timeout_s=0.1)
+    p = producer_mod.OutputProducer({"bootstrap.servers": "unused", "transactional.id": "t"}, commit_timeout_s=0.1)
     outcome: dict = {}
 
     def write() -> None:
