@@ -5,6 +5,8 @@ one ``Outbox``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from operators.assemble import TraceBuffer
 from operators.decide import Decision
 from operators.trace import TraceView
@@ -26,8 +28,12 @@ _TRACES_DECIDED = Children(metrics.TRACES_DECIDED)
 class Decide:
     """The decision stage of ``Job`` (a mixin: the state is the job's)."""
 
-    def collect(self, now_ns: int, flush_all_windows: bool = False) -> Outbox:
-        """Decide every trace whose decision point has come and close due SLI windows."""
+    def collect(self, now_ns: int, flush_all_windows: bool = False, behind: Iterable[int] | None = None) -> Outbox:
+        """Decide every trace whose decision point has come and close due SLI windows. ``behind``:
+        the input partitions the data plane found not read to the end (processing time: their
+        traces also wait to be read far enough, ``operators.assemble``); None: as last time."""
+        if behind is not None:
+            self.assembler.set_behind(behind)
         out = self._sealed  # its records are _pending
         self._pending = []
         self._sealed = Outbox(self._pending)

@@ -137,7 +137,7 @@ class Worker:
                     if err.code() != KafkaError._PARTITION_EOF:
                         log.warning("consumer: %s", err)
                     continue
-                batch.append(Received(m.partition(), m.offset(), m.key(), m.value(), now_ms))
+                batch.append(Received(m.partition(), m.offset(), m.key(), m.value(), now_ms, m.timestamp()[1]))
             job.ingest(batch, time.time_ns())
         if time.monotonic() - self.last_flush >= self.interval:
             self._flush()
@@ -157,6 +157,17 @@ class Worker:
             elif high > 0:  # no position yet (just assigned or rewound): the unread rest counts
                 lag += high
         return lag
+
+    def _behind(self) -> list[int]:
+        """Owned partitions not read to the end (cached end offsets, as ``_lag``): processing-time
+        decisions on them also wait for their input to be read far enough (operators.assemble)."""
+        tps = [TopicPartition(self.topic, p) for p in self.assigned]
+        out = []
+        for tp in self.consumer.position(tps) if tps else ():
+            _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high > max(tp.offset, 0):
+                out.append(tp.partition)
+        return out
 
     # ------------------------------------------------------------------ writing
     def _commit_offsets(self, now_ms: int) -> list[TopicPartition]:
@@ -187,7 +198,7 @@ class Worker:
         self.last_flush = time.monotonic()
         job = self.job
         started = time.perf_counter()
-        outbox = job.collect(time.time_ns())
+        outbox = job.collect(time.time_ns(), behind=self._behind())
         records = outbox.records
         # the transaction below writes these records or nothing: count them delivered now, and roll
         # the whole state back (rewind) if it fails

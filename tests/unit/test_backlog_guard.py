@@ -8,12 +8,16 @@ look, ``due`` on the worker clock."""
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.assemble import TraceAssembler
 from operators.read_progress import BLOCK, ReadProgress
+from pipeline.codecs import avro
 from tests.spans import span
+from tests.support.jobs import make_job, received, records
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -250,3 +254,37 @@ def test_every_span_leaves_once_and_no_trace_waits_past_the_hard_bound(steps, fa
     a.set_behind([])
     released += sum(b.span_count for b in a.due(now + factor * WAIT))
     assert released == added and a.buffered_spans == 0 and len(a) == 0
+
+
+def test_the_job_keeps_a_backlog_error_trace_whole():
+    """The job core as the data plane drives it: message timestamps in ``Received``, the partitions
+    behind at each ``collect``. Before, the error trace was decided (dropped) at the first collect
+    a wait after its first span was ingested; its error span, ingested a wait later, came late."""
+    job = make_job(
+        job={"processing_guarantee": "at_least_once"},
+        assemble={"decision_wait_ms": 1_000, "root_quiet_gap_ms": 0},
+        sampling={"policies": [{"name": "errors", "type": "status_code"}]},
+    )
+    t0 = T0_MS * MS
+    err = os.urandom(16)
+
+    def message_at(offset: int, trace: bytes, ts_ms: int, status: str = "UNSET", parent: bytes | None = b"p" * 8):
+        m = received(offset, trace, "svc", [span(t0, t0 + MS, status, parent=parent)])
+        m.timestamp_ms = ts_ms
+        return m
+
+    job.ingest(
+        [message_at(0, err, T0_MS, parent=None)] + [message_at(i, os.urandom(16), T0_MS) for i in range(1, 20)], NOW0
+    )
+    out = job.collect(NOW0 + WAIT, behind=[0])
+    assert out.kept_traces == out.dropped_traces == 0  # all held: partition 0 is read behind
+    job.ingest(
+        [message_at(20, err, T0_MS + 500, "ERROR")]
+        + [message_at(i, os.urandom(16), T0_MS + 1_500) for i in range(21, 40)],
+        NOW0 + 2 * WAIT,
+    )
+    out = job.collect(NOW0 + 2 * WAIT, behind=[0])
+    (kept,) = records(out, "traces.kept")
+    trace = avro.decode(avro.KEPT_TRACE, kept.value)
+    assert (kept.key, trace["span_count"], trace["late"], trace["policy"]) == (err, 2, False, "errors")
+    assert out.kept_traces == 1 and out.dropped_traces == 19  # the rest of the first batch; the second waits
