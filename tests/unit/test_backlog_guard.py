@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 
+from confluent_kafka import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.assemble import TraceAssembler
 from operators.read_progress import BLOCK, ReadProgress
 from pipeline.codecs import avro
+from pipeline.kafka import worker as worker_mod
 from tests.spans import span
 from tests.support.jobs import make_job, received, records
 
@@ -288,3 +290,24 @@ def test_the_job_keeps_a_backlog_error_trace_whole():
     trace = avro.decode(avro.KEPT_TRACE, kept.value)
     assert (kept.key, trace["span_count"], trace["late"], trace["policy"]) == (err, 2, False, "errors")
     assert out.kept_traces == 1 and out.dropped_traces == 19  # the rest of the first batch; the second waits
+
+
+def test_the_worker_reports_partitions_not_read_to_the_cached_end(monkeypatch):
+    """What the data plane tells ``collect``: owned partitions whose position is short of the cached
+    high watermark, or that have one but no position yet (nothing read since assignment)."""
+    ends = {0: 9, 1: 9, 2: 4, 3: -1001, 4: 0}  # cached high watermarks; -1001: none fetched yet
+    positions = {0: 5, 1: 9, 2: -1001, 3: -1001, 4: -1001}
+
+    class Consumer:
+        def position(self, tps):
+            return [TopicPartition(tp.topic, tp.partition, positions[tp.partition]) for tp in tps]
+
+        def get_watermark_offsets(self, tp, cached):
+            assert cached  # no broker round trip per flush
+            return 0, ends[tp.partition]
+
+    monkeypatch.setattr(worker_mod, "Consumer", lambda conf: Consumer())
+    monkeypatch.setattr(worker_mod, "OutputProducer", lambda conf: None)
+    w = worker_mod.Worker(make_job().config, make_job())
+    w.assigned = {0, 1, 2, 3, 4}
+    assert sorted(w._behind()) == [0, 2]
