@@ -12,6 +12,19 @@ ends — Refinery's SendDelay; 0 turns it off); a forced early decision when the
 decided at once, so the trace's next fragments follow that one decision instead of opening a
 second buffer with its own; ``due(now)`` releases what else is due.
 
+*Backlog guard* (``max_wait_ns`` > ``decision_wait_ns``). The worker clock alone decides too early
+when the worker reads a partition far behind real time (a drain after an outage): the trace's
+later spans still sit unread in the partition. So a trace whose clock wait is over is also *held*
+until its partition is caught up or read far enough in Kafka message time
+(``operators.read_progress``): to its first message's stamp + ``decision_wait`` (trigger
+``backlog_read`` when it was held), and for ``root_quiet`` to its newest message's stamp + the gap
+(else no early decision: the guarded ``decision_wait`` decides it). Bounded: a trace is held at
+most until ``max_wait_ns`` after its first span arrived (then forced, reason ``backlog_limit``),
+and at the buffer bound (``backlog_yield_*``, where backpressure pauses the input, so waiting for
+more input would stall) held traces go oldest first, down to ``resume_fraction`` of it (trigger
+``backlog_bound``). A partition never reported behind (``set_behind``) holds nothing: decisions
+are then exactly those of the worker clock alone.
+
 **Event time** (``event_time=True``; replays decide the same way every run). Time is read from
 the spans: a message's event time is the newest ``end_time_unix_nano`` among its spans. A trace's
 deadline is its first message's event time + ``decision_wait``; once its root arrived (and
@@ -34,11 +47,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from operators.read_progress import UNKNOWN, ReadProgress
 from operators.trace import SpanHeader
 from operators.watermark import PartitionWatermarks
 
@@ -69,6 +83,21 @@ class TraceBuffer:
     trigger: str = "decision_wait"  # which decision point released it
     size_bytes: int = 0  # raw bytes of its messages
     decided_at_ns: int = 0  # event time: the partition watermark when it was sealed (processing time: 0)
+    # processing time, backlog guard: Kafka-time stamps (ns) of its first and newest message (-1: none)
+    first_stamp_ns: int = UNKNOWN
+    last_stamp_ns: int = UNKNOWN
+    held: bool = False  # clock wait over, waiting for its partition to be read far enough
+
+
+@dataclass(slots=True)
+class _Held:
+    """One partition's held traces: in arrival order (for the hard bound) and in a heap by the
+    partition time each waits for. Entries of traces that left otherwise go stale (``held`` is
+    False, or the buffer is no longer the trace's) and are skipped when they surface."""
+
+    order: deque = field(default_factory=deque)
+    heap: list = field(default_factory=list)  # (stamp to reach, seq, buffer)
+    count: int = 0
 
 
 class TraceAssembler:
@@ -90,6 +119,10 @@ class TraceAssembler:
         idle_partition_ns: int = 10**10,
         keep_spans: bool = True,
         resume_fraction: float = 1.0,
+        max_wait_ns: int = 0,
+        max_clock_skew_ns: int = 300 * 10**9,
+        backlog_yield_spans: int = 1 << 62,
+        backlog_yield_bytes: int = 1 << 62,
     ):
         self.decision_wait_ns = decision_wait_ns
         self.root_quiet_gap_ns = root_quiet_gap_ns
@@ -113,6 +146,17 @@ class TraceAssembler:
         # watermarks, so nothing would be decided until idle_partition; instead due() seals the
         # oldest deadlines down to this fraction of the bounds (the caller's resume mark)
         self.resume_fraction = resume_fraction
+        # processing time, backlog guard (off unless the hard bound leaves room beyond the clock wait)
+        self.max_wait_ns = max_wait_ns
+        self.guarded = not event_time and max_wait_ns > decision_wait_ns
+        self.progress = ReadProgress(max_clock_skew_ns)
+        self.backlog_yield_spans = backlog_yield_spans
+        self.backlog_yield_bytes = backlog_yield_bytes
+        self._waiting: deque[TraceBuffer] = deque()  # clock wait not over yet, arrival order (stale entries skipped)
+        self._held: dict[int, _Held] = {}
+        self._held_seq = itertools.count()
+        if not self.guarded:
+            self.read = _no_stamp  # type: ignore[method-assign]
         if event_time:
             # event time: per partition a heap of deadlines (see _add_event)
             self.watermarks = PartitionWatermarks(allowed_lateness_ns)
@@ -125,16 +169,35 @@ class TraceAssembler:
     def __len__(self) -> int:
         return len(self._traces)
 
+    def read(self, partition: int, timestamp_ms: int, now_ns: int) -> int:
+        """Account one message read from ``partition`` (its Kafka timestamp, ms; < 0: none), whatever
+        becomes of it; returns its stamp for ``add`` (``operators.read_progress``; -1 when the
+        backlog guard is off)."""
+        return self.progress.read(partition, timestamp_ms, now_ns)
+
+    def set_behind(self, partitions: Iterable[int]) -> None:
+        """The partitions the data plane found not read to the end at its last look."""
+        self.progress.set_behind(partitions)
+
     def add(
-        self, trace_id: bytes, partition: int, spans: list[SpanHeader], unit: Any, now_ns: int, size_bytes: int = 0
+        self,
+        trace_id: bytes,
+        partition: int,
+        spans: list[SpanHeader],
+        unit: Any,
+        now_ns: int,
+        size_bytes: int = 0,
+        stamp_ns: int = UNKNOWN,
     ) -> list[TraceBuffer]:
-        """Buffer one message's spans. Callers check the decision cache first for late spans.
-        Returns the traces this message sealed: in processing time only a trace that reached its
-        span/byte limit with this message (the others come out of ``due``)."""
+        """Buffer one message's spans (``stamp_ns``: what ``read`` returned for it). Callers check
+        the decision cache first for late spans. Returns the traces this message sealed: in
+        processing time only a trace that reached its span/byte limit with this message (the others
+        come out of ``due``)."""
         buf = self._traces.get(trace_id)
         if buf is None:
-            buf = TraceBuffer(trace_id, partition, now_ns, now_ns + self.decision_wait_ns)
+            buf = TraceBuffer(trace_id, partition, now_ns, now_ns + self.decision_wait_ns, first_stamp_ns=stamp_ns)
             self._traces[trace_id] = buf
+            self._waiting.append(buf)
         buf.span_count += len(spans)
         if self.keep_spans:
             buf.spans.extend(spans)
@@ -144,6 +207,8 @@ class TraceAssembler:
         self.buffered_spans += len(spans)
         self.buffered_bytes += size_bytes
         if self.root_quiet_gap_ns:
+            if stamp_ns > buf.last_stamp_ns:
+                buf.last_stamp_ns = stamp_ns
             if not buf.has_root:
                 buf.has_root = any(s.get("parent_span_id") is None for s in spans)
             if buf.has_root:
@@ -156,45 +221,124 @@ class TraceAssembler:
         return []
 
     def _force(self, buf: TraceBuffer, reason: str) -> TraceBuffer:
-        del self._traces[buf.trace_id]
-        self._rooted.pop(buf.trace_id, None)
-        self.buffered_spans -= buf.span_count
-        self.buffered_bytes -= buf.size_bytes
-        buf.forced_reason = buf.trigger = reason
+        out: list[TraceBuffer] = []
+        self._take(buf, reason, out)
+        buf.forced_reason = reason
         return buf
 
+    def _take(self, buf: TraceBuffer, trigger: str, out: list[TraceBuffer]) -> None:
+        """``buf`` leaves the buffer (its entries in the waiting queue and held index go stale)."""
+        del self._traces[buf.trace_id]
+        self._rooted.pop(buf.trace_id, None)
+        if buf.held:
+            buf.held = False
+            self._held[buf.partition].count -= 1
+        self.buffered_spans -= buf.span_count
+        self.buffered_bytes -= buf.size_bytes
+        buf.trigger = trigger
+        out.append(buf)
+
     def due(self, now_ns: int) -> list[TraceBuffer]:
-        """Traces whose decision point has come, oldest first; they leave the buffer."""
+        """Traces whose decision point has come, oldest first per kind of decision point; they leave
+        the buffer."""
         out: list[TraceBuffer] = []
-        remaining = self.buffered_spans
-        remaining_bytes = self.buffered_bytes
-        traces, rooted = self._traces, self._rooted
-        quiet_before = now_ns - self.root_quiet_gap_ns
+        traces, rooted, take = self._traces, self._rooted, self._take
+        reached, guarded = self.progress.reached, self.guarded
+        gap = self.root_quiet_gap_ns
+        quiet_before = now_ns - gap
         while rooted:
             buf = next(iter(rooted.values()))
             if buf.last_seen_ns > quiet_before:
                 break
             rooted.popitem(last=False)
-            del traces[buf.trace_id]
-            remaining -= buf.span_count
-            remaining_bytes -= buf.size_bytes
-            buf.trigger = "root_quiet"
-            out.append(buf)
-        while traces:
-            buf = next(iter(traces.values()))
-            expired = buf.deadline_ns <= now_ns
-            if not expired and remaining <= self.max_buffered_spans and remaining_bytes <= self.max_buffered_bytes:
+            stamp = buf.last_stamp_ns
+            if guarded and stamp >= 0 and not reached(buf.partition, stamp + gap):
+                continue  # its partition is behind: no early decision, the decision_wait (guarded) decides it
+            take(buf, "root_quiet", out)
+        waiting, wait = self._waiting, self.decision_wait_ns
+        while waiting:
+            buf = waiting[0]
+            if traces.get(buf.trace_id) is not buf:  # left already (forced, root_quiet, revoked)
+                waiting.popleft()
+                continue
+            if buf.deadline_ns > now_ns:
                 break
-            traces.popitem(last=False)
-            rooted.pop(buf.trace_id, None)
-            remaining -= buf.span_count
-            remaining_bytes -= buf.size_bytes
-            if not expired:
-                buf.forced_reason = buf.trigger = "memory_bound"
-            out.append(buf)
-        self.buffered_spans = remaining
-        self.buffered_bytes = remaining_bytes
+            waiting.popleft()
+            stamp = buf.first_stamp_ns
+            if not guarded or stamp < 0 or reached(buf.partition, stamp + wait):
+                take(buf, "decision_wait", out)
+            else:
+                self._hold(buf, stamp + wait)
+        if self._held:
+            self._release_held(now_ns, out)
+            if self.buffered_spans >= self.backlog_yield_spans or self.buffered_bytes >= self.backlog_yield_bytes:
+                self._yield_held(out)
+        while traces and (
+            self.buffered_spans > self.max_buffered_spans or self.buffered_bytes > self.max_buffered_bytes
+        ):
+            buf = next(iter(traces.values()))
+            take(buf, "memory_bound", out)
+            buf.forced_reason = "memory_bound"
         return out
+
+    # ---------------------------------------------------------------- processing time, backlog guard
+    def _hold(self, buf: TraceBuffer, until_stamp_ns: int) -> None:
+        h = self._held.get(buf.partition)
+        if h is None:
+            h = self._held[buf.partition] = _Held()
+        buf.held = True
+        h.count += 1
+        h.order.append(buf)
+        heapq.heappush(h.heap, (until_stamp_ns, next(self._held_seq), buf))
+        if len(h.heap) > 2 * h.count + 1024:  # stale entries of traces that left otherwise
+            h.heap = [e for e in h.heap if e[2].held and self._traces.get(e[2].trace_id) is e[2]]
+            heapq.heapify(h.heap)
+
+    def _release_held(self, now_ns: int, out: list[TraceBuffer]) -> None:
+        """Held traces whose partition is caught up or read far enough (``backlog_read``), then
+        those held up to the hard bound (forced, ``backlog_limit``)."""
+        traces, take, progress = self._traces, self._take, self.progress
+        limit_before = now_ns - self.max_wait_ns
+        for p, h in self._held.items():
+            if not h.count:
+                h.order.clear()
+                h.heap.clear()
+                continue
+            if not progress.is_behind(p):
+                for buf in h.order:
+                    if buf.held and traces.get(buf.trace_id) is buf:
+                        take(buf, "backlog_read", out)
+                h.order.clear()
+                h.heap.clear()
+                continue
+            heap, read_to = h.heap, progress.time(p)
+            while heap and heap[0][0] <= read_to:
+                buf = heapq.heappop(heap)[2]
+                if buf.held and traces.get(buf.trace_id) is buf:
+                    take(buf, "backlog_read", out)
+            order = h.order
+            while order:
+                buf = order[0]
+                if not (buf.held and traces.get(buf.trace_id) is buf):
+                    order.popleft()
+                    continue
+                if buf.first_seen_ns > limit_before:
+                    break
+                order.popleft()
+                take(buf, "backlog_limit", out)
+                buf.forced_reason = "backlog_limit"
+
+    def _yield_held(self, out: list[TraceBuffer]) -> None:
+        """At the buffer bound: held traces (the oldest buffered, their clock wait is over) go,
+        oldest first, down to ``resume_fraction`` of the bound."""
+        traces = self._traces
+        low_spans = self.resume_fraction * self.backlog_yield_spans
+        low_bytes = self.resume_fraction * self.backlog_yield_bytes
+        while traces and (self.buffered_spans >= low_spans or self.buffered_bytes >= low_bytes):
+            buf = next(iter(traces.values()))
+            if not buf.held:  # the oldest is still in its clock wait: so is every younger one
+                break
+            self._take(buf, "backlog_bound", out)
 
     # ---------------------------------------------------------------- event time
     # Each partition has a heap of (deadline, trace ID, seq, buffer). A deadline that moves (root
@@ -202,7 +346,14 @@ class TraceAssembler:
     # surfaces (an entry is live iff its trace is still buffered as that buffer with that deadline).
     # (deadline, trace ID) decides the order; seq only separates entries of the same trace.
     def _add_event(
-        self, trace_id: bytes, partition: int, spans: list[SpanHeader], unit: Any, now_ns: int, size_bytes: int = 0
+        self,
+        trace_id: bytes,
+        partition: int,
+        spans: list[SpanHeader],
+        unit: Any,
+        now_ns: int,
+        size_bytes: int = 0,
+        stamp_ns: int = UNKNOWN,
     ) -> list[TraceBuffer]:
         """Event time: buffer one message, advance its partition's watermark, return what it sealed."""
         marks = self.watermarks
@@ -350,10 +501,14 @@ class TraceAssembler:
         gone = [tid for tid, b in self._traces.items() if b.partition in lost]
         for tid in gone:
             buf = self._traces.pop(tid)
+            buf.held = False
             self.buffered_spans -= buf.span_count
             self.buffered_bytes -= buf.size_bytes
             self._rooted.pop(tid, None)
         dropped = len(gone)
+        for p in lost:
+            self._held.pop(p, None)
+        self.progress.forget(lost)
         if self.event_time:
             for p in lost:
                 self._by_deadline.pop(p, None)
@@ -362,3 +517,8 @@ class TraceAssembler:
 
     def __iter__(self) -> Iterator[TraceBuffer]:
         return iter(list(self._traces.values()))
+
+
+def _no_stamp(partition: int, timestamp_ms: int, now_ns: int) -> int:
+    """``read`` with the backlog guard off (event time, or no room beyond the clock wait)."""
+    return UNKNOWN

@@ -78,6 +78,15 @@ class AssembleConfig(Strict):
         le=3_600_000,
         description="event time: a partition that received nothing for this long (worker clock) decides all its traces",
     )
+    backlog_wait_factor: float = Field(
+        10.0,
+        ge=1.0,
+        le=1_000.0,
+        description="processing time: a trace whose partition is read behind real time also waits until the "
+        "partition is read decision_wait_ms past its first message (Kafka timestamps) or caught up — at most "
+        "this many decision_wait_ms after its first span arrived, then it is decided (forced=backlog_limit); "
+        "1 = off (the worker clock alone)",
+    )
     max_buffered_spans: int = Field(1_000_000, ge=1, description="global bound on spans awaiting a decision")
     max_buffered_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="global bound on raw bytes awaiting a decision"

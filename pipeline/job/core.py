@@ -65,6 +65,12 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
             idle_partition_ns=a.idle_partition_ms * 1_000_000,
             keep_spans=False,  # raw bytes only: see Route._route
             root_quiet_gap_ns=a.root_quiet_gap_ms * 1_000_000,
+            # processing time: wait also for a partition read behind real time (operators.read_progress);
+            # at the bound backpressure pauses the input, so there held traces stop waiting for it
+            max_wait_ns=int(a.backlog_wait_factor * a.decision_wait_ms * 1_000_000),
+            max_clock_skew_ns=config.ingest.max_clock_skew_ms * 1_000_000,
+            backlog_yield_spans=a.max_buffered_spans if a.overflow == "backpressure" else 1 << 62,
+            backlog_yield_bytes=a.max_buffered_bytes if a.overflow == "backpressure" else 1 << 62,
         )
         # recent decisions for late and replayed spans; the durable copy is topics.decisions
         self.decisions = DecisionCache(a.decision_cache_size, a.dropped_cache_size)

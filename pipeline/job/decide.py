@@ -5,7 +5,7 @@ one ``Outbox``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from operators.assemble import TraceBuffer
 from operators.decide import Decision
@@ -32,8 +32,12 @@ _REDECODE_SPANS = 16_384
 class Decide:
     """The decision stage of ``Job`` (a mixin: the state is the job's)."""
 
-    def collect(self, now_ns: int, flush_all_windows: bool = False) -> Outbox:
-        """Decide every trace whose decision point has come and close due SLI windows."""
+    def collect(self, now_ns: int, flush_all_windows: bool = False, behind: Iterable[int] | None = None) -> Outbox:
+        """Decide every trace whose decision point has come and close due SLI windows. ``behind``:
+        the input partitions the data plane found not read to the end (processing time: their
+        traces also wait to be read far enough, ``operators.assemble``); None: as last time."""
+        if behind is not None:
+            self.assembler.set_behind(behind)
         out = self._sealed  # its records are _pending
         self._pending = []
         self._sealed = Outbox(self._pending)
@@ -68,12 +72,15 @@ class Decide:
             self._processed = {}
         return out
 
-    def decide_due(self, now_ns: int) -> Outbox:
+    def decide_due(self, now_ns: int, behind: Iterable[int] | None = None) -> Outbox:
         """The part of ``collect`` the data plane runs at every step: decide every trace whose
         decision point has come and hand over the records pending so far (dead letters, late
         spans, re-keyed copies), so they can leave at once in the open transaction. No SLI window
         closes and no checkpoint is taken: ``collect`` does both, once per commit interval, and
-        covers what was handed over here only because it goes out in the same transaction."""
+        covers what was handed over here only because it goes out in the same transaction.
+        ``behind``: as in ``collect``."""
+        if behind is not None:
+            self.assembler.set_behind(behind)
         out = self._sealed  # its records are _pending
         self._pending = []
         self._sealed = Outbox(self._pending)

@@ -26,11 +26,13 @@ class Ingest:
         """Take a batch of received messages. A message feeding N traces holds N trace obligations
         (plus one per SLI window it opens) on its offset."""
         sli, tracker, rekey = self.sli, self.tracker, self.rekey
+        read = self.assembler.read  # every message read moves its partition's read time
         n_spans = 0
         messages = messages if isinstance(messages, list) else list(messages)
         # one call for the batch: the native core walks every message in Rust
         decoded = decode_each(self.codec, [m.value for m in messages], now_ns)
         for msg, fragments in zip(messages, decoded):
+            stamp = read(msg.partition, msg.timestamp_ms, now_ns)
             value = msg.value
             replay = self._replayed(msg)
             if isinstance(fragments, Malformed):
@@ -48,7 +50,7 @@ class Ingest:
                 n_spans += fragment.span_count
                 if not replay:
                     hold.count += sli.add_groups(partition, fragment.groups, hold)
-                self._route(fragment, partition, Buffered(hold, value, fragment.handle), now_ns)
+                self._route(fragment, partition, Buffered(hold, value, fragment.handle), now_ns, stamp)
         # gauges first: a scrape (another thread) that sees these spans counted must also see them
         # buffered and uncommitted — else "ingested everything, nothing pending" reads as drained
         self._buffer_gauges()

@@ -14,13 +14,15 @@ MAX_RECORD_BYTES = 1_000_000 - 4_096
 
 @dataclass(slots=True)
 class Received:
-    """One Kafka message as the job sees it; ``ref`` is whatever the caller acks later."""
+    """One Kafka message as the job sees it; ``ref`` is whatever the caller acks later;
+    ``timestamp_ms`` its Kafka timestamp (-1: none; the backlog guard of ``operators.assemble``)."""
 
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
     ref: Any = None
+    timestamp_ms: int = -1
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ _LATE_SPANS_REPLAYED = metrics.LATE_SPANS.labels("replayed")
 class Route:
     """The routing stage of ``Job`` (a mixin: the state is the job's)."""
 
-    def _route(self, fragment: Fragment, partition: int, unit: Buffered, now_ns: int) -> None:
+    def _route(self, fragment: Fragment, partition: int, unit: Buffered, now_ns: int, stamp_ns: int = -1) -> None:
         trace_id = fragment.trace_id
         known = self.decisions.get(trace_id)
         if known is None:
@@ -29,7 +29,7 @@ class Route:
             # the raw bytes: decoded Avro spans kept cost 1,177 B per buffered span, parsed OTLP
             # ~900 B; raw bytes and counts ~90 B; see Decide._decide and `make bench`)
             unit.handle = None
-            sealed = self.assembler.add(trace_id, partition, fragment.spans(), unit, now_ns, len(unit.value))
+            sealed = self.assembler.add(trace_id, partition, fragment.spans(), unit, now_ns, len(unit.value), stamp_ns)
             _BUFFERED.inc()
             if sealed:  # event time: the watermark passed these traces; either time: a span/byte limit
                 for buf in sealed:

@@ -179,11 +179,11 @@ class Worker:
                     if err.code() != KafkaError._PARTITION_EOF:
                         log.warning("consumer: %s", err)
                     continue
-                batch.append(Received(m.partition(), m.offset(), m.key(), m.value(), now_ms))
+                batch.append(Received(m.partition(), m.offset(), m.key(), m.value(), now_ms, m.timestamp()[1]))
             job.ingest(batch, time.time_ns())
         # decide at every step, not once per interval: a trace due now leaves in the open
         # transaction at once, and the interval's commit only adds the SLI partials and offsets
-        due = job.decide_due(time.time_ns())
+        due = job.decide_due(time.time_ns(), behind=self._behind())
         produced = not due.records or self._produce_open(due)
         metrics.STEP_SECONDS.observe(time.perf_counter() - started)
         if not produced:
@@ -241,6 +241,17 @@ class Worker:
                 lag += high
         return lag
 
+    def _behind(self) -> list[int]:
+        """Owned partitions not read to the end (cached end offsets, as ``_lag``): processing-time
+        decisions on them also wait for their input to be read far enough (operators.assemble)."""
+        tps = [TopicPartition(self.topic, p) for p in self.assigned]
+        out = []
+        for tp in self.consumer.position(tps) if tps else ():
+            _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high > max(tp.offset, 0):
+                out.append(tp.partition)
+        return out
+
     # ------------------------------------------------------------------ writing
     def _commit_offsets(self, now_ms: int) -> list[TopicPartition]:
         """Per owned partition: the committed position (oldest message not yet done, else the next
@@ -273,7 +284,7 @@ class Worker:
         self.last_flush = time.monotonic()
         job = self.job
         started = time.perf_counter()
-        outbox = job.collect(time.time_ns())
+        outbox = job.collect(time.time_ns(), behind=self._behind())
         records = outbox.records
         # what the transaction below commits: the records produced into it at earlier steps and
         # these. It writes all of them or none: count them delivered now, and roll the whole state

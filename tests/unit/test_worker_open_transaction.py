@@ -71,6 +71,9 @@ class Message:
     def value(self) -> bytes | None:
         return self.r.value
 
+    def timestamp(self) -> tuple[int, int]:
+        return (0, -1)  # TIMESTAMP_NOT_AVAILABLE: the job uses its own clock
+
 
 class FakeConsumer:
     """Hands out queued messages one batch per consume(); keeps the read position per partition."""
