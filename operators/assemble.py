@@ -95,8 +95,8 @@ class _Held:
     partition time each waits for. Entries of traces that left otherwise go stale (``held`` is
     False, or the buffer is no longer the trace's) and are skipped when they surface."""
 
-    order: deque = field(default_factory=deque)
-    heap: list = field(default_factory=list)  # (stamp to reach, seq, buffer)
+    order: deque[TraceBuffer] = field(default_factory=deque)
+    heap: list[tuple[int, int, TraceBuffer]] = field(default_factory=list)  # (stamp to reach, seq, buffer)
     count: int = 0
 
 
