@@ -13,6 +13,7 @@ import urllib.request
 from collections import Counter, defaultdict
 
 import pytest
+import yaml
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -259,7 +260,17 @@ def test_partials_of_three_workers_merge_exactly_once_per_window(kafka_bootstrap
 
 def test_kill_minus_9_mid_stream_then_restart_emits_each_window_once(kafka_bootstrap, unique_name, tmp_path):
     records = partials(900, seed=72, t0=time.time_ns() + 5 * S)
-    path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records)
+    # the first stage writes no idle tick: on a loaded machine the partials' stamps (t0 + 5 s) fall
+    # behind the clock while the stage starts, and a tick record (clock − idle_seconds) written into
+    # a partition quiet for 10 s while the first half was produced sat before the second half's
+    # partials in the log: they were late, the window emitted early without them (seen in CI: a
+    # window's one record with 346 of its 379 spans). The restarted stage ticks as usual — after
+    # every partial, all produced before it starts — so the last windows close.
+    path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records, idle_seconds=3_600)
+    restarted = path.with_name("restarted.yaml")
+    data = yaml.safe_load(path.read_text())
+    data["aggregate"]["idle_seconds"] = 10
+    restarted.write_text(yaml.safe_dump(data, sort_keys=False))
     half = next(i for i, r in enumerate(records) if r[3] >= records[-1][3] // 2)  # a flush boundary
     stage.start()
     try:
@@ -276,6 +287,7 @@ def test_kill_minus_9_mid_stream_then_restart_emits_each_window_once(kafka_boots
         assert 0 < h["open_windows"] and h["counts"]["partials"] == half, h
         stage.kill()
         produce(cfg, records[half:], f"agg-{unique_name}-2")
+        stage.config_path = str(restarted)
         stage.start()
         stage.wait_ready()
         stage.wait_idle()  # (its counts start at 0: it reads from the committed offsets on)
