@@ -36,15 +36,7 @@ class Decide:
         """Decide every trace whose decision point has come and close due SLI windows. ``behind``:
         the input partitions the data plane found not read to the end (processing time: their
         traces also wait to be read far enough, ``operators.assemble``); None: as last time."""
-        if behind is not None:
-            self.assembler.set_behind(behind)
-        out = self._sealed  # its records are _pending
-        self._pending = []
-        self._sealed = Outbox(self._pending)
-        for buf in self._redecoded(self.assembler.due(now_ns)):
-            # event time: due() releases only idle partitions and memory-bound traces; their
-            # decision time is the watermark the assembler recorded (0 in processing time)
-            self._decide(buf, buf.decided_at_ns or now_ns, out, now_ns)
+        out = self.decide_due(now_ns, behind)
         # exactly_once: every open window goes out as a partial with this transaction, so the
         # checkpoint below can say "counted and written" for every offset ingested so far
         for window in self.sli.due(now_ns, flush_all=flush_all_windows or self.exactly_once):
@@ -65,8 +57,6 @@ class Decide:
                 ):
                     _SLO_EVENTS(name).inc(events)
                     _SLO_BAD_EVENTS(name).inc(bad)
-        out.records.extend(self._pending)  # dead letters for corrupt details found while building kept traces
-        self._pending.clear()  # (the list stays shared with self._sealed)
         if self.exactly_once:
             out.checkpoints = self._processed
             self._processed = {}
@@ -85,6 +75,8 @@ class Decide:
         self._pending = []
         self._sealed = Outbox(self._pending)
         for buf in self._redecoded(self.assembler.due(now_ns)):
+            # event time: due() releases only idle partitions and memory-bound traces; their
+            # decision time is the watermark the assembler recorded (0 in processing time)
             self._decide(buf, buf.decided_at_ns or now_ns, out, now_ns)
         out.records.extend(self._pending)  # dead letters for corrupt details found while building kept traces
         self._pending.clear()  # (the list stays shared with self._sealed)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from pipeline.codecs.protowire import varint as _varint
+
 SERVICES = ("frontend", "checkout", "cart", "payment", "inventory", "shipping")
 ROUTES = ("/api/cart", "/api/checkout", "/api/product/{id}", "/api/shipping/quote", "/api/orders/{id}")
 KEYED_CHUNK = 500
@@ -53,15 +55,6 @@ def _kv(key: str, value) -> KeyValue:
     else:
         kv.value.string_value = str(value)
     return kv
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _field(tag: int, payload: bytes) -> bytes:
