@@ -228,29 +228,25 @@ class Worker:
         metrics.REWINDS.inc()
         self._rewind()
 
-    def _lag(self) -> int:
-        """Messages of owned partitions not yet read (cached end offsets: no broker round trip).
-        After a rewind nothing is buffered, but this is not zero until the replay is read."""
+    def _unread(self) -> dict[int, int]:
+        """Per owned partition, messages not yet read (cached end offsets: no broker round trip; a
+        partition with no position yet — just assigned or rewound — counts its whole unread rest)."""
         tps = [TopicPartition(self.topic, p) for p in self.assigned]
-        lag = 0
+        out = {}
         for tp in self.consumer.position(tps) if tps else ():
             _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            if tp.offset >= 0 and high >= 0:
-                lag += max(0, high - tp.offset)
-            elif high > 0:  # no position yet (just assigned or rewound): the unread rest counts
-                lag += high
-        return lag
+            out[tp.partition] = max(0, high - max(tp.offset, 0))
+        return out
+
+    def _lag(self) -> int:
+        """Messages of owned partitions not yet read. After a rewind nothing is buffered, but this
+        is not zero until the replay is read."""
+        return sum(self._unread().values())
 
     def _behind(self) -> list[int]:
-        """Owned partitions not read to the end (cached end offsets, as ``_lag``): processing-time
-        decisions on them also wait for their input to be read far enough (operators.assemble)."""
-        tps = [TopicPartition(self.topic, p) for p in self.assigned]
-        out = []
-        for tp in self.consumer.position(tps) if tps else ():
-            _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            if high > max(tp.offset, 0):
-                out.append(tp.partition)
-        return out
+        """Owned partitions not read to the end: processing-time decisions on them also wait for
+        their input to be read far enough (operators.assemble)."""
+        return [p for p, n in self._unread().items() if n]
 
     # ------------------------------------------------------------------ writing
     def _commit_offsets(self, now_ms: int) -> list[TopicPartition]:
