@@ -68,12 +68,13 @@ def run(config: Config, loglevel: str = "info") -> int:
 
     protector = None
     if config.privacy.enabled:
-        from pipeline.privacy import build_protector, install_log_protection
+        from pipeline.privacy import build_protector, infrastructure_addresses, install_log_protection
 
         # Keys first: a missing key stops the worker before it connects or consumes anything
         # (PrivacyKeyError → `tailsift run` exits 2 naming the variable or file).
         protector = build_protector(config.privacy)
-        install_log_protection(protector)
+        known = infrastructure_addresses(config.kafka.bootstrap_servers, config.metrics.host or "")
+        install_log_protection(protector, known)
     else:
         log.warning("privacy.enabled is false: kept traces leave without PII protection (see README 'Privacy')")
     check_topics(config)

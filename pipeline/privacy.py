@@ -15,11 +15,12 @@ import binascii
 import copy
 import logging
 import os
+import re
 import stat
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from operators.privacy import KeyRing, KeyRingError, Protector, Rule, Scanner, Tokenizer, UrlPolicy
@@ -139,26 +140,69 @@ def audit_record(
 _originals: dict = {}
 
 
-def install_log_protection(protector: Protector) -> None:
+def infrastructure_addresses(bootstrap_servers: str, *hosts: str) -> tuple[str, ...]:
+    """The operator's own endpoints named in the config (each ``host:port`` of the bootstrap list,
+    and each host alone): not personal data, and what an SRE needs to read in "cannot reach Kafka
+    at …" — so log protection leaves them as they are (an IP detector would tokenize them)."""
+    out: set[str] = set()
+    for entry in [*bootstrap_servers.split(","), *hosts]:
+        entry = entry.strip()
+        if not entry:
+            continue
+        out.add(entry)
+        if entry.startswith("[") and "]" in entry:  # [ipv6]:port
+            out.add(entry[1 : entry.index("]")])
+        elif entry.count(":") == 1:  # host:port (a bare IPv6 address has more colons)
+            out.add(entry.split(":", 1)[0])
+    return tuple(sorted((a for a in out if a), key=len, reverse=True))
+
+
+def _known_splitter(known: Iterable[str]):
+    """A function protecting a text except the literal ``known`` strings: the text is cut at each
+    occurrence and only the pieces between them go through the detectors. Cutting rather than
+    substituting placeholders, so no placeholder can collide with (or be rewritten by) a detector."""
+    parts = sorted({k for k in known if k}, key=len, reverse=True)
+    if not parts:
+        return None
+    pattern = re.compile("(" + "|".join(re.escape(k) for k in parts) + ")")
+
+    def protect(protector: Protector, text: str) -> str:
+        pieces = pattern.split(text)
+        if len(pieces) == 1:
+            return protector.scan_text(text, {})
+        # split with one group: odd indexes are the known strings themselves
+        return "".join(piece if i % 2 else protector.scan_text(piece, {}) for i, piece in enumerate(pieces))
+
+    return protect
+
+
+def install_log_protection(protector: Protector, known: Iterable[str] = ()) -> None:
     """Every log record created from now on (any logger, any handler, Faust's too) has its message
     — arguments merged — and its exception text run through the detectors. A record factory and
     not a handler filter, because Faust replaces handlers when the worker starts. Uncaught
-    exceptions (printed by ``sys.excepthook``, not logging) are protected the same way."""
+    exceptions (printed by ``sys.excepthook``, not logging) are protected the same way.
+
+    ``known``: literal strings left as they are (the broker and metrics addresses from the config,
+    see ``infrastructure_addresses``); everything around them is still scanned."""
     if not _originals:
         _originals["factory"] = logging.getLogRecordFactory()
         _originals["hook"] = sys.excepthook
     make_record = _originals["factory"]
+    splitter = _known_splitter(known)
+
+    def scan(text: str) -> str:
+        return splitter(protector, text) if splitter else protector.scan_text(text, {})
 
     def factory(*args, **kwargs) -> logging.LogRecord:
         record = make_record(*args, **kwargs)
         try:
             message = record.getMessage()
-            clean = protector.scan_text(message, {})
+            clean = scan(message)
             if clean != message or record.args:
                 record.msg, record.args = clean, ()
             if record.exc_info and record.exc_info[0] is not None:
                 text = logging.Formatter().formatException(record.exc_info)
-                record.exc_text = protector.scan_text(text, {})
+                record.exc_text = scan(text)
                 record.exc_info = None  # the protected text is what handlers print
         except Exception:  # noqa: BLE001 - never lose a log line to the protector
             record.msg, record.args = "(log message withheld: PII protection failed on it)", ()
@@ -166,7 +210,7 @@ def install_log_protection(protector: Protector) -> None:
 
     def excepthook(etype, value, tb) -> None:
         text = "".join(traceback.format_exception(etype, value, tb))
-        sys.stderr.write(protector.scan_text(text, {}))
+        sys.stderr.write(scan(text))
 
     logging.setLogRecordFactory(factory)
     sys.excepthook = excepthook

@@ -197,3 +197,33 @@ def test_allowlist_mode_in_the_job_an_unlisted_attribute_never_reaches_the_outpu
     assert a["http.request.method"] == "GET" and a["user.id"] == TOK.token(UID) and a["sampling.policy"] == "errors"
     (audit,) = by_topic(out, "pii.audit")
     assert avro.decode(PII_AUDIT, audit.value)["counts"]["rule:allowlist"] == 1
+
+
+def test_log_protection_leaves_the_brokers_address_readable():
+    """Before: every IP in a log line was tokenized, the broker's own address too — "cannot reach
+    Kafka at tok:k1:…:9092" told an SRE nothing. The config's infrastructure addresses are left
+    as they are; personal data in the same line is still protected."""
+    from pipeline.privacy import infrastructure_addresses
+
+    job = make_job()
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record))
+
+    known = infrastructure_addresses("10.1.2.3:9092, broker-2.internal:9093,[fd00::7]:9094", "0.0.0.0")
+    assert {"10.1.2.3:9092", "10.1.2.3", "broker-2.internal", "fd00::7", "0.0.0.0"} <= set(known)
+    logger = logging.getLogger("tailsift.test.privacy.known")
+    handler = Keep()
+    logger.addHandler(handler)
+    install_log_protection(job.protector, known)
+    try:
+        logger.warning("cannot reach Kafka at %s: user %s from %s", "10.1.2.3:9092", EMAIL, IP)
+        logger.warning("broker %s down", "fd00::7")
+    finally:
+        uninstall_log_protection()
+        logger.removeHandler(handler)
+    assert "cannot reach Kafka at 10.1.2.3:9092: " in records[0]
+    assert EMAIL not in records[0] and IP not in records[0] and TOK.token(EMAIL) in records[0]
+    assert records[1] == "broker fd00::7 down"
