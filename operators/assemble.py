@@ -25,6 +25,13 @@ more input would stall) held traces go oldest first, down to ``resume_fraction``
 ``backlog_bound``). A partition never reported behind (``set_behind``) holds nothing: decisions
 are then exactly those of the worker clock alone.
 
+The guard also waits for the *group's* read time (``set_group_read_times``): spans re-keyed to
+this partition from another one arrive when that partition's reader commits them, so a trace is
+held until every other input partition is read (and its copies written and read here) past the
+same stamp — with the same bounds. A trace held only for that keeps its trigger (``decision_wait``
+or ``root_quiet``; the wait shows in the decision latency); one whose own partition was behind is
+``backlog_read``.
+
 **Event time** (``event_time=True``; replays decide the same way every run). Time is read from
 the spans: a message's event time is the newest ``end_time_unix_nano`` among its spans. A trace's
 deadline is its first message's event time + ``decision_wait``; once its root arrived (and
@@ -52,7 +59,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from operators.read_progress import UNKNOWN, ReadProgress
+from operators.read_progress import REACHED, UNKNOWN, ReadProgress
 from operators.trace import SpanHeader
 from operators.watermark import PartitionWatermarks
 
@@ -87,6 +94,7 @@ class TraceBuffer:
     first_stamp_ns: int = UNKNOWN
     last_stamp_ns: int = UNKNOWN
     held: bool = False  # clock wait over, waiting for its partition to be read far enough
+    hold_trigger: str = "backlog_read"  # the trigger it leaves with once read far enough
 
 
 @dataclass(slots=True)
@@ -179,6 +187,11 @@ class TraceAssembler:
         """The partitions the data plane found not read to the end at its last look."""
         self.progress.set_behind(partitions)
 
+    def set_group_read_times(self, read_times: dict[int, int]) -> None:
+        """Per owned partition, how far (ns, Kafka time) the whole input is read, its re-keyed
+        copies written and read there (``operators.read_progress``)."""
+        self.progress.set_group(read_times)
+
     def add(
         self,
         trace_id: bytes,
@@ -243,8 +256,9 @@ class TraceAssembler:
         the buffer."""
         out: list[TraceBuffer] = []
         traces, rooted, take = self._traces, self._rooted, self._take
-        reached, guarded = self.progress.reached, self.guarded
+        mark, own_mark, guarded = self.progress.mark, self.progress.own_mark, self.guarded
         gap = self.root_quiet_gap_ns
+        wait = self.decision_wait_ns
         quiet_before = now_ns - gap
         while rooted:
             buf = next(iter(rooted.values()))
@@ -252,10 +266,19 @@ class TraceAssembler:
                 break
             rooted.popitem(last=False)
             stamp = buf.last_stamp_ns
-            if guarded and stamp >= 0 and not reached(buf.partition, stamp + gap):
-                continue  # its partition is behind: no early decision, the decision_wait (guarded) decides it
+            if guarded and stamp >= 0:
+                if buf.held:
+                    continue  # held at an earlier quiet point already: released from there
+                target = stamp + gap
+                if mark(buf.partition) < target:
+                    if own_mark(buf.partition) < target:
+                        continue  # its partition is behind: no early decision, the decision_wait (guarded) decides it
+                    # read to the end here, but another partition may still hold re-keyed copies
+                    first = buf.first_stamp_ns
+                    self._hold(buf, min(target, first + wait) if first >= 0 else target, "root_quiet")
+                    continue
             take(buf, "root_quiet", out)
-        waiting, wait = self._waiting, self.decision_wait_ns
+        waiting = self._waiting
         while waiting:
             buf = waiting[0]
             if traces.get(buf.trace_id) is not buf:  # left already (forced, root_quiet, revoked)
@@ -264,11 +287,17 @@ class TraceAssembler:
             if buf.deadline_ns > now_ns:
                 break
             waiting.popleft()
+            if buf.held:
+                continue  # held at its root's quiet point already (no later than this)
             stamp = buf.first_stamp_ns
-            if not guarded or stamp < 0 or reached(buf.partition, stamp + wait):
+            if not guarded or stamp < 0:
+                take(buf, "decision_wait", out)
+                continue
+            target = stamp + wait
+            if mark(buf.partition) >= target:
                 take(buf, "decision_wait", out)
             else:
-                self._hold(buf, stamp + wait)
+                self._hold(buf, target, "backlog_read" if own_mark(buf.partition) < target else "decision_wait")
         if self._held:
             self._release_held(now_ns, out)
             if self.buffered_spans >= self.backlog_yield_spans or self.buffered_bytes >= self.backlog_yield_bytes:
@@ -282,11 +311,12 @@ class TraceAssembler:
         return out
 
     # ---------------------------------------------------------------- processing time, backlog guard
-    def _hold(self, buf: TraceBuffer, until_stamp_ns: int) -> None:
+    def _hold(self, buf: TraceBuffer, until_stamp_ns: int, trigger: str) -> None:
         h = self._held.get(buf.partition)
         if h is None:
             h = self._held[buf.partition] = _Held()
         buf.held = True
+        buf.hold_trigger = trigger
         h.count += 1
         h.order.append(buf)
         heapq.heappush(h.heap, (until_stamp_ns, next(self._held_seq), buf))
@@ -295,8 +325,9 @@ class TraceAssembler:
             heapq.heapify(h.heap)
 
     def _release_held(self, now_ns: int, out: list[TraceBuffer]) -> None:
-        """Held traces whose partition is caught up or read far enough (``backlog_read``), then
-        those held up to the hard bound (forced, ``backlog_limit``)."""
+        """Held traces whose partition (and the group) is caught up or read far enough (trigger
+        ``backlog_read``, or the one they were held at when only the group held them), then those
+        held up to the hard bound (forced, ``backlog_limit``)."""
         traces, take, progress = self._traces, self._take, self.progress
         limit_before = now_ns - self.max_wait_ns
         for p, h in self._held.items():
@@ -304,18 +335,19 @@ class TraceAssembler:
                 h.order.clear()
                 h.heap.clear()
                 continue
-            if not progress.is_behind(p):
+            read_to = progress.mark(p)
+            if read_to >= REACHED:
                 for buf in h.order:
                     if buf.held and traces.get(buf.trace_id) is buf:
-                        take(buf, "backlog_read", out)
+                        take(buf, buf.hold_trigger, out)
                 h.order.clear()
                 h.heap.clear()
                 continue
-            heap, read_to = h.heap, progress.time(p)
+            heap = h.heap
             while heap and heap[0][0] <= read_to:
                 buf = heapq.heappop(heap)[2]
                 if buf.held and traces.get(buf.trace_id) is buf:
-                    take(buf, "backlog_read", out)
+                    take(buf, buf.hold_trigger, out)
             order = h.order
             while order:
                 buf = order[0]

@@ -83,7 +83,8 @@ class AssembleConfig(Strict):
         ge=1.0,
         le=1_000.0,
         description="processing time: a trace whose partition is read behind real time also waits until the "
-        "partition is read decision_wait_ms past its first message (Kafka timestamps) or caught up — at most "
+        "partition is read decision_wait_ms past its first message (Kafka timestamps) or caught up, and every "
+        "other input partition too (the group's read time: spans re-keyed from it have arrived) — at most "
         "this many decision_wait_ms after its first span arrived, then it is decided (forced=backlog_limit); "
         "1 = off (the worker clock alone)",
     )

@@ -199,19 +199,6 @@ class Fleet:
         w.job.kill()
         w.planned_kills += 1
 
-    def time_to_first_flush(self, w: Worker, timeout: float = 120) -> float | None:
-        """Seconds from the worker's (re)start until its first transaction of outputs is written
-        (its ``tailsift_flush_seconds`` histogram counts one); None if not within ``timeout``."""
-        deadline = w.started_at + timeout
-        while time.monotonic() < deadline and w.alive():
-            try:
-                if w.job.metric("tailsift_flush_seconds_count") > 0:
-                    return time.monotonic() - w.started_at
-            except OSError:
-                pass
-            time.sleep(0.2)
-        return None
-
     def metric_sum(self, name: str, **labels: str) -> float:
         total = 0.0
         for w in self.workers:

@@ -8,7 +8,14 @@ transaction (``send_offsets_to_transaction``), says how far that goes and where 
 must be read back from:
 
     {"v": 1, "through": <highest offset whose side outputs are written>,
-     "since_ms": <worker-clock ms when the oldest uncommitted message was read>}
+     "since_ms": <worker-clock ms when the oldest uncommitted message was read>,
+     "read_ms": <the partition's read time: every message stamped up to it (Kafka time) is read,
+                 its re-keyed copies written — absent when unknown>}
+
+``read_ms`` is what the other workers of the group wait for before deciding a trace whose spans
+may arrive as re-keyed copies from this partition (``pipeline.kafka.read_times``): it commits with
+the copies, so a reader that sees it can find them. Older readers ignore it; a checkpoint without
+it decodes with ``read_ms`` -1.
 
 Offset and metadata commit atomically with the outputs, so they can never disagree, and restoring
 needs neither a scan of the decision log nor a producer's clock (``since_ms`` is this job's own).
@@ -26,9 +33,13 @@ VERSION = 1
 class Checkpoint:
     through: int = -1  # side outputs of offsets ≤ through are written
     since_ms: int = 0  # restore decisions written from since_ms − assemble.decision_restore_ms on
+    read_ms: int = -1  # read (and re-keyed) up to this Kafka time; -1: unknown
 
     def encode(self) -> str:
-        return json.dumps({"v": VERSION, "through": self.through, "since_ms": self.since_ms}, separators=(",", ":"))
+        d = {"v": VERSION, "through": self.through, "since_ms": self.since_ms}
+        if self.read_ms >= 0:
+            d["read_ms"] = self.read_ms
+        return json.dumps(d, separators=(",", ":"))
 
     @classmethod
     def decode(cls, metadata: str | None) -> Checkpoint | None:
@@ -39,6 +50,6 @@ class Checkpoint:
             d = json.loads(metadata)
             if d.get("v") != VERSION:
                 return None
-            return cls(int(d["through"]), int(d["since_ms"]))
+            return cls(int(d["through"]), int(d["since_ms"]), int(d.get("read_ms", -1)))
         except (ValueError, TypeError, KeyError, AttributeError):
             return None

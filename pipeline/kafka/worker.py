@@ -57,6 +57,7 @@ from pipeline.job import Job, Outbox, Received, Record
 from pipeline.kafka import clients
 from pipeline.kafka.checkpoint import Checkpoint
 from pipeline.kafka.producer import EmitError, OutputProducer
+from pipeline.kafka.read_times import CAUGHT_UP_MARGIN_MS, GroupReadTimes
 from pipeline.kafka.restore import RestoreError, read_decisions
 from pipeline.kafka.shutdown import ShutdownGuard
 
@@ -72,6 +73,9 @@ STOP_GRACE_S = 15.0
 SEEK_TIMEOUT_S = 30.0
 # a restore waits this long for a broker that is away (a restart takes tens of seconds here)
 RESTORE_PATIENCE_S = 300.0
+# a partition otherwise unchanged is committed again when its read time moved this much (ms): the
+# group's decisions wait for it (pipeline.kafka.read_times)
+READ_MS_STEP = 100
 
 
 class FatalError(RuntimeError):
@@ -111,6 +115,10 @@ class Worker:
         # produced into the open transaction since the last commit, and their traces' decision points
         self.open_records: list[Record] = []
         self.open_points: list[int] = []
+        # the group's read time (pipeline.kafka.read_times): what this worker publishes per owned
+        # partition in its checkpoints (ms), and its view of the others' (made on first use)
+        self.read_ms: dict[int, int] = {}
+        self.group_read_times: GroupReadTimes | None = None
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
@@ -228,15 +236,21 @@ class Worker:
         metrics.REWINDS.inc()
         self._rewind()
 
-    def _unread(self) -> dict[int, int]:
-        """Per owned partition, messages not yet read (cached end offsets: no broker round trip; a
-        partition with no position yet — just assigned or rewound — counts its whole unread rest)."""
+    def _read_state(self) -> dict[int, tuple[int, int, int]]:
+        """Per owned partition: (position, low, high) — the next offset to read (< 0: none yet) and
+        librdkafka's cached watermarks (no broker round trip; < 0: none fetched yet)."""
         tps = [TopicPartition(self.topic, p) for p in self.assigned]
         out = {}
         for tp in self.consumer.position(tps) if tps else ():
-            _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            out[tp.partition] = max(0, high - max(tp.offset, 0))
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            out[tp.partition] = (tp.offset, low, high)
         return out
+
+    def _unread(self, state: dict[int, tuple[int, int, int]] | None = None) -> dict[int, int]:
+        """Per owned partition, messages not yet read (a partition with no position yet — just
+        assigned or rewound — counts its whole unread rest)."""
+        state = self._read_state() if state is None else state
+        return {p: max(0, high - max(pos, 0)) for p, (pos, _low, high) in state.items()}
 
     def _lag(self) -> int:
         """Messages of owned partitions not yet read. After a rewind nothing is buffered, but this
@@ -245,8 +259,34 @@ class Worker:
 
     def _behind(self) -> list[int]:
         """Owned partitions not read to the end: processing-time decisions on them also wait for
-        their input to be read far enough (operators.assemble)."""
-        return [p for p, n in self._unread().items() if n]
+        their input to be read far enough (operators.assemble). Also hands the job the group's read
+        time per owned partition, which they wait for as well (``pipeline.kafka.read_times``)."""
+        state = self._read_state()
+        if self._waits_for_group():
+            if self.group_read_times is None:
+                self.group_read_times = GroupReadTimes(self.config, self.topic, self.job.input_partitions)
+            positions = {p: pos if pos >= 0 else self.committed.get(p, (-1, -1))[0] for p, (pos, _, _) in state.items()}
+            self.job.assembler.set_group_read_times(
+                self.group_read_times.update(self.assigned, positions, time.monotonic())
+            )
+        return [p for p, n in self._unread(state).items() if n]
+
+    def _waits_for_group(self) -> bool:
+        """Whether decisions wait for the group's read time: processing time with the backlog guard
+        on, and an input of more than one partition (with one, nothing is re-keyed)."""
+        return self.job.assembler.guarded and self.job.input_partitions > 1
+
+    def _read_mark(self, p: int, pos: int, low: int, high: int, now_ms: int) -> int:
+        """The read time (ms, -1: unknown) to commit with partition ``p``'s offset: how far it is
+        read in Kafka time — read to the end (nothing left there to re-key), at least this worker's
+        clock less a margin; never lower than what was committed before."""
+        if not self._waits_for_group():
+            return -1  # no decision waits for it
+        t_ns = self.job.assembler.progress.time(p)
+        t = t_ns // 1_000_000 if t_ns >= 0 else -1
+        if high >= 0 and (pos >= high if pos >= 0 else low == high or self.committed.get(p, (-1, -1))[0] == high):
+            t = max(t, now_ms - CAUGHT_UP_MARGIN_MS)
+        return max(t, self.read_ms.get(p, -1))
 
     # ------------------------------------------------------------------ writing
     def _commit_offsets(self, now_ms: int) -> list[TopicPartition]:
@@ -255,21 +295,26 @@ class Worker:
         heads = self.job.tracker.heads()
         # librdkafka's position: after the last message handed to the job, and past the commit
         # markers behind it (offset + 1 of the last message would stop short of a marker forever)
-        tps = [TopicPartition(self.topic, p) for p in sorted(self.assigned)]
-        positions = {tp.partition: tp.offset for tp in self.consumer.position(tps)} if tps else {}
+        state = self._read_state()
         out = []
-        for p in self.assigned:
+        for p in sorted(self.assigned):
+            pos, low, high = state.get(p, (-1, -1, -1))
+            read_ms = self._read_mark(p, pos, low, high, now_ms)
             head = heads.get(p)
             if head is not None:
                 offset, since = head.offset, head.ref
-            elif positions.get(p, -1) >= 0:
-                offset, since = positions[p], now_ms
-            else:
-                continue  # nothing read yet: the committed offset stands
+            elif pos >= 0:
+                offset, since = pos, now_ms
+            else:  # nothing read yet: the committed offset stands, unless only its read time moves
+                offset = self.committed[p][0] if p in self.committed else high if 0 <= low == high else -1
+                if offset < 0 or read_ms <= self.read_ms.get(p, -1):
+                    continue
+                since = now_ms
             through = self.through.get(p, -1)
-            if self.committed.get(p) == (offset, through):
-                continue  # unchanged: no need to commit it again
-            out.append(TopicPartition(self.topic, p, offset, metadata=Checkpoint(through, since).encode()))
+            if self.committed.get(p) == (offset, through) and read_ms < self.read_ms.get(p, -1) + READ_MS_STEP:
+                continue  # unchanged (its read time by less than a step): no need to commit it again
+            self.read_ms[p] = read_ms
+            out.append(TopicPartition(self.topic, p, offset, metadata=Checkpoint(through, since, read_ms).encode()))
         return out
 
     def _flush(self) -> None:
@@ -357,6 +402,10 @@ class Worker:
                 since[tp.partition], through[tp.partition] = cp.since_ms, cp.through
             if tp.offset >= 0:
                 self.committed[tp.partition] = (tp.offset, through.get(tp.partition, -1))
+            # what the partition's last owner (maybe this worker) published goes on from there
+            self.read_ms[tp.partition] = cp.read_ms if cp is not None else -1
+        if self.group_read_times is not None:  # a new position here: copies are read anew
+            self.group_read_times.forget(parts)
         records = read_decisions(self.config, since, stopping=lambda: self.stopping)
         n = 0
         for p in parts:
@@ -415,6 +464,7 @@ class Worker:
         for p in lost:
             self.through.pop(p, None)
             self.committed.pop(p, None)
+            self.read_ms.pop(p, None)
 
     def _rewind(self) -> None:
         """Drop all uncommitted state and read every owned partition again from its committed

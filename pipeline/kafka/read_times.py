@@ -1,0 +1,189 @@
+"""The group's read time: how far the whole input is read, for the decisions of traces whose spans
+may still come as re-keyed copies from another partition (``operators.read_progress``, README
+"Guarantees").
+
+A message read on partition A that holds spans of a trace whose canonical partition is B is copied
+to B (re-keyed); the copy is written when A's owner commits, and read when B's owner gets to it. B's
+owner cannot see A's backlog — A may belong to another worker, or to none for a while (killed,
+restarting) — so by B's read progress alone it decides such a trace before the copy arrives.
+
+Publishing: every worker commits, with each owned partition's offset, that partition's *read time*
+in the checkpoint metadata (``pipeline.kafka.checkpoint``, ``read_ms``): the Kafka time up to which
+it has read the partition — or, caught up, its clock less ``CAUGHT_UP_MARGIN_MS``. It commits in
+the same transaction as the re-keyed copies of what was read, so a read time that is visible
+never runs ahead of its copies; a dead worker's partitions keep the last read time it committed
+until their next owner moves it, so they hold decisions instead of being skipped as idle.
+
+Reading: every ``REFRESH_S``, without blocking the worker's loop (AdminClient futures, looked at
+once per loop step):
+
+1. the group's committed offsets of every input partition (``ListConsumerGroupOffsets``; not
+   ``require_stable``: what is committed, never a pending transaction's) → each partition's read time;
+2. then the end offsets (``read_committed``: the last stable offset) of the partitions this worker
+   owns — every copy the commits seen in 1 wrote lies below them.
+
+A snapshot counts for an owned partition once the worker's position there reaches the end offset
+taken after it (the copies are read, so they are in their traces' buffers). The group read time of
+owned partition p is the lowest read time of every *other* input partition: p's own messages are
+never re-keyed to p, and p's own reading is the local guard's. A partition with no read time
+(nothing committed with one yet) holds every decision — within the assembler's bounds.
+
+Prior art: Kafka Streams has no read time across tasks — a repartition topic's task decides by its
+own stream time, and records later than the grace period are dropped (``max.task.idle.ms`` only
+waits for the co-partitioned inputs of one task). Flink's watermarks through a shuffle are the
+model: each downstream channel carries its upstreams' watermarks and an operator takes the
+minimum. Here the watermark travels in the committed offsets' metadata instead of in band, so
+exactly-once needs nothing new: the time and the copies commit together. Cheap: two small admin
+requests per ``REFRESH_S`` per worker, nothing per span.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from concurrent.futures import Future
+from typing import Any
+
+from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from pipeline.config import Config
+from pipeline.kafka import clients
+from pipeline.kafka.checkpoint import Checkpoint
+
+log = logging.getLogger("tailsift")
+
+REFRESH_S = 0.25  # how often the group's read times are fetched (two admin requests)
+REQUEST_TIMEOUT_S = 10.0  # a broker away: the request fails, the next one is sent a period later
+# a caught-up partition's read time trails its owner's clock by this much: a message stamped
+# (CreateTime) before the commit may still be in its producer's linger or on the wire, not in the
+# high watermark librdkafka last saw
+CAUGHT_UP_MARGIN_MS = 1_000
+UNKNOWN_NS = -1
+
+
+class GroupReadTimes:
+    """One worker's view of the group's read time, per owned partition."""
+
+    def __init__(self, config: Config, topic: str, partitions: int, admin: Any = None):
+        self.admin = admin if admin is not None else AdminClient(clients.base(config))
+        self.group = config.kafka.group_id
+        self.topic = topic
+        self.partitions = partitions
+        self._offsets: Future | None = None  # step 1 in flight
+        self._ends: dict[TopicPartition, Future] | None = None  # step 2 in flight
+        self._times: dict[int, int] = {}  # partition → committed read time (ms, -1: none), of step 1
+        self._next_s = 0.0
+        # owned partition → snapshots not read to yet: [(end offset, group read time ms)], the
+        # oldest and the newest (a newer one replaces the newest: its end is no lower)
+        self._pending: dict[int, list[tuple[int, int]]] = {}
+        self._read_ms: dict[int, int] = {}  # owned partition → the group read time in force (ms)
+
+    def update(self, owned: Iterable[int], positions: dict[int, int], now_s: float) -> dict[int, int]:
+        """Advance the exchange (never waits) and return, per owned partition, the group's read time
+        in ns (``UNKNOWN_NS`` while none is in force). ``positions``: the worker's next offset to
+        read per owned partition (-1: none)."""
+        owned = set(owned)
+        self._poll(owned, now_s)
+        out = {}
+        for p in owned:
+            pending = self._pending.get(p)
+            if pending:
+                pos = positions.get(p, -1)
+                while pending and (pending[0][0] <= 0 or pos >= pending[0][0]):
+                    t = pending.pop(0)[1]
+                    if t > self._read_ms.get(p, -1):
+                        self._read_ms[p] = t
+            t = self._read_ms.get(p, -1)
+            out[p] = t * 1_000_000 if t >= 0 else UNKNOWN_NS
+        for p in [p for p in self._read_ms if p not in owned]:
+            del self._read_ms[p]
+        for p in [p for p in self._pending if p not in owned]:
+            del self._pending[p]
+        return out
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Start over on these partitions (assigned anew, or rewound: their position went back, so
+        what the old snapshots say was read there must be read again)."""
+        for p in partitions:
+            self._read_ms.pop(p, None)
+            self._pending.pop(p, None)
+
+    def _poll(self, owned: set[int], now_s: float) -> None:
+        if self._ends is not None:
+            if not all(f.done() for f in self._ends.values()):
+                return
+            futures, self._ends = self._ends, None
+            try:
+                ends = {tp.partition: f.result().offset for tp, f in futures.items()}
+            except Exception as exc:  # noqa: BLE001 - a broker away: the next refresh asks again
+                log.debug("group read times: end offsets unavailable (%s)", exc)
+                return
+            self._snapshot(owned, ends)
+            return
+        if self._offsets is not None:
+            if not self._offsets.done():
+                return
+            future, self._offsets = self._offsets, None
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - as above
+                log.debug("group read times: committed offsets unavailable (%s)", exc)
+                return
+            self._times = read_times(result.topic_partitions, self.topic)
+            if owned:
+                self._ends = self.admin.list_offsets(
+                    {TopicPartition(self.topic, p): OffsetSpec.latest() for p in sorted(owned)},
+                    isolation_level=IsolationLevel.READ_COMMITTED,
+                    request_timeout=REQUEST_TIMEOUT_S,
+                )
+            return
+        if now_s >= self._next_s:
+            self._next_s = now_s + REFRESH_S
+            request = ConsumerGroupTopicPartitions(
+                self.group, [TopicPartition(self.topic, p) for p in range(self.partitions)]
+            )
+            self._offsets = self.admin.list_consumer_group_offsets(
+                [request], require_stable=False, request_timeout=REQUEST_TIMEOUT_S
+            )[self.group]
+
+    def _snapshot(self, owned: set[int], ends: dict[int, int]) -> None:
+        floors = group_floors(self._times, self.partitions)
+        for p, end in ends.items():
+            if p not in owned:
+                continue
+            pending = self._pending.setdefault(p, [])
+            entry = (end, floors.get(p, -1))
+            if len(pending) >= 2:
+                pending[-1] = entry
+            else:
+                pending.append(entry)
+
+
+def read_times(committed: Iterable[TopicPartition], topic: str) -> dict[int, int]:
+    """Partition → the read time (ms) its committed checkpoint carries; -1 without one."""
+    out = {}
+    for tp in committed:
+        if tp.topic != topic:
+            continue
+        cp = Checkpoint.decode(tp.metadata) if tp.offset >= 0 else None
+        out[tp.partition] = cp.read_ms if cp is not None else -1
+    return out
+
+
+def group_floors(times: dict[int, int], partitions: int) -> dict[int, int]:
+    """Per partition p, the lowest read time of every other input partition (ms; -1 when one has
+    none): how far everything that may be re-keyed to p is read."""
+    lowest, lowest_at, second = None, -1, None
+    for q in range(partitions):
+        t = times.get(q, -1)
+        if lowest is None or t < lowest:
+            lowest, lowest_at, second = t, q, lowest
+        elif second is None or t < second:
+            second = t
+    out = {}
+    for p in range(partitions):
+        others = second if p == lowest_at else lowest
+        if others is not None:  # None: no other partition (a single one: nothing is re-keyed)
+            out[p] = others
+    return out

@@ -1,0 +1,215 @@
+"""The group's read time (issue 13: the crash storm's remaining misses were error traces decided
+before the re-keyed copies of their error spans — from another partition's backlog, a killed
+worker's say — arrived; each partition's own read progress cannot see that).
+
+The assembler's side: a trace on a partition read to the end still waits until the group's read
+time there passes its stamp + wait, bounded as every hold is. The data plane's side: what a worker
+commits as each partition's read time (``Worker._commit_offsets``) and how it turns the group's
+committed read times into a per-partition floor (``pipeline.kafka.read_times``)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+from confluent_kafka import TopicPartition
+
+from operators.read_progress import REACHED, UNKNOWN
+from pipeline.kafka import read_times as rt
+from pipeline.kafka import worker as worker_mod
+from pipeline.kafka.checkpoint import Checkpoint
+from tests.support.jobs import make_job
+from tests.unit.test_backlog_guard import NOW0, T0_MS, WAIT, A, assembler, filler, message
+
+MS = 1_000_000
+
+
+def test_a_caught_up_partition_waits_for_the_groups_read_time():
+    """Partition 0 is read to the end, so its own progress holds nothing; the group's read time
+    there (how far partition 1 is read, its copies written and read back here) is below A's stamp
+    + wait: A is held — and keeps its trigger when the group lets it go (no backlog here)."""
+    a = assembler()
+    a.set_group_read_times({0: T0_MS * MS})
+    message(a, A, T0_MS, NOW0, "first", parent=None)
+    assert a.due(NOW0 + WAIT) == [] and len(a) == 1
+    message(a, A, T0_MS + 500, NOW0 + 2 * WAIT, "copy", status="ERROR")  # the re-keyed error span
+    a.set_group_read_times({0: (T0_MS + 999) * MS})
+    assert a.due(NOW0 + 2 * WAIT) == []  # 1 ms short of the wait
+    a.set_group_read_times({0: (T0_MS + 1_000) * MS})
+    (buf,) = a.due(NOW0 + 2 * WAIT)
+    assert (buf.trace_id, buf.messages, buf.trigger, buf.forced_reason) == (A, ["first", "copy"], "decision_wait", "")
+
+
+def test_held_for_its_own_partition_it_leaves_as_backlog_read():
+    a = assembler()
+    a.set_behind([0])
+    a.set_group_read_times({0: (T0_MS + 5_000) * MS})  # the group is far enough: its own partition is not
+    message(a, A, T0_MS, NOW0)
+    assert a.due(NOW0 + WAIT) == []
+    filler(a, T0_MS + 1_000, NOW0 + WAIT)
+    assert [(b.trace_id, b.trigger) for b in a.due(NOW0 + WAIT)] == [(A, "backlog_read")]
+
+
+def test_an_unknown_group_read_time_holds_up_to_the_hard_bound():
+    """No read time known for another partition (nothing committed with one: a worker never
+    started, say): the trace waits, but only until ``backlog_wait_factor`` × wait."""
+    a = assembler(factor=3)
+    a.set_group_read_times({0: UNKNOWN})
+    message(a, A, T0_MS, NOW0)
+    assert a.due(NOW0 + 3 * WAIT - 1) == []
+    (buf,) = a.due(NOW0 + 3 * WAIT)
+    assert (buf.trace_id, buf.trigger, buf.forced_reason) == (A, "backlog_limit", "backlog_limit")
+
+
+def test_the_root_quiet_point_waits_for_the_group_too():
+    """A rooted trace quiet for the gap is held (not decided) while the group's read time is
+    below its newest stamp + gap, and leaves as ``root_quiet`` once it passes."""
+    a = assembler(root_quiet_gap_ns=WAIT // 2)
+    a.set_group_read_times({0: T0_MS * MS})
+    message(a, A, T0_MS, NOW0, parent=None)
+    assert a.due(NOW0 + WAIT // 2) == []
+    a.set_group_read_times({0: (T0_MS + WAIT // 2 // MS) * MS})
+    assert [(b.trace_id, b.trigger) for b in a.due(NOW0 + WAIT // 2)] == [(A, "root_quiet")]
+
+
+def test_without_a_group_read_time_nothing_waits_for_it():
+    a = assembler()
+    message(a, A, T0_MS, NOW0)
+    assert [(b.trace_id, b.trigger) for b in a.due(NOW0 + WAIT)] == [(A, "decision_wait")]
+    assert a.progress.mark(0) == REACHED
+
+
+def test_revoked_partitions_forget_their_group_read_time():
+    a = assembler()
+    a.set_group_read_times({0: 5, 1: 7})
+    a.revoke([1])
+    assert (a.progress.mark(0), a.progress.mark(1)) == (5, UNKNOWN)
+
+
+# ---------------------------------------------------------------- the exchange
+
+
+def test_each_partition_waits_for_the_lowest_read_time_of_the_others():
+    assert rt.group_floors({0: 50, 1: 30, 2: 90}, 3) == {0: 30, 1: 50, 2: 30}
+    assert rt.group_floors({0: 50, 1: -1}, 3) == {0: -1, 1: -1, 2: -1}  # partition 2: none committed
+    assert rt.group_floors({0: 50}, 1) == {}  # one partition: nothing is re-keyed
+
+
+def test_read_times_come_from_the_committed_checkpoints():
+    committed = [
+        TopicPartition("in", 0, 10, metadata=Checkpoint(9, 100, 1_234).encode()),
+        TopicPartition("in", 1, 10, metadata=Checkpoint(9, 100).encode()),  # published no read time
+        TopicPartition("in", 2, -1001),  # never committed
+        TopicPartition("other", 0, 10, metadata=Checkpoint(9, 100, 5).encode()),
+    ]
+    assert rt.read_times(committed, "in") == {0: 1_234, 1: -1, 2: -1}
+
+
+def test_a_checkpoint_without_a_read_time_decodes_as_unknown():
+    assert Checkpoint.decode('{"v":1,"through":4,"since_ms":7}') == Checkpoint(4, 7, -1)
+    assert Checkpoint.decode(Checkpoint(4, 7, 9).encode()) == Checkpoint(4, 7, 9)
+
+
+class FakeAdmin:
+    """Answers each request with a future the test completes."""
+
+    def __init__(self) -> None:
+        self.offsets: list[Future] = []
+        self.ends: list[dict] = []
+
+    def list_consumer_group_offsets(self, requests, require_stable, request_timeout):  # noqa: ANN001
+        assert not require_stable  # what is committed, never a pending transaction's offsets
+        f: Future = Future()
+        self.offsets.append(f)
+        return {requests[0].group_id: f}
+
+    def list_offsets(self, specs, isolation_level, request_timeout):  # noqa: ANN001
+        futures = {tp: Future() for tp in specs}
+        self.ends.append(futures)
+        return futures
+
+
+class Committed:
+    def __init__(self, times: dict[int, int]):
+        self.topic_partitions = [
+            TopicPartition("in", p, 1, metadata=Checkpoint(0, 0, t).encode()) for p, t in times.items()
+        ]
+
+
+class End:
+    def __init__(self, offset: int):
+        self.offset = offset
+
+
+def test_a_snapshot_counts_once_its_copies_are_read():
+    """The group's read times are only in force on a partition once this worker has read it up to
+    the end offset taken after them: the copies those commits wrote are then in their buffers."""
+    admin = FakeAdmin()
+    g = rt.GroupReadTimes(make_job().config, "in", 2, admin=admin)
+    assert g.update({0}, {0: 0}, 1.0) == {0: rt.UNKNOWN_NS}  # asks for the committed offsets
+    admin.offsets[0].set_result(Committed({0: 100, 1: 200}))
+    assert g.update({0}, {0: 0}, 1.0) == {0: rt.UNKNOWN_NS}  # then the end offsets of what it owns
+    admin.ends[0][TopicPartition("in", 0)].set_result(End(40))
+    assert g.update({0}, {0: 39}, 1.0) == {0: rt.UNKNOWN_NS}  # not read to offset 40 yet
+    assert g.update({0}, {0: 40}, 1.0) == {0: 200 * MS}  # partition 1's read time, for partition 0
+    assert len(admin.offsets) == 1  # not before the refresh period
+    g.update({0}, {0: 40}, 1.0 + rt.REFRESH_S)
+    assert len(admin.offsets) == 2
+    g.forget([0])  # rewound: read anew
+    assert g.update({0}, {0: 40}, 1.0 + rt.REFRESH_S) == {0: rt.UNKNOWN_NS}
+
+
+def test_a_failed_request_keeps_what_is_in_force():
+    admin = FakeAdmin()
+    g = rt.GroupReadTimes(make_job().config, "in", 2, admin=admin)
+    g.update({0}, {0: 0}, 1.0)
+    admin.offsets[0].set_result(Committed({0: 100, 1: 200}))
+    g.update({0}, {0: 0}, 1.0)
+    admin.ends[0][TopicPartition("in", 0)].set_result(End(0))
+    assert g.update({0}, {0: 0}, 1.0) == {0: 200 * MS}
+    g.update({0}, {0: 0}, 2.0)
+    admin.offsets[1].set_exception(RuntimeError("broker away"))
+    assert g.update({0}, {0: 0}, 2.0) == {0: 200 * MS}
+
+
+# ---------------------------------------------------------------- what a worker commits
+
+
+class Consumer:
+    def __init__(self) -> None:
+        self.pos = {0: 10, 1: 5, 2: -1001}
+        self.ends = {0: 10, 1: 9, 2: 0}
+
+    def position(self, tps):  # noqa: ANN001
+        return [TopicPartition(tp.topic, tp.partition, self.pos[tp.partition]) for tp in tps]
+
+    def get_watermark_offsets(self, tp, cached):  # noqa: ANN001
+        return (0, self.ends[tp.partition])
+
+
+def test_a_worker_commits_each_partitions_read_time(monkeypatch):
+    """Read to the end (partition 0; partition 2, empty and never read): its clock less the margin;
+    behind (partition 1): how far it is read in Kafka time; never lower than before."""
+    monkeypatch.setattr(worker_mod, "Consumer", lambda conf: Consumer())
+    monkeypatch.setattr(worker_mod, "OutputProducer", lambda conf: None)
+    job = make_job()
+    w = worker_mod.Worker(job.config, job)
+    job.input_partitions = 3
+    w.assigned = {0, 1, 2}
+    for _ in range(9):  # one block of partition 1's messages: its read time is their median
+        job.assembler.read(1, T0_MS, NOW0)
+    now_ms = NOW0 // MS
+
+    def published() -> dict[int, int]:
+        """What the next commit carries per partition; committed (as _flush does when it succeeds)."""
+        offsets = w._commit_offsets(now_ms)
+        for tp in offsets:
+            w.committed[tp.partition] = (tp.offset, w.through.get(tp.partition, -1))
+        return {tp.partition: Checkpoint.decode(tp.metadata).read_ms for tp in offsets}
+
+    assert published() == {0: now_ms - rt.CAUGHT_UP_MARGIN_MS, 1: T0_MS, 2: now_ms - rt.CAUGHT_UP_MARGIN_MS}
+    assert published() == {}  # unchanged: nothing to commit again
+    w.read_ms[1] = T0_MS + 7  # committed before (by this worker or the partition's last owner)
+    now_ms += worker_mod.READ_MS_STEP
+    assert published() == {0: now_ms - rt.CAUGHT_UP_MARGIN_MS, 2: now_ms - rt.CAUGHT_UP_MARGIN_MS}
+    w.committed[1] = (0, -1)  # its offset moved: committed again, its read time never lower than before
+    assert published() == {1: T0_MS + 7}
