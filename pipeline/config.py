@@ -554,8 +554,21 @@ class JobConfig(Strict):
         description="at_least_once: how often windows close, writes are acknowledged and offsets committed "
         "(exactly_once: every commit interval); due traces are written at every loop step",
     )
-    batch_max_messages: int = Field(500, ge=1, le=100_000, description="messages taken per consume() call")
+    batch_max_messages: int = Field(
+        500,
+        ge=1,
+        le=100_000,
+        description="most messages taken per consume() call (fewer under job.step_budget_ms)",
+    )
     batch_within_ms: int = Field(50, ge=1, le=10_000, description="longest wait for a batch to fill")
+    step_budget_ms: int = Field(
+        0,
+        ge=0,
+        le=60_000,
+        description="while a backlog is read, take fewer messages per consume() so a loop step lasts about "
+        "this long (lower decision latency under a drain, more CPU per span: more steps and commits on "
+        "time); 0 = whole batches",
+    )
     commit_interval_ms: int = Field(1_000, ge=100, le=600_000)
     worker_id: str = Field("", description="name in SLI records and part of the transactional id; default host:pid")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(

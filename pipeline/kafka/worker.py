@@ -76,6 +76,8 @@ RESTORE_PATIENCE_S = 300.0
 # a partition otherwise unchanged is committed again when its read time moved this much (ms): the
 # group's decisions wait for it (pipeline.kafka.read_times)
 READ_MS_STEP = 100
+# weight of the latest step in the per-message cost the batch size is derived from
+STEP_COST_WEIGHT = 0.25
 
 
 class FatalError(RuntimeError):
@@ -102,6 +104,9 @@ class Worker:
         self.tick = j.tick_ms / 1000
         # exactly_once: one transaction per commit interval; at_least_once: write on every tick
         self.interval = j.commit_interval_ms / 1000 if self.exactly_once else self.tick
+        self.step_budget = j.step_budget_ms / 1000  # 0: whole batches (see _size_batch)
+        self.batch = self.batch_max  # messages asked of the next consume() (_size_batch)
+        self.message_cost = 0.0  # seconds of step per message, smoothed (0: not measured yet)
         self.assigned: set[int] = set()
         self.through: dict[int, int] = {}  # partition → checkpoint: side outputs written up to here
         self.committed: dict[int, tuple[int, int]] = {}  # partition → (offset, through) last committed
@@ -172,7 +177,7 @@ class Worker:
     def _step(self) -> None:
         job = self.job
         wait = max(0.0, min(self.batch_wait, self.last_flush + self.interval - time.monotonic()))
-        messages = self.consumer.consume(self.batch_max, wait)
+        messages = self.consumer.consume(self.batch, wait)
         started = time.perf_counter()
         if self.rewind_needed:  # partitions were lost inside consume(): their work cannot be committed
             self._discard_open()
@@ -190,17 +195,40 @@ class Worker:
                 batch.append(Received(m.partition(), m.offset(), m.key(), m.value(), now_ms, m.timestamp()[1]))
             job.ingest(batch, time.time_ns())
         # decide at every step, not once per interval: a trace due now leaves in the open
-        # transaction at once, and the interval's commit only adds the SLI partials and offsets
-        due = job.decide_due(time.time_ns(), behind=self._behind())
+        # transaction at once, and the interval's commit only adds the SLI partials and offsets.
+        # Nothing buffered, nothing can be due: the lag report (librdkafka calls per partition) is
+        # skipped, and the next decision with something buffered reports it afresh
+        behind = self._behind() if len(job.assembler) else None
+        due = job.decide_due(time.time_ns(), behind=behind)
         produced = not due.records or self._produce_open(due)
-        metrics.STEP_SECONDS.observe(time.perf_counter() - started)
-        if not produced:
-            pass  # the write failed and the worker rewound: nothing is left to commit
-        elif time.monotonic() - self.last_flush >= self.interval:
-            self._flush()
-        else:
-            job.update_gauges()
+        took = time.perf_counter() - started
+        metrics.STEP_SECONDS.observe(took)
+        if self.step_budget and messages:
+            self._size_batch(len(messages), took)
+        # buffer gauges and the service graph's counters once per interval, in _flush
+        if produced and time.monotonic() - self.last_flush >= self.interval:
+            self._flush()  # (not produced: the write failed and the worker rewound, nothing to commit)
         self._backpressure()
+
+    def _size_batch(self, messages: int, took: float) -> None:
+        """``job.step_budget_ms`` > 0: the next consume()'s batch while a backlog is read (consume()
+        returned all it was asked for) — as many messages as fit the budget at the per-message cost
+        of recent such steps (ingest, and the deciding their traces bring, in wall time, so a worker
+        short of CPU takes fewer), between 1 and ``job.batch_max_messages``. A trace due mid-step
+        waits for the rest of the step, and so does a commit whose interval ran out: a drain runs in
+        steps of about the budget instead of whole batches (seen: 0.1–1.6 s per 500-message step on
+        the loaded bench machine). The price: commits then keep to their interval — more
+        transactions and SLI partials per span — and more steps (README Design, measured). Caught
+        up, the batch is ``batch_max_messages`` again: consume() waits up to ``batch_within_ms``
+        for what arrives, and a smaller batch would only cut the same input into more steps."""
+        if messages < self.batch:  # caught up: consume() waited for what there was
+            self.batch = self.batch_max
+            return
+        cost = took / messages
+        if self.message_cost:
+            cost = self.message_cost + STEP_COST_WEIGHT * (cost - self.message_cost)
+        self.message_cost = cost
+        self.batch = self.batch_max if cost <= 0 else max(1, min(self.batch_max, round(self.step_budget / cost)))
 
     def _produce_open(self, out: Outbox) -> bool:
         """A step's records into the open transaction (at_least_once: the producer's queue). They
@@ -352,8 +380,11 @@ class Worker:
         self.open_points = []
         for tp in offsets:
             self.committed[tp.partition] = (tp.offset, self.through.get(tp.partition, -1))
+        produced: dict[str, int] = {}
         for r in written:
-            metrics.RECORDS_PRODUCED.labels(r.topic).inc()
+            produced[r.topic] = produced.get(r.topic, 0) + 1
+        for topic, n in produced.items():  # one labelled increment per topic, not per record
+            metrics.RECORDS_PRODUCED.labels(topic).inc(n)
         if written:
             done_ns = time.time_ns()
             for point in points:

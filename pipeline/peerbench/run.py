@@ -10,7 +10,11 @@ unkeyed ~200-span multi-trace default) is pre-filled into a fresh topic per run 
   exactly_once), with privacy on (the default) and off,
 
 each pinned to one core (``taskset``) while the broker and this process share the other. Each run
-samples the system's progress and /proc CPU time (utime + stime) every 0.25 s; spans per CPU-second
+samples the system's progress and /proc CPU time (utime + stime) every 0.25 s (tailsift's progress
+from /metrics until its first span, then from its group's committed offsets on the broker: a
+scrape costs the job CPU the bench would charge it; the Collector's from its metrics throughout),
+and tailsift's CPU per thread (loop thread, librdkafka's threads, helpers; ``--profile PATH`` adds
+a py-spy profile of the drain); spans per CPU-second
 = spans ingested after the first sample that saw any / CPU seconds from that sample to the drain
 end (every trace decided and its kept spans written); wall spans/s over the same interval; peak RSS
 = VmHWM. Every wait is bounded: a system that crashes or stalls is reported as such in the table
@@ -26,10 +30,11 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
@@ -41,6 +46,8 @@ from pipeline.jobproc import JobError, JobProcess
 from pipeline.kafka import clients
 from pipeline.kafka.partitioner import sarama_partition
 from pipeline.localkafka import broker
+from pipeline.peerbench.threads import PySpy, split, thread_cpu
+from pipeline.peerbench.threads import render as render_threads
 from pipeline.peerbench.traffic import Traffic, generate
 from pipeline.topics import create_topics
 
@@ -72,6 +79,8 @@ class Result:
     kept_spans_out: int = 0  # kept spans written to the output topic
     error: str = ""
     note: str = ""
+    threads: Counter = field(default_factory=Counter)  # CPU seconds per thread name (tailsift)
+    metrics: dict = field(default_factory=dict)  # tailsift's /metrics at the drain end
 
     @property
     def per_cpu(self) -> float:
@@ -92,11 +101,15 @@ def peak_rss(pid: int) -> int:
 class _Sampler:
     """Progress and CPU of one process, sampled until ``done`` says the drain is over."""
 
-    def __init__(self, pid: int, timeout: float):
+    def __init__(self, pid: int, timeout: float, profile: PySpy | None = None):
         self.pid = pid
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.first: tuple[float, float, float] | None = None  # (wall, cpu, progress)
+        self.profile = profile
+        self.threads_first: dict = {}
+        self.threads_seen: dict = {}  # (tid, name) → CPU at the last sample that saw it alive
+        self.threads: Counter = Counter()  # CPU seconds per thread name over the drain
 
     def run(self, sample, done) -> tuple[tuple, tuple, int, object]:
         """``sample()`` → (progress, state); ``done(state)`` → bool. Returns the first sample that saw
@@ -106,7 +119,17 @@ class _Sampler:
             now, cpu = time.perf_counter(), cpu_seconds(self.pid)
             if self.first is None and progress > 0:
                 self.first = (now, cpu, progress)
+                self.threads_first = thread_cpu(self.pid)
+                if self.profile is not None:
+                    self.profile.start(self.pid)
+            if self.first is not None:
+                # short-lived threads (a helper per commit, an HTTP handler per scrape) are counted
+                # up to the last sample that saw them
+                self.threads_seen.update(thread_cpu(self.pid))
             if self.first is not None and done(state):
+                self.threads = split(self.threads_first, self.threads_seen)
+                if self.profile is not None:
+                    self.profile.stop()
                 return self.first, (now, cpu), peak_rss(self.pid), state
             time.sleep(SAMPLE_S)
         raise RunFailed(f"stalled: not drained in {self.timeout:.0f} s")
@@ -272,6 +295,40 @@ def _exception_line(log: Path) -> str:
     return (named or lines or ["(empty log)"])[-1].strip()[:200]
 
 
+class _CommittedOffsets:
+    """Whether a consumer group's committed offsets have reached the end of every partition of its
+    (pre-filled) input — for tailsift, drained: a worker commits a partition's oldest message whose
+    trace is not decided and written yet. Read from the broker, so watching the drain costs the job
+    no CPU; a /metrics scrape of its ~400 series costs it ~4 ms, and scraping 4 times a second was
+    ~12 % of the CPU this bench charged it (a Prometheus server scrapes every 15–60 s)."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str):
+        self.consumer = Consumer(
+            {
+                **clients.connection(bootstrap),
+                "group.id": group,  # never subscribes: reads the group's offsets, never joins it
+                "enable.auto.commit": False,
+                # read_committed would ask for stable offsets, refused while a transaction is open
+                "isolation.level": "read_uncommitted",
+            }
+        )
+        n = len(self.consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+        self.tps = [TopicPartition(topic, p) for p in range(n)]
+        self.ends: dict[int, int] = {}
+
+    def drained(self) -> bool:
+        if not self.ends:
+            self.ends = {tp.partition: self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.tps}
+        try:
+            committed = self.consumer.committed(self.tps, timeout=10)
+        except KafkaException:  # e.g. the coordinator moving: ask again at the next sample
+            return False
+        return all(tp.offset >= self.ends[tp.partition] for tp in committed)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
 def tailsift_config(bootstrap: str, run_id: str, tmp: Path, privacy: bool):
     workdir = tmp / run_id
     workdir.mkdir()
@@ -289,7 +346,9 @@ def tailsift_config(bootstrap: str, run_id: str, tmp: Path, privacy: bool):
     )
 
 
-def run_tailsift(bootstrap: str, traffic: Traffic, tmp: Path, privacy: bool, cpus, timeout) -> Result:
+def run_tailsift(
+    bootstrap: str, traffic: Traffic, tmp: Path, privacy: bool, cpus, timeout, profile: Path | None = None
+) -> Result:
     res = Result(f"tailsift, privacy {'on' if privacy else 'off'}", "")
     run_id = f"peer-{uuid.uuid4().hex[:6]}"
     path, cfg = tailsift_config(bootstrap, run_id, tmp, privacy)
@@ -298,8 +357,15 @@ def run_tailsift(bootstrap: str, traffic: Traffic, tmp: Path, privacy: bool, cpu
         prefill(bootstrap, cfg.topics.spans_raw.name, traffic)
         job = _PinnedJob(path, cfg.metrics.port, tmp / f"{run_id}.log", cpus=cpus).start()
         try:
+            sampler = _Sampler(job.proc.pid, timeout, PySpy(profile) if profile else None)
+            watch = _CommittedOffsets(bootstrap, cfg.kafka.group_id, cfg.topics.spans_raw.name)
 
             def sample():
+                # /metrics until the first span is in, then the group's committed offsets (read
+                # from the broker: no CPU of the job's) until they reach the end of the input, then
+                # /metrics again for the decision counts
+                if sampler.first is not None and not watch.drained():
+                    return 1, None
                 try:
                     m = job.metrics()
                 except OSError:
@@ -331,8 +397,14 @@ def run_tailsift(bootstrap: str, traffic: Traffic, tmp: Path, privacy: bool, cpu
                 job._check_alive()
                 return sample()
 
-            first, last, res.peak_rss, _ = _Sampler(job.proc.pid, timeout).run(sample_alive, done)
+            try:
+                first, last, res.peak_rss, res.metrics = sampler.run(sample_alive, done)
+            finally:
+                watch.close()
+                if sampler.profile is not None:
+                    sampler.profile.stop()
             _measured(res, traffic.spans, first, last)
+            res.threads = sampler.threads
         except (JobError, RunFailed) as exc:
             res.error = str(exc).splitlines()[0].removesuffix("; log tail:")
             res.error += f" — {_exception_line(job.log_path)}"
@@ -387,6 +459,11 @@ def render(console: Console, results: list[Result], traffic: dict[str, Traffic],
     for r in results:
         if r.note:
             console.print(f"  note: {r.system}, {r.variant}: {r.note}")
+    for r in results:
+        if r.threads and not r.error:
+            console.print(f"  {r.system}, {r.variant}: CPU by thread over the drain ({r.cpu_s:.2f} s)")
+            for line in render_threads(r.threads, r.cpu_s, r.spans):
+                console.print(line, highlight=False)
     for v, tr in traffic.items():
         console.print(
             f"  {v}: {tr.traces:,} traces, {tr.spans:,} spans in {len(tr.messages):,} messages "
@@ -406,6 +483,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", default="collector,tailsift,tailsift-noprivacy")
     parser.add_argument("--timeout", type=float, default=300, help="seconds one system may take to drain")
     parser.add_argument("--bootstrap", default=None, help="use this Kafka instead of starting deploy/local/kafka")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="py-spy record each tailsift drain to PATH (.json: speedscope, else raw collapsed stacks); "
+        "the system and variant are added to the name",
+    )
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -446,7 +531,10 @@ def main(argv: list[str] | None = None) -> int:
                     finally:
                         delete_topic_names(bootstrap, [topic, f"{topic}.kept"])
                 else:
-                    r = run_tailsift(bootstrap, tr, tmp, system == "tailsift", cpus, args.timeout)
+                    profile = None
+                    if args.profile is not None:
+                        profile = args.profile.with_name(f"{args.profile.stem}.{system}.{variant}{args.profile.suffix}")
+                    r = run_tailsift(bootstrap, tr, tmp, system == "tailsift", cpus, args.timeout, profile)
                 r.variant = variant
                 console.print(f"  {r.error or f'{r.per_cpu:,.0f} spans/CPU-s, {r.per_wall:,.0f} spans/s wall'}")
                 results.append(r)

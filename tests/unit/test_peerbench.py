@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from pipeline.codecs import otlp
-from pipeline.peerbench import run
+from pipeline.peerbench import run, threads
 from pipeline.peerbench.traffic import KEYED_CHUNK, UNKEYED_BATCH, generate
 
 
@@ -66,3 +66,28 @@ def test_a_system_that_never_drains_is_reported_as_stalled():
     sampler = run._Sampler(os.getpid(), timeout=0.6)
     with pytest.raises(run.RunFailed, match="stalled"):
         sampler.run(lambda: (10, None), lambda _state: False)
+
+
+def test_cpu_by_thread_sums_librdkafka_threads_and_counts_threads_that_ended():
+    """The split the bench prints per thread: librdkafka's numbered broker threads are one line,
+    a thread gone before the end counts with its last reading, one started after the start counts
+    whole, and what no reading saw is left over as not attributed."""
+    before = {(1, "python"): 10.0, (2, "rdk:broker1"): 1.0, (3, "rdk:broker-1"): 0.5, (4, "rdk:main"): 0.2}
+    seen = {
+        (1, "python"): 14.0,
+        (2, "rdk:broker1"): 1.5,
+        (3, "rdk:broker-1"): 0.75,  # ended before the last sample: its last reading
+        (4, "rdk:main"): 0.3,
+        (9, "python"): 0.5,  # a helper thread started during the drain
+    }
+    spent = threads.split(before, seen)
+    assert spent == {"python": 4.5, "rdk:broker": 0.75, "rdk:main": pytest.approx(0.1)}
+    lines = threads.render(spent, total_s=6.0, spans=1_000_000)
+    assert lines[0].split()[:2] == ["python", "4.50"] and "4.5 µs/span" in lines[0]
+    assert lines[-1].split()[:3] == ["(not", "attributed)", "0.65"]
+
+
+def test_cpu_by_thread_reads_this_process():
+    readings = threads.thread_cpu(os.getpid())
+    assert any(tid == os.getpid() for tid, _name in readings)  # the main thread's id is the pid
+    assert all(cpu >= 0 for cpu in readings.values())
