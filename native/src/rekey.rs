@@ -349,6 +349,7 @@ struct Placement {
     scheme: Scheme,
     partitions: u32,
     max_record_bytes: usize,
+    max_copies_bytes: usize,
 }
 
 fn place(
@@ -376,7 +377,10 @@ fn place(
         .iter()
         .map(|(_, idx)| layout(plan, &env, idx))
         .collect();
-    if layouts.iter().any(|l| l.total > p.max_record_bytes) {
+    // `pipeline/job/rekey.py` MAX_COPIES_RECORDS: one large resource over thousands of one-span
+    // traces must not split into gigabytes; the sizes are known before a copy is built
+    let total: usize = layouts.iter().map(|l| l.total).sum();
+    if total > p.max_copies_bytes || layouts.iter().any(|l| l.total > p.max_record_bytes) {
         return Ok(Placed::TooLarge);
     }
     Ok(Placed::Rekeyed(
@@ -429,8 +433,8 @@ fn fragments<'py>(
 /// - `([(key, partition, value)], None)`: its re-keyed copies, one per trace in first-seen order
 ///   (`partition` None when `partitions` is 0: unknown; `value` the message itself when it holds
 ///   one trace);
-/// - `(None, fragments)`: misplaced, but a copy would be larger than `max_record_bytes`: its
-///   fragments, to buffer where it arrived.
+/// - `(None, fragments)`: misplaced, but a copy would be larger than `max_record_bytes`, or all of
+///   them larger than `max_copies_bytes`: its fragments, to buffer where it arrived.
 ///
 /// `scheme` is `ingest.partitioning` ("tailsift" or "collector").
 #[pyfunction]
@@ -447,6 +451,7 @@ pub fn ingest_otlp<'py>(
     scheme: &str,
     n_partitions: u32,
     max_record_bytes: usize,
+    max_copies_bytes: usize,
 ) -> PyResult<Bound<'py, PyList>> {
     let Some(scheme) = Scheme::named(scheme) else {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
@@ -462,6 +467,7 @@ pub fn ingest_otlp<'py>(
         scheme,
         partitions: n_partitions,
         max_record_bytes,
+        max_copies_bytes,
     };
     let checks = Checks::new(now_ns, limit_ns, max_skew_ns, limits);
     let mut headers = Headers::new(py)?;

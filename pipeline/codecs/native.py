@@ -99,13 +99,22 @@ class NativeCodec:
         return out
 
     def decode_placed(
-        self, messages: list, now_ns: int, placement: Any, partitions: int, max_record_bytes: int
+        self,
+        messages: list,
+        now_ns: int,
+        placement: Any,
+        partitions: int,
+        max_record_bytes: int,
+        max_copies_bytes: int,
     ) -> list[list[Fragment] | Malformed | Rekeyed]:
         """``decode_batch`` and ``pipeline.job.rekey.place`` in one call into Rust (OTLP protobuf):
         per received message its verdict, its fragments when it stays where it arrived, or its
         re-keyed copies (``Rekeyed``: split from the request's own bytes, placed by
         ``placement`` — a ``pipeline.kafka.partitioner.Partitioning`` — over ``partitions``, 0
-        when unknown). Header dicts are built only for the messages that stay."""
+        when unknown; too large to re-key when a copy exceeds ``max_record_bytes`` or all of them
+        ``max_copies_bytes``, as ``pipeline.job.rekey.place`` says). Header dicts are
+        built only for the messages that stay."""
+
         values = [m.value for m in messages]
         keys = [m.key for m in messages]
         where = [m.partition for m in messages]
@@ -121,6 +130,7 @@ class NativeCodec:
                 placement.name,
                 partitions,
                 max_record_bytes,
+                max_copies_bytes,
             )
         out: list[list[Fragment] | Malformed | Rekeyed] = []
         for result in results:

@@ -35,8 +35,9 @@ class Ingest:
         # messages that stay (a re-keyed message is read again as its copies)
         placed = rekey and getattr(codec, "places", False)
         if placed:
+            limit = self.max_record_bytes
             decoded = codec.decode_placed(
-                messages, now_ns, self.partitioning, self.input_partitions, self.max_record_bytes
+                messages, now_ns, self.partitioning, self.input_partitions, limit, rekeying.max_copies_bytes(limit)
             )
         else:
             decoded = decode_each(codec, [m.value for m in messages], now_ns)

@@ -107,7 +107,9 @@ def assert_same_placement(
     msgs: list[Received], placement, partitions: int, max_record_bytes: int, now_ns: int = NOW
 ) -> int:
     """Native against Python for one batch; returns how many messages were re-keyed."""
-    mine = native.NativeCodec("otlp_proto", BOUNDS).decode_placed(msgs, now_ns, placement, partitions, max_record_bytes)
+    mine = native.NativeCodec("otlp_proto", BOUNDS).decode_placed(
+        msgs, now_ns, placement, partitions, max_record_bytes, rekey.max_copies_bytes(max_record_bytes)
+    )
     want = python_placed(msgs, placement, partitions, max_record_bytes, now_ns)
     assert len(mine) == len(want) == len(msgs)
     rekeyed = 0
@@ -213,7 +215,7 @@ def test_envelopes_without_resource_or_scope_and_repeated_ones():
     value = ld(1, rs) + ld(1, ld(2, ld(2, span(1))))  # a second resource_spans, no resource
     msgs = [Received(0, 0, None, value)]
     assert assert_same_placement(msgs, TAILSIFT, 6, 1 << 20) == 1
-    (got,) = native.NativeCodec("otlp_proto", BOUNDS).decode_placed(msgs, NOW, TAILSIFT, 6, 1 << 20)
+    (got,) = native.NativeCodec("otlp_proto", BOUNDS).decode_placed(msgs, NOW, TAILSIFT, 6, 1 << 20, 16 << 20)
     first = ExportTraceServiceRequest.FromString(got.parts[0][2])
     assert [len(r.scope_spans[0].spans) for r in first.resource_spans] == [1, 1, 1]
     assert first.resource_spans[0].schema_url == "u2" and first.resource_spans[0].scope_spans[0].schema_url == "s2"
@@ -266,7 +268,7 @@ def test_keyed_traffic_on_its_partition_stays_and_the_rest_is_rekeyed():
         Received((home + 1) % 6, 0, tid.hex().encode(), GENERATED_OTLP[0]),
         Received(0, 1, None, PEER_UNKEYED[0]),
     ]
-    got = native.NativeCodec("otlp_proto", BOUNDS).decode_placed(msgs, NOW, COLLECTOR, 6, 1 << 20)
+    got = native.NativeCodec("otlp_proto", BOUNDS).decode_placed(msgs, NOW, COLLECTOR, 6, 1 << 20, 16 << 20)
     assert isinstance(got[0], list) and got[0][0].trace_id == tid
     assert got[1].parts == [(tid.hex().encode(), home, GENERATED_OTLP[0])]
     traces = otlp.decode_traces(PEER_UNKEYED[0])
