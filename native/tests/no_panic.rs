@@ -134,10 +134,12 @@ fn ld(num: u8, body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(body);
 }
 
-/// A request of `shape`: per resource_spans (has a resource, schema URL) its scope_spans, per
-/// scope_spans (has a scope) the trace (0..3) of each span.
-#[allow(clippy::type_complexity)]
-fn otlp_request(shape: &[(bool, bool, Vec<(bool, Vec<u8>)>)]) -> Vec<u8> {
+/// Per resource_spans: has a resource, has a schema URL, its scope_spans — each: has a scope, the
+/// trace (0..3) of each span.
+type Shape = [(bool, bool, Vec<(bool, Vec<u8>)>)];
+
+/// A request of `shape`.
+fn otlp_request(shape: &Shape) -> Vec<u8> {
     let mut req = Vec::new();
     for (r, (resource, url, scopes)) in shape.iter().enumerate() {
         let mut rs = Vec::new();
@@ -175,9 +177,11 @@ fn otlp_request(shape: &[(bool, bool, Vec<(bool, Vec<u8>)>)]) -> Vec<u8> {
     req
 }
 
-/// The spans (encoded bytes) and services of each trace, first-seen order.
-fn per_trace(request: &proto::Request) -> Vec<(Vec<u8>, Vec<(Vec<u8>, String)>)> {
-    let mut out: Vec<(Vec<u8>, Vec<(Vec<u8>, String)>)> = Vec::new();
+/// Per trace (first-seen order) its ID and its spans: (encoded bytes, service).
+type PerTrace = Vec<(Vec<u8>, Vec<(Vec<u8>, String)>)>;
+
+fn per_trace(request: &proto::Request) -> PerTrace {
+    let mut out: PerTrace = Vec::new();
     for sp in &request.spans {
         let entry = (
             sp.detail.to_vec(),
