@@ -41,6 +41,18 @@ class Fragment:
         return [span for _, spans in groups for span in spans]
 
 
+@dataclass(slots=True)
+class Rekeyed:
+    """A message off its traces' canonical partition, as placement (``pipeline.job.rekey.place``,
+    or a native codec's ``decode_placed``) found it: ``parts`` are its copies to publish on the
+    input topic, one per trace in first-seen order — (key, partition or None: by key, value; the
+    value is the message itself when it holds one trace). ``parts`` is None when a copy would be
+    larger than a record may be: the job then buffers ``fragments`` where the message arrived."""
+
+    parts: list[tuple[bytes, int | None, bytes]] | None
+    fragments: list[Fragment] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class SpanLimits:
     """Per-span bounds checked at ingest (``ingest.max_span_bytes``, ``ingest.max_attributes_per_span``).

@@ -24,7 +24,7 @@ from typing import Any
 
 from operators.span_times import SpanTimeBounds
 from pipeline.codecs import otlp
-from pipeline.codecs.interface import Codec, Fragment, Malformed, SpanLimits
+from pipeline.codecs.interface import Codec, Fragment, Malformed, Rekeyed, SpanLimits
 
 try:
     from pipeline import _native as _core
@@ -73,6 +73,9 @@ class NativeCodec:
         self.python = python
         self.limits = limits or SpanLimits()
         self._limits = (self.limits.max_span_bytes, self.limits.max_attributes)
+        # OTLP protobuf: decode_placed re-keys in Rust (Avro holds one trace per message: its copy
+        # is the message itself, placed in Python at the cost of a key comparison)
+        self.places = fmt == "otlp_proto"
         self._split_value: bytes | None = None  # the message split last, and its traces
         self._split_traces: dict = {}
 
@@ -93,6 +96,52 @@ class NativeCodec:
                 out.append(Malformed(result[0], result[1]))
             else:
                 out.append([Fragment(t, groups, n, None) for t, groups, n in result])
+        return out
+
+    def decode_placed(
+        self,
+        messages: list,
+        now_ns: int,
+        placement: Any,
+        partitions: int,
+        max_record_bytes: int,
+        max_copies_bytes: int,
+    ) -> list[list[Fragment] | Malformed | Rekeyed]:
+        """``decode_batch`` and ``pipeline.job.rekey.place`` in one call into Rust (OTLP protobuf):
+        per received message its verdict, its fragments when it stays where it arrived, or its
+        re-keyed copies (``Rekeyed``: split from the request's own bytes, placed by
+        ``placement`` — a ``pipeline.kafka.partitioner.Partitioning`` — over ``partitions``, 0
+        when unknown; too large to re-key when a copy exceeds ``max_record_bytes`` or all of them
+        ``max_copies_bytes``, as ``pipeline.job.rekey.place`` says). Header dicts are
+        built only for the messages that stay."""
+
+        values = [m.value for m in messages]
+        keys = [m.key for m in messages]
+        where = [m.partition for m in messages]
+        with _no_cycle_collection():
+            results = _core.ingest_otlp(
+                values,
+                keys,
+                where,
+                now_ns,
+                self._limit_ns,
+                self._max_skew_ns,
+                self._limits,
+                placement.name,
+                partitions,
+                max_record_bytes,
+                max_copies_bytes,
+            )
+        out: list[list[Fragment] | Malformed | Rekeyed] = []
+        for result in results:
+            if type(result) is list:
+                out.append([Fragment(t, groups, n, None) for t, groups, n in result])
+            elif type(result[0]) is str:
+                out.append(Malformed(result[0], result[1]))
+            elif result[0] is None:  # too large to re-key: its fragments, to buffer where it arrived
+                out.append(Rekeyed(None, [Fragment(t, groups, n, None) for t, groups, n in result[1]]))
+            else:
+                out.append(Rekeyed(result[0]))
         return out
 
     def trace_headers(self, values: list[bytes], trace_ids: list[bytes]) -> list[list[dict]]:

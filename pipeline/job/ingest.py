@@ -1,7 +1,8 @@
 """Stage 1, ingest: one loop for every wire format. Each received message goes through the
 configured codec (``pipeline.codecs.interface.Codec``) into per-trace ``Fragment``s; a malformed
-one is dead-lettered with its reason, one off its trace's canonical partition is re-keyed, and
-each fragment is counted in the SLI windows (before sampling) and routed (``route``)."""
+one is dead-lettered with its reason, one off its trace's canonical partition is re-keyed
+(``pipeline.job.rekey``; for OTLP protobuf in the native core, in the same call as the decode),
+and each fragment is counted in the SLI windows (before sampling) and routed (``route``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from collections.abc import Iterable
 
 from operators.assemble import Buffered
 from pipeline import metrics
-from pipeline.codecs import decode_each, otlp
-from pipeline.codecs.interface import Fragment, Malformed
+from pipeline.codecs import decode_each
+from pipeline.codecs.interface import Malformed, Rekeyed
+from pipeline.job import rekey as rekeying
 from pipeline.job.records import Received, Record
-from pipeline.kafka.partitioner import COLLECTOR
 
 # label children bound once: .labels() per message would cost a dict lookup and a lock each time
 _REKEYED = metrics.MESSAGES.labels("rekeyed")
@@ -25,12 +26,21 @@ class Ingest:
     def ingest(self, messages: Iterable[Received], now_ns: int) -> None:
         """Take a batch of received messages. A message feeding N traces holds N trace obligations
         (plus one per SLI window it opens) on its offset."""
-        sli, tracker, rekey = self.sli, self.tracker, self.rekey
+        sli, tracker, rekey, codec = self.sli, self.tracker, self.rekey, self.codec
         read = self.assembler.read  # every message read moves its partition's read time
         n_spans = 0
         messages = messages if isinstance(messages, list) else list(messages)
-        # one call for the batch: the native core walks every message in Rust
-        decoded = decode_each(self.codec, [m.value for m in messages], now_ns)
+        # one call for the batch: the native core walks every message in Rust — and, for OTLP
+        # protobuf, places it too, building the re-keyed copies and header dicts only for the
+        # messages that stay (a re-keyed message is read again as its copies)
+        placed = rekey and getattr(codec, "places", False)
+        if placed:
+            limit = self.max_record_bytes
+            decoded = codec.decode_placed(
+                messages, now_ns, self.partitioning, self.input_partitions, limit, rekeying.max_copies_bytes(limit)
+            )
+        else:
+            decoded = decode_each(codec, [m.value for m in messages], now_ns)
         for msg, fragments in zip(messages, decoded):
             stamp = read(msg.partition, msg.timestamp_ms, now_ns)
             value = msg.value
@@ -38,12 +48,14 @@ class Ingest:
             if isinstance(fragments, Malformed):
                 self._reject(msg, fragments, now_ns, replay)
                 continue
-            if (
-                rekey
-                and (len(fragments) > 1 or self._misplaced(msg, fragments[0].trace_id))
-                and self._rekey(msg, value, fragments, replay)
-            ):
-                continue
+            if rekey and not placed:
+                fragments = rekeying.place(
+                    codec, self.partitioning, self.input_partitions, self.max_record_bytes, msg, fragments
+                )
+            if isinstance(fragments, Rekeyed):
+                if self._rekey(msg, fragments, replay):
+                    continue
+                fragments = fragments.fragments
             partition = msg.partition
             hold = tracker.track(partition, msg.offset, msg.ref, len(fragments))
             for fragment in fragments:
@@ -56,43 +68,24 @@ class Ingest:
         self._buffer_gauges()
         metrics.SPANS.inc(n_spans)
 
-    def _rekey(self, msg: Received, value: bytes, fragments: list[Fragment], replay: bool) -> bool:
-        """Spans of one trace must meet on one partition: re-publish the message per trace, keyed by
-        trace ID. False (the caller buffers the message where it arrived) when a copy could not be
-        written — larger than a record may be — rather than failing every transaction."""
-        codec = self.codec
-        if len(fragments) == 1:
-            parts = [(fragments[0].trace_id, value)]
-        else:
-            parts = [(f.trace_id, codec.split(value, f)) for f in fragments]
-        limit = self.max_record_bytes
-        if any(len(part) > limit for _, part in parts):
+    def _rekey(self, msg: Received, rekeyed: Rekeyed, replay: bool) -> bool:
+        """Spans of one trace must meet on one partition: publish the message's copies, one per
+        trace, keyed by trace ID (``pipeline.job.rekey``). False (the caller buffers the message
+        where it arrived) when a copy could not be written — larger than a record may be — rather
+        than failing every transaction."""
+        parts = rekeyed.parts
+        if parts is None:
             _TOO_LARGE_TO_REKEY.inc()
             return False
         if replay:
             self.tracker.track(msg.partition, msg.offset, msg.ref, 0)
             return True
         hold = self.tracker.track(msg.partition, msg.offset, msg.ref, len(parts))
-        place, n = self.partitioning, self.input_partitions
-        for trace_id, part in parts:
-            # the canonical key, and its partition set here: the producer's murmur2 alone would
-            # misplace a copy under ``ingest.partitioning: collector``
-            partition = place.partition(trace_id, n) if n else None
-            self._pending.append(Record(self.input_topic, place.key(trace_id), part, [hold], partition))
+        topic, pending = self.input_topic, self._pending
+        for key, partition, part in parts:
+            pending.append(Record(topic, key, part, [hold], partition))
         _REKEYED.inc()
         return True
-
-    def _misplaced(self, msg: Received, trace_id: bytes) -> bool:
-        """True when ``msg`` must be re-keyed: not keyed by its trace ID (16 bytes or 32 hex
-        characters; under ``ingest.partitioning: collector`` only the hex), or — with the input's
-        partition count known — not on the trace's canonical partition (pipeline.kafka.partitioner),
-        as when a producer keyed it right but partitioned it with another hash (librdkafka's
-        default CRC32, or the Collector's FNV-1a under the default partitioning, say)."""
-        place = self.partitioning
-        if not otlp.key_matches(msg.key, trace_id) or (place is COLLECTOR and msg.key != place.key(trace_id)):
-            return True
-        n = self.input_partitions
-        return bool(n) and place.partition(trace_id, n) != msg.partition
 
     def _replayed(self, msg: Received) -> bool:
         """Note ``msg`` as ingested (for the next checkpoint). True when the restored checkpoint says
