@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from operators.sli import SliWindows, sketch_from_record, window_record
+from pipeline.aggregate.app import TICK, ensure_ticks_topic, ticks_topic
 from pipeline.aggregate.proc import AggregateProcess
 from pipeline.aggregate.windows import key_of_emission
 from pipeline.codecs import avro
@@ -293,6 +294,33 @@ def test_kill_minus_9_mid_stream_then_restart_emits_each_window_once(kafka_boots
         stage.wait_idle()  # (its counts start at 0: it reads from the committed offsets on)
     finally:
         stage.stop()
+    assert_exact(cfg, records, late_allowed=False)
+
+
+def test_a_tick_written_after_partials_closes_no_window_before_they_are_read(kafka_bootstrap, unique_name, tmp_path):
+    """Partials (old windows: their stamps a minute ago) are produced, then a tick that closes every
+    one of their windows, then the stage starts and reads one record batch per fetch, so it is handed
+    the tick while most partials of its partition are still unread. The old stage applied the tick:
+    every window was emitted with the partials read so far and the rest came late as further records
+    of their windows (more than one record per window, ``partials_late`` > 0). Now a tick only
+    advances a partition whose partials are all read: each window is emitted once, exact."""
+    records = partials(300, seed=74, t0=time.time_ns() - 60 * S)
+    path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records, idle_seconds=1)
+    produce(cfg, records, f"agg-{unique_name}")
+    ensure_ticks_topic(cfg)
+    newest_end = max(avro.decode(avro.SLI_WINDOW, v)["window_end_unix_nano"] for _, _, v, _ in records)
+    ticker = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    for p in range(cfg.topics.sli_windows.partitions):
+        ticker.produce(ticks_topic(cfg), TICK.pack(newest_end + 3_600 * S), partition=p)
+    assert ticker.flush(30) == 0
+    stage.env["CONSUMER_MAX_FETCH_SIZE"] = "1"  # Faust: one record batch per partition and fetch
+    stage.start()
+    try:
+        stage.wait_ready()
+        health = stage.wait_idle(len(records))
+    finally:
+        stage.stop()
+    assert health["counts"]["partials_late"] == 0 and health["counts"]["ticks_behind"] > 0, health
     assert_exact(cfg, records, late_allowed=False)
 
 
