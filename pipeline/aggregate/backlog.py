@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 log = logging.getLogger("tailsift.aggregate")
 
@@ -53,6 +53,13 @@ class Backlog:
         self.read_through.clear()
 
     def caught_up(self, partition: int) -> bool:
+        try:
+            return self._caught_up(partition)
+        except KafkaException as exc:  # the broker slow or away: not known caught up, the tick waits
+            log.debug("backlog check of %s[%d]: %s", self.topic, partition, exc)
+            return False
+
+    def _caught_up(self, partition: int) -> bool:
         consumer = self._probe()
         tp = TopicPartition(self.topic, partition)
         low, end = consumer.get_watermark_offsets(tp, timeout=self.timeout_s, cached=False)

@@ -148,3 +148,24 @@ def test_a_tick_read_before_older_partials_of_its_partition_does_not_close_their
     asyncio.run(run())
     assert emitted_spans(emitted) == 5 and len(emitted.sent) == 1
     assert st.counts["partials_late"] == 0 and st.open_windows() == 0
+
+
+def test_a_backlog_check_the_broker_does_not_answer_drops_the_tick_and_the_stage_goes_on():
+    """librdkafka raising (a timeout while the broker is slow or away) must not crash the agent:
+    the tick is dropped like one read before older partials."""
+    from confluent_kafka import KafkaException
+
+    from pipeline.aggregate.backlog import Backlog as RealBacklog
+
+    class Unreachable(RealBacklog):
+        def _caught_up(self, partition: int) -> bool:
+            raise KafkaException("timed out")
+
+    st, emitted = stage(Unreachable({"bootstrap.servers": "127.0.0.1:1"}, "sli.windows", "g"))
+
+    async def run():
+        await st.on_partial(0, 10, partial(2, T0))
+        await st.on_tick(0, tick(T0 + 10 * S))
+
+    asyncio.run(run())
+    assert emitted.sent == [] and st.counts["ticks_behind"] == 1 and st.open_windows() == 1
