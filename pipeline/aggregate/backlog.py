@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 log = logging.getLogger("tailsift.aggregate")
 
@@ -31,16 +32,19 @@ class Backlog:
         self.topic = topic
         self.timeout_s = timeout_s
         self.read_through: dict[int, int] = {}  # partition → every partial below it read
+        self.group_id = group_id
+        self._connection = connection
         self._settings = {
             **connection,
-            # the stage's own group, only to ask for its committed offsets: the probe never subscribes
-            # (it does not join the group) and never commits
-            "group.id": group_id,
+            # its own group, never joined (assign only) and never committed: the stage's group is only
+            # asked for its committed offsets, through the admin client
+            "group.id": f"{group_id}-backlog-probe",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 10,  # the probe waits for an answer, not for more data
         }
+        self._admin: AdminClient | None = None
         self._consumer: Consumer | None = None
 
     def read(self, partition: int, offset: int) -> None:
@@ -55,7 +59,7 @@ class Backlog:
     def caught_up(self, partition: int) -> bool:
         try:
             return self._caught_up(partition)
-        except KafkaException as exc:  # the broker slow or away: not known caught up, the tick waits
+        except (KafkaException, TimeoutError) as exc:  # the broker slow or away: not known caught up, the tick waits
             log.debug("backlog check of %s[%d]: %s", self.topic, partition, exc)
             return False
 
@@ -67,8 +71,7 @@ class Backlog:
         if start >= end:
             return True
         # asked each time it is needed, not kept: the stage commits further while a partition is quiet
-        (committed,) = consumer.committed([tp], timeout=self.timeout_s)
-        start = max(start, committed.offset)
+        start = max(start, self._committed(partition))
         if start >= end:
             return True
         return self._nothing_readable_from(partition, start)
@@ -91,6 +94,13 @@ class Backlog:
             return False  # no answer: not known to be caught up, the tick waits for the next one
         finally:
             consumer.unassign()
+
+    def _committed(self, partition: int) -> int:
+        if self._admin is None:
+            self._admin = AdminClient(self._connection)
+        request = ConsumerGroupTopicPartitions(self.group_id, [TopicPartition(self.topic, partition)])
+        answer = self._admin.list_consumer_group_offsets([request])[self.group_id].result(self.timeout_s)
+        return max((tp.offset for tp in answer.topic_partitions if tp.partition == partition), default=-1)
 
     def _probe(self) -> Consumer:
         if self._consumer is None:
