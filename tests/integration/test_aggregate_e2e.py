@@ -304,7 +304,9 @@ def test_kill_minus_9_mid_stream_then_restart_emits_each_window_once(kafka_boots
         produce(cfg, records[half:], f"agg-{unique_name}-2", shift)
         stage.start()
         stage.wait_ready()
-        stage.wait_idle()  # (its counts start at 0: it reads from the committed offsets on)
+        # its counts start at 0 (it reads from the committed offsets on) and at least every partial of
+        # the second half is read: no window open with none unread, not a moment between two windows
+        stage.wait_idle(len(records) - half)
     finally:
         stage.stop()
     assert_exact(cfg, restamped(records, shift), late_allowed=False)
