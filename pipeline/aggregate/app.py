@@ -177,7 +177,7 @@ def build_app(config: Config) -> tuple[faust.App, Stage]:
         changelog_topic=app.topic(t.slo_status.name, partitions=partitions, internal=False, **raw),
         **table_raw,
     )
-    backlog = Backlog(clients.connection(k), t.sli_windows.name, group_id=app.conf.id)
+    backlog = Backlog(k, t.sli_windows.name, group_id=app.conf.id)
     stage = Stage(config, open_table, views_table, emitted, status_table, book, recent, backlog)
 
     partials_topic = t.sli_windows.name

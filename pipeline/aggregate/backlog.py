@@ -24,18 +24,20 @@ import time
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from pipeline.config_kafka import KafkaConfig
+from pipeline.kafka import clients
+
 log = logging.getLogger("tailsift.aggregate")
 
 
 class Backlog:
-    def __init__(self, connection: dict, topic: str, group_id: str, timeout_s: float = 5.0):
+    def __init__(self, kafka: KafkaConfig | str, topic: str, group_id: str, timeout_s: float = 5.0):
         self.topic = topic
         self.timeout_s = timeout_s
         self.read_through: dict[int, int] = {}  # partition → every partial below it read
         self.group_id = group_id
-        self._connection = connection
+        self.kafka = kafka
         self._settings = {
-            **connection,
             # its own group, never joined (assign only) and never committed: the stage's group is only
             # asked for its committed offsets, through the admin client
             "group.id": f"{group_id}-backlog-probe",
@@ -97,14 +99,14 @@ class Backlog:
 
     def _committed(self, partition: int) -> int:
         if self._admin is None:
-            self._admin = AdminClient(self._connection)
+            self._admin = AdminClient(clients.connection(self.kafka))
         request = ConsumerGroupTopicPartitions(self.group_id, [TopicPartition(self.topic, partition)])
         answer = self._admin.list_consumer_group_offsets([request])[self.group_id].result(self.timeout_s)
         return max((tp.offset for tp in answer.topic_partitions if tp.partition == partition), default=-1)
 
     def _probe(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = Consumer(self._settings)
+            self._consumer = Consumer({**clients.connection(self.kafka), **self._settings})
         return self._consumer
 
     def close(self) -> None:

@@ -161,7 +161,7 @@ def test_a_backlog_check_the_broker_does_not_answer_drops_the_tick_and_the_stage
         def _caught_up(self, partition: int) -> bool:
             raise KafkaException("timed out")
 
-    st, emitted = stage(Unreachable({"bootstrap.servers": "127.0.0.1:1"}, "sli.windows", "g"))
+    st, emitted = stage(Unreachable("127.0.0.1:1", "sli.windows", "g"))
 
     async def run():
         await st.on_partial(0, 10, partial(2, T0))
