@@ -206,3 +206,18 @@ def _test_token_keys():
     yield
     if not had:
         os.environ.pop("TAILSIFT_TOKEN_KEYS", None)
+
+
+# =============================================================================================
+# Two lanes under pytest-xdist (`make test`: -n 2 --dist loadgroup)
+#
+# Every integration test is in one xdist group, so they run one after another on one worker against
+# that worker's session broker, exactly as without xdist (tests that restart the broker, or watch
+# its consumer groups, never meet another test's traffic), while the unit tests run beside them on
+# the other worker: the integration tests mostly wait (on the broker, on the job's clocks and
+# timeouts), the unit tests mostly compute. Without xdist the marker does nothing.
+# =============================================================================================
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("integration") is not None:
+            item.add_marker(pytest.mark.xdist_group("kafka"))

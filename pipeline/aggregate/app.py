@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.aggregate import metrics as merged_metrics
+from pipeline.aggregate.backlog import Backlog
 from pipeline.aggregate.slo_book import SloBook
 from pipeline.aggregate.stage import EmittedLog, Stage, _decode
 from pipeline.config import Config
@@ -176,7 +177,8 @@ def build_app(config: Config) -> tuple[faust.App, Stage]:
         changelog_topic=app.topic(t.slo_status.name, partitions=partitions, internal=False, **raw),
         **table_raw,
     )
-    stage = Stage(config, open_table, views_table, emitted, status_table, book, recent)
+    backlog = Backlog(k, t.sli_windows.name, group_id=app.conf.id)
+    stage = Stage(config, open_table, views_table, emitted, status_table, book, recent, backlog)
 
     partials_topic = t.sli_windows.name
 
@@ -206,6 +208,10 @@ def build_app(config: Config) -> tuple[faust.App, Stage]:
     @app.on_partitions_assigned.connect
     async def on_assigned(app_, assigned, **kwargs) -> None:  # noqa: ANN001 - Faust signal signature
         stage.on_assigned()
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(app_, **kwargs) -> None:  # noqa: ANN001 - Faust signal signature
+        backlog.close()
 
     @app.page("/healthz")
     async def healthz(web, request):

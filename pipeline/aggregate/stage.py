@@ -63,7 +63,9 @@ def partition_of(open_table_key: bytes) -> int:
 class Stage:
     """Holds the tables and does the work; ``pipeline.aggregate.app`` wires it to Faust."""
 
-    def __init__(self, config, open_table, views_table, emitted_table, status_table, book: SloBook, recent: deque):
+    def __init__(
+        self, config, open_table, views_table, emitted_table, status_table, book: SloBook, recent: deque, backlog
+    ):
         a = config.aggregate
         self.grace_ns = int(a.grace_seconds * _NS)
         self.idle_ns = int(a.idle_seconds * _NS)
@@ -74,6 +76,7 @@ class Stage:
         self.emitted = emitted_table
         self.status_table = status_table
         self.book = book
+        self.backlog = backlog  # ``backlog.Backlog``: has the stage read every partial of a partition?
         self.lock = asyncio.Lock()  # the agent and the idle timer never interleave their steps
         self.next_due: dict[int, int] = {}  # partition → earliest end + grace of its open windows
         self.last_arrival: dict[int, float] = {}  # partition → stage clock of its newest partial
@@ -87,6 +90,7 @@ class Stage:
             "emitted_late": 0,
             "emissions_replayed": 0,
             "closed_by_bound": 0,
+            "ticks_behind": 0,
         }
 
     # ---- writes: the local store and the changelog record, awaited ----
@@ -114,6 +118,7 @@ class Stage:
 
     async def on_partial(self, partition: int, offset: int, value: bytes | None) -> None:
         self.last_arrival[partition] = time.monotonic()
+        self.backlog.read(partition, offset)
         try:
             record = _decode(value or b"")
         except Exception as exc:  # noqa: BLE001 - hostile input is data: count it, never crash the stage
@@ -161,10 +166,18 @@ class Stage:
 
     async def on_tick(self, partition: int, value: bytes | None) -> None:
         """A tick record (see ``pipeline.aggregate.app``): the partition's event time follows the
-        stage clock minus ``idle_seconds`` it carries; windows complete by then are emitted."""
+        stage clock minus ``idle_seconds`` it carries; windows complete by then are emitted. Only a
+        partition with no partial left unread: a tick read before older partials (its own topic, no
+        order between the two) is dropped — the timer writes another while the partition stays quiet."""
         if not value or len(value) != _VIEW.size:
             return
-        await self._advance(partition, _VIEW.unpack(value)[0])
+        to_ns = _VIEW.unpack(value)[0]
+        if to_ns <= self.view(partition):
+            return
+        if not await asyncio.get_running_loop().run_in_executor(None, self.backlog.caught_up, partition):
+            self.counts["ticks_behind"] += 1
+            return
+        await self._advance(partition, to_ns)
         await self.close_due(partition)
 
     def _open_ends(self, partition: int, closed: bool = False) -> list[tuple[bytes, int]]:
@@ -227,8 +240,10 @@ class Stage:
         )
 
     def on_assigned(self) -> None:
-        """After a rebalance the tables hold what recovery restored: rescan before trusting ``next_due``."""
+        """After a rebalance the tables hold what recovery restored: rescan before trusting ``next_due``;
+        assigned partitions are read again from their committed offsets."""
         self.next_due.clear()
+        self.backlog.reset()
 
     # ---- views ----
 

@@ -13,11 +13,11 @@ import urllib.request
 from collections import Counter, defaultdict
 
 import pytest
-import yaml
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from operators.sli import SliWindows, sketch_from_record, window_record
+from pipeline.aggregate.app import TICK, ensure_ticks_topic, ticks_topic
 from pipeline.aggregate.proc import AggregateProcess
 from pipeline.aggregate.windows import key_of_emission
 from pipeline.codecs import avro
@@ -29,6 +29,7 @@ from pipeline.topics import create_topics
 pytestmark = pytest.mark.integration
 S = 1_000_000_000
 MS = 1_000_000
+WINDOW = 2 * S
 WORKERS = ("worker-a", "worker-b", "worker-c")
 
 
@@ -45,7 +46,7 @@ def partials(n_traces: int, seed: int, t0: int) -> list[tuple[str, bytes, bytes,
             end = max(s["end_time_unix_nano"] for s in batch["spans"])
             batches.append((end, trace.trace_id, batch))
     batches.sort(key=lambda b: (b[0], b[1]))
-    sli = {w: SliWindows(2 * S, S) for w in WORKERS}
+    sli = {w: SliWindows(WINDOW, S) for w in WORKERS}
     out: list[tuple[str, bytes, bytes, int]] = []
     for i, (now, trace_id, batch) in enumerate(batches):
         partition = trace_id[-1] % 6
@@ -58,14 +59,38 @@ def partials(n_traces: int, seed: int, t0: int) -> list[tuple[str, bytes, bytes,
     return out
 
 
-def produce(cfg, records: list[tuple[str, bytes, bytes, int]], tag: str) -> None:
+def restamped(records, shift_ns: int) -> list[tuple[str, bytes, bytes, int]]:
+    """The partials moved ``shift_ns`` (whole windows) later: windows and ``emitted_at`` alike."""
+    if not shift_ns:
+        return records
+    out = []
+    for w, key, value, flush in records:
+        r = avro.decode(avro.SLI_WINDOW, value)
+        for field in ("window_start_unix_nano", "window_end_unix_nano", "emitted_at_unix_nano"):
+            r[field] += shift_ns
+        out.append((w, key, avro.encode(avro.SLI_WINDOW, r), flush))
+    return out
+
+
+def produce(cfg, records: list[tuple[str, bytes, bytes, int]], tag: str, shift_ns: int | None = None):
     """One transactional producer per worker, one transaction per worker and flush (as the job's
-    commit interval); plus one aborted transaction of partials a read_uncommitted reader would count."""
+    commit interval); plus one aborted transaction of partials a read_uncommitted reader would count.
+
+    Live workers stamp a partial with their clock as they write it. Partials made before the stage
+    started would be stamped behind the clock by the time they are written on a loaded machine, and
+    an idle tick (clock − ``idle_seconds``) could rightly close their windows before they are read:
+    so, once the producers are ready (their transaction coordinator can take seconds), the partials
+    are moved by whole windows to start one second past the clock — unless ``shift_ns`` is given (the
+    shift of an earlier part of the same records). Returns the shift and the records as written."""
     producers = {}
     for w in WORKERS:
         p = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "transactional.id": f"{tag}-{w}"})
         p.init_transactions(30)
         producers[w] = p
+    if shift_ns is None:
+        first = min(avro.decode(avro.SLI_WINDOW, v)["window_start_unix_nano"] for _, _, v, _ in records)
+        shift_ns = max(0, -(-(time.time_ns() + S - first) // WINDOW) * WINDOW)
+    records = restamped(records, shift_ns)
     topic = cfg.topics.sli_windows.name
     groups = defaultdict(list)
     for w, key, value, flush in records:
@@ -82,6 +107,7 @@ def produce(cfg, records: list[tuple[str, bytes, bytes, int]], tag: str) -> None
         doomed.produce(topic, value, key)
     doomed.flush(10)
     doomed.abort_transaction(30)
+    return shift_ns, records
 
 
 def merged_records(cfg) -> list[tuple[bytes, dict]]:
@@ -206,8 +232,7 @@ def setup(kafka_bootstrap, unique_name, tmp_path, records, **aggregate):
         f"agg-{unique_name}",
         tmp_path,
         aggregate={
-            # live traffic: partials are stamped at about the stage's clock (a little ahead, so that no
-            # idle tick — stage clock minus idle_seconds — overtakes them while they are produced)
+            # live traffic: partials are stamped at about the stage's clock (see produce)
             "grace_seconds": lateness_s(records) + 1,
             "idle_seconds": 10,
             "tick_ms": 200,
@@ -222,12 +247,12 @@ def setup(kafka_bootstrap, unique_name, tmp_path, records, **aggregate):
 
 
 def test_partials_of_three_workers_merge_exactly_once_per_window(kafka_bootstrap, unique_name, tmp_path):
-    records = partials(600, seed=71, t0=time.time_ns() + 5 * S)
+    records = partials(200, seed=71, t0=time.time_ns())
     path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records)
     stage.start()
     try:
         stage.wait_ready()
-        produce(cfg, records, f"agg-{unique_name}")
+        _, records = produce(cfg, records, f"agg-{unique_name}")
         health = stage.wait_idle(len(records))
         slo = stage.get("/slo")["objectives"]
         sli = stage.get("/sli?service=checkout")["windows"]
@@ -259,23 +284,13 @@ def test_partials_of_three_workers_merge_exactly_once_per_window(kafka_bootstrap
 
 
 def test_kill_minus_9_mid_stream_then_restart_emits_each_window_once(kafka_bootstrap, unique_name, tmp_path):
-    records = partials(900, seed=72, t0=time.time_ns() + 5 * S)
-    # the first stage writes no idle tick: on a loaded machine the partials' stamps (t0 + 5 s) fall
-    # behind the clock while the stage starts, and a tick record (clock − idle_seconds) written into
-    # a partition quiet for 10 s while the first half was produced sat before the second half's
-    # partials in the log: they were late, the window emitted early without them (seen in CI: a
-    # window's one record with 346 of its 379 spans). The restarted stage ticks as usual — after
-    # every partial, all produced before it starts — so the last windows close.
-    path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records, idle_seconds=3_600)
-    restarted = path.with_name("restarted.yaml")
-    data = yaml.safe_load(path.read_text())
-    data["aggregate"]["idle_seconds"] = 10
-    restarted.write_text(yaml.safe_dump(data, sort_keys=False))
+    records = partials(300, seed=72, t0=time.time_ns())
+    path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records)
     half = next(i for i, r in enumerate(records) if r[3] >= records[-1][3] // 2)  # a flush boundary
     stage.start()
     try:
         stage.wait_ready()
-        produce(cfg, records[:half], f"agg-{unique_name}-1")
+        shift, _ = produce(cfg, records[:half], f"agg-{unique_name}-1")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # the first half read, part of it not yet committed
             h = stage.health()
@@ -286,23 +301,51 @@ def test_kill_minus_9_mid_stream_then_restart_emits_each_window_once(kafka_boots
         # and make the second half's partials late, emitted as further records
         assert 0 < h["open_windows"] and h["counts"]["partials"] == half, h
         stage.kill()
-        produce(cfg, records[half:], f"agg-{unique_name}-2")
-        stage.config_path = str(restarted)
+        produce(cfg, records[half:], f"agg-{unique_name}-2", shift)
         stage.start()
         stage.wait_ready()
-        stage.wait_idle()  # (its counts start at 0: it reads from the committed offsets on)
+        # its counts start at 0 (it reads from the committed offsets on) and at least every partial of
+        # the second half is read: no window open with none unread, not a moment between two windows
+        stage.wait_idle(len(records) - half)
     finally:
         stage.stop()
+    assert_exact(cfg, restamped(records, shift), late_allowed=False)
+
+
+def test_a_tick_written_after_partials_closes_no_window_before_they_are_read(kafka_bootstrap, unique_name, tmp_path):
+    """Partials (old windows: their stamps a minute ago) are produced, then a tick that closes every
+    one of their windows, then the stage starts and reads one record batch per fetch, so it is handed
+    the tick while most partials of its partition are still unread. The old stage applied the tick:
+    every window was emitted with the partials read so far and the rest came late as further records
+    of their windows (more than one record per window, ``partials_late`` > 0). Now a tick only
+    advances a partition whose partials are all read: each window is emitted once, exact."""
+    records = partials(200, seed=74, t0=time.time_ns() - 60 * S)
+    path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records, idle_seconds=1)
+    produce(cfg, records, f"agg-{unique_name}", shift_ns=0)
+    ensure_ticks_topic(cfg)
+    newest_end = max(avro.decode(avro.SLI_WINDOW, v)["window_end_unix_nano"] for _, _, v, _ in records)
+    ticker = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    for p in range(cfg.topics.sli_windows.partitions):
+        ticker.produce(ticks_topic(cfg), TICK.pack(newest_end + 3_600 * S), partition=p)
+    assert ticker.flush(30) == 0
+    stage.env["CONSUMER_MAX_FETCH_SIZE"] = "1"  # Faust: one record batch per partition and fetch
+    stage.start()
+    try:
+        stage.wait_ready()
+        health = stage.wait_idle(len(records))
+    finally:
+        stage.stop()
+    assert health["counts"]["partials_late"] == 0 and health["counts"]["ticks_behind"] > 0, health
     assert_exact(cfg, records, late_allowed=False)
 
 
 def test_memory_bound_closes_the_oldest_windows_early_and_sums_stay_exact(kafka_bootstrap, unique_name, tmp_path):
-    records = partials(300, seed=73, t0=time.time_ns() + 5 * S)
+    records = partials(200, seed=73, t0=time.time_ns())
     path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records, max_open_windows=20)
     stage.start()
     try:
         stage.wait_ready()
-        produce(cfg, records, f"agg-{unique_name}")
+        _, records = produce(cfg, records, f"agg-{unique_name}")
         health = stage.wait_idle(len(records))
     finally:
         stage.stop()

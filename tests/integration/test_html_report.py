@@ -47,6 +47,9 @@ def test_live_html_report_in_headless_chromium(kafka_bootstrap, unique_name, tmp
         assemble={"decision_wait_ms": 1500},
         sli={"window_seconds": 2, "grace_seconds": 1},
         slo={"objectives": [{"name": "checkout-avail", "service": "checkout", "objective_percent": 99}]},
+        # the stage's grace need only cover sli.grace_seconds + a commit interval here (one worker, one
+        # clock): its default 15 s + 10 s idle was most of the wait for the last merged windows
+        aggregate={"grace_seconds": 3, "idle_seconds": 3, "tick_ms": 200},
     )
     assert all(r.status == "created" for r in create_topics(cfg))
     report = tmp_path / "report.html"

@@ -1,5 +1,6 @@
 """The stage's steps against in-memory tables (no Faust, no broker): a replay after a crash that
-meets the partials and ticks in another order than the first run counts every partial once."""
+meets the partials and ticks in another order than the first run counts every partial once; a tick
+read before older partials of its partition does not advance it."""
 
 from __future__ import annotations
 
@@ -36,10 +37,29 @@ class EmittedTable(Table):
         self.emissions = EmittedLog(100)
 
 
-def stage() -> tuple[Stage, EmittedTable]:
+class Backlog:
+    """What the stage asks of ``pipeline.aggregate.backlog.Backlog``: the partition's committed
+    partials end at ``end[p]``; it is caught up once the stage was handed the last of them."""
+
+    def __init__(self):
+        self.end: dict[int, int] = {}
+        self.read_through: dict[int, int] = {}
+
+    def read(self, partition: int, offset: int) -> None:
+        self.read_through[partition] = max(self.read_through.get(partition, 0), offset + 1)
+
+    def caught_up(self, partition: int) -> bool:
+        return self.read_through.get(partition, 0) >= self.end.get(partition, 0)
+
+    def reset(self) -> None:
+        self.read_through.clear()
+
+
+def stage(backlog: Backlog | None = None) -> tuple[Stage, EmittedTable]:
     emitted = EmittedTable()
     cfg = parse({"aggregate": {"grace_seconds": 1, "idle_seconds": 5}})
-    return Stage(cfg, Table(), Table(), emitted, Table(), SloBook([]), deque(maxlen=10)), emitted
+    backlog = backlog or Backlog()
+    return Stage(cfg, Table(), Table(), emitted, Table(), SloBook([]), deque(maxlen=10), backlog), emitted
 
 
 def partial(n_spans: int, emitted_at: int) -> bytes:
@@ -106,3 +126,46 @@ def test_an_emission_written_before_a_crash_is_not_written_again():
 
     asyncio.run(run())
     assert emitted_spans(emitted) == 2 and st.counts["emissions_replayed"] == 1 and st.open_windows() == 0
+
+
+def test_a_tick_read_before_older_partials_of_its_partition_does_not_close_their_window():
+    """Partials at offsets 10 and 11 are in the partition, unread, when a tick (from the stage's own
+    topic, no order with the partials) is read. The old stage advanced the partition to the tick and
+    emitted the window with offset 10's 2 spans; offset 11 then came late: two records, 2 + 3 spans.
+    Now the tick is dropped (counted ``ticks_behind``) and the next one, read once both partials
+    are, emits the window once, 5 spans."""
+    backlog = Backlog()
+    backlog.end[0] = 12
+    st, emitted = stage(backlog)
+
+    async def run():
+        await st.on_partial(0, 10, partial(2, T0))
+        await st.on_tick(0, tick(T0 + 10 * S))
+        assert emitted.sent == [] and st.counts["ticks_behind"] == 1
+        await st.on_partial(0, 11, partial(3, T0 + 1))
+        await st.on_tick(0, tick(T0 + 11 * S))
+
+    asyncio.run(run())
+    assert emitted_spans(emitted) == 5 and len(emitted.sent) == 1
+    assert st.counts["partials_late"] == 0 and st.open_windows() == 0
+
+
+def test_a_backlog_check_the_broker_does_not_answer_drops_the_tick_and_the_stage_goes_on():
+    """librdkafka raising (a timeout while the broker is slow or away) must not crash the agent:
+    the tick is dropped like one read before older partials."""
+    from confluent_kafka import KafkaException
+
+    from pipeline.aggregate.backlog import Backlog as RealBacklog
+
+    class Unreachable(RealBacklog):
+        def _caught_up(self, partition: int) -> bool:
+            raise KafkaException("timed out")
+
+    st, emitted = stage(Unreachable("127.0.0.1:1", "sli.windows", "g"))
+
+    async def run():
+        await st.on_partial(0, 10, partial(2, T0))
+        await st.on_tick(0, tick(T0 + 10 * S))
+
+    asyncio.run(run())
+    assert emitted.sent == [] and st.counts["ticks_behind"] == 1 and st.open_windows() == 1
