@@ -15,6 +15,7 @@
 
 pub mod avro;
 pub mod proto;
+pub mod sli;
 pub mod times;
 
 use std::collections::HashMap;
@@ -669,5 +670,7 @@ fn tailsift_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(trace_headers_otlp, m)?)?;
     m.add_function(wrap_pyfunction!(trace_headers_avro, m)?)?;
     m.add_function(wrap_pyfunction!(_guard_selftest, m)?)?;
+    m.add_class::<sli::SliWindows>()?;
+    m.add_class::<sli::Window>()?;
     Ok(())
 }
