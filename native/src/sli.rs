@@ -302,6 +302,12 @@ struct Labels {
 }
 
 impl Labels {
+    fn get(&self, text: &str) -> Option<u32> {
+        self.ids.get(text).copied()
+    }
+
+    /// Interned for good: only texts the bounds admit come here (hostile cardinality must not
+    /// grow this table: a name past `max_operations` is looked up, never added).
     fn id(&mut self, py: Python<'_>, text: &str) -> u32 {
         if let Some(&id) = self.ids.get(text) {
             return id;
@@ -340,15 +346,19 @@ pub struct SliWindows {
     services: HashSet<u32>,
     operations: HashMap<u32, Operations>,
     open: HashMap<Key, Agg>,
+    /// kind and status texts by object: the decoders hand out one interned string per value, so
+    /// a pointer compare replaces hashing the text (held, so no other object can take the address)
+    recent: Vec<(Py<PyString>, u32)>,
+    error: u32,
 }
 
 impl SliWindows {
     fn admit_service(&mut self, py: Python<'_>, label: &str) -> u32 {
-        let id = self.labels.id(py, label);
-        if self.services.contains(&id) {
+        if let Some(id) = self.labels.get(label).filter(|id| self.services.contains(id)) {
             return id;
         }
         if self.services.len() < self.max_services {
+            let id = self.labels.id(py, label);
             self.services.insert(id);
             return id;
         }
@@ -382,20 +392,36 @@ impl SliWindows {
         }
         let label = self.sanitize.bind(py).call1((name,))?;
         let label = label.cast::<PyString>()?.to_str()?.to_owned();
-        let mut id = self.labels.id(py, &label);
         let ops = self.operations.entry(service).or_default();
-        if !ops.admitted.contains(&id) {
-            if ops.admitted.len() < self.max_operations {
+        let id = match self.labels.get(&label).filter(|id| ops.admitted.contains(id)) {
+            Some(id) => id,
+            None if ops.admitted.len() < self.max_operations => {
+                let id = self.labels.id(py, &label);
                 ops.admitted.insert(id);
-            } else {
-                id = self.labels.id(py, OVERFLOW_OPERATION);
+                id
             }
-        }
-        let ops = self.operations.get_mut(&service).expect("inserted above");
+            None => self.labels.id(py, OVERFLOW_OPERATION),
+        };
         if ops.memo.len() >= MEMO_LIMIT {
             ops.memo.clear();
         }
         ops.memo.insert(text.to_owned(), id);
+        Ok(id)
+    }
+}
+
+impl SliWindows {
+    /// The label id of a kind or status text (few distinct values: see `recent`).
+    fn small_label(&mut self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<u32> {
+        let ptr = text.as_ptr();
+        if let Some((_, id)) = self.recent.iter().find(|(s, _)| s.as_ptr() == ptr) {
+            return Ok(*id);
+        }
+        let text = text.cast::<PyString>()?;
+        let id = self.labels.id(py, text.to_str()?);
+        if self.recent.len() < 16 {
+            self.recent.push((text.clone().unbind(), id));
+        }
         Ok(id)
     }
 }
@@ -424,6 +450,7 @@ impl SliWindows {
     #[pyo3(signature = (window_ns, grace_ns, relative_accuracy, max_services, max_operations, sanitize, service_label, multiplier, min_possible, value_factor))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         window_ns: i64,
         grace_ns: i64,
         relative_accuracy: f64,
@@ -438,7 +465,7 @@ impl SliWindows {
         if window_ns <= 0 {
             return Err(PyValueError::new_err("window_ns must be positive"));
         }
-        Ok(SliWindows {
+        let mut windows = SliWindows {
             window_ns,
             grace_ns,
             max_services,
@@ -456,12 +483,22 @@ impl SliWindows {
             services: HashSet::new(),
             operations: HashMap::new(),
             open: HashMap::new(),
-        })
+            recent: Vec::new(),
+            error: 0,
+        };
+        windows.error = windows.labels.id(py, "ERROR");
+        Ok(windows)
     }
 
     #[getter]
     fn relative_accuracy(&self) -> f64 {
         self.mapping.relative_accuracy
+    }
+
+    /// How many label texts the windows hold (bounded by the label bounds; for tests).
+    #[getter]
+    fn labels_held(&self) -> usize {
+        self.labels.texts.len()
     }
 
     fn __len__(&self) -> usize {
@@ -519,7 +556,7 @@ impl SliWindows {
         let hold_ptr = hold.as_ref().map(|h| h.as_ptr());
         let window_ns = self.window_ns as i128;
         let mapping = self.mapping;
-        let error = self.labels.id(py, "ERROR");
+        let error = self.error;
         let mut touched = 0u64;
         for group in groups.try_iter()? {
             let group = group?;
@@ -534,8 +571,8 @@ impl SliWindows {
                 let start = time_ns(&field(span, k_start)?)?;
                 let name = field(span, k_name)?;
                 let op = self.operation_id(py, service, name.cast::<PyString>()?)?;
-                let status = self.labels.id(py, field(span, k_status)?.cast::<PyString>()?.to_str()?);
-                let kind = self.labels.id(py, field(span, k_kind)?.cast::<PyString>()?.to_str()?);
+                let status = self.small_label(py, &field(span, k_status)?)?;
+                let kind = self.small_label(py, &field(span, k_kind)?)?;
                 let window_start = end - end.rem_euclid(window_ns);
                 let window_start = i64::try_from(window_start)
                     .map_err(|_| PyValueError::new_err("span end time out of range"))?;
