@@ -413,11 +413,35 @@ def sketch_from_record(record: dict) -> DDSketch:
     return sketch
 
 
+def sketch_from_store(
+    relative_accuracy: float,
+    offset: int,
+    bins: list[float],
+    keys: tuple[int, int] | None,
+    store_count: float,
+    zero_count: float,
+    count: float,
+) -> DDSketch:
+    """A DDSketch holding exactly this positive store (the native windows' sketch, for the SLO
+    book): the same layout as the one the Python windows build, not a re-binning of it."""
+    sketch = DDSketch(relative_accuracy)
+    store = sketch._store  # ddsketch pinned <4 (see sketch_to_record)
+    store.offset, store.bins, store.count = offset, bins, store_count
+    if keys is not None:  # else the store's own ±infinity sentinels: it is empty
+        store.min_key, store.max_key = keys
+    sketch._zero_count, sketch._count = zero_count, count
+    return sketch
+
+
 _RECORD_QUANTILES = (0.50, 0.90, 0.95, 0.99)
 
 
-def window_record(w: WindowAggregate, worker: str, now_ns: int) -> dict:
-    """The ``SliWindow`` Avro record (``schemas/sli_window.v1.avsc``) of one emitted window."""
+def window_record(w: Any, worker: str, now_ns: int) -> dict:
+    """The ``SliWindow`` Avro record (``schemas/sli_window.v1.avsc``) of one emitted window (a
+    ``WindowAggregate``, or a window of the native core's twin, which builds its record itself)."""
+    if not isinstance(w, WindowAggregate):
+        record: dict = w.record(worker, now_ns)
+        return record
     p50, p90, p95, p99 = w.quantiles(_RECORD_QUANTILES)
     return {
         "service": w.service,

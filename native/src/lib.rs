@@ -16,6 +16,7 @@
 pub mod avro;
 pub mod proto;
 pub mod rekey;
+pub mod sli;
 pub mod times;
 
 use std::collections::HashMap;
@@ -671,5 +672,7 @@ fn tailsift_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(trace_headers_avro, m)?)?;
     m.add_function(wrap_pyfunction!(_guard_selftest, m)?)?;
     rekey::register(m)?;
+    m.add_class::<sli::SliWindows>()?;
+    m.add_class::<sli::Window>()?;
     Ok(())
 }

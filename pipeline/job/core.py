@@ -15,7 +15,6 @@ from operators.decide import Decision, DecisionEngine
 from operators.decision_cache import DecisionCache
 from operators.privacy.sanitize import sanitize_span_name
 from operators.service_graph import ServiceGraph
-from operators.sli import SliWindows
 from operators.slo import SloTracker
 from operators.span_times import SpanTimeBounds
 from pipeline import codecs, metrics
@@ -28,6 +27,7 @@ from pipeline.job.ingest import Ingest
 from pipeline.job.protect import Protect
 from pipeline.job.records import MAX_RECORD_BYTES, Outbox, Record
 from pipeline.job.route import Route
+from pipeline.job.sli import sli_windows
 from pipeline.kafka.partitioner import PARTITIONINGS
 from pipeline.policies import build_engine
 from pipeline.privacy import build_protector
@@ -87,14 +87,16 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
         self.follow_links = config.sampling.follow_links
         self._link_hints: OrderedDict[bytes, None] = OrderedDict()  # traces linked from kept traces, bounded
         s = config.sli
-        self.sli = SliWindows(
+        # job.core native: the windows count every span in Rust (pipeline/job/sli.py)
+        self.sli = sli_windows(
+            config.ingest_core(),
             window_ns=int(s.window_seconds * 1e9),
             grace_ns=int(s.grace_seconds * 1e9),
             relative_accuracy=s.relative_accuracy,
             max_services=s.max_services,
             max_operations=s.max_operations_per_service,
             # operation = span name through the protector (ids → {id}, PII detectors) when privacy
-            # is on, else the plain span-name sanitizer; memoized per raw name inside SliWindows
+            # is on, else the plain span-name sanitizer; memoized per raw name inside the windows
             sanitize=lambda name: (
                 self.protector.dimension(name) if self.protector is not None else sanitize_span_name(name)
             ),

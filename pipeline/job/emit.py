@@ -44,6 +44,8 @@ class EmitRecords:
         return Record(self.decisions_topic, trace_id, value, [], partition)
 
     def _sli_record(self, w: WindowAggregate, now_ns: int) -> bytes:
+        if not isinstance(w, WindowAggregate):  # job.core native: the window writes its own Avro bytes
+            return w.encode(self.worker_id, now_ns)
         return avro.encode(avro.SLI_WINDOW, window_record(w, self.worker_id, now_ns))
 
     def _dead_letter(self, msg: Received, reason: str, detail: str, now_ns: int, hold: Hold | None) -> Record:
