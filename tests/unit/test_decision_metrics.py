@@ -40,7 +40,8 @@ def test_counts_are_exact_per_decide_due_including_traces_sealed_at_ingest():
         status = "ERROR" if i < 2 else "UNSET"
         msgs.append(Received(0, i, tid, batch_bytes(tid, "svc", [span(1, MS, status, parent=None), span(2, MS)])))
     big = bytes([9]) * 16  # four spans: over the span limit, sealed while ingesting
-    msgs.append(Received(0, 5, big, batch_bytes(big, "svc", [span(1, MS, "ERROR", parent=None)] + [span(2, MS) for _ in range(3)])))
+    big_spans = [span(1, MS, "ERROR", parent=None)] + [span(2, MS) for _ in range(3)]
+    msgs.append(Received(0, 5, big, batch_bytes(big, "svc", big_spans)))
     job.ingest(msgs, now_ns=0)
     out = job.decide_due(10 * S)
     delta = {k: v - before[k] for k, v in counts().items()}
