@@ -41,6 +41,7 @@ from operators.policies.base import Action, Policy, Verdict
 from operators.trace import TraceView
 from operators.tracestate import upstream_threshold
 
+_DROP = Action.DROP
 ANY_MATCH = "any_match"
 FIRST_MATCH = "first_match"
 
@@ -108,21 +109,28 @@ class DecisionEngine:
         return self._any_match(trace)
 
     def _any_match(self, trace: TraceView) -> Decision:
-        best: tuple[Policy, Verdict] | None = None
-        events: list[dict[str, float]] = []
+        # runs once per decided trace: the evaluation is inlined (``_evaluate``) and the verdicts'
+        # events are built only for a kept trace — most traces are dropped and need none
+        best: Verdict | None = None
+        best_policy: Policy | None = None
+        applying: list[Verdict] = []
         for policy in self.policies:
-            verdict = self._evaluate(policy, trace)
+            try:
+                verdict = policy.evaluate(trace)
+            except Exception:  # noqa: BLE001 - a bad rule must not stop the stream
+                self.policy_errors[policy.name] = self.policy_errors.get(policy.name, 0) + 1
+                continue
             if verdict is None:
                 continue
-            if verdict.action is Action.DROP:
+            if verdict.action is _DROP:
                 return Decision(False, policy.name, verdict.reason, 1.0, vetoed=True)
-            events.append(kp.conjunction(verdict.probability, verdict.source, verdict.draws))
-            if verdict.sampled and (best is None or verdict.probability > best[1].probability):
-                best = (policy, verdict)
-        if best is None:
+            applying.append(verdict)
+            if verdict.sampled and (best is None or verdict.probability > best.probability):
+                best, best_policy = verdict, policy
+        if best is None or best_policy is None:
             return NOT_SAMPLED
-        policy, verdict = best
-        return _kept(policy, verdict, events, trace)
+        events = [kp.conjunction(v.probability, v.source, v.draws) for v in applying]
+        return _kept(best_policy, best, events, trace)
 
     def _first_match(self, trace: TraceView) -> Decision:
         first: tuple[Policy, Verdict] | None = None

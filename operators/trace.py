@@ -9,6 +9,7 @@ then cached — so a policy set without attribute rules never decodes anything.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from operator import itemgetter
 from typing import Any, Generic, TypedDict, TypeVar
 
 from operators import randomness as rnd
@@ -47,6 +48,12 @@ HEADER_FIELDS = {
 
 
 T = TypeVar("T")
+
+# the view's facts read one field of every span: map() with these runs the loop in C (a generator
+# expression cost ~0.1 µs per span more, paid at every decision)
+_STATUS: Callable[[SpanHeader], str] = itemgetter("status_code")
+_START: Callable[[SpanHeader], int] = itemgetter("start_time_unix_nano")
+_END: Callable[[SpanHeader], int] = itemgetter("end_time_unix_nano")
 
 
 class cached_property(Generic[T]):  # noqa: N801 - a drop-in for functools.cached_property
@@ -106,15 +113,15 @@ class TraceView:
 
     @cached_property
     def has_error(self) -> bool:
-        return any(s["status_code"] == "ERROR" for s in self.spans)
+        return "ERROR" in map(_STATUS, self.spans)
 
     @cached_property
     def start_ns(self) -> int:
-        return min(s["start_time_unix_nano"] for s in self.spans)
+        return min(map(_START, self.spans))
 
     @cached_property
     def end_ns(self) -> int:
-        return max(s["end_time_unix_nano"] for s in self.spans)
+        return max(map(_END, self.spans))
 
     @property
     def duration_ns(self) -> int:

@@ -20,18 +20,20 @@ class LatencyPolicy(Policy):
     threshold_ms: float
     upper_threshold_ms: float | None = None
     _reason: str = field(init=False, repr=False)
+    _verdict: Verdict = field(init=False, repr=False)  # immutable: one for every matching trace
 
     def __post_init__(self) -> None:
         if self.upper_threshold_ms is None:
             self._reason = f"latency>={self.threshold_ms:g}ms"
         else:
             self._reason = f"latency:({self.threshold_ms:g},{self.upper_threshold_ms:g}]ms"
+        self._verdict = Verdict(Action.KEEP, self._reason)
 
     def evaluate(self, trace: TraceView) -> Verdict | None:
         duration = trace.duration_ns
         lower = self.threshold_ms * _NS_PER_MS
         if self.upper_threshold_ms is None:
-            return Verdict(Action.KEEP, self._reason) if duration >= lower else None
+            return self._verdict if duration >= lower else None
         if lower < duration <= self.upper_threshold_ms * _NS_PER_MS:
-            return Verdict(Action.KEEP, self._reason)
+            return self._verdict
         return None

@@ -20,10 +20,16 @@ class ProbabilisticPolicy(Policy):
     hash_salt: str = ""
     _threshold: int = field(init=False, repr=False)
     _reason: str = field(init=False, repr=False)
+    # the two answers (drawn keep / drawn drop), built once: verdicts are immutable
+    _verdicts: tuple[Verdict, Verdict] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._threshold = randomness.threshold(self.sampling_percentage / 100.0)
         self._reason = f"probabilistic:{self.sampling_percentage:g}%"
+        source = "salt:" + self.hash_salt if self.hash_salt else ""
+        self._verdicts = tuple(  # type: ignore[assignment]
+            Verdict(Action.KEEP, self._reason, self.probability, sampled, source) for sampled in (False, True)
+        )
 
     @property
     def probability(self) -> float:
@@ -32,5 +38,6 @@ class ProbabilisticPolicy(Policy):
     def evaluate(self, trace: TraceView) -> Verdict | None:
         if self.hash_salt:
             r = randomness.salted_randomness(trace.trace_id, self.hash_salt)
-            return Verdict(Action.KEEP, self._reason, self.probability, r >= self._threshold, "salt:" + self.hash_salt)
-        return Verdict(Action.KEEP, self._reason, self.probability, trace.randomness >= self._threshold)
+        else:
+            r = trace.randomness
+        return self._verdicts[r >= self._threshold]

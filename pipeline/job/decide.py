@@ -5,7 +5,7 @@ one ``Outbox``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from operators.assemble import TraceBuffer
 from operators.decide import Decision
@@ -74,10 +74,14 @@ class Decide:
         out = self._sealed  # its records are _pending
         self._pending = []
         self._sealed = Outbox(self._pending)
-        for buf in self._redecoded(self.assembler.due(now_ns)):
-            # event time: due() releases only idle partitions and memory-bound traces; their
-            # decision time is the watermark the assembler recorded (0 in processing time)
-            self._decide(buf, buf.decided_at_ns or now_ns, out, now_ns)
+        decide = self._decide
+        try:
+            for buf in self._redecoded(self.assembler.due(now_ns)):
+                # event time: due() releases only idle partitions and memory-bound traces; their
+                # decision time is the watermark the assembler recorded (0 in processing time)
+                decide(buf, buf.decided_at_ns or now_ns, out, now_ns)
+        finally:
+            _TALLY.flush()
         out.records.extend(self._pending)  # dead letters for corrupt details found while building kept traces
         self._pending.clear()  # (the list stays shared with self._sealed)
         return out
@@ -103,6 +107,10 @@ class Decide:
         ingest: same bytes, same result) into ``buf.spans``. A native codec reads them all in one
         call and gives no handle; the Python codec decodes each fully, and its handle rides along
         so a kept trace is not decoded a third time."""
+        trace_headers = getattr(self.codec, "trace_headers", None)
+        if trace_headers is not None:
+            self._redecode_native(bufs, trace_headers)
+            return
         units = [(unit, buf.trace_id) for buf in bufs for unit in buf.messages]
         decoded = iter(decode_traces_each(self.codec, [u.value for u, _ in units], [t for _, t in units]))
         for buf in bufs:
@@ -112,13 +120,42 @@ class Decide:
                 spans.extend(headers)
             buf.spans = spans
 
+    @staticmethod
+    def _redecode_native(bufs: list[TraceBuffer], trace_headers: Callable[[list, list], list]) -> None:
+        """``_redecode`` through a native codec's ``trace_headers`` (what ``decode_traces_each``
+        does, without its per-message tuples): a trace of one message — every trace of keyed
+        traffic — takes that message's header list as it comes."""
+        values: list[bytes] = []
+        trace_ids: list[bytes] = []
+        for buf in bufs:
+            trace_id = buf.trace_id
+            for unit in buf.messages:
+                values.append(unit.value)
+                trace_ids.append(trace_id)
+        results = trace_headers(values, trace_ids)
+        i = 0
+        for buf in bufs:
+            messages = buf.messages
+            if len(messages) == 1:
+                messages[0].handle = None  # no handle from a native read: the kept path asks for one
+                buf.spans = results[i]
+                i += 1
+                continue
+            spans: list = []
+            for unit in messages:
+                unit.handle = None
+                spans.extend(results[i])
+                i += 1
+            buf.spans = spans
+
     def _decide(self, buf: TraceBuffer, decided_ns: int, out: Outbox, now_ns: int) -> None:
         """Decide one released trace: decision record, kept trace (or released holds), metrics.
         ``decided_ns`` is the decision's time (the watermark in event time, else the worker clock)."""
         codec, trace_id = self.codec, buf.trace_id
-        if not buf.spans:  # not re-decoded with its collect's batch (sealed during ingest)
-            self._redecode([buf])
         spans = buf.spans
+        if not spans:  # not re-decoded with its collect's batch (sealed during ingest)
+            self._redecode([buf])
+            spans = buf.spans
         self.graph.add_trace(spans)
         view = TraceView(
             trace_id, spans, now_ns=decided_ns, size_bytes=buf.size_bytes, decode_detail=codec.decode_detail
@@ -133,33 +170,66 @@ class Decide:
                 metrics.FOLLOW_LINKS.labels("kept").inc()
         if self.dry_run:
             decision = decision.dry_run()  # kept, annotated with what would have happened
-        offsets = [unit.hold.offset for unit in buf.messages] if decision.keep else ()
+        keep = decision.keep
+        messages = buf.messages
+        offsets = [unit.hold.offset for unit in messages] if keep else ()
         self.decisions.remember(trace_id, decision, buf.partition, offsets, decided_ns)
         out.records.append(self._decision_record(trace_id, decision, buf.partition, offsets, decided_ns))
-        _DECISION_POINTS(buf.trigger).inc()
+        trigger = buf.trigger
         if self.event_time:
             out.decision_points.append(now_ns)
         else:
             out.decision_points.append(
                 buf.deadline_ns
-                if buf.trigger == "decision_wait"
+                if trigger == "decision_wait"
                 else buf.last_seen_ns + self.assembler.root_quiet_gap_ns
-                if buf.trigger == "root_quiet"
+                if trigger == "root_quiet"
                 else now_ns
             )
-        _TRACES_DECIDED(
-            "keep" if decision.would_keep else "drop", decision.policy or "-", buf.forced_reason or "-"
-        ).inc()
-        if decision.keep:
-            for unit in buf.messages:  # the kept path builds from the codec's handle (not re-decoded natively)
+        # counted here, added to the metrics once per decide_due (``_TALLY``)
+        points = _TALLY.points
+        points[trigger] = points.get(trigger, 0) + 1
+        would_keep = keep if decision.dry_run_kept is None else decision.dry_run_kept
+        key = ("keep" if would_keep else "drop", decision.policy or "-", buf.forced_reason or "-")
+        decided = _TALLY.decided
+        decided[key] = decided.get(key, 0) + 1
+        if keep:
+            for unit in messages:  # the kept path builds from the codec's handle (not re-decoded natively)
                 if unit.handle is None:
                     unit.handle = codec.decode_trace(unit.value, trace_id).handle
             out.kept_traces += 1
-            metrics.KEPT_SPANS.inc(buf.span_count)
-            out.records.extend(
-                self._kept_records(trace_id, decision, buf.messages, decided_ns, forced=buf.forced_reason)
-            )
+            _TALLY.kept_spans += buf.span_count
+            out.records.extend(self._kept_records(trace_id, decision, messages, decided_ns, forced=buf.forced_reason))
         else:
             out.dropped_traces += 1
-            for unit in buf.messages:
-                self.tracker.release(unit.hold)
+            release = self.tracker.release
+            for unit in messages:
+                release(unit.hold)
+
+
+class _Tally:
+    """Decision metrics counted per trace in plain dicts and added to the Prometheus counters once
+    per ``decide_due`` (each ``inc`` takes the metric's lock and a label lookup: ~1–2 µs, twice per
+    decided trace before). Traces decided outside ``decide_due`` (sealed during ingest) are added
+    by the next one, the call that hands their records over."""
+
+    __slots__ = ("points", "decided", "kept_spans")
+
+    def __init__(self) -> None:
+        self.points: dict[str, int] = {}
+        self.decided: dict[tuple[str, str, str], int] = {}
+        self.kept_spans = 0
+
+    def flush(self) -> None:
+        points, decided, kept_spans = self.points, self.decided, self.kept_spans
+        self.points, self.decided, self.kept_spans = {}, {}, 0
+        for trigger, n in points.items():
+            _DECISION_POINTS(trigger).inc(n)
+        for key, n in decided.items():
+            _TRACES_DECIDED(*key).inc(n)
+        if kept_spans:
+            metrics.KEPT_SPANS.inc(kept_spans)
+
+
+# one per process, as the metrics it feeds are
+_TALLY = _Tally()
