@@ -80,6 +80,28 @@ _USER_WORDS = (
 _HEX = "0-9A-Fa-f"
 
 
+def _api_key_hint(s: str) -> bool:
+    """What every api_key match contains, in the case-folded text: the literal shapes (sk_live_…,
+    AKIA…, gh?_…, xox…, AIza…) and the words of its (?i:…) group — whose other spellings under the
+    pattern's IGNORECASE (Kelvin sign for "k", long s for "s") fold to the same ASCII. A text
+    without any is skipped: the full pattern cost ~14 µs per 86-character URL or statement, the most
+    of any detector on kept traces (this test ~1 µs)."""
+    t = s.casefold()
+    return (
+        "key" in t
+        or "token" in t
+        or "secret" in t
+        or "passw" in t
+        or "pwd" in t
+        or "_live_" in t
+        or "_test_" in t
+        or "akia" in t
+        or "gh" in t
+        or "xox" in t
+        or "aiza" in t
+    )
+
+
 @dataclass(frozen=True)
 class Detector:
     name: str
@@ -115,7 +137,7 @@ DETECTORS: tuple[Detector, ...] = (
             r"|(?i:\b(?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|refresh[_-]?token|client[_-]?secret"
             r"|secret|password|passwd|pwd)[\"']?\s*[=:]\s*[\"']?)(?P<v>[^\s&\"',;}]{3,})"
         ),
-        lambda s: True,
+        _api_key_hint,
         span=_span_v_or_w,
         description="API-key shapes (sk_live_…, AKIA…, ghp_…, xox…-, AIza…) and values of key=/secret=/password= pairs",
     ),

@@ -464,8 +464,21 @@ class Protector:
         """``protect_attributes`` leaves this attribute exactly as it is (same key, same value of the
         same type, nothing counted) in any map — for a key that ``reads_context``, in any map whose
         ``db.system`` / ``db.system.name`` are those of ``context`` (None: an empty map)."""
+        out, counts = self.protect_attribute(key, value, context)
+        return self.leaves_attribute(key, value, out, counts)
+
+    def protect_attribute(self, key: str, value: Any, context: dict | None = None) -> tuple[dict, dict[str, int]]:
+        """``protect_attributes`` of this one attribute: (its output map — empty when dropped, else
+        one entry —, the audit counts). ``context`` as for ``attribute_unchanged``. A map's output is
+        its attributes' outputs in order (a later equal key replacing an earlier value in place), its
+        counts theirs summed: callers may remember an answer per (key, value, context)."""
         counts: dict[str, int] = {}
-        out = self.protect_attributes({key: value}, counts, context or {})
+        return self.protect_attributes({key: value}, counts, context or {}), counts
+
+    @staticmethod
+    def leaves_attribute(key: str, value: Any, out: dict, counts: dict[str, int]) -> bool:
+        """The test behind ``attribute_unchanged``, on ``protect_attribute``'s answer: the same key,
+        the same value of the same type, nothing counted."""
         return not counts and len(out) == 1 and key in out and _same(out[key], value)
 
     def name_unchanged(self, name: str) -> bool:

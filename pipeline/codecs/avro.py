@@ -24,6 +24,7 @@ from typing import Any
 import fastavro
 
 from operators.span_times import SpanTimeBounds
+from pipeline.codecs import avro_kept
 from pipeline.codecs.interface import Fragment, KeptBatches, KeptFacts, Malformed, SpanLimits, safe_text
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -197,6 +198,22 @@ class AvroCodec:
         return kept
 
     def encode_kept(self, facts: KeptFacts, batches: list[dict], part: int = 0, parts: int = 1) -> bytes:
+        """The ``KeptTrace`` record; batches written from their own bytes (``avro_kept``) are joined
+        into it as they are, any others encoded by fastavro — the same bytes fastavro writes for
+        the whole record (``tests/unit/test_avro_kept.py``)."""
+        if any(avro_kept.AVRO_WIRE in b for b in batches):
+            return avro_kept.kept_trace(
+                facts.trace_id,
+                facts.policy,
+                facts.reason,
+                facts.adjusted_count,
+                facts.decided_at_ns,
+                facts.late,
+                sum(len(b["spans"]) for b in batches),
+                [avro_kept.batch_bytes(b) if avro_kept.AVRO_WIRE in b else _kept_batch(b) for b in batches],
+                part,
+                parts,
+            )
         return encode(
             KEPT_TRACE,
             {
@@ -212,6 +229,24 @@ class AvroCodec:
                 "parts": parts,
             },
         )
+
+
+def _kept_batch(batch: dict) -> bytes:
+    """One decoded batch as a ``KeptTrace`` batch item (fastavro)."""
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, _kept_batch_schema(), batch)
+    return buf.getvalue()
+
+
+@cache
+def _kept_batch_schema() -> Any:
+    """``KeptTrace``'s ``SpanBatch`` item on its own: its ``TraceId`` reference made a definition."""
+    kept = raw_schema(KEPT_TRACE)
+    trace_id = next(f["type"] for f in kept["fields"] if f["name"] == "trace_id")
+    item = json.loads(json.dumps(next(f["type"]["items"] for f in kept["fields"] if f["name"] == "batches")))
+    item["fields"][0]["type"] = trace_id
+    item["namespace"] = kept["namespace"]
+    return fastavro.parse_schema(item)
 
 
 def _fragment(batch: dict) -> Fragment:

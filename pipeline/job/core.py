@@ -18,6 +18,7 @@ from operators.service_graph import ServiceGraph
 from operators.slo import SloTracker
 from operators.span_times import SpanTimeBounds
 from pipeline import codecs, metrics
+from pipeline.codecs.avro_kept import AvroKeptWriter
 from pipeline.codecs.interface import SpanLimits
 from pipeline.codecs.otlp_kept import KeptWriter
 from pipeline.config import Config
@@ -137,6 +138,9 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
         self.emit_codec = codecs.for_format(self.emit_format)  # traces.kept
         # OTLP kept as otlp_proto: spans written from their own bytes where protection changes nothing
         self.kept_writer = KeptWriter(self.protector) if self.emit_format == "otlp_proto" else None
+        # Avro kept as Avro: likewise, each span encoded from its message's fields, protected per distinct value
+        both_avro = self.ingest_format == self.emit_format == "avro"
+        self.avro_kept_writer = AvroKeptWriter(self.protector) if both_avro else None
 
     def restore(self, partition: int, records: Iterable[dict], through: int = -1) -> int:
         """Load decision-log records of a newly assigned partition (oldest first) and its checkpoint

@@ -12,6 +12,7 @@ from operators.decide import Decision
 from operators.decision_cache import DROPPED
 from operators.tracestate import with_threshold
 from pipeline import metrics
+from pipeline.codecs.avro_kept import AvroSpan, Fallback
 from pipeline.codecs.interface import KeptFacts, Malformed
 from pipeline.codecs.otlp import OtlpTrace
 from pipeline.codecs.protowire import WireSpan
@@ -152,9 +153,15 @@ class Protect:
     ) -> list[dict]:
         """One input message's spans of a kept trace: fully decoded, protected, annotated.
         tailsift's own annotations (sampling facts, decode errors) are added after protection.
-        OTLP written as ``otlp_proto``: the same spans from their own bytes (``KeptWriter``)."""
+        OTLP written as ``otlp_proto``: the same spans from their own bytes (``KeptWriter``); Avro
+        written as Avro likewise (``AvroKeptWriter``)."""
         if self.kept_writer is not None and isinstance(unit.handle, OtlpTrace):
             return self.kept_writer.batches(unit.handle, sampling_attrs, th, pii_counts, self.protector)
+        if self.avro_kept_writer is not None and isinstance(unit.handle, dict):
+            try:
+                return self.avro_kept_writer.batches(unit.handle, sampling_attrs, th, pii_counts, self.protector)
+            except Fallback:
+                pass  # the reference path below decides, and reports what it cannot write
         kept = self.codec.kept_batches(unit.value, unit.handle)
         protector = self.protector
         undecodable = {id(span) for span in kept.undecodable_spans}
@@ -193,7 +200,7 @@ class Protect:
             for span in batch["spans"]:
                 links = (
                     span.link_trace_ids
-                    if isinstance(span, WireSpan)
+                    if isinstance(span, WireSpan | AvroSpan)
                     else [ln["trace_id"] for ln in span.get("links") or ()]
                 )
                 for linked in links:

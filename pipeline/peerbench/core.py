@@ -1,6 +1,6 @@
-"""The job core alone on ``make bench-peer``'s traffic: CPU µs per span, no Kafka.
+"""The job core alone on ``make bench-peer``'s traffic (or ``make bench``'s): CPU µs per span, no Kafka.
 
-    python -m pipeline.peerbench.core [--traces 5000] [--unkeyed] [--no-privacy] [--profile N]
+    python -m pipeline.peerbench.core [--traces 5000] [--unkeyed | --avro] [--no-privacy] [--profile N]
 
 The same OTLP input the peer benchmark pre-fills (``pipeline.peerbench.traffic``, one 5,000-span
 trace included), the same tailsift config (``run.tailsift_config``: errors, latency ≥ 500 ms,
@@ -11,6 +11,11 @@ Prints this process's CPU time per span — the figure ``make bench-peer`` measu
 and the broker — so a change to the per-span path can be measured in seconds on a busy machine;
 ``--profile N`` prints the N costliest functions (cProfile, which inflates Python-heavy code).
 Privacy on uses a throw-away token key unless ``TAILSIFT_TOKEN_KEYS`` is set.
+
+``--avro``: ``make bench``'s traffic and config instead — the generator's Avro ``SpanBatch``
+messages (``GeneratorConfig(seed=7)``, ~3 spans per message, PII in most traces) on 6 partitions
+placed by murmur2 of the trace ID, ``run_config`` with the bench's overrides (decision wait 1 s,
+10 s SLI windows, exactly_once, privacy on).
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.demo import run_config
+from pipeline.generator.callgraph import GeneratorConfig, TraceGenerator
 from pipeline.job import Job
 from pipeline.job.records import Received
-from pipeline.kafka.partitioner import COLLECTOR
+from pipeline.kafka.partitioner import COLLECTOR, canonical_partition
 from pipeline.peerbench import traffic as peer_traffic
 from pipeline.peerbench.run import tailsift_config
 
@@ -48,6 +55,27 @@ def messages(traffic: peer_traffic.Traffic) -> list[Received]:
         out.append(Received(p, offsets[p], key, value, 0))
         offsets[p] += 1
     return out
+
+
+def avro_messages(traces: int, start_ns: int) -> tuple[list[Received], int]:
+    """``make bench``'s generated traffic (``tailsift bench``: seed 7), the traces started 1 ms
+    apart and ending before ``start_ns``, in export order on the canonical partitions; and its
+    span count."""
+    gen = TraceGenerator(GeneratorConfig(seed=7))
+    t0 = start_ns - 60_000_000_000 - traces * 1_000_000
+    rows = []
+    spans = 0
+    for i in range(traces):
+        tr = gen.trace(t0 + i * 1_000_000)
+        spans += tr.span_count
+        rows.extend((at, tr.trace_id, value) for value, at in zip(tr.encoded, tr.export_ns))
+    rows.sort(key=lambda row: row[0])
+    out, offsets = [], [0] * PARTITIONS
+    for _, key, value in rows:
+        p = canonical_partition(key, PARTITIONS)
+        out.append(Received(p, offsets[p], key, value, 0))
+        offsets[p] += 1
+    return out, spans
 
 
 def drive(job: Job, msgs: list[Received], start_ns: int) -> int:
@@ -89,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--traces", type=int, default=5_000)
     p.add_argument("--unkeyed", action="store_true", help="200-span multi-trace messages (re-keyed)")
+    p.add_argument("--avro", action="store_true", help="make bench's generated Avro traffic and config")
     p.add_argument("--no-privacy", action="store_true")
     p.add_argument("--repeat", type=int, default=3, help="runs over the same messages; the best is printed")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest functions")
@@ -97,11 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     if privacy and not os.environ.get("TAILSIFT_TOKEN_KEYS"):
         os.environ["TAILSIFT_TOKEN_KEYS"] = f"bench:{secrets.token_hex(32)}"
     start = time.time_ns() - 1_000_000_000
-    keyed, unkeyed = peer_traffic.generate(args.traces, start_ns=start, big_traces=1)
-    traffic = unkeyed if args.unkeyed else keyed
     with tempfile.TemporaryDirectory(prefix="tailsift-core-") as tmp:
-        _, config = tailsift_config("127.0.0.1:1", "core", Path(tmp), privacy)
-        msgs = messages(traffic)
+        if args.avro:
+            shape = "avro"
+            msgs, spans = avro_messages(args.traces, start)
+            overrides = {"assemble": {"decision_wait_ms": 1000}, "sli": {"window_seconds": 10, "grace_seconds": 1}}
+            if not privacy:
+                overrides["privacy"] = {"enabled": False}
+            _, config = run_config("127.0.0.1:1", "core", Path(tmp), **overrides)
+        else:
+            shape = "unkeyed" if args.unkeyed else "keyed"
+            keyed, unkeyed = peer_traffic.generate(args.traces, start_ns=start, big_traces=1)
+            traffic = unkeyed if args.unkeyed else keyed
+            _, config = tailsift_config("127.0.0.1:1", "core", Path(tmp), privacy)
+            msgs, spans = messages(traffic), traffic.spans
         profiler = cProfile.Profile() if args.profile else None
         cpu = float("inf")
         for _ in range(1 if profiler else max(1, args.repeat)):
@@ -114,11 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             if profiler:
                 profiler.disable()
             cpu = min(cpu, time.process_time() - t0)
-    shape = "unkeyed" if args.unkeyed else "keyed"
     print(
         f"job core, {shape}, privacy {'on' if privacy else 'off'}, core {config.ingest_core()}: "
-        f"{traffic.spans:,} spans in {len(msgs):,} messages, {written:,} records; "
-        f"{cpu:.2f} CPU-s = {cpu / traffic.spans * 1e6:.1f} µs/span = {traffic.spans / cpu:,.0f} spans/CPU-s"
+        f"{spans:,} spans in {len(msgs):,} messages, {written:,} records; "
+        f"{cpu:.2f} CPU-s = {cpu / spans * 1e6:.1f} µs/span = {spans / cpu:,.0f} spans/CPU-s"
         + (" (under cProfile)" if profiler else f" (best of {args.repeat})")
     )
     if profiler:

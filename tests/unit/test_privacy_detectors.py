@@ -15,6 +15,7 @@ from operators.privacy import (
     luhn_check_digit,
     luhn_valid,
 )
+from operators.privacy.detectors import DETECTORS  # noqa: E402
 
 TOK = Tokenizer(KeyRing({"k1": bytes(range(32))}))
 SCAN = Scanner(TOK, DEFAULT_DETECTOR_ACTIONS)
@@ -156,3 +157,42 @@ def test_short_and_formatted_numbers_are_not_cards():
         SCAN.scan(f"order {rnd.randrange(10 ** rnd.randint(1, 12))} total", counts)
         flagged += "detector:card" in counts
     assert flagged == 0
+
+
+_HINTS = ["sk_live_", "_test_", "AKIA", "ghp_", "xoxb-", "AIza", "api_key", "ApiKey", "TOKEN", "secret", "paſſword"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    text=st.lists(
+        st.one_of(st.sampled_from(_HINTS + ["=", ": ", "\u212aey=", "x" * 12, "1234567890abc"]), st.text(max_size=6)),
+        max_size=6,
+    ).map("".join)
+)
+def test_the_api_key_precheck_passes_every_text_the_pattern_matches(text):
+    """The api_key detector's precheck (was ``lambda s: True``) may only skip texts its pattern
+    cannot match: Unicode case folds included (a Kelvin sign is a "k" to the pattern's (?i:...))."""
+    (det,) = [d for d in DETECTORS if d.name == "api_key"]
+    if det.pattern.search(text) is not None:
+        assert det.precheck(text)
+
+
+def test_the_api_key_precheck_skips_statements_and_urls_without_a_hint():
+    (det,) = [d for d in DETECTORS if d.name == "api_key"]
+    assert not det.precheck("SELECT * FROM orders WHERE user_id = 'u-58590'")
+    assert not det.precheck("http://cart:7070/cart/u-11127/items?fields=stock")
+    for text in (
+        "http://x/?api_key=abc",
+        "api\u212aey: abc",  # a Kelvin sign: a "k" to the pattern's IGNORECASE
+        "pa\u017f\u017fword=abc",  # long s
+        "PASSWD=abc",
+        "pwd=abc",
+        "client-secret: abc",
+        "refresh_token=abc",
+        "sk_test_abcdefghij12",
+        "AKIAIOSFODNN7EXAMPLE",
+        "ghp_" + "a" * 30,
+        "xoxb-abcdefghij1",
+        "AIza" + "a" * 35,
+    ):
+        assert det.pattern.search(text) is not None and det.precheck(text), text
