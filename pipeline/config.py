@@ -83,10 +83,16 @@ class AssembleConfig(Strict):
         ge=1.0,
         le=1_000.0,
         description="processing time: a trace whose partition is read behind real time also waits until the "
-        "partition is read decision_wait_ms past its first message (Kafka timestamps) or caught up, and every "
-        "other input partition too (the group's read time: spans re-keyed from it have arrived) — at most "
-        "this many decision_wait_ms after its first span arrived, then it is decided (forced=backlog_limit); "
-        "1 = off (the worker clock alone)",
+        "partition is read decision_wait_ms past its first message (Kafka timestamps) or caught up (with "
+        "group_read_time, every other input partition too) — at most this many decision_wait_ms after its "
+        "first span arrived, then it is decided (forced=backlog_limit); 1 = off (the worker clock alone)",
+    )
+    group_read_time: bool = Field(
+        False,
+        description="processing time: decisions also wait for the group's read time — every other input "
+        "partition read past the trace's first timestamp + decision_wait_ms, so spans re-keyed from there "
+        "have arrived. For producers that do not key by trace id (re-keying); costs ~1.5-2.5 s of decision "
+        "latency live and holds decisions to the slowest partition in a drain (README 'Sampling semantics')",
     )
     max_buffered_spans: int = Field(1_000_000, ge=1, description="global bound on spans awaiting a decision")
     max_buffered_bytes: int = Field(

@@ -37,7 +37,8 @@ TRANSPORT_SLACK_MS = 1000
 # crash storm were decided drop before their error spans came). The redelivered consumer attempts
 # stay late: they follow their trace's decision (kept: a late KeptTrace; dropped: dropped).
 _DECIDE_AFTER_MS = int(on_time_horizon_ms() + TRANSPORT_SLACK_MS)
-ASSEMBLE = {"decision_wait_ms": _DECIDE_AFTER_MS, "root_quiet_gap_ms": _DECIDE_AFTER_MS}
+# the traffic mixes unkeyed multi-trace batches in (re-keying): decisions wait for the group's read time
+ASSEMBLE = {"decision_wait_ms": _DECIDE_AFTER_MS, "root_quiet_gap_ms": _DECIDE_AFTER_MS, "group_read_time": True}
 SLI = {"window_seconds": 2, "grace_seconds": 1}
 POLICIES = {
     "policies": [

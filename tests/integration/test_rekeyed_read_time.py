@@ -112,7 +112,12 @@ def make_env(bootstrap: str, run_id: str, workdir: Path):
         topics={
             key: {"name": f"{run_id}.{getattr(names, key).name}", "partitions": 2} for key in ("spans_raw", "decisions")
         },
-        assemble={"decision_wait_ms": WAIT_MS, "root_quiet_gap_ms": 0, "backlog_wait_factor": 1_000},
+        assemble={
+            "decision_wait_ms": WAIT_MS,
+            "root_quiet_gap_ms": 0,
+            "backlog_wait_factor": 1_000,
+            "group_read_time": True,
+        },
         sampling={"policies": [{"name": "errors", "type": "status_code", "status_codes": ["ERROR"]}]},
         job={
             "data_dir": str(workdir / "faust"),

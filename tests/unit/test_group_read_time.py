@@ -191,7 +191,7 @@ def test_a_worker_commits_each_partitions_read_time(monkeypatch):
     behind (partition 1): how far it is read in Kafka time; never lower than before."""
     monkeypatch.setattr(worker_mod, "Consumer", lambda conf: Consumer())
     monkeypatch.setattr(worker_mod, "OutputProducer", lambda conf: None)
-    job = make_job()
+    job = make_job(assemble={"group_read_time": True})
     w = worker_mod.Worker(job.config, job)
     job.input_partitions = 3
     w.assigned = {0, 1, 2}
@@ -213,3 +213,18 @@ def test_a_worker_commits_each_partitions_read_time(monkeypatch):
     assert published() == {0: now_ms - rt.CAUGHT_UP_MARGIN_MS, 2: now_ms - rt.CAUGHT_UP_MARGIN_MS}
     w.committed[1] = (0, -1)  # its offset moved: committed again, its read time never lower than before
     assert published() == {1: T0_MS + 7}
+
+
+def test_without_group_read_time_a_worker_publishes_and_waits_for_nothing(monkeypatch):
+    """``assemble.group_read_time`` is off by default (it held a keyed drain to its slowest
+    partition): no read time in the checkpoints, no exchange made."""
+    monkeypatch.setattr(worker_mod, "Consumer", lambda conf: Consumer())
+    monkeypatch.setattr(worker_mod, "OutputProducer", lambda conf: None)
+    job = make_job()
+    w = worker_mod.Worker(job.config, job)
+    job.input_partitions = 3
+    w.assigned = {0, 1, 2}
+    assert not w._waits_for_group()
+    w._behind()
+    assert w.group_read_times is None
+    assert all(Checkpoint.decode(tp.metadata).read_ms == -1 for tp in w._commit_offsets(NOW0 // MS))
