@@ -36,6 +36,7 @@ import struct
 from typing import Any, NamedTuple
 
 from operators.tracestate import with_threshold
+from pipeline.codecs.protowire import varint as _varint  # the same base-128 varint (Avro zig-zags first)
 
 AVRO_WIRE = "avro.wire"  # a wire batch's key: (SpanBatch bytes before its spans, after them)
 _MEMO_MAX_BYTES = 512  # entries of at most this many input bytes are remembered
@@ -84,15 +85,6 @@ def long(n: int) -> bytes:
 
 
 _HIGH: dict[int, bytes] = {}  # varints of the high bits of recent times
-
-
-def _varint(z: int) -> bytes:
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
 
 
 def string(s: str) -> bytes:
