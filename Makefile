@@ -26,7 +26,7 @@ KAFKA  := $(PYTHON) deploy/local/kafka
 # default yet: in its one full run test_ingest_fuzz failed 3 cases that pass alone and in one process.
 PYTEST_ARGS ?= -q --durations=20
 
-.PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit demo bench otelcol bench-peer chaos chromium docs-report clean distclean
+.PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit test-python-core demo bench otelcol bench-peer chaos chromium docs-report clean distclean
 
 venv: $(VENV)/.installed
 
@@ -68,6 +68,13 @@ test: venv kafka-fetch
 test-unit: venv
 	@rc=0; $(VPY) -m pytest tests/unit $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-unit: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
+
+# the whole suite on the Python reference core: `job.core: auto` (every config that does not name a
+# core) means python in this run (pipeline/config.py auto_core_override; issue 17)
+test-python-core: venv kafka-fetch
+	@rc=0; TAILSIFT_AUTO_CORE=python $(VPY) -m pytest tests $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-python-core: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
 # ---- placeholders: the lead fills these in (the `tailsift demo` / `tailsift bench` commands) ----
