@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod avro;
+pub mod avro_ingest;
 pub mod proto;
 pub mod rekey;
 pub mod sli;
@@ -560,16 +561,25 @@ fn decode_avro<'py>(
             Ok(batch) => batch,
             Err(r) => return Ok(Err(r)),
         };
-        let service = headers.text(batch.service);
-        let spans = PyList::empty(py);
-        for sp in &batch.spans {
-            spans.append(headers.avro(&service, sp)?)?;
-        }
-        let groups = PyList::new(py, [PyTuple::new(py, [service.as_any(), spans.as_any()])?])?;
-        let fragment =
-            (PyBytes::new(py, batch.trace_id), groups, batch.spans.len()).into_pyobject(py)?;
-        Ok(Ok(PyList::new(py, [fragment])?.into_any()))
+        Ok(Ok(avro_fragments(py, &mut headers, &batch)?.into_any()))
     })
+}
+
+/// A SpanBatch's one fragment, as a one-item list: `[(trace_id, [(service, [header])], n)]`.
+fn avro_fragments<'py>(
+    py: Python<'py>,
+    headers: &mut Headers<'py>,
+    batch: &avro::Batch,
+) -> PyResult<Bound<'py, PyList>> {
+    let service = headers.text(batch.service);
+    let spans = PyList::empty(py);
+    for sp in &batch.spans {
+        spans.append(headers.avro(&service, sp)?)?;
+    }
+    let groups = PyList::new(py, [PyTuple::new(py, [service.as_any(), spans.as_any()])?])?;
+    let fragment =
+        (PyBytes::new(py, batch.trace_id), groups, batch.spans.len()).into_pyobject(py)?;
+    PyList::new(py, [fragment])
 }
 
 /// The decision's re-decode (`Codec.decode_trace` for a whole `collect`): per `(value, trace_id)`
@@ -672,6 +682,7 @@ fn tailsift_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(trace_headers_avro, m)?)?;
     m.add_function(wrap_pyfunction!(_guard_selftest, m)?)?;
     rekey::register(m)?;
+    avro_ingest::register(m)?;
     m.add_class::<sli::SliWindows>()?;
     m.add_class::<sli::Window>()?;
     Ok(())

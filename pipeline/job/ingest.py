@@ -1,7 +1,7 @@
 """Stage 1, ingest: one loop for every wire format. Each received message goes through the
 configured codec (``pipeline.codecs.interface.Codec``) into per-trace ``Fragment``s; a malformed
 one is dead-lettered with its reason, one off its trace's canonical partition is re-keyed
-(``pipeline.job.rekey``; for OTLP protobuf in the native core, in the same call as the decode),
+(``pipeline.job.rekey``; in the native core, in the same call as the decode),
 and each fragment is counted in the SLI windows (before sampling) and routed (``route``)."""
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ class Ingest:
         read = self.assembler.read  # every message read moves its partition's read time
         n_spans = 0
         messages = messages if isinstance(messages, list) else list(messages)
-        # one call for the batch: the native core walks every message in Rust — and, for OTLP
-        # protobuf, places it too, building the re-keyed copies and header dicts only for the
-        # messages that stay (a re-keyed message is read again as its copies)
+        # one call for the batch: the native core walks every message in Rust — and places it too,
+        # building the re-keyed copies and header dicts only for the messages that stay (a
+        # re-keyed message is read again as its copies)
         placed = rekey and getattr(codec, "places", False)
         if placed:
             limit = self.max_record_bytes

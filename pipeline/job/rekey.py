@@ -1,9 +1,9 @@
 """Re-keying, the Python reference: spans of one trace must meet on one partition, so a message
 off its traces' canonical partition (``pipeline.kafka.partitioner``) is re-published per trace,
-keyed by its trace ID. ``place`` is what the native core's ``ingest_otlp`` does in Rust for OTLP
-protobuf (``NativeCodec.decode_placed``, ``native/src/rekey.rs``); this one serves the Python
-core, Avro and OTLP JSON, and is the reference ``tests/unit/test_native_rekey.py`` holds the
-Rust one to."""
+keyed by its trace ID. ``place`` is what the native core's ``ingest_otlp`` and ``ingest_avro`` do
+in Rust (``NativeCodec.decode_placed``, ``native/src/rekey.rs``, ``native/src/avro_ingest.rs``);
+this one serves the Python core and OTLP JSON, and is the reference
+``tests/unit/test_native_rekey.py`` holds the Rust ones to."""
 
 from __future__ import annotations
 

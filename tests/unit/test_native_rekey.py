@@ -41,7 +41,9 @@ if not native.AVAILABLE:
     pytest.skip("the native core is not built (no Rust toolchain)", allow_module_level=True)
 
 from tests.unit.test_native_differential import (  # noqa: E402 - after the skip
+    AVRO_MESSAGES,
     BOUNDS,
+    GENERATED_AVRO,
     GENERATED_OTLP,
     NOW,
     OTLP_MESSAGES,
@@ -76,21 +78,24 @@ def first_trace_id(value: bytes | None) -> bytes | None:
 
 
 @st.composite
-def received(draw, values: st.SearchStrategy) -> Received:
+def received(draw, values: st.SearchStrategy, fmt: str = "otlp_proto") -> Received:
     """A message as a producer may have put it: keyed by its first trace ID (raw or hex), by
     something else or not at all, on any of 6 partitions."""
     value = draw(values)
-    trace_id = first_trace_id(value)
+    # a SpanBatch starts with its trace ID (16 bytes, fixed)
+    trace_id = first_trace_id(value) if fmt == "otlp_proto" else (value[:16] if value and len(value) >= 16 else None)
     keys: list[bytes | None] = [None, b"k", b"\x00" * 16]
     if trace_id is not None:
         keys += [trace_id, trace_id.hex().encode(), trace_id.hex().upper().encode()]
     return Received(draw(st.integers(0, 5)), 0, draw(st.sampled_from(keys)), value)
 
 
-def python_placed(msgs: list[Received], placement, partitions: int, max_record_bytes: int, now_ns: int) -> list:
+def python_placed(
+    msgs: list[Received], placement, partitions: int, max_record_bytes: int, now_ns: int, fmt: str = "otlp_proto"
+) -> list:
     """What ``job.core: python`` does: the Python codec's verdicts and fragments, placed by
     ``pipeline.job.rekey.place``."""
-    codec = codecs.for_format("otlp_proto", BOUNDS)
+    codec = codecs.for_format(fmt, BOUNDS)
     out = []
     for msg, result in zip(msgs, decode_each(codec, [m.value for m in msgs], now_ns)):
         if not isinstance(result, Malformed):
@@ -104,27 +109,35 @@ def canonical(value: bytes) -> bool:
 
 
 def assert_same_placement(
-    msgs: list[Received], placement, partitions: int, max_record_bytes: int, now_ns: int = NOW
+    msgs: list[Received],
+    placement,
+    partitions: int,
+    max_record_bytes: int,
+    now_ns: int = NOW,
+    fmt: str = "otlp_proto",
 ) -> int:
     """Native against Python for one batch; returns how many messages were re-keyed."""
-    mine = native.NativeCodec("otlp_proto", BOUNDS).decode_placed(
+    mine = native.NativeCodec(fmt, BOUNDS).decode_placed(
         msgs, now_ns, placement, partitions, max_record_bytes, rekey.max_copies_bytes(max_record_bytes)
     )
-    want = python_placed(msgs, placement, partitions, max_record_bytes, now_ns)
+    want = python_placed(msgs, placement, partitions, max_record_bytes, now_ns, fmt)
     assert len(mine) == len(want) == len(msgs)
     rekeyed = 0
     for msg, got, ref in zip(msgs, mine, want):
         where = (msg.key, msg.partition, (msg.value or b"")[:120])
         assert type(got) is type(ref), where
         if not isinstance(ref, Rekeyed):
-            assert comparable("otlp_proto", got, True) == comparable("otlp_proto", ref, False), where
+            assert comparable(fmt, got, True) == comparable(fmt, ref, False), where
             continue
         if ref.parts is None:  # too large to re-key: both keep its fragments where it arrived
             assert got.parts is None, where
-            assert comparable("otlp_proto", got.fragments, True) == comparable("otlp_proto", ref.fragments, False)
+            assert comparable(fmt, got.fragments, True) == comparable(fmt, ref.fragments, False)
             continue
         rekeyed += 1
         assert [(k, p) for k, p, _ in got.parts] == [(k, p) for k, p, _ in ref.parts], where
+        if fmt == "avro":  # one trace per message: its copy is the message itself
+            assert len(got.parts) == 1 and got.parts[0][2] is msg.value, where
+            continue
         for (_, _, mine_part), (_, _, ref_part) in zip(got.parts, ref.parts):
             assert ExportTraceServiceRequest.FromString(mine_part) == ExportTraceServiceRequest.FromString(ref_part)
             if canonical(msg.value):
@@ -255,6 +268,61 @@ def test_the_chaos_suites_hostile_messages_are_placed_alike(placement):
     now_ns = time.time_ns()  # the chaos messages are timed from the clock
     for i in range(0, len(msgs), 50):
         assert_same_placement(msgs[i : i + 50], placement, 6, 1 << 20, now_ns)
+
+
+# ------------------------------------------------------------------ Avro: placement in the same call
+@SETTINGS
+@given(
+    st.lists(received(st.one_of(AVRO_MESSAGES, st.sampled_from(GENERATED_AVRO)), "avro"), min_size=1, max_size=6),
+    PLACEMENTS,
+    PARTITIONS,
+    st.sampled_from([1 << 20, 300, 60]),
+)
+def test_avro_messages_are_placed_alike(msgs, placement, partitions, limit):
+    """``ingest_avro`` (``native/src/avro_ingest.rs``) against ``rekey.place`` over the Python
+    Avro codec: valid, hostile and random SpanBatches, keyed right, wrong or not at all, on any
+    partition, under either placement, with records small enough to refuse some copies."""
+    assert_same_placement(msgs, placement, partitions, limit, fmt="avro")
+
+
+@pytest.mark.parametrize("placement", [TAILSIFT, COLLECTOR])
+def test_the_chaos_suites_hostile_avro_messages_are_placed_alike(placement):
+    from pipeline.chaos import fuzz
+
+    msgs = [Received(i % 6, i, h.key, h.value) for i, h in enumerate(fuzz.messages(300, "avro", seed=29))]
+    now_ns = time.time_ns()  # the chaos messages are timed from the clock
+    for i in range(0, len(msgs), 50):
+        assert_same_placement(msgs[i : i + 50], placement, 6, 1 << 20, now_ns, fmt="avro")
+
+
+def test_avro_in_the_job_is_placed_without_python_per_message(monkeypatch):
+    """The job with the native core places Avro messages in the decode call: before, every
+    accepted message went through ``rekey.place`` → ``misplaced`` → murmur2 in Python (~1 µs per
+    message). A message on its trace's partition stays; the same message elsewhere, or keyed by
+    something else, moves as it is to that partition."""
+    from pipeline.job import Job
+    from tests.support.jobs import make_config
+
+    calls = []
+    monkeypatch.setattr(rekey, "place", lambda *args: calls.append(args))
+    cfg = make_config(job={"core": "native"}, ingest={"format": "avro", "rekey": True})
+    job = Job(cfg, worker_id="w")
+    job.input_partitions = 6
+    value = GENERATED_AVRO[0]
+    tid = value[:16]
+    home = TAILSIFT.partition(tid, 6)
+    job.ingest(
+        [
+            Received(home, 0, tid, value),
+            Received((home + 1) % 6, 0, tid, value),
+            Received(home, 1, b"other", value),
+        ],
+        NOW,
+    )
+    copies = [r for r in job.collect(NOW).records if r.topic == job.input_topic]
+    assert calls == []
+    assert [(r.key, r.partition, r.value) for r in copies] == [(tid, home, value)] * 2
+    assert len(job.assembler) == 1  # the message that stayed is buffered
 
 
 def test_keyed_traffic_on_its_partition_stays_and_the_rest_is_rekeyed():
