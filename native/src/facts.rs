@@ -1,0 +1,281 @@
+//! The decision's facts (issue 17): one call per chunk of due traces reads their buffered messages
+//! again and returns, per trace, a `TraceFacts` — the header facts the common policies read (span
+//! count, any error, earliest start, latest end, the tracestate the view picks) computed in the
+//! same pass — and, for the whole call, the service graph's requests (parent → child across
+//! services) summed per (client, server) pair in the order they were first found. No span header
+//! dict is built unless something asks for the spans (`TraceFacts.spans()`: an attribute rule,
+//! rare-path, …); then the messages are read again and the dicts are those `trace_headers_otlp` /
+//! `trace_headers_avro` build, key for key.
+//!
+//! The Python reference: `operators/trace.py` `TraceView` (the facts from the header dicts) and
+//! `operators/service_graph.py` `ServiceGraph.add_trace` (the pairing);
+//! `tests/unit/test_native_facts.py` holds both to the same answers on random and hostile traces.
+
+use std::collections::HashMap;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+
+use crate::{avro, guarded, message_bytes, proto, reject, Error, Headers, OTLP_DECODE_ERROR};
+
+/// `STATUSES` index of ERROR
+const ERROR: usize = 2;
+
+/// What the facts and the graph read of one span, borrowed from its message.
+struct Head<'a> {
+    service: &'a str,
+    span_id: &'a [u8],
+    /// None for a root span (an OTLP span with an empty parent ID, as its header dict says)
+    parent: Option<&'a [u8]>,
+    start: i128,
+    end: i128,
+    error: bool,
+    trace_state: &'a str,
+}
+
+fn parse_otlp(value: &[u8]) -> Option<proto::Request<'_>> {
+    guarded(|| proto::parse_request(value).map_err(|_| reject("decode_error", OTLP_DECODE_ERROR)))
+        .ok()
+}
+
+fn parse_avro(value: &[u8]) -> Option<avro::Batch<'_>> {
+    guarded(|| {
+        avro::parse_batch(value).map_err(|Error::Malformed(why)| reject("decode_error", why))
+    })
+    .ok()
+}
+
+/// The spans of `trace_id` in one OTLP message, in message order (as `trace_headers_otlp`);
+/// false when the bytes do not parse.
+fn otlp_heads<'a>(value: &'a [u8], trace_id: &[u8], out: &mut Vec<Head<'a>>) -> bool {
+    let Some(request) = parse_otlp(value) else {
+        return false;
+    };
+    for sp in &request.spans {
+        if sp.trace_id != trace_id {
+            continue;
+        }
+        // decode_traces: a status outside the names reads as UNSET
+        let status = usize::try_from(sp.status_code).unwrap_or(0);
+        out.push(Head {
+            service: request.services[sp.resource],
+            span_id: sp.span_id,
+            parent: (!sp.parent_span_id.is_empty()).then_some(sp.parent_span_id),
+            start: sp.start as i128,
+            end: sp.end as i128,
+            error: status == ERROR,
+            trace_state: sp.trace_state,
+        });
+    }
+    true
+}
+
+/// Every span of one Avro `SpanBatch` (one trace per message, as `trace_headers_avro`).
+fn avro_heads<'a>(value: &'a [u8], out: &mut Vec<Head<'a>>) -> bool {
+    let Some(batch) = parse_avro(value) else {
+        return false;
+    };
+    for sp in &batch.spans {
+        out.push(Head {
+            service: batch.service,
+            span_id: sp.span_id,
+            parent: sp.parent_span_id,
+            start: sp.start as i128,
+            end: sp.end as i128,
+            error: sp.status_code as usize == ERROR,
+            trace_state: sp.trace_state,
+        });
+    }
+    true
+}
+
+/// The tracestate `TraceView.trace_state` picks: the root's (the first span without a parent)
+/// when it has one, else the first non-empty one.
+fn trace_state<'a>(heads: &[Head<'a>]) -> &'a str {
+    if let Some(root) = heads.iter().find(|h| h.parent.is_none()) {
+        if !root.trace_state.is_empty() {
+            return root.trace_state;
+        }
+    }
+    heads
+        .iter()
+        .map(|h| h.trace_state)
+        .find(|s| !s.is_empty())
+        .unwrap_or("")
+}
+
+/// The service graph's requests of a call, summed per raw (client, server) pair in the order
+/// each pair was first found; latencies in whole nanoseconds (exact, so the sum does not depend
+/// on how requests are grouped).
+#[derive(Default)]
+struct Requests<'a> {
+    index: HashMap<(&'a str, &'a str), usize>,
+    pairs: Vec<(&'a str, &'a str, u64, u64, i128)>,
+}
+
+impl<'a> Requests<'a> {
+    /// `ServiceGraph.add_trace`: a span whose parent (the last span of the trace with that span
+    /// ID, as a dict keyed by ID keeps it) belongs to another service is one request of
+    /// parent's service → its service; failed when either is ERROR; latency the child's
+    /// end − start, 0 if negative.
+    fn add_trace(&mut self, heads: &[Head<'a>]) {
+        let mut by_id: HashMap<&[u8], usize> = HashMap::with_capacity(heads.len());
+        for (i, h) in heads.iter().enumerate() {
+            by_id.insert(h.span_id, i);
+        }
+        for child in heads {
+            let Some(parent) = child.parent.and_then(|p| by_id.get(p)).map(|&i| &heads[i]) else {
+                continue;
+            };
+            if parent.service == child.service {
+                continue;
+            }
+            let key = (parent.service, child.service);
+            let at = *self.index.entry(key).or_insert_with(|| {
+                self.pairs.push((key.0, key.1, 0, 0, 0));
+                self.pairs.len() - 1
+            });
+            let pair = &mut self.pairs[at];
+            pair.2 += 1;
+            pair.3 += u64::from(child.error || parent.error);
+            pair.4 += (child.end - child.start).max(0);
+        }
+    }
+}
+
+/// The header facts of one due trace (what `TraceView` computes from the span dicts), and what
+/// it takes to build those dicts should anything ask for them.
+#[pyclass(frozen, module = "pipeline._native")]
+pub struct TraceFacts {
+    #[pyo3(get)]
+    span_count: usize,
+    #[pyo3(get)]
+    has_error: bool,
+    #[pyo3(get)]
+    start_ns: i128,
+    #[pyo3(get)]
+    end_ns: i128,
+    #[pyo3(get)]
+    trace_state: Py<PyString>,
+    avro: bool,
+    trace_id: Py<PyBytes>,
+    values: Vec<Py<PyBytes>>,
+}
+
+#[pymethods]
+impl TraceFacts {
+    /// The span header dicts, in message order — exactly those `trace_headers_otlp` /
+    /// `trace_headers_avro` build — read again from the messages: only for a trace whose
+    /// policies look past the facts.
+    fn spans<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut headers = Headers::new(py)?;
+        let out = PyList::empty(py);
+        let unreadable = || PyValueError::new_err("a message read before no longer parses");
+        for value in &self.values {
+            let value = value.bind(py).as_bytes();
+            if self.avro {
+                let batch = parse_avro(value).ok_or_else(unreadable)?;
+                let service = headers.text(batch.service);
+                for sp in &batch.spans {
+                    out.append(headers.avro(&service, sp)?)?;
+                }
+            } else {
+                let request = parse_otlp(value).ok_or_else(unreadable)?;
+                let trace_id = self.trace_id.bind(py).as_bytes();
+                let mut services = vec![None; request.services.len()];
+                for (i, sp) in request.spans.iter().enumerate() {
+                    if sp.trace_id == trace_id {
+                        out.append(headers.otlp(&request, &mut services, i)?.1)?;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The decision's re-read of a chunk of due traces. `values` are their buffered messages, trace
+/// after trace (`counts[i]` messages of trace `trace_ids[i]`); returns per trace its
+/// `TraceFacts`, or None where a message does not parse again or the trace has no span (never
+/// expected: the caller then reads it with the Python codec), and the service graph's requests of
+/// the traces that have facts: `(client, server, requests, failed, latency_ns)` per raw service
+/// pair, in first-found order.
+#[pyfunction]
+pub fn trace_facts<'py>(
+    py: Python<'py>,
+    avro: bool,
+    values: &Bound<'py, PyList>,
+    trace_ids: &Bound<'py, PyList>,
+    counts: Vec<usize>,
+) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+    if counts.len() != trace_ids.len() || counts.iter().sum::<usize>() != values.len() {
+        return Err(PyValueError::new_err(
+            "counts must give every trace ID its messages",
+        ));
+    }
+    let items: Vec<Bound<'py, PyAny>> = values.iter().collect();
+    let ids: Vec<Bound<'py, PyAny>> = trace_ids.iter().collect();
+    let empty = PyString::intern(py, "");
+    let facts = PyList::empty(py);
+    let mut requests = Requests::default();
+    let mut heads: Vec<Head> = Vec::new();
+    let mut at = 0;
+    for (trace_id, &n) in ids.iter().zip(&counts) {
+        let messages = &items[at..at + n];
+        at += n;
+        heads.clear();
+        let trace_id = trace_id.cast::<PyBytes>().ok();
+        let read = trace_id.is_some()
+            && messages.iter().all(|item| match message_bytes(item) {
+                None => false,
+                Some(value) if avro => avro_heads(value, &mut heads),
+                Some(value) => otlp_heads(value, trace_id.unwrap().as_bytes(), &mut heads),
+            });
+        if !read || heads.is_empty() {
+            facts.append(py.None())?;
+            continue;
+        }
+        requests.add_trace(&heads);
+        let state = trace_state(&heads);
+        let trace_state = if state.is_empty() {
+            empty.clone()
+        } else {
+            PyString::new(py, state)
+        };
+        let f = TraceFacts {
+            span_count: heads.len(),
+            has_error: heads.iter().any(|h| h.error),
+            start_ns: heads.iter().map(|h| h.start).min().unwrap_or(0),
+            end_ns: heads.iter().map(|h| h.end).max().unwrap_or(0),
+            trace_state: trace_state.unbind(),
+            avro,
+            trace_id: trace_id.unwrap().clone().unbind(),
+            values: messages
+                .iter()
+                .map(|item| item.cast::<PyBytes>().map(|b| b.clone().unbind()))
+                .collect::<Result<_, _>>()?,
+        };
+        facts.append(Bound::new(py, f)?)?;
+    }
+    let pairs = PyList::empty(py);
+    for (client, server, n, failed, latency_ns) in requests.pairs {
+        pairs.append(PyTuple::new(
+            py,
+            [
+                PyString::new(py, client).into_any(),
+                PyString::new(py, server).into_any(),
+                n.into_pyobject(py)?.into_any(),
+                failed.into_pyobject(py)?.into_any(),
+                latency_ns.into_pyobject(py)?.into_any(),
+            ],
+        )?)?;
+    }
+    Ok((facts, pairs))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(trace_facts, m)?)?;
+    m.add_class::<TraceFacts>()?;
+    Ok(())
+}
