@@ -71,6 +71,169 @@ fn otlp_heads<'a>(value: &'a [u8], trace_id: &[u8], out: &mut Vec<Head<'a>>) -> 
     true
 }
 
+/// The re-read's fast path for OTLP: the same spans as `otlp_heads` without the validating walk
+/// (ingest checked these bytes; attributes, events, links and scopes are skipped by length, not
+/// walked). It reads only the plain shapes — every field a known one with its expected wire type —
+/// and gives up (None, having added nothing) at anything else: unknown fields, groups, a field
+/// with another wire type, bad UTF-8. Then the validating reader reads the message, whose
+/// protobuf rules (unknown fields kept, wrong wire types as unknown, merges) decide.
+fn otlp_heads_fast<'a>(value: &'a [u8], trace_id: &[u8], out: &mut Vec<Head<'a>>) -> bool {
+    let first = out.len();
+    let read = (|| {
+        let mut w = proto::Wire::new(value);
+        while !w.at_end() {
+            match w.tag().ok()? {
+                (1, 2) => fast_resource_spans(w.delimited().ok()?, trace_id, out)?,
+                _ => return None,
+            }
+        }
+        Some(())
+    })();
+    if read.is_none() {
+        out.truncate(first);
+    }
+    read.is_some()
+}
+
+/// Skip a field of wire type `wt` (not a group).
+fn skip(w: &mut proto::Wire, wt: u8) -> Option<()> {
+    match wt {
+        0 => w.varint().ok().map(drop),
+        1 => w.fixed64().ok().map(drop),
+        2 => w.delimited().ok().map(drop),
+        5 => w.fixed32().ok().map(drop),
+        _ => None,
+    }
+}
+
+/// A `ResourceSpans`: its spans of `trace_id` to `out`, with its service — the first `service.name`
+/// attribute over every occurrence of `resource` (which may follow the spans), else "".
+fn fast_resource_spans<'a>(buf: &'a [u8], trace_id: &[u8], out: &mut Vec<Head<'a>>) -> Option<()> {
+    let first = out.len();
+    let mut service: Option<&'a str> = None;
+    let mut w = proto::Wire::new(buf);
+    while !w.at_end() {
+        match w.tag().ok()? {
+            (1, 2) => {
+                let resource = w.delimited().ok()?;
+                let mut r = proto::Wire::new(resource);
+                while !r.at_end() {
+                    match r.tag().ok()? {
+                        (1, 2) => {
+                            let (key, value) = fast_key_value(r.delimited().ok()?)?;
+                            if service.is_none() && key == b"service.name" {
+                                service = Some(std::str::from_utf8(value).ok()?);
+                            }
+                        }
+                        (2, 0) => skip(&mut r, 0)?,
+                        (3, 2) => skip(&mut r, 2)?,
+                        _ => return None,
+                    }
+                }
+            }
+            (2, 2) => {
+                let scope_spans = w.delimited().ok()?;
+                let mut s = proto::Wire::new(scope_spans);
+                while !s.at_end() {
+                    match s.tag().ok()? {
+                        (2, 2) => fast_span(s.delimited().ok()?, trace_id, out)?,
+                        (1 | 3, 2) => skip(&mut s, 2)?,
+                        _ => return None,
+                    }
+                }
+            }
+            (3, 2) => skip(&mut w, 2)?,
+            _ => return None,
+        }
+    }
+    let service = service.unwrap_or("");
+    for h in &mut out[first..] {
+        h.service = service;
+    }
+    Some(())
+}
+
+/// A `KeyValue`'s (key, string value): the last key; the value's string when the last member of
+/// its oneof (over every occurrence of `value`) is `string_value`, else empty.
+fn fast_key_value(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (mut key, mut string): (&[u8], &[u8]) = (b"", b"");
+    let mut w = proto::Wire::new(buf);
+    while !w.at_end() {
+        match w.tag().ok()? {
+            (1, 2) => key = w.delimited().ok()?,
+            (2, 2) => {
+                let mut v = proto::Wire::new(w.delimited().ok()?);
+                while !v.at_end() {
+                    string = match v.tag().ok()? {
+                        (1, 2) => v.delimited().ok()?,
+                        (n @ (2 | 3), 0) | (n @ 4, 1) | (n @ (5..=7), 2) => {
+                            skip(
+                                &mut v,
+                                if n == 4 {
+                                    1
+                                } else if n <= 3 {
+                                    0
+                                } else {
+                                    2
+                                },
+                            )?;
+                            b""
+                        }
+                        _ => return None,
+                    };
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some((key, string))
+}
+
+/// One `Span`: to `out` when it belongs to `trace_id` (its service is set by the caller). Repeated
+/// scalars: the last wins; `status` occurrences merge (its code: the last).
+fn fast_span<'a>(buf: &'a [u8], trace_id: &[u8], out: &mut Vec<Head<'a>>) -> Option<()> {
+    let (mut tid, mut span_id, mut parent, mut state): (&[u8], &[u8], &[u8], &[u8]) =
+        (b"", b"", b"", b"");
+    let (mut start, mut end, mut status) = (0u64, 0u64, 0i32);
+    let mut w = proto::Wire::new(buf);
+    while !w.at_end() {
+        match w.tag().ok()? {
+            (1, 2) => tid = w.delimited().ok()?,
+            (2, 2) => span_id = w.delimited().ok()?,
+            (3, 2) => state = w.delimited().ok()?,
+            (4, 2) => parent = w.delimited().ok()?,
+            (7, 1) => start = w.fixed64().ok()?,
+            (8, 1) => end = w.fixed64().ok()?,
+            (15, 2) => {
+                let mut st = proto::Wire::new(w.delimited().ok()?);
+                while !st.at_end() {
+                    match st.tag().ok()? {
+                        (3, 0) => status = st.varint().ok()? as u32 as i32,
+                        (2, 2) => skip(&mut st, 2)?,
+                        _ => return None,
+                    }
+                }
+            }
+            (5 | 9 | 11 | 13, 2) => skip(&mut w, 2)?,
+            (6 | 10 | 12 | 14, 0) => skip(&mut w, 0)?,
+            (16, 5) => skip(&mut w, 5)?,
+            _ => return None,
+        }
+    }
+    if tid == trace_id {
+        out.push(Head {
+            service: "",
+            span_id,
+            parent: (!parent.is_empty()).then_some(parent),
+            start: start as i128,
+            end: end as i128,
+            error: status == ERROR as i32,
+            trace_state: std::str::from_utf8(state).ok()?,
+        });
+    }
+    Some(())
+}
+
 /// Every span of one Avro `SpanBatch` (one trace per message, as `trace_headers_avro`).
 fn avro_heads<'a>(value: &'a [u8], out: &mut Vec<Head<'a>>) -> bool {
     let Some(batch) = parse_avro(value) else {
@@ -230,7 +393,11 @@ pub fn trace_facts<'py>(
             && messages.iter().all(|item| match message_bytes(item) {
                 None => false,
                 Some(value) if avro => avro_heads(value, &mut heads),
-                Some(value) => otlp_heads(value, trace_id.unwrap().as_bytes(), &mut heads),
+                Some(value) => {
+                    let trace_id = trace_id.unwrap().as_bytes();
+                    otlp_heads_fast(value, trace_id, &mut heads)
+                        || otlp_heads(value, trace_id, &mut heads)
+                }
             });
         if !read || heads.is_empty() {
             facts.append(py.None())?;
