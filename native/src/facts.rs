@@ -315,9 +315,7 @@ pub struct TraceFacts {
     span_count: usize,
     #[pyo3(get)]
     has_error: bool,
-    #[pyo3(get)]
     start_ns: i128,
-    #[pyo3(get)]
     end_ns: i128,
     #[pyo3(get)]
     trace_state: Py<PyString>,
@@ -326,8 +324,28 @@ pub struct TraceFacts {
     values: Vec<Py<PyBytes>>,
 }
 
+/// An exact int as a Python int: through `i64` when it fits — under the stable ABI PyO3 converts
+/// an `i128` through Python calls (~1 µs a time, see `sli.rs` `time_ns`); a time or a per-trace
+/// latency sum always fits.
+fn int(py: Python<'_>, v: i128) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match i64::try_from(v) {
+        Ok(v) => v.into_pyobject(py)?.into_any(),
+        Err(_) => v.into_pyobject(py)?.into_any(),
+    })
+}
+
 #[pymethods]
 impl TraceFacts {
+    #[getter]
+    fn start_ns<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        int(py, self.start_ns)
+    }
+
+    #[getter]
+    fn end_ns<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        int(py, self.end_ns)
+    }
+
     /// The span header dicts, in message order — exactly those `trace_headers_otlp` /
     /// `trace_headers_avro` build — read again from the messages: only for a trace whose
     /// policies look past the facts.
@@ -434,7 +452,7 @@ pub fn trace_facts<'py>(
                 PyString::new(py, server).into_any(),
                 n.into_pyobject(py)?.into_any(),
                 failed.into_pyobject(py)?.into_any(),
-                latency_ns.into_pyobject(py)?.into_any(),
+                int(py, latency_ns)?,
             ],
         )?)?;
     }
