@@ -23,6 +23,7 @@ use crate::{avro, guarded, message_bytes, proto, reject, Error, Headers, OTLP_DE
 const ERROR: usize = 2;
 
 /// What the facts and the graph read of one span, borrowed from its message.
+#[derive(Debug, PartialEq, Eq)]
 struct Head<'a> {
     service: &'a str,
     span_id: &'a [u8],
@@ -463,4 +464,85 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(trace_facts, m)?)?;
     m.add_class::<TraceFacts>()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ld(n: u32, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![(n << 3 | 2) as u8];
+        let mut len = body.len();
+        while len >= 0x80 {
+            out.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        out.push(len as u8);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A request of two resources, spans of two traces, a status, a parent, attributes.
+    fn sample() -> Vec<u8> {
+        let mut span = ld(1, &[1; 16]);
+        span.extend(ld(2, &[2; 8]));
+        span.extend(ld(4, &[3; 8]));
+        span.extend(ld(3, b"k=v"));
+        span.push(7 << 3 | 1);
+        span.extend(5u64.to_le_bytes());
+        span.push(8 << 3 | 1);
+        span.extend(9u64.to_le_bytes());
+        span.extend(ld(15, &[3 << 3, 2]));
+        span.extend(ld(9, &ld(1, b"k")));
+        let mut other = ld(1, &[4; 16]);
+        other.extend(ld(2, &[3; 8]));
+        let kv = [ld(1, b"service.name"), ld(2, &ld(1, b"svc"))].concat();
+        let mut rs = ld(1, &ld(1, &kv));
+        rs.extend(ld(2, &[ld(2, &span), ld(2, &other)].concat()));
+        let mut req = ld(1, &rs);
+        req.extend(ld(1, &ld(2, &ld(2, &span))));
+        req
+    }
+
+    /// Both readers' spans (as text: they borrow from `value`) when both read the message.
+    fn both(value: &[u8], trace_id: &[u8]) -> Option<(String, String)> {
+        let (mut fast, mut full) = (Vec::new(), Vec::new());
+        let f = otlp_heads_fast(value, trace_id, &mut fast).then(|| format!("{fast:?}"));
+        let g = otlp_heads(value, trace_id, &mut full).then(|| format!("{full:?}"));
+        f.zip(g)
+    }
+
+    #[test]
+    fn the_fast_path_reads_a_plain_request_as_the_validating_reader() {
+        let req = sample();
+        let mut fast = Vec::new();
+        assert!(otlp_heads_fast(&req, &[1; 16], &mut fast));
+        let mut full = Vec::new();
+        assert!(otlp_heads(&req, &[1; 16], &mut full));
+        assert_eq!(fast, full);
+        assert_eq!(fast.len(), 2);
+        assert!(fast[0].error && fast[0].service == "svc" && fast[1].service.is_empty());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Whatever the bytes: no panic, and where both readers read the message, the same spans.
+        #[test]
+        fn the_fast_path_agrees_or_gives_up(
+            at in 0usize..400, x in 1u8..=255, cut in 0usize..400,
+            junk in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let mut value = sample();
+            let i = at % value.len();
+            value[i] ^= x;
+            value.truncate(cut.max(1));
+            let j = at % (value.len() + 1);
+            value.splice(j..j, junk);
+            if let Some((fast, full)) = both(&value, &[1; 16]) {
+                prop_assert_eq!(fast, full);
+            }
+        }
+    }
 }
