@@ -5,11 +5,14 @@ An edge is a span whose parent span belongs to another service: the parent (typi
 PRODUCER) is the caller, the child (SERVER or CONSUMER) the callee — so synchronous calls and
 messaging producer → consumer pairs both count. Per edge: requests, failed (either side ERROR) and
 the sum of the callee's latencies (what the metrics export: ÷ requests = mean, as the connector's
-``request_server_seconds``). Spans whose parent is in another batch arrive together here because
-the assembler holds the whole trace; a span arriving after its trace was decided is not paired
-(its trace is gone). Edge labels are capped for the process's lifetime (``max_edges`` distinct
-(client, server) pairs, then one ``__overflow__`` edge): the edges become metric label sets, which
-live as long as the process, so a cap per drain would let them grow without bound.
+``request_server_seconds``), kept in whole nanoseconds so that the sum is exact and does not depend
+on how requests are grouped: the native core pairs the spans in Rust and hands over per-pair sums
+(``add_pairs``), which must come to the same edges as ``add_trace`` over the span dicts. Spans
+whose parent is in another batch arrive together here because the assembler holds the whole trace;
+a span arriving after its trace was decided is not paired (its trace is gone). Edge labels are
+capped for the process's lifetime (``max_edges`` distinct (client, server) pairs, then one
+``__overflow__`` edge): the edges become metric label sets, which live as long as the process, so
+a cap per drain would let them grow without bound.
 """
 
 from __future__ import annotations
@@ -28,7 +31,11 @@ class Edge:
     server: str
     requests: int = 0
     failed: int = 0
-    latency_sum_ms: float = 0.0  # callee latencies, added in the order the requests were found
+    latency_sum_ns: int = 0  # callee latencies (negative ones as 0)
+
+    @property
+    def latency_sum_ms(self) -> float:
+        return self.latency_sum_ns / _NS_PER_MS
 
 
 class ServiceGraph:
@@ -64,10 +71,25 @@ class ServiceGraph:
             edge.requests += 1
             if child["status_code"] == "ERROR" or parent["status_code"] == "ERROR":
                 edge.failed += 1
-            latency = (child["end_time_unix_nano"] - child["start_time_unix_nano"]) / _NS_PER_MS
-            edge.latency_sum_ms += latency if latency > 0.0 else 0.0
+            latency = child["end_time_unix_nano"] - child["start_time_unix_nano"]
+            if latency > 0:
+                edge.latency_sum_ns += latency
             n += 1
         return n
+
+    def add_pairs(self, pairs: Iterable[tuple[str, str, int, int, int]]) -> None:
+        """Count requests paired elsewhere (the native core pairs a chunk of traces as
+        ``add_trace`` does): per raw (client, server) pair its requests, failed requests and latency
+        sum in nanoseconds, pairs in the order first found — so admission under the cap is the
+        same as adding those traces one by one."""
+        edge_of = self._edge_of
+        for client, server, requests, failed, latency_ns in pairs:
+            edge = edge_of.get((client, server))
+            if edge is None:
+                edge = self._edge((client, server))
+            edge.requests += requests
+            edge.failed += failed
+            edge.latency_sum_ns += latency_ns
 
     def _edge(self, raw: tuple[str, str]) -> Edge:
         """The edge a raw (client, server) pair counts on until the next drain."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import Any, Generic, Protocol, TypedDict, TypeVar
 
 from operators import randomness as rnd
 from operators.tracestate import explicit_randomness
@@ -33,6 +33,25 @@ class SpanHeader(TypedDict, total=False):
 
 
 DetailDecoder = Callable[[bytes], dict]
+
+
+class TraceFacts(Protocol):
+    """Header facts of a trace computed elsewhere in one pass over its spans (the native core's
+    ``pipeline._native.TraceFacts``), with the span headers built only when asked for. Each fact
+    is what the view computes from the span dicts (``TraceView.from_facts``)."""
+
+    @property
+    def span_count(self) -> int: ...
+    @property
+    def has_error(self) -> bool: ...
+    @property
+    def start_ns(self) -> int: ...
+    @property
+    def end_ns(self) -> int: ...
+    @property
+    def trace_state(self) -> str: ...
+    def spans(self) -> list[SpanHeader]: ...
+
 
 # Header fields that attribute-style lookups resolve without decoding anything.
 HEADER_FIELDS = {
@@ -90,14 +109,49 @@ class TraceView:
         decode_detail: DetailDecoder | None = None,
     ):
         self.trace_id = trace_id
-        self.spans = list(spans)
+        self.__dict__["spans"] = list(spans)
         self._now_ns = now_ns
         self._size_bytes = size_bytes
         self._decode_detail = decode_detail
         self._attrs: dict[int, dict] = {}
         self.decoded_details = 0  # how many span details were decoded for this view (tests, metrics)
 
-    @property
+    @classmethod
+    def from_facts(
+        cls,
+        trace_id: bytes,
+        facts: TraceFacts,
+        now_ns: int | None = None,
+        size_bytes: int | None = None,
+        decode_detail: DetailDecoder | None = None,
+    ) -> TraceView:
+        """The view of a trace whose header facts were computed already (``TraceFacts``): the
+        facts are taken as they are and ``spans`` is asked of ``facts`` only when a policy reads
+        the spans themselves (attributes, the root span, names). Once per decided trace: the
+        attributes are set directly, not through ``__init__``'s list."""
+        view = cls.__new__(cls)
+        d = view.__dict__
+        d["trace_id"] = trace_id
+        d["_facts"] = facts
+        d["_now_ns"] = now_ns
+        d["_size_bytes"] = size_bytes
+        d["_decode_detail"] = decode_detail
+        d["_attrs"] = {}
+        d["decoded_details"] = 0
+        d["span_count"] = facts.span_count
+        d["has_error"] = facts.has_error
+        d["start_ns"] = facts.start_ns
+        d["end_ns"] = facts.end_ns
+        d["trace_state"] = facts.trace_state
+        return view
+
+    @cached_property
+    def spans(self) -> list[SpanHeader]:
+        """The span headers (set by ``__init__``; from the facts' source in a ``from_facts`` view)."""
+        facts: TraceFacts = self.__dict__["_facts"]
+        return facts.spans()
+
+    @cached_property
     def span_count(self) -> int:
         return len(self.spans)
 

@@ -15,6 +15,7 @@
 
 pub mod avro;
 pub mod avro_ingest;
+pub mod facts;
 pub mod proto;
 pub mod rekey;
 pub mod sli;
@@ -683,6 +684,7 @@ fn tailsift_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_guard_selftest, m)?)?;
     rekey::register(m)?;
     avro_ingest::register(m)?;
+    facts::register(m)?;
     m.add_class::<sli::SliWindows>()?;
     m.add_class::<sli::Window>()?;
     Ok(())

@@ -153,6 +153,19 @@ class NativeCodec:
                 results[i] = self.python.decode_trace(values[i], trace_ids[i]).spans()
         return results
 
+    def trace_facts(
+        self, values: list[bytes], trace_ids: list[bytes], counts: list[int]
+    ) -> tuple[list[Any], list[tuple[str, str, int, int, int]]]:
+        """The decision's re-read of due traces without a header dict per span: ``values`` their
+        buffered messages trace after trace (``counts[i]`` of trace ``trace_ids[i]``). Per trace a
+        ``pipeline._native.TraceFacts`` (``operators.trace.TraceFacts``: span count, any error,
+        earliest start, latest end, tracestate; ``spans()`` builds the header dicts of
+        ``trace_headers`` on demand) or None where Rust cannot read it again (never expected: ask
+        ``trace_headers``); and the service graph's requests of those traces, per raw (client,
+        server) pair, for ``ServiceGraph.add_pairs``. One call into Rust for them all."""
+        with _no_cycle_collection():
+            return _core.trace_facts(self.format == "avro", values, trace_ids, counts)
+
     def split(self, value: bytes, fragment: Fragment) -> bytes:
         """Re-keying: a message holding only this fragment's trace, split by the Python codec from
         its own parse (a native fragment has no handle). The job splits every fragment of a message

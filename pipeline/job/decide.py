@@ -107,6 +107,10 @@ class Decide:
         ingest: same bytes, same result) into ``buf.spans``. A native codec reads them all in one
         call and gives no handle; the Python codec decodes each fully, and its handle rides along
         so a kept trace is not decoded a third time."""
+        trace_facts = getattr(self.codec, "trace_facts", None)
+        if trace_facts is not None:
+            self._redecode_facts(bufs, trace_facts)
+            return
         trace_headers = getattr(self.codec, "trace_headers", None)
         if trace_headers is not None:
             self._redecode_native(bufs, trace_headers)
@@ -119,6 +123,33 @@ class Decide:
                 headers, unit.handle = next(decoded)
                 spans.extend(headers)
             buf.spans = spans
+
+    def _redecode_facts(self, bufs: list[TraceBuffer], trace_facts: Callable[[list, list, list], tuple]) -> None:
+        """``_redecode`` through a native codec's ``trace_facts``: ``buf.spans`` becomes the trace's
+        native ``TraceFacts`` (``_decide`` views it with ``TraceView.from_facts``; the span dicts
+        are built only if a policy asks), and the service graph counts the requests Rust paired
+        for these traces now, per (client, server) pair in the order first found — the edges of
+        ``add_trace`` over the same traces at their decisions. A trace Rust cannot read again
+        (never expected) gets its header list from ``trace_headers`` and is paired at its
+        decision."""
+        values: list[bytes] = []
+        trace_ids: list[bytes] = []
+        counts: list[int] = []
+        for buf in bufs:
+            messages = buf.messages
+            trace_ids.append(buf.trace_id)
+            counts.append(len(messages))
+            for unit in messages:
+                unit.handle = None  # no handle from a native read: the kept path asks for one
+                values.append(unit.value)
+        facts, pairs = trace_facts(values, trace_ids, counts)
+        if pairs:
+            self.graph.add_pairs(pairs)
+        for buf, f in zip(bufs, facts):
+            if f is None:
+                self._redecode_native([buf], self.codec.trace_headers)
+            else:
+                buf.spans = f  # the trace's facts stand for its header list until it is decided
 
     @staticmethod
     def _redecode_native(bufs: list[TraceBuffer], trace_headers: Callable[[list, list], list]) -> None:
@@ -156,10 +187,16 @@ class Decide:
         if not spans:  # not re-decoded with its collect's batch (sealed during ingest)
             self._redecode([buf])
             spans = buf.spans
-        self.graph.add_trace(spans)
-        view = TraceView(
-            trace_id, spans, now_ns=decided_ns, size_bytes=buf.size_bytes, decode_detail=codec.decode_detail
-        )  # attributes decoded only if a policy asks
+        # attributes decoded only if a policy asks
+        if type(spans) is list:
+            self.graph.add_trace(spans)
+            view = TraceView(
+                trace_id, spans, now_ns=decided_ns, size_bytes=buf.size_bytes, decode_detail=codec.decode_detail
+            )
+        else:  # native facts (``_redecode_facts``): the graph counted its requests with its chunk
+            view = TraceView.from_facts(
+                trace_id, spans, now_ns=decided_ns, size_bytes=buf.size_bytes, decode_detail=codec.decode_detail
+            )
         decision = self.engine.decide(view)
         if self._link_hints and trace_id in self._link_hints:
             del self._link_hints[trace_id]

@@ -205,9 +205,9 @@ def test_native_and_python_cores_write_the_same_records(fmt, messages):
 
     python.codec.decode_trace = counted(python.codec, "python")
     mine.codec.python.decode_trace = counted(mine.codec.python, "native")
-    trace_headers = mine.codec.trace_headers
-    mine.codec.trace_headers = lambda values, trace_ids: (
-        calls.update(rust=calls["rust"] + len(values)) or (trace_headers(values, trace_ids))
+    trace_facts = mine.codec.trace_facts
+    mine.codec.trace_facts = lambda values, trace_ids, counts: (
+        calls.update(rust=calls["rust"] + len(values)) or (trace_facts(values, trace_ids, counts))
     )
     want = run(python, msgs)
     got = run(mine, msgs)
@@ -216,6 +216,11 @@ def test_native_and_python_cores_write_the_same_records(fmt, messages):
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
         assert g == w, f"entry {i}: {g[:2]} != {w[:2]}"
+    # the service graph: native pairs (per chunk of due traces, from Rust) = the span dicts' pairs
+    edges = [
+        [(e.client, e.server, e.requests, e.failed, e.latency_sum_ns) for e in j.graph.drain()] for j in (python, mine)
+    ]
+    assert edges[0] == edges[1] and len(edges[0]) >= 5
     # the traffic exercised what it should: kept and dropped traces, late kept records, dead letters
     topics = [e[0] for e in want]
     kept = sum(e[1] for e in want if e[0] == "outbox")

@@ -114,7 +114,10 @@ def test_edge_labels_are_capped_for_the_process_lifetime_not_per_drain():
 
 class _ReferenceGraph:
     """The service graph as it was before edges kept a latency sum instead of a DDSketch (a span
-    dict walk per trace, a sketch ``add`` per request): the reference the faster one must equal."""
+    dict walk per trace, a sketch ``add`` per request): the reference the faster one must equal.
+    The latency sum is in whole nanoseconds, as the graph keeps it since the native core hands it
+    per-pair sums (``add_pairs``): a float sum of milliseconds depended on the grouping in its
+    last bits."""
 
     def __init__(self, max_edges, service_label=None):
         self.max_edges, self.service_label = max_edges, service_label
@@ -128,7 +131,7 @@ class _ReferenceGraph:
             if parent is None or parent["service"] == child["service"]:
                 continue
             failed = child["status_code"] == "ERROR" or parent["status_code"] == "ERROR"
-            latency = max(0.0, (child["end_time_unix_nano"] - child["start_time_unix_nano"]) / 1_000_000.0)
+            latency = max(0, child["end_time_unix_nano"] - child["start_time_unix_nano"])
             key = (parent["service"], child["service"])
             if self.service_label is not None:
                 key = (self.service_label(key[0]), self.service_label(key[1]))
@@ -139,13 +142,14 @@ class _ReferenceGraph:
                     self._labelled.add(key)
             edge = self.edges.get(key)
             if edge is None:
-                edge = self.edges[key] = [0, 0, DDSketch(0.01)]
+                edge = self.edges[key] = [0, 0, DDSketch(0.01), 0]
             edge[0] += 1
             edge[1] += failed
             edge[2].add(latency)
+            edge[3] += latency
 
     def drain(self):
-        out = {k: (e[0], e[1], e[2].sum) for k, e in self.edges.items()}
+        out = {k: (e[0], e[1], e[3] / 1_000_000.0) for k, e in self.edges.items()}
         self.edges = {}
         return out
 
