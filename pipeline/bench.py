@@ -207,6 +207,13 @@ def run_pipeline(paths: list[Path], cfg, bootstrap: str, log: Path, spans: int) 
     }
 
 
+def _triggers(metrics: dict[str, float]) -> str:
+    """``tailsift_decision_points_total`` per trigger, e.g. "decision_wait 4,990, backlog_limit 10"."""
+    prefix = "tailsift_decision_points_total{trigger="
+    counts = {k[len(prefix) : -1]: v for k, v in metrics.items() if k.startswith(prefix)}
+    return ", ".join(f"{k} {v:,.0f}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v) or "-"
+
+
 def main(args: argparse.Namespace) -> int:
     from pipeline.generator.callgraph import GeneratorConfig
     from pipeline.generator.produce import produce
@@ -218,13 +225,15 @@ def main(args: argparse.Namespace) -> int:
     with broker(args.bootstrap) as bootstrap, tempfile.TemporaryDirectory(prefix="tailsift-bench-") as tmp:
         ensure_token_key(console)
         run_id = f"bench-{uuid.uuid4().hex[:6]}"
-        path, cfg = run_config(
-            bootstrap,
-            run_id,
-            Path(tmp),
-            assemble={"decision_wait_ms": 1000},
-            sli={"window_seconds": 10, "grace_seconds": 1},
-        )
+        sections: dict[str, dict] = {
+            "assemble": {"decision_wait_ms": 1000},
+            "sli": {"window_seconds": 10, "grace_seconds": 1},
+        }
+        for item in args.set:  # --set section.key=value: the same bench with one setting changed
+            name, _, value = item.partition("=")
+            section, _, key = name.partition(".")
+            sections.setdefault(section, {})[key] = yaml.safe_load(value)
+        path, cfg = run_config(bootstrap, run_id, Path(tmp), **sections)
         create_topics(cfg)
         topic, partitions = cfg.topics.spans_raw.name, cfg.topics.spans_raw.partitions
         try:
@@ -319,6 +328,8 @@ def main(args: argparse.Namespace) -> int:
             f"  drain: first span in → all offsets committable ({name})",
             f"{r['drain']:.1f} s (incl. 1 s decision wait)",
         )
+    for name, r in runs.items():  # what released the traces: a hold for the group or the backlog shows here
+        t.add_row(f"  decision points by trigger ({name})", _triggers(r["metrics"]))
     t.add_row("cost of exactly_once (throughput at_least_once / exactly_once)", f"{alo['rate'] / eos['rate']:.2f}×")
     two = runs["exactly_once, 2 workers"]
     t.add_row(

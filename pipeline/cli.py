@@ -319,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="end-to-end throughput vs the bare consume+decode floor, in one run")
     p.add_argument("--traces", type=int, default=20_000, help="traces pre-filled into the bench topic")
     p.add_argument("--bootstrap", default=None, help="use this Kafka instead of starting deploy/local/kafka")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a config value of the benched job (repeatable; YAML value), e.g. assemble.group_read_time=false",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(

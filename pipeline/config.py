@@ -87,12 +87,14 @@ class AssembleConfig(Strict):
         "group_read_time, every other input partition too) — at most this many decision_wait_ms after its "
         "first span arrived, then it is decided (forced=backlog_limit); 1 = off (the worker clock alone)",
     )
-    group_read_time: bool = Field(
-        False,
+    group_read_time: bool | Literal["auto"] = Field(
+        "auto",
         description="processing time: decisions also wait for the group's read time — every other input "
         "partition read past the trace's first timestamp + decision_wait_ms, so spans re-keyed from there "
-        "have arrived. For producers that do not key by trace id (re-keying); costs ~1.5-2.5 s of decision "
-        "latency live and holds decisions to the slowest partition in a drain (README 'Sampling semantics')",
+        "have arrived. auto: only partitions whose readers re-keyed a message in the last hour (their "
+        "checkpoints say so), never with ingest.rekey false — keyed input waits for nothing; true: every "
+        "partition; false: none. Waiting costs ~1.5-2.5 s of decision latency live and holds decisions to "
+        "the slowest re-keying partition in a drain (README 'Sampling semantics')",
     )
     max_buffered_spans: int = Field(1_000_000, ge=1, description="global bound on spans awaiting a decision")
     max_buffered_bytes: int = Field(

@@ -20,6 +20,11 @@ from pipeline.localkafka import LAUNCHER
 from pipeline.topics import topics_not_ready
 
 MAX_REVIVES = 4  # per worker: a crash loop is a finding, not something to wait out
+_TRIGGER = "tailsift_decision_points_total{trigger="
+
+
+def _triggers(metrics: dict[str, float]) -> dict[str, float]:
+    return {k[len(_TRIGGER) : -1]: v for k, v in metrics.items() if k.startswith(_TRIGGER)}
 
 
 class Broker:
@@ -92,12 +97,18 @@ class Worker:
     planned_kills: int = 0
     unplanned_exits: int = 0
     started_at: float = 0.0
+    # (wall-clock ns, "start" | "kill" | "exit"): when each incarnation began and ended, for the
+    # classification of missed error traces (pipeline.chaos.misses)
+    events: list[tuple[int, str]] = field(default_factory=list)
+    # pid → decision points per trigger, as last scraped (a killed incarnation keeps its last reading)
+    triggers: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def start(self) -> None:
         self.job = JobProcess(self.config_path, self.metrics_port, self.log_path, env=self.env).start()
         self.pids.append(self.job.proc.pid)
         self.starts += 1
         self.started_at = time.monotonic()
+        self.events.append((time.time_ns(), "start"))
 
     def alive(self) -> bool:
         return self.job is not None and self.job.proc is not None and self.job.proc.poll() is None
@@ -122,6 +133,7 @@ class Fleet:
         from pipeline.topics import create_topics
 
         self.bootstrap = bootstrap
+        self.workdir = workdir
         self.workers: list[Worker] = []
         self.cfg = None
         for i in range(n):
@@ -175,10 +187,17 @@ class Fleet:
         raise TimeoutError(f"{n} workers did not form a stable group within {timeout:.0f} s")
 
     def _sample(self) -> None:
-        # bounded by the stop event (set in close()); one reading every 0.5 s
+        # bounded by the stop event (set in close()); one reading every 0.5 s, triggers every 2 s
+        n = 0
         while not self._stop.wait(0.5):
+            n += 1
             for w in self.workers:
                 w.peak_rss = max(w.peak_rss, w.rss())
+                if n % 4 == 0 and w.alive():
+                    try:
+                        w.triggers[w.job.proc.pid] = _triggers(w.job.metrics())
+                    except OSError:
+                        pass
             lag = group_lag(self.bootstrap, self.group, self.input_topic, self.cfg.topics.spans_raw.partitions)
             if lag is not None:
                 self.lag = lag
@@ -191,12 +210,14 @@ class Fleet:
         for w in self.workers:
             if w.job is not None and not w.alive() and w.unplanned_exits < MAX_REVIVES:
                 w.unplanned_exits += 1
+                w.events.append((time.time_ns(), "exit"))
                 w.start()
                 n += 1
         return n
 
     def kill(self, w: Worker) -> None:
         w.job.kill()
+        w.events.append((time.time_ns(), "kill"))
         w.planned_kills += 1
 
     def metric_sum(self, name: str, **labels: str) -> float:
@@ -229,6 +250,16 @@ class Fleet:
                 raise TimeoutError(f"stalled: lag {lag} unchanged for {stall_s:.0f} s")
             time.sleep(0.5)
         raise TimeoutError(f"not drained within {timeout:.0f} s (lag {self.lag})")
+
+    def decision_points(self) -> dict[str, float]:
+        """Decision points per trigger summed over every incarnation of every worker, as last
+        scraped (up to 2 s of a killed one's are missing; a replayed trace counts again)."""
+        out: dict[str, float] = {}
+        for w in self.workers:
+            for counts in w.triggers.values():
+                for k, v in counts.items():
+                    out[k] = out.get(k, 0.0) + v
+        return out
 
     def exits(self) -> int:
         return sum(w.unplanned_exits for w in self.workers)

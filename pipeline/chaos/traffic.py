@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from confluent_kafka import Producer
 
 from pipeline.chaos import wire
-from pipeline.chaos.truth import Truth
+from pipeline.chaos.truth import Send, Truth, digest
 from pipeline.generator.callgraph import GeneratorConfig, TraceGenerator
 from pipeline.kafka import clients
 
@@ -105,6 +105,21 @@ class Traffic:
 
         return on_delivery
 
+    def _tracked(self, sends: list[Send]) -> Callable:
+        """Delivery callback of a message holding spans of error traces: where and when it was
+        written, into their ``Send`` records."""
+        ok = self._delivered(None)
+
+        def on_delivery(err, msg) -> None:
+            ok(err, msg)
+            if err is None:
+                acked = time.time_ns()
+                for rec in sends:
+                    rec.partition, rec.offset = msg.partition(), msg.offset()
+                    rec.created_ms, rec.acked_ns = msg.timestamp()[1], acked
+
+        return on_delivery
+
     def _produce(self) -> None:
         plan, truth = self.plan, self.truth
         gen = TraceGenerator(GeneratorConfig(seed=plan.seed, error_rate=plan.error_rate, canaries=plan.canaries))
@@ -118,12 +133,18 @@ class Traffic:
         deadline = t0 + plan.max_seconds
         interval = 1.0 / plan.rate
 
-        def send(key: bytes | None, value: bytes, tag: str | None = None, partition: int = -1) -> None:
-            cb = ok if tag is None else self._delivered(tag)
+        def send(
+            key: bytes | None, value: bytes, tag: str | None = None, partition: int = -1, sends: list | None = None
+        ) -> None:
+            cb = self._tracked(sends) if sends else ok if tag is None else self._delivered(tag)
             for _ in range(10_000):  # bounded: a full local queue drains within seconds
                 try:
                     producer.produce(self.topic, value, key, partition=partition, on_delivery=cb)
                     truth.messages += 1
+                    # delivery reports served at once, also when the traffic runs behind its
+                    # schedule (then the pacing loop never waits in poll): a report's time is
+                    # when the message was written (pipeline.chaos.misses: "held by its producer")
+                    producer.poll(0)
                     return
                 except BufferError:
                     producer.poll(0.05)
@@ -131,21 +152,24 @@ class Traffic:
 
         def release(now_ns: int, force: bool = False) -> None:
             unkeyed: list[dict] = []
+            unkeyed_sends: list = []
             while pending and (force or pending[0][0] <= now_ns):
-                _, _, tid, batch, value, bundle = heapq.heappop(pending)
+                _, _, tid, batch, value, bundle, rec = heapq.heappop(pending)
+                sends = [rec] if rec is not None else None
                 if bundle and not otlp_in:
-                    send(tid, value, partition=poison_rng.randrange(plan.partitions))
+                    send(tid, value, partition=poison_rng.randrange(plan.partitions), sends=sends)
                 elif bundle:
                     unkeyed.append(batch)
+                    unkeyed_sends.extend(sends or ())
                     if len(unkeyed) >= 8:
-                        send(None, wire.request(unkeyed))
-                        unkeyed = []
+                        send(None, wire.request(unkeyed), sends=unkeyed_sends)
+                        unkeyed, unkeyed_sends = [], []
                 elif otlp_in:
-                    send(tid, wire.request([batch]))
+                    send(tid, wire.request([batch]), sends=sends)
                 else:
-                    send(tid, value)
+                    send(tid, value, sends=sends)
             if unkeyed:
-                send(None, wire.request(unkeyed))
+                send(None, wire.request(unkeyed), sends=unkeyed_sends)
 
         poison_rng = random.Random(plan.seed ^ 0x5EED)
         i = 0
@@ -159,10 +183,17 @@ class Traffic:
                 release(time.time_ns())
             tr = gen.trace(time.time_ns())
             bundle = plan.misroute_every > 0 and i % plan.misroute_every == 0
-            for batch, value, at in zip(tr.batches, tr.encoded, tr.export_ns):
-                seq += 1
-                heapq.heappush(pending, (at, seq, tr.trace_id, batch, value, bundle))
             truth.add_batches(tr.trace_id, tr.batches, tr.late)
+            # an error trace's messages are followed to the log (pipeline.chaos.misses)
+            tracked = truth.sends.setdefault(tr.trace_id, []) if truth.traces[tr.trace_id].has_error else None
+            for j, (batch, value, at) in enumerate(zip(tr.batches, tr.encoded, tr.export_ns)):
+                seq += 1
+                rec = None
+                if tracked is not None:
+                    error = any(sp["status_code"] == "ERROR" for sp in batch["spans"])
+                    rec = Send(error, bool(tr.late and tr.late[j]), bundle, at, digest=digest(value))
+                    tracked.append(rec)
+                heapq.heappush(pending, (at, seq, tr.trace_id, batch, value, bundle, rec))
             if i in big_at:
                 self._big_trace(send, otlp_in, poison_rng)
             if plan.poison_every and i % plan.poison_every == plan.poison_every - 1:

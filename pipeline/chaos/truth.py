@@ -5,6 +5,7 @@ into a set only for the traces that need checking."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -27,6 +28,22 @@ class TraceTruth:
         return {ids[i : i + 8] for i in range(0, len(ids), 8)}
 
 
+@dataclass(slots=True)
+class Send:
+    """One message of an error trace as the suite wrote it — what the classification of a missed
+    error trace compares with its decision (``pipeline.chaos.misses``). Wall-clock times, ns."""
+
+    error: bool  # holds an ERROR span of the trace
+    late: bool  # made late on purpose by the generator (a redelivered consumer attempt)
+    misplaced: bool  # written off the trace's canonical partition: the job re-keys it
+    produced_ns: int  # its export time in the generator's schedule (handed to the producer from then)
+    partition: int = -1  # where it was written (from the delivery report)
+    offset: int = -1
+    created_ms: int = -1  # its Kafka timestamp (CreateTime: when it was handed to the producer)
+    acked_ns: int = 0  # its delivery report seen: in the log by then (0: never acknowledged)
+    digest: bytes = b""  # of its value: a re-keyed copy (Avro: the same bytes) is found by it
+
+
 @dataclass
 class Truth:
     traces: dict[bytes, TraceTruth] = field(default_factory=dict)
@@ -42,6 +59,8 @@ class Truth:
     # from where it was read, which for a re-keyed copy is not where the suite wrote it (hence the
     # digest, which dead letters carry, not the position)
     mutations: set[str] = field(default_factory=set)
+    # error traces only: trace ID → its messages as written (``Send``), for classifying misses
+    sends: dict[bytes, list[Send]] = field(default_factory=dict)
 
     def add_batches(self, trace_id: bytes, batches: list[dict], late: list[bool] | None = None) -> None:
         """One trace's spans (SpanBatch-shaped dicts: service + spans with id, name, kind,
@@ -79,6 +98,10 @@ class Truth:
     @property
     def error_traces(self) -> int:
         return sum(t.has_error for t in self.traces.values())
+
+
+def digest(value: bytes) -> bytes:
+    return hashlib.blake2b(value, digest_size=8).digest()
 
 
 _OP_MEMO: dict[str, str] = {}

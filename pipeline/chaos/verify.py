@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from pipeline.chaos import misses
 from pipeline.chaos.fuzz import FUZZ_SERVICE_PREFIX
 from pipeline.chaos.truth import Truth
 from pipeline.codecs import avro
@@ -87,11 +88,20 @@ def judge_decisions(verdicts: list[Verdict]) -> str:
 
 def decisions(bootstrap: str, topic: str, timeout: float = 120) -> dict[bytes, list[Verdict]]:
     """Trace ID → the verdict (keep, policy, probability) of every decision record for it, in log order."""
-    out: dict[bytes, list[Verdict]] = defaultdict(list)
+    return {tid: [verdict(d) for d in records] for tid, records in decision_log(bootstrap, topic, timeout).items()}
+
+
+def decision_log(bootstrap: str, topic: str, timeout: float = 120) -> dict[bytes, list[dict]]:
+    """Trace ID → every decision record for it (decoded ``TraceDecision``), in log order."""
+    out: dict[bytes, list[dict]] = defaultdict(list)
     for _, _, _, value in read_all(bootstrap, topic, timeout=timeout):
         d = avro.decode(avro.TRACE_DECISION, value)
-        out[d["trace_id"]].append((d["keep"], d["policy"], d["probability"]))
+        out[d["trace_id"]].append(d)
     return out
+
+
+def verdict(d: dict) -> Verdict:
+    return (d["keep"], d["policy"], d["probability"])
 
 
 def dead_letters(bootstrap: str, topic: str, timeout: float = 120) -> list[dict]:
@@ -177,6 +187,11 @@ class Exactness:
     # attempt): decided drop before those arrived, they are rightly not kept (a late span follows
     # its trace's decision); kept, they must be whole like any other
     error_late_dropped: int = 0
+    # error traces the README does not promise to keep (pipeline.chaos.misses: what is checked
+    # instead): every on-time error message held by its producer (a broker outage) ...
+    error_held_dropped: int = 0
+    # ... or decided at the hard bound (backlog_wait_factor x decision_wait), its error arriving after
+    error_bound_dropped: int = 0
     traces_with_loss: int = 0
     duplicated: int = 0  # occurrences beyond the first
     error_traces_incomplete: int = 0
@@ -197,11 +212,24 @@ class Exactness:
     poison_missing: int = 0  # injected poison not dead-lettered
     good_deadlettered: int = 0  # dead letters pointing at messages that were not poison
     poison_reasons: dict = field(default_factory=dict)  # poison kind → Counter(reason)
+    # error traces not kept → their decision records (empty: none), for ``pipeline.chaos.misses``
+    missed: dict = field(default_factory=dict)
+    excused: dict = field(default_factory=dict)  # ... of them: trace ID → "held" | "bound"
+    copies: dict = field(default_factory=dict)  # ... their messages on their partitions (misses.copies)
 
 
-def check(bootstrap: str, topics, truth: Truth, errors_kept: bool = True, input_topic: str | None = None) -> Exactness:
+def check(
+    bootstrap: str,
+    topics,
+    truth: Truth,
+    errors_kept: bool = True,
+    input_topic: str | None = None,
+    hard_bound_ns: int | None = None,
+) -> Exactness:
     """Every figure of the exactness checks, computed from the topics against ``truth``.
-    ``topics``: the job config's TopicsConfig."""
+    ``topics``: the job config's TopicsConfig. ``hard_bound_ns``: the job's backlog_wait_factor x
+    decision_wait — an error trace decided at it before its error arrived is not promised to be
+    kept (``pipeline.chaos.misses``); None: every error trace is."""
     ex = Exactness(spans_produced=truth.spans, traces_produced=len(truth.traces))
     seen = kept_span_occurrences(bootstrap, topics.traces_kept.name)
     kept: dict[bytes, set[bytes]] = defaultdict(set)
@@ -209,11 +237,12 @@ def check(bootstrap: str, topics, truth: Truth, errors_kept: bool = True, input_
         ex.duplicated += n - 1
         kept[tid].add(sid)
     ex.kept_spans = sum(seen.values())
-    dec = decisions(bootstrap, topics.decisions.name)
+    log = decision_log(bootstrap, topics.decisions.name)
     for tid, t in truth.traces.items():
         want = None
         got = kept.get(tid)
-        verdicts = dec.get(tid, [])
+        records = log.get(tid, [])
+        verdicts = [verdict(d) for d in records]
         flags = [v[0] for v in verdicts]
         judged = judge_decisions(verdicts)
         ex.decisions_missing += judged == "missing"
@@ -232,9 +261,25 @@ def check(bootstrap: str, topics, truth: Truth, errors_kept: bool = True, input_
         elif t.has_error and errors_kept:
             ex.error_traces_not_kept += 1
             ex.error_traces_decided_drop += bool(flags) and not any(flags)
+            ex.missed[tid] = records
         if got and flags and not any(flags):
             ex.dropped_leaked += len(got)
         ex.traces_kept += bool(got)
+    input_topic = input_topic or topics.spans_raw.name
+    if ex.missed and truth.sends:  # what the sampler does not promise, counted apart
+        wanted: dict[int, set[bytes]] = defaultdict(set)
+        for tid, records in ex.missed.items():
+            if records:
+                wanted[records[0]["input_partition"]].add(tid)
+        ex.copies = misses.copies(bootstrap, input_topic, wanted)
+        for tid, records in ex.missed.items():
+            why = misses.excuse(records, truth.sends.get(tid, []), ex.copies.get(tid, []), hard_bound_ns)
+            if why is not None:
+                ex.excused[tid] = why
+                ex.error_traces_not_kept -= 1
+                ex.error_traces_decided_drop -= 1
+                ex.error_held_dropped += why == "held"
+                ex.error_bound_dropped += why == "bound"
     spans, errors = sli_counts(bootstrap, topics.sli_windows.name)
     good_services = {k[0] for k in truth.sli_spans}
     for key in set(spans) | set(truth.sli_spans):
@@ -247,7 +292,6 @@ def check(bootstrap: str, topics, truth: Truth, errors_kept: bool = True, input_
     dls = dead_letters(bootstrap, topics.deadletter.name)
     ex.deadletters = len(dls)
     ex.deadletter_reasons = Counter(d["reason"] for d in dls)
-    input_topic = input_topic or topics.spans_raw.name
     at = {(d["partition"], d["offset"]): d["reason"] for d in dls if d["source_topic"] == input_topic}
     for pos, kind in truth.poison.items():
         reason = at.pop(pos, None)

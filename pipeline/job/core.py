@@ -129,6 +129,8 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
         self.ingest_format = config.ingest.format
         self.emit_format = config.emit.format
         self.rekey = config.ingest.rekey
+        # input partition → when (worker clock, ns) a message read from it was last re-keyed
+        self.rekeyed_ns: dict[int, int] = {}
         self.partitioning = PARTITIONINGS[config.ingest.partitioning]  # the canonical key and partition
         # times are checked at ingest, so none reaches a window, a watermark or an encoder unchecked
         self.time_bounds = SpanTimeBounds(self.sli.window_ns, config.ingest.max_clock_skew_ms * 1_000_000)

@@ -53,7 +53,7 @@ class Ingest:
                     codec, self.partitioning, self.input_partitions, self.max_record_bytes, msg, fragments
                 )
             if isinstance(fragments, Rekeyed):
-                if self._rekey(msg, fragments, replay):
+                if self._rekey(msg, fragments, replay, now_ns):
                     continue
                 fragments = fragments.fragments
             partition = msg.partition
@@ -68,15 +68,17 @@ class Ingest:
         self._buffer_gauges()
         metrics.SPANS.inc(n_spans)
 
-    def _rekey(self, msg: Received, rekeyed: Rekeyed, replay: bool) -> bool:
+    def _rekey(self, msg: Received, rekeyed: Rekeyed, replay: bool, now_ns: int) -> bool:
         """Spans of one trace must meet on one partition: publish the message's copies, one per
         trace, keyed by trace ID (``pipeline.job.rekey``). False (the caller buffers the message
         where it arrived) when a copy could not be written — larger than a record may be — rather
-        than failing every transaction."""
+        than failing every transaction. Notes that its partition re-keys (``rekeyed_ns``): the data
+        plane tells the group, whose decisions then wait for this partition's read time."""
         parts = rekeyed.parts
         if parts is None:
             _TOO_LARGE_TO_REKEY.inc()
             return False
+        self.rekeyed_ns[msg.partition] = now_ns
         if replay:
             self.tracker.track(msg.partition, msg.offset, msg.ref, 0)
             return True

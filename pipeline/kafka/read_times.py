@@ -28,6 +28,15 @@ owned partition p is the lowest read time of every *other* input partition: p's 
 never re-keyed to p, and p's own reading is the local guard's. A partition with no read time
 (nothing committed with one yet) holds every decision — within the assembler's bounds.
 
+Only partitions that re-key are waited for (``assemble.group_read_time: auto``, the default): each
+checkpoint also says when its partition's reader last re-keyed a message (``rekeyed_ms``,
+committed with the copies); a partition that did not within ``REKEY_MEMORY_MS`` holds no copy for
+anyone and is left out. When no other partition re-keys, a snapshot lets every trace go at once,
+without reading to its end offset: input keyed by trace ID (``make bench``'s) waits for nothing.
+The price: a partition's *first* misplaced message after a quiet hour is not waited for — its
+trace may be decided before the copy arrives (a late span); the next ones are. ``true`` waits for
+every partition, re-keying or not.
+
 Prior art: Kafka Streams has no read time across tasks — a repartition topic's task decides by its
 own stream time, and records later than the grace period are dropped (``max.task.idle.ms`` only
 waits for the co-partitioned inputs of one task). Flink's watermarks through a shuffle are the
@@ -40,6 +49,7 @@ requests per ``REFRESH_S`` per worker, nothing per span.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
@@ -47,6 +57,7 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from operators.read_progress import REACHED
 from pipeline.config import Config
 from pipeline.kafka import clients
 from pipeline.kafka.checkpoint import Checkpoint
@@ -54,6 +65,11 @@ from pipeline.kafka.checkpoint import Checkpoint
 log = logging.getLogger("tailsift")
 
 REFRESH_S = 0.25  # how often the group's read times are fetched (two admin requests)
+# a partition counts as re-keying (its read time waited for) this long after its reader last
+# re-keyed a message: long enough for producers that misplace now and then (an hourly batch job)
+REKEY_MEMORY_MS = 3_600_000
+# the floor of a partition that no other partition can send copies to: nothing to wait for
+NO_WAIT_MS = 1 << 52
 REQUEST_TIMEOUT_S = 10.0  # a broker away: the request fails, the next one is sent a period later
 # a caught-up partition's read time trails its owner's clock by this much: a message stamped
 # (CreateTime) before the commit may still be in its producer's linger or on the wire, not in the
@@ -65,8 +81,12 @@ UNKNOWN_NS = -1
 class GroupReadTimes:
     """One worker's view of the group's read time, per owned partition."""
 
-    def __init__(self, config: Config, topic: str, partitions: int, admin: Any = None):
+    def __init__(self, config: Config, topic: str, partitions: int, admin: Any = None, clock=time.time):
         self.admin = admin if admin is not None else AdminClient(clients.base(config))
+        # auto: wait only for partitions whose readers re-key (their checkpoints' rekeyed_ms)
+        self.only_rekeying = config.assemble.group_read_time == "auto"
+        self.clock = clock  # wall clock (s): the checkpoints' rekeyed_ms are worker-clock times
+        self._waited: set[int] | None = None  # of step 1: the partitions waited for (None: all)
         self.group = config.kafka.group_id
         self.topic = topic
         self.partitions = partitions
@@ -91,11 +111,11 @@ class GroupReadTimes:
             if pending:
                 pos = positions.get(p, -1)
                 while pending and (pending[0][0] <= 0 or pos >= pending[0][0]):
-                    t = pending.pop(0)[1]
-                    if t > self._read_ms.get(p, -1):
-                        self._read_ms[p] = t
+                    # the newest snapshot read to is in force (it may say "nothing to wait for" and
+                    # a later one name a partition that started re-keying)
+                    self._read_ms[p] = pending.pop(0)[1]
             t = self._read_ms.get(p, -1)
-            out[p] = t * 1_000_000 if t >= 0 else UNKNOWN_NS
+            out[p] = REACHED if t >= NO_WAIT_MS else t * 1_000_000 if t >= 0 else UNKNOWN_NS
         for p in [p for p in self._read_ms if p not in owned]:
             del self._read_ms[p]
         for p in [p for p in self._pending if p not in owned]:
@@ -131,6 +151,9 @@ class GroupReadTimes:
                 log.debug("group read times: committed offsets unavailable (%s)", exc)
                 return
             self._times = read_times(result.topic_partitions, self.topic)
+            if self.only_rekeying:
+                since = int(self.clock() * 1000) - REKEY_MEMORY_MS
+                self._waited = rekeying(result.topic_partitions, self.topic, since)
             if owned:
                 self._ends = self.admin.list_offsets(
                     {TopicPartition(self.topic, p): OffsetSpec.latest() for p in sorted(owned)},
@@ -148,12 +171,14 @@ class GroupReadTimes:
             )[self.group]
 
     def _snapshot(self, owned: set[int], ends: dict[int, int]) -> None:
-        floors = group_floors(self._times, self.partitions)
+        floors = group_floors(self._times, self.partitions, self._waited)
         for p, end in ends.items():
             if p not in owned:
                 continue
             pending = self._pending.setdefault(p, [])
-            entry = (end, floors.get(p, -1))
+            floor = floors.get(p, -1)
+            # no copy to wait for: in force at once, with no end offset to read to first
+            entry = (0, floor) if floor >= NO_WAIT_MS else (end, floor)
             if len(pending) >= 2:
                 pending[-1] = entry
             else:
@@ -171,11 +196,27 @@ def read_times(committed: Iterable[TopicPartition], topic: str) -> dict[int, int
     return out
 
 
-def group_floors(times: dict[int, int], partitions: int) -> dict[int, int]:
-    """Per partition p, the lowest read time of every other input partition (ms; -1 when one has
-    none): how far everything that may be re-keyed to p is read."""
+def rekeying(committed: Iterable[TopicPartition], topic: str, since_ms: int) -> set[int]:
+    """Partitions whose committed checkpoint says their reader re-keyed a message at ``since_ms``
+    or later: the only ones that can hold copies for another partition."""
+    out = set()
+    for tp in committed:
+        if tp.topic != topic or tp.offset < 0:
+            continue
+        cp = Checkpoint.decode(tp.metadata)
+        if cp is not None and cp.rekeyed_ms >= since_ms:
+            out.add(tp.partition)
+    return out
+
+
+def group_floors(times: dict[int, int], partitions: int, waited: set[int] | None = None) -> dict[int, int]:
+    """Per partition p, the lowest read time of every other input partition that is ``waited`` for
+    (None: every one) — ms; -1 when one has none; ``NO_WAIT_MS`` when there is no such partition
+    (a single one, or none re-keys): how far everything that may be re-keyed to p is read."""
     lowest, lowest_at, second = None, -1, None
     for q in range(partitions):
+        if waited is not None and q not in waited:
+            continue
         t = times.get(q, -1)
         if lowest is None or t < lowest:
             lowest, lowest_at, second = t, q, lowest
@@ -184,6 +225,5 @@ def group_floors(times: dict[int, int], partitions: int) -> dict[int, int]:
     out = {}
     for p in range(partitions):
         others = second if p == lowest_at else lowest
-        if others is not None:  # None: no other partition (a single one: nothing is re-keyed)
-            out[p] = others
+        out[p] = NO_WAIT_MS if others is None else others
     return out

@@ -13,7 +13,11 @@ branch, 2026-11-29; the full profile, ``make chaos``, relaxes nothing):
   The 5 left come with the faults (decision points are on the worker's clock, which runs on while
   the broker is down — 15 s here — or while a restarted worker reads its backlog): without a kill
   or a broker restart the same traffic misses none (full profile: zombie, fuzz, canaries 0; crash
-  storm 143 of 2,684 with peak lag 165,666 messages).
+  storm 143 of 2,684 with peak lag 165,666 messages). Since then the suite counts apart the error
+  traces the sampler does not promise to keep (errors held by their producer through the broker
+  outage, or decided at the hard bound before the error arrived: ``pipeline.chaos.misses``) and
+  prints why each other one was missed; a short run on 2026-11-29 (load ~6) missed none, but the
+  figure stays relaxed here until more runs show it holds on a loaded machine.
 No longer relaxed: the canaries (fixed on branch pii: attribute keys, host.ip, user ids in free
 text and tracestate were left raw in traces.kept); the fuzz figures (fixed on branch boundary) — every hostile
 kind is dead-lettered (an all-zero span ID: invalid_span_id; a 1 MiB attribute: span_too_large;

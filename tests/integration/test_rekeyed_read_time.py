@@ -13,7 +13,11 @@ The messages are stamped (CreateTime) 5 s ahead of the test's clock, a producer 
 ``ingest.max_clock_skew_ms``: until partition 1's backlog is produced, partition 1 is empty and read
 to the end, and vouches for everything stamped up to its owner's clock less a second — without the
 lead, a slow test machine taking a second between the first span and the backlog would let the
-trace go before there is anything to wait for. The test waits on conditions only."""
+trace go before there is anything to wait for. The test waits on conditions only.
+
+The config is the default ``assemble.group_read_time: auto``: only partitions whose readers re-key
+are waited for. So partition 1 has re-keyed before — one misplaced message of another trace, its
+copy committed with a checkpoint that says so — as any partition of a re-keying input has."""
 
 from __future__ import annotations
 
@@ -22,12 +26,13 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipeline.codecs import avro
 from pipeline.config import TopicsConfig
 from pipeline.demo import run_config
 from pipeline.jobproc import JobProcess
+from pipeline.kafka.checkpoint import Checkpoint
 from pipeline.readback import read_all
 from pipeline.topics import create_topics
 from tests.integration.outputs import kept_records, record_span_ids, wait_committed
@@ -54,13 +59,19 @@ def test_error_span_rekeyed_from_a_partition_read_behind_is_kept_with_its_trace(
     producer = make_producer(cfg)
     try:
         job.wait_ready(cfg.kafka.bootstrap_servers, cfg.kafka.group_id)
+        # partition 1's reader re-keys: a misplaced message of another trace, its copy and the
+        # checkpoint saying so committed before the trace below starts
+        other = trace_on(0, 2)
+        warm = batch_bytes(other, "frontend", [_span(start=time.time_ns(), end=time.time_ns() + 1, parent=None)])
+        produce_to(producer, topic, [(1, other, warm, int(time.time() * 1000))])
+        wait_for(lambda: rekeyed_ms(cfg, 1) >= 0, "partition 1's checkpoint saying it re-keys", job=job, every=0.05)
         trace_id, root, child, first, backlog = traffic(time.time_ns())
         produce_to(producer, topic, first)
-        wait_for(lambda: job.metric("tailsift_spans_ingested_total") >= 1, "the first span read", job=job, every=0.05)
+        wait_for(lambda: job.metric("tailsift_spans_ingested_total") >= 2, "the first span read", job=job, every=0.05)
         produce_to(producer, topic, backlog)
-        job.wait_drained(1 + len(backlog), timeout=300)
+        job.wait_drained(2 + len(backlog), timeout=300)  # the warm-up's copy too
         wait_committed(cfg)
-        assert job.metric("tailsift_messages_total", outcome="rekeyed") == 1
+        assert job.metric("tailsift_messages_total", outcome="rekeyed") == 2
         assert job.metric("tailsift_decision_points_total", trigger="backlog_limit") == 0
     finally:
         job.stop()
@@ -112,12 +123,7 @@ def make_env(bootstrap: str, run_id: str, workdir: Path):
         topics={
             key: {"name": f"{run_id}.{getattr(names, key).name}", "partitions": 2} for key in ("spans_raw", "decisions")
         },
-        assemble={
-            "decision_wait_ms": WAIT_MS,
-            "root_quiet_gap_ms": 0,
-            "backlog_wait_factor": 1_000,
-            "group_read_time": True,
-        },
+        assemble={"decision_wait_ms": WAIT_MS, "root_quiet_gap_ms": 0, "backlog_wait_factor": 1_000},
         sampling={"policies": [{"name": "errors", "type": "status_code", "status_codes": ["ERROR"]}]},
         job={
             "data_dir": str(workdir / "faust"),
@@ -130,6 +136,17 @@ def make_env(bootstrap: str, run_id: str, workdir: Path):
     assert cfg.topics.spans_raw.partitions == 2
     assert all(r.status == "created" for r in create_topics(cfg))
     return path, cfg
+
+
+def rekeyed_ms(cfg, partition: int) -> int:
+    """When the committed checkpoint of ``partition`` says its reader last re-keyed (-1: never)."""
+    c = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": cfg.kafka.group_id})
+    try:
+        (tp,) = c.committed([TopicPartition(cfg.topics.spans_raw.name, partition)], timeout=10)
+    finally:
+        c.close()
+    cp = Checkpoint.decode(tp.metadata) if tp.offset >= 0 else None
+    return cp.rekeyed_ms if cp is not None else -1
 
 
 def make_producer(cfg) -> Producer:

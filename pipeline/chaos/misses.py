@@ -1,0 +1,263 @@
+"""Why each error trace that was not kept was missed: its decision record (time, partition) against
+when and where each of its messages was written (the suite's delivery reports, ``truth.Send``),
+when its re-keyed copies reached the trace's partition (their Kafka timestamps), who read those
+partitions then (the workers' logs and the harness's kills) and the broker's outages.
+
+Judged from outside only, like the rest of the suite: nothing here asks the job.
+
+**What the sampler does not promise** (README "Guarantees", "Sampling semantics") — such a trace is
+counted apart, and checked for what is promised instead:
+
+- ``held``: every on-time ERROR message of the trace reached the input topic ``HELD_S`` or more
+  after its CreateTime — its producer held it (through a broker outage). The read times the
+  decisions wait for are in Kafka time; a message stamped that long before it is in the log can be
+  passed by them before it arrives ("Not covered" in Sampling semantics). Checked instead: the
+  trace has one decision and none of its spans is in ``traces.kept`` (a late span of a dropped
+  trace is dropped).
+- ``bound``: the trace was decided ``backlog_wait_factor`` × ``decision_wait`` or more after its
+  first message reached its partition, and its ERROR spans reached that partition (a copy's
+  timestamp is when it was re-keyed) only after the decision — the hard bound, which keeps a
+  partition read far behind (a killed worker's, unread until the group moves it) from stalling
+  decisions, let it go on what it had. Checked instead: not decided before that bound.
+
+Every other miss is the job's. The classes the report prints, first match: ``held by its
+producer``, ``decided at the hard bound, error arrived after``, ``error arrived after the decision``
+(decided before the bound, its error not there yet: the read times let it go), ``error arrived
+before the decision`` (it was there to be read), ``error copy not found``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from pipeline.chaos.truth import Send, digest
+from pipeline.kafka import clients
+
+# a message in the log this long after its CreateTime waited in its producer: the read times allow
+# 1 s (pipeline.kafka.read_times.CAUGHT_UP_MARGIN_MS), and a delivery report seen on a loaded
+# machine trails the write by up to about a second more
+HELD_S = 2.0
+_LOG_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ tailsift: partitions (assigned|revoked|lost): \[([\d, ]*)\]"
+)
+
+
+@dataclass
+class Miss:
+    trace_id: bytes
+    cls: str
+    line: str
+
+
+class Owners:
+    """Who read each input partition when: from the workers' "partitions assigned / revoked / lost"
+    log lines and the harness's kills (a killed or exited worker owns nothing)."""
+
+    def __init__(self, workers) -> None:  # noqa: ANN001 - fleet.Worker
+        events: list[tuple[int, str, str, list[int]]] = []
+        for w in workers:
+            for t, kind in w.events:
+                if kind in ("kill", "exit"):
+                    events.append((t, w.name, "gone", []))
+            if not Path(w.log_path).exists():
+                continue
+            for line in Path(w.log_path).read_text(errors="replace").splitlines():
+                m = _LOG_LINE.match(line)
+                if m:
+                    t = int(datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() * 1e9)
+                    parts = [int(x) for x in m[3].replace(" ", "").split(",") if x]
+                    events.append((t, w.name, m[2], parts))
+        events.sort(key=lambda e: e[0])
+        self._timeline: dict[int, list[tuple[int, str | None]]] = {}
+        owned: dict[str, set[int]] = {}
+        for t, name, kind, parts in events:
+            mine = owned.setdefault(name, set())
+            if kind == "assigned":
+                for p in parts:
+                    mine.add(p)
+                    self._timeline.setdefault(p, []).append((t, name))
+            else:
+                for p in parts if kind != "gone" else list(mine):
+                    if p in mine:
+                        mine.discard(p)
+                        self._timeline.setdefault(p, []).append((t, None))
+
+    def at(self, partition: int, t_ns: int) -> str | None:
+        owner = None
+        for t, name in self._timeline.get(partition, ()):
+            if t > t_ns:
+                break
+            owner = name
+        return owner
+
+    def unowned_s(self, partition: int, t0: int, t1: int) -> float:
+        """Seconds of [t0, t1] in which nobody read ``partition``."""
+        total, owner, since = 0, self.at(partition, t0), t0
+        for t, name in self._timeline.get(partition, ()):
+            if t <= t0:
+                continue
+            if t >= t1:
+                break
+            if owner is None:
+                total += t - since
+            owner, since = name, t
+        if owner is None:
+            total += t1 - since
+        return total / 1e9
+
+
+EXCUSED = {"held": "held by its producer", "bound": "decided at the hard bound, error arrived after"}
+
+
+def copies(bootstrap: str, topic: str, wanted: dict[int, set[bytes]], timeout: float = 120) -> dict[bytes, list]:
+    """Per trace ID, the committed messages keyed by it on the partitions asked (``wanted``:
+    partition → trace IDs): (partition, offset, CreateTime ms, value digest) — its own messages and
+    the job's re-keyed copies of the others."""
+    out: dict[bytes, list] = {}
+    if not wanted:
+        return out
+    c = Consumer(
+        {
+            **clients.connection(bootstrap),
+            "group.id": "tailsift-chaos-misses",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        c.assign([TopicPartition(topic, p, 0) for p in sorted(wanted)])  # 0: the log start (nothing deleted)
+        open_parts = set(wanted)
+        deadline = time.monotonic() + timeout
+        while open_parts and time.monotonic() < deadline:
+            for msg in c.consume(1000, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        open_parts.discard(msg.partition())
+                    continue
+                key = msg.key()
+                if key in wanted.get(msg.partition(), ()):
+                    out.setdefault(key, []).append(
+                        (msg.partition(), msg.offset(), msg.timestamp()[1], digest(msg.value() or b""))
+                    )
+        if open_parts:
+            raise TimeoutError(f"{topic}: partitions {sorted(open_parts)} not read to their end in {timeout:.0f} s")
+    finally:
+        c.close()
+    return out
+
+
+def excuse(records: list[dict], sends: list[Send], found: list, hard_bound_ns: int | None) -> str | None:
+    """``held`` or ``bound`` when the README does not promise to keep this error trace (module
+    docstring), else None. ``found``: its messages on its partition (``copies``); ``records``: its
+    decision records (all of them drop: a kept one would have put it in traces.kept)."""
+    if not records or any(r["keep"] for r in records):
+        return None
+    decided = min(r["decided_at_unix_nano"] for r in records)
+    home = records[0]["input_partition"]
+    errors = [s for s in sends if s.error and not s.late]
+    if not errors or any(not s.acked_ns for s in errors):
+        return None
+    if all(s.acked_ns - s.created_ms * 1_000_000 >= HELD_S * 1e9 for s in errors):
+        return "held"
+    arrivals = [_arrival(s, home, found) for s in sends if s.acked_ns]
+    error_at = [_arrival(s, home, found) for s in errors]
+    if None in error_at or not arrivals:
+        return None  # a copy not found: nothing to show it came late
+    first = min(a for a in arrivals if a is not None)
+    if hard_bound_ns is not None and min(error_at) > decided and decided - first >= hard_bound_ns:
+        return "bound"
+    return None
+
+
+def _arrival(s: Send, home: int, found: list) -> int | None:
+    """When ``s`` reached the trace's partition (ns): written there, or its copy's timestamp (when
+    the job re-keyed it; visible no earlier); None when no copy is found."""
+    if s.partition == home:
+        return s.acked_ns
+    at = [ts * 1_000_000 for p, off, ts, dg in found if p == home and dg == s.digest and off != s.offset]
+    return min(at) if at else None
+
+
+def classify(
+    missed: dict[bytes, list[dict]],
+    sends: dict[bytes, list[Send]],
+    found: dict[bytes, list],
+    owners: Owners,
+    outages: list[tuple[int, int]],
+    hard_bound_ns: int,
+) -> list[Miss]:
+    out = []
+    for tid, records in missed.items():
+        out.append(_one(tid, records, sends.get(tid, []), found.get(tid, []), owners, outages, hard_bound_ns))
+    return out
+
+
+def _one(tid, records, sends, found, owners: Owners, outages, hard_bound_ns: int) -> Miss:
+    name = tid.hex()[:12]
+    if not records:
+        return Miss(tid, "no decision record", f"{name}: no decision record")
+    d = min(records, key=lambda r: r["decided_at_unix_nano"])
+    decided, home = d["decided_at_unix_nano"], d["input_partition"]
+    written = [s for s in sends if s.acked_ns]
+    errors = [s for s in written if s.error]
+    if not errors:
+        return Miss(tid, "error span never acknowledged", f"{name}: no ERROR message acknowledged")
+    first_created = min(s.created_ms for s in written) * 1_000_000
+
+    def rel(t: int) -> str:
+        return f"{(t - first_created) / 1e9:+.1f}s"
+
+    def show(s: Send) -> str:
+        where = "re-keyed from" if s.partition != home else "own"
+        arrived = _arrival(s, home, found)
+        here = f", on p{home} {rel(arrived)}" if s.partition != home and arrived is not None else ""
+        held = (s.acked_ns - s.created_ms * 1_000_000) / 1e9
+        during = any(a <= s.acked_ns and s.created_ms * 1_000_000 <= b for a, b in outages)
+        reader = owners.at(s.partition, s.acked_ns)
+        idle = owners.unowned_s(s.partition, s.acked_ns, decided) if s.acked_ns < decided else 0.0
+        return (
+            f"{'ERROR ' if s.error else ''}{'late ' if s.late else ''}{where} p{s.partition}@{s.offset} "
+            f"created {rel(s.created_ms * 1_000_000)} written {rel(s.acked_ns)}{here} (held {held:.1f}s"
+            f"{', across an outage' if during else ''}; reader {reader or '-'}"
+            f"{f', unread {idle:.1f}s before the decision' if idle >= 0.5 else ''})"
+        )
+
+    why = excuse(records, sends, found, hard_bound_ns)
+    error_at = [_arrival(s, home, found) for s in errors if not s.late]
+    if why is not None:
+        cls = EXCUSED[why]
+    elif None in error_at or not error_at:
+        cls = "error copy not found"
+    elif min(error_at) > decided:
+        cls = "error arrived after the decision"
+    else:
+        cls = "error arrived before the decision"
+    line = (
+        f"{name} p{home} decided {rel(decided)} (reader {owners.at(home, decided) or '-'}, "
+        f"{len(records)} record(s), {d['policy'] or '-'}/{d['reason']}): {cls}; "
+        + "; ".join(show(s) for s in sorted(sends, key=lambda s: s.created_ms))
+    )
+    return Miss(tid, cls, line)
+
+
+def report(misses: list[Miss], res, path: Path | None, shown: int = 40) -> None:  # noqa: ANN001 - ScenarioResult
+    """Counts per class as figures (shown, not judged: the judged figure is "error traces not
+    kept"), the first ``shown`` traces in the notes, all of them in ``path``."""
+    counts = Counter(m.cls for m in misses)
+    for cls, n in sorted(counts.items()):
+        res.add(f"  not kept, why: {cls}", n)
+    lines = [m.line for m in sorted(misses, key=lambda m: (m.cls, m.line))]
+    if path is not None and lines:
+        path.write_text("\n".join(lines) + "\n")
+        res.notes.append(f"every missed error trace, classified: {path}")
+    for line in lines[:shown]:
+        res.notes.append(line)

@@ -1,0 +1,110 @@
+"""What the chaos suite does not count as a missed error trace, and why (``pipeline.chaos.misses``):
+only what the README says the sampler does not promise — an error span held by its producer past
+the read times' margin, or a trace decided at the hard bound before its error reached its
+partition — and nothing else (an error that was there at the decision is the job's miss)."""
+
+from __future__ import annotations
+
+from pipeline.chaos import misses
+from pipeline.chaos.truth import Send
+
+S = 1_000_000_000
+T0 = 1_800_000_000 * S  # wall clock of the first message (ns)
+BOUND = 75 * S
+HOME = 3  # the trace's partition
+
+
+def send(error: bool, partition: int, created_s: float, acked_s: float, late: bool = False, tag: bytes = b"") -> Send:
+    return Send(
+        error,
+        late,
+        partition != HOME,
+        T0,
+        partition,
+        offset=7,
+        created_ms=int((T0 + created_s * S) // 1_000_000),
+        acked_ns=int(T0 + acked_s * S),
+        digest=tag or bytes([int(created_s * 10) % 256]) * 8,
+    )
+
+
+def decision(at_s: float, keep: bool = False) -> list[dict]:
+    return [
+        {
+            "decided_at_unix_nano": int(T0 + at_s * S),
+            "input_partition": HOME,
+            "keep": keep,
+            "policy": "",
+            "reason": "not_sampled",
+        }
+    ]
+
+
+def copy_of(s: Send, on_home_s: float) -> tuple:
+    """The job's re-keyed copy of ``s`` on the trace's partition, timestamped when it was made."""
+    return (HOME, 900, int((T0 + on_home_s * S) // 1_000_000), s.digest)
+
+
+def test_an_error_held_by_its_producer_is_not_promised():
+    """Written 40 s after its CreateTime (a broker outage): the read times may pass its stamp first."""
+    sends = [send(False, HOME, 0, 0.1), send(True, HOME, 0.5, 40.5)]
+    assert misses.excuse(decision(20), sends, [], BOUND) == "held"
+
+
+def test_held_only_when_every_on_time_error_was_held():
+    sends = [send(False, HOME, 0, 0.1), send(True, HOME, 0.5, 40.5), send(True, HOME, 0.6, 0.7)]
+    assert misses.excuse(decision(20), sends, [], BOUND) is None
+    # a held error of a redelivered attempt (late on purpose) does not count either way
+    sends = [send(False, HOME, 0, 0.1), send(True, HOME, 0.5, 40.5), send(True, HOME, 9, 9.1, late=True)]
+    assert misses.excuse(decision(20), sends, [], BOUND) == "held"
+
+
+def test_decided_at_the_hard_bound_before_its_error_copy_was_made():
+    """The error's partition was read far behind: its copy reached the trace's partition 90 s in,
+    after the decision at 80 s — 79.9 s after the first message arrived, past the 75 s bound."""
+    first, error = send(False, HOME, 0, 0.1), send(True, 5, 0.6, 0.7)
+    assert misses.excuse(decision(80), [first, error], [copy_of(error, 90)], BOUND) == "bound"
+
+
+def test_a_decision_before_the_bound_is_the_jobs_miss():
+    """The same late copy, but the decision came 30 s in: the read times let the trace go early."""
+    first, error = send(False, HOME, 0, 0.1), send(True, 5, 0.6, 0.7)
+    assert misses.excuse(decision(30), [first, error], [copy_of(error, 90)], BOUND) is None
+
+
+def test_an_error_there_before_the_decision_is_the_jobs_miss():
+    first, error = send(False, HOME, 0, 0.1), send(True, 5, 0.6, 0.7)
+    assert misses.excuse(decision(80), [first, error], [copy_of(error, 79)], BOUND) is None
+    own = send(True, HOME, 0.6, 0.7)  # on its own partition, in the log 79 s before the decision
+    assert misses.excuse(decision(80), [first, own], [], BOUND) is None
+
+
+def test_no_copy_found_or_no_bound_given_excuses_nothing():
+    first, error = send(False, HOME, 0, 0.1), send(True, 5, 0.6, 0.7)
+    assert misses.excuse(decision(80), [first, error], [], BOUND) is None
+    assert misses.excuse(decision(80), [first, error], [copy_of(error, 90)], None) is None
+    assert misses.excuse([], [first, error], [copy_of(error, 90)], BOUND) is None
+
+
+def test_each_miss_is_classified_with_its_messages(tmp_path):
+    """The report's line per trace: the class, and each message's partition, times and reader."""
+    log = tmp_path / "w0.log"
+    log.write_text(
+        "2027-01-15 08:00:00,000 INFO tailsift: partitions assigned: [3, 5]\n"
+        "2027-01-15 08:00:10,000 INFO tailsift: partitions revoked: [5] (their uncommitted spans will be reread)\n"
+    )
+
+    class Worker:
+        name, log_path, events = "w0", log, []
+
+    owners = misses.Owners([Worker()])
+    t_assigned = owners._timeline[5][0][0]
+    assert owners.at(5, t_assigned + 1) == "w0" and owners.at(5, t_assigned + 11 * S) is None
+    assert owners.unowned_s(5, t_assigned, t_assigned + 15 * S) == 5.0
+    first, error = send(False, HOME, 0, 0.1), send(True, 5, 0.6, 0.7)
+    tid = b"\x07" * 16
+    (miss,) = misses.classify(
+        {tid: decision(30)}, {tid: [first, error]}, {tid: [copy_of(error, 90)]}, owners, [], BOUND
+    )
+    assert miss.cls == "error arrived after the decision"
+    assert "ERROR re-keyed from p5@7" in miss.line and f"on p{HOME} +90.0s" in miss.line
