@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod avro;
+pub mod kept;
 pub mod proto;
 pub mod rekey;
 pub mod sli;
@@ -672,6 +673,7 @@ fn tailsift_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(trace_headers_avro, m)?)?;
     m.add_function(wrap_pyfunction!(_guard_selftest, m)?)?;
     rekey::register(m)?;
+    kept::register(m)?;
     m.add_class::<sli::SliWindows>()?;
     m.add_class::<sli::Window>()?;
     Ok(())
