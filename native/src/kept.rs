@@ -723,10 +723,12 @@ pub struct KeptSpans {
     memo_size: usize,
 }
 
-/// A span of the output: written here, or the Python path's.
+/// A span of the output: written here, or the Python path's — `changed`: known to change
+/// (`KeptWriter._rebuilt`), else for `KeptWriter._span` to decide (a span this writer does not
+/// read the way protobuf does: its own check then writes it as it would have).
 enum Out<'a> {
     Written(Vec<u8>, Vec<&'a [u8]>),
-    Python(&'a [u8]),
+    Python(&'a [u8], bool),
 }
 
 impl KeptSpans {
@@ -769,7 +771,8 @@ impl KeptSpans {
     /// The kept spans of `trace_id` in the request `value`: None when the whole message takes
     /// the Python path (a span no output can carry: it reports it; bytes this reader refuses),
     /// else per (resource, scope) group `(resource_head, scope_head, spans)`, each span either a
-    /// `wire_span(field, link_trace_ids)` written here or its raw bytes for the Python path.
+    /// `wire_span(field, link_trace_ids)` written here, or for the Python path its raw bytes
+    /// (`KeptWriter._span` decides) or `(raw,)` (known to change: `KeptWriter._rebuilt`).
     /// `ask(questions)` answers a list of `(kind, input, extra)` in order (see `Ask`).
     #[pyo3(signature = (value, trace_id, suffix, threshold, privacy, ask, wire_span))]
     #[allow(clippy::too_many_arguments)]
@@ -795,7 +798,7 @@ impl KeptSpans {
                     if !writable(sp, SPAN_DEPTH)? {
                         return None;
                     }
-                    plans.push(plan_span(sp, SPAN_DEPTH).ok());
+                    plans.push(plan_span(sp, SPAN_DEPTH));
                 }
             }
             Some(plans)
@@ -803,7 +806,8 @@ impl KeptSpans {
             return Ok(None);
         };
         let mut call = Answers::default();
-        let mut done: Vec<Option<Option<Vec<u8>>>> = vec![None; plans.len()]; // Some(Some(ts)): written
+        // per span, once known: Some(Ok(ts)) written with this trace state, Some(Err(changed)) not
+        let mut done: Vec<Option<Result<Vec<u8>, bool>>> = vec![None; plans.len()];
         for round in 0..=MAX_ROUNDS {
             let Some(questions) = guarded(|| {
                 let mut asker = Asker {
@@ -816,15 +820,18 @@ impl KeptSpans {
                     if done[i].is_some() {
                         continue;
                     }
-                    let Some(plan) = plan else {
-                        done[i] = Some(None);
-                        continue;
+                    let plan = match plan {
+                        Ok(plan) => plan,
+                        Err(why) => {
+                            done[i] = Some(Err(*why == NotHere::Changed));
+                            continue;
+                        }
                     };
                     match asker.span(plan, privacy, threshold) {
-                        (State::Unchanged, ts) => done[i] = Some(ts),
-                        (State::Changed, _) => done[i] = Some(None),
-                        (State::Unknown, _) if round == MAX_ROUNDS => done[i] = Some(None),
-                        (State::Unknown, _) => {}
+                        (State::Unchanged, Some(ts)) => done[i] = Some(Ok(ts)),
+                        (State::Changed, _) => done[i] = Some(Err(true)),
+                        (State::Unknown, _) if round == MAX_ROUNDS => done[i] = Some(Err(false)),
+                        _ => {}
                     }
                 }
                 Some(asker.questions)
@@ -883,11 +890,12 @@ impl KeptSpans {
             let mut out = Vec::with_capacity(plans.len());
             for (i, plan) in plans.iter().enumerate() {
                 let sp = match (plan, &done[i]) {
-                    (Some(plan), Some(Some(ts))) => Out::Written(
+                    (Ok(plan), Some(Ok(ts))) => Out::Written(
                         write_span(plan, ts, suffix),
                         plan.links.iter().map(|l| l.trace_id).collect(),
                     ),
-                    _ => Out::Python(groups_span(&groups, i)),
+                    (_, Some(Err(true))) => Out::Python(groups_span(&groups, i), true),
+                    _ => Out::Python(groups_span(&groups, i), false),
                 };
                 out.push(sp);
             }
@@ -905,7 +913,10 @@ impl KeptSpans {
                         let links = PyTuple::new(py, links.iter().map(|l| PyBytes::new(py, l)))?;
                         spans.append(wire_span.call1((PyBytes::new(py, &field), links))?)?;
                     }
-                    Some(Out::Python(raw)) => spans.append(PyBytes::new(py, raw))?,
+                    Some(Out::Python(raw, false)) => spans.append(PyBytes::new(py, raw))?,
+                    Some(Out::Python(raw, true)) => {
+                        spans.append(PyTuple::new(py, [PyBytes::new(py, raw)])?)?
+                    }
                     None => return Ok(None),
                 }
             }

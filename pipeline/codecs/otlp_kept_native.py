@@ -8,11 +8,14 @@ fields dropped, a status when absent, ``trace_state`` with the decision's thresh
 ``sampling.*`` suffix appended). Privacy stays decided here: Rust asks ``_answer`` about the
 distinct inputs its bounded memo has no answer for (once per round of a call), and this answers
 with ``KeptWriter``'s own rules (``_attribute_unchanged``, ``Protector.*_unchanged``,
-``with_threshold``). A span some answer says protection changes — or one Rust does not write
-(a value the dict shape carries differently, a field protobuf would merge) — comes back as its
-raw bytes and takes ``KeptWriter``'s reference path alone; a message with a span no output can
-carry comes back as None and takes the whole Python path (which dead-letters it). Resources and
-scopes are protected the reference way once per distinct (resource, scope) bytes.
+``with_threshold``). A span some answer (or the dict shape: a ``kvlist``, a dropped count) says
+protection changes comes back as its raw bytes and takes ``KeptWriter``'s reference path alone
+(``_rebuilt``); one Rust does not read as protobuf would (a singular field given twice, oneof
+members replacing each other) goes to ``KeptWriter._span``, which decides and writes it as it
+always has — its unchanged spans keep their own field order, the rebuilt ones do not, so the
+bytes stay ``KeptWriter``'s. A message with a span no output can carry comes back as None and
+takes the whole Python path (which dead-letters it). Resources and scopes are protected the
+reference way once per distinct (resource, scope) bytes.
 
 ``tests/unit/test_kept_native.py`` holds it to ``KeptWriter`` and to the reference path: the same
 bytes, the same audit counts, random and hostile spans, privacy on and off.
@@ -81,10 +84,11 @@ class NativeKeptWriter:
             self._protector = writer.protector
             self._spans.clear()
             self._envelopes.clear()
+        suffix = self._suffix(sampling_attrs)
         groups = self._spans.write(
             value,
             trace_id,
-            self._suffix(sampling_attrs),
+            suffix,
             threshold,
             writer.protector is not None,
             self._answer,
@@ -96,9 +100,12 @@ class NativeKeptWriter:
         for rs_head, ss_head, spans in groups:
             rs_out, ss_out, hits, service = self._envelope(trace_id, rs_head, ss_head)
             for i, sp in enumerate(spans):
-                if type(sp) is bytes:  # the reference path's: protection changes it (or Rust did not write it)
-                    header = span_header(service, Span.FromString(sp))
+                if type(sp) is tuple:  # protection (or the dict shape) changes it: the reference path
+                    header = span_header(service, Span.FromString(sp[0]))
                     spans[i] = writer._rebuilt(trace_id, header, sampling_attrs, threshold, pii_counts)
+                elif type(sp) is bytes:  # not read here as protobuf reads it: KeptWriter decides
+                    header = span_header(service, Span.FromString(sp))
+                    spans[i] = writer._span(trace_id, header, sampling_attrs, suffix, threshold, pii_counts)
             for name, n in hits:  # after the group's spans, as KeptWriter counts them
                 pii_counts[name] = pii_counts.get(name, 0) + n
             out.append({"trace_id": trace_id, "spans": spans, WIRE: (rs_out, ss_out)})
