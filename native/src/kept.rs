@@ -23,6 +23,7 @@
 //! Safety: the byte work runs under `catch_unwind`; a panic hands the whole message to the Python
 //! path (`None`), never aborts.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -200,10 +201,22 @@ fn any_value(buf: &[u8], depth: u32, in_array: bool, out: &mut Vec<u8>) -> P<()>
 /// memo key `KeptWriter` uses).
 struct Kv<'a> {
     key: &'a [u8],
-    encoded: Vec<u8>,
+    encoded: Cow<'a, [u8]>,
 }
 
-fn key_value(buf: &[u8], depth: u32) -> P<Kv<'_>> {
+fn key_value<'a>(buf: &'a [u8], depth: u32, memo: &Answers) -> P<Kv<'a>> {
+    if memo.get(Ask::Attribute, buf).is_some() {
+        // bytes some attribute was asked about as (its canonical encoding) read as themselves:
+        // no need to encode them again, and the key is their first field
+        let key = match buf.first() {
+            Some(0x0a) => proto::Wire::new(&buf[1..]).delimited().unwrap_or(b""),
+            _ => b"",
+        };
+        return Ok(Kv {
+            key,
+            encoded: Cow::Borrowed(buf),
+        });
+    }
     let fs = fields(buf, M::KeyValue, depth)?;
     check_singular(&fs, &[])?;
     let key = bytes(&fs, 1);
@@ -218,14 +231,17 @@ fn key_value(buf: &[u8], depth: u32) -> P<Kv<'_>> {
     let mut any = Vec::with_capacity(value.len());
     any_value(value, depth + 1, false, &mut any)?;
     put_len(&mut encoded, 2, &any);
-    Ok(Kv { key, encoded })
+    Ok(Kv {
+        key,
+        encoded: Cow::Owned(encoded),
+    })
 }
 
-fn key_values<'a>(fs: &[(u32, Val<'a>)], num: u32, depth: u32) -> P<Vec<Kv<'a>>> {
+fn key_values<'a>(fs: &[(u32, Val<'a>)], num: u32, depth: u32, memo: &Answers) -> P<Vec<Kv<'a>>> {
     let mut kvs = Vec::new();
     for (n, v) in fs {
         if let (true, Val::Len(s)) = (*n == num, v) {
-            kvs.push(key_value(s, depth + 1)?);
+            kvs.push(key_value(s, depth + 1, memo)?);
         }
     }
     Ok(kvs)
@@ -259,9 +275,8 @@ struct SpanPlan<'a> {
 
 /// `otlp.check_writable` on the span's bytes, exactly (each event's and link's last field of a
 /// number wins, as protobuf reads them): false for what no output can carry.
-fn writable(raw: &[u8], depth: u32) -> Option<bool> {
-    let fs = fields(raw, M::Span, depth).ok()?;
-    for (num, val) in &fs {
+fn writable(fs: &[(u32, Val)], depth: u32) -> Option<bool> {
+    for (num, val) in fs {
         match (num, val) {
             (11, Val::Len(ev)) => {
                 let efs = fields(ev, M::Event, depth + 1).ok()?;
@@ -298,8 +313,12 @@ fn writable(raw: &[u8], depth: u32) -> Option<bool> {
     Some(true)
 }
 
-fn plan_span(raw: &[u8], depth: u32) -> P<SpanPlan<'_>> {
-    let fs = fields(raw, M::Span, depth)?;
+fn plan_span<'a>(
+    raw: &'a [u8],
+    fs: Vec<(u32, Val<'a>)>,
+    depth: u32,
+    memo: &Answers,
+) -> P<SpanPlan<'a>> {
     check_singular(&fs, &[9, 11, 13])?;
     // dropped counts are not carried; a kind or status code outside its enum reads as another
     if int(&fs, 10) as u32 != 0 || int(&fs, 12) as u32 != 0 || int(&fs, 14) as u32 != 0 {
@@ -321,7 +340,7 @@ fn plan_span(raw: &[u8], depth: u32) -> P<SpanPlan<'_>> {
         }
         status = Some((text(bytes(&sfs, 2))?, code));
     }
-    let attributes = key_values(&fs, 9, depth)?;
+    let attributes = key_values(&fs, 9, depth, memo)?;
     let mut events = Vec::new();
     let mut links = Vec::new();
     for (num, val) in &fs {
@@ -335,7 +354,7 @@ fn plan_span(raw: &[u8], depth: u32) -> P<SpanPlan<'_>> {
                 events.push(Event {
                     time: int(&efs, 1),
                     name: text(bytes(&efs, 2))?,
-                    attributes: key_values(&efs, 3, depth + 1)?,
+                    attributes: key_values(&efs, 3, depth + 1, memo)?,
                 });
             }
             (13, Val::Len(ln)) => {
@@ -348,7 +367,7 @@ fn plan_span(raw: &[u8], depth: u32) -> P<SpanPlan<'_>> {
                     trace_id: bytes(&lfs, 1),
                     span_id: bytes(&lfs, 2),
                     trace_state: text(bytes(&lfs, 3))?,
-                    attributes: key_values(&lfs, 4, depth + 1)?,
+                    attributes: key_values(&lfs, 4, depth + 1, memo)?,
                 });
             }
             _ => {}
@@ -563,15 +582,16 @@ struct Asker<'m> {
     asked: HashSet<(Ask, Vec<u8>)>,
 }
 
-impl Asker<'_> {
+impl<'m> Asker<'m> {
     fn answer(
         &mut self,
         ask: Ask,
         key: &[u8],
         parts: impl FnOnce() -> Vec<Vec<u8>>,
-    ) -> Option<Vec<u8>> {
-        if let Some(a) = self.memo.get(ask, key).or_else(|| self.call.get(ask, key)) {
-            return Some(a.to_vec());
+    ) -> Option<&'m [u8]> {
+        let (memo, call) = (self.memo, self.call);
+        if let Some(a) = memo.get(ask, key).or_else(|| call.get(ask, key)) {
+            return Some(a);
         }
         if self.asked.insert((ask, key.to_vec())) {
             self.questions.push(Question {
@@ -620,17 +640,17 @@ impl Asker<'_> {
         let systems: Vec<&[u8]> = kvs
             .iter()
             .filter(|kv| SYSTEM_KEYS.contains(&kv.key))
-            .map(|kv| kv.encoded.as_slice())
+            .map(|kv| &*kv.encoded)
             .collect();
         let mut state = State::Unchanged;
         for kv in statements {
             let mut key = Vec::with_capacity(kv.encoded.len() + 32);
-            for part in std::iter::once(kv.encoded.as_slice()).chain(systems.iter().copied()) {
+            for part in std::iter::once(&*kv.encoded).chain(systems.iter().copied()) {
                 put_varint(&mut key, part.len() as u64);
                 key.extend_from_slice(part);
             }
             let parts = || {
-                std::iter::once(kv.encoded.clone())
+                std::iter::once(kv.encoded.to_vec())
                     .chain(systems.iter().map(|s| s.to_vec()))
                     .collect()
             };
@@ -705,6 +725,7 @@ impl Asker<'_> {
                 key.extend_from_slice(plan.trace_state.as_bytes());
                 let ts = plan.trace_state.as_bytes().to_vec();
                 self.answer(Ask::Threshold, &key, || vec![ts])
+                    .map(|a| a.to_vec())
             }
         };
         if unknown || trace_state.is_none() {
@@ -771,7 +792,7 @@ impl KeptSpans {
     /// The kept spans of `trace_id` in the request `value`: None when the whole message takes
     /// the Python path (a span no output can carry: it reports it; bytes this reader refuses),
     /// else per (resource, scope) group `(resource_head, scope_head, spans)`, each span either a
-    /// `wire_span(field, link_trace_ids)` written here, or for the Python path its raw bytes
+    /// `wire_span((field, link_trace_ids))` written here (a `WireSpan`: `tuple.__new__` of it), or for the Python path its raw bytes
     /// (`KeptWriter._span` decides) or `(raw,)` (known to change: `KeptWriter._rebuilt`).
     /// `ask(questions)` answers a list of `(kind, input, extra)` in order (see `Ask`).
     #[pyo3(signature = (value, trace_id, suffix, threshold, privacy, ask, wire_span))]
@@ -795,10 +816,11 @@ impl KeptSpans {
             let mut plans = Vec::new();
             for g in &groups {
                 for sp in &g.spans {
-                    if !writable(sp, SPAN_DEPTH)? {
+                    let fs = fields(sp, M::Span, SPAN_DEPTH).ok()?;
+                    if !writable(&fs, SPAN_DEPTH)? {
                         return None;
                     }
-                    plans.push(plan_span(sp, SPAN_DEPTH));
+                    plans.push(plan_span(sp, fs, SPAN_DEPTH, &self.memo));
                 }
             }
             Some(plans)
@@ -911,7 +933,8 @@ impl KeptSpans {
                 match written.next() {
                     Some(Out::Written(field, links)) => {
                         let links = PyTuple::new(py, links.iter().map(|l| PyBytes::new(py, l)))?;
-                        spans.append(wire_span.call1((PyBytes::new(py, &field), links))?)?;
+                        let pair = (PyBytes::new(py, &field), links);
+                        spans.append(wire_span.call1((pair,))?)?;
                     }
                     Some(Out::Python(raw, false)) => spans.append(PyBytes::new(py, raw))?,
                     Some(Out::Python(raw, true)) => {

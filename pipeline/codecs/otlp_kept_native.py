@@ -23,6 +23,7 @@ bytes, the same audit counts, random and hostile spans, privacy on and off.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -49,6 +50,8 @@ AVAILABLE = _core is not None and hasattr(_core, "KeptSpans")
 # kinds of question the native writer asks (native/src/kept.rs `Ask`)
 _NAME, _TEXT, _TRACESTATE, _ATTRIBUTE, _IN_MAP_CONTEXT, _THRESHOLD = range(6)
 _SUFFIX_MEMO_SIZE = 1024
+# a WireSpan from its (field, link_trace_ids) pair in C (WireSpan(...) runs a Python __new__ per span)
+_NEW_WIRE_SPAN = partial(tuple.__new__, WireSpan)
 
 
 class NativeKeptWriter:
@@ -92,7 +95,7 @@ class NativeKeptWriter:
             threshold,
             writer.protector is not None,
             self._answer,
-            WireSpan,
+            _NEW_WIRE_SPAN,
         )
         if groups is None:
             return None
