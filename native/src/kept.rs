@@ -968,3 +968,95 @@ fn groups_span<'a>(groups: &[Group<'a>], mut i: usize) -> &'a [u8] {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KeptSpans>()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TID: [u8; 16] = [7; 16];
+
+    fn kv(key: &str, value: &str) -> Vec<u8> {
+        let mut any = Vec::new();
+        put_len(&mut any, 1, value.as_bytes());
+        let mut kv = Vec::new();
+        put_len(&mut kv, 1, key.as_bytes());
+        put_len(&mut kv, 2, &any);
+        kv
+    }
+
+    /// A span as the bench traffic writes it: attributes after the status (out of field order).
+    fn span() -> Vec<u8> {
+        let mut sp = Vec::new();
+        put_len(&mut sp, 1, &TID);
+        put_len(&mut sp, 2, &[1; 8]);
+        put_len(&mut sp, 5, b"GET /");
+        put_int32(&mut sp, 6, 2);
+        put_fixed64(&mut sp, 7, 10);
+        put_fixed64(&mut sp, 8, 20);
+        let mut status = Vec::new();
+        put_int32(&mut status, 3, 2);
+        put_len(&mut sp, 15, &status);
+        put_len(&mut sp, 9, &kv("http.route", "/cart"));
+        sp
+    }
+
+    fn request(span: &[u8]) -> Vec<u8> {
+        let mut ss = Vec::new();
+        put_len(&mut ss, 2, span);
+        let mut rs = Vec::new();
+        put_len(&mut rs, 1, &[]);
+        put_len(&mut rs, 2, &ss);
+        let mut req = Vec::new();
+        put_len(&mut req, 1, &rs);
+        req
+    }
+
+    #[test]
+    fn a_panic_hands_the_message_to_the_python_path() {
+        assert_eq!(guarded(|| -> Option<u8> { panic!("injected") }), None);
+    }
+
+    #[test]
+    fn a_plain_span_is_written_in_field_order_with_its_suffix() {
+        let raw = span();
+        let fs = fields(&raw, M::Span, SPAN_DEPTH).unwrap();
+        let plan = plan_span(&raw, fs, SPAN_DEPTH, &Answers::default())
+            .ok()
+            .unwrap();
+        let field = write_span(&plan, b"ot=th:8", b"SUFFIX");
+        let mut want = Vec::new();
+        put_len(&mut want, 1, &TID);
+        put_len(&mut want, 2, &[1; 8]);
+        put_len(&mut want, 3, b"ot=th:8");
+        put_len(&mut want, 5, b"GET /");
+        put_int32(&mut want, 6, 2);
+        put_fixed64(&mut want, 7, 10);
+        put_fixed64(&mut want, 8, 20);
+        put_len(&mut want, 9, &kv("http.route", "/cart"));
+        put_len(&mut want, 15, &[0x18, 0x02]);
+        want.extend_from_slice(b"SUFFIX");
+        let mut framed = Vec::new();
+        put_len(&mut framed, 2, &want);
+        assert_eq!(field, framed);
+    }
+
+    #[test]
+    fn truncated_requests_never_panic() {
+        let req = request(&span());
+        for cut in 0..=req.len() {
+            let Ok(groups) = groups(&req[..cut], &TID) else {
+                continue;
+            };
+            for g in &groups {
+                for sp in &g.spans {
+                    if let Ok(fs) = fields(sp, M::Span, SPAN_DEPTH) {
+                        let _ = writable(&fs, SPAN_DEPTH);
+                        let _ = plan_span(sp, fs, SPAN_DEPTH, &Answers::default());
+                    }
+                }
+            }
+        }
+        assert_eq!(groups(&req, &TID).unwrap()[0].spans.len(), 1);
+        assert!(groups(&req, &[8; 16]).unwrap().is_empty());
+    }
+}
