@@ -22,6 +22,7 @@ from pipeline.codecs.avro_kept import AvroKeptWriter
 from pipeline.codecs.interface import SpanLimits
 from pipeline.codecs.native import NativeCodec
 from pipeline.codecs.otlp_kept import KeptWriter
+from pipeline.codecs.otlp_kept_native import AVAILABLE as NATIVE_KEPT_BUILT
 from pipeline.codecs.otlp_kept_native import NativeKeptWriter
 from pipeline.config import Config
 from pipeline.job.decide import Decide
@@ -144,6 +145,7 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
         self.native_kept = (
             NativeKeptWriter(self.kept_writer)
             if self.kept_writer is not None
+            and NATIVE_KEPT_BUILT
             and isinstance(self.codec, NativeCodec)
             and self.codec.format == "otlp_proto"
             else None

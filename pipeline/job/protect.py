@@ -153,7 +153,8 @@ class Protect:
     ) -> list[dict]:
         """One input message's spans of a kept trace: fully decoded, protected, annotated.
         tailsift's own annotations (sampling facts, decode errors) are added after protection.
-        OTLP written as ``otlp_proto``: the same spans from their own bytes (``KeptWriter``); Avro
+        OTLP written as ``otlp_proto``: the same spans from their own bytes (``KeptWriter``; with
+        the native core, from the message's raw bytes in Rust: ``NativeKeptWriter``); Avro
         written as Avro likewise (``AvroKeptWriter``)."""
         if unit.handle is None and self._kept_natively():
             batches = self.native_kept.batches(unit.value, trace_id, sampling_attrs, th, pii_counts, self.protector)
