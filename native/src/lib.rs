@@ -16,6 +16,7 @@
 pub mod avro;
 pub mod avro_ingest;
 pub mod facts;
+pub mod kept;
 pub mod proto;
 pub mod rekey;
 pub mod sli;
@@ -685,6 +686,7 @@ fn tailsift_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     rekey::register(m)?;
     avro_ingest::register(m)?;
     facts::register(m)?;
+    kept::register(m)?;
     m.add_class::<sli::SliWindows>()?;
     m.add_class::<sli::Window>()?;
     Ok(())

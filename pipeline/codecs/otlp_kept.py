@@ -116,6 +116,11 @@ class KeptWriter:
                 sp.trace_state = with_threshold(sp.trace_state, th)
             links = tuple(ln.trace_id for ln in sp.links) if sp.links else ()
             return wire_span(sp.SerializeToString() + suffix, links)
+        return self._rebuilt(trace_id, header, sampling_attrs, th, counts)
+
+    def _rebuilt(self, trace_id: bytes, header: dict, sampling_attrs: dict, th: int | None, counts: dict) -> WireSpan:
+        """The reference path for one span: decoded to a dict, protected, annotated, encoded."""
+        sp = header["detail"]
         span = span_to_dict(header, sp)
         if self.protector is not None:
             self.protector.protect_span(span, counts)
@@ -255,13 +260,7 @@ class KeptWriter:
         key = (rs.resource.SerializeToString(), rs.schema_url, ss.scope.SerializeToString(), ss.schema_url)
         hit = self._envelope.get(key)
         if hit is None:
-            batch = envelope_batch(trace_id, rs, ss, service)
-            local: dict[str, int] = {}
-            if self.protector is not None:
-                self.protector.protect_batch(batch, local)
-            rs_out, ss_out = ResourceSpans(), ScopeSpans()
-            fill_envelope(rs_out, ss_out, batch)
-            hit = (rs_out.SerializeToString(), ss_out.SerializeToString(), tuple(local.items()))
+            hit = self._protected_envelope(trace_id, rs, ss, service)
             if len(key[0]) + len(key[2]) <= _ENVELOPE_MEMO_BYTES:  # resources repeat; a huge one is rare
                 if len(self._envelope) >= _ENVELOPE_MEMO_SIZE:
                     self._envelope.clear()
@@ -270,6 +269,18 @@ class KeptWriter:
         for name, n in hits:
             counts[name] = counts.get(name, 0) + n
         return rs_head, ss_head
+
+    def _protected_envelope(
+        self, trace_id: bytes, rs: ResourceSpans, ss: ScopeSpans, service: str
+    ) -> tuple[bytes, bytes, tuple]:
+        """(ResourceSpans head, ScopeSpans head, audit counts) as the reference path writes them."""
+        batch = envelope_batch(trace_id, rs, ss, service)
+        local: dict[str, int] = {}
+        if self.protector is not None:
+            self.protector.protect_batch(batch, local)
+        rs_out, ss_out = ResourceSpans(), ScopeSpans()
+        fill_envelope(rs_out, ss_out, batch)
+        return rs_out.SerializeToString(), ss_out.SerializeToString(), tuple(local.items())
 
 
 def _annotation(sampling_attrs: dict) -> bytes:

@@ -20,7 +20,10 @@ from operators.span_times import SpanTimeBounds
 from pipeline import codecs, metrics
 from pipeline.codecs.avro_kept import AvroKeptWriter
 from pipeline.codecs.interface import SpanLimits
+from pipeline.codecs.native import NativeCodec
 from pipeline.codecs.otlp_kept import KeptWriter
+from pipeline.codecs.otlp_kept_native import AVAILABLE as NATIVE_KEPT_BUILT
+from pipeline.codecs.otlp_kept_native import NativeKeptWriter
 from pipeline.config import Config
 from pipeline.job.decide import Decide
 from pipeline.job.emit import EmitRecords
@@ -140,6 +143,15 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
         self.emit_codec = codecs.for_format(self.emit_format)  # traces.kept
         # OTLP kept as otlp_proto: spans written from their own bytes where protection changes nothing
         self.kept_writer = KeptWriter(self.protector) if self.emit_format == "otlp_proto" else None
+        # ... and with the native core, written in Rust from the buffered bytes (no protobuf parse)
+        self.native_kept = (
+            NativeKeptWriter(self.kept_writer)
+            if self.kept_writer is not None
+            and NATIVE_KEPT_BUILT
+            and isinstance(self.codec, NativeCodec)
+            and self.codec.format == "otlp_proto"
+            else None
+        )
         # Avro kept as Avro: likewise, each span encoded from its message's fields, protected per distinct value
         both_avro = self.ingest_format == self.emit_format == "avro"
         self.avro_kept_writer = AvroKeptWriter(self.protector) if both_avro else None

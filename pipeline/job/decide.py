@@ -231,9 +231,10 @@ class Decide:
         decided = _TALLY.decided
         decided[key] = decided.get(key, 0) + 1
         if keep:
-            for unit in messages:  # the kept path builds from the codec's handle (not re-decoded natively)
-                if unit.handle is None:
-                    unit.handle = codec.decode_trace(unit.value, trace_id).handle
+            if not self._kept_natively():  # the native kept writer reads the raw bytes, needs no handle
+                for unit in messages:  # the kept path builds from the codec's handle (not re-decoded natively)
+                    if unit.handle is None:
+                        unit.handle = codec.decode_trace(unit.value, trace_id).handle
             out.kept_traces += 1
             _TALLY.kept_spans += buf.span_count
             out.records.extend(self._kept_records(trace_id, decision, messages, decided_ns, forced=buf.forced_reason))

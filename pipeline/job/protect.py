@@ -153,8 +153,14 @@ class Protect:
     ) -> list[dict]:
         """One input message's spans of a kept trace: fully decoded, protected, annotated.
         tailsift's own annotations (sampling facts, decode errors) are added after protection.
-        OTLP written as ``otlp_proto``: the same spans from their own bytes (``KeptWriter``); Avro
+        OTLP written as ``otlp_proto``: the same spans from their own bytes (``KeptWriter``; with
+        the native core, from the message's raw bytes in Rust: ``NativeKeptWriter``); Avro
         written as Avro likewise (``AvroKeptWriter``)."""
+        if unit.handle is None and self._kept_natively():
+            batches = self.native_kept.batches(unit.value, trace_id, sampling_attrs, th, pii_counts, self.protector)
+            if batches is not None:
+                return batches
+            unit.handle = self.codec.decode_trace(unit.value, trace_id).handle  # the Python path reports it
         if self.kept_writer is not None and isinstance(unit.handle, OtlpTrace):
             return self.kept_writer.batches(unit.handle, sampling_attrs, th, pii_counts, self.protector)
         if self.avro_kept_writer is not None and isinstance(unit.handle, dict):
@@ -182,6 +188,11 @@ class Protect:
             msg = Received(unit.hold.partition, unit.hold.offset, trace_id, unit.value)
             self._pending.append(self._dead_letter(msg, "detail_decode_error", kept.problem, now_ns, None))
         return kept.batches
+
+    def _kept_natively(self) -> bool:
+        """Kept OTLP written as ``otlp_proto`` by the native core from a message's raw bytes
+        (``NativeKeptWriter``: ``job.core`` native, and the ``KeptWriter`` it shares in use)."""
+        return self.native_kept is not None and self.kept_writer is not None
 
     def _dead_letter_unit(self, trace_id: bytes, unit: Buffered, exc: Exception, now_ns: int) -> None:
         """A kept trace's input message whose spans cannot be written: to the dead-letter topic,

@@ -211,8 +211,9 @@ def test_native_and_python_cores_write_the_same_records(fmt, messages):
     )
     want = run(python, msgs)
     got = run(mine, msgs)
-    # every decided message read again in Rust; the Python codec decodes kept ones only
-    assert calls["rust"] >= calls["python"] > 2 * calls["native"] > 0, calls
+    # every decided message read again in Rust; the Python codec decodes kept ones only — with the
+    # native kept writer (otlp_proto out) only late kept fragments, which keyed traffic may not have
+    assert calls["rust"] >= calls["python"] > 2 * calls["native"], calls
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
         assert g == w, f"entry {i}: {g[:2]} != {w[:2]}"
