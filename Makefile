@@ -21,10 +21,10 @@ PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 KAFKA  := $(PYTHON) deploy/local/kafka
-# PYTEST_ARGS="-q -n 2 --dist loadgroup": two xdist workers, the integration tests in one group on
-# one of them (one session broker, in order), the unit tests beside them (tests/conftest.py). Not the
-# default yet: in its one full run test_ingest_fuzz failed 3 cases that pass alone and in one process.
-PYTEST_ARGS ?= -q --durations=20
+# Two xdist lanes (-n 2 --dist loadgroup): the integration tests in one group on one worker (one
+# session broker, in order), the unit tests beside them on the other (tests/conftest.py). Run in one
+# process with PYTEST_ARGS="-q -p no:xdist" (or -n 0).
+PYTEST_ARGS ?= -q -n 2 --dist loadgroup --durations=20
 
 .PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit test-python-core demo bench otelcol bench-peer chaos chromium docs-report clean distclean
 

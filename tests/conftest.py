@@ -216,8 +216,15 @@ def _test_token_keys():
 # its consumer groups, never meet another test's traffic), while the unit tests run beside them on
 # the other worker: the integration tests mostly wait (on the broker, on the job's clocks and
 # timeouts), the unit tests mostly compute. Without xdist the marker does nothing.
+#
+# A wrapper, so the marker is set before any plain hook runs: xdist reads it in its own
+# pytest_collection_modifyitems (appending "@kafka" to the node ids its scheduler groups by), which
+# ran first — the marker came too late and the integration tests were spread over both workers,
+# each starting its own broker (and pytest 9 ignores xdist's node id change: pyproject pins <9).
 # =============================================================================================
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     for item in items:
         if item.get_closest_marker("integration") is not None:
             item.add_marker(pytest.mark.xdist_group("kafka"))
+    return (yield)

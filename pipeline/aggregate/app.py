@@ -140,6 +140,12 @@ def build_app(config: Config) -> tuple[faust.App, Stage]:
         web_port=a.web_port,
         # the stage holds no Faust windowed table: nothing for the cleanup timer to expire
         table_cleanup_interval=3_600.0,
+        # no standby replicas: Faust keeps the transactional producer of a partition that moves to
+        # another instance and stays here as a standby (it stops only the producers of revoked
+        # *active* partitions); the new owner's producer fences it, and when the partition comes
+        # back the fenced producer is reused — the first commit raised ProducerFenced and crashed
+        # the stage. The tables are memory stores recovered from their changelogs either way.
+        table_standby_replicas=0,
     )
     # raw bytes both ways: key_type=bytes alone would still JSON-decode
     raw = {"key_serializer": "raw", "value_serializer": "raw"}

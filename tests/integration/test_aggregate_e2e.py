@@ -13,6 +13,7 @@ import urllib.request
 from collections import Counter, defaultdict
 
 import pytest
+import yaml
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -351,3 +352,61 @@ def test_memory_bound_closes_the_oldest_windows_early_and_sums_stay_exact(kafka_
         stage.stop()
     assert health["counts"]["closed_by_bound"] > 0
     assert_exact(cfg, records, late_allowed=True)
+
+
+def test_a_second_stage_instance_joining_and_leaving_neither_crashes_the_first_nor_breaks_exactness(
+    kafka_bootstrap, unique_name, tmp_path
+):
+    """A second instance of the stage joins the group (partitions move to it) and leaves again
+    (they come back). The old stage crashed a few seconds later: Faust kept the transactional
+    producer of each partition that moved away (it stayed here as a standby replica, and Faust stops
+    only the producers of revoked active partitions), the other instance's producer fenced it, and
+    when the partition came back the fenced producer was reused — its first commit raised
+    ProducerFenced ("Crashed reason=ProducerFenced" in the log, the process gone). Now: alive, every
+    returned partition ticked on, each window emitted once, exact."""
+    records = partials(300, seed=75, t0=time.time_ns())
+    path, cfg, stage = setup(kafka_bootstrap, unique_name, tmp_path, records)
+    other_port = free_port()
+    other_path = tmp_path / "tailsift-2.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["aggregate"].update(web_port=other_port, data_dir=str(tmp_path / "aggregate-2"))
+    other_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    other = AggregateProcess(other_path, "127.0.0.1", other_port, tmp_path / "aggregate-2.log")
+    partitions = cfg.topics.sli_windows.partitions
+    stage.start()
+    try:
+        stage.wait_ready()
+        _, records = produce(cfg, records, f"agg-{unique_name}")  # all of them: none can come late
+        other.start()
+        other.wait_ready()  # the rebalance gave it partitions
+        other.stop()  # SIGTERM: it leaves the group, its partitions come back
+        wait_health(stage, lambda h: len(h["partitions"]) == partitions, "every partition back")
+        back_ns = time.time_ns()
+        # each returned partition is ticked on past its return: its tick offsets were committed (the
+        # commit that raised ProducerFenced), and every window is emitted
+        idle_ns = int(cfg.aggregate.idle_seconds * S)
+        wait_health(
+            stage,
+            lambda h: (
+                h["open_windows"] == 0 and all(t >= back_ns - idle_ns for t in h["event_time_unix_nano"].values())
+            ),
+            "every partition ticked on after its return, no window open",
+        )
+        assert stage.proc.poll() is None, stage.log_tail()
+    finally:
+        stage.stop()
+        other.stop()
+    assert "ProducerFenced" not in (tmp_path / "aggregate.log").read_text(errors="replace")
+    assert_exact(cfg, records, late_allowed=False)
+
+
+def wait_health(stage: AggregateProcess, cond, what: str, timeout: float = 180.0) -> dict:
+    deadline = time.monotonic() + timeout
+    h = None
+    while time.monotonic() < deadline:
+        stage.check_alive()
+        h = stage.health()
+        if h is not None and cond(h):
+            return h
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}: {h}; log tail:\n{stage.log_tail()}")

@@ -7,12 +7,18 @@ details. Through ingest → decide → emit, in both time modes, it must hold th
   acknowledged and everything is due, every input offset is committable;
 - dead-letter details are printable ASCII (never raw payload bytes);
 - every emitted record decodes with its topic's schema (or as the configured OTLP format).
+
+Each run also replays one explicit example (a kept error trace and a span ending an hour ahead of
+the worker clock), so that the outputs of every stage are decoded whatever Hypothesis draws: its
+draws are not a function of the seed alone, even derandomized — it mixes in constants read from the
+project's modules loaded at that moment (``hypothesis.internal.conjecture.providers``
+``_get_local_constants``), so they depend on which tests ran before in the same process.
 """
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -197,6 +203,41 @@ def check_decodes(job, records, seen):
             raise AssertionError(f"unexpected topic {r.topic}")
 
 
+def _explicit_trace(fmt: str, trace_id: bytes, end: int, status_error: bool) -> tuple[bytes, bytes]:
+    """One well-formed message: a trace of one span ending at ``end``, its key its trace ID."""
+    start = end - 5 * MS
+    if fmt == "avro":
+        span = {
+            "span_id": trace_id[:8],
+            "parent_span_id": None,
+            "name": "GET /a",
+            "kind": "SERVER",
+            "start_time_unix_nano": start,
+            "end_time_unix_nano": end,
+            "status_code": "ERROR" if status_error else "OK",
+            "trace_state": "",
+            "detail": avro.encode_detail({"status_message": "", "attributes": {}, "events": [], "links": []}),
+        }
+        batch = {"trace_id": trace_id, "service": "svc", "spans": [span], "resource": b""}
+        return trace_id, avro.encode_span_batch(batch)
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "a"
+    sp = rs.scope_spans.add().spans.add()
+    sp.trace_id, sp.span_id, sp.name, sp.kind = trace_id, trace_id[:8], "GET /a", 2
+    sp.start_time_unix_nano, sp.end_time_unix_nano = start, end
+    sp.status.code = 2 if status_error else 1
+    return trace_id, otlp.serialize_request(req, fmt)
+
+
+def explicit_batches(fmt: str) -> list[list[tuple[bytes, bytes]]]:
+    """A kept error trace (kept traces, SLI windows, a decision) and a span ending an hour ahead of
+    the worker clock (dead-lettered ``invalid_timestamp``)."""
+    kept = _explicit_trace(fmt, b"K" * 16, NOW - S, status_error=True)
+    future = _explicit_trace(fmt, b"F" * 16, NOW + 3_600 * S, status_error=False)
+    return [[kept, future]]
+
+
 CONFIGS = [
     ("avro", "avro", "processing"),
     ("avro", "otlp_proto", "event"),
@@ -220,6 +261,7 @@ def test_hostile_messages_are_routed_or_dead_lettered_and_every_output_decodes(f
         suppress_health_check=[HealthCheck.too_slow],
     )
     @given(batches=st.lists(messages(fmt), min_size=1, max_size=3))
+    @example(batches=explicit_batches(fmt))
     def run(batches):
         job = make_job(fmt, emit, time)
         offset = 0
@@ -244,5 +286,6 @@ def test_hostile_messages_are_routed_or_dead_lettered_and_every_output_decodes(f
         assert len(job.assembler) == 0 and len(job.tracker) == 0
 
     run()
-    # the examples reached every stage: kept traces, SLI windows, and hostile times dead-lettered
+    # every stage was reached (the explicit example guarantees it): kept traces, SLI windows, and
+    # hostile times dead-lettered
     assert seen.get("traces.kept") and seen.get("sli.windows") and seen.get("invalid_timestamp"), seen
