@@ -9,7 +9,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
-use crate::rekey::{misplaced, Scheme};
+use crate::rekey::{misplaced, placement_args};
 use crate::EMPTY_VALUE;
 use crate::{avro_fragments, guarded, message_bytes, plan_avro, reject, verdict, Checks, Headers};
 
@@ -39,16 +39,7 @@ pub fn ingest_avro<'py>(
     n_partitions: u32,
     max_record_bytes: usize,
 ) -> PyResult<Bound<'py, PyList>> {
-    let Some(scheme) = Scheme::named(scheme) else {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "unknown partitioning {scheme:?}"
-        )));
-    };
-    if keys.len() != values.len() || partitions.len() != values.len() {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "values, keys and partitions differ in length",
-        ));
-    }
+    let scheme = placement_args(scheme, values, keys, &partitions)?;
     let checks = Checks::new(now_ns, limit_ns, max_skew_ns, limits);
     let mut headers = Headers::new(py)?;
     let out = PyList::empty(py);

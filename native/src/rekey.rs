@@ -426,6 +426,27 @@ fn fragments<'py>(
     Ok(fragments)
 }
 
+/// The placement scheme named by `scheme`, once the per-message lists are checked to line up: what
+/// both placing decode calls (`ingest_otlp`, `avro_ingest::ingest_avro`) take from Python.
+pub fn placement_args(
+    scheme: &str,
+    values: &Bound<'_, PyList>,
+    keys: &Bound<'_, PyList>,
+    partitions: &[i64],
+) -> PyResult<Scheme> {
+    let Some(scheme) = Scheme::named(scheme) else {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "unknown partitioning {scheme:?}"
+        )));
+    };
+    if keys.len() != values.len() || partitions.len() != values.len() {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "values, keys and partitions differ in length",
+        ));
+    }
+    Ok(scheme)
+}
+
 /// `decode_otlp` for a consumed batch that `Job.ingest` re-keys (`ingest.rekey`): per message,
 /// with its key (bytes or None) and partition, one of
 /// - `(reason, detail)`: its dead-letter verdict, as `decode_otlp` gives it;
@@ -453,16 +474,7 @@ pub fn ingest_otlp<'py>(
     max_record_bytes: usize,
     max_copies_bytes: usize,
 ) -> PyResult<Bound<'py, PyList>> {
-    let Some(scheme) = Scheme::named(scheme) else {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "unknown partitioning {scheme:?}"
-        )));
-    };
-    if keys.len() != values.len() || partitions.len() != values.len() {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "values, keys and partitions differ in length",
-        ));
-    }
+    let scheme = placement_args(scheme, values, keys, &partitions)?;
     let placement = Placement {
         scheme,
         partitions: n_partitions,
