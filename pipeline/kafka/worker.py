@@ -281,10 +281,20 @@ class Worker:
         return out
 
     def _unread(self, state: dict[int, tuple[int, int, int]] | None = None) -> dict[int, int]:
-        """Per owned partition, messages not yet read (a partition with no position yet — just
-        assigned or rewound — counts its whole unread rest)."""
+        """Per owned partition, messages not yet read. A partition with no position yet — just
+        assigned or rewound, nothing read since — is fetched from its committed offset: it counts
+        the rest from there (from its low watermark when nothing is committed). Counting from 0
+        made a rewound partition that nothing new arrived on "behind" by its whole length for good:
+        a phantom input lag (the zombie test's survivor: 2,954 with everything committed) and a
+        backlog guard holding its processing-time decisions to the hard bound."""
         state = self._read_state() if state is None else state
-        return {p: max(0, high - max(pos, 0)) for p, (pos, _low, high) in state.items()}
+        committed = self.committed
+        out = {}
+        for p, (pos, low, high) in state.items():
+            if pos < 0:
+                pos = committed.get(p, (-1, -1))[0]
+            out[p] = max(0, high - max(pos, low, 0))
+        return out
 
     def _lag(self) -> int:
         """Messages of owned partitions not yet read. After a rewind nothing is buffered, but this

@@ -15,9 +15,11 @@ to the end, and vouches for everything stamped up to its owner's clock less a se
 lead, a slow test machine taking a second between the first span and the backlog would let the
 trace go before there is anything to wait for. The test waits on conditions only.
 
-The config is the default ``assemble.group_read_time: auto``: only partitions whose readers re-key
-are waited for. So partition 1 has re-keyed before — one misplaced message of another trace, its
-copy committed with a checkpoint that says so — as any partition of a re-keying input has."""
+The config sets ``assemble.group_read_time: true``: every partition is waited for. (The default,
+``auto``, waits only for partitions whose committed checkpoints say their readers re-key, learnt by
+polling; a decision wait of 50 ms can fall before the poll that learns it. Partition 1 still
+re-keys once first — one misplaced message of another trace, its copy committed with a checkpoint
+that says so — as any partition of a re-keying input has.)"""
 
 from __future__ import annotations
 
@@ -123,7 +125,15 @@ def make_env(bootstrap: str, run_id: str, workdir: Path):
         topics={
             key: {"name": f"{run_id}.{getattr(names, key).name}", "partitions": 2} for key in ("spans_raw", "decisions")
         },
-        assemble={"decision_wait_ms": WAIT_MS, "root_quiet_gap_ms": 0, "backlog_wait_factor": 1_000},
+        assemble={
+            "decision_wait_ms": WAIT_MS,
+            "root_quiet_gap_ms": 0,
+            "backlog_wait_factor": 1_000,
+            # on, not auto: auto learns that partition 1 re-keys from the committed checkpoints it
+            # polls (every 250 ms), and a 50 ms decision wait can fall before its next snapshot —
+            # the propagation delay README "Sampling semantics" states (CI failed so once)
+            "group_read_time": True,
+        },
         sampling={"policies": [{"name": "errors", "type": "status_code", "status_codes": ["ERROR"]}]},
         job={
             "data_dir": str(workdir / "faust"),
