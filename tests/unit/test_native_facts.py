@@ -23,6 +23,7 @@ from operators.span_times import SpanTimeBounds
 from operators.trace import TraceView
 from pipeline import codecs
 from pipeline.codecs import avro, native, otlp
+from pipeline.codecs.protowire import varint
 from pipeline.generator.callgraph import TraceGenerator
 from pipeline.policies import build_engine
 from tests.support.jobs import make_config
@@ -203,21 +204,12 @@ def test_random_avro_traces_have_the_same_facts_decisions_and_edges(traces, max_
     assert_same("avro", traces, max_edges, (lambda s: s.upper()[:1]) if merge else None)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _ld(n: int, body: bytes) -> bytes:
-    return _varint(n << 3 | 2) + _varint(len(body)) + body
+    return varint(n << 3 | 2) + varint(len(body)) + body
 
 
 def _fixed64(n: int, v: int) -> bytes:
-    return _varint(n << 3 | 1) + v.to_bytes(8, "little")
+    return varint(n << 3 | 1) + v.to_bytes(8, "little")
 
 
 # what protobuf accepts besides the plain shapes: the re-read's fast path gives up at the unknown
@@ -226,17 +218,17 @@ SPAN_ODDITIES = [
     _ld(3, b"k=v"),  # tracestate, maybe twice: the last wins
     _ld(3, b"ot=rv:00000000000001"),
     _ld(5, b"op"),
-    _ld(15, _varint(3 << 3) + _varint(2)),  # a second status: merged, the last code wins
-    _ld(15, _varint(3 << 3) + _varint(1)),
+    _ld(15, varint(3 << 3) + varint(2)),  # a second status: merged, the last code wins
+    _ld(15, varint(3 << 3) + varint(1)),
     _ld(15, _ld(2, b"msg")),
     _fixed64(7, 5),  # a second start time
-    _varint(20 << 3) + _varint(5),  # an unknown field
-    _varint(21 << 3 | 3) + _varint(21 << 3 | 4),  # an unknown group
+    varint(20 << 3) + varint(5),  # an unknown field
+    varint(21 << 3 | 3) + varint(21 << 3 | 4),  # an unknown group
     _ld(6, b"x"),  # kind with another wire type: an unknown field to upb
-    _ld(15, _varint(9 << 3) + _varint(1)),  # an unknown field in the status
+    _ld(15, varint(9 << 3) + varint(1)),  # an unknown field in the status
     _ld(9, _ld(1, b"http.route") + _ld(2, _ld(1, b"/x"))),
-    _varint(6 << 3) + _varint(2),
-    _varint(16 << 3 | 5) + bytes(4),
+    varint(6 << 3) + varint(2),
+    varint(16 << 3 | 5) + bytes(4),
 ]
 
 
@@ -253,7 +245,7 @@ def odd_otlp_trace(draw) -> tuple[bytes, list[bytes]]:
                 _ld(2, draw(st.sampled_from(SPAN_IDS))),
                 _fixed64(7, draw(U64)),
                 _fixed64(8, draw(U64)),
-                _ld(15, _varint(3 << 3) + _varint(draw(st.integers(0, 4)))),
+                _ld(15, varint(3 << 3) + varint(draw(st.integers(0, 4)))),
             ]
             parent = draw(st.sampled_from([None] + SPAN_IDS))
             if parent is not None:
@@ -262,7 +254,7 @@ def odd_otlp_trace(draw) -> tuple[bytes, list[bytes]]:
             spans.append(b"".join(draw(st.permutations(fields))))
         kv = _ld(1, b"service.name") + _ld(2, _ld(1, draw(SERVICES).encode()))
         if draw(st.booleans()):  # the oneof's last member decides: an int after the string
-            kv = _ld(1, b"service.name") + _ld(2, _ld(1, b"a") + _varint(3 << 3) + _varint(7))
+            kv = _ld(1, b"service.name") + _ld(2, _ld(1, b"a") + varint(3 << 3) + varint(7))
         resource = _ld(1, _ld(1, kv))
         scope_spans = _ld(2, _ld(1, _ld(1, b"lib")) + b"".join(_ld(2, sp) for sp in spans))
         parts = [resource, scope_spans] + draw(st.lists(st.sampled_from([resource, _ld(3, b"url")]), max_size=2))
