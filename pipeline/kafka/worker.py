@@ -288,13 +288,12 @@ class Worker:
         a phantom input lag (the zombie test's survivor: 2,954 with everything committed) and a
         backlog guard holding its processing-time decisions to the hard bound."""
         state = self._read_state() if state is None else state
-        committed = self.committed
-        out = {}
-        for p, (pos, low, high) in state.items():
-            if pos < 0:
-                pos = committed.get(p, (-1, -1))[0]
-            out[p] = max(0, high - max(pos, low, 0))
-        return out
+        return {p: max(0, high - max(self._fetch_from(p, pos), low, 0)) for p, (pos, low, high) in state.items()}
+
+    def _fetch_from(self, p: int, pos: int) -> int:
+        """The next offset partition ``p`` is read from: librdkafka's position, else (nothing read
+        since it was assigned or rewound) its committed offset (-1: none)."""
+        return pos if pos >= 0 else self.committed.get(p, (-1, -1))[0]
 
     def _lag(self) -> int:
         """Messages of owned partitions not yet read. After a rewind nothing is buffered, but this
@@ -309,7 +308,7 @@ class Worker:
         if self._waits_for_group():
             if self.group_read_times is None:
                 self.group_read_times = GroupReadTimes(self.config, self.topic, self.job.input_partitions)
-            positions = {p: pos if pos >= 0 else self.committed.get(p, (-1, -1))[0] for p, (pos, _, _) in state.items()}
+            positions = {p: self._fetch_from(p, pos) for p, (pos, _, _) in state.items()}
             self.job.assembler.set_group_read_times(
                 self.group_read_times.update(self.assigned, positions, time.monotonic())
             )

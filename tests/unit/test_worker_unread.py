@@ -9,7 +9,9 @@ from pipeline.kafka.worker import Worker
 
 
 def unread(state: dict[int, tuple[int, int, int]], committed: dict[int, tuple[int, int]]) -> dict[int, int]:
-    return Worker._unread(SimpleNamespace(committed=committed), state)  # type: ignore[arg-type]
+    fake = SimpleNamespace(committed=committed)
+    fake._fetch_from = lambda p, pos: Worker._fetch_from(fake, p, pos)  # type: ignore[arg-type]
+    return Worker._unread(fake, state)  # type: ignore[arg-type]
 
 
 def test_a_partition_with_no_position_counts_from_its_committed_offset():
