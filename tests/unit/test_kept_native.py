@@ -309,6 +309,7 @@ def test_the_job_writes_the_same_records_with_the_native_writer(privacy, max_rec
     bytes as with ``KeptWriter`` alone; the native path parses no kept message with protobuf
     (before: ``codec.decode_trace`` for every kept trace)."""
     cfg = make_config(
+        job={"core": "native"},  # named: under TAILSIFT_AUTO_CORE=python, auto would not build the writer
         ingest={"format": "otlp_proto"},
         emit={"format": "otlp_proto"},
         privacy={"enabled": privacy},
