@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.aggregate import metrics as merged_metrics
 from pipeline.aggregate.backlog import Backlog
+from pipeline.aggregate.recovery import StageApp
 from pipeline.aggregate.slo_book import SloBook
 from pipeline.aggregate.stage import EmittedLog, Stage, _decode
 from pipeline.config import Config
@@ -120,7 +121,7 @@ def build_app(config: Config) -> tuple[faust.App, Stage]:
 
     k, a, t = config.kafka, config.aggregate, config.topics
     partitions = t.sli_windows.partitions
-    app = faust.App(
+    app = StageApp(  # a faust.App whose table recovery reads its changelogs to their end (see recovery.py)
         f"{k.group_id}-aggregate",
         broker=[f"kafka://{server.strip()}" for server in k.bootstrap_servers.split(",")],
         broker_credentials=security.faust_credentials(k),
