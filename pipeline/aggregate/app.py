@@ -22,8 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.aggregate import metrics as merged_metrics
 from pipeline.aggregate.backlog import Backlog
+from pipeline.aggregate.recovery import StageApp
 from pipeline.aggregate.slo_book import SloBook
-from pipeline.aggregate.stage import EmittedLog, Stage, _decode
+from pipeline.aggregate.stage import EmittedLog, Stage, _decode, recent_entry
 from pipeline.config import Config
 from pipeline.kafka import clients, security
 
@@ -79,13 +80,14 @@ class EmittedTable(faust.Table):
             key, value = event.message.key, event.message.value
             if key is None or value is None or self.emissions.remembers(key):
                 continue  # already counted (a partition read back twice after a rebalance)
-            self.emissions.remember(key)
+            partition = event.message.partition
+            self.emissions.remember(partition, key)
             try:
                 record = _decode(value)
             except Exception:  # noqa: BLE001 - not ours to judge here: skip what does not decode
                 continue
-            self.book.feed(record)
-            self.recent.append(record)
+            self.book.feed(partition, record)
+            self.recent.append(recent_entry(partition, record))
 
 
 TICK = struct.Struct(">q")
@@ -120,7 +122,7 @@ def build_app(config: Config) -> tuple[faust.App, Stage]:
 
     k, a, t = config.kafka, config.aggregate, config.topics
     partitions = t.sli_windows.partitions
-    app = faust.App(
+    app = StageApp(  # a faust.App whose table recovery reads its changelogs to their end (see recovery.py)
         f"{k.group_id}-aggregate",
         broker=[f"kafka://{server.strip()}" for server in k.bootstrap_servers.split(",")],
         broker_credentials=security.faust_credentials(k),
@@ -213,7 +215,8 @@ def build_app(config: Config) -> tuple[faust.App, Stage]:
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app_, assigned, **kwargs) -> None:  # noqa: ANN001 - Faust signal signature
-        stage.on_assigned()
+        async with stage.lock:
+            stage.on_assigned({tp.partition for tp in assigned if tp.topic == partials_topic})
 
     @app.on_before_shutdown.connect
     async def on_shutdown(app_, **kwargs) -> None:  # noqa: ANN001 - Faust signal signature

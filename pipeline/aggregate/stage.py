@@ -40,6 +40,7 @@ from pipeline.codecs import avro
 log = logging.getLogger("tailsift.aggregate")
 _VIEW = struct.Struct(">q")
 _NS = 1_000_000_000
+_PARTITION = "_sli_merged_partition"  # in /sli's recent windows: the sli_merged partition each came from
 
 
 def _encode(record: dict) -> bytes:
@@ -48,6 +49,12 @@ def _encode(record: dict) -> bytes:
 
 def _decode(value: bytes) -> dict:
     return avro.decode(avro.SLI_WINDOW, value)
+
+
+def recent_entry(partition: int, record: dict) -> dict:
+    """A merged window as ``/sli`` and ``/metrics`` keep it: with its ``sli_merged`` partition, so
+    the windows of a partition that moved to another instance leave them too."""
+    return {**record, _PARTITION: partition}
 
 
 def open_key(partition: int, key: bytes) -> bytes:
@@ -227,23 +234,44 @@ class Stage:
             late = self.emitted.emissions.remembers_window(W.key_of_emission(emission))
             await self._put_emitted(partition, emission, record)
             self.counts["emitted_late" if late else "emitted"] += 1
-            for name in self.book.feed(record):
+            for name in self.book.feed(partition, record):
                 status = json.dumps(self.book.status(name)[0]).encode()
                 await self._put(self.status_table, partition, name.encode(), status)
         await self._put(self.open, partition, key, W.closed_marker(window))
 
     async def _put_emitted(self, partition: int, emission: bytes, record: dict) -> None:
-        self.emitted.emissions.remember(emission)
-        self.recent.append(record)
+        self.emitted.emissions.remember(partition, emission)
+        self.recent.append(recent_entry(partition, record))
         await self.emitted.changelog_topic.send(
             key=emission, value=_encode(record), partition=partition, key_serializer="raw", value_serializer="raw"
         )
 
-    def on_assigned(self) -> None:
+    def on_assigned(self, partitions: set[int]) -> None:
         """After a rebalance the tables hold what recovery restored: rescan before trusting ``next_due``;
-        assigned partitions are read again from their committed offsets."""
+        assigned partitions are read again from their committed offsets.
+
+        Whatever this process still holds of a partition that is no longer its own goes: another
+        instance owns it now, and this copy may hold what its last transaction did before the new
+        owner's producer aborted it (windows merged or emitted that no reader will ever see). Kept,
+        it would stand in for the changelog when the partition comes back — an emission remembered
+        that was never committed is never written (a window missing), a window restored over it
+        keeps keys the changelog never had. Forgotten, the partition comes back as recovery restores
+        it from its changelogs: exactly what was committed with its input offsets. Its windows leave
+        ``/sli``, ``/metrics`` and ``/slo`` here too: they are the new owner's to show."""
         self.next_due.clear()
         self.backlog.reset()
+        for table in (self.open, self.views):
+            for key in [k for k in table.data.keys() if partition_of(k) not in partitions]:
+                table.data.pop(key, None)
+        for p in self.emitted.emissions.partitions() | self.book.partitions() | set(self.last_arrival):
+            if p not in partitions:
+                self.emitted.emissions.forget(p)
+                self.book.forget(p)
+                self.last_arrival.pop(p, None)
+        kept = [r for r in self.recent if r[_PARTITION] in partitions]
+        if len(kept) < len(self.recent):
+            self.recent.clear()
+            self.recent.extend(kept)
 
     # ---- views ----
 
@@ -276,17 +304,18 @@ class Stage:
 
 
 class EmittedLog:
-    """Recent emission keys (bounded LRU) and the windows they belong to; fed by the stage when it
-    writes and by table recovery when it reads ``sli_merged`` back."""
+    """Recent emission keys (bounded LRU) and the windows they belong to, with the partition each
+    came from; fed by the stage when it writes and by table recovery when it reads ``sli_merged``
+    back, emptied of a partition when the partition leaves this process."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._keys: OrderedDict[bytes, None] = OrderedDict()
-        self._windows: OrderedDict[bytes, None] = OrderedDict()
+        self._keys: OrderedDict[bytes, int] = OrderedDict()  # emission key → partition
+        self._windows: OrderedDict[bytes, int] = OrderedDict()  # window key → partition
 
-    def remember(self, emission: bytes) -> None:
+    def remember(self, partition: int, emission: bytes) -> None:
         for d, k in ((self._keys, emission), (self._windows, W.key_of_emission(emission))):
-            d[k] = None
+            d[k] = partition
             d.move_to_end(k)
             while len(d) > self.capacity:
                 d.popitem(last=False)
@@ -296,6 +325,14 @@ class EmittedLog:
 
     def remembers_window(self, window: bytes) -> bool:
         return window in self._windows
+
+    def partitions(self) -> set[int]:
+        return set(self._keys.values()) | set(self._windows.values())
+
+    def forget(self, partition: int) -> None:
+        for d in (self._keys, self._windows):
+            for k in [k for k, p in d.items() if p == partition]:
+                del d[k]
 
     def __len__(self) -> int:
         return len(self._keys)

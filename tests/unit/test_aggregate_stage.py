@@ -8,6 +8,8 @@ import asyncio
 import struct
 from collections import deque
 
+import pytest
+
 from operators.sli import SliWindows, window_record
 from pipeline.aggregate.slo_book import SloBook
 from pipeline.aggregate.stage import EmittedLog, Stage
@@ -169,3 +171,52 @@ def test_a_backlog_check_the_broker_does_not_answer_drops_the_tick_and_the_stage
 
     asyncio.run(run())
     assert emitted.sent == [] and st.counts["ticks_behind"] == 1 and st.open_windows() == 1
+
+
+def test_a_partition_that_left_and_came_back_is_what_its_changelog_restores_not_what_this_process_kept():
+    """Partition 0's window is merged (committed), then closed and emitted in a transaction that the
+    new owner's producer aborts: the partition moved to a second stage instance, which left again
+    before it closed the window. The partition comes back and recovery restores the window open, as
+    committed. The old stage kept its own copy of partition 0 — the emission key among it — so the
+    restored window, closed again, was taken for an emission written before a crash and not written:
+    missing from sli.merged (the e2e second-instance test's missing window). Now a rebalance forgets
+    what a partition that left had here: the window is emitted once, 2 spans; partition 1, which
+    stayed, keeps its open window."""
+    st, emitted = stage()
+
+    async def run():
+        await st.on_partial(0, 10, partial(2, T0))
+        await st.on_partial(1, 10, partial(3, T0))
+        committed = {t: {k: v for k, v in t.data.items() if k.startswith(b"0")} for t in (st.open, st.views)}
+        await st.on_tick(0, tick(T0 + 10 * S))
+        assert len(emitted.sent) == 1
+        emitted.sent.clear()  # that transaction was aborted: no read_committed reader sees it
+        st.on_assigned({1})  # partition 0 moved to the other instance
+        assert st.open_windows() == 1 and st.view(0) == 0 and not st.emitted.emissions.partitions()
+        assert not st.recent  # nor does /sli show its window any more
+        for table, data in committed.items():  # it came back: recovery restores its changelogs
+            table.data.update(data)
+        st.on_assigned({0, 1})
+        await st.on_tick(0, tick(T0 + 11 * S))
+
+    asyncio.run(run())
+    assert emitted_spans(emitted) == 2 and len(emitted.sent) == 1 and st.counts["emissions_replayed"] == 0
+    assert st.open_windows() == 1  # partition 1's
+
+
+def test_the_slo_book_forgets_a_partition_that_left_and_counts_its_windows_once_when_it_comes_back():
+    from operators.slo import Objective
+
+    def window(spans: int, errors: int) -> dict:
+        record = avro.decode(avro.SLI_WINDOW, partial(1, T0))
+        record.update(span_count=spans, error_count=errors)
+        return record
+
+    book = SloBook([Objective("checkout-avail", "checkout", 0.9)])
+    book.feed(0, window(20, 1))
+    book.feed(1, window(20, 3))  # the same service on two partitions: their windows add up
+    assert book.status("checkout-avail")[0]["budget_remaining"] == pytest.approx(1 - (4 / 40) / 0.1)
+    book.forget(0)
+    assert book.status("checkout-avail")[0]["budget_remaining"] == pytest.approx(1 - (3 / 20) / 0.1)
+    book.feed(0, window(20, 1))  # recovery feeds the returning partition's windows again
+    assert book.status("checkout-avail")[0]["budget_remaining"] == pytest.approx(1 - (4 / 40) / 0.1)
