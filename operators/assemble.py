@@ -171,7 +171,7 @@ class TraceAssembler:
             self._by_deadline: dict[int, list[tuple[int, bytes, int, TraceBuffer]]] = {}
             self._seq = itertools.count()
             # plain instance attributes: the processing-time methods stay as they were (no branch)
-            self.add = self._add_event  # type: ignore[method-assign]
+            self.add_counted = self._add_counted_event  # type: ignore[method-assign]
             self.due = self._due_event  # type: ignore[method-assign]
 
     def __len__(self) -> int:
@@ -205,25 +205,57 @@ class TraceAssembler:
         """Buffer one message's spans (``stamp_ns``: what ``read`` returned for it). Callers check
         the decision cache first for late spans. Returns the traces this message sealed: in
         processing time only a trace that reached its span/byte limit with this message (the others
-        come out of ``due``)."""
+        come out of ``due``). ``add_counted`` with what it reads of the spans."""
+        has_root = bool(self.root_quiet_gap_ns) and any(s.get("parent_span_id") is None for s in spans)
+        end_ns = max([s["end_time_unix_nano"] for s in spans]) if self.event_time and spans else 0
+        return self.add_counted(
+            trace_id,
+            partition,
+            len(spans),
+            has_root,
+            end_ns,
+            unit,
+            now_ns,
+            size_bytes,
+            stamp_ns,
+            spans if self.keep_spans else None,
+        )
+
+    def add_counted(
+        self,
+        trace_id: bytes,
+        partition: int,
+        span_count: int,
+        has_root: bool,
+        end_ns: int,
+        unit: Any,
+        now_ns: int,
+        size_bytes: int = 0,
+        stamp_ns: int = UNKNOWN,
+        spans: list[SpanHeader] | None = None,
+    ) -> list[TraceBuffer]:
+        """``add`` of one message's fragment as counts: ``span_count`` spans, ``has_root`` when one
+        of them is a root, ``end_ns`` their newest end (read in event time only) — all the buffer
+        needs of the spans when it does not keep them (``keep_spans`` False: ``spans`` None), so a
+        caller that decoded them natively builds no span objects (``pipeline.job.ingest``)."""
         buf = self._traces.get(trace_id)
         if buf is None:
             buf = TraceBuffer(trace_id, partition, now_ns, now_ns + self.decision_wait_ns, first_stamp_ns=stamp_ns)
             self._traces[trace_id] = buf
             self._waiting.append(buf)
-        buf.span_count += len(spans)
-        if self.keep_spans:
+        buf.span_count += span_count
+        if spans is not None:
             buf.spans.extend(spans)
         buf.messages.append(unit)
         buf.last_seen_ns = now_ns
         buf.size_bytes += size_bytes
-        self.buffered_spans += len(spans)
+        self.buffered_spans += span_count
         self.buffered_bytes += size_bytes
         if self.root_quiet_gap_ns:
             if stamp_ns > buf.last_stamp_ns:
                 buf.last_stamp_ns = stamp_ns
-            if not buf.has_root:
-                buf.has_root = any(s.get("parent_span_id") is None for s in spans)
+            if has_root:
+                buf.has_root = True
             if buf.has_root:
                 self._rooted[trace_id] = buf
                 self._rooted.move_to_end(trace_id)
@@ -377,20 +409,23 @@ class TraceAssembler:
     # arrival, a later span end) pushes a new entry; the old one goes stale and is skipped when it
     # surfaces (an entry is live iff its trace is still buffered as that buffer with that deadline).
     # (deadline, trace ID) decides the order; seq only separates entries of the same trace.
-    def _add_event(
+    def _add_counted_event(
         self,
         trace_id: bytes,
         partition: int,
-        spans: list[SpanHeader],
+        span_count: int,
+        has_root: bool,
+        end_ns: int,
         unit: Any,
         now_ns: int,
         size_bytes: int = 0,
         stamp_ns: int = UNKNOWN,
+        spans: list[SpanHeader] | None = None,
     ) -> list[TraceBuffer]:
         """Event time: buffer one message, advance its partition's watermark, return what it sealed."""
         marks = self.watermarks
-        if spans:
-            event_ns = max([s["end_time_unix_nano"] for s in spans])
+        if span_count:
+            event_ns = end_ns
         else:  # nothing to read a time from: it does not move time
             event_ns = marks.max_event(partition) or 0
         # (a) append to the trace, (re)key its deadline
@@ -405,17 +440,17 @@ class TraceAssembler:
             old = buf.deadline_ns
             if event_ns > buf.last_seen_ns:
                 buf.last_seen_ns = event_ns  # newest span end of the trace
-        buf.span_count += len(spans)
-        if self.keep_spans:
+        buf.span_count += span_count
+        if spans is not None:
             buf.spans.extend(spans)
         buf.messages.append(unit)
         buf.size_bytes += size_bytes
-        self.buffered_spans += len(spans)
+        self.buffered_spans += span_count
         self.buffered_bytes += size_bytes
         deadline = buf.first_seen_ns + self.decision_wait_ns
         if self.root_quiet_gap_ns:
-            if not buf.has_root:
-                buf.has_root = any(s.get("parent_span_id") is None for s in spans)
+            if has_root:
+                buf.has_root = True
             if buf.has_root:
                 quiet = buf.last_seen_ns + self.root_quiet_gap_ns
                 if quiet <= deadline:  # the earlier decision point; ties: root_quiet

@@ -48,6 +48,30 @@ class CommitTracker:
             self._dirty.add(partition)
         return hold
 
+    def track_all(self, partitions: list[int], offsets: list[int], refs: list[Any]) -> list[Hold]:
+        """Register a batch of messages (in arrival order per partition) at once, each with one
+        obligation — being ingested — until ``settle`` gives it its own: none of them can become
+        committable before its batch is through ingest, even if that fails half-way."""
+        holds = [Hold(p, o, r, 1) for p, o, r in zip(partitions, offsets, refs)]
+        pending = self._pending
+        queue = None
+        last = None
+        for hold in holds:
+            if hold.partition != last:
+                last = hold.partition
+                queue = pending.get(last)
+                if queue is None:
+                    queue = pending[last] = deque()
+            queue.append(hold)  # type: ignore[union-attr]
+        self._size += len(holds)
+        return holds
+
+    def settle(self, hold: Hold, count: int) -> None:
+        """A message ``track_all`` registered has ``count`` obligations (instead of being ingested)."""
+        hold.count = count
+        if count == 0:
+            self._dirty.add(hold.partition)
+
     def release(self, hold: Hold, n: int = 1) -> None:
         """One (or ``n``) of the message's obligations is met."""
         hold.count -= n

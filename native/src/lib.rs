@@ -16,6 +16,7 @@
 pub mod avro;
 pub mod avro_ingest;
 pub mod facts;
+pub mod ingest;
 pub mod kept;
 pub mod proto;
 pub mod rekey;
@@ -686,6 +687,7 @@ fn tailsift_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     rekey::register(m)?;
     avro_ingest::register(m)?;
     facts::register(m)?;
+    ingest::register(m)?;
     kept::register(m)?;
     m.add_class::<sli::SliWindows>()?;
     m.add_class::<sli::Window>()?;

@@ -334,7 +334,7 @@ pub fn split(value: &[u8], plan: &OtlpPlan) -> Result<Vec<Vec<u8>>, Reject> {
 
 // ------------------------------------------------------------------ the batch call
 /// What the job does with one accepted message.
-enum Placed {
+pub(crate) enum Placed {
     /// on its trace's canonical partition, keyed by it: buffered where it arrived
     InPlace,
     /// re-published per trace: (key, partition or None, request)
@@ -345,14 +345,14 @@ enum Placed {
     TooLarge,
 }
 
-struct Placement {
-    scheme: Scheme,
-    partitions: u32,
-    max_record_bytes: usize,
-    max_copies_bytes: usize,
+pub(crate) struct Placement {
+    pub scheme: Scheme,
+    pub partitions: u32,
+    pub max_record_bytes: usize,
+    pub max_copies_bytes: usize,
 }
 
-fn place(
+pub(crate) fn place(
     value: &[u8],
     plan: &OtlpPlan,
     key: Option<&[u8]>,

@@ -350,6 +350,10 @@ pub struct SliWindows {
     /// a pointer compare replaces hashing the text (held, so no other object can take the address)
     recent: Vec<(Py<PyString>, u32)>,
     error: u32,
+    /// label ids of the decoders' kind and status texts (`crate::KINDS`, `crate::STATUSES`), by
+    /// index: `add_decoded` gets the index, not a string (made on first use)
+    kind_labels: [Option<u32>; 6],
+    status_labels: [Option<u32>; 3],
 }
 
 impl SliWindows {
@@ -366,7 +370,12 @@ impl SliWindows {
     }
 
     fn service_id(&mut self, py: Python<'_>, raw: &Bound<'_, PyString>) -> PyResult<u32> {
-        let text = raw.to_str()?;
+        self.service_id_of(py, raw.to_str()?)
+    }
+
+    /// `service_id` of a raw service name as text (the Python string is made only for the
+    /// protector, on a memo miss).
+    fn service_id_of(&mut self, py: Python<'_>, text: &str) -> PyResult<u32> {
         if let Some(&id) = self.service_memo.get(text) {
             return Ok(id);
         }
@@ -375,7 +384,7 @@ impl SliWindows {
         }
         let id = match &self.protect_service {
             Some(protect) => {
-                let label = protect.bind(py).call1((raw,))?;
+                let label = protect.bind(py).call1((PyString::new(py, text),))?;
                 let label = label.cast::<PyString>()?.to_str()?.to_owned();
                 self.admit_service(py, &label)
             }
@@ -386,11 +395,16 @@ impl SliWindows {
     }
 
     fn operation_id(&mut self, py: Python<'_>, service: u32, name: &Bound<'_, PyString>) -> PyResult<u32> {
-        let text = name.to_str()?;
+        self.operation_id_of(py, service, name.to_str()?)
+    }
+
+    /// `operation_id` of a raw span name as text (a Python string only for the sanitizer, on a
+    /// memo miss).
+    fn operation_id_of(&mut self, py: Python<'_>, service: u32, text: &str) -> PyResult<u32> {
         if let Some(&id) = self.operations.get(&service).and_then(|ops| ops.memo.get(text)) {
             return Ok(id);
         }
-        let label = self.sanitize.bind(py).call1((name,))?;
+        let label = self.sanitize.bind(py).call1((PyString::new(py, text),))?;
         let label = label.cast::<PyString>()?.to_str()?.to_owned();
         let ops = self.operations.entry(service).or_default();
         let id = match self.labels.get(&label).filter(|id| ops.admitted.contains(id)) {
@@ -411,6 +425,102 @@ impl SliWindows {
 }
 
 impl SliWindows {
+    /// Count one span in its window (`operators.sli.SliWindows.add_groups`' loop body); 1 when
+    /// this made the window hold `hold` (it releases the hold once when emitted), else 0.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn count(
+        &mut self,
+        partition: i64,
+        hold: Option<&Bound<'_, PyAny>>,
+        service: u32,
+        op: u32,
+        kind: u32,
+        status: u32,
+        start: i128,
+        end: i128,
+        root: bool,
+    ) -> PyResult<u64> {
+        let window_ns = self.window_ns as i128;
+        let mapping = self.mapping;
+        let window_start = end - end.rem_euclid(window_ns);
+        let window_start = i64::try_from(window_start)
+            .map_err(|_| PyValueError::new_err("span end time out of range"))?;
+        let key = (partition, service, window_start, op, kind, status);
+        let agg = self.open.entry(key).or_insert_with(|| Agg::new(partition));
+        let mut touched = 0;
+        if let Some(h) = hold {
+            if agg.holds.last().map(|last| last.as_ptr()) != Some(h.as_ptr()) {
+                agg.holds.push(h.clone().unbind());
+                touched = 1;
+            }
+        }
+        let mut latency_ms = (end - start) as f64 / NS_PER_MS;
+        if latency_ms <= 0.0 {
+            latency_ms = 0.0; // clock skew between hosts: count the span, not a negative latency
+        }
+        if latency_ms > mapping.min_possible {
+            agg.sketch.store.add(mapping.key(latency_ms), 1.0);
+        } else {
+            agg.sketch.zero_count += 1.0;
+        }
+        agg.sketch.count += 1.0;
+        agg.span_count += 1;
+        if latency_ms < agg.min_ms {
+            agg.min_ms = latency_ms;
+        }
+        if latency_ms > agg.max_ms {
+            agg.max_ms = latency_ms;
+        }
+        agg.sum_ms += latency_ms;
+        if status == self.error {
+            agg.error_count += 1;
+        }
+        if root {
+            agg.root_count += 1;
+        }
+        Ok(touched)
+    }
+
+    /// Count one span as the native decoders read it — no header dict: its raw service and span
+    /// name, the index of its kind in `crate::KINDS` and of its status in `crate::STATUSES` —
+    /// exactly as `add_groups` counts the header dict the decoders would build for it
+    /// (`tests/unit/test_native_ingest.py` holds both to the Python windows). Returns as `count`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_decoded(
+        &mut self,
+        py: Python<'_>,
+        partition: i64,
+        hold: Option<&Bound<'_, PyAny>>,
+        service: &str,
+        name: &str,
+        kind: usize,
+        status: usize,
+        start: i128,
+        end: i128,
+        root: bool,
+    ) -> PyResult<u64> {
+        let service = self.service_id_of(py, service)?;
+        let op = self.operation_id_of(py, service, name)?;
+        let kind = match self.kind_labels[kind] {
+            Some(id) => id,
+            None => {
+                let id = self.labels.id(py, crate::KINDS[kind]);
+                self.kind_labels[kind] = Some(id);
+                id
+            }
+        };
+        let status = match self.status_labels[status] {
+            Some(id) => id,
+            None => {
+                let id = self.labels.id(py, crate::STATUSES[status]);
+                self.status_labels[status] = Some(id);
+                id
+            }
+        };
+        self.count(partition, hold, service, op, kind, status, start, end, root)
+    }
+
     /// The label id of a kind or status text (few distinct values: see `recent`).
     fn small_label(&mut self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<u32> {
         let ptr = text.as_ptr();
@@ -485,6 +595,8 @@ impl SliWindows {
             open: HashMap::new(),
             recent: Vec::new(),
             error: 0,
+            kind_labels: [None; 6],
+            status_labels: [None; 3],
         };
         windows.error = windows.labels.id(py, "ERROR");
         Ok(windows)
@@ -553,10 +665,6 @@ impl SliWindows {
         let k_status = intern!(py, "status_code");
         let k_kind = intern!(py, "kind");
         let k_parent = intern!(py, "parent_span_id");
-        let hold_ptr = hold.as_ref().map(|h| h.as_ptr());
-        let window_ns = self.window_ns as i128;
-        let mapping = self.mapping;
-        let error = self.error;
         let mut touched = 0u64;
         for group in groups.try_iter()? {
             let group = group?;
@@ -573,41 +681,8 @@ impl SliWindows {
                 let op = self.operation_id(py, service, name.cast::<PyString>()?)?;
                 let status = self.small_label(py, &field(span, k_status)?)?;
                 let kind = self.small_label(py, &field(span, k_kind)?)?;
-                let window_start = end - end.rem_euclid(window_ns);
-                let window_start = i64::try_from(window_start)
-                    .map_err(|_| PyValueError::new_err("span end time out of range"))?;
-                let key = (partition, service, window_start, op, kind, status);
-                let agg = self.open.entry(key).or_insert_with(|| Agg::new(partition));
-                if let (Some(h), Some(ptr)) = (&hold, hold_ptr) {
-                    if agg.holds.last().map(|last| last.as_ptr()) != Some(ptr) {
-                        agg.holds.push(h.clone().unbind());
-                        touched += 1;
-                    }
-                }
-                let mut latency_ms = (end - start) as f64 / NS_PER_MS;
-                if latency_ms <= 0.0 {
-                    latency_ms = 0.0; // clock skew between hosts: count the span, not a negative latency
-                }
-                if latency_ms > mapping.min_possible {
-                    agg.sketch.store.add(mapping.key(latency_ms), 1.0);
-                } else {
-                    agg.sketch.zero_count += 1.0;
-                }
-                agg.sketch.count += 1.0;
-                agg.span_count += 1;
-                if latency_ms < agg.min_ms {
-                    agg.min_ms = latency_ms;
-                }
-                if latency_ms > agg.max_ms {
-                    agg.max_ms = latency_ms;
-                }
-                agg.sum_ms += latency_ms;
-                if status == error {
-                    agg.error_count += 1;
-                }
-                if span.get_item(k_parent)?.is_none_or(|p| p.is_none()) {
-                    agg.root_count += 1;
-                }
+                let root = span.get_item(k_parent)?.is_none_or(|p| p.is_none());
+                touched += self.count(partition, hold.as_ref(), service, op, kind, status, start, end, root)?;
             }
         }
         Ok(touched)

@@ -138,6 +138,45 @@ class NativeCodec:
                 out.append(Rekeyed(result[0]))
         return out
 
+    def counts(self, windows: Any) -> bool:
+        """Whether ``ingest_counted`` serves this codec with these SLI windows: OTLP protobuf, and
+        the native windows (``pipeline.job.sli``) the Rust decode counts every span in."""
+        return self.format == "otlp_proto" and isinstance(windows, _core.SliWindows)
+
+    def ingest_counted(
+        self,
+        batch: Any,
+        now_ns: int,
+        windows: Any,
+        holds: list,
+        rekey: bool,
+        placement: Any,
+        partitions: int,
+        max_record_bytes: int,
+        max_copies_bytes: int,
+    ) -> tuple[list, list[int]]:
+        """``decode_placed`` without a header dict per span (``native/src/ingest.rs``): one call into
+        Rust decodes, checks and — with ``rekey`` — places every message of ``batch`` (a
+        ``pipeline.job.records.Consumed``) and counts the spans of those that stay in ``windows``
+        under their ``holds`` entry (None: counted nowhere). Per message its verdict ``(reason,
+        detail)``, a list of ``(trace_id, span_count, has_root, newest_end)`` when it stays,
+        ``(copies, None)`` when re-keyed or ``(None, [...])`` when too large to re-key; and per
+        message how many windows now hold its hold."""
+        checks = (now_ns, self._limit_ns, self._max_skew_ns, self._limits)
+        return _core.ingest_otlp_counted(
+            batch.values,
+            batch.keys,
+            batch.partitions,
+            holds,
+            windows,
+            *checks,
+            rekey,
+            placement.name,
+            partitions,
+            max_record_bytes,
+            max_copies_bytes,
+        )
+
     def trace_headers(self, values: list[bytes], trace_ids: list[bytes]) -> list[list[dict]]:
         """Per (message, trace ID) — messages ``decode_batch`` accepted before — that trace's span
         headers in message order, as ``decode_batch`` gave them (``Codec.decode_trace``'s headers,

@@ -26,6 +26,39 @@ class Received:
 
 
 @dataclass(slots=True)
+class Consumed:
+    """A consumed batch as columns, one entry per message — what the data plane hands the job
+    without building an object per message (``Received`` is the one-message view of it, built
+    only where a message is dead-lettered or re-keyed). ``refs``: what the caller acks later."""
+
+    partitions: list[int]
+    offsets: list[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    timestamps_ms: list[int]
+    refs: list[Any]
+
+    @classmethod
+    def of(cls, messages: list[Received]) -> Consumed:
+        return cls(
+            [m.partition for m in messages],
+            [m.offset for m in messages],
+            [m.key for m in messages],
+            [m.value for m in messages],
+            [m.timestamp_ms for m in messages],
+            [m.ref for m in messages],
+        )
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def message(self, i: int) -> Received:
+        return Received(
+            self.partitions[i], self.offsets[i], self.keys[i], self.values[i], self.refs[i], self.timestamps_ms[i]
+        )
+
+
+@dataclass(slots=True)
 class Record:
     topic: str
     key: bytes | None

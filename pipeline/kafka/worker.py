@@ -53,7 +53,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline import metrics
 from pipeline.config import Config
-from pipeline.job import Job, Outbox, Received, Record
+from pipeline.job import Job, Outbox, Record
+from pipeline.job.records import Consumed
 from pipeline.kafka import clients
 from pipeline.kafka.checkpoint import Checkpoint
 from pipeline.kafka.producer import EmitError, OutputProducer
@@ -190,16 +191,7 @@ class Worker:
             self._rewind()
             messages = []  # fetched before the rewind's seek: read again from the committed offsets
         if messages:
-            now_ms = int(time.time() * 1000)
-            batch = []
-            for m in messages:
-                err = m.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer: %s", err)
-                    continue
-                batch.append(Received(m.partition(), m.offset(), m.key(), m.value(), now_ms, m.timestamp()[1]))
-            job.ingest(batch, time.time_ns())
+            job.ingest(self._columns(messages), time.time_ns())
         # decide at every step, not once per interval: a trace due now leaves in the open
         # transaction at once, and the interval's commit only adds the SLI partials and offsets.
         # Nothing buffered, nothing can be due: the lag report (librdkafka calls per partition) is
@@ -215,6 +207,27 @@ class Worker:
         if produced and time.monotonic() - self.last_flush >= self.interval:
             self._flush()  # (not produced: the write failed and the worker rewound, nothing to commit)
         self._backpressure()
+
+    @staticmethod
+    def _columns(messages: list) -> Consumed:
+        """The consumed messages as the job takes them: a column per field, no object per message
+        (each column one comprehension over librdkafka's messages); error events are logged and
+        left out."""
+        if any([m.error() is not None for m in messages]):
+            for m in messages:
+                err = m.error()
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer: %s", err)
+            messages = [m for m in messages if m.error() is None]
+        now_ms = int(time.time() * 1000)  # the batch's read time: each message's "since" if it heads a commit
+        return Consumed(
+            [m.partition() for m in messages],
+            [m.offset() for m in messages],
+            [m.key() for m in messages],
+            [m.value() for m in messages],
+            [m.timestamp()[1] for m in messages],
+            [now_ms] * len(messages),
+        )
 
     def _size_batch(self, messages: int, took: float) -> None:
         """``job.step_budget_ms`` > 0: the next consume()'s batch while a backlog is read (consume()

@@ -42,12 +42,13 @@ POLICIES = [
 ]
 
 
-def make_job(core: str, fmt: str) -> Job:
+def make_job(core: str, fmt: str, assemble: dict | None = None, rekey: bool = True) -> Job:
     sections = {
         "job": {"core": core, "processing_guarantee": "exactly_once"},
-        "ingest": {"format": fmt, "rekey": True} | ({"partitioning": "collector"} if fmt != "avro" else {}),
+        "ingest": {"format": fmt, "rekey": rekey} | ({"partitioning": "collector"} if fmt != "avro" else {}),
         "emit": {"format": fmt},
-        "assemble": {"decision_wait_ms": 1000, "max_spans_per_trace": 40},  # big traces sealed in ingest
+        # big traces sealed in ingest
+        "assemble": {"decision_wait_ms": 1000, "max_spans_per_trace": 40} | (assemble or {}),
         "sampling": {"policies": POLICIES},
         "privacy": {"enabled": True},
     }
@@ -180,17 +181,22 @@ def avro_messages() -> list[Received]:
 
 
 @pytest.mark.parametrize(
-    "fmt,messages",
+    "fmt,messages,assemble,rekey",
     [
-        ("otlp_proto", lambda: peer_messages(unkeyed=False)),
-        ("otlp_proto", lambda: peer_messages(unkeyed=True)),
-        ("avro", avro_messages),
+        ("otlp_proto", lambda: peer_messages(unkeyed=False), None, True),
+        ("otlp_proto", lambda: peer_messages(unkeyed=True), None, True),
+        ("avro", avro_messages, None, True),
+        # the native OTLP ingest hands the assembler a fragment's root and newest end, not its spans:
+        # decisions at the root's quiet gap, and in event time on the watermarks those ends move
+        ("otlp_proto", lambda: peer_messages(unkeyed=False), {"root_quiet_gap_ms": 200}, True),
+        ("otlp_proto", lambda: peer_messages(unkeyed=False), {"time": "event", "idle_partition_ms": 3000}, True),
+        ("otlp_proto", lambda: peer_messages(unkeyed=True), None, False),
     ],
-    ids=["otlp-keyed", "otlp-unkeyed", "avro"],
+    ids=["otlp-keyed", "otlp-unkeyed", "avro", "otlp-root-quiet", "otlp-event-time", "otlp-no-rekey"],
 )
-def test_native_and_python_cores_write_the_same_records(fmt, messages):
+def test_native_and_python_cores_write_the_same_records(fmt, messages, assemble, rekey):
     msgs = messages()
-    python, mine = make_job("python", fmt), make_job("native", fmt)
+    python, mine = make_job("python", fmt, assemble, rekey), make_job("native", fmt, assemble, rekey)
     assert python.codec.__class__.__name__ != "NativeCodec" and isinstance(mine.codec, native.NativeCodec)
     calls = {"python": 0, "native": 0, "rust": 0}
 
