@@ -14,11 +14,12 @@ the same transaction as the re-keyed copies of what was read, so a read time tha
 never runs ahead of its copies; a dead worker's partitions keep the last read time it committed
 until their next owner moves it, so they hold decisions instead of being skipped as idle.
 
-Reading: every ``REFRESH_S``, without blocking the worker's loop (AdminClient futures, looked at
-once per loop step):
+Reading: every ``REFRESH_S``, without blocking the worker's loop (a snapshot taken on a helper
+thread, ``pipeline.kafka.group_snapshot``, its future looked at once per loop step; not the
+AdminClient, which aborts the process after a broker restart — see there):
 
-1. the group's committed offsets of every input partition (``ListConsumerGroupOffsets``; not
-   ``require_stable``: what is committed, never a pending transaction's) → each partition's read time;
+1. the group's committed offsets of every input partition (not stable-only: what is committed,
+   never a pending transaction's) → each partition's read time;
 2. then the end offsets (``read_committed``: the last stable offset) of the partitions this worker
    owns — every copy the commits seen in 1 wrote lies below them.
 
@@ -42,8 +43,8 @@ own stream time, and records later than the grace period are dropped (``max.task
 waits for the co-partitioned inputs of one task). Flink's watermarks through a shuffle are the
 model: each downstream channel carries its upstreams' watermarks and an operator takes the
 minimum. Here the watermark travels in the committed offsets' metadata instead of in band, so
-exactly-once needs nothing new: the time and the copies commit together. Cheap: two small admin
-requests per ``REFRESH_S`` per worker, nothing per span.
+exactly-once needs nothing new: the time and the copies commit together. Cheap: two small requests
+per ``REFRESH_S`` per worker, nothing per span.
 """
 
 from __future__ import annotations
@@ -54,23 +55,22 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import TopicPartition
 
 from operators.read_progress import REACHED
 from pipeline.config import Config
-from pipeline.kafka import clients
 from pipeline.kafka.checkpoint import Checkpoint
+from pipeline.kafka.group_snapshot import GroupSnapshots
 
 log = logging.getLogger("tailsift")
 
-REFRESH_S = 0.25  # how often the group's read times are fetched (two admin requests)
+REFRESH_S = 0.25  # how often the group's read times are fetched (two requests)
 # a partition counts as re-keying (its read time waited for) this long after its reader last
 # re-keyed a message: long enough for producers that misplace now and then (an hourly batch job)
 REKEY_MEMORY_MS = 3_600_000
 # the floor of a partition that no other partition can send copies to: nothing to wait for
 NO_WAIT_MS = 1 << 52
-REQUEST_TIMEOUT_S = 10.0  # a broker away: the request fails, the next one is sent a period later
+REQUEST_TIMEOUT_S = 10.0  # a broker away: the snapshot fails, the next one is asked a period later
 # a caught-up partition's read time trails its owner's clock by this much: a message stamped
 # (CreateTime) before the commit may still be in its producer's linger or on the wire, not in the
 # high watermark librdkafka last saw
@@ -81,17 +81,22 @@ UNKNOWN_NS = -1
 class GroupReadTimes:
     """One worker's view of the group's read time, per owned partition."""
 
-    def __init__(self, config: Config, topic: str, partitions: int, admin: Any = None, clock=time.time):
-        self.admin = admin if admin is not None else AdminClient(clients.base(config))
+    def __init__(
+        self,
+        config: Config,
+        topic: str,
+        partitions: int,
+        snapshots: Any = None,
+        clock=time.time,
+    ):
+        self.snapshots = snapshots if snapshots is not None else GroupSnapshots(config, topic, partitions)
         # auto: wait only for partitions whose readers re-key (their checkpoints' rekeyed_ms)
         self.only_rekeying = config.assemble.group_read_time == "auto"
         self.clock = clock  # wall clock (s): the checkpoints' rekeyed_ms are worker-clock times
         self._waited: set[int] | None = None  # of step 1: the partitions waited for (None: all)
-        self.group = config.kafka.group_id
         self.topic = topic
         self.partitions = partitions
-        self._offsets: Future | None = None  # step 1 in flight
-        self._ends: dict[TopicPartition, Future] | None = None  # step 2 in flight
+        self._fetch: Future | None = None  # the snapshot being taken (group_snapshot)
         self._times: dict[int, int] = {}  # partition → committed read time (ms, -1: none), of step 1
         self._next_s = 0.0
         # owned partition → snapshots not read to yet: [(end offset, group read time ms)], the
@@ -130,45 +135,27 @@ class GroupReadTimes:
             self._pending.pop(p, None)
 
     def _poll(self, owned: set[int], now_s: float) -> None:
-        if self._ends is not None:
-            if not all(f.done() for f in self._ends.values()):
+        if self._fetch is not None:
+            if not self._fetch.done():
                 return
-            futures, self._ends = self._ends, None
+            future, self._fetch = self._fetch, None
             try:
-                ends = {tp.partition: f.result().offset for tp, f in futures.items()}
+                committed, ends = future.result()
             except Exception as exc:  # noqa: BLE001 - a broker away: the next refresh asks again
-                log.debug("group read times: end offsets unavailable (%s)", exc)
+                log.debug("group read times: snapshot unavailable (%s)", exc)
                 return
-            self._snapshot(owned, ends)
-            return
-        if self._offsets is not None:
-            if not self._offsets.done():
-                return
-            future, self._offsets = self._offsets, None
-            try:
-                result = future.result()
-            except Exception as exc:  # noqa: BLE001 - as above
-                log.debug("group read times: committed offsets unavailable (%s)", exc)
-                return
-            self._times = read_times(result.topic_partitions, self.topic)
+            self._times = read_times(committed, self.topic)
             if self.only_rekeying:
                 since = int(self.clock() * 1000) - REKEY_MEMORY_MS
-                self._waited = rekeying(result.topic_partitions, self.topic, since)
-            if owned:
-                self._ends = self.admin.list_offsets(
-                    {TopicPartition(self.topic, p): OffsetSpec.latest() for p in sorted(owned)},
-                    isolation_level=IsolationLevel.READ_COMMITTED,
-                    request_timeout=REQUEST_TIMEOUT_S,
-                )
+                self._waited = rekeying(committed, self.topic, since)
+            self._snapshot(owned, ends)
             return
         if now_s >= self._next_s:
             self._next_s = now_s + REFRESH_S
-            request = ConsumerGroupTopicPartitions(
-                self.group, [TopicPartition(self.topic, p) for p in range(self.partitions)]
-            )
-            self._offsets = self.admin.list_consumer_group_offsets(
-                [request], require_stable=False, request_timeout=REQUEST_TIMEOUT_S
-            )[self.group]
+            self._fetch = self.snapshots.fetch(sorted(owned), REQUEST_TIMEOUT_S)
+
+    def close(self) -> None:
+        self.snapshots.close()
 
     def _snapshot(self, owned: set[int], ends: dict[int, int]) -> None:
         floors = group_floors(self._times, self.partitions, self._waited)

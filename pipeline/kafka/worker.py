@@ -156,6 +156,8 @@ class Worker:
             # that hung, silent even to SIGTERM, after a broker restart. Leaving without it is a
             # crash the group handles (session timeout) and exactly-once survives (uncommitted).
         finally:
+            if self.group_read_times is not None:
+                self.group_read_times.close()
             self.producer.close()
         return code
 
