@@ -9,6 +9,7 @@ committed read times into a per-partition floor (``pipeline.kafka.read_times``).
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 
 from confluent_kafka import TopicPartition
@@ -213,6 +214,43 @@ def test_auto_waits_for_a_partition_whose_reader_rekeys():
     assert g.update({0}, {0: 40}, 2.0) == {0: REACHED}
 
 
+def test_auto_waits_at_once_for_a_partition_this_worker_rekeyed():
+    """No committed checkpoint says partition 1 re-keys, so partition 0 waits for nothing; then this
+    worker re-keys a message read from partition 1 (its copy goes to partition 0, unwritten until
+    the next commit): partition 0 waits for partition 1's read time at once — before, only once a
+    snapshot taken after that commit (every 250 ms) said partition 1 re-keys, so a trace due in
+    between was decided before its copy arrived (``test_rekeyed_read_time.py`` ran ``true`` for it)."""
+    snaps = FakeSnapshots()
+    g = read_times_with(snaps, make_job().config, clock=lambda: WALL_S)
+    g.update({0}, {0: 0}, 1.0)
+    snaps.answer({0: 100, 1: 200}, {0: 40})
+    assert g.update({0}, {0: 0}, 1.0) == {0: REACHED}
+    assert g.update({0}, {0: 0}, 1.0, rekeying={1}) == {0: 200 * MS}  # no new snapshot needed
+    assert g.update({0}, {0: 0}, 1.0, rekeying={0}) == {0: REACHED}  # its own partition: the local guard's
+    # the next snapshot waits for partition 1 as well (its checkpoint may not say so yet), once read to
+    g.update({0}, {0: 0}, 2.0, rekeying={1})
+    snaps.answer({0: 100, 1: 300}, {0: 50})
+    assert g.update({0}, {0: 49}, 2.0, rekeying={1}) == {0: 200 * MS}
+    assert g.update({0}, {0: 50}, 2.0, rekeying={1}) == {0: 300 * MS}
+
+
+def test_a_partition_rekeyed_without_a_committed_read_time_holds():
+    snaps = FakeSnapshots()
+    g = read_times_with(snaps, make_job().config, clock=lambda: WALL_S)
+    g.update({0}, {0: 0}, 1.0)
+    snaps.answer({0: 100}, {0: 40})  # nothing committed on partition 1 yet
+    assert g.update({0}, {0: 0}, 1.0) == {0: REACHED}
+    assert g.update({0}, {0: 0}, 1.0, rekeying={1}) == {0: rt.UNKNOWN_NS}
+
+
+def test_true_waits_for_every_partition_already():
+    snaps = FakeSnapshots()
+    g = read_times_with(snaps, make_job(assemble={"group_read_time": True}).config)
+    g.update({0}, {0: 0}, 1.0)
+    snaps.answer({0: 100, 1: 200}, {0: 0})
+    assert g.update({0}, {0: 0}, 1.0, rekeying={1}) == g.update({0}, {0: 0}, 1.0) == {0: 200 * MS}
+
+
 def test_a_failed_snapshot_keeps_what_is_in_force():
     snaps = FakeSnapshots()
     g = read_times_with(snaps, make_job(assemble={"group_read_time": True}).config)
@@ -295,6 +333,26 @@ def test_a_worker_commits_when_its_partitions_last_rekeyed(monkeypatch):
     assert published() == {}  # moved by less than a step
     job.rekeyed_ns[1] = NOW0 + worker_mod.REKEYED_MS_STEP * MS
     assert published() == {1: now_ms + worker_mod.REKEYED_MS_STEP}
+
+
+def test_a_worker_hands_the_partitions_it_rekeyed_to_the_exchange(monkeypatch):
+    """In auto mode the exchange is told at every step which owned partitions this worker re-keyed
+    from in the last hour — by itself (``Job.rekeyed_ns``) or, as restored, their last owner."""
+    monkeypatch.setattr(worker_mod, "Consumer", lambda conf: Consumer())
+    monkeypatch.setattr(worker_mod, "OutputProducer", lambda conf: None)
+    job = make_job()
+    w = worker_mod.Worker(job.config, job)
+    w.assigned = {0, 1, 2}
+    now_ns = time.time_ns()
+    job.rekeyed_ns[1] = now_ns
+    job.rekeyed_ns[0] = now_ns - (rt.REKEY_MEMORY_MS + 1_000) * MS  # over an hour ago
+    w.rekeyed_ms[2] = now_ns // MS - 60_000  # restored from its checkpoint
+    assert sorted(w._rekeying()) == [1, 2]
+    job = make_job(assemble={"group_read_time": True})  # every partition waited for already
+    w = worker_mod.Worker(job.config, job)
+    w.assigned = {1}
+    job.rekeyed_ns[1] = now_ns
+    assert w._rekeying() == []
 
 
 def test_the_job_notes_which_partitions_rekey():
