@@ -35,8 +35,9 @@ committed with the copies); a partition that did not within ``REKEY_MEMORY_MS`` 
 anyone and is left out. When no other partition re-keys, a snapshot lets every trace go at once,
 without reading to its end offset: input keyed by trace ID (``make bench``'s) waits for nothing.
 A worker does not wait for the poll to learn what it re-keyed itself: the partitions it re-keyed
-from lately (``update``'s ``rekeying``) are waited for at once. The price: a partition's *first* misplaced message after a quiet hour is not waited for — its
-trace may be decided before the copy arrives (a late span); the next ones are. ``true`` waits for
+from lately (``update``'s ``rekeying``) are waited for at once. The price: a partition's *first*
+misplaced message after a quiet hour is not waited for — its trace may be decided before the copy
+arrives (a late span); the next ones are. ``true`` waits for
 every partition, re-keying or not.
 
 Prior art: Kafka Streams has no read time across tasks — a repartition topic's task decides by its
