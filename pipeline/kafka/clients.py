@@ -117,6 +117,31 @@ def producer(config: Config, transactional_id: str | None) -> dict[str, Any]:
     return conf
 
 
+def group_offsets_reader(config: Config) -> dict[str, Any]:
+    """A reader of the job group's committed offsets (``pipeline.kafka.group_snapshot``): of the
+    group, but never a member (no subscribe, no assign, never commits)."""
+    return {
+        **base(config),
+        "group.id": config.kafka.group_id,
+        "enable.auto.commit": False,
+        # librdkafka asks OffsetFetch for stable offsets when read_committed: the broker would then
+        # answer nothing while any worker's transaction holds offsets — nearly always. What is
+        # committed is what the read times need (a pending transaction's offsets are not)
+        "isolation.level": "read_uncommitted",
+    }
+
+
+def end_offsets_reader(config: Config) -> dict[str, Any]:
+    """A reader of the input's end offsets (``pipeline.kafka.group_snapshot``): its watermark
+    queries answer the last stable offset. Never a member of its group."""
+    return {
+        **base(config),
+        "group.id": config.kafka.group_id,
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+    }
+
+
 def restore_consumer(config: Config) -> dict[str, Any]:
     """A group-less reader (assign() only, never commits) for the decision log."""
     import uuid

@@ -58,7 +58,7 @@ from pipeline.job.records import Consumed
 from pipeline.kafka import clients
 from pipeline.kafka.checkpoint import Checkpoint
 from pipeline.kafka.producer import EmitError, OutputProducer
-from pipeline.kafka.read_times import CAUGHT_UP_MARGIN_MS, GroupReadTimes
+from pipeline.kafka.read_times import CAUGHT_UP_MARGIN_MS, REKEY_MEMORY_MS, GroupReadTimes
 from pipeline.kafka.restore import RestoreError, read_decisions
 from pipeline.kafka.shutdown import ShutdownGuard
 
@@ -157,6 +157,8 @@ class Worker:
             # that hung, silent even to SIGTERM, after a broker restart. Leaving without it is a
             # crash the group handles (session timeout) and exactly-once survives (uncommitted).
         finally:
+            if self.group_read_times is not None:
+                self.group_read_times.close()
             self.producer.close()
         return code
 
@@ -323,7 +325,7 @@ class Worker:
                 self.group_read_times = GroupReadTimes(self.config, self.topic, self.job.input_partitions)
             positions = {p: self._fetch_from(p, pos) for p, (pos, _, _) in state.items()}
             self.job.assembler.set_group_read_times(
-                self.group_read_times.update(self.assigned, positions, time.monotonic())
+                self.group_read_times.update(self.assigned, positions, time.monotonic(), self._rekeying())
             )
         return [p for p, n in self._unread(state).items() if n]
 
@@ -338,6 +340,15 @@ class Worker:
         if mode is False or (mode == "auto" and not self.config.ingest.rekey):
             return False
         return self.job.assembler.guarded and self.job.input_partitions > 1
+
+    def _rekeying(self) -> list[int]:
+        """Owned partitions this worker (or, as restored, their last owner) re-keyed a message from
+        in the last ``REKEY_MEMORY_MS``: in auto mode the group read times wait for them at once,
+        not only once their next commit is in a snapshot (``GroupReadTimes.update``)."""
+        if self.config.assemble.group_read_time != "auto":
+            return []
+        since = int(time.time() * 1000) - REKEY_MEMORY_MS
+        return [p for p in self.assigned if self._rekeyed_mark(p) >= since]
 
     def _rekeyed_mark(self, p: int) -> int:
         """When a message read from ``p`` was last re-keyed (ms; -1: never), as the next checkpoint

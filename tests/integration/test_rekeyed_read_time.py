@@ -15,11 +15,13 @@ to the end, and vouches for everything stamped up to its owner's clock less a se
 lead, a slow test machine taking a second between the first span and the backlog would let the
 trace go before there is anything to wait for. The test waits on conditions only.
 
-The config sets ``assemble.group_read_time: true``: every partition is waited for. (The default,
-``auto``, waits only for partitions whose committed checkpoints say their readers re-key, learnt by
-polling; a decision wait of 50 ms can fall before the poll that learns it. Partition 1 still
-re-keys once first — one misplaced message of another trace, its copy committed with a checkpoint
-that says so — as any partition of a re-keying input has.)"""
+The config keeps the default ``assemble.group_read_time: auto``: only partitions that re-key are
+waited for. Partition 1 re-keys once first — one misplaced message of another trace, its copy
+committed with a checkpoint that says so — as any partition of a re-keying input has. The worker
+that re-keyed it waits for partition 1 from then on at once (``GroupReadTimes.update``'s
+``rekeying``); before, only once a snapshot of the committed checkpoints (every 250 ms) had read
+that commit, and a 50 ms decision wait could fall before it (CI failed so once: the test ran
+``true`` since, every partition waited for)."""
 
 from __future__ import annotations
 
@@ -129,10 +131,8 @@ def make_env(bootstrap: str, run_id: str, workdir: Path):
             "decision_wait_ms": WAIT_MS,
             "root_quiet_gap_ms": 0,
             "backlog_wait_factor": 1_000,
-            # on, not auto: auto learns that partition 1 re-keys from the committed checkpoints it
-            # polls (every 250 ms), and a 50 ms decision wait can fall before its next snapshot —
-            # the propagation delay README "Sampling semantics" states (CI failed so once)
-            "group_read_time": True,
+            # group_read_time: auto (the default) — this worker re-keyed from partition 1 (the
+            # warm-up), so it waits for partition 1 at once, without polling for it
         },
         sampling={"policies": [{"name": "errors", "type": "status_code", "status_codes": ["ERROR"]}]},
         job={

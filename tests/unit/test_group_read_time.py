@@ -9,6 +9,7 @@ committed read times into a per-partition floor (``pipeline.kafka.read_times``).
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 
 from confluent_kafka import TopicPartition
@@ -130,53 +131,51 @@ def test_a_checkpoint_without_a_read_time_decodes_as_unknown():
     assert Checkpoint.decode(Checkpoint(4, 7, 9, 11).encode()) == Checkpoint(4, 7, 9, 11)
 
 
-class FakeAdmin:
-    """Answers each request with a future the test completes."""
+class FakeSnapshots:
+    """Answers each snapshot (``GroupSnapshots.fetch``) with a future the test completes."""
 
     def __init__(self) -> None:
-        self.offsets: list[Future] = []
-        self.ends: list[dict] = []
+        self.asked: list[tuple[list[int], Future]] = []
 
-    def list_consumer_group_offsets(self, requests, require_stable, request_timeout):  # noqa: ANN001
-        assert not require_stable  # what is committed, never a pending transaction's offsets
+    def fetch(self, owned, timeout_s):  # noqa: ANN001
+        assert not self.asked or self.asked[-1][1].done()  # one at a time
         f: Future = Future()
-        self.offsets.append(f)
-        return {requests[0].group_id: f}
+        self.asked.append((owned, f))
+        return f
 
-    def list_offsets(self, specs, isolation_level, request_timeout):  # noqa: ANN001
-        futures = {tp: Future() for tp in specs}
-        self.ends.append(futures)
-        return futures
-
-
-class Committed:
-    def __init__(self, times: dict[int, int], rekeyed: dict[int, int] | None = None):
-        rekeyed = rekeyed or {}
-        self.topic_partitions = [
-            TopicPartition("in", p, 1, metadata=Checkpoint(0, 0, t, rekeyed.get(p, -1)).encode())
-            for p, t in times.items()
-        ]
+    def answer(self, times: dict[int, int], ends: dict[int, int], rekeyed: dict[int, int] | None = None) -> None:
+        """The last snapshot: the committed checkpoints' read times (and when their partitions
+        last re-keyed) and the end offsets of the partitions asked for."""
+        owned, f = self.asked[-1]
+        assert sorted(ends) == owned
+        f.set_result((committed(times, rekeyed), ends))
 
 
-class End:
-    def __init__(self, offset: int):
-        self.offset = offset
+def read_times_with(snapshots: FakeSnapshots, config, clock=None) -> rt.GroupReadTimes:  # noqa: ANN001
+    kw = {"clock": clock} if clock else {}
+    return rt.GroupReadTimes(config, "in", 2, snapshots=snapshots, **kw)
+
+
+def committed(times: dict[int, int], rekeyed: dict[int, int] | None = None) -> list[TopicPartition]:
+    """What ``Consumer.committed()`` answers: each partition's offset and checkpoint."""
+    rekeyed = rekeyed or {}
+    return [
+        TopicPartition("in", p, 1, metadata=Checkpoint(0, 0, t, rekeyed.get(p, -1)).encode()) for p, t in times.items()
+    ]
 
 
 def test_a_snapshot_counts_once_its_copies_are_read():
     """The group's read times are only in force on a partition once this worker has read it up to
     the end offset taken after them: the copies those commits wrote are then in their buffers."""
-    admin = FakeAdmin()
-    g = rt.GroupReadTimes(make_job(assemble={"group_read_time": True}).config, "in", 2, admin=admin)
-    assert g.update({0}, {0: 0}, 1.0) == {0: rt.UNKNOWN_NS}  # asks for the committed offsets
-    admin.offsets[0].set_result(Committed({0: 100, 1: 200}))
-    assert g.update({0}, {0: 0}, 1.0) == {0: rt.UNKNOWN_NS}  # then the end offsets of what it owns
-    admin.ends[0][TopicPartition("in", 0)].set_result(End(40))
+    snaps = FakeSnapshots()
+    g = read_times_with(snaps, make_job(assemble={"group_read_time": True}).config)
+    assert g.update({0}, {0: 0}, 1.0) == {0: rt.UNKNOWN_NS}  # asks for a snapshot
+    snaps.answer({0: 100, 1: 200}, {0: 40})
     assert g.update({0}, {0: 39}, 1.0) == {0: rt.UNKNOWN_NS}  # not read to offset 40 yet
     assert g.update({0}, {0: 40}, 1.0) == {0: 200 * MS}  # partition 1's read time, for partition 0
-    assert len(admin.offsets) == 1  # not before the refresh period
+    assert len(snaps.asked) == 1  # not before the refresh period
     g.update({0}, {0: 40}, 1.0 + rt.REFRESH_S)
-    assert len(admin.offsets) == 2
+    assert len(snaps.asked) == 2
     g.forget([0])  # rewound: read anew
     assert g.update({0}, {0: 40}, 1.0 + rt.REFRESH_S) == {0: rt.UNKNOWN_NS}
 
@@ -190,12 +189,10 @@ def test_auto_keyed_input_waits_for_nothing():
     Before (``true``, or auto before this change): the floor was partition 1's read time, in force only
     once partition 0 was read to offset 40 — in `make bench`'s drain that held every decision to
     the slowest partition (exactly_once p99 1.90 → 4.92 s; 27 s at 20K traces)."""
-    admin = FakeAdmin()
-    g = rt.GroupReadTimes(make_job().config, "in", 2, admin=admin, clock=lambda: WALL_S)
+    snaps = FakeSnapshots()
+    g = read_times_with(snaps, make_job().config, clock=lambda: WALL_S)
     g.update({0}, {0: 0}, 1.0)
-    admin.offsets[0].set_result(Committed({0: 100, 1: 200}))
-    g.update({0}, {0: 0}, 1.0)
-    admin.ends[0][TopicPartition("in", 0)].set_result(End(40))
+    snaps.answer({0: 100, 1: 200}, {0: 40})
     assert g.update({0}, {0: 0}, 1.0) == {0: REACHED}
 
 
@@ -203,35 +200,68 @@ def test_auto_waits_for_a_partition_whose_reader_rekeys():
     """Partition 1's checkpoint says its reader re-keyed a message a minute ago: partition 0 waits
     for its read time as it always did (the copies may be on their way); once that is an hour old,
     it no longer does."""
-    admin = FakeAdmin()
+    snaps = FakeSnapshots()
     now = [WALL_S]
-    g = rt.GroupReadTimes(make_job().config, "in", 2, admin=admin, clock=lambda: now[0])
+    g = read_times_with(snaps, make_job().config, clock=lambda: now[0])
     rekeyed_ms = int(WALL_S * 1000) - 60_000
     g.update({0}, {0: 0}, 1.0)
-    admin.offsets[0].set_result(Committed({0: 100, 1: 200}, {1: rekeyed_ms}))
-    g.update({0}, {0: 0}, 1.0)
-    admin.ends[0][TopicPartition("in", 0)].set_result(End(40))
+    snaps.answer({0: 100, 1: 200}, {0: 40}, {1: rekeyed_ms})
     assert g.update({0}, {0: 39}, 1.0) == {0: rt.UNKNOWN_NS}  # the copies: not read to offset 40 yet
     assert g.update({0}, {0: 40}, 1.0) == {0: 200 * MS}
     now[0] += rt.REKEY_MEMORY_MS / 1000
     g.update({0}, {0: 40}, 2.0)
-    admin.offsets[1].set_result(Committed({0: 100, 1: 300}, {1: rekeyed_ms}))
-    g.update({0}, {0: 40}, 2.0)
-    admin.ends[1][TopicPartition("in", 0)].set_result(End(50))
+    snaps.answer({0: 100, 1: 300}, {0: 50}, {1: rekeyed_ms})
     assert g.update({0}, {0: 40}, 2.0) == {0: REACHED}
 
 
-def test_a_failed_request_keeps_what_is_in_force():
-    admin = FakeAdmin()
-    g = rt.GroupReadTimes(make_job(assemble={"group_read_time": True}).config, "in", 2, admin=admin)
+def test_auto_waits_at_once_for_a_partition_this_worker_rekeyed():
+    """No committed checkpoint says partition 1 re-keys, so partition 0 waits for nothing; then this
+    worker re-keys a message read from partition 1 (its copy goes to partition 0, unwritten until
+    the next commit): partition 0 waits for partition 1's read time at once — before, only once a
+    snapshot taken after that commit (every 250 ms) said partition 1 re-keys, so a trace due in
+    between was decided before its copy arrived (``test_rekeyed_read_time.py`` ran ``true`` for it)."""
+    snaps = FakeSnapshots()
+    g = read_times_with(snaps, make_job().config, clock=lambda: WALL_S)
     g.update({0}, {0: 0}, 1.0)
-    admin.offsets[0].set_result(Committed({0: 100, 1: 200}))
+    snaps.answer({0: 100, 1: 200}, {0: 40})
+    assert g.update({0}, {0: 0}, 1.0) == {0: REACHED}
+    assert g.update({0}, {0: 0}, 1.0, rekeying={1}) == {0: 200 * MS}  # no new snapshot needed
+    assert g.update({0}, {0: 0}, 1.0, rekeying={0}) == {0: REACHED}  # its own partition: the local guard's
+    # the next snapshot waits for partition 1 as well (its checkpoint may not say so yet), once read to
+    g.update({0}, {0: 0}, 2.0, rekeying={1})
+    snaps.answer({0: 100, 1: 300}, {0: 50})
+    assert g.update({0}, {0: 49}, 2.0, rekeying={1}) == {0: 200 * MS}
+    assert g.update({0}, {0: 50}, 2.0, rekeying={1}) == {0: 300 * MS}
+
+
+def test_a_partition_rekeyed_without_a_committed_read_time_holds():
+    snaps = FakeSnapshots()
+    g = read_times_with(snaps, make_job().config, clock=lambda: WALL_S)
     g.update({0}, {0: 0}, 1.0)
-    admin.ends[0][TopicPartition("in", 0)].set_result(End(0))
+    snaps.answer({0: 100}, {0: 40})  # nothing committed on partition 1 yet
+    assert g.update({0}, {0: 0}, 1.0) == {0: REACHED}
+    assert g.update({0}, {0: 0}, 1.0, rekeying={1}) == {0: rt.UNKNOWN_NS}
+
+
+def test_true_waits_for_every_partition_already():
+    snaps = FakeSnapshots()
+    g = read_times_with(snaps, make_job(assemble={"group_read_time": True}).config)
+    g.update({0}, {0: 0}, 1.0)
+    snaps.answer({0: 100, 1: 200}, {0: 0})
+    assert g.update({0}, {0: 0}, 1.0, rekeying={1}) == g.update({0}, {0: 0}, 1.0) == {0: 200 * MS}
+
+
+def test_a_failed_snapshot_keeps_what_is_in_force():
+    snaps = FakeSnapshots()
+    g = read_times_with(snaps, make_job(assemble={"group_read_time": True}).config)
+    g.update({0}, {0: 0}, 1.0)
+    snaps.answer({0: 100, 1: 200}, {0: 0})
     assert g.update({0}, {0: 0}, 1.0) == {0: 200 * MS}
     g.update({0}, {0: 0}, 2.0)
-    admin.offsets[1].set_exception(RuntimeError("broker away"))
+    snaps.asked[-1][1].set_exception(RuntimeError("broker away"))
     assert g.update({0}, {0: 0}, 2.0) == {0: 200 * MS}
+    g.update({0}, {0: 0}, 3.0)
+    assert len(snaps.asked) == 3  # asked again a period later
 
 
 # ---------------------------------------------------------------- what a worker commits
@@ -303,6 +333,26 @@ def test_a_worker_commits_when_its_partitions_last_rekeyed(monkeypatch):
     assert published() == {}  # moved by less than a step
     job.rekeyed_ns[1] = NOW0 + worker_mod.REKEYED_MS_STEP * MS
     assert published() == {1: now_ms + worker_mod.REKEYED_MS_STEP}
+
+
+def test_a_worker_hands_the_partitions_it_rekeyed_to_the_exchange(monkeypatch):
+    """In auto mode the exchange is told at every step which owned partitions this worker re-keyed
+    from in the last hour — by itself (``Job.rekeyed_ns``) or, as restored, their last owner."""
+    monkeypatch.setattr(worker_mod, "Consumer", lambda conf: Consumer())
+    monkeypatch.setattr(worker_mod, "OutputProducer", lambda conf: None)
+    job = make_job()
+    w = worker_mod.Worker(job.config, job)
+    w.assigned = {0, 1, 2}
+    now_ns = time.time_ns()
+    job.rekeyed_ns[1] = now_ns
+    job.rekeyed_ns[0] = now_ns - (rt.REKEY_MEMORY_MS + 1_000) * MS  # over an hour ago
+    w.rekeyed_ms[2] = now_ns // MS - 60_000  # restored from its checkpoint
+    assert sorted(w._rekeying()) == [1, 2]
+    job = make_job(assemble={"group_read_time": True})  # every partition waited for already
+    w = worker_mod.Worker(job.config, job)
+    w.assigned = {1}
+    job.rekeyed_ns[1] = now_ns
+    assert w._rekeying() == []
 
 
 def test_the_job_notes_which_partitions_rekey():
