@@ -12,6 +12,7 @@ open record's offset, with the committed copy at 1)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -34,8 +35,6 @@ def transactional(cfg, name: str) -> Producer:  # noqa: ANN001
 def read_committed_to(cfg, topic: str, end: int, timeout: float = 60.0) -> list[bytes]:  # noqa: ANN001
     """What a read_committed reader of partition 0 gets before its position reaches ``end`` (or the
     timeout: then the position is short of it, which the caller asserts)."""
-    import time
-
     consumer = Consumer(
         {
             **clients.base(cfg),
