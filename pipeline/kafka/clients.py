@@ -133,12 +133,14 @@ def group_offsets_reader(config: Config) -> dict[str, Any]:
 
 def end_offsets_reader(config: Config) -> dict[str, Any]:
     """A reader of the input's end offsets (``pipeline.kafka.group_snapshot``): its watermark
-    queries answer the last stable offset. Never a member of its group."""
+    queries answer the high watermark — read_uncommitted, so not the last stable offset, which an
+    open transaction (a killed or zombie worker's, until it is aborted) holds below copies other
+    workers have committed since. Never a member of its group; never reads a record."""
     return {
         **base(config),
         "group.id": config.kafka.group_id,
         "enable.auto.commit": False,
-        "isolation.level": "read_committed",
+        "isolation.level": "read_uncommitted",
     }
 
 

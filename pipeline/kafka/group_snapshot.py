@@ -1,7 +1,7 @@
 """One snapshot for ``pipeline.kafka.read_times``, as a ``Future``, without waiting on the caller's
 thread: the consumer group's committed offsets (with their checkpoint metadata) of every input
-partition, then the end offsets (``read_committed``: the last stable offset) of the partitions the
-caller owns, taken after the first answer.
+partition, then the end offsets (the high watermark, see below) of the partitions the caller owns,
+taken after the first answer.
 
 Why not the AdminClient (what it used before, ``list_consumer_group_offsets`` and
 ``list_offsets`` futures) — both measured against a local broker killed and started again in a loop
@@ -24,8 +24,18 @@ Instead two consumers that never join the group (no subscribe, no assign, never 
 ``committed()`` — librdkafka's consumer-group offset fetch, the path every consumer's restore takes
 (no ``eonce``), read_uncommitted so it does not ask for stable offsets only (the broker would answer
 nothing while any worker's transaction holds offsets: nearly always) — and
-``get_watermark_offsets(cached=False)`` of a read_committed one (a ListOffsets without a leader
-epoch: the last stable offset). Both lived through every restart of that loop. They block (up to
+``get_watermark_offsets(cached=False)`` of a read_uncommitted one (a ListOffsets without a leader
+epoch: the high watermark). Both lived through every restart of that loop.
+
+Why the high watermark and not the last stable offset (what a read_committed reader's ListOffsets
+answers): a transaction left open on an owned partition — a worker killed or stopped mid-commit,
+open until it is fenced or times out — holds the LSO at its first record, below the copies other
+workers commit after it. The worker's read_committed position stops at that LSO too, so "read to
+the LSO" would count a snapshot whose copies were never read: traces decided without their re-keyed
+spans (``make chaos``: error traces missed with their ERROR copy above an aborted transaction's
+records). The high watermark is above every committed copy; the position passes it once the
+transactions open at the snapshot have ended (each live worker's within its commit interval, a dead
+one's when it is aborted) — the decisions wait that long, within the assembler's hard bound. They block (up to
 the timeout, waiting out a broker that is away), so each snapshot runs on a short-lived daemon
 thread; the caller asks again only once the last one is done: one at a time.
 """

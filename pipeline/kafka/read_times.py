@@ -20,8 +20,9 @@ AdminClient, which aborts the process after a broker restart — see there):
 
 1. the group's committed offsets of every input partition (not stable-only: what is committed,
    never a pending transaction's) → each partition's read time;
-2. then the end offsets (``read_committed``: the last stable offset) of the partitions this worker
-   owns — every copy the commits seen in 1 wrote lies below them.
+2. then the end offsets (the high watermark, not the last stable offset that a transaction left
+   open holds back: ``pipeline.kafka.group_snapshot``) of the partitions this worker owns — every
+   copy the commits seen in 1 wrote lies below them.
 
 A snapshot counts for an owned partition once the worker's position there reaches the end offset
 taken after it (the copies are read, so they are in their traces' buffers). The group read time of

@@ -101,5 +101,6 @@ def test_the_readers_never_join_the_group_and_read_what_is_committed():
         assert conf["group.id"] == cfg.kafka.group_id and conf["enable.auto.commit"] is False
     # stable-only offsets (read_committed) would answer nothing while a transaction holds offsets
     assert clients.group_offsets_reader(cfg)["isolation.level"] == "read_uncommitted"
-    # the end offsets: the last stable offset
-    assert clients.end_offsets_reader(cfg)["isolation.level"] == "read_committed"
+    # the end offsets: the high watermark, above copies committed behind an open transaction
+    # (tests/integration/test_read_times_broker_restart.py shows the broker's answers)
+    assert clients.end_offsets_reader(cfg)["isolation.level"] == "read_uncommitted"
