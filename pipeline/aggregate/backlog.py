@@ -21,8 +21,7 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.config_kafka import KafkaConfig
 from pipeline.kafka import clients
@@ -39,14 +38,14 @@ class Backlog:
         self.kafka = kafka
         self._settings = {
             # its own group, never joined (assign only) and never committed: the stage's group is only
-            # asked for its committed offsets, through the admin client
+            # asked for its committed offsets, by another consumer that never joins it (_committed)
             "group.id": f"{group_id}-backlog-probe",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 10,  # the probe waits for an answer, not for more data
         }
-        self._admin: AdminClient | None = None
+        self._offsets: Consumer | None = None
         self._consumer: Consumer | None = None
 
     def read(self, partition: int, offset: int) -> None:
@@ -98,11 +97,22 @@ class Backlog:
             consumer.unassign()
 
     def _committed(self, partition: int) -> int:
-        if self._admin is None:
-            self._admin = AdminClient(clients.connection(self.kafka))
-        request = ConsumerGroupTopicPartitions(self.group_id, [TopicPartition(self.topic, partition)])
-        answer = self._admin.list_consumer_group_offsets([request])[self.group_id].result(self.timeout_s)
-        return max((tp.offset for tp in answer.topic_partitions if tp.partition == partition), default=-1)
+        """The stage group's committed offset, asked by a consumer of that group that never joins it
+        (no subscribe, no assign): ``Consumer.committed``, not the AdminClient's
+        ``list_consumer_group_offsets``, which aborts the process after a broker restart
+        (``pipeline.kafka.group_snapshot`` has the librdkafka details). read_uncommitted: what is
+        committed, not stable offsets only (the broker answers none while a transaction holds some)."""
+        if self._offsets is None:
+            self._offsets = Consumer(
+                {
+                    **clients.connection(self.kafka),
+                    "group.id": self.group_id,
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_uncommitted",
+                }
+            )
+        answer = self._offsets.committed([TopicPartition(self.topic, partition)], timeout=self.timeout_s)
+        return max((tp.offset for tp in answer if tp.partition == partition), default=-1)
 
     def _probe(self) -> Consumer:
         if self._consumer is None:
@@ -110,6 +120,7 @@ class Backlog:
         return self._consumer
 
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        for consumer in (self._consumer, self._offsets):
+            if consumer is not None:
+                consumer.close()
+        self._consumer = self._offsets = None
