@@ -149,7 +149,9 @@ def _exactness(
     res.add("error traces dropped, error held by its producer (not promised)", ex.error_held_dropped)
     res.add("error traces dropped at the hard bound, error not read by then (not promised)", ex.error_bound_dropped)
     if ex.missed:  # why, per trace (pipeline.chaos.misses)
-        found = misses.classify(ex.missed, truth.sends, ex.copies, owners, outages or [], hard_bound_ns)
+        homes = {r[0]["input_partition"] for tid, r in ex.missed.items() if r and tid not in ex.excused}
+        aborted = misses.aborted(fleet.bootstrap, fleet.input_topic, homes)
+        found = misses.classify(ex.missed, truth.sends, ex.copies, owners, outages or [], hard_bound_ns, aborted)
         misses.report(found, res, fleet.workdir / "missed-error-traces.txt")
     res.add("spans of dropped traces kept", ex.dropped_leaked, "== 0")
     res.add("kept spans never produced", ex.unknown_kept, "== 0")
