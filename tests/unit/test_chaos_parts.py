@@ -250,3 +250,29 @@ def test_a_recovery_does_not_count_the_time_the_broker_was_away():
     late.figures(res)
     assert {f.name: f.value for f in res.figures}["recoveries without a first commit"] == 1
     assert "w1 (pid None) restarted 0 s into the scenario" in res.notes[0]
+
+
+def test_the_zombies_fenced_exit_is_shown_apart_and_nothing_else_is_forgiven():
+    """The resumed zombie's producer is fenced (its transaction was aborted while it slept): the
+    worker ends with exit 3 for its supervisor to restart, as README "Guarantees" says. Before, that
+    failed the zombie scenario ("worker exits (unplanned)" 1, make chaos 2026-11-29: INVALID_TXN_STATE
+    aborting after "partitions lost"); the survivor's exits, and the zombie's of any other code,
+    still count."""
+    from types import SimpleNamespace as NS
+
+    from pipeline.chaos.scenarios import _fleet_figures
+
+    def worker(name: str, codes: list[int]) -> NS:
+        return NS(name=name, planned_kills=0, unplanned_exits=len(codes), exit_codes=codes, peak_rss=0, triggers={})
+
+    def figures(survivor: NS, zombie: NS) -> dict:
+        fleet = NS(workers=[survivor, zombie], peak_lag=0, decision_points=dict)
+        res = ScenarioResult("zombie")
+        _fleet_figures(res, fleet, "== 0", fenced=zombie)
+        return {f.name: (f.value, f.ok) for f in res.figures if "exits" in f.name}
+
+    assert figures(worker("w0", []), worker("w1", [3])) == {
+        "worker exits (unplanned)": (0, True),
+        "w1 exits fenced (exit 3, restarted)": (1, True),
+    }
+    assert figures(worker("w0", [3]), worker("w1", [1, 3]))["worker exits (unplanned)"] == (2, False)
