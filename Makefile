@@ -92,7 +92,8 @@ otelcol:
 bench-peer: venv kafka-fetch otelcol
 	$(VPY) -m pipeline.peerbench $(PEER_ARGS)
 
-# Starts its own broker instance (.kafka/chaos-*), removed afterwards; CHAOS_ARGS e.g. --scenario fuzz
+# Starts its own broker instance (.kafka/chaos-*), removed afterwards; CHAOS_ARGS e.g. --scenario fuzz.
+# Takes 14-23 min on a loaded 2-core machine (README "Guarantees").
 CHAOS_ARGS ?=
 chaos: venv kafka-fetch
 	$(VENV)/bin/tailsift chaos --profile full $(CHAOS_ARGS)

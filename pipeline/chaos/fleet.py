@@ -96,6 +96,7 @@ class Worker:
     starts: int = 0
     planned_kills: int = 0
     unplanned_exits: int = 0
+    exit_codes: list[int] = field(default_factory=list)  # of each unplanned exit, in order
     started_at: float = 0.0
     # (wall-clock ns, "start" | "kill" | "exit"): when each incarnation began and ended, for the
     # classification of missed error traces (pipeline.chaos.misses)
@@ -210,6 +211,7 @@ class Fleet:
         for w in self.workers:
             if w.job is not None and not w.alive() and w.unplanned_exits < MAX_REVIVES:
                 w.unplanned_exits += 1
+                w.exit_codes.append(w.job.proc.returncode)
                 w.events.append((time.time_ns(), "exit"))
                 w.start()
                 n += 1

@@ -14,16 +14,31 @@ counted apart, and checked for what is promised instead:
   passed by them before it arrives ("Not covered" in Sampling semantics). Checked instead: the
   trace has one decision and none of its spans is in ``traces.kept`` (a late span of a dropped
   trace is dropped).
-- ``bound``: the trace was decided ``backlog_wait_factor`` × ``decision_wait`` or more after its
-  first message reached its partition, and its ERROR spans reached that partition (a copy's
-  timestamp is when it was re-keyed) only after the decision — the hard bound, which keeps a
-  partition read far behind (a killed worker's, unread until the group moves it) from stalling
-  decisions, let it go on what it had. Checked instead: not decided before that bound.
+- ``bound``: the hard bound, which keeps a partition read far behind (a killed worker's, unread
+  until the group moves it; its own, re-read from its low watermark after every move) from
+  stalling decisions, let the trace go on what its reader had read. Shown from outside in one of
+  two ways: (a) it was decided ``backlog_wait_factor`` × ``decision_wait`` or more after its first
+  message reached its partition, and its ERROR spans reached that partition (a copy's timestamp is
+  when it was re-keyed) only after the decision; or (b) it was decided that long after its partition
+  was assigned to the reader that decided it — the bound counts from when that reader first read
+  the trace, no earlier than the assignment — and at most ``BOUND_SLACK_S`` more (a decision the
+  read times released at another moment is not excused): the ERROR spans were in the partition,
+  but behind what the reader had read (a dropped trace with its ERROR span read would have been
+  kept). Checked instead: not decided before that bound.
 
 Every other miss is the job's. The classes the report prints, first match: ``held by its
-producer``, ``decided at the hard bound, error arrived after``, ``error arrived after the decision``
-(decided before the bound, its error not there yet: the read times let it go), ``error arrived
+producer``, ``decided at the hard bound, error not read by then``, ``error arrived after the
+decision`` (decided before the bound, its error not there yet: the read times let it go), ``error
+arrived before the decision, above an aborted transaction`` (see ``ABORTED_BELOW``), ``error arrived
 before the decision`` (it was there to be read), ``error copy not found``.
+
+``ABORTED_BELOW``: the error's message sat in the trace's partition above a record of a transaction
+that was aborted, written up to ``ABORTED_WINDOW_S`` before it — a worker killed mid-transaction,
+whose transaction stayed open until fenced or timed out. While it was open the partition's
+``read_committed`` end offset (its last stable offset) stayed below the error's message, though the
+commit that wrote the message was visible; the group's read time takes that end offset as
+"every copy those commits wrote lies below it" (``pipeline.kafka.read_times``, step 2). Shown, not
+excused: it is the job's miss.
 """
 
 from __future__ import annotations
@@ -44,6 +59,16 @@ from pipeline.kafka import clients
 # 1 s (pipeline.kafka.read_times.CAUGHT_UP_MARGIN_MS), and a delivery report seen on a loaded
 # machine trails the write by up to about a second more
 HELD_S = 2.0
+# (b) of ``bound``: the hard bound fires when the reader has held the trace that long; it first read
+# it after the assignment (the trace's oldest message is read first when it holds the committed
+# offset, as the traces a worker holds across moves do) — a decision later than this after the
+# bound is not taken for the bound
+BOUND_SLACK_S = 30.0
+ABORTED_BELOW = "error arrived before the decision, above an aborted transaction"
+# a killed worker's transaction stays open until its restart fences it or the coordinator times it
+# out (transaction.timeout.ms 10 s, checked every 10 s): what was written that long before the error
+# may have held the partition's stable offset below it
+ABORTED_WINDOW_S = 20.0
 _LOG_LINE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ tailsift: partitions (assigned|revoked|lost): \[([\d, ]*)\]"
 )
@@ -97,6 +122,15 @@ class Owners:
             owner = name
         return owner
 
+    def since(self, partition: int, t_ns: int) -> tuple[str, int] | None:
+        """Who read ``partition`` at ``t_ns`` and since when it held it (ns), None when nobody did."""
+        held = None
+        for t, name in self._timeline.get(partition, ()):
+            if t > t_ns:
+                break
+            held = (name, t) if name is not None else None
+        return held
+
     def unowned_s(self, partition: int, t0: int, t1: int) -> float:
         """Seconds of [t0, t1] in which nobody read ``partition``."""
         total, owner, since = 0, self.at(partition, t0), t0
@@ -113,7 +147,7 @@ class Owners:
         return total / 1e9
 
 
-EXCUSED = {"held": "held by its producer", "bound": "decided at the hard bound, error arrived after"}
+EXCUSED = {"held": "held by its producer", "bound": "decided at the hard bound, error not read by then"}
 
 
 def copies(bootstrap: str, topic: str, wanted: dict[int, set[bytes]], timeout: float = 120) -> dict[bytes, list]:
@@ -155,10 +189,72 @@ def copies(bootstrap: str, topic: str, wanted: dict[int, set[bytes]], timeout: f
     return out
 
 
-def excuse(records: list[dict], sends: list[Send], found: list, hard_bound_ns: int | None) -> str | None:
+def aborted(bootstrap: str, topic: str, partitions: set[int], timeout: float = 120) -> dict[int, list[tuple[int, int]]]:
+    """Per partition, the records of aborted (or still open) transactions: (offset, CreateTime ms) —
+    in the log (``read_uncommitted``) but not among what ``read_committed`` readers get."""
+    if not partitions:
+        return {}
+    committed = {p: set() for p in partitions}
+    every: dict[int, list[tuple[int, int]]] = {p: [] for p in partitions}
+    for level in ("read_committed", "read_uncommitted"):
+        for msg in _read_partitions(bootstrap, topic, partitions, level, timeout):
+            if level == "read_committed":
+                committed[msg.partition()].add(msg.offset())
+            elif msg.offset() not in committed[msg.partition()]:
+                every[msg.partition()].append((msg.offset(), msg.timestamp()[1]))
+    return every
+
+
+def _read_partitions(bootstrap: str, topic: str, partitions: set[int], isolation: str, timeout: float):
+    c = Consumer(
+        {
+            **clients.connection(bootstrap),
+            "group.id": "tailsift-chaos-misses",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": isolation,
+        }
+    )
+    try:
+        c.assign([TopicPartition(topic, p, 0) for p in sorted(partitions)])
+        open_parts = set(partitions)
+        deadline = time.monotonic() + timeout
+        while open_parts and time.monotonic() < deadline:
+            for msg in c.consume(1000, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        open_parts.discard(msg.partition())
+                    continue
+                yield msg
+        if open_parts:
+            raise TimeoutError(f"{topic}: partitions {sorted(open_parts)} not read to their end in {timeout:.0f} s")
+    finally:
+        c.close()
+
+
+def aborted_below(s: Send, home: int, found: list, aborted_here: list[tuple[int, int]]) -> tuple[int, int, int] | None:
+    """For the ERROR message ``s``: (its offset on the trace's partition, the offset of an aborted
+    record below it written at most ``ABORTED_WINDOW_S`` before it, seconds between), or None."""
+    if s.partition == home:
+        at = [(s.offset, s.created_ms)]
+    else:
+        at = [(off, ts) for p, off, ts, dg in found if p == home and dg == s.digest and off != s.offset]
+    for off, ts in sorted(at, key=lambda a: a[1])[:1]:
+        below = [(o, t) for o, t in aborted_here if o < off and 0 <= ts - t <= ABORTED_WINDOW_S * 1000]
+        if below:
+            o, t = max(below)
+            return off, o, ts - t
+    return None
+
+
+def excuse(
+    records: list[dict], sends: list[Send], found: list, hard_bound_ns: int | None, owners: Owners | None = None
+) -> str | None:
     """``held`` or ``bound`` when the README does not promise to keep this error trace (module
     docstring), else None. ``found``: its messages on its partition (``copies``); ``records``: its
-    decision records (all of them drop: a kept one would have put it in traces.kept)."""
+    decision records (all of them drop: a kept one would have put it in traces.kept); ``owners``:
+    who read which partition when (None: not known, (b) of ``bound`` is not shown)."""
     if not records or any(r["keep"] for r in records):
         return None
     decided = min(r["decided_at_unix_nano"] for r in records)
@@ -175,7 +271,16 @@ def excuse(records: list[dict], sends: list[Send], found: list, hard_bound_ns: i
     first = min(a for a in arrivals if a is not None)
     if hard_bound_ns is not None and min(error_at) > decided and decided - first >= hard_bound_ns:
         return "bound"
+    held = reader_held_ns(owners, home, decided)
+    if hard_bound_ns is not None and held is not None and 0 <= held - hard_bound_ns <= BOUND_SLACK_S * 1e9:
+        return "bound"
     return None
+
+
+def reader_held_ns(owners: Owners | None, partition: int, t_ns: int) -> int | None:
+    """How long the reader of ``partition`` at ``t_ns`` had held it (ns), None when not known."""
+    held = owners.since(partition, t_ns) if owners is not None else None
+    return t_ns - held[1] if held is not None else None
 
 
 def _arrival(s: Send, home: int, found: list) -> int | None:
@@ -194,14 +299,27 @@ def classify(
     owners: Owners,
     outages: list[tuple[int, int]],
     hard_bound_ns: int,
+    aborted_records: dict[int, list[tuple[int, int]]] | None = None,
 ) -> list[Miss]:
+    """``aborted_records``: per partition, the records of aborted transactions (``aborted``)."""
     out = []
     for tid, records in missed.items():
-        out.append(_one(tid, records, sends.get(tid, []), found.get(tid, []), owners, outages, hard_bound_ns))
+        out.append(
+            _one(
+                tid,
+                records,
+                sends.get(tid, []),
+                found.get(tid, []),
+                owners,
+                outages,
+                hard_bound_ns,
+                aborted_records or {},
+            )
+        )
     return out
 
 
-def _one(tid, records, sends, found, owners: Owners, outages, hard_bound_ns: int) -> Miss:
+def _one(tid, records, sends, found, owners: Owners, outages, hard_bound_ns: int, aborted_records: dict) -> Miss:
     name = tid.hex()[:12]
     if not records:
         return Miss(tid, "no decision record", f"{name}: no decision record")
@@ -231,7 +349,7 @@ def _one(tid, records, sends, found, owners: Owners, outages, hard_bound_ns: int
             f"{f', unread {idle:.1f}s before the decision' if idle >= 0.5 else ''})"
         )
 
-    why = excuse(records, sends, found, hard_bound_ns)
+    why = excuse(records, sends, found, hard_bound_ns, owners)
     error_at = [_arrival(s, home, found) for s in errors if not s.late]
     if why is not None:
         cls = EXCUSED[why]
@@ -241,10 +359,27 @@ def _one(tid, records, sends, found, owners: Owners, outages, hard_bound_ns: int
         cls = "error arrived after the decision"
     else:
         cls = "error arrived before the decision"
+    below = ""
+    if cls == "error arrived before the decision":
+        for e in errors:
+            if e.late:
+                continue
+            hit = aborted_below(e, home, found, aborted_records.get(home, []))
+            if hit is not None:
+                cls = ABORTED_BELOW
+                below = (
+                    f"; its ERROR at p{home}@{hit[0]} sat above p{home}@{hit[1]}, a record of a transaction"
+                    f" aborted later, written {hit[2] / 1000:.1f}s before it"
+                )
+                break
+    held = reader_held_ns(owners, home, decided)
     line = (
-        f"{name} p{home} decided {rel(decided)} (reader {owners.at(home, decided) or '-'}, "
+        f"{name} p{home} decided {rel(decided)} (reader {owners.at(home, decided) or '-'}"
+        + (f", who had held p{home} {held / 1e9:.1f}s" if held is not None else "")
+        + ", "
         f"{len(records)} record(s), {d['policy'] or '-'}/{d['reason']}): {cls}; "
         + "; ".join(show(s) for s in sorted(sends, key=lambda s: s.created_ms))
+        + below
     )
     return Miss(tid, cls, line)
 

@@ -181,6 +181,8 @@ def test_recoveries_are_watched_while_the_storm_goes_on():
             return self.flushes
 
     class Worker:
+        name = "w0"
+
         def __init__(self, started_at: float) -> None:
             self.started_at, self.job = started_at, Job()
 
@@ -204,3 +206,73 @@ def test_recoveries_are_watched_while_the_storm_goes_on():
         "recoveries cut short by the next kill": 1,
         "recovery s (restart→first commit, max)": 5.0,
     }
+
+
+def test_a_recovery_does_not_count_the_time_the_broker_was_away():
+    """A worker restarted just before a broker restart cannot commit until the broker is back. Before,
+    the 120 s ran through the outage: on a loaded machine the broker took 86 s to come back, the
+    harness did not poll while it restarted it, and a restart whose first commit came 40 s of broker
+    time after it counted as a recovery without a first commit (make chaos, 2026-11-29)."""
+    from pipeline.chaos.scenarios import _Recoveries
+
+    class Job:
+        flushes = 0
+
+        def metric(self, name: str) -> float:
+            return self.flushes
+
+    class Worker:
+        name, started_at, job = "w1", 0.0, Job()
+
+        def alive(self) -> bool:
+            return True
+
+    w = Worker()
+    r = _Recoveries()
+    r.started(w)
+    assert r.poll(5.0, force=True)
+    r.broker_away(10.0, 100.0)  # the harness restarts the broker synchronously: no poll meanwhile
+    w.job.flushes = 1
+    assert not r.poll(130.0, force=True)
+    res = ScenarioResult("crash storm")
+    r.figures(res)
+    figures = {f.name: f.value for f in res.figures}
+    assert figures == {
+        "recoveries without a first commit": 0,
+        "recoveries cut short by the next kill": 0,
+        "recovery s (restart→first commit, max)": 40.0,
+    }
+    # with the broker up the whole time, the same silence past 120 s is a recovery that failed
+    late = _Recoveries()
+    late.started(Worker())
+    assert not late.poll(121.0, force=True)
+    res = ScenarioResult("crash storm")
+    late.figures(res)
+    assert {f.name: f.value for f in res.figures}["recoveries without a first commit"] == 1
+    assert "w1 (pid None) restarted 0 s into the scenario" in res.notes[0]
+
+
+def test_the_zombies_fenced_exit_is_shown_apart_and_nothing_else_is_forgiven():
+    """The resumed zombie's producer is fenced (its transaction was aborted while it slept): the
+    worker ends with exit 3 for its supervisor to restart, as README "Guarantees" says. Before, that
+    failed the zombie scenario ("worker exits (unplanned)" 1, make chaos 2026-11-29: INVALID_TXN_STATE
+    aborting after "partitions lost"); the survivor's exits, and the zombie's of any other code,
+    still count."""
+    from types import SimpleNamespace as NS
+
+    from pipeline.chaos.scenarios import _fleet_figures
+
+    def worker(name: str, codes: list[int]) -> NS:
+        return NS(name=name, planned_kills=0, unplanned_exits=len(codes), exit_codes=codes, peak_rss=0, triggers={})
+
+    def figures(survivor: NS, zombie: NS) -> dict:
+        fleet = NS(workers=[survivor, zombie], peak_lag=0, decision_points=dict)
+        res = ScenarioResult("zombie")
+        _fleet_figures(res, fleet, "== 0", fenced=zombie)
+        return {f.name: (f.value, f.ok) for f in res.figures if "exits" in f.name}
+
+    assert figures(worker("w0", []), worker("w1", [3])) == {
+        "worker exits (unplanned)": (0, True),
+        "w1 exits fenced (exit 3, restarted)": (1, True),
+    }
+    assert figures(worker("w0", [3]), worker("w1", [1, 3]))["worker exits (unplanned)"] == (2, False)
