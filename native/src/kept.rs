@@ -590,7 +590,7 @@ impl Answers {
 }
 
 /// An attribute's answer when protection changes it in a way the writer can write itself
-/// (`otlp_kept_native.NativeKeptWriter._replacement`): `[3]`, then the `Span.attributes` field
+/// (`otlp_kept_native.NativeKeptWriter._attribute`): `[3]`, then the `Span.attributes` field
 /// bytes it leaves as (none when dropped), its output key (0: dropped, else 1 and the key) and its
 /// audit counts in order — lengths and numbers as varints.
 const REPLACED: u8 = 3;

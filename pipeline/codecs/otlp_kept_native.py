@@ -10,7 +10,7 @@ distinct inputs its bounded memo has no answer for (once per round of a call), a
 with ``KeptWriter``'s own rules (``_attribute_unchanged``, ``Protector.*_unchanged``,
 ``with_threshold``). A span some answer (or the dict shape: a ``kvlist``, a dropped count) says
 protection changes comes back as its raw bytes and takes ``KeptWriter``'s reference path alone
-(``_rebuilt``) — unless only its own attributes change, each into what ``_replacement`` answers
+(``_rebuilt``) — unless only its own attributes change, each into what ``_attribute`` answers
 (a tokenized e-mail: every kept root span of the peer benchmark), which Rust writes as
 ``_rebuilt`` would; one Rust does not read as protobuf would (a singular field given twice, oneof
 members replacing each other) goes to ``KeptWriter._span``, which decides and writes it as it
@@ -132,9 +132,7 @@ class NativeKeptWriter:
         out: list[Any] = []
         for kind, a, b in questions:
             if kind == _ATTRIBUTE:
-                kv = KeyValue.FromString(a)
-                ok = writer._attribute_unchanged(kv, None)
-                out.append(1 if ok is True else 2 if ok is _IN_CONTEXT else self._replacement(kv))
+                out.append(self._attribute(KeyValue.FromString(a)))
             elif kind == _IN_MAP_CONTEXT:
                 found = [KeyValue.FromString(x) for x in b]
                 context = {kv.key: value_to_py(kv.value) for kv in found}
@@ -151,25 +149,32 @@ class NativeKeptWriter:
                 raise ValueError(f"unknown question kind {kind}")
         return out
 
-    def _replacement(self, kv: KeyValue) -> tuple[bytes, str | None, tuple] | int:
-        """What protection makes of an attribute ``_attribute_unchanged`` says it changes, for
-        Rust to write the span as ``KeptWriter._rebuilt`` would (``native/src/kept.rs``
-        ``Replacement``): the ``Span.attributes`` fields ``fill_attrs`` writes of
-        ``Protector.protect_attribute``'s output (none: dropped), its key and its audit counts —
-        the same in any map, as the key reads no context. 0 (the reference path) for what that
-        cannot stand for: a value the dict shape changes, tailsift's own keys (the annotations
-        replace them in place), no protector."""
+    def _attribute(self, kv: KeyValue) -> int | tuple[bytes, str | None, tuple]:
+        """``KeptWriter._attribute_unchanged(kv, None)`` as Rust reads it — 1 unchanged, 2 in
+        context, 0 changed — except that a change Rust can write itself comes as what protection
+        makes of the attribute (``native/src/kept.rs`` ``Replacement``): the ``Span.attributes``
+        fields ``fill_attrs`` writes of ``Protector.protect_attribute``'s output (none: dropped),
+        its key and its audit counts — the same in any map, as the key reads no context. The
+        reference path's own (0) for what that cannot stand for: a value the dict shape changes,
+        tailsift's own keys (the annotations replace them in place). One protection per attribute
+        answers both questions (``attribute_unchanged`` is ``leaves_attribute`` of it)."""
         protector = self.writer.protector
         key = kv.key
         if protector is None or key in _OWN_KEYS or key.startswith(_OWN_KEYS_PREFIX):
-            return 0
+            ok = self.writer._attribute_unchanged(kv, None)  # no protection: shapes and own keys only
+            return 1 if ok is True else 2 if ok is _IN_CONTEXT else 0
         value = kv.value
         which = value.WhichOneof("value")
         if which not in _SCALARS and (
             which != "array_value" or any(x.WhichOneof("value") in _NESTED for x in value.array_value.values)
         ):
-            return 0
-        out, counts = protector.protect_attribute(key, value_to_py(value), None)
+            return 0  # written as a JSON string by the reference path (or, no value, without one)
+        if protector.reads_context(key):
+            return 2
+        py = value_to_py(value)
+        out, counts = protector.protect_attribute(key, py, None)
+        if protector.leaves_attribute(key, py, out, counts):
+            return 1
         safe = next(iter(out), None)
         if safe is not None and (safe in _OWN_KEYS or safe.startswith(_OWN_KEYS_PREFIX)):
             return 0

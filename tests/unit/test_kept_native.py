@@ -213,7 +213,7 @@ def test_hostile_encodings_are_written_as_keptwriter_writes_them(privacy, value,
 # ------------------------------------------------------------------ spans rebuilt in Rust
 # Spans whose only change is in their own attributes (a tokenized e-mail on an otherwise clean
 # span: the peer benchmark's every kept root span): Rust writes them as ``KeptWriter._rebuilt``
-# does, from Python's ``_replacement`` answers. Mostly clean texts, so most spans reach that path;
+# does, from Python's ``_attribute`` answers. Mostly clean texts, so most spans reach that path;
 # keys that leave under another key, merge, read their map's context or are tailsift's own, PII
 # in events and links, values the dict shape changes — each must still be written as the Python
 # writer writes it.
