@@ -20,6 +20,14 @@
 //! reached: `KeptWriter`'s bounds). The map-level rules (a repeated key, statements judged in their
 //! map's context) are `KeptWriter._map_unchanged`'s.
 //!
+//! A span whose only change is in its own attributes — each changed one protected on its own, as
+//! `Protector.protect_attribute` does it, into at most one attribute under a key no other leaves
+//! under (a tokenized e-mail, a redacted secret) — is rebuilt here as well: Python answers such an
+//! attribute with what it becomes (its encoded fields, its key, its audit counts: a `Replacement`,
+//! remembered like any answer), and the span is written as `KeptWriter._rebuilt` writes it. Any
+//! other change (a name, a text, an event's or link's attribute, a SQL statement in its map's
+//! context, keys that would merge) takes `_rebuilt` itself.
+//!
 //! Safety: the byte work runs under `catch_unwind`; a panic hands the whole message to the Python
 //! path (`None`), never aborts.
 
@@ -389,13 +397,32 @@ fn plan_span<'a>(
 }
 
 /// The span as `SerializeToString` writes it after `KeptWriter._span`'s changes (status set,
-/// `trace_state` given), then `suffix`: the `ScopeSpans.spans` field carrying it.
-fn write_span(plan: &SpanPlan, trace_state: &[u8], suffix: &[u8]) -> Vec<u8> {
+/// `trace_state` given), then `suffix`: the `ScopeSpans.spans` field carrying it. With
+/// `replaced` (an answer per attribute, see `Asker::map`), the span `KeptWriter._rebuilt` writes
+/// instead: each replaced attribute as its answer's fields, and the `suffix` attributes after the
+/// span's own (the reference path's dict appends them; all else is as the plain span's, its
+/// texts being unchanged).
+fn write_span(
+    plan: &SpanPlan,
+    trace_state: &[u8],
+    suffix: &[u8],
+    replaced: &[Option<Vec<u8>>],
+) -> Vec<u8> {
+    let rebuilt = !replaced.is_empty();
     let mut sp = Vec::with_capacity(plan.raw.len() + suffix.len() + 32);
     let single = |num: u32| plan.fields.iter().find(|(n, _)| *n == num).map(|(_, v)| *v);
     for num in 1..=16u32 {
         match (num, single(num)) {
             (3, _) => put_str(&mut sp, 3, trace_state),
+            (9, _) if rebuilt => {
+                for (kv, a) in plan.attributes.iter().zip(replaced) {
+                    match a.as_deref().and_then(replacement) {
+                        Some(r) => sp.extend_from_slice(r.fields),
+                        None => put_len(&mut sp, 9, &kv.encoded),
+                    }
+                }
+                sp.extend_from_slice(suffix);
+            }
             (9, _) => {
                 for kv in &plan.attributes {
                     put_len(&mut sp, 9, &kv.encoded);
@@ -440,7 +467,9 @@ fn write_span(plan: &SpanPlan, trace_state: &[u8], suffix: &[u8]) -> Vec<u8> {
             _ => {} // dropped counts: a span holding one is never written here
         }
     }
-    sp.extend_from_slice(suffix);
+    if !rebuilt {
+        sp.extend_from_slice(suffix);
+    }
     let mut field = Vec::with_capacity(sp.len() + 6);
     put_len(&mut field, 2, &sp);
     field
@@ -560,6 +589,63 @@ impl Answers {
     }
 }
 
+/// An attribute's answer when protection changes it in a way the writer can write itself
+/// (`otlp_kept_native.NativeKeptWriter._attribute`): `[3]`, then the `Span.attributes` field
+/// bytes it leaves as (none when dropped), its output key (0: dropped, else 1 and the key) and its
+/// audit counts in order — lengths and numbers as varints.
+const REPLACED: u8 = 3;
+
+struct Replacement<'a> {
+    fields: &'a [u8],
+    key: Option<&'a [u8]>,
+    counts: Vec<(&'a [u8], u64)>,
+}
+
+fn replacement(answer: &[u8]) -> Option<Replacement<'_>> {
+    let (&REPLACED, rest) = answer.split_first()? else {
+        return None;
+    };
+    let mut w = proto::Wire::new(rest);
+    let fields = w.delimited().ok()?;
+    let key = match w.varint().ok()? {
+        0 => None,
+        _ => Some(w.delimited().ok()?),
+    };
+    let n = w.varint().ok()?;
+    let mut counts = Vec::new();
+    for _ in 0..n {
+        let name = w.delimited().ok()?;
+        counts.push((name, w.varint().ok()?));
+    }
+    Some(Replacement {
+        fields,
+        key,
+        counts,
+    })
+}
+
+/// `Replacement` as it is remembered (see there).
+fn encode_replacement(fields: &[u8], key: Option<&[u8]>, counts: &[(Vec<u8>, u64)]) -> Vec<u8> {
+    let mut out = vec![REPLACED];
+    put_varint(&mut out, fields.len() as u64);
+    out.extend_from_slice(fields);
+    match key {
+        None => out.push(0),
+        Some(k) => {
+            out.push(1);
+            put_varint(&mut out, k.len() as u64);
+            out.extend_from_slice(k);
+        }
+    }
+    put_varint(&mut out, counts.len() as u64);
+    for (name, n) in counts {
+        put_varint(&mut out, name.len() as u64);
+        out.extend_from_slice(name);
+        put_varint(&mut out, *n);
+    }
+    out
+}
+
 /// A question not answered yet, and what it is about.
 struct Question {
     ask: Ask,
@@ -609,21 +695,35 @@ impl<'m> Asker<'m> {
             .map(|a| a.first() == Some(&1))
     }
 
-    /// `KeptWriter._attributes_unchanged` of one map.
-    fn map(&mut self, kvs: &[Kv]) -> State {
+    /// `KeptWriter._attributes_unchanged` of one map. With `replaced`, an attribute whose
+    /// answer is a `Replacement` counts as written too (the map is then written with it, as
+    /// `KeptWriter._rebuilt` writes it): `replaced` gets each attribute's answer in map order
+    /// (None: as it is) when any is one — unless the output keys would repeat (the reference
+    /// path's dict would merge them), which is `Changed`.
+    fn map(&mut self, kvs: &[Kv], replaced: Option<&mut Vec<Option<Vec<u8>>>>) -> State {
         if kvs.is_empty() {
             return State::Unchanged;
         }
+        let rebuild = replaced.is_some();
         let mut unknown = false;
         let mut statements = Vec::new();
+        let mut answers: Vec<Option<&[u8]>> = Vec::with_capacity(kvs.len());
+        let mut any_replaced = false;
         for kv in kvs {
-            match self
-                .answer(Ask::Attribute, &kv.encoded, Vec::new)
-                .as_deref()
-            {
-                None => unknown = true,
-                Some([1]) => {}
-                Some([2]) => statements.push(kv),
+            match self.answer(Ask::Attribute, &kv.encoded, Vec::new) {
+                None => {
+                    unknown = true;
+                    answers.push(None);
+                }
+                Some([1]) => answers.push(None),
+                Some([2]) => {
+                    statements.push(kv);
+                    answers.push(None);
+                }
+                Some(a) if rebuild && a.first() == Some(&REPLACED) => {
+                    any_replaced = true;
+                    answers.push(Some(a));
+                }
                 Some(_) => return State::Changed,
             }
         }
@@ -634,8 +734,20 @@ impl<'m> Asker<'m> {
         if unknown {
             return State::Unknown;
         }
-        if statements.is_empty() {
-            return State::Unchanged;
+        if any_replaced {
+            let mut out_keys: HashSet<&[u8]> = HashSet::with_capacity(kvs.len());
+            for (kv, a) in kvs.iter().zip(&answers) {
+                let key = match a {
+                    None => Some(kv.key),
+                    Some(a) => match replacement(a) {
+                        Some(r) => r.key,
+                        None => return State::Changed,
+                    },
+                };
+                if key.is_some_and(|k| !out_keys.insert(k)) {
+                    return State::Changed; // two attributes leave under one key
+                }
+            }
         }
         let systems: Vec<&[u8]> = kvs
             .iter()
@@ -660,17 +772,23 @@ impl<'m> Asker<'m> {
                 Some(_) => return State::Changed,
             }
         }
+        if let (true, Some(replaced)) = (any_replaced, replaced) {
+            *replaced = answers.iter().map(|a| a.map(|a| a.to_vec())).collect();
+        }
         state
     }
 
-    /// `KeptWriter._unchanged` of a plain span, and its written trace state (`threshold`).
+    /// `KeptWriter._unchanged` of a plain span, and its written trace state (`threshold`) —
+    /// or, where only its own attributes change and each as a `Replacement` says, the span
+    /// `KeptWriter._rebuilt` writes: the answers per attribute (empty: written as it is).
     fn span(
         &mut self,
         plan: &SpanPlan,
         privacy: bool,
         threshold: Option<u64>,
-    ) -> (State, Option<Vec<u8>>) {
+    ) -> (State, Option<Vec<u8>>, Vec<Option<Vec<u8>>>) {
         let mut unknown = false;
+        let mut replaced = Vec::new();
         let check = |state: State, unknown: &mut bool| match state {
             State::Changed => Err(()),
             State::Unknown => {
@@ -697,15 +815,15 @@ impl<'m> Asker<'m> {
                     )?;
                 }
             }
-            check(self.map(&plan.attributes), &mut unknown)?;
+            check(self.map(&plan.attributes, Some(&mut replaced)), &mut unknown)?;
             for ev in &plan.events {
-                check(self.map(&ev.attributes), &mut unknown)?;
+                check(self.map(&ev.attributes, None), &mut unknown)?;
                 if privacy {
                     check(yes(self.yes(Ask::Text, ev.name.as_bytes())), &mut unknown)?;
                 }
             }
             for ln in &plan.links {
-                check(self.map(&ln.attributes), &mut unknown)?;
+                check(self.map(&ln.attributes, None), &mut unknown)?;
                 if privacy && !ln.trace_state.is_empty() {
                     check(
                         yes(self.yes(Ask::TraceState, ln.trace_state.as_bytes())),
@@ -716,7 +834,7 @@ impl<'m> Asker<'m> {
             Ok(())
         })();
         if verdict.is_err() {
-            return (State::Changed, None);
+            return (State::Changed, None, Vec::new());
         }
         let trace_state = match threshold {
             None => Some(plan.trace_state.as_bytes().to_vec()),
@@ -729,9 +847,9 @@ impl<'m> Asker<'m> {
             }
         };
         if unknown || trace_state.is_none() {
-            return (State::Unknown, None);
+            return (State::Unknown, None, Vec::new());
         }
-        (State::Unchanged, trace_state)
+        (State::Unchanged, trace_state, replaced)
     }
 }
 
@@ -748,7 +866,8 @@ pub struct KeptSpans {
 /// (`KeptWriter._rebuilt`), else for `KeptWriter._span` to decide (a span this writer does not
 /// read the way protobuf does: its own check then writes it as it would have).
 enum Out<'a> {
-    Written(Vec<u8>, Vec<&'a [u8]>),
+    /// the field, its links' trace IDs, and — for a span rebuilt here — its audit counts
+    Written(Vec<u8>, Vec<&'a [u8]>, Option<Vec<(String, u64)>>),
     Python(&'a [u8], bool),
 }
 
@@ -792,9 +911,12 @@ impl KeptSpans {
     /// The kept spans of `trace_id` in the request `value`: None when the whole message takes
     /// the Python path (a span no output can carry: it reports it; bytes this reader refuses),
     /// else per (resource, scope) group `(resource_head, scope_head, spans)`, each span either a
-    /// `wire_span((field, link_trace_ids))` written here (a `WireSpan`: `tuple.__new__` of it), or for the Python path its raw bytes
-    /// (`KeptWriter._span` decides) or `(raw,)` (known to change: `KeptWriter._rebuilt`).
-    /// `ask(questions)` answers a list of `(kind, input, extra)` in order (see `Ask`).
+    /// `wire_span((field, link_trace_ids))` written here (a `WireSpan`: `tuple.__new__` of it) —
+    /// `[wire_span, counts]` when its attributes were replaced here (`Replacement`: the span
+    /// `KeptWriter._rebuilt` writes, and its audit counts in order) —, or for the Python path its
+    /// raw bytes (`KeptWriter._span` decides) or `(raw,)` (known to change: `KeptWriter._rebuilt`).
+    /// `ask(questions)` answers a list of `(kind, input, extra)` in order (see `Ask`; an
+    /// attribute's answer may be a `Replacement`'s `(fields, key or None, counts)`).
     #[pyo3(signature = (value, trace_id, suffix, threshold, privacy, ask, wire_span))]
     #[allow(clippy::too_many_arguments)]
     fn write<'py>(
@@ -828,8 +950,10 @@ impl KeptSpans {
             return Ok(None);
         };
         let mut call = Answers::default();
-        // per span, once known: Some(Ok(ts)) written with this trace state, Some(Err(changed)) not
-        let mut done: Vec<Option<Result<Vec<u8>, bool>>> = vec![None; plans.len()];
+        // per span, once known: Some(Ok((ts, replaced))) written with this trace state (and these
+        // attributes replaced: `Asker::map`), Some(Err(changed)) not
+        type Done = Option<Result<(Vec<u8>, Vec<Option<Vec<u8>>>), bool>>;
+        let mut done: Vec<Done> = vec![None; plans.len()];
         for round in 0..=MAX_ROUNDS {
             let Some(questions) = guarded(|| {
                 let mut asker = Asker {
@@ -850,9 +974,9 @@ impl KeptSpans {
                         }
                     };
                     match asker.span(plan, privacy, threshold) {
-                        (State::Unchanged, Some(ts)) => done[i] = Some(Ok(ts)),
-                        (State::Changed, _) => done[i] = Some(Err(true)),
-                        (State::Unknown, _) if round == MAX_ROUNDS => done[i] = Some(Err(false)),
+                        (State::Unchanged, Some(ts), replaced) => done[i] = Some(Ok((ts, replaced))),
+                        (State::Changed, ..) => done[i] = Some(Err(true)),
+                        (State::Unknown, ..) if round == MAX_ROUNDS => done[i] = Some(Err(false)),
                         _ => {}
                     }
                 }
@@ -901,7 +1025,17 @@ impl KeptSpans {
                 let a = a?;
                 let answer = match q.ask {
                     Ask::Threshold => a.extract::<String>()?.into_bytes(),
-                    Ask::Attribute => vec![a.extract::<u8>()?],
+                    Ask::Attribute => match a.extract::<u8>() {
+                        Ok(n) => vec![n],
+                        Err(_) => {
+                            // (fields, output key or None, counts): see `Replacement`
+                            let (fields, key, counts): (Bound<'py, PyBytes>, Option<String>, Vec<(String, u64)>) =
+                                a.extract()?;
+                            let counts: Vec<(Vec<u8>, u64)> =
+                                counts.into_iter().map(|(k, n)| (k.into_bytes(), n)).collect();
+                            encode_replacement(fields.as_bytes(), key.as_deref().map(str::as_bytes), &counts)
+                        }
+                    },
                     _ => vec![a.is_truthy()? as u8],
                 };
                 call.insert(q.ask, q.key.clone(), answer.clone());
@@ -912,9 +1046,16 @@ impl KeptSpans {
             let mut out = Vec::with_capacity(plans.len());
             for (i, plan) in plans.iter().enumerate() {
                 let sp = match (plan, &done[i]) {
-                    (Ok(plan), Some(Ok(ts))) => Out::Written(
-                        write_span(plan, ts, suffix),
+                    (Ok(plan), Some(Ok((ts, replaced)))) => Out::Written(
+                        write_span(plan, ts, suffix, replaced),
                         plan.links.iter().map(|l| l.trace_id).collect(),
+                        (!replaced.is_empty()).then(|| {
+                            let answers = replaced.iter().flatten().filter_map(|a| replacement(a));
+                            answers
+                                .flat_map(|r| r.counts)
+                                .map(|(name, n)| (String::from_utf8_lossy(name).into_owned(), n))
+                                .collect()
+                        }),
                     ),
                     (_, Some(Err(true))) => Out::Python(groups_span(&groups, i), true),
                     _ => Out::Python(groups_span(&groups, i), false),
@@ -931,10 +1072,15 @@ impl KeptSpans {
             let spans = PyList::empty(py);
             for _ in &g.spans {
                 match written.next() {
-                    Some(Out::Written(field, links)) => {
+                    Some(Out::Written(field, links, counts)) => {
                         let links = PyTuple::new(py, links.iter().map(|l| PyBytes::new(py, l)))?;
                         let pair = (PyBytes::new(py, &field), links);
-                        spans.append(wire_span.call1((pair,))?)?;
+                        let span = wire_span.call1((pair,))?;
+                        match counts {
+                            None => spans.append(span)?,
+                            // rebuilt here: [span, its audit counts in order]
+                            Some(counts) => spans.append(PyList::new(py, [span, PyList::new(py, counts)?.into_any()])?)?,
+                        }
                     }
                     Some(Out::Python(raw, false)) => spans.append(PyBytes::new(py, raw))?,
                     Some(Out::Python(raw, true)) => {
@@ -1023,7 +1169,7 @@ mod tests {
         let plan = plan_span(&raw, fs, SPAN_DEPTH, &Answers::default())
             .ok()
             .unwrap();
-        let field = write_span(&plan, b"ot=th:8", b"SUFFIX");
+        let field = write_span(&plan, b"ot=th:8", b"SUFFIX", &[]);
         let mut want = Vec::new();
         put_len(&mut want, 1, &TID);
         put_len(&mut want, 2, &[1; 8]);

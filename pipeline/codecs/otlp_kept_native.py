@@ -10,7 +10,9 @@ distinct inputs its bounded memo has no answer for (once per round of a call), a
 with ``KeptWriter``'s own rules (``_attribute_unchanged``, ``Protector.*_unchanged``,
 ``with_threshold``). A span some answer (or the dict shape: a ``kvlist``, a dropped count) says
 protection changes comes back as its raw bytes and takes ``KeptWriter``'s reference path alone
-(``_rebuilt``); one Rust does not read as protobuf would (a singular field given twice, oneof
+(``_rebuilt``) — unless only its own attributes change, each into what ``_attribute`` answers
+(a tokenized e-mail: every kept root span of the peer benchmark), which Rust writes as
+``_rebuilt`` would; one Rust does not read as protobuf would (a singular field given twice, oneof
 members replacing each other) goes to ``KeptWriter._span``, which decides and writes it as it
 always has — its unchanged spans keep their own field order, the rebuilt ones do not, so the
 bytes stay ``KeptWriter``'s. A message with a span no output can carry comes back as None and
@@ -30,12 +32,16 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from operators.tracestate import with_threshold
-from pipeline.codecs.otlp import KINDS, STATUS, _service, value_to_py
+from pipeline.codecs.otlp import KINDS, STATUS, _service, fill_attrs, value_to_py
 from pipeline.codecs.otlp_kept import (
     _ENVELOPE_MEMO_BYTES,
     _ENVELOPE_MEMO_SIZE,
     _IN_CONTEXT,
+    _NESTED,
+    _OWN_KEYS,
+    _OWN_KEYS_PREFIX,
     _SAME,
+    _SCALARS,
     KeptWriter,
     _annotation,
 )
@@ -103,7 +109,11 @@ class NativeKeptWriter:
         for rs_head, ss_head, spans in groups:
             rs_out, ss_out, hits, service = self._envelope(trace_id, rs_head, ss_head)
             for i, sp in enumerate(spans):
-                if type(sp) is tuple:  # protection (or the dict shape) changes it: the reference path
+                if type(sp) is list:  # rebuilt in Rust (attributes replaced): counted in span order
+                    spans[i], counts = sp
+                    for name, n in counts:
+                        pii_counts[name] = pii_counts.get(name, 0) + n
+                elif type(sp) is tuple:  # protection (or the dict shape) changes it: the reference path
                     header = span_header(service, Span.FromString(sp[0]))
                     spans[i] = writer._rebuilt(trace_id, header, sampling_attrs, threshold, pii_counts)
                 elif type(sp) is bytes:  # not read here as protobuf reads it: KeptWriter decides
@@ -122,8 +132,7 @@ class NativeKeptWriter:
         out: list[Any] = []
         for kind, a, b in questions:
             if kind == _ATTRIBUTE:
-                ok = writer._attribute_unchanged(KeyValue.FromString(a), None)
-                out.append(1 if ok is True else 2 if ok is _IN_CONTEXT else 0)
+                out.append(self._attribute(KeyValue.FromString(a)))
             elif kind == _IN_MAP_CONTEXT:
                 found = [KeyValue.FromString(x) for x in b]
                 context = {kv.key: value_to_py(kv.value) for kv in found}
@@ -139,6 +148,39 @@ class NativeKeptWriter:
             else:
                 raise ValueError(f"unknown question kind {kind}")
         return out
+
+    def _attribute(self, kv: KeyValue) -> int | tuple[bytes, str | None, tuple]:
+        """``KeptWriter._attribute_unchanged(kv, None)`` as Rust reads it — 1 unchanged, 2 in
+        context, 0 changed — except that a change Rust can write itself comes as what protection
+        makes of the attribute (``native/src/kept.rs`` ``Replacement``): the ``Span.attributes``
+        fields ``fill_attrs`` writes of ``Protector.protect_attribute``'s output (none: dropped),
+        its key and its audit counts — the same in any map, as the key reads no context. The
+        reference path's own (0) for what that cannot stand for: a value the dict shape changes,
+        tailsift's own keys (the annotations replace them in place). One protection per attribute
+        answers both questions (``attribute_unchanged`` is ``leaves_attribute`` of it)."""
+        protector = self.writer.protector
+        key = kv.key
+        if protector is None or key in _OWN_KEYS or key.startswith(_OWN_KEYS_PREFIX):
+            ok = self.writer._attribute_unchanged(kv, None)  # no protection: shapes and own keys only
+            return 1 if ok is True else 2 if ok is _IN_CONTEXT else 0
+        value = kv.value
+        which = value.WhichOneof("value")
+        if which not in _SCALARS and (
+            which != "array_value" or any(x.WhichOneof("value") in _NESTED for x in value.array_value.values)
+        ):
+            return 0  # written as a JSON string by the reference path (or, no value, without one)
+        if protector.reads_context(key):
+            return 2
+        py = value_to_py(value)
+        out, counts = protector.protect_attribute(key, py, None)
+        if protector.leaves_attribute(key, py, out, counts):
+            return 1
+        safe = next(iter(out), None)
+        if safe is not None and (safe in _OWN_KEYS or safe.startswith(_OWN_KEYS_PREFIX)):
+            return 0
+        scratch = Span()
+        fill_attrs(scratch.attributes, out)
+        return scratch.SerializeToString(), safe, tuple(counts.items())
 
     def _envelope(self, trace_id: bytes, rs_head: bytes, ss_head: bytes) -> tuple[bytes, bytes, tuple, str]:
         """A group's protected (resource, scope) heads, audit counts and service, once per
