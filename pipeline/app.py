@@ -7,6 +7,7 @@ needs before it starts (keys, topics) and wires the two together.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 
@@ -22,6 +23,24 @@ log = logging.getLogger("tailsift")
 
 CONNECT_PATIENCE_S = 60.0
 WORKER_TOPICS = ("spans_raw", "traces_kept", "sli_windows", "deadletter", "pii_audit", "decisions")
+
+
+# gen0 collections at this many new container objects, not CPython's 700 (README "Performance")
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """The cycle collector set for the job's allocation pattern, once its long-lived objects exist.
+    Every consumed batch allocates thousands of short-lived containers (messages, fragments, span
+    lists, records) that are still alive when CPython's default threshold (700) fires, so each
+    gen0/gen1 collection walked live batch objects for nothing: ~3 µs of the job core's ~30 µs per
+    span on ``make bench``'s traffic, ~0.5 µs at 20,000 (``gc.callbacks`` timing, same process).
+    What exists at start (modules, config, the protector's tables, the clients: ~50K objects) lives
+    as long as the process: frozen, so full collections stop walking it. Cycles are still
+    collected, a little later; the data the job holds is bounded by its own limits."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
 class TopicsMissing(Exception):
@@ -81,6 +100,7 @@ def run(config: Config, loglevel: str = "info") -> int:
     job = Job(config, protector=protector)
     worker = Worker(config, job)
     metrics.serve(config.metrics.port, config.metrics.host)
+    tune_gc()
     log.info(
         "tailsift worker %s: %s → %s, %s (%s; metrics on :%s)",
         job.worker_id,

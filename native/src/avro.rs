@@ -91,6 +91,9 @@ pub struct Batch<'a> {
     pub trace_id: &'a [u8],
     pub service: &'a str,
     pub spans: Vec<AvroSpan<'a>>,
+    /// the encoded `Resource` and the scope name: read by the kept writer (`avro_kept.rs`) only
+    pub resource: &'a [u8],
+    pub scope_name: &'a str,
 }
 
 fn span<'a>(r: &mut Reader<'a>) -> R<AvroSpan<'a>> {
@@ -131,8 +134,8 @@ pub fn parse_batch(buf: &[u8]) -> R<Batch<'_>> {
             spans.push(span(&mut r)?);
         }
     }
-    r.bytes()?; // resource: decoded only for kept traces
-    r.string()?; // scope_name
+    let resource = r.bytes()?; // decoded only for kept traces
+    let scope_name = r.string()?;
     if r.pos != buf.len() {
         return Err(Error::Malformed("trailing bytes after the record"));
     }
@@ -140,6 +143,8 @@ pub fn parse_batch(buf: &[u8]) -> R<Batch<'_>> {
         trace_id,
         service,
         spans,
+        resource,
+        scope_name,
     })
 }
 

@@ -15,6 +15,7 @@
 
 pub mod avro;
 pub mod avro_ingest;
+pub mod avro_kept;
 pub mod facts;
 pub mod ingest;
 pub mod kept;
@@ -689,6 +690,7 @@ fn tailsift_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     facts::register(m)?;
     ingest::register(m)?;
     kept::register(m)?;
+    avro_kept::register(m)?;
     m.add_class::<sli::SliWindows>()?;
     m.add_class::<sli::Window>()?;
     Ok(())

@@ -532,9 +532,16 @@ class AvroKeptWriter:
         return out
 
     def _answer(self, raw: bytes, memo_key: Any, context: dict | None) -> tuple:
-        """The protector's answer for one attribute: (input key, output key or None, encoded output
-        entry, counts); output key ``_IN_CONTEXT`` when asked without ``context`` about a key whose
-        protection reads it."""
+        """``protected_entry``, remembered by ``memo_key``."""
+        hit = self.protected_entry(raw, context)
+        self._remember(self._attribute, memo_key, hit, len(raw))
+        return hit
+
+    def protected_entry(self, raw: bytes, context: dict | None) -> tuple:
+        """The protector's answer for one attribute (a map entry's bytes): (input key, output key or
+        None, encoded output entry, counts); output key ``_IN_CONTEXT`` when asked without
+        ``context`` about a key whose protection reads it. Raises ``Fallback`` for an entry that
+        does not decode here."""
         key, v = decode_entry(raw)
         protector = self.protector
         hit: tuple
@@ -551,7 +558,6 @@ class AvroKeptWriter:
                 hit = (key, out_key, entry(out_key, new), tuple(local.items()))
             else:
                 hit = (key, None, b"", tuple(local.items()))
-        self._remember(self._attribute, memo_key, hit, len(raw))
         return hit
 
     def _remember(self, memo: dict, key: Any, answer: Any, size: int) -> None:

@@ -19,6 +19,8 @@ from operators.slo import SloTracker
 from operators.span_times import SpanTimeBounds
 from pipeline import codecs, metrics
 from pipeline.codecs.avro_kept import AvroKeptWriter
+from pipeline.codecs.avro_kept_native import AVAILABLE as NATIVE_AVRO_KEPT_BUILT
+from pipeline.codecs.avro_kept_native import NativeAvroKeptWriter
 from pipeline.codecs.interface import SpanLimits
 from pipeline.codecs.native import NativeCodec
 from pipeline.codecs.otlp_kept import KeptWriter
@@ -158,6 +160,14 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
         # Avro kept as Avro: likewise, each span encoded from its message's fields, protected per distinct value
         both_avro = self.ingest_format == self.emit_format == "avro"
         self.avro_kept_writer = AvroKeptWriter(self.protector) if both_avro else None
+        # ... and with the native core, written in Rust from the buffered bytes (no fastavro decode)
+        if (
+            self.avro_kept_writer is not None
+            and NATIVE_AVRO_KEPT_BUILT
+            and isinstance(self.codec, NativeCodec)
+            and self.codec.format == "avro"
+        ):
+            self.native_kept = NativeAvroKeptWriter(self.avro_kept_writer)
 
     def restore(self, partition: int, records: Iterable[dict], through: int = -1) -> int:
         """Load decision-log records of a newly assigned partition (oldest first) and its checkpoint

@@ -155,7 +155,7 @@ class Protect:
         tailsift's own annotations (sampling facts, decode errors) are added after protection.
         OTLP written as ``otlp_proto``: the same spans from their own bytes (``KeptWriter``; with
         the native core, from the message's raw bytes in Rust: ``NativeKeptWriter``); Avro
-        written as Avro likewise (``AvroKeptWriter``)."""
+        written as Avro likewise (``AvroKeptWriter``; native: ``NativeAvroKeptWriter``)."""
         if unit.handle is None and self._kept_natively():
             batches = self.native_kept.batches(unit.value, trace_id, sampling_attrs, th, pii_counts, self.protector)
             if batches is not None:
@@ -190,9 +190,12 @@ class Protect:
         return kept.batches
 
     def _kept_natively(self) -> bool:
-        """Kept OTLP written as ``otlp_proto`` by the native core from a message's raw bytes
-        (``NativeKeptWriter``: ``job.core`` native, and the ``KeptWriter`` it shares in use)."""
-        return self.native_kept is not None and self.kept_writer is not None
+        """Kept traces written by the native core from a message's raw bytes, with ``job.core``
+        native: OTLP as ``otlp_proto`` (``NativeKeptWriter``, the ``KeptWriter`` it shares in use)
+        or Avro as Avro (``NativeAvroKeptWriter``, its ``AvroKeptWriter`` in use)."""
+        if self.native_kept is None:
+            return False
+        return (self.kept_writer if self.emit_format == "otlp_proto" else self.avro_kept_writer) is not None
 
     def _dead_letter_unit(self, trace_id: bytes, unit: Buffered, exc: Exception, now_ns: int) -> None:
         """A kept trace's input message whose spans cannot be written: to the dead-letter topic,

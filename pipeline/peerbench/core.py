@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.app import tune_gc
 from pipeline.demo import run_config
 from pipeline.generator.callgraph import GeneratorConfig, TraceGenerator
 from pipeline.job import Job
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             traffic = unkeyed if args.unkeyed else keyed
             _, config = tailsift_config("127.0.0.1:1", "core", Path(tmp), privacy)
             msgs, spans = messages(traffic), traffic.spans
+        tune_gc()  # the collector as `tailsift run` sets it (the generated input frozen with the rest)
         profiler = cProfile.Profile() if args.profile else None
         cpu = float("inf")
         for _ in range(1 if profiler else max(1, args.repeat)):
