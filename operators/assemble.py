@@ -22,7 +22,8 @@ until its partition is caught up or read far enough in Kafka message time
 most until ``max_wait_ns`` after its first span arrived (then forced, reason ``backlog_limit``),
 and at the buffer bound (``backlog_yield_*``, where backpressure pauses the input, so waiting for
 more input would stall) held traces go oldest first, down to ``resume_fraction`` of it (trigger
-``backlog_bound``). A partition never reported behind (``set_behind``) holds nothing: decisions
+``backlog_bound``) — at every ``due`` from the bound until under that mark, as long as the caller's
+input stays paused. A partition never reported behind (``set_behind``) holds nothing: decisions
 are then exactly those of the worker clock alone.
 
 The guard also waits for the *group's* read time (``set_group_read_times``): spans re-keyed to
@@ -163,6 +164,10 @@ class TraceAssembler:
         self._waiting: deque[TraceBuffer] = deque()  # clock wait not over yet, arrival order (stale entries skipped)
         self._held: dict[int, _Held] = {}
         self._held_seq = itertools.count()
+        # reached the yield bound and not yet under its resume mark: the caller's input stays paused
+        # all that time (the same hysteresis), so held traces go at every due() until then, not
+        # only while the buffer is at the bound itself
+        self._at_bound = False
         if not self.guarded:
             self.read = _no_stamp  # type: ignore[method-assign]
         if event_time:
@@ -332,8 +337,12 @@ class TraceAssembler:
                 self._hold(buf, target, "backlog_read" if own_mark(buf.partition) < target else "decision_wait")
         if self._held:
             self._release_held(now_ns, out)
-            if self.buffered_spans >= self.backlog_yield_spans or self.buffered_bytes >= self.backlog_yield_bytes:
-                self._yield_held(out)
+        if (
+            self._at_bound
+            or self.buffered_spans >= self.backlog_yield_spans
+            or self.buffered_bytes >= self.backlog_yield_bytes
+        ):
+            self._at_bound = self._yield_held(out)
         while traces and (
             self.buffered_spans > self.max_buffered_spans or self.buffered_bytes > self.max_buffered_bytes
         ):
@@ -392,17 +401,26 @@ class TraceAssembler:
                 take(buf, "backlog_limit", out)
                 buf.forced_reason = "backlog_limit"
 
-    def _yield_held(self, out: list[TraceBuffer]) -> None:
-        """At the buffer bound: held traces (the oldest buffered, their clock wait is over) go,
-        oldest first, down to ``resume_fraction`` of the bound."""
+    def _yield_held(self, out: list[TraceBuffer]) -> bool:
+        """From the buffer bound until under its resume mark (the input is paused all that time):
+        held traces (the oldest buffered, their clock wait is over) go, oldest first, down to
+        ``resume_fraction`` of the bound. Returns whether the buffer is still at or over that mark.
+
+        A yield that stops at a trace still in its clock wait leaves the buffer between the mark
+        and the bound; the traces behind it are held once their wait is over and go at a later
+        call. Yielding only while at the bound itself left them held to the hard bound
+        (``backlog_limit``) with the input paused: the overload stall of issue 13."""
         traces = self._traces
         low_spans = self.resume_fraction * self.backlog_yield_spans
         low_bytes = self.resume_fraction * self.backlog_yield_bytes
-        while traces and (self.buffered_spans >= low_spans or self.buffered_bytes >= low_bytes):
+        while self.buffered_spans >= low_spans or self.buffered_bytes >= low_bytes:
+            if not traces:
+                return False
             buf = next(iter(traces.values()))
             if not buf.held:  # the oldest is still in its clock wait: so is every younger one
-                break
+                return True
             self._take(buf, "backlog_bound", out)
+        return False
 
     # ---------------------------------------------------------------- event time
     # Each partition has a heap of (deadline, trace ID, seq, buffer). A deadline that moves (root

@@ -183,6 +183,45 @@ def test_at_the_buffer_bound_held_traces_go_oldest_first_down_to_the_resume_mark
     assert a.due(NOW0 + WAIT + 9) == [] and a.buffered_spans == 7
 
 
+def test_a_yield_stopped_by_a_trace_in_its_clock_wait_goes_on_once_that_wait_is_over():
+    """The overload stall (issue 13, make chaos: input paused ~65 s at a time, 905 backlog_limit
+    decisions). At the bound the yield took the one held trace and stopped at the next, still in
+    its clock wait: 9 spans buffered, under the bound (10) but over the resume mark (8), so the
+    input stayed paused. Before: ``due`` yielded only while at the bound itself, so once those
+    traces were held it returned nothing (observed ``[]``) and they waited for the hard bound
+    (``backlog_limit``, forced) with the input paused. Now the yield goes on until the resume
+    mark, none of it forced."""
+    a = assembler(backlog_yield_spans=10, resume_fraction=0.8)
+    a.set_behind([0])
+    message(a, bytes([0]) * 16, T0_MS, NOW0)
+    for i in range(1, 10):
+        message(a, bytes([i]) * 16, T0_MS, NOW0 + WAIT // 2)
+    assert [b.trace_id[0] for b in a.due(NOW0 + WAIT)] == [0]  # the rest still in its clock wait
+    assert a.buffered_spans == 9  # the caller's input stays paused (not under 8)
+    out = a.due(NOW0 + WAIT + WAIT // 2)
+    assert [b.trace_id[0] for b in out] == [1, 2]  # 9 → 7 spans (< 8): the input resumes
+    assert {b.trigger for b in out} == {"backlog_bound"} and {b.forced_reason for b in out} == {""}
+    assert a.due(NOW0 + 2 * WAIT) == [] and a.buffered_spans == 7  # under the mark: the rest wait again
+
+
+def test_a_buffer_that_left_the_bound_by_other_decisions_still_yields_until_the_resume_mark():
+    """At the bound with nothing held yet (every trace in its clock wait), a decision of another
+    kind (root_quiet, here on a partition read to the end) takes the buffer under the bound but not
+    under the resume mark: the input stays paused. Before: the held traces then waited for the hard
+    bound (observed: nothing released until ``backlog_limit``). Now they go at once (backlog_bound)."""
+    a = assembler(backlog_yield_spans=10, resume_fraction=0.8, root_quiet_gap_ns=WAIT // 4)
+    a.set_behind([0])
+    message(a, A, T0_MS, NOW0, partition=1, parent=None)  # partition 1 is read to the end
+    for i in range(1, 10):
+        message(a, bytes([i]) * 16, T0_MS, NOW0 + WAIT // 8)
+    assert a.due(NOW0 + WAIT // 8) == [] and a.buffered_spans == 10  # at the bound: input paused
+    assert [(b.trace_id, b.trigger) for b in a.due(NOW0 + WAIT // 2)] == [(A, "root_quiet")]
+    assert a.buffered_spans == 9
+    out = a.due(NOW0 + WAIT + WAIT // 8)
+    assert [b.trace_id[0] for b in out] == [1, 2] and {b.trigger for b in out} == {"backlog_bound"}
+    assert {b.forced_reason for b in out} == {""}
+
+
 def test_revoke_forgets_held_traces_and_the_partitions_read_time():
     a = assembler()
     a.set_behind([0, 1])
