@@ -103,14 +103,7 @@ class Backlog:
         (``pipeline.kafka.group_snapshot`` has the librdkafka details). read_uncommitted: what is
         committed, not stable offsets only (the broker answers none while a transaction holds some)."""
         if self._offsets is None:
-            self._offsets = Consumer(
-                {
-                    **clients.connection(self.kafka),
-                    "group.id": self.group_id,
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_uncommitted",
-                }
-            )
+            self._offsets = Consumer(clients.group_offsets_reader(self.kafka, self.group_id))
         answer = self._offsets.committed([TopicPartition(self.topic, partition)], timeout=self.timeout_s)
         return max((tp.offset for tp in answer if tp.partition == partition), default=-1)
 

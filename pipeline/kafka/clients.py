@@ -117,12 +117,15 @@ def producer(config: Config, transactional_id: str | None) -> dict[str, Any]:
     return conf
 
 
-def group_offsets_reader(config: Config) -> dict[str, Any]:
-    """A reader of the job group's committed offsets (``pipeline.kafka.group_snapshot``): of the
-    group, but never a member (no subscribe, no assign, never commits)."""
+def group_offsets_reader(config: Config | KafkaConfig | str, group_id: str | None = None) -> dict[str, Any]:
+    """A reader of a group's committed offsets — the job's (``pipeline.kafka.group_snapshot``), or
+    ``group_id``'s (the aggregation stage's backlog check): of the group, but never a member (no
+    subscribe, no assign, never commits)."""
+    if group_id is None:  # the config's own group (a bare address names none: group_id required)
+        group_id = (config.kafka if isinstance(config, Config) else config).group_id  # type: ignore[union-attr]
     return {
-        **base(config),
-        "group.id": config.kafka.group_id,
+        **connection(config),
+        "group.id": group_id,
         "enable.auto.commit": False,
         # librdkafka asks OffsetFetch for stable offsets when read_committed: the broker would then
         # answer nothing while any worker's transaction holds offsets — nearly always. What is
