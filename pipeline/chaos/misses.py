@@ -155,37 +155,12 @@ def copies(bootstrap: str, topic: str, wanted: dict[int, set[bytes]], timeout: f
     partition → trace IDs): (partition, offset, CreateTime ms, value digest) — its own messages and
     the job's re-keyed copies of the others."""
     out: dict[bytes, list] = {}
-    if not wanted:
-        return out
-    c = Consumer(
-        {
-            **clients.connection(bootstrap),
-            "group.id": "tailsift-chaos-misses",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-        }
-    )
-    try:
-        c.assign([TopicPartition(topic, p, 0) for p in sorted(wanted)])  # 0: the log start (nothing deleted)
-        open_parts = set(wanted)
-        deadline = time.monotonic() + timeout
-        while open_parts and time.monotonic() < deadline:
-            for msg in c.consume(1000, timeout=0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        open_parts.discard(msg.partition())
-                    continue
-                key = msg.key()
-                if key in wanted.get(msg.partition(), ()):
-                    out.setdefault(key, []).append(
-                        (msg.partition(), msg.offset(), msg.timestamp()[1], digest(msg.value() or b""))
-                    )
-        if open_parts:
-            raise TimeoutError(f"{topic}: partitions {sorted(open_parts)} not read to their end in {timeout:.0f} s")
-    finally:
-        c.close()
+    for msg in _read_partitions(bootstrap, topic, set(wanted), "read_committed", timeout):
+        key = msg.key()
+        if key in wanted.get(msg.partition(), ()):
+            out.setdefault(key, []).append(
+                (msg.partition(), msg.offset(), msg.timestamp()[1], digest(msg.value() or b""))
+            )
     return out
 
 
