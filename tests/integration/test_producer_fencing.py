@@ -17,7 +17,9 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.job import Record
+from pipeline.jobproc import JobProcess
 from pipeline.kafka.producer import EmitError, OutputProducer
+from pipeline.kafka.worker import EXIT_FATAL
 from tests.integration.outputs import assert_kept_exactly_once_and_whole, assert_sli_exact, wait_committed
 from tests.integration.test_assembly_e2e import (  # noqa: F401 - jobs is a fixture
     jobs,
@@ -202,6 +204,46 @@ def test_a_worker_whose_transaction_the_coordinator_timed_out_goes_on_exactly(
     worker.wait_idle(timeout=120)  # raises as soon as it exits (before: 3)
     wait_committed(cfg, timeout=120)
     assert worker.metric("tailsift_producers_replaced_total") >= 1
+    assert sum(tr.span_count for tr in traces) == stats.spans
+    assert_kept_exactly_once_and_whole(cfg, traces, min_errors=20)
+    assert_sli_exact(cfg, traces)
+
+
+def test_a_worker_whose_transactional_id_a_newer_instance_took_over_exits_and_the_newer_goes_on(
+    kafka_bootstrap,
+    unique_name,
+    tmp_path,
+    jobs,  # noqa: F811
+):
+    """Two processes with the same ``job.worker_id`` — a replacement started while the old worker
+    still runs: the old one is the zombie. The newer one's init_transactions fences the old one's
+    producer mid-interval, its transaction younger than the timeout: the old worker exits 3 and
+    writes nothing more, the newer one takes its partitions and the outputs stay exact.
+
+    Guards the rule that tells this fence from a coordinator's timeout (both are librdkafka's
+    ``_FENCED``): were every fence answered with a new producer, the old worker would take the id
+    back, fencing the newer one, and the two would fence each other for as long as both ran."""
+    run_id = f"fence-z-{unique_name}"
+    path1, cfg = make_env(kafka_bootstrap, run_id, tmp_path / "w1", assemble=ASSEMBLE, sli=SLI, job={"worker_id": "w1"})
+    path2, cfg2 = make_env(
+        kafka_bootstrap, run_id, tmp_path / "w2", create=False, assemble=ASSEMBLE, sli=SLI, job={"worker_id": "w1"}
+    )
+    old = start_job(jobs, path1, cfg, tmp_path / "w1.log")
+    traces: list = []
+    thread, result = in_background(lambda: generate(cfg, traces, 500, 100, 31))
+    wait_for(
+        lambda: old.metric("tailsift_records_produced_total", topic=cfg.topics.traces_kept.name) > 0,
+        "the first worker to write kept traces",
+        job=old,
+    )
+    newer = JobProcess(path2, cfg2.metrics.port, tmp_path / "w2.log").start()
+    jobs.append(newer)
+    wait_for(lambda: old.proc.poll() is not None, "the fenced worker to exit", timeout=60, job=newer)
+    assert old.proc.returncode == EXIT_FATAL, old.log_tail(20)
+    stats = finish(thread, result)
+    newer.wait_idle(timeout=120)
+    wait_committed(cfg, timeout=120)
+    assert newer.metric("tailsift_producers_replaced_total") == 0
     assert sum(tr.span_count for tr in traces) == stats.spans
     assert_kept_exactly_once_and_whole(cfg, traces, min_errors=20)
     assert_sli_exact(cfg, traces)
