@@ -311,7 +311,8 @@ def test_a_revoke_mid_interval_commits_the_open_transaction_first(monkeypatch):
 def test_an_assignment_mid_interval_commits_the_open_transaction_before_its_restore(monkeypatch):
     """Partitions assigned (a worker left the group) while A's records are in the open transaction:
     the restore of the new partitions may wait tens of seconds for the departed worker's
-    transaction (KIP-447: its offsets are held until the broker times it out), so the open one is
+    transaction (open on their decision log, it holds the restore's read_committed reader below
+    the end until the broker times it out), so the open one is
     committed first. Before: it stayed open across that wait, the coordinator timed it out, and
     the next commit was fenced — CI: the survivor of
     test_a_worker_leaves_a_two_worker_group_mid_stream[kill] stalled ~21 s, then exited 3."""
