@@ -170,7 +170,8 @@ def test_a_worker_whose_transaction_the_coordinator_timed_out_goes_on_exactly(
         tmp_path,
         assemble=ASSEMBLE,
         sli=SLI,
-        job={"transaction_timeout_ms": 1000},
+        # short, for a short freeze; not so short that a slow step on a loaded machine times one out
+        job={"transaction_timeout_ms": 3000},
         kafka={"session_timeout_ms": 45_000},  # the freeze below stays well inside the session
     )
     worker = start_job(jobs, path, cfg, tmp_path / "job.log")
