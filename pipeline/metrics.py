@@ -91,6 +91,11 @@ REWINDS = Counter(
     "tailsift_rewinds",
     "Failed transactions or writes after which the worker rewound to its committed offsets",
 )
+PRODUCERS_REPLACED = Counter(
+    "tailsift_producers_replaced",
+    "Transactions the coordinator aborted for running past transaction_timeout_ms, after which a new "
+    "producer took over the worker's transactional id (pipeline.kafka.producer)",
+)
 PAUSED = Gauge("tailsift_input_paused", "1 while the input is paused at the memory bound")
 BUFFERED_BYTES = Gauge("tailsift_bytes_buffered", "Raw bytes of spans buffered awaiting a decision")
 RESTORE_SECONDS = Histogram(

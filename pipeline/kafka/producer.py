@@ -19,6 +19,30 @@ every record of the interval); ``fatal`` says whether this producer is unusable 
 by a newer instance of the same transactional id, or a fatal librdkafka error) — the worker then
 exits — or the caller may rewind and go on. ``abort()`` drops the open transaction on the caller's
 behalf (partitions lost: the rewind discards what it holds).
+
+A transaction the coordinator aborted because it stayed open past ``transaction.timeout.ms`` (the
+worker held in a long restore, a GC or VM pause shorter than its session) is not a zombie: the
+coordinator bumps the producer epoch when it times a transaction out, and librdkafka then reports
+the next call exactly as it reports a newer instance's takeover — fatal ``_FENCED`` ("fenced by a
+newer instance"), from a ProduceRequest's ``INVALID_PRODUCER_EPOCH`` or the coordinator's
+``PRODUCER_FENCED``, on Kafka 4.1 as on older brokers (seen on the broker: the same error, code and
+text, both ways). Only the time tells them apart: a transaction open for less than the timeout
+cannot have been timed out, so its fence is a newer instance's — fatal, the worker exits and never
+writes again. One open for at least the timeout was aborted by the coordinator whatever else
+happened; then a new producer takes over the same transactional id (``init_transactions``), the
+caller rewinds as after any failed transaction, and goes on (``tailsift_producers_replaced_total``).
+A real zombie that slept past the timeout as well fences the newer instance once that way; that
+one's next transaction, younger than the timeout, is then fenced for good and it exits for its
+supervisor, whose restart fences the zombie in turn — outputs stay exact throughout (KIP-447: the
+offsets in every transaction carry the group generation).
+
+No delivery callback on the transactional producer: a record that is not delivered fails the
+transaction's commit (librdkafka makes every produce failure an abortable transaction error), so
+the callback added nothing but a Python call per record — and confluent-kafka (2.16.1) leaves the
+fatal error it raises from its error callback pending while it serves the rest of the queue, so the
+next delivery callback runs with an exception set and fails (seen on the way out:
+``SystemError: __format__ of KafkaError returned a result with an exception set`` from ``flush``).
+A producer that had a fatal error is never flushed again.
 """
 
 from __future__ import annotations
@@ -30,6 +54,7 @@ from collections.abc import Iterable
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from pipeline import metrics
 from pipeline.kafka.faults import Faults
 
 log = logging.getLogger("tailsift")
@@ -38,6 +63,10 @@ log = logging.getLogger("tailsift")
 # how long past it the call may take before it is given up
 SEND_OFFSETS_TIMEOUT_S = 30.0
 SEND_OFFSETS_SLACK_S = 10.0
+# librdkafka's default transaction.timeout.ms
+DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000
+# how librdkafka reports a producer epoch that moved on (KafkaError._FENCED is its name for both)
+FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
 
 class EmitError(RuntimeError):
@@ -49,13 +78,19 @@ class EmitError(RuntimeError):
 class OutputProducer:
     def __init__(self, conf: dict, commit_timeout_s: float = 60.0):
         self.transactional = "transactional.id" in conf
+        self._conf = dict(conf)  # a replacement producer takes the same settings and transactional id
+        self._transaction_timeout_s = conf.get("transaction.timeout.ms", DEFAULT_TRANSACTION_TIMEOUT_MS) / 1000
         self._producer = Producer(conf)
         self._errors: list[str] = []
         self._timeout = commit_timeout_s
         self._faults = Faults()
         # records produced since the last commit (exactly_once: a transaction is open) or write
         self.open = False
+        self._begun = 0.0  # when the open transaction began (monotonic)
         self.wedged = False  # a transactional call never returned (see _send_offsets)
+        self.fatal = False  # a fatal error: this producer is never used (nor flushed) again
+        # delivery errors come back through the commit when transactional (see the module doc)
+        self._on_delivery_cb = None if self.transactional else self._on_delivery
         if self.transactional:
             self._init_transactions()
 
@@ -84,11 +119,12 @@ class OutputProducer:
         if self.transactional:
             self._producer.begin_transaction()
         self.open = True  # only once begun: a failure before has no transaction to abort
+        self._begun = time.monotonic()
         if self.transactional:
             self._faults.check("begin")
 
     def _produce_all(self, records: Iterable) -> None:
-        produce, poll, on_delivery = self._producer.produce, self._producer.poll, self._on_delivery
+        produce, poll, on_delivery = self._producer.produce, self._producer.poll, self._on_delivery_cb
         for r in records:
             while True:
                 try:
@@ -184,9 +220,12 @@ class OutputProducer:
 
     def _failed(self, exc: KafkaException, what: str) -> EmitError:
         err: KafkaError = exc.args[0]
-        fatal = err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
-        if self.transactional and self.open and not fatal:
-            fatal = not self._abort()
+        fatal = err.fatal() or err.code() in FENCED
+        if self.transactional and self.open:
+            # a fatal error: the coordinator's timeout (a new producer took over: go on) or the end
+            fatal = not self._taken_over(err) if fatal else not self._abort()
+        elif fatal:
+            self.fatal = True
         self.open = False
         return EmitError(f"{what} failed: {err}", fatal=fatal)
 
@@ -202,7 +241,9 @@ class OutputProducer:
         """Abort the open transaction, retrying while the broker is away (a restart takes tens of
         seconds; librdkafka allows a timed-out abort to be called again). False when it cannot be
         aborted — a fatal error, or still failing after ``patience_s`` (seen: a zombie resumed after
-        SIGSTOP): this producer's state is then unknown and the worker exits for its supervisor."""
+        SIGSTOP): this producer's state is then unknown and the worker exits for its supervisor.
+        True, too, when the coordinator had aborted it already for running past its timeout and a
+        new producer took over (``_taken_over``)."""
         deadline = time.monotonic() + patience_s
         while True:
             try:
@@ -210,11 +251,48 @@ class OutputProducer:
                 return True
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
-                if err.fatal() or time.monotonic() > deadline:
+                if err.fatal() or err.code() in FENCED:
+                    return self._taken_over(err)
+                if time.monotonic() > deadline:
                     log.error("cannot abort the transaction: %s", err)
+                    self.fatal = True
                     return False
                 log.warning("abort_transaction: %s; retrying", err)
                 time.sleep(1.0)
+
+    def _taken_over(self, err: KafkaError) -> bool:
+        """After a fatal error of the open transaction: True when the coordinator had timed it out
+        (fenced, open at least ``transaction.timeout.ms``) and a new producer now holds the
+        transactional id; False when this is the end — fenced by a newer instance (open less
+        than the timeout: no coordinator aborted it), another fatal error, or no new producer."""
+        self.fatal = True
+        age = time.monotonic() - self._begun
+        if err.code() not in FENCED or age < self._transaction_timeout_s:
+            log.error("the open transaction failed for good: %s", err)
+            return False
+        log.warning(
+            "the transaction coordinator aborted this worker's transaction after %.1f s open (transaction "
+            "timeout %.0f s) and fenced its producer (%s); a new producer takes over the transactional id",
+            age,
+            self._transaction_timeout_s,
+            err,
+        )
+        try:
+            self._replace()
+        except KafkaException as exc:
+            log.error("no new producer: %s", exc.args[0])
+            return False
+        metrics.PRODUCERS_REPLACED.inc()
+        return True
+
+    def _replace(self) -> None:
+        """A new producer with the same settings and transactional id in place of the fenced one.
+        The old one is dropped without a flush (see the module doc): it can write nothing more, and
+        what it held belonged to the aborted transaction."""
+        self._producer = Producer(self._conf)  # the old one is destroyed with its last reference
+        self._init_transactions()  # bumps the epoch past the coordinator's (KIP-360)
+        self.fatal = False
+        self.open = False
 
     def write(self, records: list) -> None:
         """at_least_once: these records and every one produced since the last ``write`` acknowledged,
@@ -232,6 +310,9 @@ class OutputProducer:
 
     def close(self) -> None:
         if self.wedged:  # a call still in progress holds it: nothing of its transaction can be kept
+            return
+        if self.fatal:  # nothing more can be written, and serving its queue fails (module doc)
+            log.info("output producer: not flushed on close (it had a fatal error; nothing committed is affected)")
             return
         try:
             self._producer.flush(10)

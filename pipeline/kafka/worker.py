@@ -26,13 +26,16 @@ log. A restart or a new owner replays from the watermark and skips exactly what 
 Rebalance (cooperative-sticky, incremental): before partitions are revoked, everything pending is
 committed (one transaction), then their buffers, records and remembered decisions are dropped;
 newly assigned partitions are restored — checkpoint from the committed metadata, decisions from the
-log — inside the assign callback, so not one of their messages is processed before that. Lost
+log — inside the assign callback, so not one of their messages is processed before that; the open
+transaction is committed first, since that restore may wait out a dead worker's transaction. Lost
 partitions (the group expelled this worker) cannot be committed: everything is rewound.
 
 Failure = rewind: a failed transaction is aborted, all uncommitted state is dropped, every assigned
 partition is sought back to its committed offset and restored again — the state is then exactly
-what a restart would build, without the restart. A fatal producer error (fenced by a newer instance
-of the same transactional id) ends the worker with exit code 3.
+what a restart would build, without the restart — also after the coordinator aborted a transaction
+left open past its timeout (a new producer takes over the transactional id: pipeline.kafka.producer).
+A fatal producer error (fenced by a newer instance of the same transactional id) ends the worker
+with exit code 3.
 
 Stopping: SIGTERM/SIGINT end the loop after the current step; waits for a broker that is away
 (restore, committed offsets) give up at once, and the process ends within ``STOP_GRACE_S`` of the
@@ -459,6 +462,15 @@ class Worker:
         parts = sorted(tp.partition for tp in partitions if tp.topic == self.topic)
         if not parts:
             return
+        if self.producer.open and not self.stopping and not self.rewind_needed:
+            # commit what is open first: the restore below can wait tens of seconds — a dead worker's
+            # transaction still open on these partitions' decision log keeps the read_committed
+            # reader below its end (or, once it sent offsets, holds their committed offsets: KIP-447)
+            # until the broker times it out (its transaction_timeout_ms, then the broker's abort scan,
+            # every 10 s by default) — and an interval of ours left open across that wait was timed
+            # out by the coordinator in turn (seen: ~21 s in the assign callback after a worker was
+            # killed, then the survivor's next commit fenced and exit 3; 11 s measured in a quiet run)
+            self._flush()
         self.assigned.update(parts)
         self._restore(parts)
         log.info("partitions assigned: %s", parts)

@@ -167,3 +167,147 @@ def test_send_offsets_that_never_returns_is_fatal_instead_of_a_hang(monkeypatch)
     assert fake.calls == ["begin", "offsets"]  # no commit, no abort on a producer with a call in progress
     p.close()
     assert not fake.flushed
+
+
+# ------------------------------------------------ a transaction the coordinator timed out (issue 11)
+def fenced() -> KafkaException:
+    """What librdkafka raises both after a newer instance's init_transactions and after the
+    coordinator timed the open transaction out (seen on Kafka 4.1.2: the same code and text)."""
+    return KafkaException(
+        KafkaError(
+            KafkaError._FENCED,
+            "Failed to add offsets to transaction: Local: This instance has been fenced by a newer instance",
+            fatal=True,
+        )
+    )
+
+
+class FencedProducer(FakeProducer):
+    """A producer whose next send_offsets_to_transaction (and abort) is fenced; delivery callbacks
+    and flushes recorded."""
+
+    def __init__(self, conf: dict):
+        super().__init__(commit_failures=[])
+        self.conf = conf
+        self.fence = True
+        self.callbacks: list = []
+        self.flushed = False
+
+    def init_transactions(self, timeout) -> None:  # noqa: ANN001
+        self.calls.append("init")
+
+    def produce(self, topic, value, key, **kw) -> None:  # noqa: ANN001
+        self.calls.append("produce")
+        self.callbacks.append(kw.get("on_delivery"))
+
+    def send_offsets_to_transaction(self, offsets, group_metadata, timeout) -> None:  # noqa: ANN001
+        self.calls.append("offsets")
+        if self.fence:
+            raise fenced()
+
+    def abort_transaction(self, timeout) -> None:  # noqa: ANN001
+        self.calls.append("abort")
+        if self.fence:
+            raise fenced()
+
+    def flush(self, timeout) -> int:  # noqa: ANN001
+        self.flushed = True
+        return 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fencing_producer(monkeypatch, timeout_ms: int = 10_000):
+    made: list[FencedProducer] = []
+
+    def make(conf: dict) -> FencedProducer:
+        made.append(FencedProducer(conf))
+        if len(made) > 1:
+            made[-1].fence = False  # the new producer holds the id now
+        return made[-1]
+
+    clock = Clock()
+    monkeypatch.setattr(producer_mod, "Producer", make)
+    monkeypatch.setattr(producer_mod.time, "monotonic", clock)
+    conf = {"bootstrap.servers": "unused", "transactional.id": "tailsift.g.w1", "transaction.timeout.ms": timeout_ms}
+    return producer_mod.OutputProducer(conf), made, clock
+
+
+def record():
+    from pipeline.job import Record
+
+    return Record("traces.kept", b"k", b"v")
+
+
+def test_a_transaction_fenced_past_its_timeout_goes_on_with_a_new_producer(monkeypatch):
+    """The coordinator aborts a transaction left open past transaction.timeout.ms and bumps the
+    producer epoch; librdkafka reports the next call as fatal _FENCED. Before: fatal, the worker
+    exited 3 (CI: the survivor of test_a_worker_leaves_a_two_worker_group_mid_stream[kill], its
+    transaction open ~21 s across a restore) — now a new producer with the same settings and
+    transactional id takes over, the error is not fatal (the worker rewinds), and the next
+    transaction goes through the new producer."""
+    p, made, clock = fencing_producer(monkeypatch)
+    replaced = producer_mod.metrics.PRODUCERS_REPLACED._value.get()
+    p.produce([record()])
+    clock.now += 10.0  # open as long as the timeout: the coordinator may have aborted it
+    with pytest.raises(producer_mod.EmitError) as raised:
+        p.transaction([], [TopicPartition("t", 0, 5)], object())
+    assert not raised.value.fatal and not p.open and not p.fatal
+    assert len(made) == 2 and made[1].conf == made[0].conf and made[1].calls == ["init"]
+    assert "abort" not in made[0].calls  # the coordinator aborted it; the fenced producer is left alone
+    assert producer_mod.metrics.PRODUCERS_REPLACED._value.get() - replaced == 1
+    p.transaction([record()], [TopicPartition("t", 0, 5)], object())
+    assert made[1].calls == ["init", "begin", "produce", "offsets", "commit"]
+
+
+def test_a_transaction_fenced_before_its_timeout_stays_fatal(monkeypatch):
+    """A transaction open less than the timeout cannot have been timed out: the fence is a newer
+    instance's with the same transactional id (a zombie's new self) — the worker must exit and
+    never write again; no new producer takes the id back."""
+    p, made, clock = fencing_producer(monkeypatch)
+    p.produce([record()])
+    clock.now += 9.9
+    with pytest.raises(producer_mod.EmitError) as raised:
+        p.transaction([], [TopicPartition("t", 0, 5)], object())
+    assert raised.value.fatal and p.fatal
+    assert len(made) == 1
+
+
+def test_an_abort_fenced_past_the_timeout_goes_on_with_a_new_producer(monkeypatch):
+    """Partitions lost: the worker aborts the open transaction before rewinding. When the
+    coordinator had timed it out, that abort is fenced too — before: a fatal EmitError, exit 3."""
+    p, made, clock = fencing_producer(monkeypatch)
+    p.produce([record()])
+    clock.now += 30.0
+    p.abort()  # does not raise
+    assert len(made) == 2 and not p.open
+
+
+def test_the_transactional_producer_has_no_delivery_callback_and_a_fatal_one_is_not_flushed(monkeypatch):
+    """Before: close() after a fence flushed the fatal producer; confluent-kafka 2.16.1 leaves the
+    fatal error its error callback raises pending while it serves the rest of the queue, so the
+    next delivery callback (formatting a KafkaError) failed: ``SystemError: __format__ of
+    KafkaError returned a result with an exception set`` on the way out (reproduced against the
+    broker: tests/integration/test_producer_fencing.py)."""
+    p, made, clock = fencing_producer(monkeypatch)
+    p.produce([record()])
+    assert made[0].callbacks == [None]
+    clock.now += 1.0
+    with pytest.raises(producer_mod.EmitError):
+        p.transaction([], [TopicPartition("t", 0, 5)], object())
+    p.close()
+    assert not made[0].flushed
+
+
+def test_the_at_least_once_producer_keeps_its_delivery_callback(monkeypatch):
+    fake = FencedProducer({})
+    monkeypatch.setattr(producer_mod, "Producer", lambda conf: fake)
+    p = producer_mod.OutputProducer({"bootstrap.servers": "unused"})
+    p.produce([record()])
+    assert fake.callbacks == [p._on_delivery]

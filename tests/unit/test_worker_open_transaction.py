@@ -308,6 +308,36 @@ def test_a_revoke_mid_interval_commits_the_open_transaction_first(monkeypatch):
     assert not p.aborted and p.open is None
 
 
+def test_an_assignment_mid_interval_commits_the_open_transaction_before_its_restore(monkeypatch):
+    """Partitions assigned (a worker left the group) while A's records are in the open transaction:
+    the restore of the new partitions may wait tens of seconds for the departed worker's
+    transaction (open on their decision log, it holds the restore's read_committed reader below
+    the end until the broker times it out), so the open one is
+    committed first. Before: it stayed open across that wait, the coordinator timed it out, and
+    the next commit was fenced — CI: the survivor of
+    test_a_worker_leaves_a_two_worker_group_mid_stream[kill] stalled ~21 s, then exited 3."""
+    w = make_worker(monkeypatch)
+    p = w.producer._producer
+    seen: dict = {}
+
+    def read_decisions(config, since, stopping=None):  # noqa: ANN001 - the restore of partition 1
+        seen["open"] = p.open is not None
+        seen["committed"] = list(p.committed)
+        return {}
+
+    monkeypatch.setattr(worker_mod, "read_decisions", read_decisions)
+    step_at(w, 0.15, trace_message(0, A))
+    step_at(w, 1.0)
+    step_at(w, 1.2)
+    assert "traces.kept" in topics(p.open)
+    w.consumer.during_consume = lambda: w._on_assign(w.consumer, [worker_mod.TopicPartition(TOPIC, 1)])
+    step_at(w, 1.3)
+    assert seen["open"] is False
+    records, offsets = seen["committed"][-1]
+    assert "traces.kept" in topics(records) and offsets == [(0, 1)]
+    assert w.assigned == {0, 1} and not p.aborted
+
+
 def test_at_least_once_writes_as_it_decides_and_commits_offsets_after_the_acknowledgements(monkeypatch):
     w = make_worker(monkeypatch, guarantee="at_least_once")
     p, c = w.producer._producer, w.consumer
