@@ -14,26 +14,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pipeline.codecs.avro_decision import _LONG_MAX, _LONG_MIN, _varint
+from pipeline.codecs.avro_memo import FALSE as _FALSE
+from pipeline.codecs.avro_memo import INT_MAX as _INT_MAX
+from pipeline.codecs.avro_memo import INT_MIN as _INT_MIN
+from pipeline.codecs.avro_memo import LONG_MAX as _LONG_MAX
+from pipeline.codecs.avro_memo import LONG_MIN as _LONG_MIN
+from pipeline.codecs.avro_memo import TRUE as _TRUE
+from pipeline.codecs.avro_memo import MemoEncoder
+from pipeline.codecs.avro_memo import varint as _varint
 from pipeline.privacy import audit_record
 
-_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
-_MEMO_LIMIT = 1024  # distinct (counts, key id) encodings kept
-_TRUE, _FALSE = b"\x01", b"\x00"
 _EMPTY_MAP = b"\x00"
 
 
-class AuditEncoder:
-    """Encodes PII audit records; its memo (bounded by ``_MEMO_LIMIT``) is a pure function's
-    cache, so one serves every job of the process."""
+class AuditEncoder(MemoEncoder):
+    """Encodes PII audit records. Its memo: (counts, key id) → their bytes."""
 
-    __slots__ = ("_tail", "_last_at")
-
-    def __init__(self) -> None:
-        self._tail: dict[tuple, bytes] = {}
-        # the kept traces of one decide_due share its clock reading: its varint, once (one
-        # attribute holding both, so a reader never pairs one time with another's bytes)
-        self._last_at: tuple[int, bytes] = (0, b"\x00")
+    __slots__ = ()
 
     def encode(
         self,
@@ -57,20 +54,14 @@ class AuditEncoder:
             return audit_record(trace_id, counts, key_id, now_ns, late, span_count)
         items = tuple(counts.items())
         key = (items, key_id)
-        tail = self._tail.get(key)
+        tail = self._memo.get(key)
         if tail is None:
             tail = _encode_tail(items, key_id)
             if tail is None:  # outside the checked types and ranges: fastavro writes (or refuses) it
                 return audit_record(trace_id, counts, key_id, now_ns, late, span_count)
-            if len(self._tail) >= _MEMO_LIMIT:
-                self._tail.clear()
-            self._tail[key] = tail
+            self._remember(key, tail)
         last = self._last_at
-        if now_ns == last[0]:
-            at = last[1]
-        else:
-            at = _varint(now_ns)
-            self._last_at = (now_ns, at)
+        at = last[1] if now_ns == last[0] else self._at(now_ns)
         return b"".join((trace_id, _TRUE if late else _FALSE, _varint(span_count), tail, at))
 
 

@@ -20,28 +20,18 @@ import struct
 from collections.abc import Iterable
 
 from pipeline.codecs import avro
+from pipeline.codecs.avro_memo import FALSE as _FALSE
+from pipeline.codecs.avro_memo import INT_MAX as _INT_MAX
+from pipeline.codecs.avro_memo import INT_MIN as _INT_MIN
+from pipeline.codecs.avro_memo import LONG_MAX as _LONG_MAX
+from pipeline.codecs.avro_memo import LONG_MIN as _LONG_MIN
+from pipeline.codecs.avro_memo import TRUE as _TRUE
+from pipeline.codecs.avro_memo import MemoEncoder
+from pipeline.codecs.avro_memo import varint as _varint
 
 _DOUBLE = struct.Struct("<d").pack
-_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
-_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
-_SMALL = [bytes([n]) for n in range(0x80)]  # varints of one byte
-_MEMO_LIMIT = 1024  # distinct (policy, reason, probability, threshold, dry-run, trigger) encodings kept
-_TRUE, _FALSE = b"\x01", b"\x00"
 _EMPTY_ARRAY = b"\x00"
 _NO_CHECKPOINT = b"\x01"  # processed_through = -1, zig-zag encoded
-
-
-def _varint(n: int) -> bytes:
-    """Avro's zig-zag varint of a long already known to fit 64 bits."""
-    n = (n << 1) ^ (n >> 63)
-    if n < 0x80:
-        return _SMALL[n]
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _string(text: str) -> bytes:
@@ -63,16 +53,11 @@ def _all_longs(values: list) -> bool:
     return all(type(v) is int and _LONG_MIN <= v <= _LONG_MAX for v in values)
 
 
-class DecisionEncoder:
-    """Encodes decision-log records; one per job (its memo is bounded by ``_MEMO_LIMIT``)."""
+class DecisionEncoder(MemoEncoder):
+    """Encodes decision-log records. Its memo: (policy, reason, probability, threshold, dry-run,
+    trigger) → the bytes of the first five, and apart the trigger's (the last field)."""
 
-    __slots__ = ("_middle", "_last_at")
-
-    def __init__(self) -> None:
-        self._middle: dict[tuple, tuple[bytes, bytes]] = {}  # → (policy … dry-run, trigger)
-        # one decide_due call decides most traces at the same clock reading: its varint, once
-        # (one attribute holding both, so a reader never pairs one time with another's bytes)
-        self._last_at: tuple[int, bytes] = (0, b"\x00")
+    __slots__ = ()
 
     def encode(
         self,
@@ -112,7 +97,7 @@ class DecisionEncoder:
         # the packed double in the key: 0.0 == -0.0 (one dict key) but they encode differently;
         # the types too: True == 1 (a threshold) and 1 == True (a dry-run flag) would share a key
         key = (policy, reason, packed, threshold, dry_run_kept, type(threshold), type(dry_run_kept), trigger)
-        parts = self._middle.get(key)
+        parts = self._memo.get(key)
         if parts is None:
             parts = self._encode_middle(policy, reason, packed, threshold, dry_run_kept, trigger)
             if parts is None:  # outside the checked types and ranges: fastavro writes (or refuses) it
@@ -120,16 +105,10 @@ class DecisionEncoder:
                     trace_id, keep, policy, reason, probability, threshold, dry_run_kept,
                     decided_at_ns, partition, offsets, processed_through, trigger,
                 )  # fmt: skip
-            if len(self._middle) >= _MEMO_LIMIT:
-                self._middle.clear()
-            self._middle[key] = parts
+            self._remember(key, parts)
         middle, trigger_bytes = parts
         last = self._last_at
-        if decided_at_ns == last[0]:
-            at = last[1]
-        else:
-            at = _varint(decided_at_ns)
-            self._last_at = (decided_at_ns, at)
+        at = last[1] if decided_at_ns == last[0] else self._at(decided_at_ns)
         if offsets:
             array = _varint(len(offsets)) + b"".join([_varint(o) for o in offsets]) + _EMPTY_ARRAY
         else:
