@@ -2,7 +2,7 @@
 
 One record is written per kept trace while privacy is on (``Job._pii_audit``). Through
 ``fastavro.schemaless_writer`` it was most of the audit's cost — its per-call set-up for ~50 bytes,
-as for the decision record (``pipeline.codecs.avro_decision``, whose varints this shares) —
+as for the decision record (``pipeline.codecs.avro_decision``; both build on ``avro_memo``) —
 about a tenth of the kept path's CPU on the peer benchmark. Here the part kept traces share (the
 counts map and the key id: one of a few per workload) is encoded once per distinct value and
 memoized, the rest are a few bytes. Byte-identical to ``pipeline.privacy.audit_record``
@@ -14,14 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pipeline.codecs.avro_memo import FALSE as _FALSE
-from pipeline.codecs.avro_memo import INT_MAX as _INT_MAX
-from pipeline.codecs.avro_memo import INT_MIN as _INT_MIN
-from pipeline.codecs.avro_memo import LONG_MAX as _LONG_MAX
-from pipeline.codecs.avro_memo import LONG_MIN as _LONG_MIN
-from pipeline.codecs.avro_memo import TRUE as _TRUE
-from pipeline.codecs.avro_memo import MemoEncoder
-from pipeline.codecs.avro_memo import varint as _varint
+from pipeline.codecs.avro_memo import FALSE, INT_MAX, INT_MIN, LONG_MAX, LONG_MIN, TRUE, MemoEncoder, varint
 from pipeline.privacy import audit_record
 
 _EMPTY_MAP = b"\x00"
@@ -47,9 +40,9 @@ class AuditEncoder(MemoEncoder):
             and len(trace_id) == 16
             and type(late) is bool
             and type(span_count) is int
-            and _INT_MIN <= span_count <= _INT_MAX
+            and INT_MIN <= span_count <= INT_MAX
             and type(now_ns) is int
-            and _LONG_MIN <= now_ns <= _LONG_MAX
+            and LONG_MIN <= now_ns <= LONG_MAX
         ):
             return audit_record(trace_id, counts, key_id, now_ns, late, span_count)
         items = tuple(counts.items())
@@ -62,7 +55,7 @@ class AuditEncoder(MemoEncoder):
             self._remember(key, tail)
         last = self._last_at
         at = last[1] if now_ns == last[0] else self._at(now_ns)
-        return b"".join((trace_id, _TRUE if late else _FALSE, _varint(span_count), tail, at))
+        return b"".join((trace_id, TRUE if late else FALSE, varint(span_count), tail, at))
 
 
 def _encode_tail(items: tuple, key_id: str) -> bytes | None:
@@ -70,15 +63,15 @@ def _encode_tail(items: tuple, key_id: str) -> bytes | None:
     the checked types (str keys, 64-bit int values, a str key id without lone surrogates)."""
     if type(key_id) is not str:
         return None
-    parts = [_varint(len(items))] if items else []
+    parts = [varint(len(items))] if items else []
     try:
         for name, n in items:
-            if type(name) is not str or type(n) is not int or not _LONG_MIN <= n <= _LONG_MAX:
+            if type(name) is not str or type(n) is not int or not LONG_MIN <= n <= LONG_MAX:
                 return None
             data = name.encode()
-            parts += (_varint(len(data)), data, _varint(n))
+            parts += (varint(len(data)), data, varint(n))
         data = key_id.encode()
     except UnicodeEncodeError:  # a lone surrogate: fastavro's error
         return None
-    parts += (_EMPTY_MAP, _varint(len(data)), data)
+    parts += (_EMPTY_MAP, varint(len(data)), data)
     return b"".join(parts)

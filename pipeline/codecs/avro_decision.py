@@ -20,14 +20,7 @@ import struct
 from collections.abc import Iterable
 
 from pipeline.codecs import avro
-from pipeline.codecs.avro_memo import FALSE as _FALSE
-from pipeline.codecs.avro_memo import INT_MAX as _INT_MAX
-from pipeline.codecs.avro_memo import INT_MIN as _INT_MIN
-from pipeline.codecs.avro_memo import LONG_MAX as _LONG_MAX
-from pipeline.codecs.avro_memo import LONG_MIN as _LONG_MIN
-from pipeline.codecs.avro_memo import TRUE as _TRUE
-from pipeline.codecs.avro_memo import MemoEncoder
-from pipeline.codecs.avro_memo import varint as _varint
+from pipeline.codecs.avro_memo import FALSE, INT_MAX, INT_MIN, LONG_MAX, LONG_MIN, TRUE, MemoEncoder, varint
 
 _DOUBLE = struct.Struct("<d").pack
 _EMPTY_ARRAY = b"\x00"
@@ -36,21 +29,21 @@ _NO_CHECKPOINT = b"\x01"  # processed_through = -1, zig-zag encoded
 
 def _string(text: str) -> bytes:
     data = text.encode()
-    return _varint(len(data)) + data
+    return varint(len(data)) + data
 
 
 def _union_long(value: int | None) -> bytes:
     """["null", "long"]: the branch index, then the long."""
-    return b"\x00" if value is None else b"\x02" + _varint(value)
+    return b"\x00" if value is None else b"\x02" + varint(value)
 
 
 def _union_bool(value: bool | None) -> bytes:
     """["null", "boolean"]: the branch index, then the boolean."""
-    return b"\x00" if value is None else b"\x02" + (_TRUE if value else _FALSE)
+    return b"\x00" if value is None else b"\x02" + (TRUE if value else FALSE)
 
 
 def _all_longs(values: list) -> bool:
-    return all(type(v) is int and _LONG_MIN <= v <= _LONG_MAX for v in values)
+    return all(type(v) is int and LONG_MIN <= v <= LONG_MAX for v in values)
 
 
 class DecisionEncoder(MemoEncoder):
@@ -81,11 +74,11 @@ class DecisionEncoder(MemoEncoder):
             and len(trace_id) == 16
             and type(keep) is bool
             and type(decided_at_ns) is int
-            and _LONG_MIN <= decided_at_ns <= _LONG_MAX
+            and LONG_MIN <= decided_at_ns <= LONG_MAX
             and type(partition) is int
-            and _INT_MIN <= partition <= _INT_MAX
+            and INT_MIN <= partition <= INT_MAX
             and type(processed_through) is int
-            and _LONG_MIN <= processed_through <= _LONG_MAX
+            and LONG_MIN <= processed_through <= LONG_MAX
             and (not offsets or _all_longs(offsets))
             and type(probability) is float
         ):
@@ -110,18 +103,18 @@ class DecisionEncoder(MemoEncoder):
         last = self._last_at
         at = last[1] if decided_at_ns == last[0] else self._at(decided_at_ns)
         if offsets:
-            array = _varint(len(offsets)) + b"".join([_varint(o) for o in offsets]) + _EMPTY_ARRAY
+            array = varint(len(offsets)) + b"".join([varint(o) for o in offsets]) + _EMPTY_ARRAY
         else:
             array = _EMPTY_ARRAY
         return b"".join(
             (
                 trace_id,
-                _TRUE if keep else _FALSE,
+                TRUE if keep else FALSE,
                 middle,
                 at,
-                _varint(partition),
+                varint(partition),
                 array,
-                _NO_CHECKPOINT if processed_through == -1 else _varint(processed_through),
+                _NO_CHECKPOINT if processed_through == -1 else varint(processed_through),
                 trigger_bytes,
             )
         )
@@ -136,7 +129,7 @@ class DecisionEncoder(MemoEncoder):
             type(policy) is str
             and type(reason) is str
             and type(trigger) is str
-            and (threshold is None or (type(threshold) is int and _LONG_MIN <= threshold <= _LONG_MAX))
+            and (threshold is None or (type(threshold) is int and LONG_MIN <= threshold <= LONG_MAX))
             and (dry_run_kept is None or type(dry_run_kept) is bool)
         ):
             return None
