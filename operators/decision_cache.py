@@ -26,6 +26,7 @@ class KeptEntry:
     partition: int
     offsets: set[int] = field(default_factory=set)
     decided_at_ns: int = 0
+    trigger: str = ""  # its decision point: a late span's rewrite of the record says the same
 
 
 DROPPED = object()  # what ``get`` returns for a remembered drop
@@ -55,7 +56,13 @@ class DecisionCache:
         return None
 
     def remember(
-        self, trace_id: bytes, decision: Decision, partition: int, offsets=(), decided_at_ns: int = 0
+        self,
+        trace_id: bytes,
+        decision: Decision,
+        partition: int,
+        offsets=(),
+        decided_at_ns: int = 0,
+        trigger: str = "",
     ) -> KeptEntry | None:
         """Record a decision (kept: with the input offsets emitted for it). Returns the kept entry."""
         if not decision.keep:
@@ -68,7 +75,7 @@ class DecisionCache:
             return None
         entry = self._kept.get(trace_id)
         if entry is None:
-            entry = self._kept[trace_id] = KeptEntry(decision, partition, set(offsets), decided_at_ns)
+            entry = self._kept[trace_id] = KeptEntry(decision, partition, set(offsets), decided_at_ns, trigger)
         else:
             entry.decision = decision
             entry.offsets.update(offsets)

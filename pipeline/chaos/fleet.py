@@ -281,12 +281,25 @@ class Fleet:
     def logs(self) -> str:
         return "\n".join(w.log_path.read_text(errors="replace") for w in self.workers if w.log_path.exists())
 
-    def close(self) -> None:
-        self._stop.set()
+    def stop_workers(self) -> None:
+        """Stop every worker (SIGTERM: each commits what it has, or is killed after 20 s), so that
+        nothing commits while the topics are read for the figures: the kept traces and the decision
+        log, read one after the other while a stalled worker still committed, showed a decision
+        whose kept spans came after the first read (13 keep-without-kept traces, overload run of
+        2026-11-29). What the scenario asks a worker (/metrics) it asks before."""
         for w in self.workers:
             if w.job is not None:
                 w.job.resume()
+                if w.alive():  # its decision points to the last (the sampler's reading may be 2 s old)
+                    try:
+                        w.triggers[w.job.proc.pid] = _triggers(w.job.metrics())
+                    except OSError:
+                        pass
                 w.job.stop(timeout=20)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.stop_workers()
         if self._sampler.is_alive():
             self._sampler.join(10)
 

@@ -24,10 +24,19 @@ counted apart, and checked for what is promised instead:
   the trace, no earlier than the assignment — and at most ``BOUND_SLACK_S`` more (a decision the
   read times released at another moment is not excused): the ERROR spans were in the partition,
   but behind what the reader had read (a dropped trace with its ERROR span read would have been
-  kept). Checked instead: not decided before that bound.
+  kept). Checked instead: not decided before that bound. A decision record that names its trigger
+  (``trigger``, added to ``trace_decision.v1``) settles it: ``backlog_limit`` is the hard bound,
+  any other trigger is not, and (a) and (b) are inferred only for records without one.
+- ``buffer``: decided drop at the buffer bound (trigger ``backlog_bound`` or ``memory_bound``, read
+  from the decision record): the input is paused there and the decision falls back to the worker's
+  clock, so a trace whose messages straddle the pause can be decided before its tail — with its
+  ERROR span — is read (README "Bounded memory", the stated fallback). Shown, not judged: the
+  overload scenario judges ``memory_bound`` decisions on their own ("decisions forced early").
 
-Every other miss is the job's. The classes the report prints, first match: ``held by its
-producer``, ``decided at the hard bound, error not read by then``, ``error arrived after the
+Every other miss is the job's — a drop with any other trigger (``decision_wait``, ``root_quiet``,
+``backlog_read``, …) whose error is not shown held by its producer. The classes the report prints,
+first match: ``held by its producer``, ``decided at the buffer bound before its error was read
+(…)``, ``decided at the hard bound, error not read by then``, ``error arrived after the
 decision`` (decided before the bound, its error not there yet: the read times let it go), ``error
 arrived before the decision, above an aborted transaction`` (see ``ABORTED_BELOW``), ``error arrived
 before the decision`` (it was there to be read), ``error copy not found``.
@@ -147,7 +156,19 @@ class Owners:
         return total / 1e9
 
 
-EXCUSED = {"held": "held by its producer", "bound": "decided at the hard bound, error not read by then"}
+EXCUSED = {
+    "held": "held by its producer",
+    "bound": "decided at the hard bound, error not read by then",
+    "buffer": "decided at the buffer bound before its error was read (stated fallback, README 'Bounded memory')",
+}
+# the decision points at the buffer bound, where the input is paused (operators.assemble)
+BUFFER_BOUND_TRIGGERS = ("backlog_bound", "memory_bound")
+HARD_BOUND_TRIGGER = "backlog_limit"
+
+
+def trigger_of(records: list[dict]) -> str:
+    """The trigger of a trace's first decision ("" when its record predates the field)."""
+    return min(records, key=lambda r: r["decided_at_unix_nano"]).get("trigger", "") if records else ""
 
 
 def copies(bootstrap: str, topic: str, wanted: dict[int, set[bytes]], timeout: float = 120) -> dict[bytes, list]:
@@ -226,8 +247,8 @@ def aborted_below(s: Send, home: int, found: list, aborted_here: list[tuple[int,
 def excuse(
     records: list[dict], sends: list[Send], found: list, hard_bound_ns: int | None, owners: Owners | None = None
 ) -> str | None:
-    """``held`` or ``bound`` when the README does not promise to keep this error trace (module
-    docstring), else None. ``found``: its messages on its partition (``copies``); ``records``: its
+    """``held``, ``buffer`` or ``bound`` when the README does not promise to keep this error trace
+    (module docstring), else None. ``found``: its messages on its partition (``copies``); ``records``: its
     decision records (all of them drop: a kept one would have put it in traces.kept); ``owners``:
     who read which partition when (None: not known, (b) of ``bound`` is not shown)."""
     if not records or any(r["keep"] for r in records):
@@ -239,6 +260,11 @@ def excuse(
         return None
     if all(s.acked_ns - s.created_ms * 1_000_000 >= HELD_S * 1e9 for s in errors):
         return "held"
+    trigger = trigger_of(records)
+    if trigger in BUFFER_BOUND_TRIGGERS:
+        return "buffer"
+    if trigger:  # the record says which decision point it was: no need to infer the hard bound
+        return "bound" if trigger == HARD_BOUND_TRIGGER and hard_bound_ns is not None else None
     arrivals = [_arrival(s, home, found) for s in sends if s.acked_ns]
     error_at = [_arrival(s, home, found) for s in errors]
     if None in error_at or not arrivals:
@@ -352,7 +378,7 @@ def _one(tid, records, sends, found, owners: Owners, outages, hard_bound_ns: int
         f"{name} p{home} decided {rel(decided)} (reader {owners.at(home, decided) or '-'}"
         + (f", who had held p{home} {held / 1e9:.1f}s" if held is not None else "")
         + ", "
-        f"{len(records)} record(s), {d['policy'] or '-'}/{d['reason']}): {cls}; "
+        f"{len(records)} record(s), {d['policy'] or '-'}/{d['reason']}, trigger {d.get('trigger') or '-'}): {cls}; "
         + "; ".join(show(s) for s in sorted(sends, key=lambda s: s.created_ms))
         + below
     )

@@ -195,6 +195,9 @@ class Exactness:
     error_held_dropped: int = 0
     # ... or decided at the hard bound (backlog_wait_factor x decision_wait), its error not read by then
     error_bound_dropped: int = 0
+    # ... or decided at the buffer bound (its record's trigger: backlog_bound, memory_bound), where the
+    # input is paused and a trace's tail may still be unread (README "Bounded memory")
+    error_buffer_dropped: int = 0
     traces_with_loss: int = 0
     duplicated: int = 0  # occurrences beyond the first
     error_traces_incomplete: int = 0
@@ -217,7 +220,7 @@ class Exactness:
     poison_reasons: dict = field(default_factory=dict)  # poison kind → Counter(reason)
     # error traces not kept → their decision records (empty: none), for ``pipeline.chaos.misses``
     missed: dict = field(default_factory=dict)
-    excused: dict = field(default_factory=dict)  # ... of them: trace ID → "held" | "bound"
+    excused: dict = field(default_factory=dict)  # ... of them: trace ID → "held" | "bound" | "buffer"
     copies: dict = field(default_factory=dict)  # ... their messages on their partitions (misses.copies)
 
 
@@ -285,6 +288,7 @@ def check(
                 ex.error_traces_decided_drop -= 1
                 ex.error_held_dropped += why == "held"
                 ex.error_bound_dropped += why == "bound"
+                ex.error_buffer_dropped += why == "buffer"
     spans, errors = sli_counts(bootstrap, topics.sli_windows.name)
     good_services = {k[0] for k in truth.sli_spans}
     for key in set(spans) | set(truth.sli_spans):

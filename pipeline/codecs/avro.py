@@ -60,14 +60,59 @@ def encode(schema_name: str, record: dict) -> bytes:
     return buf.getvalue()
 
 
+# Fields appended (with a default) to a schema whose records are durable — oldest first. Records
+# are schemaless, so one written before a field was added is read with that earlier writer schema
+# and takes the field's default: the decision log is compacted and restored on every assignment,
+# so records of the version before live on in it after an upgrade.
+APPENDED_FIELDS = {TRACE_DECISION: ("trigger",)}
+
+
 def decode(schema_name: str, value: bytes) -> dict:
-    """Decode one record; raises on truncated or malformed input (callers dead-letter it)."""
+    """Decode one record; raises on truncated or malformed input (callers dead-letter it). A record
+    of an earlier version (``APPENDED_FIELDS``) reads with the fields it lacks at their defaults."""
     buf = io.BytesIO(value)
-    record = fastavro.schemaless_reader(buf, parsed_schema(schema_name), None)
+    try:
+        record = fastavro.schemaless_reader(buf, parsed_schema(schema_name), None)
+    except Exception:
+        if schema_name not in APPENDED_FIELDS:
+            raise
+        earlier = _decode_earlier(schema_name, value)
+        if earlier is None:
+            raise
+        return earlier
     if buf.tell() != len(value):
         # Avro has no framing: trailing bytes mean the writer used another schema.
         raise ValueError(f"{len(value) - buf.tell()} trailing bytes after {schema_name} record")
     return record
+
+
+def _decode_earlier(schema_name: str, value: bytes) -> dict | None:
+    """``value`` read as a record of an earlier version of the schema (newest first) that it fills
+    exactly, resolved to the current one; None if none does. A record of the current version never
+    gets here: an appended field adds at least one byte, which an earlier version does not read."""
+    reader = parsed_schema(schema_name)
+    for writer in _earlier_versions(schema_name):
+        buf = io.BytesIO(value)
+        try:
+            record = fastavro.schemaless_reader(buf, writer, reader)
+        except Exception:  # noqa: BLE001 - not this version either
+            continue
+        if buf.tell() == len(value):
+            return record
+    return None
+
+
+@cache
+def _earlier_versions(schema_name: str) -> list:
+    """The schema without its last 1, 2, … appended fields (``APPENDED_FIELDS``), parsed."""
+    schema = raw_schema(schema_name)
+    added = APPENDED_FIELDS[schema_name]
+    fields = [f["name"] for f in schema["fields"]]
+    assert tuple(fields[-len(added) :]) == added, f"{schema_name}: appended fields must be its last"
+    return [
+        fastavro.parse_schema({**schema, "fields": schema["fields"][: len(fields) - k]})
+        for k in range(1, len(added) + 1)
+    ]
 
 
 def decode_batch(value: bytes) -> dict:

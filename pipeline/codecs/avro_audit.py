@@ -2,7 +2,7 @@
 
 One record is written per kept trace while privacy is on (``Job._pii_audit``). Through
 ``fastavro.schemaless_writer`` it was most of the audit's cost — its per-call set-up for ~50 bytes,
-as for the decision record (``pipeline.codecs.avro_decision``, whose varints this shares) —
+as for the decision record (``pipeline.codecs.avro_decision``; both build on ``avro_memo``) —
 about a tenth of the kept path's CPU on the peer benchmark. Here the part kept traces share (the
 counts map and the key id: one of a few per workload) is encoded once per distinct value and
 memoized, the rest are a few bytes. Byte-identical to ``pipeline.privacy.audit_record``
@@ -14,26 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pipeline.codecs.avro_decision import _LONG_MAX, _LONG_MIN, _varint
+from pipeline.codecs.avro_memo import FALSE, INT_MAX, INT_MIN, LONG_MAX, LONG_MIN, TRUE, MemoEncoder, varint
 from pipeline.privacy import audit_record
 
-_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
-_MEMO_LIMIT = 1024  # distinct (counts, key id) encodings kept
-_TRUE, _FALSE = b"\x01", b"\x00"
 _EMPTY_MAP = b"\x00"
 
 
-class AuditEncoder:
-    """Encodes PII audit records; its memo (bounded by ``_MEMO_LIMIT``) is a pure function's
-    cache, so one serves every job of the process."""
+class AuditEncoder(MemoEncoder):
+    """Encodes PII audit records. Its memo: (counts, key id) → their bytes."""
 
-    __slots__ = ("_tail", "_last_at")
-
-    def __init__(self) -> None:
-        self._tail: dict[tuple, bytes] = {}
-        # the kept traces of one decide_due share its clock reading: its varint, once (one
-        # attribute holding both, so a reader never pairs one time with another's bytes)
-        self._last_at: tuple[int, bytes] = (0, b"\x00")
+    __slots__ = ()
 
     def encode(
         self,
@@ -50,28 +40,22 @@ class AuditEncoder:
             and len(trace_id) == 16
             and type(late) is bool
             and type(span_count) is int
-            and _INT_MIN <= span_count <= _INT_MAX
+            and INT_MIN <= span_count <= INT_MAX
             and type(now_ns) is int
-            and _LONG_MIN <= now_ns <= _LONG_MAX
+            and LONG_MIN <= now_ns <= LONG_MAX
         ):
             return audit_record(trace_id, counts, key_id, now_ns, late, span_count)
         items = tuple(counts.items())
         key = (items, key_id)
-        tail = self._tail.get(key)
+        tail = self._memo.get(key)
         if tail is None:
             tail = _encode_tail(items, key_id)
             if tail is None:  # outside the checked types and ranges: fastavro writes (or refuses) it
                 return audit_record(trace_id, counts, key_id, now_ns, late, span_count)
-            if len(self._tail) >= _MEMO_LIMIT:
-                self._tail.clear()
-            self._tail[key] = tail
+            self._remember(key, tail)
         last = self._last_at
-        if now_ns == last[0]:
-            at = last[1]
-        else:
-            at = _varint(now_ns)
-            self._last_at = (now_ns, at)
-        return b"".join((trace_id, _TRUE if late else _FALSE, _varint(span_count), tail, at))
+        at = last[1] if now_ns == last[0] else self._at(now_ns)
+        return b"".join((trace_id, TRUE if late else FALSE, varint(span_count), tail, at))
 
 
 def _encode_tail(items: tuple, key_id: str) -> bytes | None:
@@ -79,15 +63,15 @@ def _encode_tail(items: tuple, key_id: str) -> bytes | None:
     the checked types (str keys, 64-bit int values, a str key id without lone surrogates)."""
     if type(key_id) is not str:
         return None
-    parts = [_varint(len(items))] if items else []
+    parts = [varint(len(items))] if items else []
     try:
         for name, n in items:
-            if type(name) is not str or type(n) is not int or not _LONG_MIN <= n <= _LONG_MAX:
+            if type(name) is not str or type(n) is not int or not LONG_MIN <= n <= LONG_MAX:
                 return None
             data = name.encode()
-            parts += (_varint(len(data)), data, _varint(n))
+            parts += (varint(len(data)), data, varint(n))
         data = key_id.encode()
     except UnicodeEncodeError:  # a lone surrogate: fastavro's error
         return None
-    parts += (_EMPTY_MAP, _varint(len(data)), data)
+    parts += (_EMPTY_MAP, varint(len(data)), data)
     return b"".join(parts)

@@ -4,7 +4,8 @@ One record is written per decided trace. ``fastavro.schemaless_writer`` with the
 cost ~8.5 µs per record on a quiet machine (its per-call set-up — named schemas, encoder, options
 dict, the record walk — dwarfs the ~60 bytes it writes); this writes the same bytes in ~1–2 µs:
 the fields a decision shares with many others (policy, reason, probability, threshold,
-dry-run flag) are encoded once per distinct value set and memoized, the rest are a few varints.
+dry-run flag, and at the end the trigger) are encoded once per distinct value set and memoized,
+the rest are a few varints.
 Byte-identical to fastavro by construction *and* by test (``tests/unit/test_decision_record.py``,
 hypothesis: every field over its whole domain, checked against ``fastavro.schemaless_writer``);
 anything outside the fast path's checked ranges (a trace ID that is not 16 bytes, a long outside
@@ -19,59 +20,37 @@ import struct
 from collections.abc import Iterable
 
 from pipeline.codecs import avro
+from pipeline.codecs.avro_memo import FALSE, INT_MAX, INT_MIN, LONG_MAX, LONG_MIN, TRUE, MemoEncoder, varint
 
 _DOUBLE = struct.Struct("<d").pack
-_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
-_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
-_SMALL = [bytes([n]) for n in range(0x80)]  # varints of one byte
-_MEMO_LIMIT = 1024  # distinct (policy, reason, probability, threshold, dry-run) encodings kept
-_TRUE, _FALSE = b"\x01", b"\x00"
 _EMPTY_ARRAY = b"\x00"
 _NO_CHECKPOINT = b"\x01"  # processed_through = -1, zig-zag encoded
 
 
-def _varint(n: int) -> bytes:
-    """Avro's zig-zag varint of a long already known to fit 64 bits."""
-    n = (n << 1) ^ (n >> 63)
-    if n < 0x80:
-        return _SMALL[n]
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _string(text: str) -> bytes:
     data = text.encode()
-    return _varint(len(data)) + data
+    return varint(len(data)) + data
 
 
 def _union_long(value: int | None) -> bytes:
     """["null", "long"]: the branch index, then the long."""
-    return b"\x00" if value is None else b"\x02" + _varint(value)
+    return b"\x00" if value is None else b"\x02" + varint(value)
 
 
 def _union_bool(value: bool | None) -> bytes:
     """["null", "boolean"]: the branch index, then the boolean."""
-    return b"\x00" if value is None else b"\x02" + (_TRUE if value else _FALSE)
+    return b"\x00" if value is None else b"\x02" + (TRUE if value else FALSE)
 
 
 def _all_longs(values: list) -> bool:
-    return all(type(v) is int and _LONG_MIN <= v <= _LONG_MAX for v in values)
+    return all(type(v) is int and LONG_MIN <= v <= LONG_MAX for v in values)
 
 
-class DecisionEncoder:
-    """Encodes decision-log records; one per job (its memo is bounded by ``_MEMO_LIMIT``)."""
+class DecisionEncoder(MemoEncoder):
+    """Encodes decision-log records. Its memo: (policy, reason, probability, threshold, dry-run,
+    trigger) → the bytes of the first five, and apart the trigger's (the last field)."""
 
-    __slots__ = ("_middle", "_last_at")
-
-    def __init__(self) -> None:
-        self._middle: dict[tuple, bytes] = {}
-        # one decide_due call decides most traces at the same clock reading: its varint, once
-        # (one attribute holding both, so a reader never pairs one time with another's bytes)
-        self._last_at: tuple[int, bytes] = (0, b"\x00")
+    __slots__ = ()
 
     def encode(
         self,
@@ -86,6 +65,7 @@ class DecisionEncoder:
         partition: int,
         offsets: Iterable[int],
         processed_through: int = -1,
+        trigger: str = "",
     ) -> bytes:
         """``avro.encode(avro.TRACE_DECISION, {...})`` of these fields (``offsets`` sorted here)."""
         offsets = sorted(offsets) if offsets else []
@@ -94,76 +74,75 @@ class DecisionEncoder:
             and len(trace_id) == 16
             and type(keep) is bool
             and type(decided_at_ns) is int
-            and _LONG_MIN <= decided_at_ns <= _LONG_MAX
+            and LONG_MIN <= decided_at_ns <= LONG_MAX
             and type(partition) is int
-            and _INT_MIN <= partition <= _INT_MAX
+            and INT_MIN <= partition <= INT_MAX
             and type(processed_through) is int
-            and _LONG_MIN <= processed_through <= _LONG_MAX
+            and LONG_MIN <= processed_through <= LONG_MAX
             and (not offsets or _all_longs(offsets))
             and type(probability) is float
         ):
             return self._fastavro(
                 trace_id, keep, policy, reason, probability, threshold, dry_run_kept,
-                decided_at_ns, partition, offsets, processed_through,
+                decided_at_ns, partition, offsets, processed_through, trigger,
             )  # fmt: skip
         packed = _DOUBLE(probability)
         # the packed double in the key: 0.0 == -0.0 (one dict key) but they encode differently;
         # the types too: True == 1 (a threshold) and 1 == True (a dry-run flag) would share a key
-        key = (policy, reason, packed, threshold, dry_run_kept, type(threshold), type(dry_run_kept))
-        middle = self._middle.get(key)
-        if middle is None:
-            middle = self._encode_middle(policy, reason, packed, threshold, dry_run_kept)
-            if middle is None:  # outside the checked types and ranges: fastavro writes (or refuses) it
+        key = (policy, reason, packed, threshold, dry_run_kept, type(threshold), type(dry_run_kept), trigger)
+        parts = self._memo.get(key)
+        if parts is None:
+            parts = self._encode_middle(policy, reason, packed, threshold, dry_run_kept, trigger)
+            if parts is None:  # outside the checked types and ranges: fastavro writes (or refuses) it
                 return self._fastavro(
                     trace_id, keep, policy, reason, probability, threshold, dry_run_kept,
-                    decided_at_ns, partition, offsets, processed_through,
+                    decided_at_ns, partition, offsets, processed_through, trigger,
                 )  # fmt: skip
-            if len(self._middle) >= _MEMO_LIMIT:
-                self._middle.clear()
-            self._middle[key] = middle
+            self._remember(key, parts)
+        middle, trigger_bytes = parts
         last = self._last_at
-        if decided_at_ns == last[0]:
-            at = last[1]
-        else:
-            at = _varint(decided_at_ns)
-            self._last_at = (decided_at_ns, at)
+        at = last[1] if decided_at_ns == last[0] else self._at(decided_at_ns)
         if offsets:
-            array = _varint(len(offsets)) + b"".join([_varint(o) for o in offsets]) + _EMPTY_ARRAY
+            array = varint(len(offsets)) + b"".join([varint(o) for o in offsets]) + _EMPTY_ARRAY
         else:
             array = _EMPTY_ARRAY
         return b"".join(
             (
                 trace_id,
-                _TRUE if keep else _FALSE,
+                TRUE if keep else FALSE,
                 middle,
                 at,
-                _varint(partition),
+                varint(partition),
                 array,
-                _NO_CHECKPOINT if processed_through == -1 else _varint(processed_through),
+                _NO_CHECKPOINT if processed_through == -1 else varint(processed_through),
+                trigger_bytes,
             )
         )
 
     @staticmethod
     def _encode_middle(
-        policy: str, reason: str, packed: bytes, threshold: int | None, dry_run_kept: bool | None
-    ) -> bytes | None:
-        """policy, reason, probability, threshold, dry_run_kept; None outside the checked types."""
+        policy: str, reason: str, packed: bytes, threshold: int | None, dry_run_kept: bool | None, trigger: str
+    ) -> tuple[bytes, bytes] | None:
+        """policy, reason, probability, threshold, dry_run_kept — and apart, the trigger (the last
+        field); None outside the checked types."""
         if not (
             type(policy) is str
             and type(reason) is str
-            and (threshold is None or (type(threshold) is int and _LONG_MIN <= threshold <= _LONG_MAX))
+            and type(trigger) is str
+            and (threshold is None or (type(threshold) is int and LONG_MIN <= threshold <= LONG_MAX))
             and (dry_run_kept is None or type(dry_run_kept) is bool)
         ):
             return None
         try:
-            return _string(policy) + _string(reason) + packed + _union_long(threshold) + _union_bool(dry_run_kept)
+            middle = _string(policy) + _string(reason) + packed + _union_long(threshold) + _union_bool(dry_run_kept)
+            return middle, _string(trigger)
         except UnicodeEncodeError:  # a lone surrogate: fastavro's error
             return None
 
     @staticmethod
     def _fastavro(
         trace_id, keep, policy, reason, probability, threshold, dry_run_kept,
-        decided_at_ns, partition, offsets, processed_through,
+        decided_at_ns, partition, offsets, processed_through, trigger,
     ) -> bytes:  # fmt: skip
         return avro.encode(
             avro.TRACE_DECISION,
@@ -179,5 +158,6 @@ class DecisionEncoder:
                 "input_partition": partition,
                 "emitted_offsets": offsets,
                 "processed_through": processed_through,
+                "trigger": trigger,
             },
         )

@@ -184,7 +184,9 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
             decision = Decision(
                 r["keep"], r["policy"], r["reason"], r["probability"], r["threshold"], r["dry_run_kept"]
             )
-            self.decisions.remember(r["trace_id"], decision, partition, r["emitted_offsets"], r["decided_at_unix_nano"])
+            self.decisions.remember(
+                r["trace_id"], decision, partition, r["emitted_offsets"], r["decided_at_unix_nano"], r["trigger"]
+            )
             n += 1
         return n
 

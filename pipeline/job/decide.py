@@ -210,9 +210,9 @@ class Decide:
         keep = decision.keep
         messages = buf.messages
         offsets = [unit.hold.offset for unit in messages] if keep else ()
-        self.decisions.remember(trace_id, decision, buf.partition, offsets, decided_ns)
-        out.records.append(self._decision_record(trace_id, decision, buf.partition, offsets, decided_ns))
-        trigger = buf.trigger
+        trigger = buf.trigger  # in the record and in tailsift_decision_points_total alike
+        self.decisions.remember(trace_id, decision, buf.partition, offsets, decided_ns, trigger)
+        out.records.append(self._decision_record(trace_id, decision, buf.partition, offsets, decided_ns, trigger))
         if self.event_time:
             out.decision_points.append(now_ns)
         else:

@@ -29,9 +29,16 @@ class EmitRecords:
     """Record builders of ``Job`` (a mixin: the state is the job's)."""
 
     def _decision_record(
-        self, trace_id: bytes, decision: Decision, partition: int, offsets: Iterable[int], decided_at_ns: int
+        self,
+        trace_id: bytes,
+        decision: Decision,
+        partition: int,
+        offsets: Iterable[int],
+        decided_at_ns: int,
+        trigger: str,
     ) -> Record:
-        """The decision-log entry, written to the trace's input partition number."""
+        """The decision-log entry, written to the trace's input partition number. ``trigger``: the
+        decision point that released the trace (its ``tailsift_decision_points_total`` label)."""
         value = _DECISION_RECORDS.encode(
             trace_id,
             decision.keep,
@@ -43,6 +50,8 @@ class EmitRecords:
             decided_at_ns,
             partition,
             offsets,
+            -1,
+            trigger,
         )
         return Record(self.decisions_topic, trace_id, value, [], partition)
 

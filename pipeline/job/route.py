@@ -86,7 +86,9 @@ class Route:
             unit.handle = self.codec.decode_trace(unit.value, trace_id).handle
         self._pending.extend(self._kept_records(trace_id, known.decision, [unit], now_ns, late=True))
         self._pending.append(
-            self._decision_record(trace_id, known.decision, known.partition, known.offsets, known.decided_at_ns)
+            self._decision_record(
+                trace_id, known.decision, known.partition, known.offsets, known.decided_at_ns, known.trigger
+            )
         )
         _LATE_KEPT.inc()
         _LATE_SPANS_KEPT.inc(span_count)

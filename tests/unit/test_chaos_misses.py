@@ -1,7 +1,8 @@
 """What the chaos suite does not count as a missed error trace, and why (``pipeline.chaos.misses``):
 only what the README says the sampler does not promise — an error span held by its producer past
-the read times' margin, or a trace decided at the hard bound before its error reached its
-partition — and nothing else (an error that was there at the decision is the job's miss)."""
+the read times' margin, a trace decided at the hard bound before its error reached its partition,
+or one decided at the buffer bound (its record's trigger) — and nothing else (an error that was
+there at the decision, or a drop at any other decision point, is the job's miss)."""
 
 from __future__ import annotations
 
@@ -28,16 +29,18 @@ def send(error: bool, partition: int, created_s: float, acked_s: float, late: bo
     )
 
 
-def decision(at_s: float, keep: bool = False) -> list[dict]:
-    return [
-        {
-            "decided_at_unix_nano": int(T0 + at_s * S),
-            "input_partition": HOME,
-            "keep": keep,
-            "policy": "",
-            "reason": "not_sampled",
-        }
-    ]
+def decision(at_s: float, keep: bool = False, trigger: str | None = None) -> list[dict]:
+    """The trace's decision record (``trigger`` None: one written before records named it)."""
+    record = {
+        "decided_at_unix_nano": int(T0 + at_s * S),
+        "input_partition": HOME,
+        "keep": keep,
+        "policy": "",
+        "reason": "not_sampled",
+    }
+    if trigger is not None:
+        record["trigger"] = trigger
+    return [record]
 
 
 def copy_of(s: Send, on_home_s: float) -> tuple:
@@ -176,3 +179,48 @@ def test_an_error_above_an_aborted_transaction_is_shown_as_such():
     old = {HOME: [(880, copy_ms - 60_000)]}
     (miss,) = misses.classify({tid: decision(80)}, {tid: [first, error]}, {tid: found}, owners, [], BOUND, old)
     assert miss.cls == "error arrived before the decision"
+
+
+def test_a_drop_at_the_buffer_bound_is_the_stated_fallback():
+    """The overload run of 2026-11-29: 8 of 410 error traces decided drop at the buffer bound (the
+    input paused, held traces yielded oldest first) before their ERROR spans were read — the
+    fallback README "Bounded memory" states. Before the decision record carried its trigger the
+    suite could not tell them from a job's miss and failed the run; now the record says
+    ``backlog_bound`` (or ``memory_bound``) and the trace is counted apart, not judged."""
+    first, error = send(False, HOME, 0, 0.1), send(True, HOME, 0.6, 0.7)  # its error in its partition
+    for trigger in ("backlog_bound", "memory_bound"):
+        assert misses.excuse(decision(12, trigger=trigger), [first, error], [], BOUND) == "buffer"
+    tid = b"\x03" * 16
+    (miss,) = misses.classify(
+        {tid: decision(12, trigger="backlog_bound")}, {tid: [first, error]}, {}, misses.Owners([]), [], BOUND
+    )
+    assert miss.cls == misses.EXCUSED["buffer"]
+    assert "trigger backlog_bound" in miss.line
+
+
+def test_a_drop_at_any_other_decision_point_is_the_jobs_miss():
+    """The suite still fails: the same trace decided drop by its clock wait (``decision_wait``) or
+    once its partition was read far enough (``backlog_read``) had its error there to be read."""
+    first, error = send(False, HOME, 0, 0.1), send(True, HOME, 0.6, 0.7)
+    for trigger in ("decision_wait", "root_quiet", "backlog_read", "idle_partition", "span_limit"):
+        assert misses.excuse(decision(12, trigger=trigger), [first, error], [], BOUND) is None
+        tid = b"\x04" * 16
+        (miss,) = misses.classify(
+            {tid: decision(12, trigger=trigger)}, {tid: [first, error]}, {}, misses.Owners([]), [], BOUND
+        )
+        assert miss.cls == "error arrived before the decision"
+
+
+def test_the_record_settles_whether_it_was_the_hard_bound(tmp_path):
+    """Rule (b) infers the hard bound from when the reader got the partition; the overload run had
+    9 misses it took for the hard bound though none was decided there. A record naming its trigger
+    decides: ``backlog_limit`` is the bound, ``decision_wait`` at the same moment is not."""
+    first, error = send(False, HOME, 0, 0.1), send(True, 5, 0.6, 0.7)
+    owners = reader_since(tmp_path, 130)
+    found = [copy_of(error, 200)]
+    assert misses.excuse(decision(206), [first, error], found, BOUND, owners) == "bound"  # inferred
+    assert misses.excuse(decision(206, trigger="backlog_limit"), [first, error], found, BOUND, owners) == "bound"
+    assert misses.excuse(decision(206, trigger="decision_wait"), [first, error], found, BOUND, owners) is None
+    # the hard bound needs no inference from the record, but is excused only where one is given
+    assert misses.excuse(decision(30, trigger="backlog_limit"), [first, error], [copy_of(error, 90)], BOUND) == "bound"
+    assert misses.excuse(decision(30, trigger="backlog_limit"), [first, error], [copy_of(error, 90)], None) is None

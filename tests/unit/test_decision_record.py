@@ -35,7 +35,9 @@ def fastavro_bytes(fields: dict) -> bytes:
     return avro.encode(avro.TRACE_DECISION, fields)
 
 
-def as_fields(trace_id, keep, policy, reason, probability, threshold, dry, at, partition, offsets, through) -> dict:
+def as_fields(
+    trace_id, keep, policy, reason, probability, threshold, dry, at, partition, offsets, through, trigger=""
+) -> dict:
     return {
         "trace_id": trace_id,
         "keep": keep,
@@ -48,6 +50,7 @@ def as_fields(trace_id, keep, policy, reason, probability, threshold, dry, at, p
         "input_partition": partition,
         "emitted_offsets": sorted(offsets),
         "processed_through": through,
+        "trigger": trigger,
     }
 
 
@@ -63,22 +66,24 @@ ARGS = dict(
     partition=INT,
     offsets=st.lists(EDGY_LONG, max_size=8),
     through=EDGY_LONG,
+    trigger=st.one_of(st.sampled_from(["", "decision_wait", "backlog_bound", "memory_bound"]), TEXT),
 )
 
 
 @settings(max_examples=600, deadline=None)
 @given(**ARGS)
 def test_same_bytes_as_fastavro(
-    trace_id, keep, policy, reason, probability, threshold, dry, at, partition, offsets, through
+    trace_id, keep, policy, reason, probability, threshold, dry, at, partition, offsets, through, trigger
 ):
     encoder = DecisionEncoder()
-    args = (trace_id, keep, policy, reason, probability, threshold, dry, at, partition, offsets, through)
+    args = (trace_id, keep, policy, reason, probability, threshold, dry, at, partition, offsets, through, trigger)
     expected = fastavro_bytes(as_fields(*args))
     assert encoder.encode(*args) == expected
     # again: the memoized middle part and the remembered time must give the same bytes
     assert encoder.encode(*args) == expected
     decoded = avro.decode(avro.TRACE_DECISION, expected)
     assert decoded["trace_id"] == trace_id and decoded["emitted_offsets"] == sorted(offsets)
+    assert decoded["trigger"] == trigger
 
 
 @settings(max_examples=300, deadline=None)
@@ -133,6 +138,8 @@ def test_values_equal_as_keys_still_encode_as_fastavro(field, first, second):
         ("policy", "\ud800"),  # a lone surrogate: not UTF-8
         ("threshold", 1 << 64),
         ("probability", 1 << 1100),  # an int no double holds
+        ("trigger", "\udfff"),
+        ("trigger", 7),  # not a string
     ],
 )
 def test_outside_the_fast_path_behaves_as_fastavro(field, value):
@@ -144,9 +151,52 @@ def test_outside_the_fast_path_behaves_as_fastavro(field, value):
         expected = type(exc)
     args = [fields[k] for k in ("trace_id", "keep", "policy", "reason", "probability", "threshold", "dry_run_kept")]
     args += [fields["decided_at_unix_nano"], fields["input_partition"], fields["emitted_offsets"]]
-    args += [fields["processed_through"]]
+    args += [fields["processed_through"], fields["trigger"]]
     if isinstance(expected, bytes):
         assert DecisionEncoder().encode(*args) == expected
     else:
         with pytest.raises(expected):
             DecisionEncoder().encode(*args)
+
+
+def earlier_version() -> dict:
+    """``trace_decision.v1`` as it was before ``trigger`` was appended."""
+    schema = avro.raw_schema(avro.TRACE_DECISION)
+    assert schema["fields"][-1]["name"] == "trigger"
+    return {**schema, "fields": schema["fields"][:-1]}
+
+
+def test_the_trigger_round_trips_and_keeps_fastavros_bytes():
+    """The trigger a decision was released by (its tailsift_decision_points_total label) is the
+    record's last field: written by the encoder, read back by fastavro with the current schema."""
+    args = (bytes(range(16)), False, "", "not_sampled", 1.0, None, None, 1_700_000_000 * 10**9, 4, [], -1)
+    encoder = DecisionEncoder()
+    for trigger in ("backlog_bound", "decision_wait", "backlog_bound", ""):  # the memo, both ways
+        value = encoder.encode(*args, trigger=trigger)
+        assert value == fastavro_bytes(as_fields(*args, trigger))
+        assert avro.decode(avro.TRACE_DECISION, value)["trigger"] == trigger
+
+
+def test_a_record_written_before_the_trigger_reads_with_an_empty_one():
+    """The decision log is compacted and restored on every assignment: after an upgrade it still
+    holds records written without ``trigger``. They are schemaless, so the current schema alone
+    would read past their end (EOF) and restore would skip every one of them; read with the
+    earlier version they take the default, \"\" (not known)."""
+    import io
+
+    import fastavro
+
+    old = fastavro.parse_schema(earlier_version())
+    fields = as_fields(bytes(range(16)), True, "errors", "status", 1.0, None, None, 5, 2, [3, 9], -1)
+    del fields["trigger"]
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, old, fields)
+    value = buf.getvalue()
+    with pytest.raises(Exception):  # what the current schema alone makes of it
+        fastavro.schemaless_reader(io.BytesIO(value), avro.parsed_schema(avro.TRACE_DECISION), None)
+    decoded = avro.decode(avro.TRACE_DECISION, value)
+    assert decoded == {**fields, "trigger": ""}
+    # a truncated record of either version is still refused, not read as something else
+    for broken in (value[:-1], DecisionEncoder().encode(*fields.values(), trigger="decision_wait")[:-3]):
+        with pytest.raises(Exception):
+            avro.decode(avro.TRACE_DECISION, broken)
