@@ -8,6 +8,9 @@
    own consumer group. Throughput is spans / (last span ingested − first span ingested), from
    the job's own /metrics; the drain time also counts the decision wait and the commit tail;
    decision latency p50/p99 from the job's histogram.
+   Scale-out: two workers in one group, uncapped (what this machine's spare cores allow) and — as
+   workers are deployed, each with a CPU limit — one worker and two workers with ``--worker-cpu``
+   cores each (a CFS quota on a cgroup per worker, ``pipeline.cpubudget``; removed afterwards).
 4. Memory per buffered span (job core, tracemalloc), PII protection and SLI operator costs, and
    ``tailsift simulate``'s replay speed (spans/s through the job core, no Kafka).
 Prints the figures and their ratios. Not part of ``make test``: figures depend on the machine."""
@@ -28,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import config as config_mod
+from pipeline import cpubudget
 from pipeline.codecs import avro, otlp
 from pipeline.demo import delete_topics, ensure_token_key, free_port, run_config
 from pipeline.jobproc import JobProcess
@@ -160,21 +164,26 @@ def next_scrape(first: tuple[float, float] | None, now: float, ingested: float, 
     return min(max((spans - ingested) / rate / 2, 0.25), 5.0)
 
 
-def run_pipeline(paths: list[Path], cfg, bootstrap: str, log: Path, spans: int) -> dict:
+def run_pipeline(
+    paths: list[Path], cfg, bootstrap: str, log: Path, spans: int, budgets: list[cpubudget.CpuBudget] | None = None
+) -> dict:
     """Drain the pre-filled topic with one ``tailsift run`` per config in ``paths`` (one worker each,
-    same group); throughput from the workers' /metrics, summed."""
+    same group; worker i in ``budgets[i]`` when given); throughput from the workers' /metrics, summed."""
     jobs = []
     for i, path in enumerate(paths):
         port = config_mod.load(path).metrics.port
         jobs.append(JobProcess(path, port, log.with_suffix(f".{i}.log")))
-    for job in jobs:
-        job.start()
     try:
+        for i, job in enumerate(jobs):
+            job.start()
+            if budgets:
+                budgets[i].add(job.pid)
         # every worker holding partitions before the clock starts: with one, the others' joins
         # would rebalance the group inside the measured drain (revoke commit, restore, replay)
         for job in jobs:
             job.wait_ready(bootstrap, cfg.kafka.group_id, members=len(jobs))
         cpu0 = sum(cpu_seconds(job.proc.pid) for job in jobs)
+        throttled0 = sum(b.throttled_s() for b in budgets or [])
         first = last = None
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
@@ -189,6 +198,7 @@ def run_pipeline(paths: list[Path], cfg, bootstrap: str, log: Path, spans: int) 
         if first is None or last is None:
             raise RuntimeError(f"pipeline did not ingest all spans; log:\n{jobs[0].log_tail()}")
         cpu_ingest = sum(cpu_seconds(job.proc.pid) for job in jobs) - cpu0
+        throttled = sum(b.throttled_s() for b in budgets or []) - throttled0
         metrics: dict[str, float] = {}
         for job in jobs:
             for k, v in job.wait_idle(timeout=300).items():
@@ -204,6 +214,8 @@ def run_pipeline(paths: list[Path], cfg, bootstrap: str, log: Path, spans: int) 
         "cpu_per_span": cpu_ingest / max(p_spans, 1),
         "drain": drained - first[0],
         "metrics": metrics,
+        "cpu_share": cpu_ingest / p_secs / len(jobs) if p_secs > 0 else float("nan"),  # cores per worker
+        "throttled": throttled,
     }
 
 
@@ -214,6 +226,41 @@ def _triggers(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:,.0f}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v) or "-"
 
 
+def budget_plan(cores: float, found: cpubudget.Hierarchy | str) -> tuple[cpubudget.Hierarchy | None, str]:
+    """Whether the capped scale-out runs happen: (the hierarchy to cap in, "") or (None, why not)."""
+    if cores <= 0:
+        return None, "--worker-cpu 0"
+    if isinstance(found, str):
+        return None, found
+    return found, ""
+
+
+def scale_out_row(runs: dict[str, dict], cores: float, why_not: str, version: int | None) -> tuple[str, str]:
+    """The capped scale-out row: one worker against two with ``cores`` each, from this run."""
+    label = f"two workers vs one, {cores:g} core each (CFS quota per worker, as a Kubernetes CPU limit)"
+    one, two = (
+        runs.get(f"exactly_once, 1 worker, {cores:g} core"),
+        runs.get(f"exactly_once, 2 workers, {cores:g} core each"),
+    )
+    if one is None or two is None:
+        return label, f"not measured: {why_not}"
+    return (
+        label + f"; cgroup v{version}",
+        f"{two['rate']:,.0f} vs {one['rate']:,.0f} spans/s = {two['rate'] / one['rate']:.2f}×; "
+        f"cores used per worker {two['cpu_share']:.2f} / {one['cpu_share']:.2f}; "
+        f"job CPU per span {1e6 * two['cpu_per_span']:.1f} / {1e6 * one['cpu_per_span']:.1f} µs; "
+        f"held back by the quota {two['throttled']:.1f} / {one['throttled']:.1f} s",
+    )
+
+
+def _capped_ratio(runs: dict[str, dict], cores: float) -> str:
+    one, two = (
+        runs.get(f"exactly_once, 1 worker, {cores:g} core"),
+        runs.get(f"exactly_once, 2 workers, {cores:g} core each"),
+    )
+    return "not_measured" if one is None or two is None else f"{two['rate'] / one['rate']:.2f}"
+
+
 def main(args: argparse.Namespace) -> int:
     from pipeline.generator.callgraph import GeneratorConfig
     from pipeline.generator.produce import produce
@@ -222,6 +269,7 @@ def main(args: argparse.Namespace) -> int:
     runs: dict[str, dict] = {}
     g_cfgs: list = []
     load = [os.getloadavg()[0], 0.0]  # the machine is shared: figures are read against it
+    hierarchy, why_not = budget_plan(args.worker_cpu, cpubudget.usable() if args.worker_cpu > 0 else "")
     with broker(args.bootstrap) as bootstrap, tempfile.TemporaryDirectory(prefix="tailsift-bench-") as tmp:
         ensure_token_key(console)
         run_id = f"bench-{uuid.uuid4().hex[:6]}"
@@ -253,11 +301,16 @@ def main(args: argparse.Namespace) -> int:
             # the same input drained by each delivery guarantee, each with its own consumer group and
             # its own output topics (a shared decision log would make the second run follow the
             # first run's decisions instead of deciding)
-            for run, (guarantee, workers) in {
-                "exactly_once": ("exactly_once", 1),
-                "at_least_once": ("at_least_once", 1),
-                "exactly_once, 2 workers": ("exactly_once", 2),
-            }.items():
+            plan: dict[str, tuple[str, int, float | None]] = {
+                "exactly_once": ("exactly_once", 1, None),
+                "at_least_once": ("at_least_once", 1, None),
+                "exactly_once, 2 workers": ("exactly_once", 2, None),
+            }
+            if hierarchy is not None:
+                c = args.worker_cpu
+                plan[f"exactly_once, 1 worker, {c:g} core"] = ("exactly_once", 1, c)
+                plan[f"exactly_once, 2 workers, {c:g} core each"] = ("exactly_once", 2, c)
+            for run, (guarantee, workers, cores) in plan.items():
                 slug = run.replace(", ", "-").replace(" ", "")
                 data = yaml.safe_load(path.read_text())
                 data["kafka"]["group_id"] = f"{run_id}-{slug}"
@@ -275,7 +328,14 @@ def main(args: argparse.Namespace) -> int:
                 create_topics(g_cfg)
                 g_cfgs.append(g_cfg)
                 console.print(f"pipeline run: {run} …")
-                runs[run] = run_pipeline(g_paths, g_cfg, bootstrap, Path(tmp) / f"{slug}.log", stats.spans)
+                log_path = Path(tmp) / f"{slug}.log"
+                if cores is None:
+                    runs[run] = run_pipeline(g_paths, g_cfg, bootstrap, log_path, stats.spans)
+                else:
+                    assert hierarchy is not None
+                    # removed on the way out of the block, also when the run fails
+                    with cpubudget.budgets(hierarchy, workers, cores, f"tailsift-{run_id}-{slug}") as budgets:
+                        runs[run] = run_pipeline(g_paths, g_cfg, bootstrap, log_path, stats.spans, budgets)
                 decided = sum(
                     v for k, v in runs[run]["metrics"].items() if k.startswith("tailsift_traces_decided_total")
                 )
@@ -333,11 +393,13 @@ def main(args: argparse.Namespace) -> int:
     t.add_row("cost of exactly_once (throughput at_least_once / exactly_once)", f"{alo['rate'] / eos['rate']:.2f}×")
     two = runs["exactly_once, 2 workers"]
     t.add_row(
-        "two workers in one group, exactly_once (same input, own outputs)",
+        "two workers in one group, exactly_once, uncapped (same input, own outputs)",
         f"{two['rate']:,.0f} spans/s = {two['rate'] / eos['rate']:.2f}× one worker "
-        f"(2 cores shared with the broker and this bench); job CPU per span "
+        f"({os.cpu_count()} cores shared with the broker and this bench); job CPU per span "
         f"{1e6 * two['cpu_per_span']:.1f} µs = {two['cpu_per_span'] / eos['cpu_per_span']:.2f}× one worker's",
     )
+    capped = scale_out_row(runs, args.worker_cpu, why_not, hierarchy.version if hierarchy else None)
+    t.add_row(*capped)
     t.add_row("load average (1 min) at the start / end of the pipeline runs", f"{load[0]:.1f} / {load[1]:.1f}")
     t.add_row("kept traces", f"{kept:,.0f} of {decided:,.0f} ({100 * kept / decided if decided else 0:.1f}%)")
     per_span, raw_per_span, n = memory_per_buffered_span()
@@ -354,7 +416,8 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"BENCH floor_spans_per_s={f_rate:.0f} pipeline_spans_per_s={eos['rate']:.0f} ratio={eos['rate'] / f_rate:.3f} "
         f"at_least_once_spans_per_s={alo['rate']:.0f} buffered_span_bytes={per_span:.0f} "
-        f"buffered_span_bytes_otlp={otlp_per_span:.0f}"
+        f"buffered_span_bytes_otlp={otlp_per_span:.0f} scale_out_uncapped={two['rate'] / eos['rate']:.2f} "
+        f"scale_out_capped={_capped_ratio(runs, args.worker_cpu)}"
     )
 
     from pipeline.privacy import bench_protect

@@ -326,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="a config value of the benched job (repeatable; YAML value), e.g. assemble.group_read_time=false",
     )
+    p.add_argument(
+        "--worker-cpu",
+        type=float,
+        default=0.5,
+        metavar="CORES",
+        help="CPU budget per worker (CFS quota on a cgroup, as a Kubernetes CPU limit) for the one- vs "
+        "two-worker scale-out runs; 0 skips them (default 0.5: two workers fit one core, the broker keeps the other)",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(

@@ -139,9 +139,9 @@ class NativeCodec:
         return out
 
     def counts(self, windows: Any) -> bool:
-        """Whether ``ingest_counted`` serves this codec with these SLI windows: OTLP protobuf, and
-        the native windows (``pipeline.job.sli``) the Rust decode counts every span in."""
-        return self.format == "otlp_proto" and isinstance(windows, _core.SliWindows)
+        """Whether ``ingest_counted`` serves this codec with these SLI windows: the native windows
+        (``pipeline.job.sli``) the Rust decode counts every span in, for either format."""
+        return isinstance(windows, _core.SliWindows)
 
     def ingest_counted(
         self,
@@ -155,7 +155,8 @@ class NativeCodec:
         max_record_bytes: int,
         max_copies_bytes: int,
     ) -> tuple[list, list[int]]:
-        """``decode_placed`` without a header dict per span (``native/src/ingest.rs``): one call into
+        """``decode_placed`` without a header dict per span (``native/src/ingest.rs``,
+        ``native/src/avro_ingest.rs``): one call into
         Rust decodes, checks and — with ``rekey`` — places every message of ``batch`` (a
         ``pipeline.job.records.Consumed``) and counts the spans of those that stay in ``windows``
         under their ``holds`` entry (None: counted nowhere). Per message its verdict ``(reason,
@@ -163,6 +164,19 @@ class NativeCodec:
         ``(copies, None)`` when re-keyed or ``(None, [...])`` when too large to re-key; and per
         message how many windows now hold its hold."""
         checks = (now_ns, self._limit_ns, self._max_skew_ns, self._limits)
+        if self.format == "avro":  # one trace per message: its copy is the message itself
+            return _core.ingest_avro_counted(
+                batch.values,
+                batch.keys,
+                batch.partitions,
+                holds,
+                windows,
+                *checks,
+                rekey,
+                placement.name,
+                partitions,
+                max_record_bytes,
+            )
         return _core.ingest_otlp_counted(
             batch.values,
             batch.keys,

@@ -154,8 +154,8 @@ class Job(Ingest, Route, Decide, Protect, EmitRecords):
             and self.codec.format == "otlp_proto"
             else None
         )
-        # OTLP protobuf with the native core: no header dict per span at ingest, the SLI windows
-        # count every span inside the decode call (Ingest._ingest_counted)
+        # the native core (OTLP protobuf and Avro): no header dict per span at ingest, the SLI
+        # windows count every span inside the decode call (Ingest._ingest_counted)
         self.counts_natively = isinstance(self.codec, NativeCodec) and self.codec.counts(self.sli)
         # Avro kept as Avro: likewise, each span encoded from its message's fields, protected per distinct value
         both_avro = self.ingest_format == self.emit_format == "avro"

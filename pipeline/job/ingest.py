@@ -40,7 +40,7 @@ class Ingest:
         metrics.SPANS.inc(n_spans)
 
     def _ingest_counted(self, batch: Consumed, now_ns: int) -> int:
-        """The native OTLP path (``NativeCodec.ingest_counted``): one call into Rust decodes, checks
+        """The native path (``NativeCodec.ingest_counted``, OTLP and Avro): one call into Rust decodes, checks
         and places the batch and counts its spans in the SLI windows; what comes back per trace
         fragment is four values (trace ID, span count, has a root, newest end), not a header dict
         per span. Holds are tracked for the whole batch first (the windows hold them), then settled
