@@ -329,11 +329,11 @@ class _CommittedOffsets:
         self.ends: dict[int, int] = {}
 
     def drained(self) -> bool:
-        if not self.ends:
-            self.ends = {tp.partition: self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.tps}
         try:
+            if not self.ends:
+                self.ends = {tp.partition: self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.tps}
             committed = self.consumer.committed(self.tps, timeout=10)
-        except KafkaException:  # e.g. the coordinator moving: ask again at the next sample
+        except KafkaException:  # the coordinator moving, a timeout on a busy machine: ask again at the next sample
             return False
         return all(tp.offset >= self.ends[tp.partition] for tp in committed)
 
