@@ -11,14 +11,15 @@ unkeyed ~200-span multi-trace default) is pre-filled into a fresh topic per run 
 
 each pinned to one core (``taskset``) while the broker and this process share the other. Each run
 samples the system's progress and /proc CPU time (utime + stime) every 0.25 s (tailsift's progress
-from /metrics until its first span, then from its group's committed offsets on the broker: a
-scrape costs the job CPU the bench would charge it; the Collector's from its metrics throughout),
-and tailsift's CPU per thread (loop thread, librdkafka's threads, helpers; ``--profile PATH`` adds
-a py-spy profile of the drain); spans per CPU-second
-= spans ingested after the first sample that saw any / CPU seconds from that sample to the drain
-end (every trace decided and its kept spans written); wall spans/s over the same interval; peak RSS
-= VmHWM. Every wait is bounded: a system that crashes or stalls is reported as such in the table
-and the bench moves on. Not part of ``make test``: the figures depend on the machine.
+from /metrics until its first message taken, then from its group's committed offsets on the
+broker: a scrape costs the job CPU the bench would charge it; the Collector's from its metrics
+throughout), and tailsift's CPU per thread (loop thread, librdkafka's threads, helpers;
+``--profile PATH`` adds a py-spy profile of the drain); spans per CPU-second = spans ingested after
+the first sample that saw the system take input (tailsift: any message, ``tailsift_began``) / CPU
+seconds from that sample to the drain end (every trace decided and its kept spans written); wall
+spans/s over the same interval; peak RSS = VmHWM. Every wait is bounded: a system that crashes or
+stalls is reported as such in the table and the bench moves on. Not part of ``make test``: the
+figures depend on the machine.
 
 Each system drains each input ``--repeat`` times (default 3), the systems alternating round by round
 in mirrored order (collector, tailsift, tailsift-noprivacy, then the reverse, …) so that the
