@@ -106,6 +106,13 @@ def producer(config: Config, transactional_id: str | None) -> dict[str, Any]:
         "enable.idempotence": True,  # no duplicates from the producer's own retries
         "acks": "all",
         "linger.ms": 5,
+        # a delivery report for a failed record only: the producer's callback does nothing with a
+        # success, and librdkafka queues an event per record and the client calls back into Python
+        # for each — a quarter to a third of the CPU of writing a record (the re-keyed copies of
+        # make bench-peer's unkeyed input, 4.2 KB each: 12.5–18.5 → 9.0–12.4 µs; README
+        # Performance). A failed record is still reported and still fails the write or transaction
+        # (tests/integration/test_output_delivery_errors.py)
+        "delivery.report.only.error": True,
         "message.max.bytes": PRODUCER_MAX_MESSAGE_BYTES,
         # the Java client's partitioner for keyed records (see pipeline.kafka.partitioner): a record
         # re-keyed by trace ID lands where every other producer following the README puts that trace

@@ -11,20 +11,30 @@ unkeyed ~200-span multi-trace default) is pre-filled into a fresh topic per run 
 
 each pinned to one core (``taskset``) while the broker and this process share the other. Each run
 samples the system's progress and /proc CPU time (utime + stime) every 0.25 s (tailsift's progress
-from /metrics until its first span, then from its group's committed offsets on the broker: a
-scrape costs the job CPU the bench would charge it; the Collector's from its metrics throughout),
-and tailsift's CPU per thread (loop thread, librdkafka's threads, helpers; ``--profile PATH`` adds
-a py-spy profile of the drain); spans per CPU-second
-= spans ingested after the first sample that saw any / CPU seconds from that sample to the drain
-end (every trace decided and its kept spans written); wall spans/s over the same interval; peak RSS
-= VmHWM. Every wait is bounded: a system that crashes or stalls is reported as such in the table
-and the bench moves on. Not part of ``make test``: the figures depend on the machine."""
+from /metrics until its first message taken, then from its group's committed offsets on the
+broker: a scrape costs the job CPU the bench would charge it; the Collector's from its metrics
+throughout), and tailsift's CPU per thread (loop thread, librdkafka's threads, helpers;
+``--profile PATH`` adds a py-spy profile of the drain); spans per CPU-second = spans ingested after
+the first sample that saw the system take input (tailsift: any message, ``tailsift_began``) / CPU
+seconds from that sample to the drain end (every trace decided and its kept spans written); wall
+spans/s over the same interval; peak RSS = VmHWM. Every wait is bounded: a system that crashes or
+stalls is reported as such in the table and the bench moves on. Not part of ``make test``: the
+figures depend on the machine.
+
+Each system drains each input ``--repeat`` times (default 3), the systems alternating round by round
+in mirrored order (collector, tailsift, tailsift-noprivacy, then the reverse, …) so that the
+machine's drift over the run — other work starting or stopping — falls on every system alike. The
+table gives per system the median spans per CPU-second of its drains with their min–max, and the
+ratio to the Collector from the two medians, with the spread of the per-round ratios (each
+tailsift drain against the Collector's drain of the same round). One drain moved ±15–30 % between
+runs on this machine; the median of three does not follow one disturbed drain."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,6 +80,7 @@ class RunFailed(Exception):
 class Result:
     system: str
     variant: str
+    round: int = 0  # which round of the run (``--repeat``) this drain was
     spans: int = 0  # spans measured (ingested after the first sample)
     cpu_s: float = 0.0
     wall_s: float = 0.0
@@ -111,13 +122,15 @@ class _Sampler:
         self.threads_seen: dict = {}  # (tid, name) → CPU at the last sample that saw it alive
         self.threads: Counter = Counter()  # CPU seconds per thread name over the drain
 
-    def run(self, sample, done) -> tuple[tuple, tuple, int, object]:
-        """``sample()`` → (progress, state); ``done(state)`` → bool. Returns the first sample that saw
-        progress (wall, cpu, progress), the drain end (wall, cpu), the peak RSS and the last state."""
+    def run(self, sample, done, began=None) -> tuple[tuple, tuple, int, object]:
+        """``sample()`` → (progress, state); ``done(state)`` → bool; ``began(progress, state)`` →
+        whether the system has started on its input (default: progress > 0). Returns the first
+        sample that saw it begun (wall, cpu, progress), the drain end (wall, cpu), the peak RSS and
+        the last state."""
         while time.monotonic() < self.deadline:
             progress, state = sample()
             now, cpu = time.perf_counter(), cpu_seconds(self.pid)
-            if self.first is None and progress > 0:
+            if self.first is None and (began(progress, state) if began else progress > 0):
                 self.first = (now, cpu, progress)
                 self.threads_first = thread_cpu(self.pid)
                 if self.profile is not None:
@@ -317,11 +330,11 @@ class _CommittedOffsets:
         self.ends: dict[int, int] = {}
 
     def drained(self) -> bool:
-        if not self.ends:
-            self.ends = {tp.partition: self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.tps}
         try:
+            if not self.ends:
+                self.ends = {tp.partition: self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.tps}
             committed = self.consumer.committed(self.tps, timeout=10)
-        except KafkaException:  # e.g. the coordinator moving: ask again at the next sample
+        except KafkaException:  # the coordinator moving, a timeout on a busy machine: ask again at the next sample
             return False
         return all(tp.offset >= self.ends[tp.partition] for tp in committed)
 
@@ -344,6 +357,16 @@ def tailsift_config(bootstrap: str, run_id: str, tmp: Path, privacy: bool):
         sli={"window_seconds": 10, "grace_seconds": 1},
         privacy={"enabled": privacy},
     )
+
+
+def tailsift_began(spans: float, m: dict | None) -> bool:
+    """Whether ``tailsift run`` has started on its input, from its /metrics ``m``: any input message
+    taken (``tailsift_messages_total``, any outcome), not only spans ingested — a re-keyed message's
+    spans count when its copies are read back, after the transaction that wrote them commits, a
+    commit interval or more into the drain. Waiting for spans left the re-keying of everything
+    consumed before that out of the CPU measured (seen: an unkeyed drain measured from 60K of its
+    180K spans on; its figure moved 57K–88K from drain to drain)."""
+    return spans > 0 or (m is not None and any(v for k, v in m.items() if k.startswith("tailsift_messages_total")))
 
 
 def run_tailsift(
@@ -398,7 +421,7 @@ def run_tailsift(
                 return sample()
 
             try:
-                first, last, res.peak_rss, res.metrics = sampler.run(sample_alive, done)
+                first, last, res.peak_rss, res.metrics = sampler.run(sample_alive, done, tailsift_began)
             finally:
                 watch.close()
                 if sampler.profile is not None:
@@ -418,60 +441,172 @@ def run_tailsift(
     return res
 
 
+# ------------------------------------------------------------------------------------- rounds
+def schedule(systems: list[str], repeat: int) -> list[tuple[int, str]]:
+    """(round, system) in the order they run: every system once per round, the order mirrored
+    round by round (A B C, C B A, A B C …) — a drift of the machine over the run then weighs on
+    every system about alike, where a fixed order would put the same system first each round."""
+    out = []
+    for rnd in range(repeat):
+        order = systems if rnd % 2 == 0 else list(reversed(systems))
+        out.extend((rnd, s) for s in order)
+    return out
+
+
+@dataclass
+class Summary:
+    """One system's drains of one input over the rounds of a run."""
+
+    system: str
+    variant: str
+    runs: list[Result] = field(default_factory=list)  # in round order
+
+    @property
+    def ok(self) -> list[Result]:
+        return [r for r in self.runs if not r.error]
+
+    @property
+    def failed(self) -> list[Result]:
+        return [r for r in self.runs if r.error]
+
+    @property
+    def per_cpu(self) -> float:
+        """The median of the drains' spans per CPU-second (0: none drained)."""
+        return statistics.median(r.per_cpu for r in self.ok) if self.ok else 0.0
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        ok = [r.per_cpu for r in self.ok]
+        return (min(ok), max(ok)) if ok else (0.0, 0.0)
+
+    @property
+    def per_wall(self) -> float:
+        return statistics.median(r.per_wall for r in self.ok) if self.ok else 0.0
+
+    @property
+    def peak_rss(self) -> int:
+        return max((r.peak_rss for r in self.ok), default=0)
+
+    @property
+    def median_run(self) -> Result | None:
+        """The drain whose spans per CPU-second is the median (the lower of the middle two for an
+        even count): its kept traces, CPU by thread and notes are the ones printed."""
+        ok = sorted(self.ok, key=lambda r: r.per_cpu)
+        return ok[(len(ok) - 1) // 2] if ok else None
+
+    def ratio(self, base: Summary) -> float:
+        """Median against median; 0 when either has no drain."""
+        return self.per_cpu / base.per_cpu if self.ok and base.ok else 0.0
+
+    def round_ratios(self, base: Summary) -> list[float]:
+        """Per round where both drained: this system's drain against ``base``'s of the same round."""
+        theirs = {r.round: r for r in base.ok}
+        return [r.per_cpu / theirs[r.round].per_cpu for r in self.ok if r.round in theirs]
+
+
+def summarize(results: list[Result]) -> list[Summary]:
+    """The drains of a run, one ``Summary`` per (system, input) in the order first run, each
+    summary's drains in round order."""
+    out: dict[tuple[str, str], Summary] = {}
+    for r in results:
+        out.setdefault((r.system, r.variant), Summary(r.system, r.variant)).runs.append(r)
+    for s in out.values():
+        s.runs.sort(key=lambda r: r.round)
+    return list(out.values())
+
+
 # ------------------------------------------------------------------------------------- report
-def render(console: Console, results: list[Result], traffic: dict[str, Traffic], pinning: str) -> None:
-    t = Table(title=f"tailsift vs the OpenTelemetry Collector's tail_sampling ({pinning})")
+def _k(x: float) -> str:
+    return f"{x / 1000:,.1f}K"
+
+
+def render(console: Console, summaries: list[Summary], traffic: dict[str, Traffic], pinning: str, repeat: int) -> None:
+    t = Table(
+        title=f"tailsift vs the OpenTelemetry Collector's tail_sampling ({pinning}; "
+        f"{repeat} drain{'s' if repeat != 1 else ''} each, alternating)"
+    )
     for col in (
         "system",
         "input",
         "spans/CPU-s",
+        "min–max",
         "wall spans/s",
         "peak RSS",
-        "kept traces / decided",
+        "kept / decided",
         "kept spans out",
-        "ratio per CPU-s",
+        "ratio (rounds)",
     ):
         t.add_column(col, justify="left" if col in ("system", "input") else "right")
-    collector = {r.variant: r for r in results if r.system.startswith("Collector") and not r.error}
-    for r in results:
-        if r.error:
+    collector = {s.variant: s for s in summaries if s.system.startswith("Collector")}
+    for s in summaries:
+        mid = s.median_run
+        if mid is None:
             # the whole message is in the BENCH-PEER line below the table
-            crash = r.error if len(r.error) <= 60 else r.error[:59] + "…"
-            t.add_row(r.system, r.variant, f"[red]{crash}[/]", "", "", f"{r.kept_traces:,} / {r.decided:,}", "", "")
+            err = s.failed[-1]
+            crash = err.error if len(err.error) <= 60 else err.error[:59] + "…"
+            t.add_row(s.system, s.variant, f"[red]{crash}[/]", "", "", "", f"{err.kept_traces:,} / {err.decided:,}")
             continue
-        base = collector.get(r.variant)
-        ratio = f"{r.per_cpu / base.per_cpu:.2f}×" if base and base is not r else ("1" if base is r else "n/a")
+        base = collector.get(s.variant)
+        if base is s:
+            ratio = "1"
+        elif base is None or not base.ok:
+            ratio = "n/a"
+        else:
+            rounds = s.round_ratios(base)
+            ratio = f"{s.ratio(base):.2f}×"
+            if len(rounds) > 1:
+                ratio += f" ({min(rounds):.2f}–{max(rounds):.2f})"
+        lo, hi = s.spread
+        failed = f" [red]+{len(s.failed)} failed[/]" if s.failed else ""
         t.add_row(
-            r.system,
-            r.variant,
-            f"{r.per_cpu:,.0f}",
-            f"{r.per_wall:,.0f}",
-            f"{r.peak_rss / 2**20:,.0f} MiB",
-            f"{r.kept_traces:,} / {r.decided:,}",
-            f"{r.kept_spans_out:,}",
+            s.system,
+            s.variant,
+            f"{s.per_cpu:,.0f}",
+            f"{_k(lo)}–{_k(hi)}{failed}",
+            f"{s.per_wall:,.0f}",
+            f"{s.peak_rss / 2**20:,.0f} MiB",
+            f"{mid.kept_traces:,} / {mid.decided:,}",
+            f"{mid.kept_spans_out:,}",
             ratio,
         )
     console.print(t)
     console.print(
-        "  kept spans out: the Collector's exporter sent spans; tailsift's kept spans at decision time "
-        "(late spans of a kept trace follow it and are not counted there)"
+        "  spans/CPU-s: the median of the drains (min–max over them); ratio per CPU-second: median "
+        "against the Collector's median, in brackets the range of the per-round ratios (each drain "
+        "against the Collector's drain of the same round); kept traces / decided, kept spans out and "
+        "CPU by thread: the median drain's — kept spans out: the Collector's exporter sent spans, "
+        "tailsift's kept spans at decision time (late spans of a kept trace follow it and are not "
+        "counted there)"
     )
-    for r in results:
-        if r.note:
-            console.print(f"  note: {r.system}, {r.variant}: {r.note}")
-    for r in results:
-        if r.threads and not r.error:
-            console.print(f"  {r.system}, {r.variant}: CPU by thread over the drain ({r.cpu_s:.2f} s)")
-            for line in render_threads(r.threads, r.cpu_s, r.spans):
+    for s in summaries:
+        for i, r in enumerate(s.runs):
+            if r.note:
+                console.print(f"  note: {s.system}, {s.variant}, drain {i + 1}: {r.note}")
+            if r.error:
+                console.print(f"  [red]failed[/]: {s.system}, {s.variant}, drain {i + 1}: {r.error}")
+    for s in summaries:
+        mid = s.median_run
+        if mid is not None and mid.threads:
+            console.print(f"  {s.system}, {s.variant}: CPU by thread over the median drain ({mid.cpu_s:.2f} s)")
+            for line in render_threads(mid.threads, mid.cpu_s, mid.spans):
                 console.print(line, highlight=False)
     for v, tr in traffic.items():
         console.print(
             f"  {v}: {tr.traces:,} traces, {tr.spans:,} spans in {len(tr.messages):,} messages "
             f"({tr.bytes / 1e6:,.1f} MB), {len(tr.error_traces):,} with errors, {len(tr.slow_traces):,} slow"
         )
-    for r in results:
-        status = "ERROR " + r.error if r.error else f"per_cpu={r.per_cpu:.0f} wall={r.per_wall:.0f} rss={r.peak_rss}"
-        print(f"BENCH-PEER system={r.system!r} input={r.variant} {status}")
+    for s in summaries:
+        if not s.ok:
+            status = "ERROR " + s.failed[-1].error
+        else:
+            lo, hi = s.spread
+            base = collector.get(s.variant)
+            ratio = f" ratio={s.ratio(base):.3f}" if base is not None and base is not s and base.ok else ""
+            status = (
+                f"per_cpu={s.per_cpu:.0f} min={lo:.0f} max={hi:.0f} drains={len(s.ok)} failed={len(s.failed)}"
+                f" wall={s.per_wall:.0f} rss={s.peak_rss}{ratio}"
+            )
+        print(f"BENCH-PEER system={s.system!r} input={s.variant} {status}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -481,6 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-trace-spans", type=int, default=5_000)
     parser.add_argument("--variants", default="keyed,unkeyed", help="comma list of keyed, unkeyed")
     parser.add_argument("--systems", default="collector,tailsift,tailsift-noprivacy")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="drains per system and input, alternating; the median is reported"
+    )
     parser.add_argument("--timeout", type=float, default=300, help="seconds one system may take to drain")
     parser.add_argument("--bootstrap", default=None, help="use this Kafka instead of starting deploy/local/kafka")
     parser.add_argument(
@@ -489,10 +627,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="PATH",
         help="py-spy record each tailsift drain to PATH (.json: speedscope, else raw collapsed stacks); "
-        "the system and variant are added to the name",
+        "the system, variant and drain number are added to the name",
     )
     args = parser.parse_args(argv)
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    console = Console(width=None if sys.stdout.isatty() else 160)
 
     systems = args.systems.split(",")
     binary = None
@@ -500,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("building / locating the Collector (deploy/otelcol/build) …")
         binary = otelcol.build()
     results: list[Result] = []
+    started = time.monotonic()
     # a free port unless told otherwise: another broker (another checkout's) may hold 9092
     os.environ.setdefault("KAFKA_PORT", "0")
     with broker(args.bootstrap) as bootstrap, tempfile.TemporaryDirectory(prefix="tailsift-peer-") as tmp_s:
@@ -520,8 +661,10 @@ def main(argv: list[str] | None = None) -> int:
         traffic = {"keyed": keyed, "unkeyed": unkeyed}
         for variant in args.variants.split(","):
             tr = traffic[variant]
-            for system in systems:
-                console.print(f"[bold]{variant}[/]: {system} …")
+            for rnd, system in schedule(systems, args.repeat):
+                console.print(
+                    f"[bold]{variant}[/] {rnd + 1}/{args.repeat}: {system} … ({time.monotonic() - started:.0f} s)"
+                )
                 if system == "collector":
                     topic = f"peer-{uuid.uuid4().hex[:6]}.{variant}"
                     create_topic(bootstrap, topic)
@@ -533,10 +676,17 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     profile = None
                     if args.profile is not None:
-                        profile = args.profile.with_name(f"{args.profile.stem}.{system}.{variant}{args.profile.suffix}")
+                        name = f"{args.profile.stem}.{system}.{variant}.{rnd + 1}{args.profile.suffix}"
+                        profile = args.profile.with_name(name)
                     r = run_tailsift(bootstrap, tr, tmp, system == "tailsift", cpus, args.timeout, profile)
-                r.variant = variant
-                console.print(f"  {r.error or f'{r.per_cpu:,.0f} spans/CPU-s, {r.per_wall:,.0f} spans/s wall'}")
+                r.variant, r.round = variant, rnd
+                figures = (
+                    f"{r.per_cpu:,.0f} spans/CPU-s ({r.spans:,} spans measured, {r.cpu_s:.2f} CPU-s), "
+                    f"{r.per_wall:,.0f} spans/s wall"
+                )
+                console.print(f"  {r.error or figures}")
                 results.append(r)
-    render(console, results, {v: traffic[v] for v in args.variants.split(",")}, pinning)
+    console.print(f"{len(results)} drains in {time.monotonic() - started:.0f} s")
+    summaries = summarize(results)
+    render(console, summaries, {v: traffic[v] for v in args.variants.split(",")}, pinning, args.repeat)
     return 0 if all(not r.error for r in results) else 1

@@ -91,3 +91,82 @@ def test_cpu_by_thread_reads_this_process():
     readings = threads.thread_cpu(os.getpid())
     assert any(tid == os.getpid() for tid, _name in readings)  # the main thread's id is the pid
     assert all(cpu >= 0 for cpu in readings.values())
+
+
+def test_rounds_alternate_the_systems_in_mirrored_order():
+    """Every system drains once per round; the order is mirrored round by round, so no system is
+    always the first (or the last) to run while the machine's load drifts."""
+    assert run.schedule(["c", "t", "n"], 3) == [
+        (0, "c"), (0, "t"), (0, "n"),
+        (1, "n"), (1, "t"), (1, "c"),
+        (2, "c"), (2, "t"), (2, "n"),
+    ]  # fmt: skip
+    assert run.schedule(["c"], 2) == [(0, "c"), (1, "c")]
+
+
+def _drain(system: str, variant: str, rnd: int, per_cpu: float, error: str = "") -> run.Result:
+    """A drain of ``per_cpu`` spans per CPU-second (1,000 spans)."""
+    return run.Result(system, variant, round=rnd, spans=1_000, cpu_s=1_000 / per_cpu, wall_s=1.0, error=error)
+
+
+def test_summary_is_the_median_drain_with_its_spread_and_the_ratio_of_medians():
+    """The figure of a system is the median of its drains (one disturbed drain does not move it),
+    with their min and max; the ratio is median against the Collector's median, and the per-round
+    ratios pair each drain with the Collector's drain of the same round."""
+    results = [
+        _drain("Collector", "unkeyed", 0, 80_000),
+        _drain("tailsift", "unkeyed", 0, 90_000),
+        _drain("tailsift", "unkeyed", 1, 60_000),  # a drain disturbed by other work
+        _drain("Collector", "unkeyed", 1, 100_000),
+        _drain("Collector", "unkeyed", 2, 75_000),
+        _drain("tailsift", "unkeyed", 2, 84_000),
+    ]
+    collector, tailsift = run.summarize(results)
+    assert (collector.system, tailsift.system) == ("Collector", "tailsift")
+    assert [r.round for r in tailsift.runs] == [0, 1, 2]
+    assert collector.per_cpu == pytest.approx(80_000) and tailsift.per_cpu == pytest.approx(84_000)
+    assert tailsift.spread == (pytest.approx(60_000), pytest.approx(90_000))
+    assert tailsift.ratio(collector) == pytest.approx(84_000 / 80_000)
+    assert tailsift.round_ratios(collector) == [
+        pytest.approx(90 / 80),
+        pytest.approx(60 / 100),
+        pytest.approx(84 / 75),
+    ]
+    assert tailsift.median_run is tailsift.runs[2]
+
+
+def test_failed_drains_are_left_out_of_the_median_and_counted():
+    """A drain that crashed or stalled has no figure: the median is over the others, the failure
+    stays visible; with every drain failed there is no figure and no ratio."""
+    results = [
+        _drain("Collector", "keyed", 0, 50_000),
+        _drain("tailsift", "keyed", 0, 0.001, error="stalled"),
+        _drain("Collector", "keyed", 1, 52_000),
+        _drain("tailsift", "keyed", 1, 80_000),
+        _drain("tailsift", "keyed", 2, 70_000),
+        _drain("Collector", "keyed", 2, 54_000),
+    ]
+    collector, tailsift = run.summarize(results)
+    assert len(tailsift.ok) == 2 and len(tailsift.failed) == 1
+    assert tailsift.per_cpu == pytest.approx(75_000)  # the median of the two that drained
+    assert tailsift.median_run is tailsift.runs[2]  # the lower of the middle two
+    assert tailsift.round_ratios(collector) == [pytest.approx(80 / 52), pytest.approx(70 / 54)]
+    none = run.summarize([_drain("tailsift", "keyed", 0, 1.0, error="crashed")])[0]
+    assert none.per_cpu == 0.0 and none.median_run is None and none.ratio(collector) == 0.0
+
+
+def test_tailsift_is_measured_from_its_first_message_taken_not_its_first_span_ingested():
+    """An unkeyed message is re-keyed, its spans ingested only once its copies come back after the
+    first commit. The bench waited for ``tailsift_spans_ingested_total`` > 0 and so began to measure
+    after the re-keying of everything consumed until then (an unkeyed drain measured from 60K of
+    its 180K spans on): it begins at the first message taken, whatever its outcome."""
+    rekeyed_only = {'tailsift_messages_total{outcome="rekeyed"}': 12.0, "tailsift_spans_ingested_total": 0.0}
+    assert run.tailsift_began(0, rekeyed_only)
+    assert not run.tailsift_began(0, {'tailsift_messages_total{outcome="rekeyed"}': 0.0})
+    assert not run.tailsift_began(0, None)
+    assert run.tailsift_began(5, {})
+    samples = iter([(0, {}), (0, rekeyed_only), (0, rekeyed_only), (900, {"done": 1})])
+    sampler = run._Sampler(os.getpid(), timeout=30)
+    first, _last, _rss, state = sampler.run(lambda: next(samples), lambda m: "done" in m, run.tailsift_began)
+    assert first[2] == 0 and state == {"done": 1}  # measured from the second sample: 0 spans in
+    assert sampler.first is first
