@@ -21,9 +21,9 @@ PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 KAFKA  := $(PYTHON) deploy/local/kafka
-# Two xdist lanes (-n 2 --dist loadgroup): the integration tests in one group on one worker (one
-# session broker, in order), the unit tests beside them on the other (tests/conftest.py). Run in one
-# process with PYTEST_ARGS="-q -p no:xdist" (or -n 0).
+# Two xdist lanes (-n 2 --dist loadgroup): the integration tests in two groups, each in order on one
+# worker against its own session broker, the unit tests on whichever worker is free (tests/conftest.py).
+# Run in one process with PYTEST_ARGS="-q -p no:xdist" (or -n 0).
 PYTEST_ARGS ?= -q -n 2 --dist loadgroup --durations=20
 
 .PHONY: lint venv kafka-fetch kafka-start kafka-stop kafka-status test test-unit test-python-core demo bench otelcol bench-peer chaos chromium docs-report clean distclean

@@ -613,6 +613,13 @@ class AggregateConfig(Strict):
         "the stage's clock minus this much (so the last windows close when traffic stops)",
     )
     tick_ms: int = Field(1_000, ge=50, le=60_000, description="how often idle partitions are checked")
+    recovery_poll_ms: int = Field(
+        1_000,
+        ge=100,
+        le=60_000,
+        description="after a rebalance, a changelog whose last record is read is taken as restored once its "
+        "queue stayed empty for two of these in a row (Faust's own wait: 5,000)",
+    )
     max_open_windows: int = Field(
         100_000,
         ge=1,

@@ -86,6 +86,22 @@ def _remove_stale_test_brokers(state: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# The test brokers' JVM compiles with C1 only (KAFKA_OPTS, unless set): a broker start — the session's,
+# the secure one's and each restart a test does — took half as long (a formatted instance at load
+# 12–14: 14–16 s against 28–30 s), and the tests' traffic is small enough that C2's peak speed buys
+# nothing. Set in the environment, so brokers restarted by child processes (the chaos suite) get it.
+TEST_BROKER_JVM_OPTS = "-XX:TieredStopAtLevel=1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_broker_jvm_opts() -> Iterator[None]:
+    had = "KAFKA_OPTS" in os.environ
+    os.environ.setdefault("KAFKA_OPTS", TEST_BROKER_JVM_OPTS)
+    yield
+    if not had:
+        os.environ.pop("KAFKA_OPTS", None)
+
+
 @pytest.fixture(scope="session")
 def local_kafka() -> Iterator[LocalKafka]:
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
@@ -211,20 +227,42 @@ def _test_token_keys():
 # =============================================================================================
 # Two lanes under pytest-xdist (`make test`: -n 2 --dist loadgroup)
 #
-# Every integration test is in one xdist group, so they run one after another on one worker against
-# that worker's session broker, exactly as without xdist (tests that restart the broker, or watch
-# its consumer groups, never meet another test's traffic), while the unit tests run beside them on
-# the other worker: the integration tests mostly wait (on the broker, on the job's clocks and
-# timeouts), the unit tests mostly compute. Without xdist the marker does nothing.
+# The integration tests are in two xdist groups, each run in order on one worker against that
+# worker's own session broker: "kafka", every test that restarts the broker or watches its consumer
+# groups among them (they never meet another test's traffic), and "kafka-2", the modules below,
+# which only read and write their own topics. xdist hands out the biggest groups first, one to each
+# worker, and the unit tests to whichever worker is free: the second worker runs "kafka-2" (its
+# broker started for it), then unit tests, while the first runs "kafka" and, if it finishes first,
+# unit tests too. The integration tests mostly wait (on the broker, on the job's clocks and
+# timeouts), the unit tests mostly compute. With one group the integration lane was the critical
+# path (CI ~17 min of pytest's ~18; at load ~20 the unit lane ended after 25 min, the integration
+# lane after 35). With KAFKA_BOOTSTRAP_SERVERS
+# (one external cluster for both workers) every integration test is in "kafka" again. Without xdist
+# the markers do nothing.
 #
 # A wrapper, so the marker is set before any plain hook runs: xdist reads it in its own
 # pytest_collection_modifyitems (appending "@kafka" to the node ids its scheduler groups by), which
 # ran first — the marker came too late and the integration tests were spread over both workers,
 # each starting its own broker (and pytest 9 ignores xdist's node id change: pyproject pins <9).
 # =============================================================================================
+SECOND_KAFKA_LANE = {
+    # the aggregation stage (Faust): its own topics and groups, ~5 min in CI
+    "test_aggregate_e2e.py",
+    "test_aggregate_backlog.py",
+    # the demo in headless Chromium
+    "test_html_report.py",
+}
+
+
+def _kafka_lane(item: pytest.Item) -> str:
+    if item.path.name in SECOND_KAFKA_LANE and not os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip():
+        return "kafka-2"
+    return "kafka"
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     for item in items:
         if item.get_closest_marker("integration") is not None:
-            item.add_marker(pytest.mark.xdist_group("kafka"))
+            item.add_marker(pytest.mark.xdist_group(_kafka_lane(item)))
     return (yield)

@@ -148,6 +148,7 @@ def build_app(config: Config) -> tuple[faust.App, Stage]:
         # back the fenced producer is reused — the first commit raised ProducerFenced and crashed
         # the stage. The tables are memory stores recovered from their changelogs either way.
         table_standby_replicas=0,
+        recovery_poll_s=a.recovery_poll_ms / 1000,
     )
     # raw bytes both ways: key_type=bytes alone would still JSON-decode
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
