@@ -164,32 +164,13 @@ class NativeCodec:
         ``(copies, None)`` when re-keyed or ``(None, [...])`` when too large to re-key; and per
         message how many windows now hold its hold."""
         checks = (now_ns, self._limit_ns, self._max_skew_ns, self._limits)
+        args = (
+            batch.values, batch.keys, batch.partitions, holds, windows, *checks,
+            rekey, placement.name, partitions, max_record_bytes,
+        )  # fmt: skip
         if self.format == "avro":  # one trace per message: its copy is the message itself
-            return _core.ingest_avro_counted(
-                batch.values,
-                batch.keys,
-                batch.partitions,
-                holds,
-                windows,
-                *checks,
-                rekey,
-                placement.name,
-                partitions,
-                max_record_bytes,
-            )
-        return _core.ingest_otlp_counted(
-            batch.values,
-            batch.keys,
-            batch.partitions,
-            holds,
-            windows,
-            *checks,
-            rekey,
-            placement.name,
-            partitions,
-            max_record_bytes,
-            max_copies_bytes,
-        )
+            return _core.ingest_avro_counted(*args)
+        return _core.ingest_otlp_counted(*args, max_copies_bytes)
 
     def trace_headers(self, values: list[bytes], trace_ids: list[bytes]) -> list[list[dict]]:
         """Per (message, trace ID) — messages ``decode_batch`` accepted before — that trace's span
