@@ -334,7 +334,9 @@ def main(args: argparse.Namespace) -> int:
                 create_topics(g_cfg)
                 g_cfgs.append(g_cfg)
                 console.print(f"pipeline run: {run} …")
-                log_path = Path(tmp) / f"{slug}.log"
+                logs = Path(args.keep_logs) if args.keep_logs else Path(tmp)
+                logs.mkdir(parents=True, exist_ok=True)
+                log_path = logs / f"{slug}.log"
                 if cores is None:
                     runs[run] = run_pipeline(g_paths, g_cfg, bootstrap, log_path, stats.spans)
                 else:

@@ -334,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU budget per worker (CFS quota on a cgroup, as a Kubernetes CPU limit) for the one- vs "
         "two-worker scale-out runs; 0 skips them (default 0.5: two workers fit one core, the broker keeps the other)",
     )
+    p.add_argument(
+        "--keep-logs",
+        default=None,
+        metavar="DIR",
+        help="keep each run's worker logs in DIR (e.g. the slow-commit lines behind a latency p99)",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(

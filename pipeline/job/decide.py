@@ -5,6 +5,7 @@ one ``Outbox``."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from operators.assemble import TraceBuffer
@@ -36,7 +37,9 @@ class Decide:
         """Decide every trace whose decision point has come and close due SLI windows. ``behind``:
         the input partitions the data plane found not read to the end (processing time: their
         traces also wait to be read far enough, ``operators.assemble``); None: as last time."""
+        started = time.perf_counter()
         out = self.decide_due(now_ns, behind)
+        decided, decided_s = len(out.decision_points), time.perf_counter() - started
         # exactly_once: every open window goes out as a partial with this transaction, so the
         # checkpoint below can say "counted and written" for every offset ingested so far
         for window in self.sli.due(now_ns, flush_all=flush_all_windows or self.exactly_once):
@@ -60,6 +63,8 @@ class Decide:
         if self.exactly_once:
             out.checkpoints = self._processed
             self._processed = {}
+        # for the data plane's slow-commit log line: what the collect spent its time on
+        self.collect_phases = (decided, decided_s, len(out.records), time.perf_counter() - started - decided_s)
         return out
 
     def decide_due(self, now_ns: int, behind: Iterable[int] | None = None) -> Outbox:

@@ -89,6 +89,9 @@ class OutputProducer:
         self._begun = 0.0  # when the open transaction began (monotonic)
         self.wedged = False  # a transactional call never returned (see _send_offsets)
         self.fatal = False  # a fatal error: this producer is never used (nor flushed) again
+        # the last transaction's phases in seconds — produce, send offsets, commit — for the worker's
+        # slow-commit log line (a slow commit holds every decision of its interval: the latency p99)
+        self.phases = (0.0, 0.0, 0.0)
         # delivery errors come back through the commit when transactional (see the module doc)
         self._on_delivery_cb = None if self.transactional else self._on_delivery
         if self.transactional:
@@ -155,16 +158,20 @@ class OutputProducer:
         if not (self.open or records or offsets):
             return
         try:
+            t0 = time.perf_counter()
             if not self.open:
                 self._begin()
             self._produce_all(records)
             self._faults.check("produce")
+            t1 = time.perf_counter()
             if offsets:
                 self._send_offsets(offsets, group_metadata)
             self._faults.check("offsets")
             self._faults.check("commit")
+            t2 = time.perf_counter()
             self._commit()
             self.open = False
+            self.phases = (t1 - t0, t2 - t1, time.perf_counter() - t2)
         except KafkaException as exc:
             raise self._failed(exc, "transaction") from None
         if self._errors:  # cannot happen after a successful commit; kept as a guard

@@ -83,6 +83,8 @@ READ_MS_STEP = 100
 # ... or when the time it last re-keyed a message moved this much (ms): the group counts it as
 # re-keying for an hour after (read_times.REKEY_MEMORY_MS), so a refresh a minute is plenty
 REKEYED_MS_STEP = 60_000
+# a commit taking longer than this is logged with its phases (its interval's decisions wait for it)
+SLOW_COMMIT_S = 0.25
 # weight of the latest step in the per-message cost the batch size is derived from
 STEP_COST_WEIGHT = 0.25
 
@@ -418,6 +420,7 @@ class Worker:
         job = self.job
         started = time.perf_counter()
         outbox = job.collect(time.time_ns(), behind=self._behind())
+        collected = time.perf_counter()
         records = outbox.records
         # what the transaction below commits: the records produced into it at earlier steps and
         # these. It writes all of them or none: count them delivered now, and roll the whole state
@@ -453,7 +456,26 @@ class Worker:
             done_ns = time.time_ns()
             for point in points:
                 metrics.DECISION_LATENCY.observe(max(0, done_ns - point) / 1e9)
-            metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            metrics.FLUSH_SECONDS.observe(took)
+            if took > SLOW_COMMIT_S:  # what a slow commit spent its time on: the decision latency p99
+                produce_s, offsets_s, commit_s = self.producer.phases if self.exactly_once else (0, 0, 0)
+                decided, decide_s, collected_n, windows_s = job.collect_phases
+                log.info(
+                    "slow commit: %.2f s (collect %.3f: %d decided in %.3f, windows %.3f, %d records; produce %.3f, "
+                    "offsets %.3f, commit %.3f) for %d records, %d decisions since the last commit",
+                    took,
+                    collected - started,
+                    decided,
+                    decide_s,
+                    windows_s,
+                    collected_n,
+                    produce_s,
+                    offsets_s,
+                    commit_s,
+                    len(written),
+                    len(points),
+                )
         metrics.INPUT_LAG.set(self._lag())
         job.update_gauges()
 
