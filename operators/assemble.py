@@ -24,7 +24,10 @@ and at the buffer bound (``backlog_yield_*``, where backpressure pauses the inpu
 more input would stall) held traces go oldest first, down to ``resume_fraction`` of it (trigger
 ``backlog_bound``) — at every ``due`` from the bound until under that mark, as long as the caller's
 input stays paused. A partition never reported behind (``set_behind``) holds nothing: decisions
-are then exactly those of the worker clock alone.
+are then exactly those of the worker clock alone. *Read ahead*: a trace first seen on a partition
+behind goes as soon as the partition is read to its first stamp + ``decision_wait`` (trigger
+``backlog_read``), before its clock wait if the read gets there first — a drain then decides in
+reading order instead of a wait's reading in one late burst (``_release_read_ahead``).
 
 The guard also waits for the *group's* read time (``set_group_read_times``): spans re-keyed to
 this partition from another one arrive when that partition's reader commits them, so a trace is
@@ -164,6 +167,11 @@ class TraceAssembler:
         self._waiting: deque[TraceBuffer] = deque()  # clock wait not over yet, arrival order (stale entries skipped)
         self._held: dict[int, _Held] = {}
         self._held_seq = itertools.count()
+        # traces first seen on a partition behind, per partition a heap by the partition time their
+        # wait ends at (first stamp + decision_wait): released once it is read that far, even
+        # before their clock wait is over (``_release_read_ahead``). Entries of traces that left
+        # otherwise go stale and are skipped when they surface.
+        self._ahead: dict[int, list[tuple[int, int, TraceBuffer]]] = {}
         # reached the yield bound and not yet under its resume mark: the caller's input stays paused
         # all that time (the same hysteresis), so held traces go at every due() until then, not
         # only while the buffer is at the bound itself
@@ -248,6 +256,11 @@ class TraceAssembler:
             buf = TraceBuffer(trace_id, partition, now_ns, now_ns + self.decision_wait_ns, first_stamp_ns=stamp_ns)
             self._traces[trace_id] = buf
             self._waiting.append(buf)
+            if stamp_ns >= 0 and self.progress.is_behind(partition):
+                ahead = self._ahead.get(partition)
+                if ahead is None:
+                    ahead = self._ahead[partition] = []
+                heapq.heappush(ahead, (stamp_ns + self.decision_wait_ns, next(self._held_seq), buf))
         buf.span_count += span_count
         if spans is not None:
             buf.spans.extend(spans)
@@ -335,6 +348,8 @@ class TraceAssembler:
                 take(buf, "decision_wait", out)
             else:
                 self._hold(buf, target, "backlog_read" if own_mark(buf.partition) < target else "decision_wait")
+        if self._ahead:
+            self._release_read_ahead(now_ns, out)
         if self._held:
             self._release_held(now_ns, out)
         if (
@@ -400,6 +415,38 @@ class TraceAssembler:
                 order.popleft()
                 take(buf, "backlog_limit", out)
                 buf.forced_reason = "backlog_limit"
+
+    def _release_read_ahead(self, now_ns: int, out: list[TraceBuffer]) -> None:
+        """Traces whose partition, still behind, is read (and the group with it) past their first
+        stamp + ``decision_wait``, their clock wait over or not (trigger ``backlog_read``): all a
+        worker reading live would have had by its clock deadline is read. Draining a backlog
+        faster than it was written, partition time runs ahead of the clock; deciding by the clock
+        alone let a whole wait's reading fall due at once — decided in a burst, late, while nothing
+        was read; then the next burst (seen on make bench: a 1.3 s collect of 4,466 traces, decision
+        latency p99 2.4 s at a 0.5 s commit interval). A partition caught up drops its entries: the
+        clock decides there. Only a partition read at least a decision wait behind the worker clock
+        reads ahead: a majority of far-future timestamps (a producer clock minutes fast, a hostile
+        CreateTime) moves its time up to the clock + ``max_clock_skew``, and must not release its
+        traces before their clock wait — then they wait for it, as before."""
+        backlog_before = now_ns - self.decision_wait_ns
+        traces, take, mark = self._traces, self._take, self.progress.mark
+        for p in list(self._ahead):
+            heap = self._ahead[p]
+            read_to = mark(p)
+            if read_to >= REACHED:
+                del self._ahead[p]
+                continue
+            if read_to > backlog_before:
+                continue
+            while heap and heap[0][0] <= read_to:
+                buf = heapq.heappop(heap)[2]
+                if traces.get(buf.trace_id) is buf:
+                    take(buf, "backlog_read", out)
+            if len(heap) > 2 * len(traces) + 1024:  # stale entries of traces that left otherwise
+                heap[:] = [e for e in heap if traces.get(e[2].trace_id) is e[2]]
+                heapq.heapify(heap)
+            if not heap:
+                del self._ahead[p]
 
     def _yield_held(self, out: list[TraceBuffer]) -> bool:
         """From the buffer bound until under its resume mark (the input is paused all that time):
@@ -593,6 +640,7 @@ class TraceAssembler:
         dropped = len(gone)
         for p in lost:
             self._held.pop(p, None)
+            self._ahead.pop(p, None)
         self.progress.forget(lost)
         if self.event_time:
             for p in lost:

@@ -85,6 +85,50 @@ def test_a_caught_up_partition_releases_its_held_traces_and_holds_nothing_new():
     assert len(a) == 1  # B: its partition is still behind
 
 
+def test_a_backlog_read_ahead_of_the_clock_is_decided_by_partition_time():
+    """Draining a backlog faster than it was written, the partition is read a wait past a trace's
+    first message long before the trace's clock wait is over. Before: held to the clock deadline
+    — a whole wait's reading then fell due at once and was decided in a burst, late (make bench:
+    a 1.3 s collect of 4,466 traces, decision latency p99 2.4 s at a 0.5 s commit interval). Now
+    it goes as the read passes, in reading order (trigger ``backlog_read``)."""
+    a = assembler()
+    a.set_behind([0])
+    message(a, A, T0_MS, NOW0, "a")
+    message(a, B, T0_MS + 400, NOW0 + 10 * MS, "b")
+    filler(a, T0_MS + 1_000, NOW0 + 20 * MS)  # a block a wait past A's first message, 20 ms later
+    assert [(b.trace_id, b.trigger, b.messages) for b in a.due(NOW0 + 20 * MS)] == [(A, "backlog_read", ["a"])]
+    assert [b.trace_id for b in a.due(NOW0 + 30 * MS)] == []  # B's wait ends at T0 + 1.4 s of partition time
+    filler(a, T0_MS + 1_400, NOW0 + 40 * MS)
+    assert [(b.trace_id, b.trigger) for b in a.due(NOW0 + 40 * MS)] == [(B, "backlog_read")]
+    assert a.buffered_spans == 0 and len(a) == 0
+
+
+def test_a_partition_read_near_the_clock_does_not_read_ahead():
+    """A majority of far-future timestamps moves a partition's time up to the clock + max skew:
+    that must not release its traces before their clock wait (a producer clock minutes fast would
+    otherwise have every trace decided as soon as read). Read ahead only happens on a partition
+    read at least a wait behind the clock; here the clock decides, as before."""
+    a = assembler()
+    a.set_behind([0])
+    message(a, A, T0_MS, NOW0)
+    filler(a, 2**62 // MS, NOW0, n=10 * BLOCK)  # nothing but future timestamps
+    assert a.progress.time(0) == NOW0 + SKEW
+    assert a.due(NOW0 + WAIT - 1) == [] and len(a) == 1
+    assert [b.trace_id for b in a.due(NOW0 + WAIT)] == [A]  # its clock wait: read far enough by then
+
+
+def test_a_caught_up_partition_reads_nothing_ahead():
+    """Caught up, the clock decides: a trace first seen while its partition was behind is not
+    released early once the partition is read to the end."""
+    a = assembler()
+    a.set_behind([0])
+    message(a, A, T0_MS, NOW0)
+    a.set_behind([])
+    filler(a, T0_MS + 5_000, NOW0)
+    assert a.due(NOW0 + WAIT - 1) == []
+    assert [(b.trace_id, b.trigger) for b in a.due(NOW0 + WAIT)] == [(A, "decision_wait")]
+
+
 def test_never_told_behind_the_worker_clock_alone_decides():
     a = assembler()
     message(a, A, T0_MS, NOW0)
@@ -268,7 +312,8 @@ def test_read_progress_is_monotone_and_unknown_before_a_block():
 )
 def test_every_span_leaves_once_and_no_trace_waits_past_the_hard_bound(steps, factor):
     """Whatever the timestamps and lag: every span is released exactly once; a trace released on its
-    wait was read far enough or its partition was caught up; one forced by the hard bound reached
+    wait was read far enough or its partition was caught up; one released read ahead of its clock
+    wait was read far enough; one forced by the hard bound reached
     it; none is still buffered past ``factor`` × wait after its first span arrived."""
     a = assembler(factor)
     now, added, released, first_seen = NOW0, 0, 0, {}
@@ -283,9 +328,11 @@ def test_every_span_leaves_once_and_no_trace_waits_past_the_hard_bound(steps, fa
         out = forced + a.due(now)
         for b in out:
             first_seen.pop(b.trace_id, None)
-            if b.trigger in ("decision_wait", "backlog_read"):
+            if b.trigger == "decision_wait":
                 assert b.first_seen_ns + WAIT <= now
                 assert factor == 1 or a.progress.reached(b.partition, b.first_stamp_ns + WAIT)
+            elif b.trigger == "backlog_read":  # read far enough: its clock wait over or, read ahead, not
+                assert factor > 1 and a.progress.reached(b.partition, b.first_stamp_ns + WAIT)
             else:  # nothing else applies here (no root, no limits): the hard bound, and not before it
                 assert b.trigger == b.forced_reason == "backlog_limit"
                 assert b.first_seen_ns + factor * WAIT <= now
