@@ -6,13 +6,14 @@
 //!
 //! A copy is built from the request's own bytes: per (resource_spans, scope_spans) occurrence that
 //! holds spans of its traces, one `ResourceSpans` with the resource's bytes, one `ScopeSpans` with
-//! the scope's bytes and those spans as they came (message order), and both schema URLs. Attributes are
-//! never decoded. It is what the Python reference (`pipeline/codecs/otlp.py` `split_request`)
-//! writes: the same fields in the same order, so a canonical request (any protobuf serializer's)
-//! splits to the same bytes; a non-canonical one (a repeated singular field, an over-long varint)
-//! to bytes that parse to the same messages, because protobuf parses a message's occurrences as
-//! if merged (`tests/unit/test_native_rekey.py` checks both). A span header dict is built only for
-//! a message that stays where it arrived: a re-keyed one is read again as a keyed copy.
+//! the scope's bytes and those spans as they came (message order), and both schema URLs.
+//! Attributes are never decoded. It is what the Python reference (`pipeline/codecs/otlp.py`
+//! `split_request`, `split_traces` for a copy of several traces) writes: the same fields in the
+//! same order, so a canonical request (any protobuf serializer's) splits to the same bytes; a
+//! non-canonical one (a repeated singular field, an over-long varint) to bytes that parse to the
+//! same messages, because protobuf parses a message's occurrences as if merged
+//! (`tests/unit/test_native_rekey.py` checks both). A span header dict is built only for a message
+//! that stays where it arrived: a re-keyed one is read again as its copies.
 //!
 //! The canonical placement is `pipeline/kafka/partitioner.py`'s: murmur2 of the 16 trace-ID bytes
 //! (the Java client's default, keyed by those bytes), or under `ingest.partitioning: collector`
