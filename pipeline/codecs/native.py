@@ -109,7 +109,8 @@ class NativeCodec:
     ) -> list[list[Fragment] | Malformed | Rekeyed]:
         """``decode_batch`` and ``pipeline.job.rekey.place`` in one call into Rust: per received
         message its verdict, its fragments when it stays where it arrived, or its re-keyed copies
-        (``Rekeyed``: OTLP split from the request's own bytes, an Avro message as it is; placed by
+        (``Rekeyed``: OTLP split from the request's own bytes, one per destination partition — key
+        None for a copy of several traces —, an Avro message as it is; placed by
         ``placement`` — a ``pipeline.kafka.partitioner.Partitioning`` — over ``partitions``, 0
         when unknown; too large to re-key when a copy exceeds ``max_record_bytes`` or all of them
         ``max_copies_bytes``, as ``pipeline.job.rekey.place`` says). Header dicts are
