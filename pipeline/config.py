@@ -655,8 +655,9 @@ class IngestConfig(Strict):
     )
     rekey: bool = Field(
         True,
-        description="re-publish messages not keyed by their (single) trace ID, split per trace, "
-        "keyed by trace ID; false: buffer every trace of a message locally",
+        description="re-publish messages off their traces' canonical partition there, one copy per "
+        "destination partition (a single trace's keyed by its trace ID); false: buffer every trace "
+        "of a message where it arrives",
     )
     partitioning: Literal["tailsift", "collector"] = Field(
         "tailsift",

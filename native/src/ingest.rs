@@ -75,7 +75,9 @@ fn counted<'py>(
 /// - `(reason, detail)`: its dead-letter verdict;
 /// - a list of `(trace_id, span_count, has_root, newest_end)`: it stays where it arrived, its
 ///   spans counted in `windows`;
-/// - `([(key, partition, value)], None)`: its re-keyed copies (counted when read again);
+/// - `([(key, partition, value)], None)`: its re-keyed copies, as `rekey::ingest_otlp` gives them
+///   (one per destination partition, key None when it holds several traces; counted when read
+///   again);
 /// - `(None, [(trace_id, span_count, has_root, newest_end)])`: misplaced but too large to re-key:
 ///   it stays, counted.
 ///
@@ -153,14 +155,16 @@ pub fn ingest_otlp_counted<'py>(
                 out.append(PyTuple::new(py, [&none, stays.as_any()])?)?;
             }
             Placed::Whole(key, partition) => {
-                let part = (PyBytes::new(py, &key), partition, &item).into_pyobject(py)?;
+                let key = key.map(|k| PyBytes::new(py, &k));
+                let part = (key, partition, &item).into_pyobject(py)?;
                 let parts = PyList::new(py, [part])?;
                 out.append(PyTuple::new(py, [parts.as_any(), &none])?)?;
             }
             Placed::Rekeyed(parts) => {
                 let list = PyList::empty(py);
                 for (key, partition, part) in parts {
-                    list.append((PyBytes::new(py, &key), partition, PyBytes::new(py, &part)))?;
+                    let key = key.map(|k| PyBytes::new(py, &k));
+                    list.append((key, partition, PyBytes::new(py, &part)))?;
                 }
                 out.append(PyTuple::new(py, [list.as_any(), &none])?)?;
             }

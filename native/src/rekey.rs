@@ -1,21 +1,25 @@
 //! Re-keying in the native core (issues 17 and 11 item 6): one call per consumed batch of OTLP
 //! protobuf values decides, per message, what `Job.ingest` does with it — dead-letter it, take its
-//! per-trace fragments where it arrived, or re-publish it per trace on each trace's canonical
-//! partition — and builds the re-keyed copies in Rust.
+//! per-trace fragments where it arrived, or re-publish it on its traces' canonical partitions, one
+//! copy per destination partition holding every trace bound there (per trace while the partition
+//! count is unknown) — and builds the re-keyed copies in Rust.
 //!
 //! A copy is built from the request's own bytes: per (resource_spans, scope_spans) occurrence that
-//! holds spans of the trace, one `ResourceSpans` with the resource's bytes, one `ScopeSpans` with
-//! the scope's bytes and the trace's spans as they came, and both schema URLs. Attributes are
-//! never decoded. It is what the Python reference (`pipeline/codecs/otlp.py` `split_request`)
-//! writes: the same fields in the same order, so a canonical request (any protobuf serializer's)
-//! splits to the same bytes; a non-canonical one (a repeated singular field, an over-long varint)
-//! to bytes that parse to the same messages, because protobuf parses a message's occurrences as
-//! if merged (`tests/unit/test_native_rekey.py` checks both). A span header dict is built only for
-//! a message that stays where it arrived: a re-keyed one is read again as a keyed copy.
+//! holds spans of its traces, one `ResourceSpans` with the resource's bytes, one `ScopeSpans` with
+//! the scope's bytes and those spans as they came (message order), and both schema URLs.
+//! Attributes are never decoded. It is what the Python reference (`pipeline/codecs/otlp.py`
+//! `split_request`, `split_traces` for a copy of several traces) writes: the same fields in the
+//! same order, so a canonical request (any protobuf serializer's) splits to the same bytes; a
+//! non-canonical one (a repeated singular field, an over-long varint) to bytes that parse to the
+//! same messages, because protobuf parses a message's occurrences as if merged
+//! (`tests/unit/test_native_rekey.py` checks both). A span header dict is built only for a message
+//! that stays where it arrived: a re-keyed one is read again as its copies.
 //!
 //! The canonical placement is `pipeline/kafka/partitioner.py`'s: murmur2 of the 16 trace-ID bytes
 //! (the Java client's default, keyed by those bytes), or under `ingest.partitioning: collector`
 //! Sarama's FNV-1a of the 32 hex characters (keyed by them).
+
+use std::borrow::Cow;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -332,15 +336,36 @@ pub fn split(value: &[u8], plan: &OtlpPlan) -> Result<Vec<Vec<u8>>, Reject> {
         .collect())
 }
 
+/// The span indices of several traces (`plan.traces` positions) in message order: one copy's, for
+/// `layout`. A single trace's list is borrowed as it is.
+fn merged<'p>(plan: &'p OtlpPlan, traces: &[usize]) -> Cow<'p, [usize]> {
+    if let [t] = traces {
+        return Cow::Borrowed(plan.traces[*t].1.as_slice());
+    }
+    let mut idx: Vec<usize> = traces
+        .iter()
+        .flat_map(|&t| plan.traces[t].1.iter().copied())
+        .collect();
+    idx.sort_unstable();
+    Cow::Owned(idx)
+}
+
 // ------------------------------------------------------------------ the batch call
+/// A re-keyed copy: its key (None for a copy of several traces), partition (None: unknown, by
+/// key) and request.
+pub(crate) type RekeyedCopy = (Option<Vec<u8>>, Option<u32>, Vec<u8>);
+
 /// What the job does with one accepted message.
 pub(crate) enum Placed {
-    /// on its trace's canonical partition, keyed by it: buffered where it arrived
+    /// on its trace's canonical partition, keyed by it (several traces: each one's canonical
+    /// partition, whatever the key): buffered where it arrived
     InPlace,
-    /// re-published per trace: (key, partition or None, request)
-    Rekeyed(Vec<(Vec<u8>, Option<u32>, Vec<u8>)>),
-    /// re-published as it is (one trace): its key and partition
-    Whole(Vec<u8>, Option<u32>),
+    /// re-published per destination partition (per trace while the partition count is unknown):
+    /// (key — None for a copy of several traces —, partition or None, request)
+    Rekeyed(Vec<RekeyedCopy>),
+    /// re-published as it is (one trace, or several bound for one partition): its key (None for
+    /// several traces) and partition
+    Whole(Option<Vec<u8>>, Option<u32>),
     /// a copy would exceed the record limit: buffered where it arrived, counted
     TooLarge,
 }
@@ -369,14 +394,36 @@ pub(crate) fn place(
         if value.len() > p.max_record_bytes {
             return Ok(Placed::TooLarge);
         }
-        return Ok(Placed::Whole(p.scheme.key(trace_id), where_(trace_id)));
+        return Ok(Placed::Whole(
+            Some(p.scheme.key(trace_id)),
+            where_(trace_id),
+        ));
+    }
+    // the copies: per destination partition its traces (`plan.traces` positions), in the order
+    // the first of them appears; one per trace while the partition count is unknown
+    let mut groups: Vec<(Option<u32>, Vec<usize>)> = Vec::new();
+    for (t, (trace_id, _)) in plan.traces.iter().enumerate() {
+        let home = where_(trace_id);
+        match groups
+            .iter_mut()
+            .find(|(h, _)| home.is_some() && *h == home)
+        {
+            Some((_, traces)) => traces.push(t),
+            None => groups.push((home, vec![t])),
+        }
+    }
+    if p.partitions > 0 && groups.len() == 1 {
+        if groups[0].0.map(i64::from) == Some(partition) {
+            return Ok(Placed::InPlace); // every trace on the partition it sits on: whatever its key
+        }
+        if value.len() > p.max_record_bytes {
+            return Ok(Placed::TooLarge);
+        }
+        return Ok(Placed::Whole(None, groups[0].0)); // all bound for one other partition
     }
     let env = envelopes_of(value, plan)?;
-    let layouts: Vec<Layout> = plan
-        .traces
-        .iter()
-        .map(|(_, idx)| layout(plan, &env, idx))
-        .collect();
+    let spans: Vec<Cow<[usize]>> = groups.iter().map(|(_, ts)| merged(plan, ts)).collect();
+    let layouts: Vec<Layout> = spans.iter().map(|idx| layout(plan, &env, idx)).collect();
     // `pipeline/job/rekey.py` MAX_COPIES_RECORDS: one large resource over thousands of one-span
     // traces must not split into gigabytes; the sizes are known before a copy is built
     let total: usize = layouts.iter().map(|l| l.total).sum();
@@ -384,15 +431,16 @@ pub(crate) fn place(
         return Ok(Placed::TooLarge);
     }
     Ok(Placed::Rekeyed(
-        plan.traces
+        groups
             .iter()
             .zip(&layouts)
-            .map(|((trace_id, _), l)| {
-                (
-                    p.scheme.key(trace_id),
-                    where_(trace_id),
-                    write(plan, &env, l),
-                )
+            .map(|((home, traces), l)| {
+                // one trace: its canonical key, so the copy is the one it would get alone
+                let key = match traces.as_slice() {
+                    [t] => Some(p.scheme.key(plan.traces[*t].0)),
+                    _ => None,
+                };
+                (key, *home, write(plan, &env, l))
             })
             .collect(),
     ))
@@ -451,9 +499,11 @@ pub fn placement_args(
 /// with its key (bytes or None) and partition, one of
 /// - `(reason, detail)`: its dead-letter verdict, as `decode_otlp` gives it;
 /// - a list of `(trace_id, [(service, [header])], span_count)`: it stays where it arrived;
-/// - `([(key, partition, value)], None)`: its re-keyed copies, one per trace in first-seen order
-///   (`partition` None when `partitions` is 0: unknown; `value` the message itself when it holds
-///   one trace);
+/// - `([(key, partition, value)], None)`: its re-keyed copies (`place`): with `n_partitions`
+///   known, one per destination partition in the order its first trace appears, keyed by that
+///   trace when it holds one, `key` None when several; unknown (0), one per trace in first-seen
+///   order, keyed, `partition` None; `value` the message itself when it holds one trace or all
+///   its traces are bound for one partition;
 /// - `(None, fragments)`: misplaced, but a copy would be larger than `max_record_bytes`, or all of
 ///   them larger than `max_copies_bytes`: its fragments, to buffer where it arrived.
 ///
@@ -510,14 +560,16 @@ pub fn ingest_otlp<'py>(
                 out.append(PyTuple::new(py, [&none, stays.as_any()])?)?;
             }
             Placed::Whole(key, partition) => {
-                let part = (PyBytes::new(py, &key), partition, &item).into_pyobject(py)?;
+                let key = key.map(|k| PyBytes::new(py, &k));
+                let part = (key, partition, &item).into_pyobject(py)?;
                 let parts = PyList::new(py, [part])?;
                 out.append(PyTuple::new(py, [parts.as_any(), &none])?)?;
             }
             Placed::Rekeyed(parts) => {
                 let list = PyList::empty(py);
                 for (key, partition, part) in parts {
-                    list.append((PyBytes::new(py, &key), partition, PyBytes::new(py, &part)))?;
+                    let key = key.map(|k| PyBytes::new(py, &k));
+                    list.append((key, partition, PyBytes::new(py, &part)))?;
                 }
                 out.append(PyTuple::new(py, [list.as_any(), &none])?)?;
             }
@@ -569,11 +621,55 @@ fn split_otlp<'py>(py: Python<'py>, value: &[u8]) -> PyResult<Option<Bound<'py, 
     Ok(Some(out))
 }
 
+/// The split alone for chosen groups of traces, for the differential test: per group (trace IDs
+/// of the request) one request of those traces' spans in message order, as `place` writes a
+/// copy; None where the bytes do not parse or a group names a trace the request does not hold.
+#[pyfunction]
+fn split_otlp_groups<'py>(
+    py: Python<'py>,
+    value: &[u8],
+    groups: Vec<Vec<Vec<u8>>>,
+) -> PyResult<Option<Bound<'py, PyList>>> {
+    let Ok(parts) = guarded(|| {
+        let bad = || reject("decode_error", OTLP_DECODE_ERROR);
+        let request = proto::parse_request(value).map_err(|_| bad())?;
+        let mut traces: Vec<(&[u8], Vec<usize>)> = Vec::new();
+        for (i, sp) in request.spans.iter().enumerate() {
+            match traces.iter_mut().find(|(t, _)| *t == sp.trace_id) {
+                Some((_, idx)) => idx.push(i),
+                None => traces.push((sp.trace_id, vec![i])),
+            }
+        }
+        let plan = OtlpPlan { request, traces };
+        let env = envelopes_of(value, &plan)?;
+        groups
+            .iter()
+            .map(|group| {
+                let positions = group
+                    .iter()
+                    .map(|id| plan.traces.iter().position(|(t, _)| *t == id.as_slice()))
+                    .collect::<Option<Vec<usize>>>()
+                    .ok_or_else(bad)?;
+                let idx = merged(&plan, &positions);
+                Ok(write(&plan, &env, &layout(&plan, &env, &idx)))
+            })
+            .collect::<Result<Vec<_>, Reject>>()
+    }) else {
+        return Ok(None);
+    };
+    let out = PyList::empty(py);
+    for part in parts {
+        out.append(PyBytes::new(py, &part))?;
+    }
+    Ok(Some(out))
+}
+
 /// Adds this module's functions to `pipeline._native`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ingest_otlp, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_partition, m)?)?;
     m.add_function(wrap_pyfunction!(split_otlp, m)?)?;
+    m.add_function(wrap_pyfunction!(split_otlp_groups, m)?)?;
     Ok(())
 }
 

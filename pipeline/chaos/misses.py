@@ -60,6 +60,7 @@ from datetime import datetime
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from pipeline.chaos.truth import Send, digest
 from pipeline.kafka import clients
@@ -172,17 +173,41 @@ def trigger_of(records: list[dict]) -> str:
 
 
 def copies(bootstrap: str, topic: str, wanted: dict[int, set[bytes]], timeout: float = 120) -> dict[bytes, list]:
-    """Per trace ID, the committed messages keyed by it on the partitions asked (``wanted``:
-    partition → trace IDs): (partition, offset, CreateTime ms, value digest) — its own messages and
-    the job's re-keyed copies of the others."""
+    """Per trace ID, the committed messages that hold its spans on the partitions asked
+    (``wanted``: partition → trace IDs): (partition, offset, CreateTime ms, value digest, the IDs
+    of its spans of the trace in it — empty where the value is not OTLP protobuf) — its own messages
+    and the job's re-keyed copies of the others. Found by key (a message keyed by the trace: its
+    own, or the copy of a trace re-keyed alone) or by content: the job writes one copy per
+    destination partition, and a copy of several traces carries no key (README "Re-keying")."""
     out: dict[bytes, list] = {}
     for msg in _read_partitions(bootstrap, topic, set(wanted), "read_committed", timeout):
-        key = msg.key()
-        if key in wanted.get(msg.partition(), ()):
-            out.setdefault(key, []).append(
-                (msg.partition(), msg.offset(), msg.timestamp()[1], digest(msg.value() or b""))
-            )
+        key, value = msg.key(), msg.value() or b""
+        for tid in wanted.get(msg.partition(), ()):
+            # an OTLP message carries a span's trace ID as its 16 raw bytes: a cheap filter first
+            if tid != key and tid not in value:
+                continue
+            ids = _span_ids(value, tid)
+            if ids or tid == key:
+                out.setdefault(tid, []).append((msg.partition(), msg.offset(), msg.timestamp()[1], digest(value), ids))
     return out
+
+
+def _span_ids(value: bytes, trace_id: bytes) -> frozenset[bytes]:
+    """The IDs of ``trace_id``'s spans in an OTLP protobuf request (empty when it is not one)."""
+    try:
+        req = ExportTraceServiceRequest.FromString(value)
+    except Exception:  # noqa: BLE001 - an Avro SpanBatch or hostile bytes: no OTLP spans
+        return frozenset()
+    return frozenset(
+        sp.span_id for rs in req.resource_spans for ss in rs.scope_spans for sp in ss.spans if sp.trace_id == trace_id
+    )
+
+
+def _holds(entry: tuple, s: Send) -> bool:
+    """Whether the message ``entry`` (``copies``) holds the spans ``s`` wrote: the same bytes (its own
+    message, an Avro copy, a single-trace OTLP message moved whole), or every span of it (an OTLP
+    copy, of one trace or of several bound for one partition)."""
+    return entry[3] == s.digest or (bool(s.span_ids) and s.span_ids <= entry[4])
 
 
 def aborted(bootstrap: str, topic: str, partitions: set[int], timeout: float = 120) -> dict[int, list[tuple[int, int]]]:
@@ -235,7 +260,7 @@ def aborted_below(s: Send, home: int, found: list, aborted_here: list[tuple[int,
     if s.partition == home:
         at = [(s.offset, s.created_ms)]
     else:
-        at = [(off, ts) for p, off, ts, dg in found if p == home and dg == s.digest and off != s.offset]
+        at = [(e[1], e[2]) for e in found if e[0] == home and _holds(e, s) and e[1] != s.offset]
     for off, ts in sorted(at, key=lambda a: a[1])[:1]:
         below = [(o, t) for o, t in aborted_here if o < off and 0 <= ts - t <= ABORTED_WINDOW_S * 1000]
         if below:
@@ -289,7 +314,7 @@ def _arrival(s: Send, home: int, found: list) -> int | None:
     the job re-keyed it; visible no earlier); None when no copy is found."""
     if s.partition == home:
         return s.acked_ns
-    at = [ts * 1_000_000 for p, off, ts, dg in found if p == home and dg == s.digest and off != s.offset]
+    at = [e[2] * 1_000_000 for e in found if e[0] == home and _holds(e, s) and e[1] != s.offset]
     return min(at) if at else None
 
 

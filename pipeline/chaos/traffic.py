@@ -191,7 +191,8 @@ class Traffic:
                 rec = None
                 if tracked is not None:
                     error = any(sp["status_code"] == "ERROR" for sp in batch["spans"])
-                    rec = Send(error, bool(tr.late and tr.late[j]), bundle, at, digest=digest(value))
+                    ids = frozenset(sp["span_id"] for sp in batch["spans"])
+                    rec = Send(error, bool(tr.late and tr.late[j]), bundle, at, digest=digest(value), span_ids=ids)
                     tracked.append(rec)
                 heapq.heappush(pending, (at, seq, tr.trace_id, batch, value, bundle, rec))
             if i in big_at:

@@ -42,6 +42,9 @@ class Send:
     created_ms: int = -1  # its Kafka timestamp (CreateTime: when it was handed to the producer)
     acked_ns: int = 0  # its delivery report seen: in the log by then (0: never acknowledged)
     digest: bytes = b""  # of its value: a re-keyed copy (Avro: the same bytes) is found by it
+    # its spans' IDs: a re-keyed copy that holds other spans too (OTLP: one copy of every trace of
+    # a message bound for one partition) is found by them (``pipeline.chaos.misses.copies``)
+    span_ids: frozenset[bytes] = frozenset()
 
 
 @dataclass

@@ -215,7 +215,7 @@ class AvroCodec:
     def decode_trace(self, value: bytes, trace_id: bytes) -> Fragment:
         return _fragment(decode_batch(value))
 
-    def split(self, value: bytes, fragment: Fragment) -> bytes:
+    def split(self, value: bytes, fragments: list[Fragment]) -> bytes:
         return value  # one trace per message
 
     def decode_detail(self, detail: bytes) -> dict:

@@ -45,11 +45,14 @@ class Fragment:
 class Rekeyed:
     """A message off its traces' canonical partition, as placement (``pipeline.job.rekey.place``,
     or a native codec's ``decode_placed``) found it: ``parts`` are its copies to publish on the
-    input topic, one per trace in first-seen order — (key, partition or None: by key, value; the
-    value is the message itself when it holds one trace). ``parts`` is None when a copy would be
-    larger than a record may be: the job then buffers ``fragments`` where the message arrived."""
+    input topic — (key, partition or None: by key, value; the value is the message itself when it
+    holds one trace). With the partition count known, one copy per destination partition, in the
+    order its first trace appears: keyed by that trace when it holds one, else key None (placed by
+    its partition); unknown, one per trace in first-seen order, keyed. ``parts`` is None when a
+    copy would be larger than a record may be: the job then buffers ``fragments`` where the message
+    arrived."""
 
-    parts: list[tuple[bytes, int | None, bytes]] | None
+    parts: list[tuple[bytes | None, int | None, bytes]] | None
     fragments: list[Fragment] | None = None
 
 
@@ -127,9 +130,10 @@ class Codec(Protocol):
         re-decodes instead of buffering decoded spans: memory). Not validated again."""
         ...
 
-    def split(self, value: bytes, fragment: Fragment) -> bytes:
-        """A message holding only this fragment's trace (for re-keying); ``value`` itself when it
-        holds that trace only."""
+    def split(self, value: bytes, fragments: list[Fragment]) -> bytes:
+        """A message holding only these fragments' traces — some of the fragments ``decode`` gave
+        for ``value``, in its order — (for re-keying: one copy per destination partition); ``value``
+        itself when it holds that one trace only."""
         ...
 
     def decode_detail(self, detail: Any) -> dict:

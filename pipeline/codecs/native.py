@@ -109,7 +109,8 @@ class NativeCodec:
     ) -> list[list[Fragment] | Malformed | Rekeyed]:
         """``decode_batch`` and ``pipeline.job.rekey.place`` in one call into Rust: per received
         message its verdict, its fragments when it stays where it arrived, or its re-keyed copies
-        (``Rekeyed``: OTLP split from the request's own bytes, an Avro message as it is; placed by
+        (``Rekeyed``: OTLP split from the request's own bytes, one per destination partition — key
+        None for a copy of several traces —, an Avro message as it is; placed by
         ``placement`` — a ``pipeline.kafka.partitioner.Partitioning`` — over ``partitions``, 0
         when unknown; too large to re-key when a copy exceeds ``max_record_bytes`` or all of them
         ``max_copies_bytes``, as ``pipeline.job.rekey.place`` says). Header dicts are
@@ -200,17 +201,17 @@ class NativeCodec:
         with _no_cycle_collection():
             return _core.trace_facts(self.format == "avro", values, trace_ids, counts)
 
-    def split(self, value: bytes, fragment: Fragment) -> bytes:
-        """Re-keying: a message holding only this fragment's trace, split by the Python codec from
-        its own parse (a native fragment has no handle). The job splits every fragment of a message
-        in a row: the message is parsed once for all of them (``decode_trace`` per fragment parsed
-        a 200-span request once per trace in it)."""
+    def split(self, value: bytes, fragments: list[Fragment]) -> bytes:
+        """Re-keying: a message holding only these fragments' traces, split by the Python codec from
+        its own parse (a native fragment has no handle). The job splits every copy of a message in
+        a row: the message is parsed once for all of them (``decode_trace`` per fragment parsed a
+        200-span request once per trace in it)."""
         if self.format == "avro":
             return value  # one trace per message
         if self._split_value is not value:
             self._split_value = value
             self._split_traces = otlp.decode_traces(value, self.format)  # accepted before: not checked again
-        return otlp.split_request(self._split_traces[fragment.trace_id], self.format)
+        return otlp.split_traces([self._split_traces[f.trace_id] for f in fragments], self.format)
 
     def decode(self, value: bytes, now_ns: int) -> list[Fragment]:
         """The single-message ``Codec`` interface; raises ``Malformed``."""

@@ -72,12 +72,15 @@ _MAX_FIXED_AS_LONG = (1 << 63) - 1  # OTLP times are fixed64; Avro (KeptTrace) a
 class OtlpTrace:
     """The spans of one trace ID from one request: headers for decisions, protobuf groups for output."""
 
-    __slots__ = ("trace_id", "spans", "groups")
+    __slots__ = ("trace_id", "spans", "groups", "request")
 
-    def __init__(self, trace_id: bytes):
+    def __init__(self, trace_id: bytes, request: ExportTraceServiceRequest | None = None):
         self.trace_id = trace_id
         self.spans: list[dict] = []  # SpanHeader dicts, detail = the protobuf Span
         self.groups: list[list] = []  # [ResourceSpans, ScopeSpans, service, [SpanHeader]]
+        # the request it came in (its groups hold parts of it, which keep it alive anyway): a
+        # re-keyed copy of several traces walks it for their spans in message order (split_traces)
+        self.request = request
 
 
 # ------------------------------------------------------------------ parse / serialize requests
@@ -175,7 +178,7 @@ def decode_traces(
                 if trace is None:
                     if len(tid) != 16 or tid == _ZERO_TRACE_ID:
                         raise InvalidTraceId("a trace ID is not 16 non-zero bytes")
-                    trace = traces[tid] = OtlpTrace(tid)
+                    trace = traces[tid] = OtlpTrace(tid, req)
                 span_id = sp.span_id
                 if len(span_id) != 8 or span_id == _ZERO_SPAN_ID:
                     raise InvalidSpanId(
@@ -231,6 +234,30 @@ def split_request(trace: OtlpTrace, fmt: str = "otlp_proto") -> bytes:
         ss2.scope.CopyFrom(ss.scope)
         ss2.schema_url = ss.schema_url
         ss2.spans.extend(h["detail"] for h in headers)
+    return serialize_request(req, fmt)
+
+
+def split_traces(traces: list[OtlpTrace], fmt: str = "otlp_proto") -> bytes:
+    """A request holding only these traces' spans (of one request, ``decode_traces``'s), in message
+    order: one resource_spans with one scope_spans per scope_spans occurrence that holds any of them
+    (resource, scope and schema URLs kept) — one re-keyed copy for every trace bound for one
+    partition. ``split_request`` for a single trace."""
+    if len(traces) == 1:
+        return split_request(traces[0], fmt)
+    ids = {t.trace_id for t in traces}
+    req = ExportTraceServiceRequest()
+    for rs in traces[0].request.resource_spans:
+        for ss in rs.scope_spans:
+            spans = [sp for sp in ss.spans if sp.trace_id in ids]
+            if not spans:
+                continue
+            rs2 = req.resource_spans.add()
+            rs2.resource.CopyFrom(rs.resource)
+            rs2.schema_url = rs.schema_url
+            ss2 = rs2.scope_spans.add()
+            ss2.scope.CopyFrom(ss.scope)
+            ss2.schema_url = ss.schema_url
+            ss2.spans.extend(spans)
     return serialize_request(req, fmt)
 
 
@@ -453,6 +480,7 @@ __all__ = [
     "kept_batches",
     "encode_request",
     "split_request",
+    "split_traces",
     "key_matches",
     "parse_request",
     "serialize_request",
@@ -510,8 +538,8 @@ class OtlpCodec:
     def decode_trace(self, value: bytes, trace_id: bytes) -> Fragment:
         return _fragment(decode_traces(value, self.name)[trace_id])
 
-    def split(self, value: bytes, fragment: Fragment) -> bytes:
-        return split_request(fragment.handle, self.name)
+    def split(self, value: bytes, fragments: list[Fragment]) -> bytes:
+        return split_traces([f.handle for f in fragments], self.name)
 
     def decode_detail(self, detail: Span) -> dict:
         return decode_detail(detail)

@@ -73,7 +73,7 @@ class Ingest:
                 if type(result[0]) is str:  # (reason, detail): dead-lettered
                     self._reject_held(batch.message(i), Malformed(result[0], result[1]), now_ns, hold, replays, i)
                     continue
-                if result[0] is not None:  # its copies, one per trace, to publish on the input topic
+                if result[0] is not None:  # its copies, one per destination partition, to publish on the input topic
                     self._rekey_held(batch.message(i), result[0], now_ns, hold, replays is not None and replays[i])
                     continue
                 _TOO_LARGE_TO_REKEY.inc()  # buffered where it arrived
@@ -170,7 +170,7 @@ class Ingest:
 
     def _rekey(self, msg: Received, rekeyed: Rekeyed, replay: bool, now_ns: int) -> bool:
         """Spans of one trace must meet on one partition: publish the message's copies, one per
-        trace, keyed by trace ID (``pipeline.job.rekey``). False (the caller buffers the message
+        destination partition (``pipeline.job.rekey``). False (the caller buffers the message
         where it arrived) when a copy could not be written — larger than a record may be — rather
         than failing every transaction. Notes that its partition re-keys (``rekeyed_ns``): the data
         plane tells the group, whose decisions then wait for this partition's read time."""

@@ -5,7 +5,7 @@ Byte-compatible with the OTel Collector's kafka exporter: the value is a seriali
 ``opentelemetry-exporter-otlp-proto-common``) or its OTLP/JSON form (``otlp_json``). With
 ``partition_traces_by_id=True`` (default) each message holds one trace and is keyed by its 16
 trace-ID bytes, so tailsift needs no re-keying; with False one message carries the whole export
-batch, unkeyed (tailsift then re-keys it per trace, ``ingest.rekey``).
+batch, unkeyed (tailsift then re-keys it, one copy per destination partition, ``ingest.rekey``).
 
     provider.add_span_processor(BatchSpanProcessor(KafkaSpanExporter("127.0.0.1:9092", "spans.raw")))
 """

@@ -256,8 +256,8 @@ class Replay:
                 kept_values.setdefault(r.key, []).append(r.value)
             elif r.topic == topics.deadletter.name:
                 fig.dead_lettered[avro.decode(avro.DEAD_LETTER, r.value)["reason"]] += 1
-            elif r.topic == topics.spans_raw.name:  # re-keyed by trace id: the broker would deliver it again
-                self._rekeyed(i, r.key, r.value)
+            elif r.topic == topics.spans_raw.name:  # re-keyed: the broker would deliver it again
+                self._rekeyed(i, r.key, r.partition, r.value)
         for trace_id, values in kept_values.items():
             facts = self._pending.get(trace_id)
             if facts is not None and facts.decisions[i] is not None:
@@ -314,9 +314,14 @@ class Replay:
                 )
 
     # ------------------------------------------------------------------ re-keyed copies
-    def _rekeyed(self, i: int, key: bytes, value: bytes) -> None:
-        n = max(max(self.partitions, default=0) + 1, 1)
-        p = canonical_partition(key, n) if len(key) == 16 else 0
+    def _rekeyed(self, i: int, key: bytes | None, partition: int | None, value: bytes) -> None:
+        """A copy onto the partition it was written to: the one the job named (a copy of several
+        traces bound for one partition has no key), else where its key's murmur2 puts it."""
+        if partition is not None:
+            p = partition
+        else:
+            n = max(max(self.partitions, default=0) + 1, 1)
+            p = canonical_partition(key, n) if key is not None and len(key) == 16 else 0
         self._rekeyed_offsets[(i, p)] += 1
         self._refeed[i].append(Received(p, _REKEYED_OFFSET_BASE + self._rekeyed_offsets[(i, p)], key, value))
 

@@ -30,7 +30,7 @@ from pipeline import otelcol
 from pipeline.codecs import otlp
 from pipeline.demo import free_port, run_config
 from pipeline.jobproc import JobProcess
-from pipeline.kafka.partitioner import sarama_partition
+from pipeline.kafka.partitioner import TAILSIFT, sarama_partition
 from pipeline.readback import read_all
 from pipeline.topics import create_topics
 
@@ -113,6 +113,10 @@ def read_file_spans(path) -> list[tuple[bytes, bytes, dict, str]]:
     return out
 
 
+def span_ids(value: bytes) -> list[bytes]:
+    return [sp.span_id for rs in otlp.parse_request(value).resource_spans for ss in rs.scope_spans for sp in ss.spans]
+
+
 @pytest.mark.parametrize("by_trace_id", [True, False], ids=["partition_traces_by_id", "unkeyed"])
 def test_sdk_collector_tailsift_collector(otelcol_binary, kafka_bootstrap, unique_name, tmp_path, by_trace_id):
     path, cfg = run_config(
@@ -179,6 +183,7 @@ def test_sdk_collector_tailsift_collector(otelcol_binary, kafka_bootstrap, uniqu
         raw = list(read_all(kafka_bootstrap, cfg.topics.spans_raw.name, timeout=30))
         from_collector = [(p, k, v) for p, _, k, v in raw if k is None or len(k) == 32]
         assert from_collector
+        n_partitions = cfg.topics.spans_raw.partitions
         if by_trace_id:
             # the Collector keys by the 32-character hex ID and places it with Sarama's FNV-1a hash;
             # with ingest.partitioning: collector that is where tailsift expects it: no copy at all
@@ -190,8 +195,32 @@ def test_sdk_collector_tailsift_collector(otelcol_binary, kafka_bootstrap, uniqu
             assert rekeyed == 0
         else:
             assert all(k is None for _, k, _ in from_collector)
-            assert any(len(otlp.decode_traces(v)) > 1 for _, _, v in from_collector)
-            assert rekeyed == len(from_collector)
+
+            def homes(value: bytes) -> set[int]:
+                return {TAILSIFT.partition(t, n_partitions) for t in otlp.decode_traces(value)}
+
+            # tailsift's copies of several traces are keyless too, but each sits on its traces'
+            # partition; the Collector's batches do not (a single-trace one is re-keyed anyway,
+            # unkeyed): those are the ones re-keyed (a batch whose traces all sit where it landed
+            # stays, and cannot be told from a copy here — its spans are in no copy)
+            moved = [(p, v) for p, k, v in from_collector if len(otlp.decode_traces(v)) == 1 or homes(v) != {p}]
+            assert any(len(otlp.decode_traces(v)) > 1 for _, v in moved)
+            assert rekeyed == len(moved)
+            moved_spans = {sid for _, v in moved for sid in span_ids(v)}
+            copies = [
+                (p, k, v)
+                for p, _, k, v in raw
+                if (k is not None and len(k) == 16)
+                or (k is None and homes(v) == {p} and set(span_ids(v)) <= moved_spans)
+            ]
+            # one copy per destination partition of each re-keyed batch (before: one per trace),
+            # holding every span of the batches once
+            assert (
+                len(copies) == sum(len(homes(v)) for _, v in moved) < sum(len(otlp.decode_traces(v)) for _, v in moved)
+            )
+            assert sorted(sid for _, _, v in copies for sid in span_ids(v)) == sorted(
+                sid for _, v in moved for sid in span_ids(v)
+            )
 
         back.start()
         deadline = time.monotonic() + 60

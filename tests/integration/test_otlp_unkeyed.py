@@ -1,10 +1,11 @@
 """Unkeyed multi-trace OTLP input across 8 partitions (the Collector's default,
-partition_traces_by_id: false): tailsift re-keys per trace and every kept trace arrives whole."""
+partition_traces_by_id: false): tailsift re-keys it one copy per destination partition and every
+kept trace arrives whole."""
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 from opentelemetry import trace as trace_api
@@ -15,12 +16,43 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from pipeline.codecs import otlp
 from pipeline.demo import run_config
 from pipeline.jobproc import JobProcess
+from pipeline.kafka.partitioner import TAILSIFT
 from pipeline.otel import KafkaSpanExporter
 from pipeline.readback import read_all
 from pipeline.topics import create_topics
 
 pytestmark = pytest.mark.integration
 N_TRACES = 60
+
+
+class RecordingExporter(KafkaSpanExporter):
+    """The exporter, noting where each of its messages was written: (partition, offset) → value."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.written: dict[tuple[int, int], bytes] = {}
+
+    def _on_delivery(self, err, msg) -> None:
+        super()._on_delivery(err, msg)
+        if err is None:
+            self.written[(msg.partition(), msg.offset())] = msg.value()
+
+
+def expected_copies(written: dict[tuple[int, int], bytes], partitions: int) -> Counter:
+    """What the job must write back to the input topic for these messages: per message off its
+    traces' canonical partition one copy per destination partition — (partition, key, its traces)
+    — keyed by its trace when it holds one, keyless when several; nothing for a message of
+    several traces that all belong where it sits."""
+    want: Counter = Counter()
+    for (p, _), value in written.items():
+        homes: dict[int, list[bytes]] = {}
+        for t in otlp.decode_traces(value):
+            homes.setdefault(TAILSIFT.partition(t, partitions), []).append(t)
+        if len(homes) == 1 and next(iter(homes)) == p and len(next(iter(homes.values()))) > 1:
+            continue  # in place
+        for home, ts in homes.items():
+            want[(home, ts[0] if len(ts) == 1 else None, frozenset(ts))] += 1
+    return want
 
 
 def test_unkeyed_multi_trace_requests_on_8_partitions_are_kept_whole(kafka_bootstrap, unique_name, tmp_path):
@@ -48,16 +80,13 @@ def test_unkeyed_multi_trace_requests_on_8_partitions_are_kept_whole(kafka_boots
     expected: dict[bytes, set[bytes]] = defaultdict(set)
     try:
         job.wait_ready(kafka_bootstrap, cfg.kafka.group_id)
-        providers, tracers = [], []
+        providers, tracers, exporters = [], [], []
         for service in ("edge", "api", "db"):
             p = TracerProvider(resource=Resource.create({"service.name": service}))
-            p.add_span_processor(
-                BatchSpanProcessor(
-                    KafkaSpanExporter(kafka_bootstrap, cfg.topics.spans_raw.name, partition_traces_by_id=False),
-                    schedule_delay_millis=300,
-                    max_export_batch_size=25,
-                )
+            exporters.append(
+                RecordingExporter(kafka_bootstrap, cfg.topics.spans_raw.name, partition_traces_by_id=False)
             )
+            p.add_span_processor(BatchSpanProcessor(exporters[-1], schedule_delay_millis=300, max_export_batch_size=25))
             providers.append(p)
             tracers.append(p.get_tracer("unkeyed"))
         for _ in range(N_TRACES):
@@ -87,9 +116,19 @@ def test_unkeyed_multi_trace_requests_on_8_partitions_are_kept_whole(kafka_boots
             if len(kept) >= N_TRACES:
                 break
             time.sleep(1)
+        written = {at: value for e in exporters for at, value in e.written.items()}
+        copies: Counter = Counter()
+        for p, o, key, value in read_all(kafka_bootstrap, cfg.topics.spans_raw.name):
+            if (p, o) not in written:  # the job's copy
+                copies[(p, key, frozenset(otlp.decode_traces(value)))] += 1
     finally:
         job.stop()
     assert set(kept) == set(expected)
     for tid, records in kept.items():
         # whole: one record per trace (at-least-once may repeat it), holding every span
         assert all(ids == expected[tid] for ids in records), tid.hex()
+    # one copy per destination partition (before: one per trace, ~3× as many here)
+    want = expected_copies(written, 8)
+    assert copies == want
+    assert sum(want.values()) < sum(len(otlp.decode_traces(v)) for v in written.values())
+    assert any(key is None for _, key, _ in want)  # copies of several traces: exercised

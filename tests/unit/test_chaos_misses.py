@@ -45,7 +45,7 @@ def decision(at_s: float, keep: bool = False, trigger: str | None = None) -> lis
 
 def copy_of(s: Send, on_home_s: float) -> tuple:
     """The job's re-keyed copy of ``s`` on the trace's partition, timestamped when it was made."""
-    return (HOME, 900, int((T0 + on_home_s * S) // 1_000_000), s.digest)
+    return (HOME, 900, int((T0 + on_home_s * S) // 1_000_000), s.digest, frozenset())
 
 
 def test_an_error_held_by_its_producer_is_not_promised():
@@ -224,3 +224,62 @@ def test_the_record_settles_whether_it_was_the_hard_bound(tmp_path):
     # the hard bound needs no inference from the record, but is excused only where one is given
     assert misses.excuse(decision(30, trigger="backlog_limit"), [first, error], [copy_of(error, 90)], BOUND) == "bound"
     assert misses.excuse(decision(30, trigger="backlog_limit"), [first, error], [copy_of(error, 90)], None) is None
+
+
+class _Msg:
+    """A consumed record, as ``misses._read_partitions`` yields them."""
+
+    def __init__(self, partition: int, offset: int, key: bytes | None, value: bytes, ts_ms: int):
+        self._p, self._o, self._k, self._v, self._t = partition, offset, key, value, ts_ms
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def key(self) -> bytes | None:
+        return self._k
+
+    def value(self) -> bytes:
+        return self._v
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._t)
+
+
+def test_a_keyless_copy_of_several_traces_is_found_by_its_spans(monkeypatch):
+    """The job re-keys an unkeyed OTLP message as one copy per destination partition; a copy of
+    several traces has no key. Old ``copies`` found a trace's messages by key only (and matched a
+    copy to what the suite wrote by the bytes' digest, which an OTLP copy never shares): the error's
+    copy here was "not found". Now it is found by the error message's span IDs, in a keyless copy
+    that holds another trace's spans too — and a message that merely holds the ID's bytes elsewhere
+    (a span's attribute) is not taken for one."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    tid, other = b"\x11" * 16, b"\x22" * 16
+    req = ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    for t, sid in ((tid, b"\x01" * 8), (other, b"\x02" * 8), (tid, b"\x03" * 8)):
+        ss.spans.add(trace_id=t, span_id=sid, name="op")
+    group_copy = req.SerializeToString()
+    decoy = ExportTraceServiceRequest()
+    sp = decoy.resource_spans.add().scope_spans.add().spans.add(trace_id=other, span_id=b"\x04" * 8)
+    sp.attributes.add(key="x").value.bytes_value = tid
+    copy_ms = int((T0 + 90 * S) // 1_000_000)
+    records = [
+        _Msg(HOME, 900, None, group_copy, copy_ms),
+        _Msg(HOME, 901, None, decoy.SerializeToString(), copy_ms + 5),
+        _Msg(HOME, 902, b"k", b"not protobuf \x11" + tid, copy_ms + 6),
+    ]
+    monkeypatch.setattr(misses, "_read_partitions", lambda *args: iter(records))
+    found = misses.copies("unused:9092", "in", {HOME: {tid}})
+    assert [(e[0], e[1], e[2], e[4]) for e in found[tid]] == [
+        (HOME, 900, copy_ms, frozenset({b"\x01" * 8, b"\x03" * 8}))
+    ]
+    first, error = send(False, HOME, 0, 0.1), send(True, 5, 0.6, 0.7)
+    error.span_ids = frozenset({b"\x03" * 8})  # what the suite wrote in the error's message
+    assert misses._arrival(error, HOME, found[tid]) == copy_ms * 1_000_000
+    assert misses.excuse(decision(80), [first, error], found[tid], BOUND) == "bound"
+    error.span_ids = frozenset({b"\x03" * 8, b"\x09" * 8})  # a span the copy does not hold
+    assert misses._arrival(error, HOME, found[tid]) is None

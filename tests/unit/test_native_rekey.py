@@ -325,10 +325,27 @@ def test_avro_in_the_job_is_placed_without_python_per_message(monkeypatch):
     assert len(job.assembler) == 1  # the message that stayed is buffered
 
 
+def bound_for(value: bytes, placement, partitions: int) -> list[tuple[int, list[bytes]]]:
+    """A multi-trace request's destinations: per canonical partition its trace IDs, in the order
+    the first of them appears in the request."""
+    out: dict[int, list[bytes]] = {}
+    for t in otlp.decode_traces(value):
+        out.setdefault(placement.partition(t, partitions), []).append(t)
+    return list(out.items())
+
+
+def trace_spans(value: bytes) -> list[tuple[bytes, bytes]]:
+    """A request's spans as (trace ID, span ID), in message order."""
+    req = otlp.parse_request(value)
+    return [(sp.trace_id, sp.span_id) for rs in req.resource_spans for ss in rs.scope_spans for sp in ss.spans]
+
+
 def test_keyed_traffic_on_its_partition_stays_and_the_rest_is_rekeyed():
     """The peer benchmark's shapes: a message keyed by its trace's hex ID on the Collector's
-    partition stays (its header fragments come back); the same message on another partition, and
-    every unkeyed 200-span request, is re-keyed — one copy per trace, on that trace's partition."""
+    partition stays (its header fragments come back); the same message on another partition is
+    re-keyed as it is; an unkeyed 200-span request (~25 traces) is re-keyed one copy per
+    destination partition — before, one per trace (25 copies, each repeating its resources) —,
+    holding exactly the spans of its traces in message order, keyless unless it holds one trace."""
     tid = first_trace_id(GENERATED_OTLP[0])
     home = COLLECTOR.partition(tid, 6)
     msgs = [
@@ -339,8 +356,14 @@ def test_keyed_traffic_on_its_partition_stays_and_the_rest_is_rekeyed():
     got = native.NativeCodec("otlp_proto", BOUNDS).decode_placed(msgs, NOW, COLLECTOR, 6, 1 << 20, 16 << 20)
     assert isinstance(got[0], list) and got[0][0].trace_id == tid
     assert got[1].parts == [(tid.hex().encode(), home, GENERATED_OTLP[0])]
-    traces = otlp.decode_traces(PEER_UNKEYED[0])
-    assert [(k, p) for k, p, _ in got[2].parts] == [(t.hex().encode(), COLLECTOR.partition(t, 6)) for t in traces]
+    bound = bound_for(PEER_UNKEYED[0], COLLECTOR, 6)
+    assert len(otlp.decode_traces(PEER_UNKEYED[0])) >= 20 and len(bound) == 6  # ~25 traces, 6 copies
+    assert [(k, p) for k, p, _ in got[2].parts] == [
+        (ts[0].hex().encode() if len(ts) == 1 else None, p) for p, ts in bound
+    ]
+    spans = trace_spans(PEER_UNKEYED[0])
+    for (_, _, part), (_, ts) in zip(got[2].parts, bound):
+        assert trace_spans(part) == [s for s in spans if s[0] in ts]
     assert assert_same_placement(msgs, COLLECTOR, 6, 1 << 20) == 2
 
 
@@ -353,8 +376,8 @@ def test_rekeying_in_the_job_parses_no_request_in_python(monkeypatch):
     from tests.support.jobs import make_config
 
     values = PEER_UNKEYED[:5]
-    want = [(t.hex().encode(), COLLECTOR.partition(t, 6)) for v in values for t in otlp.decode_traces(v)]
-    calls = {"decode_traces": 0, "split_request": 0}
+    want = [(ts[0].hex().encode() if len(ts) == 1 else None, p) for v in values for p, ts in bound_for(v, COLLECTOR, 6)]
+    calls = {"decode_traces": 0, "split_request": 0, "split_traces": 0}
     for name in calls:
         real = getattr(otlp, name)
 
@@ -370,5 +393,209 @@ def test_rekeying_in_the_job_parses_no_request_in_python(monkeypatch):
     job.input_partitions = 6
     job.ingest([Received(i % 6, i // 6, None, v) for i, v in enumerate(values)], NOW)
     copies = [r for r in job.collect(NOW).records if r.topic == job.input_topic]
-    assert calls == {"decode_traces": 0, "split_request": 0}
+    assert calls == {"decode_traces": 0, "split_request": 0, "split_traces": 0}
     assert [(r.key, r.partition) for r in copies] == want
+
+
+# ------------------------------------------------------------------ one copy per destination partition
+POOL = [hashlib.sha256(b"group %d" % i).digest()[:16] for i in range(400)]
+
+
+def ids_on(placement, partitions: int, home: int, n: int) -> list[bytes]:
+    """``n`` trace IDs whose canonical partition of ``partitions`` is ``home``."""
+    got = [t for t in POOL if placement.partition(t, partitions) == home][:n]
+    assert len(got) == n
+    return got
+
+
+def build(resources: list[tuple[str, list[list[bytes]]]]) -> bytes:
+    """A request: per resource (service name, its scopes), per scope the trace IDs of its spans in
+    order; every span valid (its own non-zero ID, times just before ``NOW``)."""
+    req = ExportTraceServiceRequest()
+    n = 0
+    for service, scopes in resources:
+        rs = req.resource_spans.add()
+        rs.resource.attributes.add(key="service.name").value.string_value = service
+        for i, traces in enumerate(scopes):
+            ss = rs.scope_spans.add()
+            ss.scope.name = f"lib{i}"
+            for tid in traces:
+                n += 1
+                sp = ss.spans.add(trace_id=tid, span_id=n.to_bytes(8, "big"), name=f"op{n}")
+                sp.start_time_unix_nano, sp.end_time_unix_nano = NOW - 9_000_000 - n, NOW - 1_000_000
+    return req.SerializeToString()
+
+
+def services(value: bytes) -> list[tuple[str, str, int]]:
+    """Per resource_spans of a request: (service, scope name, span count)."""
+    out = []
+    for rs in otlp.parse_request(value).resource_spans:
+        for ss in rs.scope_spans:
+            out.append((otlp._service(rs.resource), ss.scope.name, len(ss.spans)))
+    return out
+
+
+A, B = ids_on(TAILSIFT, 6, 1, 2)
+(C,) = ids_on(TAILSIFT, 6, 4, 1)
+# interleaved spans of three traces in one scope, and A and B again under a second resource
+THREE = build([("cart", [[A, B, C, A]]), ("db", [[C, B], [A]])])
+
+
+def test_three_traces_two_bound_for_one_partition_make_exactly_two_copies():
+    """Old code: one copy per trace (3 here; ~25 for the peer benchmark's 200-span request),
+    each repeating its resources. Now a 3-trace message with 2 traces bound for partition 1 and 1
+    for partition 4 makes exactly 2 copies: A and B's spans together, in message order, one
+    resource_spans per scope occurrence that holds any of them, without a key (the partition
+    places it); C's alone under its own key — the copy it always got. Native and Python alike,
+    byte for byte."""
+    msgs = [Received(0, 0, None, THREE)]
+    assert assert_same_placement(msgs, TAILSIFT, 6, 1 << 20) == 1
+    (got,) = native.NativeCodec("otlp_proto", BOUNDS).decode_placed(msgs, NOW, TAILSIFT, 6, 1 << 20, 16 << 20)
+    assert [(k, p) for k, p, _ in got.parts] == [(None, 1), (C, 4)]
+    spans = trace_spans(THREE)
+    ab, c = got.parts[0][2], got.parts[1][2]
+    assert trace_spans(ab) == [s for s in spans if s[0] in (A, B)]
+    assert trace_spans(c) == [s for s in spans if s[0] == C]
+    assert services(ab) == [("cart", "lib0", 3), ("db", "lib0", 1), ("db", "lib1", 1)]
+    assert services(c) == [("cart", "lib0", 1), ("db", "lib0", 1)]
+    assert sorted(trace_spans(ab) + trace_spans(c)) == sorted(spans)  # nothing lost, nothing twice
+
+
+def test_a_message_whose_traces_all_belong_where_it_sits_stays_whatever_its_key():
+    """Issue 11 item 6: a message is re-keyed unless it already sits on its traces' canonical
+    partition. Old code re-keyed every multi-trace message, one copy per trace, wherever it sat.
+    Now one whose every trace belongs to the partition it sits on stays — unkeyed, keyed by
+    something else or by one of its traces — and its fragments are buffered there; elsewhere it
+    moves as it is, without a key, to that partition."""
+    d, e, f = ids_on(TAILSIFT, 6, 2, 3)
+    value = build([("cart", [[d, e, d]]), ("db", [[f, e]])])
+    msgs = [Received(2, 0, key, value) for key in (None, b"k", d)] + [Received(5, 0, None, value)]
+    assert assert_same_placement(msgs, TAILSIFT, 6, 1 << 20) == 1
+    got = native.NativeCodec("otlp_proto", BOUNDS).decode_placed(msgs, NOW, TAILSIFT, 6, 1 << 20, 16 << 20)
+    for stays in got[:3]:
+        assert [fr.trace_id for fr in stays] == [d, e, f]
+    assert got[3].parts == [(None, 2, value)] and got[3].parts[0][2] is value
+
+
+@pytest.mark.parametrize("placement", [TAILSIFT, COLLECTOR])
+def test_the_partition_count_unknown_keeps_one_keyed_copy_per_trace(placement):
+    """Without the partition count (0) no destination is known: one copy per trace in first-seen
+    order, under its canonical key, placed by the key, as before."""
+    msgs = [Received(0, 0, None, THREE)]
+    assert assert_same_placement(msgs, placement, 0, 1 << 20) == 1
+    (got,) = native.NativeCodec("otlp_proto", BOUNDS).decode_placed(msgs, NOW, placement, 0, 1 << 20, 16 << 20)
+    assert [(k, p) for k, p, _ in got.parts] == [(placement.key(t), None) for t in (A, B, C)]
+    for (_, _, part), t in zip(got.parts, (A, B, C)):
+        assert trace_spans(part) == [s for s in trace_spans(THREE) if s[0] == t]
+
+
+@pytest.mark.parametrize("core", ["python", "native"])
+def test_group_copies_read_back_stay_and_hold_every_span_once(core):
+    """End to end in the job: the 3-trace message is re-keyed into exactly 2 copies (counted as one
+    re-keyed message); read back on their partitions, both stay (the keyless one holds only
+    partition 1's traces, the keyed one is keyed by its trace and on its partition): no copy of a
+    copy, three traces buffered with every span once, every offset released."""
+    from pipeline import metrics
+    from pipeline.job import Job
+    from tests.support.jobs import make_config
+
+    job = Job(make_config(job={"core": core}, ingest={"format": "otlp_proto", "rekey": True}), worker_id="w")
+    job.input_partitions = 6
+    rekeyed = metrics.MESSAGES.labels("rekeyed")
+    before = rekeyed._value.get()
+    job.ingest([Received(0, 0, None, THREE, ref=0)], NOW)
+    copies = [r for r in job.collect(NOW).records if r.topic == job.input_topic]
+    assert [(r.key, r.partition) for r in copies] == [(None, 1), (C, 4)]
+    assert rekeyed._value.get() == before + 1
+    job.delivered(copies)
+    assert [h.offset for h in job.ready()] == [0]
+    job.ingest([Received(r.partition, 0, r.key, r.value, ref=1 + i) for i, r in enumerate(copies)], NOW)
+    assert [r for r in job.collect(NOW).records if r.topic == job.input_topic] == []
+    assert rekeyed._value.get() == before + 1
+    assert len(job.assembler) == 3 and job.assembler.buffered_spans == len(trace_spans(THREE))
+
+
+@st.composite
+def multi_trace_messages(draw) -> Received:
+    """Valid requests over a few trace IDs — interleaved in a scope, spread over resources — on
+    any of 6 partitions, keyed by one of them, by something else or not at all."""
+    pool = draw(st.lists(st.sampled_from(POOL[:12]), min_size=1, max_size=5, unique=True))
+    resources = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["cart", "db"]),
+                st.lists(st.lists(st.sampled_from(pool), min_size=0, max_size=5), min_size=1, max_size=2),
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    value = build(resources)
+    tids = [t for _, scopes in resources for ts in scopes for t in ts]
+    keys = [None, b"k", *(t for t in tids[:1]), *(t.hex().encode() for t in tids[:1])]
+    return Received(draw(st.integers(0, 5)), 0, draw(st.sampled_from(keys)), value)
+
+
+@SETTINGS
+@given(st.lists(multi_trace_messages(), min_size=1, max_size=4), PLACEMENTS, st.sampled_from([0, 6, 12]), LIMITS)
+def test_group_copies_are_placed_alike_and_lose_nothing(msgs, placement, partitions, limit):
+    """Native against Python (byte for byte: these requests are canonical) on multi-trace messages
+    of every shape; and each re-keyed message's copies hold every one of its spans exactly once,
+    each copy on the canonical partition of every trace in it, keyed by its trace when it holds
+    one, keyless when several."""
+    assert_same_placement(msgs, placement, partitions, limit)
+    for msg, got in zip(msgs, python_placed(msgs, placement, partitions, limit, NOW)):
+        if not isinstance(got, Rekeyed) or got.parts is None:
+            continue
+        spans = trace_spans(msg.value)
+        assert sorted(s for _, _, part in got.parts for s in trace_spans(part)) == sorted(spans)
+        for key, partition, part in got.parts:
+            traces = {t for t, _ in trace_spans(part)}
+            if partitions:
+                assert {placement.partition(t, partitions) for t in traces} == {partition}
+                assert key == (placement.key(next(iter(traces))) if len(traces) == 1 else None)
+            else:
+                assert len(traces) == 1 and partition is None and key == placement.key(next(iter(traces)))
+
+
+def reference_traces(value: bytes) -> dict[bytes, otlp.OtlpTrace]:
+    """``otlp.decode_traces``'s traces, without its id and time checks (the split alone)."""
+    req = otlp.parse_request(value)
+    traces: dict[bytes, otlp.OtlpTrace] = {}
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                trace = traces.setdefault(sp.trace_id, otlp.OtlpTrace(sp.trace_id, req))
+                if trace.groups and trace.groups[-1][1] is ss:
+                    trace.groups[-1][3].append({"detail": sp})
+                else:
+                    trace.groups.append([rs, ss, "", [{"detail": sp}]])
+    return traces
+
+
+@SETTINGS
+@given(otlp_requests(), st.randoms(use_true_random=False))
+def test_a_canonical_request_splits_into_groups_as_the_reference_does(value, rnd):
+    """Any grouping of a request's traces (random ids, empty scopes and resources, repeated
+    envelopes): the native copy of each group is ``otlp.split_traces``'s bytes exactly."""
+    traces = reference_traces(value)
+    ids = list(traces)
+    rnd.shuffle(ids)
+    groups, i = [], 0
+    while i < len(ids):
+        n = rnd.randint(1, 3)
+        groups.append(ids[i : i + n])
+        i += n
+    want = [otlp.split_traces([traces[t] for t in g]) for g in groups]
+    assert native._core.split_otlp_groups(value, groups) == want
+
+
+def test_the_peer_benchmarks_requests_split_into_partition_groups_alike():
+    """The non-canonical traffic: per destination partition, copies that parse to the reference's."""
+    for value in PEER_UNKEYED[:40]:
+        traces = reference_traces(value)
+        groups = [ts for _, ts in bound_for(value, COLLECTOR, 6)]
+        mine = native._core.split_otlp_groups(value, groups)
+        for part, g in zip(mine, groups):
+            ref = otlp.split_traces([traces[t] for t in g])
+            assert ExportTraceServiceRequest.FromString(part) == ExportTraceServiceRequest.FromString(ref)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from pipeline.codecs import avro, otlp
 from pipeline.job import Received
+from pipeline.kafka.partitioner import TAILSIFT
 from tests.support import jobs
 from tests.support.jobs import MS
 from tests.unit.test_otlp_codec import canonical, sdk_spans
@@ -77,6 +80,48 @@ def test_unkeyed_multi_trace_message_is_split_and_rekeyed_then_processed():
     for r in records:
         canon = canonical(otlp.parse_request(r.value, "otlp_json"))
         assert len(canon) == 2 and all(s["trace_id"] == r.key for s in canon.values())
+
+
+def test_otlp_json_is_rekeyed_one_copy_per_destination_partition():
+    """The Python core, OTLP JSON (the native core does not read it): old code re-keyed a 3-trace
+    request as 3 copies, one per trace. With the partition count known, two traces bound for
+    partition 1 share one keyless copy (their spans in message order, under each resource they came
+    in) and the third gets its own, keyed by it; read back on their partitions both stay, and the
+    three traces are buffered with every span once."""
+    pool = [hashlib.sha256(b"json %d" % i).digest()[:16] for i in range(200)]
+    a, b = [t for t in pool if TAILSIFT.partition(t, 6) == 1][:2]
+    c = next(t for t in pool if TAILSIFT.partition(t, 6) == 4)
+    req = ExportTraceServiceRequest()
+    n = 0
+    for service, tids in (("cart", [a, c, b, a]), ("db", [b, c])):
+        rs = req.resource_spans.add()
+        rs.resource.attributes.add(key="service.name").value.string_value = service
+        ss = rs.scope_spans.add()
+        for tid in tids:
+            n += 1
+            sp = ss.spans.add(trace_id=tid, span_id=n.to_bytes(8, "big"), name=f"op{n}")
+            sp.start_time_unix_nano, sp.end_time_unix_nano = NOW - 9 * MS, NOW - MS
+    value = otlp.serialize_request(req, "otlp_json")
+    job = make_job(ingest="otlp_json", emit="otlp_json")
+    job.input_partitions = 6
+    job.ingest([Received(0, 0, None, value, ref=0)], now_ns=NOW)
+    copies = [r for r in job.collect(NOW).records if r.topic == job.input_topic]
+    assert [(r.key, r.partition) for r in copies] == [(None, 1), (c, 4)]
+
+    def spans(v):
+        return [
+            (otlp._service(rs.resource), sp.trace_id, sp.name)
+            for rs in otlp.parse_request(v, "otlp_json").resource_spans
+            for ss in rs.scope_spans
+            for sp in ss.spans
+        ]
+
+    assert spans(copies[0].value) == [s for s in spans(value) if s[1] in (a, b)]
+    assert spans(copies[1].value) == [s for s in spans(value) if s[1] == c]
+    job.delivered(copies)
+    job.ingest([Received(r.partition, 0, r.key, r.value, ref=1 + i) for i, r in enumerate(copies)], now_ns=NOW)
+    assert [r for r in job.collect(NOW).records if r.topic == job.input_topic] == []
+    assert len(job.assembler) == 3 and job.assembler.buffered_spans == 6
 
 
 def test_attribute_policy_reads_otlp_attributes_lazily_and_avro_output_decodes():

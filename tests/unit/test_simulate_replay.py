@@ -255,3 +255,19 @@ def test_otlp_input_without_keys_is_rekeyed_and_replayed_to_the_same_figures(gen
         assert o[key] == a[key], key
     assert o["undecided"] == 0 and o["dead_lettered"] == {}
     assert [e["trace_id"] for e in o["examples"]] == [e["trace_id"] for e in a["examples"]]
+
+
+def test_a_keyless_copy_is_fed_back_on_the_partition_the_job_named():
+    """The job writes one re-keyed copy per destination partition; a copy of several traces has no
+    key and names its partition. Old code placed every copy by its key's murmur2 (``len(None)``:
+    a TypeError on a keyless one); now a named partition is where the copy goes back in, and a
+    copy without one still goes where its key puts it."""
+    replay = Replay([SimConfig("candidate", "c.yaml", cfg([ERRORS]))], [1000.0])
+    replay.partitions.update(range(6))
+    tid = b"\x05" * 16
+    replay._rekeyed(0, None, 4, b"copy of two traces")
+    replay._rekeyed(0, tid, None, b"copy of one trace")
+    assert [(m.partition, m.key, m.value) for m in replay._refeed[0]] == [
+        (4, None, b"copy of two traces"),
+        (canonical_partition(tid, 6), tid, b"copy of one trace"),
+    ]
