@@ -119,7 +119,9 @@ pub fn ingest_otlp_counted<'py>(
     let out = PyList::empty(py);
     let mut touched_all = Vec::with_capacity(values.len());
     let none = py.None().into_bound(py);
-    for (i, ((item, key), &partition)) in values.iter().zip(keys.iter()).zip(&partitions).enumerate() {
+    for (i, ((item, key), &partition)) in
+        values.iter().zip(keys.iter()).zip(&partitions).enumerate()
+    {
         let mut touched = 0u64;
         let Some(value) = message_bytes(&item) else {
             out.append(verdict(py, &reject("empty_value", EMPTY_VALUE))?)?;
@@ -147,9 +149,14 @@ pub fn ingest_otlp_counted<'py>(
         let hold = holds.get_item(i)?;
         let hold = (!hold.is_none()).then_some(&hold);
         match placed {
-            Placed::InPlace => {
-                out.append(counted(py, &plan, partition, &mut windows, hold, &mut touched)?)?
-            }
+            Placed::InPlace => out.append(counted(
+                py,
+                &plan,
+                partition,
+                &mut windows,
+                hold,
+                &mut touched,
+            )?)?,
             Placed::TooLarge => {
                 let stays = counted(py, &plan, partition, &mut windows, hold, &mut touched)?;
                 out.append(PyTuple::new(py, [&none, stays.as_any()])?)?;

@@ -815,7 +815,10 @@ impl<'m> Asker<'m> {
                     )?;
                 }
             }
-            check(self.map(&plan.attributes, Some(&mut replaced)), &mut unknown)?;
+            check(
+                self.map(&plan.attributes, Some(&mut replaced)),
+                &mut unknown,
+            )?;
             for ev in &plan.events {
                 check(self.map(&ev.attributes, None), &mut unknown)?;
                 if privacy {
@@ -974,7 +977,9 @@ impl KeptSpans {
                         }
                     };
                     match asker.span(plan, privacy, threshold) {
-                        (State::Unchanged, Some(ts), replaced) => done[i] = Some(Ok((ts, replaced))),
+                        (State::Unchanged, Some(ts), replaced) => {
+                            done[i] = Some(Ok((ts, replaced)))
+                        }
                         (State::Changed, ..) => done[i] = Some(Err(true)),
                         (State::Unknown, ..) if round == MAX_ROUNDS => done[i] = Some(Err(false)),
                         _ => {}
@@ -1029,11 +1034,20 @@ impl KeptSpans {
                         Ok(n) => vec![n],
                         Err(_) => {
                             // (fields, output key or None, counts): see `Replacement`
-                            let (fields, key, counts): (Bound<'py, PyBytes>, Option<String>, Vec<(String, u64)>) =
-                                a.extract()?;
-                            let counts: Vec<(Vec<u8>, u64)> =
-                                counts.into_iter().map(|(k, n)| (k.into_bytes(), n)).collect();
-                            encode_replacement(fields.as_bytes(), key.as_deref().map(str::as_bytes), &counts)
+                            let (fields, key, counts): (
+                                Bound<'py, PyBytes>,
+                                Option<String>,
+                                Vec<(String, u64)>,
+                            ) = a.extract()?;
+                            let counts: Vec<(Vec<u8>, u64)> = counts
+                                .into_iter()
+                                .map(|(k, n)| (k.into_bytes(), n))
+                                .collect();
+                            encode_replacement(
+                                fields.as_bytes(),
+                                key.as_deref().map(str::as_bytes),
+                                &counts,
+                            )
                         }
                     },
                     _ => vec![a.is_truthy()? as u8],
@@ -1079,7 +1093,10 @@ impl KeptSpans {
                         match counts {
                             None => spans.append(span)?,
                             // rebuilt here: [span, its audit counts in order]
-                            Some(counts) => spans.append(PyList::new(py, [span, PyList::new(py, counts)?.into_any()])?)?,
+                            Some(counts) => spans.append(PyList::new(
+                                py,
+                                [span, PyList::new(py, counts)?.into_any()],
+                            )?)?,
                         }
                     }
                     Some(Out::Python(raw, false)) => spans.append(PyBytes::new(py, raw))?,

@@ -589,21 +589,27 @@ fn canonical_partition(scheme: &str, trace_id: &[u8], partitions: u32) -> PyResu
     }
 }
 
+/// A request's plan for the differential tests' split calls: its spans grouped by trace in
+/// first-seen order, ids and times not checked.
+fn plain_plan(value: &[u8]) -> Result<OtlpPlan<'_>, Reject> {
+    let request =
+        proto::parse_request(value).map_err(|_| reject("decode_error", OTLP_DECODE_ERROR))?;
+    let mut traces: Vec<(&[u8], Vec<usize>)> = Vec::new();
+    for (i, sp) in request.spans.iter().enumerate() {
+        match traces.iter_mut().find(|(t, _)| *t == sp.trace_id) {
+            Some((_, idx)) => idx.push(i),
+            None => traces.push((sp.trace_id, vec![i])),
+        }
+    }
+    Ok(OtlpPlan { request, traces })
+}
+
 /// The split alone, for the differential test: every trace's request (first-seen order, ids and
 /// times not checked); None where the bytes do not parse.
 #[pyfunction]
 fn split_otlp<'py>(py: Python<'py>, value: &[u8]) -> PyResult<Option<Bound<'py, PyList>>> {
     let Ok(parts) = guarded(|| {
-        let request =
-            proto::parse_request(value).map_err(|_| reject("decode_error", OTLP_DECODE_ERROR))?;
-        let mut traces: Vec<(&[u8], Vec<usize>)> = Vec::new();
-        for (i, sp) in request.spans.iter().enumerate() {
-            match traces.iter_mut().find(|(t, _)| *t == sp.trace_id) {
-                Some((_, idx)) => idx.push(i),
-                None => traces.push((sp.trace_id, vec![i])),
-            }
-        }
-        let plan = OtlpPlan { request, traces };
+        let plan = plain_plan(value)?;
         let parts = split(value, &plan)?;
         Ok(plan
             .traces
@@ -632,15 +638,7 @@ fn split_otlp_groups<'py>(
 ) -> PyResult<Option<Bound<'py, PyList>>> {
     let Ok(parts) = guarded(|| {
         let bad = || reject("decode_error", OTLP_DECODE_ERROR);
-        let request = proto::parse_request(value).map_err(|_| bad())?;
-        let mut traces: Vec<(&[u8], Vec<usize>)> = Vec::new();
-        for (i, sp) in request.spans.iter().enumerate() {
-            match traces.iter_mut().find(|(t, _)| *t == sp.trace_id) {
-                Some((_, idx)) => idx.push(i),
-                None => traces.push((sp.trace_id, vec![i])),
-            }
-        }
-        let plan = OtlpPlan { request, traces };
+        let plan = plain_plan(value)?;
         let env = envelopes_of(value, &plan)?;
         groups
             .iter()

@@ -66,7 +66,10 @@ impl Store {
     /// A key's bin; the centring keeps every key in [min_key, max_key] inside the bins.
     fn index(&self, key: i64) -> usize {
         let idx = key - self.offset;
-        assert!(idx >= 0 && (idx as usize) < self.bins.len(), "DenseStore key out of its bins");
+        assert!(
+            idx >= 0 && (idx as usize) < self.bins.len(),
+            "DenseStore key out of its bins"
+        );
         idx as usize
     }
 
@@ -190,7 +193,14 @@ impl Mapping {
 
 /// `WindowAggregate.quantiles` for `qs` ascending: one pass over the bins, the same running sum
 /// compared with the same ranks, clamped to the exact extremes.
-pub fn quantiles(sketch: &Sketch, mapping: &Mapping, span_count: u64, lo: f64, hi: f64, qs: &[f64]) -> Vec<f64> {
+pub fn quantiles(
+    sketch: &Sketch,
+    mapping: &Mapping,
+    span_count: u64,
+    lo: f64,
+    hi: f64,
+    qs: &[f64],
+) -> Vec<f64> {
     if span_count == 0 {
         return vec![0.0; qs.len()];
     }
@@ -358,7 +368,11 @@ pub struct SliWindows {
 
 impl SliWindows {
     fn admit_service(&mut self, py: Python<'_>, label: &str) -> u32 {
-        if let Some(id) = self.labels.get(label).filter(|id| self.services.contains(id)) {
+        if let Some(id) = self
+            .labels
+            .get(label)
+            .filter(|id| self.services.contains(id))
+        {
             return id;
         }
         if self.services.len() < self.max_services {
@@ -394,20 +408,33 @@ impl SliWindows {
         Ok(id)
     }
 
-    fn operation_id(&mut self, py: Python<'_>, service: u32, name: &Bound<'_, PyString>) -> PyResult<u32> {
+    fn operation_id(
+        &mut self,
+        py: Python<'_>,
+        service: u32,
+        name: &Bound<'_, PyString>,
+    ) -> PyResult<u32> {
         self.operation_id_of(py, service, name.to_str()?)
     }
 
     /// `operation_id` of a raw span name as text (a Python string only for the sanitizer, on a
     /// memo miss).
     fn operation_id_of(&mut self, py: Python<'_>, service: u32, text: &str) -> PyResult<u32> {
-        if let Some(&id) = self.operations.get(&service).and_then(|ops| ops.memo.get(text)) {
+        if let Some(&id) = self
+            .operations
+            .get(&service)
+            .and_then(|ops| ops.memo.get(text))
+        {
             return Ok(id);
         }
         let label = self.sanitize.bind(py).call1((PyString::new(py, text),))?;
         let label = label.cast::<PyString>()?.to_str()?.to_owned();
         let ops = self.operations.entry(service).or_default();
-        let id = match self.labels.get(&label).filter(|id| ops.admitted.contains(id)) {
+        let id = match self
+            .labels
+            .get(&label)
+            .filter(|id| ops.admitted.contains(id))
+        {
             Some(id) => id,
             None if ops.admitted.len() < self.max_operations => {
                 let id = self.labels.id(py, &label);
@@ -546,7 +573,10 @@ fn time_ns(value: &Bound<'_, PyAny>) -> PyResult<i128> {
 }
 
 /// A span field the decoders always set; a dict without it is a caller's bug, not input.
-fn field<'py>(span: &Bound<'py, PyDict>, key: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+fn field<'py>(
+    span: &Bound<'py, PyDict>,
+    key: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
     span.get_item(key)?
         .ok_or_else(|| PyValueError::new_err(format!("span header without {key}")))
 }
@@ -618,7 +648,11 @@ impl SliWindows {
     }
 
     /// The bounded, protected dimension of a service name (memoized).
-    fn service_label(&mut self, py: Python<'_>, service: &Bound<'_, PyString>) -> PyResult<Py<PyString>> {
+    fn service_label(
+        &mut self,
+        py: Python<'_>,
+        service: &Bound<'_, PyString>,
+    ) -> PyResult<Py<PyString>> {
         let id = self.service_id(py, service)?;
         Ok(self.labels.texts[id as usize].clone_ref(py))
     }
@@ -682,7 +716,17 @@ impl SliWindows {
                 let status = self.small_label(py, &field(span, k_status)?)?;
                 let kind = self.small_label(py, &field(span, k_kind)?)?;
                 let root = span.get_item(k_parent)?.is_none_or(|p| p.is_none());
-                touched += self.count(partition, hold.as_ref(), service, op, kind, status, start, end, root)?;
+                touched += self.count(
+                    partition,
+                    hold.as_ref(),
+                    service,
+                    op,
+                    kind,
+                    status,
+                    start,
+                    end,
+                    root,
+                )?;
             }
         }
         Ok(touched)
@@ -705,14 +749,22 @@ impl SliWindows {
         // the merged key's texts in the Python order, then the partition: partials merge in
         // partition order as the Python's sorted (partition, service) cells do
         closed.sort_by(|a, b| {
-            (a.2, &plain[a.1 as usize], &plain[a.3 as usize], &plain[a.4 as usize], &plain[a.5 as usize], a.0).cmp(&(
-                b.2,
-                &plain[b.1 as usize],
-                &plain[b.3 as usize],
-                &plain[b.4 as usize],
-                &plain[b.5 as usize],
-                b.0,
-            ))
+            (
+                a.2,
+                &plain[a.1 as usize],
+                &plain[a.3 as usize],
+                &plain[a.4 as usize],
+                &plain[a.5 as usize],
+                a.0,
+            )
+                .cmp(&(
+                    b.2,
+                    &plain[b.1 as usize],
+                    &plain[b.3 as usize],
+                    &plain[b.4 as usize],
+                    &plain[b.5 as usize],
+                    b.0,
+                ))
         });
         let mut out: Vec<Window> = Vec::new();
         let mut last: Option<(i64, u32, u32, u32, u32)> = None;
@@ -776,7 +828,14 @@ pub struct Window {
 impl Window {
     fn summary(&self) -> [f64; 7] {
         let a = &self.agg;
-        let q = quantiles(&a.sketch, &self.mapping, a.span_count, a.min_ms, a.max_ms, &RECORD_QUANTILES);
+        let q = quantiles(
+            &a.sketch,
+            &self.mapping,
+            a.span_count,
+            a.min_ms,
+            a.max_ms,
+            &RECORD_QUANTILES,
+        );
         [
             if a.span_count > 0 { a.min_ms } else { 0.0 },
             a.max_ms,
@@ -845,28 +904,54 @@ impl Window {
     #[getter]
     fn sketch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let s = &self.agg.sketch;
-        py.import("operators.sli")?.getattr("sketch_from_store")?.call1((
-            self.mapping.relative_accuracy,
-            s.store.offset,
-            PyList::new(py, &s.store.bins)?,
-            if s.store.count > 0.0 { Some((s.store.min_key, s.store.max_key)) } else { None },
-            s.store.count,
-            s.zero_count,
-            s.count,
-        ))
+        py.import("operators.sli")?
+            .getattr("sketch_from_store")?
+            .call1((
+                self.mapping.relative_accuracy,
+                s.store.offset,
+                PyList::new(py, &s.store.bins)?,
+                if s.store.count > 0.0 {
+                    Some((s.store.min_key, s.store.max_key))
+                } else {
+                    None
+                },
+                s.store.count,
+                s.zero_count,
+                s.count,
+            ))
     }
 
     fn quantiles(&self, qs: Vec<f64>) -> Vec<f64> {
         let a = &self.agg;
-        quantiles(&a.sketch, &self.mapping, a.span_count, a.min_ms, a.max_ms, &qs)
+        quantiles(
+            &a.sketch,
+            &self.mapping,
+            a.span_count,
+            a.min_ms,
+            a.max_ms,
+            &qs,
+        )
     }
 
     /// `operators.sli.window_record` of this window.
-    fn record<'py>(&self, py: Python<'py>, worker: &str, now_ns: i64) -> PyResult<Bound<'py, PyDict>> {
+    fn record<'py>(
+        &self,
+        py: Python<'py>,
+        worker: &str,
+        now_ns: i64,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let a = &self.agg;
         let [min, max, sum, p50, p90, p95, p99] = self.summary();
         let latency = PyDict::new(py);
-        for (k, v) in [("min", min), ("max", max), ("sum", sum), ("p50", p50), ("p90", p90), ("p95", p95), ("p99", p99)] {
+        for (k, v) in [
+            ("min", min),
+            ("max", max),
+            ("sum", sum),
+            ("p50", p50),
+            ("p90", p90),
+            ("p95", p95),
+            ("p99", p99),
+        ] {
             latency.set_item(k, v)?;
         }
         let sketch = PyDict::new(py);
@@ -894,10 +979,20 @@ impl Window {
 
     /// The record's Avro binary encoding (`schemas/sli_window.v1.avsc`), byte for byte what
     /// fastavro writes for `record` (tests/unit/test_native_sli.py).
-    fn encode<'py>(&self, py: Python<'py>, worker: &str, now_ns: i64) -> PyResult<Bound<'py, PyBytes>> {
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        worker: &str,
+        now_ns: i64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let a = &self.agg;
         let mut out = Vec::with_capacity(128 + 9 * a.sketch.store.bins.len());
-        for s in [&self.service, &self.operation, &self.span_kind, &self.status] {
+        for s in [
+            &self.service,
+            &self.operation,
+            &self.span_kind,
+            &self.status,
+        ] {
             avro_string(&mut out, s.bind(py).to_str()?);
         }
         for v in [

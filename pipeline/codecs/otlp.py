@@ -227,14 +227,20 @@ def split_request(trace: OtlpTrace, fmt: str = "otlp_proto") -> bytes:
     """A request holding only this trace's spans, resource and scope kept (for re-keying)."""
     req = ExportTraceServiceRequest()
     for rs, ss, _service_name, headers in trace.groups:
-        rs2 = req.resource_spans.add()
-        rs2.resource.CopyFrom(rs.resource)
-        rs2.schema_url = rs.schema_url
-        ss2 = rs2.scope_spans.add()
-        ss2.scope.CopyFrom(ss.scope)
-        ss2.schema_url = ss.schema_url
-        ss2.spans.extend(h["detail"] for h in headers)
+        _add_scope_spans(req, rs, ss, [h["detail"] for h in headers])
     return serialize_request(req, fmt)
+
+
+def _add_scope_spans(req: ExportTraceServiceRequest, rs: Any, ss: Any, spans: list) -> None:
+    """One resource_spans holding one scope_spans with ``spans``: ``rs``'s resource and ``ss``'s
+    scope, schema URLs kept — a re-keyed copy's unit."""
+    rs2 = req.resource_spans.add()
+    rs2.resource.CopyFrom(rs.resource)
+    rs2.schema_url = rs.schema_url
+    ss2 = rs2.scope_spans.add()
+    ss2.scope.CopyFrom(ss.scope)
+    ss2.schema_url = ss.schema_url
+    ss2.spans.extend(spans)
 
 
 def split_traces(traces: list[OtlpTrace], fmt: str = "otlp_proto") -> bytes:
@@ -249,15 +255,8 @@ def split_traces(traces: list[OtlpTrace], fmt: str = "otlp_proto") -> bytes:
     for rs in traces[0].request.resource_spans:
         for ss in rs.scope_spans:
             spans = [sp for sp in ss.spans if sp.trace_id in ids]
-            if not spans:
-                continue
-            rs2 = req.resource_spans.add()
-            rs2.resource.CopyFrom(rs.resource)
-            rs2.schema_url = rs.schema_url
-            ss2 = rs2.scope_spans.add()
-            ss2.scope.CopyFrom(ss.scope)
-            ss2.schema_url = ss.schema_url
-            ss2.spans.extend(spans)
+            if spans:
+                _add_scope_spans(req, rs, ss, spans)
     return serialize_request(req, fmt)
 
 
