@@ -104,7 +104,11 @@ class Decide:
                 self._redecode(chunk)
                 for decided in chunk:
                     yield decided
+                    # let go of its headers and raw bytes: the assembler's clock queue and read-ahead
+                    # heap keep a decided trace's buffer until its entry surfaces (up to a decision
+                    # wait later: read ahead decides a backlog's traces before their clock deadline)
                     decided.spans = []
+                    decided.messages = []
                 chunk, spans = [], 0
 
     def _redecode(self, bufs: list[TraceBuffer]) -> None:
