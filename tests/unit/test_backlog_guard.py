@@ -344,23 +344,28 @@ def test_every_span_leaves_once_and_no_trace_waits_past_the_hard_bound(steps, fa
     assert released == added and a.buffered_spans == 0 and len(a) == 0
 
 
-def test_the_job_keeps_a_backlog_error_trace_whole():
-    """The job core as the data plane drives it: message timestamps in ``Received``, the partitions
-    behind at each ``collect``. Before, the error trace was decided (dropped) at the first collect
-    a wait after its first span was ingested; its error span, ingested a wait later, came late."""
-    job = make_job(
+def backlog_job():
+    """The job core as the data plane drives it, deciding on errors: a wait of 1 s, no root-quiet."""
+    return make_job(
         job={"processing_guarantee": "at_least_once"},
         assemble={"decision_wait_ms": 1_000, "root_quiet_gap_ms": 0},
         sampling={"policies": [{"name": "errors", "type": "status_code"}]},
     )
-    t0 = T0_MS * MS
+
+
+def message_at(offset: int, trace: bytes, ts_ms: int, status: str = "UNSET", parent: bytes | None = b"p" * 8):
+    """One one-span message of ``trace`` on partition 0, Kafka timestamp ``ts_ms``."""
+    m = received(offset, trace, "svc", [span(T0_MS * MS, T0_MS * MS + MS, status, parent=parent)])
+    m.timestamp_ms = ts_ms
+    return m
+
+
+def test_the_job_keeps_a_backlog_error_trace_whole():
+    """The job core as the data plane drives it: message timestamps in ``Received``, the partitions
+    behind at each ``collect``. Before, the error trace was decided (dropped) at the first collect
+    a wait after its first span was ingested; its error span, ingested a wait later, came late."""
+    job = backlog_job()
     err = os.urandom(16)
-
-    def message_at(offset: int, trace: bytes, ts_ms: int, status: str = "UNSET", parent: bytes | None = b"p" * 8):
-        m = received(offset, trace, "svc", [span(t0, t0 + MS, status, parent=parent)])
-        m.timestamp_ms = ts_ms
-        return m
-
     job.ingest(
         [message_at(0, err, T0_MS, parent=None)] + [message_at(i, os.urandom(16), T0_MS) for i in range(1, 20)], NOW0
     )
@@ -405,19 +410,8 @@ def test_the_job_decides_a_backlog_read_ahead_and_lets_go_of_its_bytes():
     referenced by the assembler's clock queue until its clock deadline — holds no raw bytes any
     more. Before, that buffer kept every message of the trace for a decision wait after the
     decision (make chaos overload: peak RSS 185.7 MiB against a 183.5 MiB bound; 116.7 after)."""
-    job = make_job(
-        job={"processing_guarantee": "at_least_once"},
-        assemble={"decision_wait_ms": 1_000, "root_quiet_gap_ms": 0},
-        sampling={"policies": [{"name": "errors", "type": "status_code"}]},
-    )
-    t0 = T0_MS * MS
+    job = backlog_job()
     first = os.urandom(16)
-
-    def message_at(offset: int, trace: bytes, ts_ms: int):
-        m = received(offset, trace, "svc", [span(t0, t0 + MS, "UNSET")])
-        m.timestamp_ms = ts_ms
-        return m
-
     job.collect(NOW0, behind=[0])  # the data plane's last look: partition 0 not read to its end
     job.ingest(
         [message_at(0, first, T0_MS)] + [message_at(i, os.urandom(16), T0_MS + 1_000) for i in range(1, 10)], NOW0
