@@ -748,24 +748,17 @@ impl SliWindows {
         let plain = &self.labels.plain;
         // the merged key's texts in the Python order, then the partition: partials merge in
         // partition order as the Python's sorted (partition, service) cells do
-        closed.sort_by(|a, b| {
+        let order = |k: &Key| {
             (
-                a.2,
-                &plain[a.1 as usize],
-                &plain[a.3 as usize],
-                &plain[a.4 as usize],
-                &plain[a.5 as usize],
-                a.0,
+                k.2,
+                &plain[k.1 as usize],
+                &plain[k.3 as usize],
+                &plain[k.4 as usize],
+                &plain[k.5 as usize],
+                k.0,
             )
-                .cmp(&(
-                    b.2,
-                    &plain[b.1 as usize],
-                    &plain[b.3 as usize],
-                    &plain[b.4 as usize],
-                    &plain[b.5 as usize],
-                    b.0,
-                ))
-        });
+        };
+        closed.sort_by(|a, b| order(a).cmp(&order(b)));
         let mut out: Vec<Window> = Vec::new();
         let mut last: Option<(i64, u32, u32, u32, u32)> = None;
         for key in closed {
