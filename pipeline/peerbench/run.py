@@ -684,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r.per_cpu:,.0f} spans/CPU-s ({r.spans:,} spans measured, {r.cpu_s:.2f} CPU-s), "
                     f"{r.per_wall:,.0f} spans/s wall"
                 )
+                if r.threads:  # the drain's own split: librdkafka's share moves most between drains
+                    figures += " — " + ", ".join(f"{name} {s:.2f} s" for name, s in r.threads.most_common(3))
                 console.print(f"  {r.error or figures}")
                 results.append(r)
     console.print(f"{len(results)} drains in {time.monotonic() - started:.0f} s")
