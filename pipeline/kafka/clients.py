@@ -105,7 +105,7 @@ def producer(config: Config, transactional_id: str | None) -> dict[str, Any]:
         **base(config),
         "enable.idempotence": True,  # no duplicates from the producer's own retries
         "acks": "all",
-        "linger.ms": 5,
+        "linger.ms": config.kafka.linger_ms,
         # a delivery report for a failed record only: the producer's callback does nothing with a
         # success, and librdkafka queues an event per record and the client calls back into Python
         # for each — a quarter to a third of the CPU of writing a record (the re-keyed copies of

@@ -45,6 +45,7 @@ def test_defaults_are_valid_and_complete():
         ),
         ({"topics": {"traces_kept": {"name": "spans.raw"}}}, "topics.traces_kept", "both name"),
         ({"kafka": {"heartbeat_interval_ms": 20000}}, "kafka", "heartbeat_interval_ms must be smaller"),
+        ({"kafka": {"linger_ms": 1000}}, "kafka.linger_ms", "less than or equal to 500"),
         ({"topics": {"sli_windows": {"name": "bad name!"}}}, "topics.sli_windows.name", "pattern"),
     ],
 )
@@ -108,3 +109,11 @@ def test_the_dedup_settings_may_be_zero_at_least_once():
         }
     )
     assert cfg.assemble.decision_cache_size == 0
+
+
+def test_the_job_producer_lingers_as_configured():
+    """kafka.linger_ms reaches the job's producer (librdkafka linger.ms): 50 ms unless set."""
+    from pipeline.kafka import clients
+
+    assert clients.producer(config.Config(), "t")["linger.ms"] == 50
+    assert clients.producer(config.Config.model_validate({"kafka": {"linger_ms": 0}}), None)["linger.ms"] == 0
