@@ -32,3 +32,31 @@ def test_a_whole_drain_takes_few_scrapes():
             break
         t += next_scrape(first, t, ingested, spans)
     assert scrapes <= 20 and t <= 20.25
+
+
+class _Worker:
+    """A JobProcess as wait_all_ingesting reads it: its ingested spans, scrape after scrape."""
+
+    def __init__(self, *counts: float):
+        self.counts = list(counts)
+
+    def metric(self, name: str) -> float:
+        assert name == "tailsift_spans_ingested_total"
+        return self.counts.pop(0) if len(self.counts) > 1 else self.counts[0]
+
+
+def test_the_two_worker_clock_waits_for_the_restoring_worker():
+    from pipeline.bench import wait_all_ingesting
+
+    first, restoring = _Worker(500, 900, 1_300), _Worker(0, 0, 40)
+    wait_all_ingesting([first, restoring], spans=10_000)
+    assert (first.counts, restoring.counts) == ([1_300], [40])  # returned at the third scrape
+
+
+def test_a_worker_that_never_takes_input_is_an_error_not_a_figure():
+    import pytest
+
+    from pipeline.bench import wait_all_ingesting
+
+    with pytest.raises(RuntimeError, match="not every worker took input"):
+        wait_all_ingesting([_Worker(4_000, 10_000), _Worker(0)], spans=10_000)
