@@ -154,6 +154,9 @@ def end_offsets_reader(config: Config) -> dict[str, Any]:
     }
 
 
+RESTORE_FETCH_WAIT_MS = 10
+
+
 def restore_consumer(config: Config) -> dict[str, Any]:
     """A group-less reader (assign() only, never commits) for the decision log."""
     import uuid
@@ -164,6 +167,9 @@ def restore_consumer(config: Config) -> dict[str, Any]:
         "enable.auto.commit": False,
         "isolation.level": "read_committed",  # aborted transactions of a dead worker never count
         "enable.partition.eof": True,
+        # it reads to an end it knows: a fetch at that end should answer at once, not after the
+        # default 500 ms the broker may hold it waiting for more (a restore pauses the worker)
+        "fetch.wait.max.ms": RESTORE_FETCH_WAIT_MS,
     }
 
 

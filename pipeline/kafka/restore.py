@@ -23,6 +23,9 @@ from pipeline.readback import high_watermarks
 log = logging.getLogger("tailsift")
 
 
+RESTORE_POLL_S = 0.05
+
+
 class RestoreError(RuntimeError):
     """The decision log could not be read; the caller retries while the broker may come back."""
 
@@ -60,7 +63,10 @@ def read_decisions(
                 raise RestoreError(f"reading {topic}: stopped before the end")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"restoring {topic} partitions {sorted(pending)} took over {timeout:.0f} s")
-            for msg in consumer.consume(1000, 0.5):
+            # a short wait: consume(N, t) returns early only with N messages, and a restore reads a
+            # few hundred — 0.5 s here made every assignment's restore take 1.0 s (twice the whole
+            # wait: the records, then the end), 0.05 s with this and the fetch wait above
+            for msg in consumer.consume(1000, RESTORE_POLL_S):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
