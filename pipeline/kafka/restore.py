@@ -65,7 +65,8 @@ def read_decisions(
                 raise TimeoutError(f"restoring {topic} partitions {sorted(pending)} took over {timeout:.0f} s")
             # a short wait: consume(N, t) returns early only with N messages, and a restore reads a
             # few hundred — 0.5 s here made every assignment's restore take 1.0 s (twice the whole
-            # wait: the records, then the end), 0.05 s with this and the fetch wait above
+            # wait: the records, then the end), 0.05 s with this and the reader's 10 ms fetch wait
+            # (clients.restore_consumer)
             for msg in consumer.consume(1000, RESTORE_POLL_S):
                 err = msg.error()
                 if err is not None:
